@@ -1,0 +1,1 @@
+//! Placeholder: an in-memory kernel for tests.

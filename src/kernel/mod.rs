@@ -1,0 +1,50 @@
+//! The kernel edge: IPVS through netlink-ipvs, kube-ipvs0 through rtnetlink,
+//! sysctls and modules. Everything above talks to the traits here, so that the
+//! reconciler's logic is tested against [`fake`] and proven against the real
+//! kernel in the VM.
+
+use std::net::IpAddr;
+
+use crate::desired::{Op, RealServer, VirtualServer};
+
+pub mod fake;
+
+/// A virtual server as dumped from the kernel, with its real servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelVirtualServer {
+    pub server: VirtualServer,
+    pub real_servers: Vec<RealServer>,
+}
+
+/// Why one kernel operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    #[error("already exists")]
+    Exists,
+    #[error("not found")]
+    NotFound,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The IPVS table, as the reconciler sees it.
+#[allow(async_fn_in_trait)]
+pub trait IpvsKernel {
+    /// Every virtual server the kernel holds (owned or not) with its real
+    /// servers. Fwmark services and others the proxy cannot express are left out.
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError>;
+
+    /// Applies `ops` in order, pipelined, and returns one result per op.
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>>;
+}
+
+/// The addresses held on the dummy interface (kube-ipvs0).
+#[allow(async_fn_in_trait)]
+pub trait AddressKernel {
+    /// Creates the interface if it is missing and returns the addresses it holds.
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError>;
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError>;
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError>;
+}

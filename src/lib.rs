@@ -1,0 +1,14 @@
+//! kube-ipvs-proxy: Kubernetes Services programmed into the kernel's IPVS.
+//!
+//! The layers, top to bottom: `source` (API watchers or a manifests
+//! directory) feeds `model` (compact, keyed by service), `translate` turns the
+//! model into `desired` state (pure), `reconcile` diffs it against a mirror of
+//! the kernel, and `kernel` applies the difference.
+
+pub mod desired;
+pub mod kernel;
+pub mod model;
+pub mod plan;
+pub mod reconcile;
+pub mod source;
+pub mod translate;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("kube-ipvs-proxy: not wired yet");
+}

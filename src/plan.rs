@@ -1,0 +1,1 @@
+//! Placeholder: `ipvsadm -Sn` rendering of the desired state.

@@ -1,0 +1,30 @@
+//! Where Services, EndpointSlices, Endpoints and the Node come from: the API
+//! server (`kube`) or a directory of manifests (`manifests`). Both emit the
+//! same [`SourceEvent`]s, which the model folds into its compact form.
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// A change to one kind of object.
+#[derive(Debug, Clone)]
+pub enum Update<K> {
+    /// The object was created or modified.
+    Apply(K),
+    /// The object is gone (the last state seen is carried).
+    Delete(K),
+    /// A full (re)list: exactly these objects exist now. Applied atomically,
+    /// so a relist never programs half a state.
+    Replace(Vec<K>),
+}
+
+/// One event from a source.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    Service(Update<Service>),
+    EndpointSlice(Update<EndpointSlice>),
+    /// core/v1 Endpoints, mirrored into slices (standalone mode only).
+    Endpoints(Update<Endpoints>),
+    Node(Update<Node>),
+    /// Every kind has delivered its initial list: the first sync may run.
+    Synced,
+}
