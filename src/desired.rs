@@ -8,6 +8,28 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// A Service's namespace and name: the key of everything per service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ServiceName {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ServiceName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// The transport protocol of a virtual server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
