@@ -8,6 +8,9 @@ use std::net::IpAddr;
 use crate::desired::{Op, RealServer, VirtualServer};
 
 pub mod fake;
+pub mod link;
+pub mod modules;
+pub mod sysctl;
 
 /// A virtual server as dumped from the kernel, with its real servers.
 #[derive(Clone, Debug, PartialEq, Eq)]

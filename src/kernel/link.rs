@@ -1,0 +1,307 @@
+//! kube-ipvs0 and the node's addresses, through rtnetlink.
+//!
+//! Every service address is bound on a dummy interface so that the kernel
+//! treats it as local and IPVS sees the packets in LOCAL_IN. Like upstream,
+//! the interface stays down: IPv4 local routes exist regardless, and a down
+//! dummy never answers ARP.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkDummy};
+use tokio::task::JoinHandle;
+
+use super::{AddressKernel, KernelError};
+
+/// The dummy interface that holds every service address.
+#[derive(Debug)]
+pub struct DummyLink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+    name: String,
+    index: Option<u32>,
+}
+
+impl Drop for DummyLink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl DummyLink {
+    /// Opens an rtnetlink connection for the interface `name` (kube-ipvs0).
+    pub fn new(name: &str) -> Result<Self, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| KernelError::Other(format!("opening an rtnetlink socket: {e}")))?;
+        Ok(DummyLink {
+            handle,
+            connection: tokio::spawn(connection),
+            name: name.to_owned(),
+            index: None,
+        })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn find(&self) -> Result<Option<u32>, KernelError> {
+        let mut links = self.handle.link().get().match_name(&self.name).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(Some(link.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) => match errno(&e) {
+                Some(libc::ENODEV) => Ok(None),
+                _ => Err(rtnl_error(&format!("looking up link {}", self.name), &e)),
+            },
+        }
+    }
+
+    /// Addresses currently held by interface `index`.
+    async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, KernelError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| rtnl_error(&format!("listing addresses of {}", self.name), &e))?;
+        Ok(messages.iter().filter_map(address_of).collect())
+    }
+
+    /// Deletes the interface and, with it, every address it holds.
+    /// Succeeds when it is already gone.
+    pub async fn delete(&mut self) -> Result<bool, KernelError> {
+        let Some(index) = self.find().await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+            Err(e) => return Err(rtnl_error(&format!("deleting link {}", self.name), &e)),
+        }
+        self.index = None;
+        Ok(true)
+    }
+
+    /// Addresses held on the interface now, without creating it.
+    pub async fn current_addresses(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        match self.find().await? {
+            Some(index) => self.addresses(index).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn index(&self) -> Result<u32, KernelError> {
+        self.index.ok_or_else(|| {
+            KernelError::Other(format!("link {} has not been ensured yet", self.name))
+        })
+    }
+}
+
+impl AddressKernel for DummyLink {
+    #[tracing::instrument(skip(self), fields(link = %self.name))]
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        let index = match self.find().await? {
+            Some(index) => index,
+            None => {
+                match self
+                    .handle
+                    .link()
+                    .add(LinkDummy::new(&self.name).build())
+                    .execute()
+                    .await
+                {
+                    Ok(()) => tracing::info!("created dummy interface"),
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(rtnl_error(
+                            &format!(
+                                "creating dummy link {} (is the dummy module available?)",
+                                self.name
+                            ),
+                            &e,
+                        ))
+                    }
+                }
+                self.find().await?.ok_or_else(|| {
+                    KernelError::Other(format!("link {} vanished right after creation", self.name))
+                })?
+            }
+        };
+        self.index = Some(index);
+        self.addresses(index).await
+    }
+
+    #[tracing::instrument(skip(self), fields(link = %self.name))]
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        let prefix = host_prefix(addr);
+        match self
+            .handle
+            .address()
+            .add(self.index()?, addr, prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(KernelError::Exists),
+            Err(e) => Err(rtnl_error(
+                &format!("binding {addr}/{prefix} on {}", self.name),
+                &e,
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(link = %self.name))]
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        let index = self.index()?;
+        let mut found = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr)
+            .execute();
+        let message = match found.try_next().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err(KernelError::NotFound),
+            Err(e) => {
+                return Err(rtnl_error(
+                    &format!("looking up {addr} on {}", self.name),
+                    &e,
+                ))
+            }
+        };
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => {
+                Err(KernelError::NotFound)
+            }
+            Err(e) => Err(rtnl_error(
+                &format!("unbinding {addr} from {}", self.name),
+                &e,
+            )),
+        }
+    }
+}
+
+/// Every address of this host that can serve NodePorts: all interfaces but
+/// `exclude_link` (kube-ipvs0), without loopback and link-local addresses.
+pub async fn local_addresses(exclude_link: &str) -> Result<Vec<IpAddr>, KernelError> {
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| KernelError::Other(format!("opening an rtnetlink socket: {e}")))?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| rtnl_error("listing links", &e))?;
+        let excluded: Vec<u32> = links
+            .iter()
+            .filter(|link| {
+                link.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::IfName(n) if n == exclude_link))
+            })
+            .map(|link| link.header.index)
+            .collect();
+        let messages: Vec<AddressMessage> = handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| rtnl_error("listing addresses", &e))?;
+        let mut addrs: Vec<IpAddr> = messages
+            .iter()
+            .filter(|m| !excluded.contains(&m.header.index))
+            .filter_map(address_of)
+            .filter(|a| is_node_port_candidate(*a))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// Loopback and link-local addresses cannot carry NodePort traffic through
+/// IPVS (upstream leaves them out too).
+fn is_node_port_candidate(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local() && !a.is_unspecified(),
+        IpAddr::V6(a) => {
+            !a.is_loopback() && !a.is_unspecified() && (a.segments()[0] & 0xffc0) != 0xfe80
+        }
+    }
+}
+
+fn host_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// The address an RTM_NEWADDR carries: IFA_LOCAL for IPv4 (IFA_ADDRESS is
+/// the peer on point-to-point links), IFA_ADDRESS for IPv6.
+fn address_of(message: &AddressMessage) -> Option<IpAddr> {
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+        _ => None,
+    }
+}
+
+fn rtnl_error(context: &str, e: &rtnetlink::Error) -> KernelError {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => {
+            KernelError::Other(format!("{context}: {}", msg.to_io()))
+        }
+        other => KernelError::Other(format!("{context}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_port_candidates_leave_out_loopback_and_link_local() {
+        let cases: &[(&str, bool)] = &[
+            ("192.0.2.10", true),
+            ("127.0.0.1", false),
+            ("169.254.1.1", false),
+            ("2001:db8::1", true),
+            ("::1", false),
+            ("fe80::1", false),
+            ("0.0.0.0", false),
+        ];
+        for (addr, expected) in cases {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert_eq!(is_node_port_candidate(ip), *expected, "{addr}");
+        }
+    }
+}
