@@ -5,6 +5,7 @@
 //! model into `desired` state (pure), `reconcile` diffs it against a mirror of
 //! the kernel, and `kernel` applies the difference.
 
+pub mod cli;
 pub mod desired;
 pub mod kernel;
 pub mod model;

@@ -1,0 +1,249 @@
+//! The command line, in kube-proxy's words where kube-proxy has them.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// A Kubernetes service proxy that programs the kernel's IPVS tables over
+/// generic netlink: the Service semantics of `kube-proxy --proxy-mode=ipvs`.
+#[derive(Debug, Parser)]
+#[command(name = "kube-ipvs-proxy", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// What to do; `run` when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the proxy: watch the sources and keep IPVS in sync (the default).
+    Run,
+    /// Print the desired IPVS state in `ipvsadm -Sn` syntax and touch nothing.
+    /// Lines starting with `#` carry other facts, such as kube-ipvs0's addresses.
+    Plan,
+    /// Remove every virtual server and address the proxy owns, and kube-ipvs0,
+    /// and nothing else.
+    Cleanup,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Read Services, EndpointSlices, Endpoints and Nodes from *.yaml, *.yml
+    /// and *.json files in DIR instead of an API server, and follow changes to
+    /// the directory (standalone mode).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub manifests: Option<PathBuf>,
+
+    /// Path to a kubeconfig file. Without it (and without --manifests) the
+    /// in-cluster service account is used.
+    #[arg(long, value_name = "PATH", global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The address of the Kubernetes API server (overrides the kubeconfig's).
+    #[arg(long, value_name = "URL", global = true)]
+    pub master: Option<String>,
+
+    /// The name of this node. Defaults to $NODE_NAME, then the hostname.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub hostname_override: Option<String>,
+
+    /// The IPVS scheduler for virtual servers whose Service does not name one
+    /// with the kube-ipvs-proxy.io/scheduler annotation: rr, wrr, lc, wlc,
+    /// lblc, lblcr, dh, sh, sed, nq, mh, fo, ovf or twos.
+    #[arg(long, value_name = "NAME", default_value = "rr", global = true)]
+    pub ipvs_scheduler: String,
+
+    /// How often the kernel is dumped and compared with the desired state in
+    /// full, repairing any drift (e.g. '30s', '1m').
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub ipvs_sync_period: Duration,
+
+    /// The minimum time between two incremental syncs: changes arriving
+    /// closer together are applied together (e.g. '1s', '250ms').
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub ipvs_min_sync_period: Duration,
+
+    /// Comma-separated CIDRs whose virtual servers the proxy never touches,
+    /// not even in cleanup.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', global = true)]
+    pub ipvs_exclude_cidrs: Vec<IpNet>,
+
+    /// Set net.ipv4.conf.all.arp_ignore=1 and arp_announce=2, so that the
+    /// node never answers ARP for the addresses on kube-ipvs0.
+    #[arg(long, global = true)]
+    pub ipvs_strict_arp: bool,
+
+    /// The IPVS idle timeout of TCP connections (0 leaves the kernel's value).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub ipvs_tcp_timeout: Duration,
+
+    /// The IPVS timeout of TCP connections after a FIN (0 leaves the kernel's value).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub ipvs_tcpfin_timeout: Duration,
+
+    /// The IPVS timeout of UDP flows (0 leaves the kernel's value).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub ipvs_udp_timeout: Duration,
+
+    /// Comma-separated CIDRs: NodePorts are served only on local addresses
+    /// inside them. Empty means every local address but loopback, link-local
+    /// and kube-ipvs0's.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', global = true)]
+    pub nodeport_addresses: Vec<IpNet>,
+
+    /// The NodePort range of the cluster (kube-apiserver's
+    /// --service-node-port-range). Virtual servers on node addresses with a
+    /// port in it belong to the proxy; others are never touched.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range, global = true)]
+    pub service_node_port_range: RangeInclusive<u16>,
+
+    /// The dummy interface that holds service addresses.
+    #[arg(long, value_name = "NAME", default_value = "kube-ipvs0", global = true)]
+    pub ipvs_interface: String,
+
+    /// Sync once, then exit: 0 when the kernel matches the desired state.
+    #[arg(long, global = true)]
+    pub once: bool,
+
+    /// Log format.
+    #[arg(
+        long,
+        alias = "log-format",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub logging_format: LogFormat,
+}
+
+impl Options {
+    /// The node's name: --hostname-override, else $NODE_NAME, else the hostname.
+    pub fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+            .unwrap_or_default()
+            .to_lowercase()
+    }
+
+    /// Whether `addr` may carry NodePorts under --nodeport-addresses.
+    pub fn allows_node_port_address(&self, addr: IpAddr) -> bool {
+        self.nodeport_addresses.is_empty()
+            || self.nodeport_addresses.iter().any(|n| n.contains(&addr))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. '30s', '1m', '250ms')"))
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let err = || format!("invalid port range {s:?}: expected FIRST-LAST, e.g. 30000-32767");
+    let (first, last) = s.split_once('-').ok_or_else(err)?;
+    let first: u16 = first.trim().parse().map_err(|_| err())?;
+    let last: u16 = last.trim().parse().map_err(|_| err())?;
+    if first > last {
+        return Err(err());
+    }
+    Ok(first..=last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kube-ipvs-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_subcommand_means_run_with_upstream_defaults() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.command, None);
+        assert_eq!(cli.options.ipvs_scheduler, "rr");
+        assert_eq!(cli.options.ipvs_sync_period, Duration::from_secs(30));
+        assert_eq!(cli.options.ipvs_min_sync_period, Duration::from_secs(1));
+        assert_eq!(cli.options.service_node_port_range, 30000..=32767);
+        assert_eq!(cli.options.ipvs_interface, "kube-ipvs0");
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_subcommand() {
+        let cli = parse(&[
+            "plan",
+            "--manifests",
+            "/x",
+            "--ipvs-exclude-cidrs",
+            "10.0.0.0/8,fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(cli.command, Some(Command::Plan));
+        assert_eq!(
+            cli.options.manifests.as_deref(),
+            Some(std::path::Path::new("/x"))
+        );
+        assert_eq!(cli.options.ipvs_exclude_cidrs.len(), 2);
+        let cli = parse(&[
+            "--ipvs-min-sync-period",
+            "250ms",
+            "--log-format",
+            "json",
+            "run",
+        ])
+        .unwrap();
+        assert_eq!(cli.command, Some(Command::Run));
+        assert_eq!(cli.options.ipvs_min_sync_period, Duration::from_millis(250));
+        assert_eq!(cli.options.logging_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_value() {
+        let cases = [
+            (&["--ipvs-sync-period", "soon"][..], "soon"),
+            (&["--ipvs-exclude-cidrs", "10.0.0.0/33"][..], "10.0.0.0/33"),
+            (
+                &["--service-node-port-range", "32767-30000"][..],
+                "32767-30000",
+            ),
+        ];
+        for (args, value) in cases {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(args[0]) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn node_port_addresses_filter_by_cidr() {
+        let cli = parse(&["--nodeport-addresses", "192.0.2.0/24"]).unwrap();
+        assert!(cli
+            .options
+            .allows_node_port_address("192.0.2.7".parse().unwrap()));
+        assert!(!cli
+            .options
+            .allows_node_port_address("198.51.100.1".parse().unwrap()));
+        let cli = parse(&[]).unwrap();
+        assert!(cli
+            .options
+            .allows_node_port_address("198.51.100.1".parse().unwrap()));
+    }
+}
