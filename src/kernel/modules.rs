@@ -34,12 +34,8 @@ pub enum ModuleError {
 /// Loads `modules` (and what they depend on) unless already present.
 /// Returns the modules this call loaded.
 pub fn ensure_modules(modules: &[&str]) -> Result<Vec<String>, ModuleError> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let dir = Path::new("/lib/modules").join(release);
     let mut loader = Loader {
-        dir,
+        dir: modules_dir(),
         deps: None,
         loaded: Vec::new(),
     };
@@ -47,6 +43,42 @@ pub fn ensure_modules(modules: &[&str]) -> Result<Vec<String>, ModuleError> {
         loader.ensure(&canonical(module))?;
     }
     Ok(loader.loaded)
+}
+
+/// The IPVS schedulers a kernel can offer, by name.
+pub const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos",
+];
+
+/// The schedulers this kernel offers: loaded, built in, or installed as a
+/// module. `None` when that cannot be known (no modules.dep), so callers do
+/// not reject what might work.
+pub fn available_schedulers() -> Option<Vec<&'static str>> {
+    let dir = modules_dir();
+    let dep = std::fs::read_to_string(dir.join("modules.dep")).ok()?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let names: std::collections::HashSet<String> = dep
+        .lines()
+        .filter_map(|line| line.split_once(':').map(|(file, _)| module_name(file)))
+        .chain(builtin.lines().map(module_name))
+        .collect();
+    Some(
+        SCHEDULERS
+            .iter()
+            .copied()
+            .filter(|s| {
+                let module = format!("ip_vs_{s}");
+                names.contains(&module) || is_present(&module)
+            })
+            .collect(),
+    )
+}
+
+fn modules_dir() -> PathBuf {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Path::new("/lib/modules").join(release)
 }
 
 /// Module names use `_` in /sys/module, while files may use `-`.
