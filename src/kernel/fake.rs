@@ -1,1 +1,516 @@
-//! Placeholder: an in-memory kernel for tests.
+//! An in-memory kernel for tests: IPVS and kube-ipvs0 in maps, with the real
+//! kernel's error semantics, operation counters, injected failures and drift.
+//!
+//! Modelled on kube-proxy's `ipvs/util/testing/fake.go`, but strict: adding
+//! what exists is `Exists` and touching what is missing is `NotFound`, as the
+//! kernel answers EEXIST and ENOENT/ESRCH, so the reconciler's idempotence is
+//! exercised rather than assumed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::desired::{Op, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
+use crate::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+
+/// What an injected failure hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    /// Any IPVS operation on this virtual server (or one of its real servers).
+    VirtualServer(VirtualServerKey),
+    /// Adding or removing this address on kube-ipvs0.
+    Address(IpAddr),
+    /// [`IpvsKernel::dump`].
+    IpvsDump,
+    /// [`AddressKernel::ensure_link`].
+    Link,
+}
+
+/// One write the fake received, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Ipvs(Op),
+    AddAddress(IpAddr),
+    DelAddress(IpAddr),
+}
+
+#[derive(Clone, Debug)]
+struct InjectedFailure {
+    target: FailOn,
+    error: KernelError,
+    /// `None`: until [`FakeKernel::clear_failures`].
+    remaining: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct FakeVirtualServer {
+    server: VirtualServer,
+    real_servers: BTreeMap<RealServerKey, u32>,
+}
+
+/// A map-backed [`IpvsKernel`] and [`AddressKernel`].
+///
+/// Ordered maps make [`FakeKernel::virtual_servers`] and dumps deterministic,
+/// so tests compare whole states with `assert_eq!`.
+#[derive(Clone, Debug, Default)]
+pub struct FakeKernel {
+    virtual_servers: BTreeMap<VirtualServerKey, FakeVirtualServer>,
+    link_exists: bool,
+    addresses: BTreeSet<IpAddr>,
+    failures: Vec<InjectedFailure>,
+    journal: Vec<Write>,
+    writes: usize,
+    dumps: usize,
+    apply_calls: usize,
+}
+
+impl FakeKernel {
+    /// An empty kernel without kube-ipvs0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes received so far: every op passed to `apply` and every address
+    /// addition or removal, failed ones included.
+    pub fn writes(&self) -> usize {
+        self.writes
+    }
+
+    /// Reads received so far: `dump` and `ensure_link` calls.
+    pub fn dumps(&self) -> usize {
+        self.dumps
+    }
+
+    /// How many times `apply` was called (the reconciler batches one sync
+    /// into one call).
+    pub fn apply_calls(&self) -> usize {
+        self.apply_calls
+    }
+
+    /// The writes received since the last call, in order.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// The IPVS table, ordered by key, real servers ordered by key.
+    pub fn virtual_servers(&self) -> Vec<KernelVirtualServer> {
+        self.virtual_servers
+            .values()
+            .map(FakeVirtualServer::to_kernel)
+            .collect()
+    }
+
+    /// One virtual server, if present.
+    pub fn virtual_server(&self, key: &VirtualServerKey) -> Option<KernelVirtualServer> {
+        self.virtual_servers
+            .get(key)
+            .map(FakeVirtualServer::to_kernel)
+    }
+
+    /// The addresses on kube-ipvs0, ordered.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.addresses.iter().copied().collect()
+    }
+
+    /// Whether kube-ipvs0 exists.
+    pub fn link_exists(&self) -> bool {
+        self.link_exists
+    }
+
+    /// Makes the next operation touching `target` fail with `error`.
+    pub fn fail_next(&mut self, target: FailOn, error: KernelError) {
+        self.failures.push(InjectedFailure {
+            target,
+            error,
+            remaining: Some(1),
+        });
+    }
+
+    /// Makes every operation touching `target` fail with `error` until
+    /// [`FakeKernel::clear_failures`].
+    pub fn fail_always(&mut self, target: FailOn, error: KernelError) {
+        self.failures.push(InjectedFailure {
+            target,
+            error,
+            remaining: None,
+        });
+    }
+
+    /// Removes every injected failure.
+    pub fn clear_failures(&mut self) {
+        self.failures.clear();
+    }
+
+    /// Drift: someone else adds (or replaces) a virtual server. Not counted.
+    pub fn insert_virtual_server(&mut self, vs: KernelVirtualServer) {
+        let real_servers = vs
+            .real_servers
+            .iter()
+            .map(|rs| (rs.key, rs.weight))
+            .collect();
+        self.virtual_servers.insert(
+            vs.server.key,
+            FakeVirtualServer {
+                server: vs.server,
+                real_servers,
+            },
+        );
+    }
+
+    /// Drift: someone else deletes a virtual server. Not counted.
+    pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> bool {
+        self.virtual_servers.remove(key).is_some()
+    }
+
+    /// Drift: someone else adds, reweights or deletes (`None`) a real server.
+    /// Returns false if the virtual server is missing. Not counted.
+    pub fn set_real_server(
+        &mut self,
+        key: &VirtualServerKey,
+        real_server: RealServerKey,
+        weight: Option<u32>,
+    ) -> bool {
+        let Some(vs) = self.virtual_servers.get_mut(key) else {
+            return false;
+        };
+        match weight {
+            Some(weight) => {
+                vs.real_servers.insert(real_server, weight);
+            }
+            None => {
+                vs.real_servers.remove(&real_server);
+            }
+        }
+        true
+    }
+
+    /// Drift: someone else adds an address to kube-ipvs0 (creating it). Not counted.
+    pub fn insert_address(&mut self, addr: IpAddr) {
+        self.link_exists = true;
+        self.addresses.insert(addr);
+    }
+
+    /// Drift: someone else removes an address from kube-ipvs0. Not counted.
+    pub fn remove_address(&mut self, addr: IpAddr) -> bool {
+        self.addresses.remove(&addr)
+    }
+
+    /// Consumes the first injected failure matching `target`, if any.
+    fn injected(&mut self, target: FailOn) -> Option<KernelError> {
+        let index = self.failures.iter().position(|f| f.target == target)?;
+        let failure = &mut self.failures[index];
+        let error = failure.error.clone();
+        if let Some(remaining) = &mut failure.remaining {
+            *remaining -= 1;
+            if *remaining == 0 {
+                self.failures.remove(index);
+            }
+        }
+        Some(error)
+    }
+
+    fn apply_one(&mut self, op: &Op) -> Result<(), KernelError> {
+        if let Some(error) = self.injected(FailOn::VirtualServer(op.virtual_server())) {
+            return Err(error);
+        }
+        match op {
+            Op::AddVirtualServer(server) => {
+                if self.virtual_servers.contains_key(&server.key) {
+                    return Err(KernelError::Exists);
+                }
+                self.virtual_servers.insert(
+                    server.key,
+                    FakeVirtualServer {
+                        server: server.clone(),
+                        real_servers: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::UpdateVirtualServer(server) => {
+                let vs = self
+                    .virtual_servers
+                    .get_mut(&server.key)
+                    .ok_or(KernelError::NotFound)?;
+                vs.server = server.clone();
+            }
+            Op::DeleteVirtualServer(key) => {
+                // The kernel drops the real servers with their virtual server.
+                self.virtual_servers
+                    .remove(key)
+                    .ok_or(KernelError::NotFound)?;
+            }
+            Op::AddRealServer(key, real_server) => {
+                let vs = self
+                    .virtual_servers
+                    .get_mut(key)
+                    .ok_or(KernelError::NotFound)?;
+                if vs.real_servers.contains_key(&real_server.key) {
+                    return Err(KernelError::Exists);
+                }
+                vs.real_servers.insert(real_server.key, real_server.weight);
+            }
+            Op::UpdateRealServer(key, real_server) => {
+                let weight = self
+                    .virtual_servers
+                    .get_mut(key)
+                    .and_then(|vs| vs.real_servers.get_mut(&real_server.key))
+                    .ok_or(KernelError::NotFound)?;
+                *weight = real_server.weight;
+            }
+            Op::DeleteRealServer(key, real_server) => {
+                self.virtual_servers
+                    .get_mut(key)
+                    .and_then(|vs| vs.real_servers.remove(real_server))
+                    .ok_or(KernelError::NotFound)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FakeVirtualServer {
+    fn to_kernel(&self) -> KernelVirtualServer {
+        KernelVirtualServer {
+            server: self.server.clone(),
+            real_servers: self
+                .real_servers
+                .iter()
+                .map(|(&key, &weight)| RealServer { key, weight })
+                .collect(),
+        }
+    }
+}
+
+impl IpvsKernel for FakeKernel {
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        self.dumps += 1;
+        if let Some(error) = self.injected(FailOn::IpvsDump) {
+            return Err(error);
+        }
+        Ok(self.virtual_servers())
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.apply_calls += 1;
+        self.writes += ops.len();
+        self.journal.extend(ops.iter().cloned().map(Write::Ipvs));
+        ops.iter().map(|op| self.apply_one(op)).collect()
+    }
+}
+
+impl AddressKernel for FakeKernel {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        self.dumps += 1;
+        if let Some(error) = self.injected(FailOn::Link) {
+            return Err(error);
+        }
+        self.link_exists = true;
+        Ok(self.addresses())
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.writes += 1;
+        self.journal.push(Write::AddAddress(addr));
+        if let Some(error) = self.injected(FailOn::Address(addr)) {
+            return Err(error);
+        }
+        if !self.link_exists {
+            return Err(KernelError::NotFound);
+        }
+        if !self.addresses.insert(addr) {
+            return Err(KernelError::Exists);
+        }
+        Ok(())
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.writes += 1;
+        self.journal.push(Write::DelAddress(addr));
+        if let Some(error) = self.injected(FailOn::Address(addr)) {
+            return Err(error);
+        }
+        if !self.addresses.remove(&addr) {
+            return Err(KernelError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Protocol;
+
+    fn key(addr: &str, port: u16) -> VirtualServerKey {
+        VirtualServerKey {
+            addr: addr.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+        }
+    }
+
+    fn server(addr: &str, port: u16) -> VirtualServer {
+        VirtualServer {
+            key: key(addr, port),
+            scheduler: "rr".into(),
+            persistence: None,
+        }
+    }
+
+    fn real(addr: &str, port: u16, weight: u32) -> RealServer {
+        RealServer {
+            key: RealServerKey {
+                addr: addr.parse().unwrap(),
+                port,
+            },
+            weight,
+        }
+    }
+
+    /// A kernel holding 10.0.0.1:80 with one real server 10.1.0.1:8080.
+    async fn populated() -> FakeKernel {
+        let mut kernel = FakeKernel::new();
+        let results = kernel
+            .apply(&[
+                Op::AddVirtualServer(server("10.0.0.1", 80)),
+                Op::AddRealServer(key("10.0.0.1", 80), real("10.1.0.1", 8080, 1)),
+            ])
+            .await;
+        assert_eq!(results, vec![Ok(()), Ok(())]);
+        kernel
+    }
+
+    #[tokio::test]
+    async fn ipvs_operations_answer_like_the_kernel() {
+        let vs = key("10.0.0.1", 80);
+        let missing = key("10.0.0.9", 80);
+        let rs = real("10.1.0.1", 8080, 1);
+        let cases: Vec<(&str, Op, Result<(), KernelError>)> = vec![
+            (
+                "adding an existing virtual server",
+                Op::AddVirtualServer(server("10.0.0.1", 80)),
+                Err(KernelError::Exists),
+            ),
+            (
+                "updating a missing virtual server",
+                Op::UpdateVirtualServer(server("10.0.0.9", 80)),
+                Err(KernelError::NotFound),
+            ),
+            (
+                "deleting a missing virtual server",
+                Op::DeleteVirtualServer(missing),
+                Err(KernelError::NotFound),
+            ),
+            (
+                "adding a real server to a missing virtual server",
+                Op::AddRealServer(missing, rs),
+                Err(KernelError::NotFound),
+            ),
+            (
+                "adding an existing real server",
+                Op::AddRealServer(vs, rs),
+                Err(KernelError::Exists),
+            ),
+            (
+                "updating a missing real server",
+                Op::UpdateRealServer(vs, real("10.1.0.2", 8080, 1)),
+                Err(KernelError::NotFound),
+            ),
+            (
+                "deleting a missing real server",
+                Op::DeleteRealServer(vs, real("10.1.0.2", 8080, 1).key),
+                Err(KernelError::NotFound),
+            ),
+            (
+                "updating an existing real server's weight",
+                Op::UpdateRealServer(vs, real("10.1.0.1", 8080, 5)),
+                Ok(()),
+            ),
+            (
+                "adding a new virtual server",
+                Op::AddVirtualServer(server("10.0.0.2", 80)),
+                Ok(()),
+            ),
+        ];
+        for (name, op, expected) in cases {
+            let mut kernel = populated().await;
+            let results = kernel.apply(std::slice::from_ref(&op)).await;
+            assert_eq!(results, vec![expected], "{name}");
+            assert_eq!(kernel.writes(), 3, "{name}: every op is counted");
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_virtual_server_drops_its_real_servers() {
+        let mut kernel = populated().await;
+        let vs = key("10.0.0.1", 80);
+        let results = kernel
+            .apply(&[
+                Op::DeleteVirtualServer(vs),
+                Op::AddVirtualServer(server("10.0.0.1", 80)),
+            ])
+            .await;
+        assert_eq!(results, vec![Ok(()), Ok(())]);
+        assert_eq!(kernel.virtual_server(&vs).unwrap().real_servers, vec![]);
+    }
+
+    #[tokio::test]
+    async fn injected_failures_hit_only_their_target() {
+        let mut kernel = populated().await;
+        let vs = key("10.0.0.1", 80);
+        kernel.fail_next(FailOn::VirtualServer(vs), KernelError::Other("boom".into()));
+        let results = kernel
+            .apply(&[
+                Op::AddVirtualServer(server("10.0.0.2", 80)),
+                Op::UpdateRealServer(vs, real("10.1.0.1", 8080, 7)),
+                Op::UpdateRealServer(vs, real("10.1.0.1", 8080, 9)),
+            ])
+            .await;
+        assert_eq!(
+            results,
+            vec![Ok(()), Err(KernelError::Other("boom".into())), Ok(())],
+            "fail_next fails exactly one op"
+        );
+        assert_eq!(
+            kernel.virtual_server(&vs).unwrap().real_servers[0].weight,
+            9
+        );
+
+        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        kernel.fail_always(FailOn::Address(addr), KernelError::Other("busy".into()));
+        kernel.ensure_link().await.unwrap();
+        for _ in 0..2 {
+            assert!(kernel.add_address(addr).await.is_err());
+        }
+        kernel.clear_failures();
+        assert_eq!(kernel.add_address(addr).await, Ok(()));
+        assert_eq!(kernel.add_address(addr).await, Err(KernelError::Exists));
+        assert_eq!(kernel.addresses(), vec![addr]);
+
+        kernel.fail_next(FailOn::IpvsDump, KernelError::Other("dump".into()));
+        assert!(kernel.dump().await.is_err());
+        assert_eq!(kernel.dump().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn addresses_need_the_link_and_answer_like_the_kernel() {
+        let mut kernel = FakeKernel::new();
+        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(kernel.add_address(addr).await, Err(KernelError::NotFound));
+        assert_eq!(kernel.ensure_link().await, Ok(vec![]));
+        assert_eq!(kernel.add_address(addr).await, Ok(()));
+        assert_eq!(kernel.ensure_link().await, Ok(vec![addr]));
+        assert_eq!(kernel.del_address(addr).await, Ok(()));
+        assert_eq!(kernel.del_address(addr).await, Err(KernelError::NotFound));
+        assert_eq!(kernel.writes(), 4);
+        assert_eq!(kernel.dumps(), 2);
+        assert_eq!(
+            kernel.take_writes(),
+            vec![
+                Write::AddAddress(addr),
+                Write::AddAddress(addr),
+                Write::DelAddress(addr),
+                Write::DelAddress(addr),
+            ]
+        );
+    }
+}
