@@ -1,1 +1,446 @@
-//! Placeholder: filled by the model work.
+//! The proxy's compact picture of the cluster, keyed by service: Services,
+//! their EndpointSlices (and mirrored Endpoints), and this node's facts.
+//!
+//! [`Model::apply`] folds one [`SourceEvent`] in and returns the [`Changes`]:
+//! the services whose translation may differ. It is the change tracker: an
+//! update that leaves an object's compact form as it was reports nothing, and
+//! an object that cannot be converted is reported and its last good version
+//! kept. Work per event is proportional to the objects it carries.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::desired::ServiceName;
+use crate::source::{SourceEvent, Update};
+
+mod endpoints;
+mod error;
+mod field;
+mod node;
+mod service;
+
+#[cfg(test)]
+mod tests;
+
+pub use endpoints::{
+    AddressType, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, SERVICE_NAME_LABEL,
+    SKIP_MIRROR_LABEL,
+};
+pub use error::{ModelError, ObjectKind, Problem};
+pub use node::NodeInfo;
+pub use service::{
+    ServiceInfo, ServicePortInfo, ServiceType, SkipReason, TargetPort,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, SCHEDULER_ANNOTATION, SERVICE_PROXY_NAME_LABEL,
+};
+
+/// What one or more events changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Every service may translate differently (this node changed).
+    pub all: bool,
+    /// The services whose translation may differ.
+    pub services: HashSet<ServiceName>,
+    /// Objects rejected (their last good version, if any, is still in force).
+    pub errors: Vec<ModelError>,
+    /// The sources reported their initial lists complete.
+    pub synced: bool,
+}
+
+impl Changes {
+    /// Nothing to translate again.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty()
+    }
+
+    /// Folds later changes in, so that a burst of events syncs once.
+    pub fn merge(&mut self, later: Changes) {
+        self.all |= later.all;
+        self.synced |= later.synced;
+        self.services.extend(later.services);
+        self.errors.extend(later.errors);
+    }
+}
+
+/// Where a slice lives: its namespace and its own name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SliceKey {
+    namespace: Arc<str>,
+    name: Arc<str>,
+}
+
+/// Slices of one service, by slice name.
+type ServiceSlices = BTreeMap<Arc<str>, EndpointSliceInfo>;
+
+/// The compact cluster state one node's proxy works from.
+#[derive(Debug)]
+pub struct Model {
+    node_name: Arc<str>,
+    node: Option<NodeInfo>,
+    services: HashMap<ServiceName, ServiceInfo>,
+    slices: HashMap<ServiceName, ServiceSlices>,
+    /// Which service each slice was last filed under, so that a delete or a
+    /// relabel finds it without a scan.
+    slice_owners: HashMap<SliceKey, ServiceName>,
+    /// Mirrored core/v1 Endpoints, by the name they share with their Service.
+    mirrored: HashMap<ServiceName, Vec<EndpointSliceInfo>>,
+    synced: bool,
+}
+
+impl Model {
+    /// An empty model for the node called `node_name`; Node objects with
+    /// other names are ignored.
+    pub fn new(node_name: impl Into<Arc<str>>) -> Model {
+        Model {
+            node_name: node_name.into(),
+            node: None,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owners: HashMap::new(),
+            mirrored: HashMap::new(),
+            synced: false,
+        }
+    }
+
+    /// This node, once its Node object has been seen.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    /// Whether the sources have delivered their initial lists.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Every Service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> + '_ {
+        self.services.values()
+    }
+
+    /// Number of Services held.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn service(&self, name: &ServiceName) -> Option<&ServiceInfo> {
+        self.services.get(name)
+    }
+
+    /// The endpoint slices that feed a Service: its EndpointSlices and, if it
+    /// exists and has no selector, its mirrored Endpoints.
+    pub fn endpoint_slices<'a>(
+        &'a self,
+        name: &ServiceName,
+    ) -> impl Iterator<Item = &'a EndpointSliceInfo> + 'a {
+        let mirror = self.services.get(name).is_some_and(|svc| !svc.has_selector);
+        let mirrored = self.mirrored.get(name).filter(|_| mirror);
+        self.slices
+            .get(name)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .chain(mirrored.into_iter().flatten())
+    }
+
+    /// Folds one event in.
+    pub fn apply(&mut self, event: SourceEvent) -> Changes {
+        let mut changes = Changes::default();
+        match event {
+            SourceEvent::Service(update) => self.apply_services(update, &mut changes),
+            SourceEvent::EndpointSlice(update) => self.apply_slices(update, &mut changes),
+            SourceEvent::Endpoints(update) => self.apply_endpoints(update, &mut changes),
+            SourceEvent::Node(update) => self.apply_node(update, &mut changes),
+            SourceEvent::Synced => {
+                self.synced = true;
+                changes.synced = true;
+            }
+        }
+        changes
+    }
+
+    fn apply_services(&mut self, update: Update<Service>, changes: &mut Changes) {
+        match update {
+            Update::Apply(svc) => match ServiceInfo::from_service(&svc) {
+                Ok(info) => {
+                    if self.services.get(&info.name) != Some(&info) {
+                        changes.services.insert(info.name.clone());
+                        self.services.insert(info.name.clone(), info);
+                    }
+                }
+                Err(e) => changes.errors.push(e),
+            },
+            Update::Delete(svc) => match object_name(ObjectKind::Service, &svc.metadata) {
+                Ok(name) => {
+                    if self.services.remove(&name).is_some() {
+                        changes.services.insert(name);
+                    }
+                }
+                Err(e) => changes.errors.push(e),
+            },
+            Update::Replace(list) => {
+                let mut next = HashMap::with_capacity(list.len());
+                for svc in &list {
+                    match ServiceInfo::from_service(svc) {
+                        Ok(info) => {
+                            next.insert(info.name.clone(), info);
+                        }
+                        Err(e) => {
+                            changes.errors.push(e);
+                            keep_last_good(&self.services, &mut next, &svc.metadata);
+                        }
+                    }
+                }
+                diff_keys(&self.services, &next, &mut changes.services);
+                self.services = next;
+            }
+        }
+    }
+
+    fn apply_slices(&mut self, update: Update<EndpointSlice>, changes: &mut Changes) {
+        match update {
+            Update::Apply(slice) => match slice_key(&slice.metadata) {
+                Err(e) => changes.errors.push(e),
+                Ok(key) => match EndpointSliceInfo::from_slice(&slice) {
+                    Ok(info) => self.put_slice(key, info, changes),
+                    Err(e) => changes.errors.push(e),
+                },
+            },
+            Update::Delete(slice) => match slice_key(&slice.metadata) {
+                Ok(key) => self.put_slice(key, None, changes),
+                Err(e) => changes.errors.push(e),
+            },
+            Update::Replace(list) => {
+                let mut slices: HashMap<ServiceName, ServiceSlices> = HashMap::new();
+                let mut owners = HashMap::with_capacity(list.len());
+                for slice in &list {
+                    let key = match slice_key(&slice.metadata) {
+                        Ok(key) => key,
+                        Err(e) => {
+                            changes.errors.push(e);
+                            continue;
+                        }
+                    };
+                    let info = match EndpointSliceInfo::from_slice(slice) {
+                        Ok(Some(info)) => info,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            changes.errors.push(e);
+                            match self.slice(&key) {
+                                Some(last_good) => last_good.clone(),
+                                None => continue,
+                            }
+                        }
+                    };
+                    owners.insert(key, info.service.clone());
+                    slices
+                        .entry(info.service.clone())
+                        .or_default()
+                        .insert(info.name.clone(), info);
+                }
+                diff_keys(&self.slices, &slices, &mut changes.services);
+                self.slices = slices;
+                self.slice_owners = owners;
+            }
+        }
+    }
+
+    /// The slice last filed under `key`.
+    fn slice(&self, key: &SliceKey) -> Option<&EndpointSliceInfo> {
+        let owner = self.slice_owners.get(key)?;
+        self.slices.get(owner)?.get(&key.name)
+    }
+
+    /// Files `info` under `key` (or removes what is there for `None`).
+    fn put_slice(&mut self, key: SliceKey, info: Option<EndpointSliceInfo>, changes: &mut Changes) {
+        let new_owner = info.as_ref().map(|i| &i.service);
+        if let Some(old_owner) = self.slice_owners.get(&key) {
+            if Some(old_owner) != new_owner {
+                if let Some(owner_slices) = self.slices.get_mut(old_owner) {
+                    owner_slices.remove(&key.name);
+                    if owner_slices.is_empty() {
+                        self.slices.remove(old_owner);
+                    }
+                }
+                changes.services.insert(old_owner.clone());
+            }
+        }
+        match info {
+            Some(info) => {
+                let owner = info.service.clone();
+                let owner_slices = self.slices.entry(owner.clone()).or_default();
+                if owner_slices.get(&key.name) != Some(&info) {
+                    owner_slices.insert(key.name.clone(), info);
+                    changes.services.insert(owner.clone());
+                }
+                self.slice_owners.insert(key, owner);
+            }
+            None => {
+                self.slice_owners.remove(&key);
+            }
+        }
+    }
+
+    fn apply_endpoints(&mut self, update: Update<Endpoints>, changes: &mut Changes) {
+        match update {
+            Update::Apply(ep) => {
+                match (
+                    object_name(ObjectKind::Endpoints, &ep.metadata),
+                    EndpointSliceInfo::mirror_endpoints(&ep),
+                ) {
+                    (Ok(name), Ok(mirrored)) => self.put_mirrored(name, mirrored, changes),
+                    (Err(e), _) | (_, Err(e)) => changes.errors.push(e),
+                }
+            }
+            Update::Delete(ep) => match object_name(ObjectKind::Endpoints, &ep.metadata) {
+                Ok(name) => self.put_mirrored(name, Vec::new(), changes),
+                Err(e) => changes.errors.push(e),
+            },
+            Update::Replace(list) => {
+                let mut next = HashMap::with_capacity(list.len());
+                for ep in &list {
+                    let name = match object_name(ObjectKind::Endpoints, &ep.metadata) {
+                        Ok(name) => name,
+                        Err(e) => {
+                            changes.errors.push(e);
+                            continue;
+                        }
+                    };
+                    match EndpointSliceInfo::mirror_endpoints(ep) {
+                        Ok(mirrored) if mirrored.is_empty() => {}
+                        Ok(mirrored) => {
+                            next.insert(name, mirrored);
+                        }
+                        Err(e) => {
+                            changes.errors.push(e);
+                            if let Some(last_good) = self.mirrored.get(&name) {
+                                next.insert(name, last_good.clone());
+                            }
+                        }
+                    }
+                }
+                diff_keys(&self.mirrored, &next, &mut changes.services);
+                self.mirrored = next;
+            }
+        }
+    }
+
+    fn put_mirrored(
+        &mut self,
+        name: ServiceName,
+        mirrored: Vec<EndpointSliceInfo>,
+        changes: &mut Changes,
+    ) {
+        let old = self
+            .mirrored
+            .get(&name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if old == mirrored.as_slice() {
+            return;
+        }
+        changes.services.insert(name.clone());
+        if mirrored.is_empty() {
+            self.mirrored.remove(&name);
+        } else {
+            self.mirrored.insert(name, mirrored);
+        }
+    }
+
+    fn apply_node(&mut self, update: Update<Node>, changes: &mut Changes) {
+        let next = match update {
+            Update::Apply(node) => {
+                if node.metadata.name.as_deref() != Some(&*self.node_name) {
+                    return;
+                }
+                match NodeInfo::from_node(&node) {
+                    Ok(info) => Some(info),
+                    Err(e) => {
+                        changes.errors.push(e);
+                        return;
+                    }
+                }
+            }
+            Update::Delete(node) => {
+                if node.metadata.name.as_deref() != Some(&*self.node_name) {
+                    return;
+                }
+                None
+            }
+            Update::Replace(list) => {
+                let Some(node) = list
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(&*self.node_name))
+                else {
+                    self.set_node(None, changes);
+                    return;
+                };
+                match NodeInfo::from_node(node) {
+                    Ok(info) => Some(info),
+                    Err(e) => {
+                        changes.errors.push(e);
+                        return;
+                    }
+                }
+            }
+        };
+        self.set_node(next, changes);
+    }
+
+    fn set_node(&mut self, next: Option<NodeInfo>, changes: &mut Changes) {
+        if self.node != next {
+            self.node = next;
+            changes.all = true;
+        }
+    }
+}
+
+/// The Service name of a Service or Endpoints object (they share names).
+fn object_name(kind: ObjectKind, meta: &ObjectMeta) -> Result<ServiceName, ModelError> {
+    let obj = field::namespaced(kind, meta)?;
+    Ok(ServiceName::new(
+        obj.namespace.unwrap_or_default(),
+        obj.name,
+    ))
+}
+
+fn slice_key(meta: &ObjectMeta) -> Result<SliceKey, ModelError> {
+    let obj = field::namespaced(ObjectKind::EndpointSlice, meta)?;
+    Ok(SliceKey {
+        namespace: obj.namespace.unwrap_or_default().into(),
+        name: obj.name.into(),
+    })
+}
+
+/// On a relist, a rejected Service keeps the version the model already had.
+fn keep_last_good(
+    current: &HashMap<ServiceName, ServiceInfo>,
+    next: &mut HashMap<ServiceName, ServiceInfo>,
+    meta: &ObjectMeta,
+) {
+    if let Ok(name) = object_name(ObjectKind::Service, meta) {
+        if let Some(last_good) = current.get(&name) {
+            next.insert(name, last_good.clone());
+        }
+    }
+}
+
+/// Adds to `changed` every key whose value differs between `old` and `new`
+/// (present in one only, or unequal).
+fn diff_keys<V: PartialEq>(
+    old: &HashMap<ServiceName, V>,
+    new: &HashMap<ServiceName, V>,
+    changed: &mut HashSet<ServiceName>,
+) {
+    for (name, value) in old {
+        if new.get(name) != Some(value) {
+            changed.insert(name.clone());
+        }
+    }
+    for name in new.keys() {
+        if !old.contains_key(name) {
+            changed.insert(name.clone());
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Why an API object could not be folded into the model.
+
+use std::fmt;
+
+/// The kind of API object an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Node,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Endpoints => "Endpoints",
+            ObjectKind::Node => "Node",
+        })
+    }
+}
+
+/// What is wrong with one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The field is required and absent or empty.
+    Missing,
+    /// A value outside the set the proxy understands (a protocol, a type, a policy).
+    Unsupported(String),
+    /// Not an IP address.
+    InvalidIp(String),
+    /// A number outside its allowed range.
+    OutOfRange(i64),
+    /// An address whose family contradicts the slice's addressType.
+    WrongFamily(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing => f.write_str("missing"),
+            Problem::Unsupported(v) => write!(f, "unsupported value {v:?}"),
+            Problem::InvalidIp(v) => write!(f, "invalid IP {v:?}"),
+            Problem::OutOfRange(v) => write!(f, "value {v} out of range"),
+            Problem::WrongFamily(v) => write!(f, "address {v:?} does not match addressType"),
+        }
+    }
+}
+
+/// An API object the model rejected: names the object, the field and the
+/// value, e.g. `Service default/web: spec.ports[1].protocol: unsupported value "HTTP"`.
+///
+/// The model keeps the last good version of a rejected object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {problem}")]
+pub struct ModelError {
+    pub kind: ObjectKind,
+    /// `namespace/name` (or the name alone for a Node).
+    pub object: String,
+    /// The field path as in the API, e.g. `spec.ports[1].protocol`.
+    pub field: String,
+    pub problem: Problem,
+}
+
+/// Builds errors about one object without repeating its identity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectRef<'a> {
+    pub kind: ObjectKind,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+}
+
+impl ObjectRef<'_> {
+    pub fn error(&self, field: impl Into<String>, problem: Problem) -> ModelError {
+        let object = match self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.to_owned(),
+        };
+        ModelError {
+            kind: self.kind,
+            object,
+            field: field.into(),
+            problem,
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The compact form of a core/v1 Service: only what the proxy programs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::error::{ModelError, ObjectKind, ObjectRef, Problem};
+use super::field;
+use crate::desired::{Protocol, ServiceName};
+
+/// Annotation that overrides the IPVS scheduler of one Service, e.g.
+/// `kube-ipvs-proxy.io/scheduler: "lc"`. The value must be a scheduler the
+/// kernel offers; otherwise the proxy reports it and uses its default.
+pub const SCHEDULER_ANNOTATION: &str = "kube-ipvs-proxy.io/scheduler";
+
+/// Label that hands a Service to another proxy (upstream kube-proxy skips
+/// such services, whatever the value).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The session affinity timeout the API defaults to (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
+
+/// The largest timeout the API accepts for ClientIP affinity (one day).
+const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86400;
+
+/// `spec.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+impl ServiceType {
+    /// NodePort and LoadBalancer services are reachable on node addresses.
+    pub fn has_node_ports(self) -> bool {
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+}
+
+/// Why the proxy programs nothing for a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// `type: ExternalName` is a DNS alias, not a virtual IP.
+    ExternalName,
+    /// `clusterIP: None`: DNS returns the endpoints directly.
+    Headless,
+    /// No cluster IP allocated (yet), as upstream's `ShouldSkipService`.
+    NoClusterIp,
+    /// Labelled `service.kubernetes.io/service-proxy-name`: another proxy's.
+    OtherProxy,
+}
+
+/// `spec.ports[].targetPort`, kept for display; real server ports come from
+/// the EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetPort {
+    Number(u16),
+    Name(Arc<str>),
+}
+
+/// One entry of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServicePortInfo {
+    /// Matches the EndpointSlice port of the same name ("" when unnamed).
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub target_port: Option<TargetPort>,
+}
+
+/// A Service as the proxy needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: ServiceName,
+    pub type_: ServiceType,
+    /// `spec.clusterIPs`, falling back to `spec.clusterIP`.
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of LoadBalancer services, except
+    /// entries with `ipMode: Proxy` (the load balancer delivers to nodes).
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+    /// `Some(timeout seconds)` for sessionAffinity ClientIP.
+    pub session_affinity: Option<u32>,
+    /// externalTrafficPolicy Local.
+    pub external_traffic_local: bool,
+    /// internalTrafficPolicy Local.
+    pub internal_traffic_local: bool,
+    /// The raw value of [`SCHEDULER_ANNOTATION`]; translate validates it.
+    pub scheduler: Option<Arc<str>>,
+    /// Whether `spec.selector` is non-empty: Endpoints are mirrored only for
+    /// services without one, as the EndpointSlice mirroring controller does.
+    pub has_selector: bool,
+    pub skip: Option<SkipReason>,
+}
+
+impl ServiceInfo {
+    /// Converts a Service; never panics, and names the offending field.
+    ///
+    /// A skipped service keeps only its name, type and skip reason: nothing
+    /// else of it is read, so nothing else of it can be wrong.
+    pub fn from_service(svc: &Service) -> Result<ServiceInfo, ModelError> {
+        let obj = field::namespaced(ObjectKind::Service, &svc.metadata)?;
+        let name = ServiceName::new(obj.namespace.unwrap_or_default(), obj.name);
+        let spec = svc.spec.as_ref();
+
+        let type_ = match spec.and_then(|s| s.type_.as_deref()) {
+            None | Some("ClusterIP") => ServiceType::ClusterIp,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            Some(other) => {
+                return Err(obj.error("spec.type", Problem::Unsupported(other.to_owned())));
+            }
+        };
+        let has_selector = spec
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|sel| !sel.is_empty());
+        let mut info = ServiceInfo {
+            name,
+            type_,
+            cluster_ips: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            ports: Vec::new(),
+            session_affinity: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            scheduler: None,
+            has_selector,
+            skip: None,
+        };
+
+        let other_proxy = svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
+        let cluster_ip_strings: Vec<&str> = match spec {
+            Some(s) => match s.cluster_ips.as_deref() {
+                Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+                _ => s.cluster_ip.as_deref().into_iter().collect(),
+            },
+            None => Vec::new(),
+        };
+        info.skip = if type_ == ServiceType::ExternalName {
+            Some(SkipReason::ExternalName)
+        } else if other_proxy {
+            Some(SkipReason::OtherProxy)
+        } else if cluster_ip_strings.first() == Some(&"None") {
+            Some(SkipReason::Headless)
+        } else if cluster_ip_strings.iter().all(|ip| ip.is_empty()) {
+            Some(SkipReason::NoClusterIp)
+        } else {
+            None
+        };
+        let Some(spec) = spec.filter(|_| info.skip.is_none()) else {
+            return Ok(info);
+        };
+
+        let ips_field = if spec.cluster_ips.as_ref().is_some_and(|v| !v.is_empty()) {
+            "spec.clusterIPs"
+        } else {
+            "spec.clusterIP"
+        };
+        for (i, value) in cluster_ip_strings.iter().enumerate() {
+            let ip = field::ip(&obj, || format!("{ips_field}[{i}]"), value)?;
+            push_unique(&mut info.cluster_ips, ip);
+        }
+        for (i, value) in spec.external_ips.iter().flatten().enumerate() {
+            let ip = field::ip(&obj, || format!("spec.externalIPs[{i}]"), value)?;
+            push_unique(&mut info.external_ips, ip);
+        }
+        if type_ == ServiceType::LoadBalancer {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            for (i, ing) in ingress.into_iter().flatten().enumerate() {
+                if ing.ip_mode.as_deref() == Some("Proxy") {
+                    continue;
+                }
+                // Hostname-only ingress (some cloud LBs) has no IP to hold.
+                let Some(value) = ing.ip.as_deref().filter(|v| !v.is_empty()) else {
+                    continue;
+                };
+                let ip = field::ip(
+                    &obj,
+                    || format!("status.loadBalancer.ingress[{i}].ip"),
+                    value,
+                )?;
+                push_unique(&mut info.load_balancer_ips, ip);
+            }
+        }
+
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let protocol = field::protocol(
+                &obj,
+                || format!("spec.ports[{i}].protocol"),
+                p.protocol.as_deref(),
+            )?;
+            let port = field::port(&obj, || format!("spec.ports[{i}].port"), p.port)?;
+            let node_port = match p.node_port {
+                None => None,
+                Some(np) => Some(field::port(
+                    &obj,
+                    || format!("spec.ports[{i}].nodePort"),
+                    np,
+                )?),
+            };
+            let target_port = match &p.target_port {
+                None => None,
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                    Some(TargetPort::Number(field::port(
+                        &obj,
+                        || format!("spec.ports[{i}].targetPort"),
+                        *n,
+                    )?))
+                }
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
+                    Some(TargetPort::Name(s.as_str().into()))
+                }
+            };
+            info.ports.push(ServicePortInfo {
+                name: p.name.as_deref().unwrap_or_default().into(),
+                protocol,
+                port,
+                node_port,
+                target_port,
+            });
+        }
+
+        info.session_affinity = match spec.session_affinity.as_deref() {
+            None | Some("None") => None,
+            Some("ClientIP") => {
+                let timeout = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                match timeout {
+                    None => Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS),
+                    Some(t) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&t) => {
+                        Some(t.unsigned_abs())
+                    }
+                    Some(t) => {
+                        return Err(obj.error(
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            Problem::OutOfRange(t.into()),
+                        ));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(obj.error(
+                    "spec.sessionAffinity",
+                    Problem::Unsupported(other.to_owned()),
+                ));
+            }
+        };
+        info.external_traffic_local = traffic_policy_local(
+            &obj,
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?;
+        info.internal_traffic_local = traffic_policy_local(
+            &obj,
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?;
+        info.scheduler = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SCHEDULER_ANNOTATION))
+            .map(|s| s.as_str().into());
+        Ok(info)
+    }
+}
+
+/// Whether a traffic policy is Local; "Cluster" (or absent) is not.
+fn traffic_policy_local(
+    obj: &ObjectRef<'_>,
+    field: &str,
+    value: Option<&str>,
+) -> Result<bool, ModelError> {
+    match value {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(obj.error(field, Problem::Unsupported(other.to_owned()))),
+    }
+}
+
+fn push_unique(ips: &mut Vec<IpAddr>, ip: IpAddr) {
+    if !ips.contains(&ip) {
+        ips.push(ip);
+    }
+}

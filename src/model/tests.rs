@@ -1,0 +1,779 @@
+//! Model tests: conversions from API objects (built from JSON as the API
+//! server would send them) and the change tracking of [`Model::apply`].
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::desired::Protocol;
+
+fn service(v: Value) -> Service {
+    serde_json::from_value(v).expect("test Service JSON")
+}
+
+fn slice(v: Value) -> EndpointSlice {
+    serde_json::from_value(v).expect("test EndpointSlice JSON")
+}
+
+fn endpoints(v: Value) -> Endpoints {
+    serde_json::from_value(v).expect("test Endpoints JSON")
+}
+
+fn node(v: Value) -> Node {
+    serde_json::from_value(v).expect("test Node JSON")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn name(s: &str) -> ServiceName {
+    let (ns, n) = s.split_once('/').unwrap();
+    ServiceName::new(ns, n)
+}
+
+fn names(list: &[&str]) -> HashSet<ServiceName> {
+    list.iter().map(|s| name(s)).collect()
+}
+
+/// A ClusterIP service `default/<n>` at `ip` with one TCP port 80 "http".
+fn web(n: &str, cluster_ip: &str) -> Service {
+    service(json!({
+        "metadata": {"namespace": "default", "name": n},
+        "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "port": 80}]},
+    }))
+}
+
+/// A slice of `default/<svc>` named `n` with ready endpoints `ips` on port 8080 "http".
+fn web_slice(n: &str, svc: &str, ips: &[&str]) -> EndpointSlice {
+    let eps: Vec<Value> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+    slice(json!({
+        "metadata": {"namespace": "default", "name": n,
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": 8080}],
+    }))
+}
+
+// ---- Service conversion -------------------------------------------------
+
+#[test]
+fn service_conversion() {
+    struct Case {
+        name: &'static str,
+        svc: Value,
+        check: fn(&ServiceInfo),
+    }
+    let cases = [
+        Case {
+            name: "defaults: ClusterIP type, TCP, unnamed port, no affinity, Cluster policies",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}),
+            check: |s| {
+                assert_eq!(s.name, name("default/a"));
+                assert_eq!(s.type_, ServiceType::ClusterIp);
+                assert_eq!(s.cluster_ips, vec![ip("10.96.0.1")]);
+                assert_eq!(
+                    s.ports,
+                    vec![ServicePortInfo {
+                        name: "".into(),
+                        protocol: Protocol::Tcp,
+                        port: 80,
+                        node_port: None,
+                        target_port: None,
+                    }]
+                );
+                assert_eq!(s.session_affinity, None);
+                assert!(!s.external_traffic_local && !s.internal_traffic_local);
+                assert_eq!(s.skip, None);
+                assert!(!s.has_selector);
+            },
+        },
+        Case {
+            name: "clusterIPs wins over clusterIP and keeps both families",
+            svc: json!({"metadata": {"namespace": "ns", "name": "a"},
+                        "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
+                                 "ports": [{"port": 80}]}}),
+            check: |s| assert_eq!(s.cluster_ips, vec![ip("10.96.0.1"), ip("fd00::1")]),
+        },
+        Case {
+            name: "every port with protocol, nodePort and targetPort",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"type": "NodePort", "clusterIP": "10.96.0.1", "selector": {"app": "a"},
+                                 "ports": [
+                                     {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053, "targetPort": 5353},
+                                     {"name": "sctp", "port": 9, "protocol": "SCTP", "targetPort": "sctp"}]}}),
+            check: |s| {
+                assert_eq!(s.type_, ServiceType::NodePort);
+                assert!(s.has_selector);
+                assert_eq!(
+                    s.ports,
+                    vec![
+                        ServicePortInfo {
+                            name: "dns".into(),
+                            protocol: Protocol::Udp,
+                            port: 53,
+                            node_port: Some(30053),
+                            target_port: Some(TargetPort::Number(5353)),
+                        },
+                        ServicePortInfo {
+                            name: "sctp".into(),
+                            protocol: Protocol::Sctp,
+                            port: 9,
+                            node_port: None,
+                            target_port: Some(TargetPort::Name("sctp".into())),
+                        },
+                    ]
+                );
+            },
+        },
+        Case {
+            name: "ClientIP affinity without config defaults to 10800 seconds",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"clusterIP": "10.96.0.1", "sessionAffinity": "ClientIP"}}),
+            check: |s| assert_eq!(s.session_affinity, Some(10800)),
+        },
+        Case {
+            name: "ClientIP affinity with an explicit timeout",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"clusterIP": "10.96.0.1", "sessionAffinity": "ClientIP",
+                                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}}),
+            check: |s| assert_eq!(s.session_affinity, Some(60)),
+        },
+        Case {
+            name: "Local traffic policies",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"clusterIP": "10.96.0.1", "externalTrafficPolicy": "Local",
+                                 "internalTrafficPolicy": "Local"}}),
+            check: |s| assert!(s.external_traffic_local && s.internal_traffic_local),
+        },
+        Case {
+            name:
+                "external IPs and LB ingress IPs, skipping ipMode Proxy and hostname-only entries",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1",
+                                 "externalIPs": ["192.0.2.1", "192.0.2.1"]},
+                        "status": {"loadBalancer": {"ingress": [
+                            {"ip": "198.51.100.1"},
+                            {"ip": "198.51.100.2", "ipMode": "Proxy"},
+                            {"ip": "198.51.100.3", "ipMode": "VIP"},
+                            {"hostname": "lb.example"}]}}}),
+            check: |s| {
+                assert_eq!(s.external_ips, vec![ip("192.0.2.1")]);
+                assert_eq!(
+                    s.load_balancer_ips,
+                    vec![ip("198.51.100.1"), ip("198.51.100.3")]
+                );
+            },
+        },
+        Case {
+            name: "LB ingress of a service that is no longer type LoadBalancer is ignored",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1"},
+                        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}}),
+            check: |s| assert!(s.load_balancer_ips.is_empty()),
+        },
+        Case {
+            name: "scheduler annotation is carried raw",
+            svc: json!({"metadata": {"name": "a", "annotations": {"kube-ipvs-proxy.io/scheduler": "lc"}},
+                        "spec": {"clusterIP": "10.96.0.1"}}),
+            check: |s| assert_eq!(s.scheduler.as_deref(), Some("lc")),
+        },
+        Case {
+            name: "ExternalName is skipped",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"type": "ExternalName", "externalName": "example.com",
+                                 "ports": [{"port": 80, "protocol": "HTTP"}]}}),
+            check: |s| {
+                assert_eq!(s.skip, Some(SkipReason::ExternalName));
+                assert!(s.ports.is_empty());
+            },
+        },
+        Case {
+            name: "headless (clusterIP None) is skipped",
+            svc: json!({"metadata": {"name": "a"},
+                        "spec": {"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}}),
+            check: |s| assert_eq!(s.skip, Some(SkipReason::Headless)),
+        },
+        Case {
+            name: "no cluster IP allocated is skipped",
+            svc: json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}),
+            check: |s| assert_eq!(s.skip, Some(SkipReason::NoClusterIp)),
+        },
+        Case {
+            name: "service-proxy-name label hands the service to another proxy",
+            svc: json!({"metadata": {"name": "a", "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+                        "spec": {"clusterIP": "10.96.0.1"}}),
+            check: |s| {
+                assert_eq!(s.skip, Some(SkipReason::OtherProxy));
+                assert!(s.cluster_ips.is_empty());
+            },
+        },
+    ];
+    for case in cases {
+        let info = ServiceInfo::from_service(&service(case.svc))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        (case.check)(&info);
+    }
+}
+
+#[test]
+fn service_errors_name_object_field_and_value() {
+    let cases = [
+        (
+            "unsupported protocol",
+            json!({"metadata": {"namespace": "default", "name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1",
+                            "ports": [{"port": 80}, {"port": 81, "protocol": "HTTP"}]}}),
+            r#"Service default/web: spec.ports[1].protocol: unsupported value "HTTP""#,
+        ),
+        (
+            "invalid cluster IP",
+            json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.0.x"}}),
+            r#"Service default/web: spec.clusterIP[0]: invalid IP "10.96.0.x""#,
+        ),
+        (
+            "invalid second cluster IP",
+            json!({"metadata": {"name": "web"}, "spec": {"clusterIPs": ["10.96.0.1", "fd00::zz"]}}),
+            r#"Service default/web: spec.clusterIPs[1]: invalid IP "fd00::zz""#,
+        ),
+        (
+            "invalid external IP",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1", "externalIPs": ["example.com"]}}),
+            r#"Service default/web: spec.externalIPs[0]: invalid IP "example.com""#,
+        ),
+        (
+            "invalid LB ingress IP",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1"},
+                   "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3"}]}}}),
+            r#"Service default/web: status.loadBalancer.ingress[0].ip: invalid IP "1.2.3""#,
+        ),
+        (
+            "port out of range",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 70000}]}}),
+            "Service default/web: spec.ports[0].port: value 70000 out of range",
+        ),
+        (
+            "nodePort zero",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"type": "NodePort", "clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 0}]}}),
+            "Service default/web: spec.ports[0].nodePort: value 0 out of range",
+        ),
+        (
+            "unknown type",
+            json!({"metadata": {"name": "web"}, "spec": {"type": "Magic", "clusterIP": "10.96.0.1"}}),
+            r#"Service default/web: spec.type: unsupported value "Magic""#,
+        ),
+        (
+            "unknown affinity",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1", "sessionAffinity": "Cookie"}}),
+            r#"Service default/web: spec.sessionAffinity: unsupported value "Cookie""#,
+        ),
+        (
+            "affinity timeout beyond a day",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1", "sessionAffinity": "ClientIP",
+                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}}}),
+            "Service default/web: spec.sessionAffinityConfig.clientIP.timeoutSeconds: value 86401 out of range",
+        ),
+        (
+            "unknown traffic policy",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"clusterIP": "10.96.0.1", "externalTrafficPolicy": "Nearest"}}),
+            r#"Service default/web: spec.externalTrafficPolicy: unsupported value "Nearest""#,
+        ),
+        (
+            "no name",
+            json!({"metadata": {"namespace": "kube-system"}, "spec": {"clusterIP": "10.96.0.1"}}),
+            "Service kube-system/<unnamed>: metadata.name: missing",
+        ),
+    ];
+    for (case, svc, want) in cases {
+        let err = ServiceInfo::from_service(&service(svc)).expect_err(case);
+        assert_eq!(err.to_string(), want, "{case}");
+    }
+}
+
+// ---- EndpointSlice conversion -------------------------------------------
+
+#[test]
+fn slice_conditions_follow_the_api_defaults() {
+    // (case, conditions, (ready, serving, terminating))
+    let cases = [
+        ("no conditions: ready", json!({}), (true, true, false)),
+        (
+            "ready false, serving absent: not serving",
+            json!({"ready": false}),
+            (false, false, false),
+        ),
+        (
+            "terminating but still serving",
+            json!({"ready": false, "serving": true, "terminating": true}),
+            (false, true, true),
+        ),
+        (
+            "ready absent, serving false: ready",
+            json!({"serving": false}),
+            (true, false, false),
+        ),
+    ];
+    for (case, conditions, (ready, serving, terminating)) in cases {
+        let s = slice(json!({
+            "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": conditions, "nodeName": "n1"}],
+        }));
+        let info = EndpointSliceInfo::from_slice(&s).unwrap().unwrap();
+        assert_eq!(
+            info.endpoints,
+            vec![EndpointInfo {
+                address: ip("10.244.0.5"),
+                ready,
+                serving,
+                terminating,
+                node_name: Some("n1".into()),
+            }],
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn slice_conversion() {
+    let s = slice(json!({
+        "metadata": {"namespace": "prod", "name": "web-abc",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv6",
+        "endpoints": [{"addresses": ["fd00::20"]}, {"addresses": ["fd00::10", "fd00::11"]}],
+        "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"},
+                  {"name": "all"}],
+    }));
+    let info = EndpointSliceInfo::from_slice(&s).unwrap().unwrap();
+    assert_eq!(info.service, name("prod/web"));
+    assert_eq!(&*info.name, "web-abc");
+    assert_eq!(info.address_type, AddressType::Ipv6);
+    // Sorted; the first address of each endpoint.
+    let addrs: Vec<IpAddr> = info.endpoints.iter().map(|e| e.address).collect();
+    assert_eq!(addrs, vec![ip("fd00::10"), ip("fd00::20")]);
+    // The number-less port ("all ports") is dropped.
+    assert_eq!(
+        info.ports,
+        vec![
+            EndpointPortInfo {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp
+            },
+            EndpointPortInfo {
+                name: "dns".into(),
+                port: 53,
+                protocol: Protocol::Udp
+            },
+        ]
+    );
+}
+
+#[test]
+fn slice_without_service_label_or_with_fqdn_type_yields_nothing_to_program() {
+    let unlabelled = slice(json!({"metadata": {"name": "x"}, "addressType": "IPv4",
+                                  "endpoints": [{"addresses": ["10.0.0.1"]}]}));
+    assert_eq!(EndpointSliceInfo::from_slice(&unlabelled).unwrap(), None);
+
+    let fqdn = slice(
+        json!({"metadata": {"name": "x", "labels": {"kubernetes.io/service-name": "web"}},
+                            "addressType": "FQDN", "endpoints": [{"addresses": ["example.com"]}]}),
+    );
+    let info = EndpointSliceInfo::from_slice(&fqdn).unwrap().unwrap();
+    assert_eq!(info.address_type, AddressType::Fqdn);
+    assert!(info.endpoints.is_empty());
+}
+
+#[test]
+fn slice_errors_name_object_field_and_value() {
+    let labels = json!({"kubernetes.io/service-name": "web"});
+    let cases = [
+        (
+            "invalid IP",
+            json!({"metadata": {"namespace": "default", "name": "web-abc", "labels": labels},
+                   "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.x"]}]}),
+            r#"EndpointSlice default/web-abc: endpoints[0].addresses[0]: invalid IP "10.0.0.x""#,
+        ),
+        (
+            "IPv6 address in an IPv4 slice",
+            json!({"metadata": {"name": "web-abc", "labels": labels}, "addressType": "IPv4",
+                   "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["fd00::1"]}]}),
+            r#"EndpointSlice default/web-abc: endpoints[1].addresses[0]: address "fd00::1" does not match addressType"#,
+        ),
+        (
+            "endpoint without addresses",
+            json!({"metadata": {"name": "web-abc", "labels": labels}, "addressType": "IPv4",
+                   "endpoints": [{"addresses": []}]}),
+            "EndpointSlice default/web-abc: endpoints[0].addresses: missing",
+        ),
+        (
+            "unknown address type",
+            json!({"metadata": {"name": "web-abc", "labels": labels}, "addressType": "IPX",
+                   "endpoints": []}),
+            r#"EndpointSlice default/web-abc: addressType: unsupported value "IPX""#,
+        ),
+        (
+            "port protocol",
+            json!({"metadata": {"name": "web-abc", "labels": labels}, "addressType": "IPv4",
+                   "endpoints": [], "ports": [{"port": 80, "protocol": "QUIC"}]}),
+            r#"EndpointSlice default/web-abc: ports[0].protocol: unsupported value "QUIC""#,
+        ),
+    ];
+    for (case, s, want) in cases {
+        let err = EndpointSliceInfo::from_slice(&slice(s)).expect_err(case);
+        assert_eq!(err.to_string(), want, "{case}");
+    }
+}
+
+// ---- Endpoints mirroring -------------------------------------------------
+
+#[test]
+fn endpoints_mirror_as_the_mirroring_controller_does() {
+    let ep = endpoints(json!({
+        "metadata": {"namespace": "default", "name": "ext"},
+        "subsets": [{
+            "addresses": [{"ip": "192.0.2.10", "nodeName": "n1"}, {"ip": "2001:db8::10"}],
+            "notReadyAddresses": [{"ip": "192.0.2.11"}],
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        }],
+    }));
+    let mirrored = EndpointSliceInfo::mirror_endpoints(&ep).unwrap();
+    let ports = vec![
+        EndpointPortInfo {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        },
+        EndpointPortInfo {
+            name: "dns".into(),
+            port: 53,
+            protocol: Protocol::Udp,
+        },
+    ];
+    let endpoint = |addr: &str, ready: bool, node: Option<&str>| EndpointInfo {
+        address: ip(addr),
+        ready,
+        serving: ready,
+        terminating: false,
+        node_name: node.map(Into::into),
+    };
+    assert_eq!(
+        mirrored,
+        vec![
+            EndpointSliceInfo {
+                service: name("default/ext"),
+                name: "ext-mirror-0-ipv4".into(),
+                address_type: AddressType::Ipv4,
+                endpoints: vec![
+                    endpoint("192.0.2.10", true, Some("n1")),
+                    endpoint("192.0.2.11", false, None),
+                ],
+                ports: ports.clone(),
+            },
+            EndpointSliceInfo {
+                service: name("default/ext"),
+                name: "ext-mirror-0-ipv6".into(),
+                address_type: AddressType::Ipv6,
+                endpoints: vec![endpoint("2001:db8::10", true, None)],
+                ports,
+            },
+        ]
+    );
+}
+
+#[test]
+fn endpoints_labelled_skip_mirror_mirror_to_nothing() {
+    let ep = endpoints(json!({
+        "metadata": {"name": "ext", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}],
+    }));
+    assert_eq!(EndpointSliceInfo::mirror_endpoints(&ep).unwrap(), vec![]);
+}
+
+#[test]
+fn endpoints_error_names_the_subset_field() {
+    let ep = endpoints(json!({
+        "metadata": {"namespace": "default", "name": "ext"},
+        "subsets": [{"notReadyAddresses": [{"ip": "192.0.2.999"}]}],
+    }));
+    assert_eq!(
+        EndpointSliceInfo::mirror_endpoints(&ep)
+            .unwrap_err()
+            .to_string(),
+        r#"Endpoints default/ext: subsets[0].notReadyAddresses[0].ip: invalid IP "192.0.2.999""#
+    );
+}
+
+#[test]
+fn mirrored_endpoints_feed_only_services_without_selector() {
+    let mut model = Model::new("n1");
+    let ep = endpoints(json!({
+        "metadata": {"namespace": "default", "name": "ext"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"name": "http", "port": 80}]}],
+    }));
+    model.apply(SourceEvent::Endpoints(Update::Apply(ep)));
+    assert_eq!(
+        model.endpoint_slices(&name("default/ext")).count(),
+        0,
+        "no Service yet"
+    );
+
+    let selectorless = web("ext", "10.96.0.9");
+    let changes = model.apply(SourceEvent::Service(Update::Apply(selectorless)));
+    assert_eq!(changes.services, names(&["default/ext"]));
+    let slices: Vec<_> = model.endpoint_slices(&name("default/ext")).collect();
+    assert_eq!(slices.len(), 1);
+    assert_eq!(slices[0].endpoints[0].address, ip("192.0.2.10"));
+
+    let mut with_selector = web("ext", "10.96.0.9");
+    with_selector.spec.as_mut().unwrap().selector = Some([("app".into(), "ext".into())].into());
+    let changes = model.apply(SourceEvent::Service(Update::Apply(with_selector)));
+    assert_eq!(changes.services, names(&["default/ext"]));
+    assert_eq!(model.endpoint_slices(&name("default/ext")).count(), 0);
+}
+
+// ---- Model change tracking ----------------------------------------------
+
+#[test]
+fn noop_updates_report_no_change() {
+    let mut model = Model::new("n1");
+    let first = [
+        SourceEvent::Service(Update::Apply(web("a", "10.96.0.1"))),
+        SourceEvent::EndpointSlice(Update::Apply(web_slice(
+            "a-1",
+            "a",
+            &["10.244.0.1", "10.244.0.2"],
+        ))),
+        SourceEvent::Endpoints(Update::Apply(endpoints(json!({
+            "metadata": {"namespace": "default", "name": "b"},
+            "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"port": 80}]}]})))),
+        SourceEvent::Node(Update::Apply(node(json!({"metadata": {"name": "n1"}})))),
+    ];
+    for event in first.clone() {
+        assert!(!model.apply(event).is_empty());
+    }
+
+    let mut annotated = web("a", "10.96.0.1");
+    annotated.metadata.resource_version = Some("2".into());
+    annotated.metadata.annotations = Some([("unrelated".into(), "x".into())].into());
+    let reordered = web_slice("a-1", "a", &["10.244.0.2", "10.244.0.1"]);
+    let again = [
+        (
+            "same Service again",
+            SourceEvent::Service(Update::Apply(annotated)),
+        ),
+        (
+            "same slice, endpoints reordered",
+            SourceEvent::EndpointSlice(Update::Apply(reordered)),
+        ),
+        ("same Endpoints again", first[2].clone()),
+        ("same Node again", first[3].clone()),
+        (
+            "another node's Node",
+            SourceEvent::Node(Update::Apply(node(json!({"metadata": {"name": "n2"}})))),
+        ),
+        (
+            "deleting an unknown Service",
+            SourceEvent::Service(Update::Delete(web("zzz", "10.96.0.99"))),
+        ),
+    ];
+    for (case, event) in again {
+        let changes = model.apply(event);
+        assert!(changes.is_empty(), "{case}: {changes:?}");
+        assert!(changes.errors.is_empty(), "{case}");
+    }
+}
+
+#[test]
+fn replace_reports_only_services_that_differ() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::Service(Update::Replace(vec![
+        web("same", "10.96.0.1"),
+        web("changed", "10.96.0.2"),
+        web("gone", "10.96.0.3"),
+    ])));
+    model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
+        web_slice("same-1", "same", &["10.244.0.1"]),
+        web_slice("changed-1", "changed", &["10.244.0.2"]),
+        web_slice("gone-1", "gone", &["10.244.0.3"]),
+    ])));
+
+    let changes = model.apply(SourceEvent::Service(Update::Replace(vec![
+        web("same", "10.96.0.1"),
+        web("changed", "10.96.0.22"),
+        web("new", "10.96.0.4"),
+    ])));
+    assert_eq!(
+        changes.services,
+        names(&["default/changed", "default/gone", "default/new"])
+    );
+    assert!(model.service(&name("default/gone")).is_none());
+
+    let changes = model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
+        web_slice("same-1", "same", &["10.244.0.1"]),
+        web_slice("changed-1", "changed", &["10.244.0.2", "10.244.0.9"]),
+        web_slice("new-1", "new", &["10.244.0.4"]),
+    ])));
+    assert_eq!(
+        changes.services,
+        names(&["default/changed", "default/gone", "default/new"])
+    );
+    assert_eq!(model.endpoint_slices(&name("default/gone")).count(), 0);
+}
+
+#[test]
+fn bad_object_keeps_last_good_version_and_applies_the_rest() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::Service(Update::Apply(web("web", "10.96.0.1"))));
+    let good = model.service(&name("default/web")).unwrap().clone();
+
+    let mut bad = web("web", "10.96.0.1");
+    bad.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("HTTP".into());
+    let changes = model.apply(SourceEvent::Service(Update::Apply(bad.clone())));
+    assert!(changes.is_empty());
+    assert_eq!(
+        changes
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![r#"Service default/web: spec.ports[0].protocol: unsupported value "HTTP""#]
+    );
+    assert_eq!(model.service(&name("default/web")), Some(&good));
+
+    // On a relist the bad one keeps its last good version; the others apply.
+    let changes = model.apply(SourceEvent::Service(Update::Replace(vec![
+        bad,
+        web("other", "10.96.0.2"),
+    ])));
+    assert_eq!(changes.services, names(&["default/other"]));
+    assert_eq!(changes.errors.len(), 1);
+    assert_eq!(model.service(&name("default/web")), Some(&good));
+
+    // A bad object never seen before is simply absent.
+    let mut fresh_bad = web("fresh", "10.96.0.3");
+    fresh_bad.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.x".into());
+    let changes = model.apply(SourceEvent::Service(Update::Apply(fresh_bad)));
+    assert!(changes.is_empty());
+    assert_eq!(changes.errors.len(), 1);
+    assert!(model.service(&name("default/fresh")).is_none());
+}
+
+#[test]
+fn bad_slice_keeps_last_good_version_on_apply_and_relist() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+        "web-abc",
+        "web",
+        &["10.244.0.1"],
+    ))));
+    let bad = web_slice("web-abc", "web", &["10.0.0.x"]);
+    for event in [
+        SourceEvent::EndpointSlice(Update::Apply(bad.clone())),
+        SourceEvent::EndpointSlice(Update::Replace(vec![bad])),
+    ] {
+        let changes = model.apply(event);
+        assert!(changes.is_empty());
+        assert_eq!(
+            changes.errors[0].to_string(),
+            r#"EndpointSlice default/web-abc: endpoints[0].addresses[0]: invalid IP "10.0.0.x""#
+        );
+        let kept: Vec<IpAddr> = model
+            .endpoint_slices(&name("default/web"))
+            .flat_map(|s| s.endpoints.iter().map(|e| e.address))
+            .collect();
+        assert_eq!(kept, vec![ip("10.244.0.1")]);
+    }
+}
+
+#[test]
+fn relabelled_slice_moves_between_services_and_delete_removes_it() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+        "s",
+        "a",
+        &["10.244.0.1"],
+    ))));
+    let changes = model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+        "s",
+        "b",
+        &["10.244.0.1"],
+    ))));
+    assert_eq!(changes.services, names(&["default/a", "default/b"]));
+    assert_eq!(model.endpoint_slices(&name("default/a")).count(), 0);
+    assert_eq!(model.endpoint_slices(&name("default/b")).count(), 1);
+
+    let changes = model.apply(SourceEvent::EndpointSlice(Update::Delete(web_slice(
+        "s",
+        "b",
+        &[],
+    ))));
+    assert_eq!(changes.services, names(&["default/b"]));
+    assert_eq!(model.endpoint_slices(&name("default/b")).count(), 0);
+}
+
+#[test]
+fn node_changes_affect_all_services() {
+    let mut model = Model::new("n1");
+    let n1 = |ip: &str| {
+        node(json!({"metadata": {"name": "n1"},
+                    "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                             {"type": "Hostname", "address": "n1"}]}}))
+    };
+    let changes = model.apply(SourceEvent::Node(Update::Apply(n1("192.168.1.10"))));
+    assert!(changes.all);
+    assert_eq!(model.node().unwrap().internal_ips, vec![ip("192.168.1.10")]);
+
+    let changes = model.apply(SourceEvent::Node(Update::Replace(vec![n1("192.168.1.11")])));
+    assert!(changes.all);
+
+    let changes = model.apply(SourceEvent::Node(Update::Apply(n1("192.168.1.x"))));
+    assert!(!changes.all);
+    assert_eq!(
+        changes.errors[0].to_string(),
+        r#"Node n1: status.addresses[0].address: invalid IP "192.168.1.x""#
+    );
+    assert_eq!(model.node().unwrap().internal_ips, vec![ip("192.168.1.11")]);
+
+    let changes = model.apply(SourceEvent::Node(Update::Delete(n1("192.168.1.11"))));
+    assert!(changes.all);
+    assert!(model.node().is_none());
+}
+
+#[test]
+fn synced_is_reported_and_remembered() {
+    let mut model = Model::new("n1");
+    assert!(!model.is_synced());
+    let changes = model.apply(SourceEvent::Synced);
+    assert!(changes.synced && changes.is_empty());
+    assert!(model.is_synced());
+}
+
+#[test]
+fn changes_merge_coalesces_a_burst() {
+    let mut total = Changes::default();
+    total.merge(Changes {
+        services: names(&["default/a"]),
+        ..Changes::default()
+    });
+    total.merge(Changes {
+        services: names(&["default/b"]),
+        synced: true,
+        ..Changes::default()
+    });
+    assert_eq!(total.services, names(&["default/a", "default/b"]));
+    assert!(total.synced && !total.all);
+}
