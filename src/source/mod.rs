@@ -2,6 +2,9 @@
 //! server (`kube`) or a directory of manifests (`manifests`). Both emit the
 //! same [`SourceEvent`]s, which the model folds into its compact form.
 
+pub mod kube;
+pub mod manifests;
+
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 

@@ -1,0 +1,1 @@
+//! The in-cluster source: watchers on the API server.

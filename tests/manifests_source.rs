@@ -1,0 +1,512 @@
+//! The manifests directory source, as the standalone proxy and `plan` see it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kube_ipvs_proxy::source::manifests::{read_dir, watch_dir, Kinds, ManifestDir, Manifests};
+use kube_ipvs_proxy::source::{SourceEvent, Update};
+
+fn service(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: web\n\
+         spec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: {port}\n    protocol: TCP\n"
+    )
+}
+
+fn slice(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+         namespace: web\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\n\
+         endpoints:\n- addresses: [\"{ip}\"]\nports:\n- port: 8080\n"
+    )
+}
+
+const NODE: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n";
+const ENDPOINTS: &str = "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: legacy\n\
+    subsets:\n- addresses:\n  - ip: 10.0.0.9\n  ports:\n  - port: 80\n";
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n";
+
+fn write(dir: &Path, name: &str, content: &str) {
+    std::fs::write(dir.join(name), content).unwrap();
+}
+
+/// What a test compares: kind/namespace/name and, for services, the ports.
+fn names(manifests: &Manifests) -> Vec<String> {
+    let mut names = Vec::new();
+    for s in &manifests.services {
+        let ports: Vec<i32> = s
+            .spec
+            .iter()
+            .flat_map(|spec| spec.ports.iter().flatten())
+            .map(|p| p.port)
+            .collect();
+        names.push(format!(
+            "Service {}/{} {:?}",
+            ns(&s.metadata),
+            name(&s.metadata),
+            ports
+        ));
+    }
+    for s in &manifests.endpoint_slices {
+        names.push(format!(
+            "EndpointSlice {}/{}",
+            ns(&s.metadata),
+            name(&s.metadata)
+        ));
+    }
+    for e in &manifests.endpoints {
+        names.push(format!(
+            "Endpoints {}/{}",
+            ns(&e.metadata),
+            name(&e.metadata)
+        ));
+    }
+    for n in &manifests.nodes {
+        names.push(format!("Node {}", name(&n.metadata)));
+    }
+    names
+}
+
+fn ns(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("-")
+}
+
+fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or("-")
+}
+
+#[test]
+fn read_dir_reads_every_kind_from_yaml_yml_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let multi = [service("a", 80), slice("a", "10.0.0.1"), NODE.to_owned()].join("---\n");
+    write(dir.path(), "10-multi.yaml", &multi);
+    write(dir.path(), "20-endpoints.yml", ENDPOINTS);
+    let list = serde_json::json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b", "namespace": "web"},
+             "spec": {"ports": [{"port": 443}]}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ignored"}},
+        ],
+    });
+    write(dir.path(), "30-list.json", &list.to_string());
+    write(
+        dir.path(),
+        "40-single.json",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "c", "namespace": "web"}, "spec": {"ports": [{"port": 53}]},
+        })
+        .to_string(),
+    );
+    write(dir.path(), "50-other.yaml", DEPLOYMENT);
+    // Not manifests: other extensions and hidden (editor temporary) files.
+    write(dir.path(), "README.md", &service("readme", 1));
+    write(dir.path(), ".hidden.yaml", &service("hidden", 2));
+    write(dir.path(), "60-svc.yaml.swp", &service("swap", 3));
+
+    let (manifests, errors) = read_dir(dir.path());
+
+    assert_eq!(errors, vec![]);
+    assert_eq!(
+        names(&manifests),
+        [
+            "Service web/a [80]",
+            "Service web/b [443]",
+            "Service web/c [53]",
+            "EndpointSlice web/a",
+            // No namespace in the file: `default`, as kubectl applies it.
+            "Endpoints default/legacy",
+            "Node node-1",
+        ]
+    );
+}
+
+#[test]
+fn read_dir_reports_the_file_and_document_of_each_bad_document() {
+    struct Case {
+        name: &'static str,
+        document: String,
+        error: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "field of the wrong type",
+            document: service("x", 80).replace("port: 80", "port: eighty"),
+            error: "document 2: spec.ports[0].port: invalid type: string \"eighty\", expected i32",
+        },
+        Case {
+            name: "no kind",
+            document: "apiVersion: v1\nmetadata:\n  name: x\n".to_owned(),
+            error: "document 2: kind: missing",
+        },
+        Case {
+            name: "kind not a string",
+            document: "apiVersion: v1\nkind: [Service]\n".to_owned(),
+            error: "document 2: kind: expected a string, found a sequence",
+        },
+        Case {
+            name: "no name",
+            document: "apiVersion: v1\nkind: Service\nmetadata: {}\n".to_owned(),
+            error: "document 2: metadata.name: missing",
+        },
+        Case {
+            name: "not a mapping",
+            document: "- just\n- a list\n".to_owned(),
+            error: "document 2: expected an object with apiVersion and kind, found a sequence",
+        },
+        Case {
+            name: "bad item of a list",
+            document: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  \
+                       metadata: {name: n}\n- apiVersion: v1\n  kind: Service\n  \
+                       metadata: {name: s}\n  spec: {ports: [{port: x}]}\n"
+                .to_owned(),
+            error:
+                "document 2: items[1].spec.ports[0].port: invalid type: string \"x\", expected i32",
+        },
+        Case {
+            // Document 2 starts at the `---` on line 11 of the file; the
+            // unclosed sequence opens on line 13 and the document ends at 14.
+            name: "YAML syntax error, lines counted in the file",
+            document: "apiVersion: v1\nkind: [Service\n".to_owned(),
+            error: "document 2: did not find expected ',' or ']' at line 14 column 1, \
+                    while parsing a flow sequence at line 13 column 7",
+        },
+    ];
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let text = [service("good-1", 80), case.document, service("good-3", 82)].join("---\n");
+        write(dir.path(), "x.yaml", &text);
+
+        let (manifests, errors) = read_dir(dir.path());
+
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 1, "{}: {messages:?}", case.name);
+        let expected = format!("{}: {}", dir.path().join("x.yaml").display(), case.error);
+        assert!(
+            messages[0].starts_with(&expected),
+            "{}: {} does not start with {expected}",
+            case.name,
+            messages[0]
+        );
+        assert_eq!(errors[0].document, Some(2), "{}", case.name);
+        assert_eq!(
+            names(&manifests),
+            ["Service web/good-1 [80]", "Service web/good-3 [82]"],
+            "{}: the other documents are applied",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn read_dir_of_a_missing_directory_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let (manifests, errors) = read_dir(&missing);
+    assert_eq!(manifests, Manifests::default());
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].path, missing);
+    assert!(
+        errors[0].to_string().contains("cannot list the directory"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn an_object_defined_twice_is_read_once_from_the_later_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &service("dup", 80));
+    write(dir.path(), "b.yaml", &service("dup", 8080));
+    let (manifests, errors) = read_dir(dir.path());
+    assert_eq!(errors, vec![]);
+    assert_eq!(names(&manifests), ["Service web/dup [8080]"]);
+}
+
+#[test]
+fn a_broken_document_keeps_its_last_good_objects_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |second_port: &str| {
+        [
+            service("first", 80),
+            service("second", 81).replace("81", second_port),
+        ]
+        .join("---\n")
+    };
+    write(dir.path(), "x.yaml", &file("81"));
+    let mut state = ManifestDir::new(dir.path().to_path_buf());
+    assert!(state.rescan().errors.is_empty());
+
+    // The first document changes, the second breaks.
+    write(
+        dir.path(),
+        "x.yaml",
+        &file("eighty-one").replace("port: 80", "port: 90"),
+    );
+    let rescan = state.rescan();
+    assert_eq!(rescan.errors.len(), 1);
+    assert_eq!(rescan.errors[0].document, Some(2));
+    assert_eq!(
+        rescan.changed,
+        Kinds {
+            services: true,
+            ..Kinds::default()
+        }
+    );
+    assert_eq!(
+        names(&state.manifests()),
+        ["Service web/first [90]", "Service web/second [81]"]
+    );
+
+    // Content that cannot be read at all keeps the whole file's objects.
+    std::fs::write(dir.path().join("x.yaml"), b"\xff\xfe not UTF-8").unwrap();
+    let rescan = state.rescan();
+    assert_eq!(rescan.errors.len(), 1);
+    assert_eq!(rescan.errors[0].document, None);
+    assert!(rescan.changed.is_empty());
+    assert_eq!(
+        names(&state.manifests()),
+        ["Service web/first [90]", "Service web/second [81]"]
+    );
+
+    // Fixed.
+    write(dir.path(), "x.yaml", &file("82"));
+    let rescan = state.rescan();
+    assert!(rescan.errors.is_empty());
+    assert_eq!(
+        names(&state.manifests()),
+        ["Service web/first [80]", "Service web/second [82]"]
+    );
+}
+
+#[test]
+fn a_rescan_reports_only_the_kinds_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "svc.yaml", &service("a", 80));
+    write(dir.path(), "slice.yaml", &slice("a", "10.0.0.1"));
+    write(dir.path(), "node.yaml", NODE);
+    let mut state = ManifestDir::new(dir.path().to_path_buf());
+    assert_eq!(
+        state.rescan().changed,
+        Kinds {
+            services: true,
+            endpoint_slices: true,
+            nodes: true,
+            endpoints: false
+        }
+    );
+
+    struct Step {
+        name: &'static str,
+        change: Box<dyn Fn(&Path)>,
+        changed: Kinds,
+    }
+    let steps = [
+        Step {
+            name: "nothing changed",
+            change: Box::new(|_| {}),
+            changed: Kinds::default(),
+        },
+        Step {
+            name: "same content written again",
+            change: Box::new(|d| write(d, "svc.yaml", &service("a", 80))),
+            changed: Kinds::default(),
+        },
+        Step {
+            name: "a comment added",
+            change: Box::new(|d| {
+                write(
+                    d,
+                    "svc.yaml",
+                    &format!("# owner: team\n{}", service("a", 80)),
+                )
+            }),
+            changed: Kinds::default(),
+        },
+        Step {
+            name: "an endpoint moved",
+            change: Box::new(|d| write(d, "slice.yaml", &slice("a", "10.0.0.2"))),
+            changed: Kinds {
+                endpoint_slices: true,
+                ..Kinds::default()
+            },
+        },
+        Step {
+            name: "the node file removed",
+            change: Box::new(|d| std::fs::remove_file(d.join("node.yaml")).unwrap()),
+            changed: Kinds {
+                nodes: true,
+                ..Kinds::default()
+            },
+        },
+    ];
+    for step in steps {
+        (step.change)(dir.path());
+        let rescan = state.rescan();
+        assert!(
+            rescan.errors.is_empty(),
+            "{}: {:?}",
+            step.name,
+            rescan.errors
+        );
+        assert_eq!(rescan.changed, step.changed, "{}", step.name);
+    }
+}
+
+/// The next event from the stream; the timeout only guards against a hang.
+async fn next(events: &mut (impl Stream<Item = SourceEvent> + Unpin)) -> SourceEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("no event within 10 s")
+        .expect("the stream never ends")
+}
+
+/// The services of the next `Replace` of services, as names.
+async fn next_services(events: &mut (impl Stream<Item = SourceEvent> + Unpin)) -> Vec<String> {
+    loop {
+        if let SourceEvent::Service(Update::Replace(services)) = next(events).await {
+            return names(&Manifests {
+                services,
+                ..Manifests::default()
+            });
+        }
+    }
+}
+
+/// Waits for the services to become `expected`: a plain write may be seen
+/// half done and show an intermediate state first.
+async fn services_become(
+    events: &mut (impl Stream<Item = SourceEvent> + Unpin),
+    expected: &[&str],
+) {
+    loop {
+        if next_services(events).await == expected {
+            return;
+        }
+    }
+}
+
+fn replace_atomically(dir: &Path, name: &str, content: &str) {
+    // As editors and `kubectl cp` do: a hidden temporary file, then a rename.
+    let temporary: PathBuf = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, content).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn watch_dir_follows_files_added_edited_renamed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &service("a", 80));
+    write(dir.path(), "node.yaml", NODE);
+    let mut events = Box::pin(watch_dir(dir.path().to_path_buf()));
+
+    // The initial read: every kind, then Synced.
+    let mut initial = Vec::new();
+    for _ in 0..5 {
+        initial.push(match next(&mut events).await {
+            SourceEvent::Service(Update::Replace(v)) => format!("Service Replace {}", v.len()),
+            SourceEvent::EndpointSlice(Update::Replace(v)) => {
+                format!("EndpointSlice Replace {}", v.len())
+            }
+            SourceEvent::Endpoints(Update::Replace(v)) => format!("Endpoints Replace {}", v.len()),
+            SourceEvent::Node(Update::Replace(v)) => format!("Node Replace {}", v.len()),
+            SourceEvent::Synced => "Synced".to_owned(),
+            other => panic!("unexpected initial event {other:?}"),
+        });
+    }
+    initial.sort();
+    assert_eq!(
+        initial,
+        [
+            "EndpointSlice Replace 0",
+            "Endpoints Replace 0",
+            "Node Replace 1",
+            "Service Replace 1",
+            "Synced"
+        ]
+    );
+
+    replace_atomically(dir.path(), "b.yaml", &service("b", 443));
+    assert_eq!(
+        next_services(&mut events).await,
+        ["Service web/a [80]", "Service web/b [443]"],
+        "added"
+    );
+
+    replace_atomically(dir.path(), "a.yaml", &service("a", 8080));
+    assert_eq!(
+        next_services(&mut events).await,
+        ["Service web/a [8080]", "Service web/b [443]"],
+        "edited by rename"
+    );
+
+    write(dir.path(), "a.yaml", &service("a", 9090));
+    services_become(
+        &mut events,
+        &["Service web/a [9090]", "Service web/b [443]"],
+    )
+    .await;
+
+    std::fs::rename(dir.path().join("b.yaml"), dir.path().join("c.yaml")).unwrap();
+    assert_eq!(
+        next_services(&mut events).await,
+        ["Service web/a [9090]", "Service web/b [443]"],
+        "renamed"
+    );
+
+    std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    assert_eq!(
+        next_services(&mut events).await,
+        ["Service web/b [443]"],
+        "removed"
+    );
+
+    // A document that breaks keeps its objects; the next change elsewhere
+    // shows them still there.
+    replace_atomically(
+        dir.path(),
+        "c.yaml",
+        &service("b", 443).replace("443", "https"),
+    );
+    replace_atomically(dir.path(), "d.yaml", &service("d", 53));
+    assert_eq!(
+        next_services(&mut events).await,
+        ["Service web/b [443]", "Service web/d [53]"],
+        "broken kept"
+    );
+}
+
+#[tokio::test]
+async fn watch_dir_waits_for_a_missing_directory_before_syncing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("later");
+    let mut events = Box::pin(watch_dir(dir.clone()));
+
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "a.yaml", &service("a", 80));
+
+    // Nothing is synced from a directory that could not be read (that would
+    // withdraw every service); once it exists, its content is the first state.
+    let mut services = None;
+    loop {
+        match next(&mut events).await {
+            SourceEvent::Service(Update::Replace(v)) => services = Some(v),
+            SourceEvent::Synced => break,
+            _ => {}
+        }
+    }
+    let services = services.expect("a Replace of services before Synced");
+    let services = names(&Manifests {
+        services,
+        ..Manifests::default()
+    });
+    assert!(
+        services.is_empty() || services == ["Service web/a [80]"],
+        "{services:?}"
+    );
+    if services.is_empty() {
+        assert_eq!(next_services(&mut events).await, ["Service web/a [80]"]);
+    }
+}
