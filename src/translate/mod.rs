@@ -1,1 +1,372 @@
-//! Placeholder: filled by the translate work.
+//! Service + endpoints + node → the virtual servers and addresses one node
+//! wants: a pure function, with upstream kube-proxy's IPVS mode as the
+//! reference for its rules.
+//!
+//! - One virtual server per service port and address: every cluster IP, every
+//!   external IP, every LoadBalancer ingress IP, and for NodePort and
+//!   LoadBalancer services every node address at the node port.
+//! - Real servers are the ready endpoints, or, when none is ready, the
+//!   serving-and-terminating ones; matched to a service port by port name and
+//!   protocol, one per address and port however many slices list it.
+//! - internalTrafficPolicy Local narrows cluster-IP virtual servers, and
+//!   externalTrafficPolicy Local narrows the others, to this node's endpoints.
+//! - A service lives in the families of its cluster IPs; families the node
+//!   does not run are left out, and a virtual server only ever gets
+//!   addresses and endpoints of its own family.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::desired::{
+    DesiredVirtualServer, RealServer, RealServerKey, ServiceDesired, ServiceName, VirtualServer,
+    VirtualServerKey,
+};
+use crate::model::{
+    AddressType, EndpointSliceInfo, Model, ServiceInfo, ServicePortInfo, SCHEDULER_ANNOTATION,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The scheduler kube-proxy's IPVS mode uses unless told otherwise.
+pub const DEFAULT_SCHEDULER: &str = "rr";
+
+/// The kernel's IP_VS_SCHEDNAME_MAXLEN (16) less its terminating NUL.
+const MAX_SCHEDULER_NAME_LEN: usize = 15;
+
+/// What translate needs to know about this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Matched against endpoints' `nodeName` for the Local traffic policies.
+    pub name: Arc<str>,
+    /// Where NodePorts listen, already narrowed by `--nodeport-addresses`.
+    pub node_addresses: Vec<IpAddr>,
+    /// The node runs IPv4.
+    pub ipv4: bool,
+    /// The node runs IPv6.
+    pub ipv6: bool,
+}
+
+impl NodeFacts {
+    /// Whether the node runs the family of `addr`.
+    pub fn runs_family_of(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(_) => self.ipv4,
+            IpAddr::V6(_) => self.ipv6,
+        }
+    }
+}
+
+/// Proxy-wide settings translate applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranslateConfig {
+    /// `--ipvs-scheduler`: the scheduler of every service without the annotation.
+    pub scheduler: Arc<str>,
+    /// The schedulers the kernel offers; `None` accepts any well-formed name.
+    pub available_schedulers: Option<BTreeSet<Arc<str>>>,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        TranslateConfig {
+            scheduler: DEFAULT_SCHEDULER.into(),
+            available_schedulers: None,
+        }
+    }
+}
+
+impl TranslateConfig {
+    /// Settings with `scheduler` as the default and, if known, the list of
+    /// schedulers the kernel offers.
+    pub fn new<S: AsRef<str>>(
+        scheduler: &str,
+        available_schedulers: Option<impl IntoIterator<Item = S>>,
+    ) -> Self {
+        TranslateConfig {
+            scheduler: scheduler.into(),
+            available_schedulers: available_schedulers
+                .map(|list| list.into_iter().map(|s| Arc::from(s.as_ref())).collect()),
+        }
+    }
+
+    /// Whether `name` is a scheduler this kernel can use. Call it on
+    /// [`TranslateConfig::scheduler`] at startup: translate trusts the default.
+    pub fn check_scheduler(&self, name: &str) -> Result<(), SchedulerProblem> {
+        let well_formed = !name.is_empty()
+            && name.len() <= MAX_SCHEDULER_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !well_formed {
+            return Err(SchedulerProblem::InvalidName);
+        }
+        match &self.available_schedulers {
+            Some(available) if !available.contains(name) => Err(SchedulerProblem::NotOffered(
+                available.iter().cloned().collect(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a scheduler name cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchedulerProblem {
+    /// Not 1 to 15 characters of `a-z`, `0-9` and `_`.
+    InvalidName,
+    /// Well formed, but not among the schedulers the kernel offers (listed).
+    NotOffered(Vec<Arc<str>>),
+}
+
+impl fmt::Display for SchedulerProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchedulerProblem::InvalidName => f.write_str("not a valid scheduler name"),
+            SchedulerProblem::NotOffered(available) => {
+                f.write_str("not offered by the kernel (available: ")?;
+                for (i, name) in available.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(name)?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// Something translate worked around; the service is still programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error(
+        "Service {service}: annotation {SCHEDULER_ANNOTATION}: {value:?} is {problem}; \
+         using the default scheduler {fallback:?}"
+    )]
+    Scheduler {
+        service: ServiceName,
+        value: Arc<str>,
+        problem: SchedulerProblem,
+        fallback: Arc<str>,
+    },
+}
+
+/// A service's desired state and what was worked around to get it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Translation {
+    pub desired: ServiceDesired,
+    pub warnings: Vec<TranslateError>,
+}
+
+/// Translates one service given the slices that feed it.
+///
+/// The output is sorted (virtual servers by key, real servers by key, bind
+/// addresses by value). Where two of the service's addresses coincide (a
+/// cluster IP also listed as an external IP), the first rule above wins:
+/// cluster IP, then external IP, then LoadBalancer IP, then node address.
+pub fn translate_service<'a>(
+    svc: &ServiceInfo,
+    slices: impl IntoIterator<Item = &'a EndpointSliceInfo>,
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+) -> Translation {
+    let mut translation = Translation::default();
+    if svc.skip.is_some() || svc.ports.is_empty() {
+        return translation;
+    }
+    let scheduler = match svc.scheduler.as_ref() {
+        None => cfg.scheduler.clone(),
+        Some(wanted) => match cfg.check_scheduler(wanted) {
+            Ok(()) => wanted.clone(),
+            Err(problem) => {
+                translation.warnings.push(TranslateError::Scheduler {
+                    service: svc.name.clone(),
+                    value: wanted.clone(),
+                    problem,
+                    fallback: cfg.scheduler.clone(),
+                });
+                cfg.scheduler.clone()
+            }
+        },
+    };
+    let slices: Vec<&EndpointSliceInfo> = slices.into_iter().collect();
+
+    let mut servers: BTreeMap<VirtualServerKey, DesiredVirtualServer> = BTreeMap::new();
+    let mut bind_addrs = BTreeSet::new();
+    for port in &svc.ports {
+        for family in [AddressType::Ipv4, AddressType::Ipv6] {
+            let node_runs_family = match family {
+                AddressType::Ipv4 => node.ipv4,
+                _ => node.ipv6,
+            };
+            // A service lives in the families of its cluster IPs (upstream's
+            // per-family proxiers skip a service without one of theirs).
+            let service_has_family = svc.cluster_ips.iter().any(|ip| family.matches(*ip));
+            if !node_runs_family || !service_has_family {
+                continue;
+            }
+            let in_family = |ip: &&IpAddr| family.matches(**ip);
+            let endpoints = PortEndpoints::select(&slices, port, family, &node.name);
+            let internal = endpoints.for_policy(svc.internal_traffic_local);
+            let external = endpoints.for_policy(svc.external_traffic_local);
+
+            let mut add = |addr: IpAddr, port_number: u16, real_servers: &[RealServerKey]| {
+                let key = VirtualServerKey {
+                    addr,
+                    protocol: port.protocol,
+                    port: port_number,
+                };
+                servers.entry(key).or_insert_with(|| DesiredVirtualServer {
+                    server: VirtualServer {
+                        key,
+                        scheduler: scheduler.clone(),
+                        persistence: svc.session_affinity,
+                    },
+                    real_servers: real_servers
+                        .iter()
+                        .map(|&key| RealServer { key, weight: 1 })
+                        .collect(),
+                });
+            };
+            for &ip in svc.cluster_ips.iter().filter(in_family) {
+                add(ip, port.port, internal);
+                bind_addrs.insert(ip);
+            }
+            let external_ips = svc.external_ips.iter().chain(&svc.load_balancer_ips);
+            for &ip in external_ips.filter(in_family) {
+                add(ip, port.port, external);
+                bind_addrs.insert(ip);
+            }
+            if let (true, Some(node_port)) = (svc.type_.has_node_ports(), port.node_port) {
+                for &ip in node.node_addresses.iter().filter(in_family) {
+                    add(ip, node_port, external);
+                }
+            }
+        }
+    }
+    translation.desired = ServiceDesired {
+        virtual_servers: servers.into_values().collect(),
+        bind_addrs: bind_addrs.into_iter().collect(),
+    };
+    translation
+}
+
+/// Translates the service called `name` as the model holds it now; an empty
+/// translation if the model has no such service.
+pub fn translate_named(
+    model: &Model,
+    name: &ServiceName,
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+) -> Translation {
+    match model.service(name) {
+        Some(svc) => translate_service(svc, model.endpoint_slices(name), node, cfg),
+        None => Translation::default(),
+    }
+}
+
+/// Translates every service of the model. Services that want nothing of
+/// this node (skipped, no ports, no address of the node's families) are
+/// left out of the map.
+pub fn translate_model(
+    model: &Model,
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+) -> (HashMap<ServiceName, ServiceDesired>, Vec<TranslateError>) {
+    let mut desired = HashMap::with_capacity(model.service_count());
+    let mut warnings = Vec::new();
+    for svc in model.services() {
+        let t = translate_service(svc, model.endpoint_slices(&svc.name), node, cfg);
+        warnings.extend(t.warnings);
+        if !t.desired.virtual_servers.is_empty() || !t.desired.bind_addrs.is_empty() {
+            desired.insert(svc.name.clone(), t.desired);
+        }
+    }
+    (desired, warnings)
+}
+
+/// The usable endpoints of one service port in one address family.
+#[derive(Debug, Default)]
+struct PortEndpoints {
+    /// For Cluster traffic policy.
+    cluster: Vec<RealServerKey>,
+    /// For Local traffic policy: this node's endpoints only.
+    local: Vec<RealServerKey>,
+}
+
+/// What is known of one endpoint address and port, merged across slices.
+#[derive(Clone, Copy, Debug, Default)]
+struct Candidate {
+    ready: bool,
+    serving_terminating: bool,
+    local: bool,
+}
+
+impl PortEndpoints {
+    fn select(
+        slices: &[&EndpointSliceInfo],
+        port: &ServicePortInfo,
+        family: AddressType,
+        node_name: &str,
+    ) -> PortEndpoints {
+        // An endpoint listed by two slices (mid-update) counts once, with the
+        // best conditions either gives it.
+        let mut candidates: BTreeMap<RealServerKey, Candidate> = BTreeMap::new();
+        for slice in slices.iter().filter(|s| s.address_type == family) {
+            let Some(slice_port) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                if !family.matches(ep.address) {
+                    continue;
+                }
+                let key = RealServerKey {
+                    addr: ep.address,
+                    port: slice_port.port,
+                };
+                let c = candidates.entry(key).or_default();
+                c.ready |= ep.ready;
+                c.serving_terminating |= ep.serving && ep.terminating;
+                c.local |= ep.node_name.as_deref() == Some(node_name);
+            }
+        }
+        // Ready endpoints, else serving-and-terminating ones, decided apart for
+        // Cluster and Local (upstream's CategorizeEndpoints).
+        let pick = |local_only: bool| {
+            let eligible = || {
+                candidates
+                    .iter()
+                    .filter(move |(_, c)| !local_only || c.local)
+            };
+            let ready: Vec<RealServerKey> = eligible()
+                .filter(|(_, c)| c.ready)
+                .map(|(k, _)| *k)
+                .collect();
+            if !ready.is_empty() {
+                return ready;
+            }
+            eligible()
+                .filter(|(_, c)| c.serving_terminating)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        PortEndpoints {
+            cluster: pick(false),
+            local: pick(true),
+        }
+    }
+
+    fn for_policy(&self, local: bool) -> &[RealServerKey] {
+        if local {
+            &self.local
+        } else {
+            &self.cluster
+        }
+    }
+}
