@@ -1,1 +1,814 @@
-//! Placeholder: filled by the reconcile work.
+//! Reconciliation: the desired state of every service, diffed against a
+//! mirror of the kernel state the proxy owns, applied as the difference.
+//!
+//! [`Reconciler::set_service`] records what one service wants and marks it
+//! dirty; [`Reconciler::sync_dirty`] diffs only dirty services against the
+//! mirror (no kernel reads), and [`Reconciler::full_sync`] re-reads the kernel
+//! to adopt what the proxy owns and repair drift. Every sync sends its IPVS
+//! operations in one [`IpvsKernel::apply`] batch, with kube-ipvs0 addresses
+//! added before and removed after it.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::desired::{DesiredVirtualServer, Op, ServiceDesired, ServiceName, VirtualServerKey};
+use crate::kernel::{AddressKernel, IpvsKernel, KernelError};
+
+mod backoff;
+mod claims;
+mod diff;
+mod mirror;
+mod ownership;
+#[cfg(test)]
+mod tests;
+
+pub use ownership::Ownership;
+
+use backoff::Backoff;
+use claims::{Claimed, Claims, Orphans, Released};
+use mirror::Mirror;
+
+/// Where the reconciler reads the time, for retry backoff.
+pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Kernel writes sent: IPVS operations plus address additions and removals.
+    pub writes: usize,
+    /// Writes that failed. "Already exists" on an add and "not found" on a
+    /// delete are successes.
+    pub failed: usize,
+    /// Services whose desired state this sync diffed.
+    pub services_synced: usize,
+    /// Every failure, naming its service, operation or address.
+    pub errors: Vec<SyncError>,
+}
+
+impl SyncReport {
+    /// Whether everything this sync attempted succeeded.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// A kernel read that a full sync or cleanup needs before it can act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelRead {
+    /// The IPVS table dump.
+    IpvsDump,
+    /// kube-ipvs0 and its addresses.
+    Link,
+}
+
+/// Adding or removing an address on kube-ipvs0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressAction {
+    Add,
+    Remove,
+}
+
+/// One failure during a sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncError {
+    /// Reading the kernel failed, so the sync wrote nothing.
+    Read {
+        what: KernelRead,
+        error: KernelError,
+    },
+    /// An IPVS operation failed. `service` is the service it was for; `None`
+    /// for an owned virtual server that no service wants.
+    Operation {
+        service: Option<ServiceName>,
+        op: Op,
+        error: KernelError,
+    },
+    /// Adding or removing an address on kube-ipvs0 failed.
+    Address {
+        addr: IpAddr,
+        action: AddressAction,
+        error: KernelError,
+    },
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncError::Read {
+                what: KernelRead::IpvsDump,
+                error,
+            } => write!(f, "dumping the IPVS table: {error}"),
+            SyncError::Read {
+                what: KernelRead::Link,
+                error,
+            } => write!(f, "reading the addresses of kube-ipvs0: {error}"),
+            SyncError::Operation {
+                service: Some(service),
+                op,
+                error,
+            } => write!(f, "service {service}: {}: {error}", OpDescription(op)),
+            SyncError::Operation {
+                service: None,
+                op,
+                error,
+            } => write!(f, "stale (no service): {}: {error}", OpDescription(op)),
+            SyncError::Address {
+                addr,
+                action: AddressAction::Add,
+                error,
+            } => write!(f, "adding address {addr} to kube-ipvs0: {error}"),
+            SyncError::Address {
+                addr,
+                action: AddressAction::Remove,
+                error,
+            } => write!(f, "removing address {addr} from kube-ipvs0: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SyncError::Read { error, .. }
+            | SyncError::Operation { error, .. }
+            | SyncError::Address { error, .. } => Some(error),
+        }
+    }
+}
+
+/// An [`Op`] in words, for logs and errors:
+/// `add real server 10.244.1.5:8080 weight 1 to TCP/10.96.0.10:80`.
+#[derive(Debug)]
+pub struct OpDescription<'a>(pub &'a Op);
+
+impl fmt::Display for OpDescription<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = |f: &mut fmt::Formatter<'_>, vs: &crate::desired::VirtualServer| {
+            write!(f, "{} (scheduler {}", vs.key, vs.scheduler)?;
+            if let Some(timeout) = vs.persistence {
+                write!(f, ", persistent {timeout}s")?;
+            }
+            f.write_str(")")
+        };
+        match self.0 {
+            Op::AddVirtualServer(vs) => {
+                f.write_str("add virtual server ")?;
+                settings(f, vs)
+            }
+            Op::UpdateVirtualServer(vs) => {
+                f.write_str("update virtual server ")?;
+                settings(f, vs)
+            }
+            Op::DeleteVirtualServer(key) => write!(f, "delete virtual server {key}"),
+            Op::AddRealServer(key, rs) => {
+                write!(
+                    f,
+                    "add real server {} weight {} to {key}",
+                    rs.key, rs.weight
+                )
+            }
+            Op::UpdateRealServer(key, rs) => {
+                write!(
+                    f,
+                    "set weight {} of real server {} on {key}",
+                    rs.weight, rs.key
+                )
+            }
+            Op::DeleteRealServer(key, rs) => write!(f, "delete real server {rs} from {key}"),
+        }
+    }
+}
+
+/// One service's desired state, indexed.
+#[derive(Debug)]
+struct ServiceEntry {
+    desired: ServiceDesired,
+    /// Virtual server key → index in `desired.virtual_servers`. Excluded keys
+    /// are left out; of duplicates the first wins.
+    virtual_servers: HashMap<VirtualServerKey, usize>,
+    /// `desired.bind_addrs` without duplicates and excluded addresses.
+    bind_addrs: HashSet<IpAddr>,
+    /// Whether any virtual server is on a NodePort, so that node address
+    /// changes (which change what the proxy may own) revisit it.
+    uses_node_ports: bool,
+}
+
+impl ServiceEntry {
+    fn new(name: &ServiceName, desired: ServiceDesired, ownership: &Ownership) -> Self {
+        let mut virtual_servers = HashMap::with_capacity(desired.virtual_servers.len());
+        let mut uses_node_ports = false;
+        for (index, dvs) in desired.virtual_servers.iter().enumerate() {
+            let key = dvs.server.key;
+            if ownership.is_excluded(key.addr) {
+                tracing::warn!(service = %name, virtual_server = %key,
+                    "virtual server inside --ipvs-exclude-cidrs; not programming it");
+                continue;
+            }
+            match virtual_servers.entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(index);
+                }
+                // Keep the first, as the diff does for real servers.
+                Entry::Occupied(_) => {
+                    tracing::warn!(service = %name, virtual_server = %key,
+                        "virtual server listed twice; using the first");
+                    continue;
+                }
+            }
+            uses_node_ports |= ownership.is_node_port(key.port);
+        }
+        let mut bind_addrs = HashSet::with_capacity(desired.bind_addrs.len());
+        for &addr in &desired.bind_addrs {
+            if ownership.is_excluded(addr) {
+                tracing::warn!(service = %name, address = %addr,
+                    "address inside --ipvs-exclude-cidrs; not binding it on kube-ipvs0");
+            } else {
+                bind_addrs.insert(addr);
+            }
+        }
+        ServiceEntry {
+            desired,
+            virtual_servers,
+            bind_addrs,
+            uses_node_ports,
+        }
+    }
+
+    fn get(&self, key: &VirtualServerKey) -> Option<&DesiredVirtualServer> {
+        let &index = self.virtual_servers.get(key)?;
+        self.desired.virtual_servers.get(index)
+    }
+}
+
+/// What one sync looks at.
+#[derive(Debug, Default)]
+struct Work {
+    /// Virtual server keys with the service answerable for them.
+    keys: HashMap<VirtualServerKey, Option<ServiceName>>,
+    services: HashSet<ServiceName>,
+    addresses: HashSet<IpAddr>,
+}
+
+/// The desired state of every service, the mirror of what the proxy owns in
+/// the kernel, and the bookkeeping between them (see the module docs).
+pub struct Reconciler {
+    ownership: Ownership,
+    clock: Clock,
+    services: HashMap<ServiceName, ServiceEntry>,
+    /// Who owns each desired key; conflicts resolve to the first claimant.
+    claims: Claims,
+    /// Keys no service claims any more that may still be in the kernel.
+    orphans: Orphans,
+    /// Address → how many services bind it on kube-ipvs0.
+    wanted_addrs: HashMap<IpAddr, usize>,
+    node_addrs: HashSet<IpAddr>,
+    node_port_services: HashSet<ServiceName>,
+    mirror: Mirror,
+    /// Whether a full sync has filled the mirror; until then there is
+    /// nothing to diff against.
+    adopted: bool,
+    dirty: HashSet<ServiceName>,
+    failed: HashMap<ServiceName, Backoff>,
+    dirty_addrs: HashSet<IpAddr>,
+    failed_addrs: HashMap<IpAddr, Backoff>,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("ownership", &self.ownership)
+            .field("services", &self.services.len())
+            .field("mirrored_virtual_servers", &self.mirror.keys().count())
+            .field("adopted", &self.adopted)
+            .field("dirty", &self.dirty.len())
+            .field("failed", &self.failed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    /// A reconciler with no desired state and an empty mirror, on the system clock.
+    pub fn new(ownership: Ownership) -> Self {
+        Self::with_clock(ownership, Box::new(Instant::now))
+    }
+
+    /// As [`Reconciler::new`], reading the time from `clock` (tests drive
+    /// retry backoff with a manual clock).
+    pub fn with_clock(ownership: Ownership, clock: Clock) -> Self {
+        Reconciler {
+            ownership,
+            clock,
+            services: HashMap::new(),
+            claims: Claims::default(),
+            orphans: Orphans::default(),
+            wanted_addrs: HashMap::new(),
+            node_addrs: HashSet::new(),
+            node_port_services: HashSet::new(),
+            mirror: Mirror::default(),
+            adopted: false,
+            dirty: HashSet::new(),
+            failed: HashMap::new(),
+            dirty_addrs: HashSet::new(),
+            failed_addrs: HashMap::new(),
+        }
+    }
+
+    /// Records what one service wants now (`None`: the service is gone) and
+    /// marks it dirty, unless nothing changed. O(size of that service).
+    pub fn set_service(&mut self, name: ServiceName, desired: Option<ServiceDesired>) {
+        // A change tracker's first duty: drop no-op updates.
+        if let (Some(entry), Some(new)) = (self.services.get(&name), &desired) {
+            if entry.desired == *new {
+                return;
+            }
+        }
+        let old = self.services.remove(&name);
+        let new = desired.map(|d| ServiceEntry::new(&name, d, &self.ownership));
+        let empty_keys = HashMap::new();
+        let empty_addrs = HashSet::new();
+        let (old_keys, old_addrs) = old.as_ref().map_or((&empty_keys, &empty_addrs), |e| {
+            (&e.virtual_servers, &e.bind_addrs)
+        });
+        let (new_keys, new_addrs) = new.as_ref().map_or((&empty_keys, &empty_addrs), |e| {
+            (&e.virtual_servers, &e.bind_addrs)
+        });
+
+        for key in old_keys.keys().filter(|k| !new_keys.contains_key(*k)) {
+            match self.claims.release(key, &name) {
+                Released::NotOwner => {}
+                Released::HandedOver(next) => {
+                    tracing::info!(virtual_server = %key, from = %name, to = %next,
+                        "virtual server passes to the next service claiming it");
+                    self.dirty.insert(next.clone());
+                }
+                Released::Unclaimed => self.orphans.insert(*key, &name),
+            }
+        }
+        for key in new_keys.keys().filter(|k| !old_keys.contains_key(*k)) {
+            match self.claims.claim(*key, &name) {
+                Claimed::Owner => self.orphans.remove(key),
+                Claimed::Conflict(owner) => {
+                    tracing::warn!(virtual_server = %key, owner = %owner, service = %name,
+                        "two services claim one virtual server; the first keeps it");
+                }
+            }
+        }
+        for addr in old_addrs.difference(new_addrs) {
+            if let Some(count) = self.wanted_addrs.get_mut(addr) {
+                *count -= 1;
+                if *count == 0 {
+                    self.wanted_addrs.remove(addr);
+                    self.dirty_addrs.insert(*addr);
+                }
+            }
+        }
+        for addr in new_addrs.difference(old_addrs) {
+            let count = self.wanted_addrs.entry(*addr).or_default();
+            *count += 1;
+            if *count == 1 {
+                self.dirty_addrs.insert(*addr);
+            }
+        }
+
+        match new {
+            Some(entry) => {
+                if entry.uses_node_ports {
+                    self.node_port_services.insert(name.clone());
+                } else {
+                    self.node_port_services.remove(&name);
+                }
+                self.services.insert(name.clone(), entry);
+            }
+            None => {
+                self.node_port_services.remove(&name);
+            }
+        }
+        self.dirty.insert(name);
+    }
+
+    /// Records the node's addresses. Virtual servers on them with a NodePort
+    /// are the proxy's, so a change marks NodePort services dirty.
+    pub fn set_node_addresses(&mut self, addrs: Vec<IpAddr>) {
+        let addrs: HashSet<IpAddr> = addrs.into_iter().collect();
+        if addrs != self.node_addrs {
+            self.node_addrs = addrs;
+            self.dirty.extend(self.node_port_services.iter().cloned());
+        }
+    }
+
+    /// Whether [`Reconciler::sync_dirty`] has work now: dirty services or
+    /// addresses, or a retry that is due.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.dirty_addrs.is_empty()
+            || self.next_retry().is_some_and(|at| at <= (self.clock)())
+    }
+
+    /// When the next retry of a failed service or address is due, if any.
+    pub fn next_retry(&self) -> Option<Instant> {
+        let services = self.failed.values().map(|b| b.retry_at);
+        let addrs = self.failed_addrs.values().map(|b| b.retry_at);
+        services.chain(addrs).min()
+    }
+
+    /// Everything desired, per service, as given to [`Reconciler::set_service`].
+    pub fn desired(&self) -> impl Iterator<Item = (&ServiceName, &ServiceDesired)> {
+        self.services
+            .iter()
+            .map(|(name, entry)| (name, &entry.desired))
+    }
+
+    /// Full sync: reads kube-ipvs0's addresses and the IPVS table, adopts
+    /// what the proxy owns into the mirror, diffs everything desired against
+    /// it and applies only the difference. Repairs drift; never flushes and
+    /// never touches what the proxy does not own.
+    pub async fn full_sync<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        if !self.adopt(ipvs, addrs, &mut report).await {
+            return report;
+        }
+        let mut work = Work::default();
+        for key in self.mirror.keys().chain(self.claims.keys()) {
+            work.keys.insert(*key, self.answerable_for(key));
+        }
+        work.services.extend(self.services.keys().cloned());
+        work.services.extend(self.failed.keys().cloned());
+        work.services.extend(self.orphans.services().cloned());
+        work.addresses.extend(self.wanted_addrs.keys());
+        work.addresses.extend(self.mirror.addresses());
+        work.addresses.extend(self.failed_addrs.keys());
+        self.dirty.clear();
+        self.dirty_addrs.clear();
+        self.run(work, ipvs, addrs, &mut report).await;
+        report
+    }
+
+    /// Incremental sync: dirty services, and failed ones whose backoff has
+    /// expired, diffed against the mirror without reading the kernel.
+    /// O(changes). Before the first successful full sync there is no mirror,
+    /// so this runs a full sync instead.
+    pub async fn sync_dirty<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+    ) -> SyncReport {
+        if !self.adopted {
+            return self.full_sync(ipvs, addrs).await;
+        }
+        let now = (self.clock)();
+        let mut work = Work::default();
+        work.services.extend(self.dirty.drain());
+        let due = self.failed.iter().filter(|(_, b)| b.is_due(now));
+        work.services.extend(due.map(|(name, _)| name.clone()));
+        work.addresses.extend(self.dirty_addrs.drain());
+        let due = self.failed_addrs.iter().filter(|(_, b)| b.is_due(now));
+        work.addresses.extend(due.map(|(addr, _)| *addr));
+        for name in &work.services {
+            if let Some(entry) = self.services.get(name) {
+                let owned = entry
+                    .virtual_servers
+                    .keys()
+                    .filter(|key| self.claims.owner(key) == Some(name));
+                for key in owned {
+                    work.keys.insert(*key, Some(name.clone()));
+                }
+            }
+            for key in self.orphans.of(name) {
+                work.keys.insert(*key, Some(name.clone()));
+            }
+        }
+        let mut report = SyncReport::default();
+        self.run(work, ipvs, addrs, &mut report).await;
+        report
+    }
+
+    /// Removes every virtual server and kube-ipvs0 address the proxy owns, as
+    /// found by reading the kernel, whatever is desired. Foreign virtual
+    /// servers and excluded addresses stay. An address stays while a virtual
+    /// server on it failed to go, so a later cleanup still owns that one.
+    pub async fn cleanup<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        if !self.adopt(ipvs, addrs, &mut report).await {
+            return report;
+        }
+        let mut keys: Vec<VirtualServerKey> = self.mirror.keys().copied().collect();
+        keys.sort_unstable();
+        let ops: Vec<Op> = keys.into_iter().map(Op::DeleteVirtualServer).collect();
+        let services = vec![None; ops.len()];
+        self.apply(&ops, &services, ipvs, &mut report, &mut HashSet::new())
+            .await;
+        let mut held: Vec<IpAddr> = self.mirror.addresses().copied().collect();
+        held.sort_unstable();
+        for addr in held {
+            if self.mirror.users_of(addr) == 0 {
+                self.remove_address(addr, addrs, &mut report).await;
+            }
+        }
+        // The desired state was not applied: the next sync must be full.
+        self.adopted = false;
+        report
+    }
+
+    /// Reads the kernel into a fresh mirror of what the proxy owns. Returns
+    /// false (with the error reported) if a read failed.
+    async fn adopt<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+        report: &mut SyncReport,
+    ) -> bool {
+        let held = match addrs.ensure_link().await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped");
+                let what = KernelRead::Link;
+                report.errors.push(SyncError::Read { what, error });
+                return false;
+            }
+        };
+        let dumped = match ipvs.dump().await {
+            Ok(dumped) => dumped,
+            Err(error) => {
+                tracing::warn!(%error, "cannot dump the IPVS table; sync skipped");
+                let what = KernelRead::IpvsDump;
+                report.errors.push(SyncError::Read { what, error });
+                return false;
+            }
+        };
+        self.mirror = Mirror::default();
+        for addr in held {
+            if !self.ownership.is_excluded(addr) {
+                self.mirror.insert_address(addr);
+            }
+        }
+        let mut foreign = 0;
+        for vs in dumped {
+            if self.owns(&vs.server.key) {
+                self.mirror.adopt(vs);
+            } else {
+                foreign += 1;
+            }
+        }
+        tracing::debug!(
+            foreign,
+            owned = self.mirror.keys().count(),
+            "read the IPVS table"
+        );
+        self.adopted = true;
+        true
+    }
+
+    /// Whether the proxy owns (or, for a missing one, would own) the virtual
+    /// server `key`: see [`Ownership`].
+    fn owns(&self, key: &VirtualServerKey) -> bool {
+        !self.ownership.is_excluded(key.addr)
+            && (self.mirror.holds_address(key.addr)
+                || self.wanted_addrs.contains_key(&key.addr)
+                || (self.node_addrs.contains(&key.addr) && self.ownership.is_node_port(key.port)))
+    }
+
+    /// The service answerable for `key`: its owner, else whoever released it.
+    fn answerable_for(&self, key: &VirtualServerKey) -> Option<ServiceName> {
+        self.claims
+            .owner(key)
+            .or_else(|| self.orphans.released_by(key))
+            .cloned()
+    }
+
+    fn desired_for(&self, key: &VirtualServerKey) -> Option<&DesiredVirtualServer> {
+        let owner = self.claims.owner(key)?;
+        self.services.get(owner)?.get(key)
+    }
+
+    /// One sync over `work`: addresses in, IPVS ops in one batch, addresses
+    /// out, then retry bookkeeping.
+    async fn run<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        mut work: Work,
+        ipvs: &mut K,
+        addrs: &mut A,
+        report: &mut SyncReport,
+    ) {
+        let now = (self.clock)();
+        report.services_synced = work.services.len();
+
+        // Addresses before the virtual servers that use them.
+        let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
+        addresses.sort_unstable();
+        for &addr in &addresses {
+            if self.wanted_addrs.contains_key(&addr) && !self.mirror.holds_address(addr) {
+                report.writes += 1;
+                if let Err(error) = addrs.add_address(addr).await.or_else(exists_is_ok) {
+                    self.address_failed(addr, AddressAction::Add, error, now, report);
+                    continue;
+                }
+                self.mirror.insert_address(addr);
+            }
+        }
+
+        let mut keys: Vec<(VirtualServerKey, Option<ServiceName>)> = work.keys.drain().collect();
+        keys.sort_unstable_by_key(|(key, _)| *key);
+        let mut ops = Vec::new();
+        let mut answerable = Vec::new();
+        for (key, service) in &keys {
+            let desired = self.desired_for(key);
+            let current = self.mirror.get(key);
+            if desired.is_some() && current.is_none() && !self.owns(key) {
+                tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
+                    virtual_server = %key,
+                    "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
+                continue;
+            }
+            diff::diff_virtual_server(*key, desired, current, &mut ops);
+            answerable.resize(ops.len(), service.clone());
+        }
+        let failed_services = self
+            .apply(&ops, &answerable, ipvs, report, &mut work.addresses)
+            .await;
+
+        // Addresses after the virtual servers that used them are gone.
+        let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
+        addresses.sort_unstable();
+        for addr in addresses {
+            let wanted = self.wanted_addrs.contains_key(&addr);
+            let held = self.mirror.holds_address(addr);
+            if !wanted && held && self.mirror.users_of(addr) == 0 {
+                self.remove_address(addr, addrs, report).await;
+            } else if wanted == held {
+                self.failed_addrs.remove(&addr);
+            }
+            // Unwanted but still used: requeued when its last virtual server goes.
+        }
+
+        for name in &work.services {
+            if !failed_services.contains(name) {
+                self.failed.remove(name);
+            }
+        }
+        for name in failed_services {
+            let previous = self.failed.get(&name).copied();
+            self.failed
+                .insert(name, Backoff::after_failure(previous, now));
+        }
+        for (key, _) in &keys {
+            if !self.mirror.contains(key) || self.claims.owner(key).is_some() {
+                self.orphans.remove(key);
+            }
+        }
+    }
+
+    /// Sends `ops` in one batch and records each answer in the mirror.
+    /// `answerable[i]` is the service `ops[i]` is for. Addresses left unused
+    /// are added to `freed`. Returns the services with a failed op.
+    async fn apply<K: IpvsKernel>(
+        &mut self,
+        ops: &[Op],
+        answerable: &[Option<ServiceName>],
+        ipvs: &mut K,
+        report: &mut SyncReport,
+        freed: &mut HashSet<IpAddr>,
+    ) -> HashSet<ServiceName> {
+        let mut failed_services = HashSet::new();
+        if ops.is_empty() {
+            return failed_services;
+        }
+        report.writes += ops.len();
+        let mut results = ipvs.apply(ops).await.into_iter();
+        for (op, service) in ops.iter().zip(answerable) {
+            let result = results.next().unwrap_or_else(|| {
+                Err(KernelError::Other(
+                    "the kernel layer returned no result for this operation".into(),
+                ))
+            });
+            let (outcome, freed_addr) = self.record(op, result);
+            freed.extend(freed_addr);
+            let Err(error) = outcome else { continue };
+            report.failed += 1;
+            match service {
+                Some(name) => tracing::warn!(service = %name, op = %OpDescription(op), %error,
+                    "IPVS operation failed; retrying the service with backoff"),
+                None => tracing::warn!(op = %OpDescription(op), %error,
+                    "IPVS operation on a stale virtual server failed; retrying at the next full sync"),
+            }
+            if let Some(name) = service {
+                failed_services.insert(name.clone());
+            }
+            report.errors.push(SyncError::Operation {
+                service: service.clone(),
+                op: op.clone(),
+                error,
+            });
+        }
+        failed_services
+    }
+
+    /// Records the kernel's answer to `op` in the mirror, so that it only
+    /// ever holds what the kernel confirmed. Returns the outcome (idempotent
+    /// answers turned into success) and an address the op left unused.
+    ///
+    /// "Exists" on an add leaves settings the proxy did not choose (a
+    /// scheduler, extra real servers) unknown to the mirror until the next
+    /// full sync reads and repairs them.
+    fn record(
+        &mut self,
+        op: &Op,
+        result: Result<(), KernelError>,
+    ) -> (Result<(), KernelError>, Option<IpAddr>) {
+        use KernelError::{Exists, NotFound};
+        let mirror = &mut self.mirror;
+        match (op, result) {
+            (Op::AddVirtualServer(vs), Ok(()) | Err(Exists)) => {
+                mirror.add_virtual_server(vs.clone());
+                (Ok(()), None)
+            }
+            (Op::UpdateVirtualServer(vs), Ok(())) => {
+                mirror.update_virtual_server(vs.clone());
+                (Ok(()), None)
+            }
+            (Op::DeleteVirtualServer(key), Ok(()) | Err(NotFound)) => {
+                (Ok(()), mirror.remove_virtual_server(key))
+            }
+            (Op::AddRealServer(key, rs) | Op::UpdateRealServer(key, rs), Ok(()))
+            | (Op::AddRealServer(key, rs), Err(Exists)) => {
+                mirror.set_real_server(key, *rs);
+                (Ok(()), None)
+            }
+            (Op::DeleteRealServer(key, rs), Ok(()) | Err(NotFound)) => {
+                mirror.remove_real_server(key, rs);
+                (Ok(()), None)
+            }
+            // The virtual server vanished behind the proxy's back.
+            (Op::UpdateVirtualServer(vs), Err(NotFound)) => {
+                (Err(NotFound), mirror.remove_virtual_server(&vs.key))
+            }
+            (Op::AddRealServer(key, _), Err(NotFound)) => {
+                (Err(NotFound), mirror.remove_virtual_server(key))
+            }
+            // The real server (or its virtual server) vanished.
+            (Op::UpdateRealServer(key, rs), Err(NotFound)) => {
+                mirror.remove_real_server(key, &rs.key);
+                (Err(NotFound), None)
+            }
+            (_, Err(error)) => (Err(error), None),
+        }
+    }
+
+    async fn remove_address<A: AddressKernel>(
+        &mut self,
+        addr: IpAddr,
+        addrs: &mut A,
+        report: &mut SyncReport,
+    ) {
+        report.writes += 1;
+        match addrs.del_address(addr).await {
+            Ok(()) | Err(KernelError::NotFound) => {
+                self.mirror.remove_address(addr);
+                self.failed_addrs.remove(&addr);
+            }
+            Err(error) => {
+                let now = (self.clock)();
+                self.address_failed(addr, AddressAction::Remove, error, now, report);
+            }
+        }
+    }
+
+    fn address_failed(
+        &mut self,
+        addr: IpAddr,
+        action: AddressAction,
+        error: KernelError,
+        now: Instant,
+        report: &mut SyncReport,
+    ) {
+        tracing::warn!(address = %addr, ?action, %error,
+            "kube-ipvs0 address change failed; retrying with backoff");
+        report.failed += 1;
+        report.errors.push(SyncError::Address {
+            addr,
+            action,
+            error,
+        });
+        let previous = self.failed_addrs.get(&addr).copied();
+        self.failed_addrs
+            .insert(addr, Backoff::after_failure(previous, now));
+    }
+}
+
+/// An address add answered "exists" is what was wanted.
+fn exists_is_ok(error: KernelError) -> Result<(), KernelError> {
+    match error {
+        KernelError::Exists => Ok(()),
+        other => Err(other),
+    }
+}

@@ -1,0 +1,170 @@
+//! The reconciler's picture of the kernel state the proxy owns. Only
+//! confirmed kernel answers (and dumps) change it, so it stays truthful.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};
+use crate::kernel::KernelVirtualServer;
+
+/// One owned virtual server as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MirroredVirtualServer {
+    pub server: VirtualServer,
+    /// Real server → weight.
+    pub real_servers: HashMap<RealServerKey, u32>,
+}
+
+/// Owned virtual servers and owned kube-ipvs0 addresses.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Mirror {
+    virtual_servers: HashMap<VirtualServerKey, MirroredVirtualServer>,
+    addresses: HashSet<IpAddr>,
+    /// How many mirrored virtual servers use each address: an address is only
+    /// removed once nothing uses it, or a failed delete would leave a virtual
+    /// server the proxy no longer owns after a restart.
+    users: HashMap<IpAddr, usize>,
+}
+
+impl Mirror {
+    pub fn get(&self, key: &VirtualServerKey) -> Option<&MirroredVirtualServer> {
+        self.virtual_servers.get(key)
+    }
+
+    pub fn contains(&self, key: &VirtualServerKey) -> bool {
+        self.virtual_servers.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &VirtualServerKey> {
+        self.virtual_servers.keys()
+    }
+
+    pub fn holds_address(&self, addr: IpAddr) -> bool {
+        self.addresses.contains(&addr)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.addresses.iter()
+    }
+
+    /// How many mirrored virtual servers use `addr`.
+    pub fn users_of(&self, addr: IpAddr) -> usize {
+        self.users.get(&addr).copied().unwrap_or(0)
+    }
+
+    pub fn insert_address(&mut self, addr: IpAddr) {
+        self.addresses.insert(addr);
+    }
+
+    pub fn remove_address(&mut self, addr: IpAddr) {
+        self.addresses.remove(&addr);
+    }
+
+    /// Records a dumped virtual server with its real servers.
+    pub fn adopt(&mut self, dumped: KernelVirtualServer) {
+        let key = dumped.server.key;
+        let real_servers = dumped
+            .real_servers
+            .iter()
+            .map(|rs| (rs.key, rs.weight))
+            .collect();
+        self.insert(
+            key,
+            MirroredVirtualServer {
+                server: dumped.server,
+                real_servers,
+            },
+        );
+    }
+
+    /// Records a virtual server just added: no real servers yet.
+    pub fn add_virtual_server(&mut self, server: VirtualServer) {
+        let key = server.key;
+        self.insert(
+            key,
+            MirroredVirtualServer {
+                server,
+                real_servers: HashMap::new(),
+            },
+        );
+    }
+
+    /// Records new settings of a virtual server, if mirrored.
+    pub fn update_virtual_server(&mut self, server: VirtualServer) {
+        if let Some(vs) = self.virtual_servers.get_mut(&server.key) {
+            vs.server = server;
+        }
+    }
+
+    /// Forgets a virtual server (and its real servers). Returns its address
+    /// if this left the address unused.
+    pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> Option<IpAddr> {
+        self.virtual_servers.remove(key)?;
+        let users = self.users.get_mut(&key.addr)?;
+        *users -= 1;
+        if *users == 0 {
+            self.users.remove(&key.addr);
+            return Some(key.addr);
+        }
+        None
+    }
+
+    /// Records a real server (added or reweighted), if its virtual server is mirrored.
+    pub fn set_real_server(&mut self, key: &VirtualServerKey, real_server: RealServer) {
+        if let Some(vs) = self.virtual_servers.get_mut(key) {
+            vs.real_servers.insert(real_server.key, real_server.weight);
+        }
+    }
+
+    pub fn remove_real_server(&mut self, key: &VirtualServerKey, real_server: &RealServerKey) {
+        if let Some(vs) = self.virtual_servers.get_mut(key) {
+            vs.real_servers.remove(real_server);
+        }
+    }
+
+    fn insert(&mut self, key: VirtualServerKey, vs: MirroredVirtualServer) {
+        if self.virtual_servers.insert(key, vs).is_none() {
+            *self.users.entry(key.addr).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Protocol;
+
+    fn server(port: u16) -> VirtualServer {
+        VirtualServer {
+            key: VirtualServerKey {
+                addr: "10.0.0.1".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port,
+            },
+            scheduler: "rr".into(),
+            persistence: None,
+        }
+    }
+
+    #[test]
+    fn an_address_is_freed_by_its_last_virtual_server() {
+        let mut mirror = Mirror::default();
+        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        mirror.add_virtual_server(server(80));
+        mirror.add_virtual_server(server(443));
+        mirror.add_virtual_server(server(443));
+        assert_eq!(
+            mirror.users_of(addr),
+            2,
+            "re-adding a key is not a new user"
+        );
+        assert_eq!(mirror.remove_virtual_server(&server(80).key), None);
+        assert_eq!(
+            mirror.remove_virtual_server(&server(80).key),
+            None,
+            "already gone"
+        );
+        assert_eq!(mirror.remove_virtual_server(&server(443).key), Some(addr));
+        assert_eq!(mirror.users_of(addr), 0);
+    }
+}

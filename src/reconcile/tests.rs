@@ -1,0 +1,1125 @@
+//! The reconciler's specification, against [`FakeKernel`]: every test counts
+//! kernel operations or compares whole kernel states; none measures time.
+
+use std::cell::{RefCell, RefMut};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::executor::block_on;
+
+use super::*;
+use crate::desired::{Protocol, RealServer, RealServerKey, VirtualServer};
+use crate::kernel::fake::{FailOn, FakeKernel, Write};
+use crate::kernel::KernelVirtualServer;
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct ManualClock(Arc<Mutex<Instant>>);
+
+impl ManualClock {
+    fn new() -> Self {
+        ManualClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap()
+    }
+
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+
+    fn clock(&self) -> Clock {
+        let shared = self.0.clone();
+        Box::new(move || *shared.lock().unwrap())
+    }
+}
+
+/// One [`FakeKernel`] behind both traits, so that its journal shows the
+/// order of address and IPVS writes. The fake's futures are ready at once, so
+/// each call completes while the borrow is held.
+#[derive(Clone, Default)]
+struct SharedKernel(Rc<RefCell<FakeKernel>>);
+
+impl IpvsKernel for SharedKernel {
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        block_on(self.0.borrow_mut().dump())
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        block_on(self.0.borrow_mut().apply(ops))
+    }
+}
+
+impl AddressKernel for SharedKernel {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        block_on(self.0.borrow_mut().ensure_link())
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        block_on(self.0.borrow_mut().add_address(addr))
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        block_on(self.0.borrow_mut().del_address(addr))
+    }
+}
+
+/// One reconciler and the kernel it programs.
+struct Node {
+    kernel: SharedKernel,
+    reconciler: Reconciler,
+    clock: ManualClock,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self::with_ownership(Ownership::default())
+    }
+
+    fn with_ownership(ownership: Ownership) -> Self {
+        let clock = ManualClock::new();
+        Node {
+            kernel: SharedKernel::default(),
+            reconciler: Reconciler::with_clock(ownership, clock.clock()),
+            clock,
+        }
+    }
+
+    /// A fresh reconciler (a restarted proxy) on this node's kernel.
+    fn restart(&self, ownership: Ownership) -> Self {
+        let clock = ManualClock::new();
+        Node {
+            kernel: self.kernel.clone(),
+            reconciler: Reconciler::with_clock(ownership, clock.clock()),
+            clock,
+        }
+    }
+
+    fn kernel(&self) -> RefMut<'_, FakeKernel> {
+        self.kernel.0.borrow_mut()
+    }
+
+    async fn full_sync(&mut self) -> SyncReport {
+        let (mut ipvs, mut addrs) = (self.kernel.clone(), self.kernel.clone());
+        self.reconciler.full_sync(&mut ipvs, &mut addrs).await
+    }
+
+    async fn sync_dirty(&mut self) -> SyncReport {
+        let (mut ipvs, mut addrs) = (self.kernel.clone(), self.kernel.clone());
+        self.reconciler.sync_dirty(&mut ipvs, &mut addrs).await
+    }
+
+    async fn cleanup(&mut self) -> SyncReport {
+        let (mut ipvs, mut addrs) = (self.kernel.clone(), self.kernel.clone());
+        self.reconciler.cleanup(&mut ipvs, &mut addrs).await
+    }
+
+    fn set(&mut self, name: &str, desired: Option<ServiceDesired>) {
+        self.reconciler.set_service(svc(name), desired);
+    }
+
+    fn writes(&self) -> usize {
+        self.kernel().writes()
+    }
+
+    fn take_writes(&self) -> Vec<Write> {
+        self.kernel().take_writes()
+    }
+
+    /// Asserts that the kernel holds exactly what `services` want, plus `foreign`.
+    fn assert_kernel_is(&self, services: &[&ServiceDesired], foreign: &[KernelVirtualServer]) {
+        let mut table: Vec<KernelVirtualServer> = services
+            .iter()
+            .flat_map(|s| s.virtual_servers.iter())
+            .map(|dvs| {
+                let mut real_servers = dvs.real_servers.clone();
+                real_servers.sort_by_key(|rs| rs.key);
+                KernelVirtualServer {
+                    server: dvs.server.clone(),
+                    real_servers,
+                }
+            })
+            .chain(foreign.iter().cloned())
+            .collect();
+        table.sort_by_key(|vs| vs.server.key);
+        assert_eq!(self.kernel().virtual_servers(), table, "IPVS table");
+        let mut addresses: Vec<IpAddr> = services
+            .iter()
+            .flat_map(|s| s.bind_addrs.iter().copied())
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        assert_eq!(self.kernel().addresses(), addresses, "kube-ipvs0 addresses");
+    }
+}
+
+fn svc(name: &str) -> ServiceName {
+    ServiceName::new("default", name)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn tcp(addr: &str, port: u16) -> VirtualServerKey {
+    VirtualServerKey {
+        addr: ip(addr),
+        protocol: Protocol::Tcp,
+        port,
+    }
+}
+
+fn rs(addr: &str, port: u16) -> RealServer {
+    RealServer {
+        key: RealServerKey {
+            addr: ip(addr),
+            port,
+        },
+        weight: 1,
+    }
+}
+
+fn vs(key: VirtualServerKey, real_servers: &[RealServer]) -> DesiredVirtualServer {
+    DesiredVirtualServer {
+        server: VirtualServer {
+            key,
+            scheduler: "rr".into(),
+            persistence: None,
+        },
+        real_servers: real_servers.to_vec(),
+    }
+}
+
+/// A ClusterIP service: `vip` bound on kube-ipvs0, one virtual server per port.
+fn cluster_ip(vip: &str, ports: &[u16], real_servers: &[RealServer]) -> ServiceDesired {
+    ServiceDesired {
+        virtual_servers: ports
+            .iter()
+            .map(|&port| vs(tcp(vip, port), real_servers))
+            .collect(),
+        bind_addrs: vec![ip(vip)],
+    }
+}
+
+fn foreign(key: VirtualServerKey) -> KernelVirtualServer {
+    KernelVirtualServer {
+        server: VirtualServer {
+            key,
+            scheduler: "wlc".into(),
+            persistence: None,
+        },
+        real_servers: vec![rs("192.168.7.7", 80)],
+    }
+}
+
+fn counts_of(ops: &[Op]) -> [usize; 6] {
+    let mut counts = [0; 6];
+    for op in ops {
+        counts[match op {
+            Op::AddVirtualServer(_) => 0,
+            Op::UpdateVirtualServer(_) => 1,
+            Op::DeleteVirtualServer(_) => 2,
+            Op::AddRealServer(..) => 3,
+            Op::UpdateRealServer(..) => 4,
+            Op::DeleteRealServer(..) => 5,
+        }] += 1;
+    }
+    counts
+}
+
+/// The IPVS ops among `writes`.
+fn ipvs_ops(writes: &[Write]) -> Vec<Op> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Ipvs(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cold_start_programs_exactly_the_desired_state_in_one_batch() {
+    let mut node = Node::new();
+    let web = cluster_ip(
+        "10.96.0.10",
+        &[80, 443],
+        &[rs("10.244.0.1", 8080), rs("10.244.0.2", 8080)],
+    );
+    let mut sticky = cluster_ip("10.96.0.11", &[53], &[rs("10.244.0.3", 53)]);
+    sticky.virtual_servers[0].server.persistence = Some(10800);
+    let empty = cluster_ip("fd00:96::12", &[8080], &[]);
+    node.set("web", Some(web.clone()));
+    node.set("sticky", Some(sticky.clone()));
+    node.set("empty", Some(empty.clone()));
+
+    let report = node.full_sync().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(report.services_synced, 3);
+    let writes = node.take_writes();
+    let ops = ipvs_ops(&writes);
+    // [add vs, update vs, delete vs, add rs, update rs, delete rs]
+    assert_eq!(counts_of(&ops), [4, 0, 0, 5, 0, 0]);
+    assert_eq!(
+        writes[..3],
+        [
+            Write::AddAddress(ip("10.96.0.10")),
+            Write::AddAddress(ip("10.96.0.11")),
+            Write::AddAddress(ip("fd00:96::12")),
+        ],
+        "addresses first"
+    );
+    assert_eq!(report.writes, 4 + 5 + 3);
+    assert_eq!(report.writes, node.writes());
+    assert_eq!(node.kernel().apply_calls(), 1, "one batch per sync");
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::AddRealServer(key, _) = op {
+            let created = ops[..i]
+                .iter()
+                .any(|earlier| matches!(earlier, Op::AddVirtualServer(s) if s.key == *key));
+            assert!(created, "{op:?} comes after its virtual server");
+        }
+    }
+    node.assert_kernel_is(&[&web, &sticky, &empty], &[]);
+}
+
+#[tokio::test]
+async fn addresses_go_on_before_and_come_off_after_their_virtual_servers() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.set(
+        "web",
+        Some(cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)])),
+    );
+    node.full_sync().await;
+    node.set("web", None);
+    node.sync_dirty().await;
+
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::AddAddress(ip("10.96.0.10")),
+            Write::Ipvs(Op::AddVirtualServer(vs(key, &[]).server)),
+            Write::Ipvs(Op::AddRealServer(key, rs("10.244.0.1", 80))),
+            Write::Ipvs(Op::DeleteVirtualServer(key)),
+            Write::DelAddress(ip("10.96.0.10")),
+        ]
+    );
+    node.assert_kernel_is(&[], &[]);
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_adopts_a_matching_kernel_without_writing() {
+    let mut node = Node::new();
+    let services: Vec<ServiceDesired> = (0..20)
+        .map(|i| {
+            cluster_ip(
+                &format!("10.96.1.{i}"),
+                &[80, 443],
+                &[rs("10.244.1.1", 8080)],
+            )
+        })
+        .collect();
+    for (i, desired) in services.iter().enumerate() {
+        node.set(&format!("s{i}"), Some(desired.clone()));
+    }
+    node.full_sync().await;
+    let before = node.writes();
+
+    let mut restarted = node.restart(Ownership::default());
+    for (i, desired) in services.iter().enumerate() {
+        restarted.set(&format!("s{i}"), Some(desired.clone()));
+    }
+    let report = restarted.full_sync().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(report.writes, 0);
+    assert_eq!(restarted.writes(), before);
+    // And the adopted mirror is exact: a change costs exactly its own ops.
+    let mut changed = services[3].clone();
+    changed.virtual_servers[1]
+        .real_servers
+        .push(rs("10.244.1.2", 8080));
+    restarted.set("s3", Some(changed));
+    assert_eq!(restarted.sync_dirty().await.writes, 1);
+}
+
+#[tokio::test]
+async fn with_nothing_changed_a_resync_writes_nothing() {
+    let mut node = Node::new();
+    let web = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+    node.set("web", Some(web.clone()));
+    node.full_sync().await;
+    let (writes, dumps) = (node.writes(), node.kernel().dumps());
+
+    assert_eq!(node.full_sync().await.writes, 0, "full sync");
+    assert_eq!(
+        node.kernel().dumps(),
+        dumps + 2,
+        "a full sync reads IPVS and kube-ipvs0"
+    );
+
+    node.set("web", Some(web.clone()));
+    assert!(
+        !node.reconciler.has_dirty(),
+        "an identical update is dropped"
+    );
+    let report = node.sync_dirty().await;
+    assert_eq!((report.writes, report.services_synced), (0, 0));
+    assert_eq!(node.writes(), writes);
+    assert_eq!(
+        node.kernel().dumps(),
+        dumps + 2,
+        "an incremental sync reads nothing"
+    );
+}
+
+#[tokio::test]
+async fn one_endpoint_among_ten_thousand_services_is_one_write() {
+    let mut node = Node::new();
+    let service = |i: u32, endpoints: &[RealServer]| {
+        let vip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+        cluster_ip(&vip, &[80], endpoints)
+    };
+    for i in 0..10_000 {
+        node.set(
+            &format!("s{i}"),
+            Some(service(i, &[rs("10.244.0.1", 8080)])),
+        );
+    }
+    node.full_sync().await;
+    node.take_writes();
+    let key = service(4321, &[]).virtual_servers[0].server.key;
+    let added = rs("10.244.0.2", 8080);
+
+    node.set(
+        "s4321",
+        Some(service(4321, &[rs("10.244.0.1", 8080), added])),
+    );
+    let report = node.sync_dirty().await;
+    assert_eq!((report.writes, report.services_synced), (1, 1));
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::AddRealServer(key, added))]
+    );
+
+    node.set("s4321", Some(service(4321, &[rs("10.244.0.1", 8080)])));
+    let report = node.sync_dirty().await;
+    assert_eq!(report.writes, 1);
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::DeleteRealServer(key, added.key))]
+    );
+}
+
+#[tokio::test]
+async fn settings_change_in_place_without_dropping_the_virtual_server() {
+    let key = tcp("10.96.0.10", 80);
+    let base = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+    let with = |scheduler: &str, persistence: Option<u32>| {
+        let mut desired = base.clone();
+        desired.virtual_servers[0].server.scheduler = scheduler.into();
+        desired.virtual_servers[0].server.persistence = persistence;
+        desired
+    };
+    let cases = [
+        ("scheduler rr → lc", with("rr", None), with("lc", None)),
+        (
+            "session affinity on",
+            with("rr", None),
+            with("rr", Some(10800)),
+        ),
+        (
+            "session affinity off",
+            with("rr", Some(10800)),
+            with("rr", None),
+        ),
+        (
+            "affinity timeout",
+            with("rr", Some(10800)),
+            with("rr", Some(60)),
+        ),
+    ];
+    for (name, from, to) in cases {
+        let mut node = Node::new();
+        node.set("web", Some(from));
+        node.full_sync().await;
+        node.take_writes();
+        node.set("web", Some(to.clone()));
+        node.sync_dirty().await;
+        assert_eq!(
+            node.take_writes(),
+            vec![Write::Ipvs(Op::UpdateVirtualServer(
+                to.virtual_servers[0].server.clone()
+            ))],
+            "{name}"
+        );
+        assert_eq!(
+            node.kernel()
+                .virtual_server(&key)
+                .unwrap()
+                .real_servers
+                .len(),
+            1
+        );
+        node.assert_kernel_is(&[&to], &[]);
+    }
+}
+
+#[tokio::test]
+async fn full_sync_repairs_drift_and_writes_only_the_repair() {
+    let web = cluster_ip(
+        "10.96.0.10",
+        &[80],
+        &[rs("10.244.0.1", 80), rs("10.244.0.2", 80)],
+    );
+    let db = cluster_ip("10.96.0.11", &[5432], &[rs("10.244.0.3", 5432)]);
+    /// What someone did behind the proxy's back, and the writes that undo it.
+    type Case = (&'static str, fn(&mut FakeKernel), Vec<Write>);
+    let cases: Vec<Case> = vec![
+        (
+            "a virtual server deleted behind our back comes back, with its real servers",
+            |k| assert!(k.remove_virtual_server(&tcp("10.96.0.10", 80))),
+            vec![
+                Write::Ipvs(Op::AddVirtualServer(vs(tcp("10.96.0.10", 80), &[]).server)),
+                Write::Ipvs(Op::AddRealServer(
+                    tcp("10.96.0.10", 80),
+                    rs("10.244.0.1", 80),
+                )),
+                Write::Ipvs(Op::AddRealServer(
+                    tcp("10.96.0.10", 80),
+                    rs("10.244.0.2", 80),
+                )),
+            ],
+        ),
+        (
+            "a real server reweighted behind our back",
+            |k| {
+                assert!(k.set_real_server(
+                    &tcp("10.96.0.11", 5432),
+                    rs("10.244.0.3", 5432).key,
+                    Some(9)
+                ))
+            },
+            vec![Write::Ipvs(Op::UpdateRealServer(
+                tcp("10.96.0.11", 5432),
+                rs("10.244.0.3", 5432),
+            ))],
+        ),
+        (
+            "a real server added to an owned virtual server",
+            |k| {
+                assert!(k.set_real_server(
+                    &tcp("10.96.0.11", 5432),
+                    rs("10.244.9.9", 1).key,
+                    Some(1)
+                ))
+            },
+            vec![Write::Ipvs(Op::DeleteRealServer(
+                tcp("10.96.0.11", 5432),
+                rs("10.244.9.9", 1).key,
+            ))],
+        ),
+        (
+            "an address removed from kube-ipvs0",
+            |k| assert!(k.remove_address(ip("10.96.0.11"))),
+            vec![Write::AddAddress(ip("10.96.0.11"))],
+        ),
+        (
+            "a stray virtual server on an owned address",
+            |k| k.insert_virtual_server(foreign(tcp("10.96.0.10", 8443))),
+            vec![Write::Ipvs(Op::DeleteVirtualServer(tcp(
+                "10.96.0.10",
+                8443,
+            )))],
+        ),
+        (
+            "a stray address on kube-ipvs0, with a virtual server on it",
+            |k| {
+                k.insert_address(ip("10.96.0.99"));
+                k.insert_virtual_server(foreign(tcp("10.96.0.99", 80)));
+            },
+            vec![
+                Write::Ipvs(Op::DeleteVirtualServer(tcp("10.96.0.99", 80))),
+                Write::DelAddress(ip("10.96.0.99")),
+            ],
+        ),
+    ];
+    for (name, drift, repair) in cases {
+        let mut node = Node::new();
+        node.set("web", Some(web.clone()));
+        node.set("db", Some(db.clone()));
+        node.full_sync().await;
+        node.take_writes();
+        drift(&mut node.kernel());
+
+        assert_eq!(
+            node.sync_dirty().await.writes,
+            0,
+            "{name}: an incremental sync trusts the mirror"
+        );
+        let report = node.full_sync().await;
+
+        assert!(report.is_clean(), "{name}: {:?}", report.errors);
+        assert_eq!(node.take_writes(), repair, "{name}");
+        node.assert_kernel_is(&[&web, &db], &[]);
+        assert_eq!(
+            node.full_sync().await.writes,
+            0,
+            "{name}: repaired for good"
+        );
+    }
+}
+
+#[tokio::test]
+async fn foreign_virtual_servers_are_never_touched() {
+    let ownership = Ownership {
+        exclude_cidrs: vec!["10.96.200.0/24".parse().unwrap()],
+        ..Ownership::default()
+    };
+    let node_ip = "192.168.1.10";
+    let cases = [
+        (
+            "on an address neither on kube-ipvs0 nor wanted",
+            tcp("172.16.0.1", 80),
+        ),
+        ("inside an exclude CIDR", tcp("10.96.200.5", 80)),
+        (
+            "on a node address outside the NodePort range",
+            tcp(node_ip, 8080),
+        ),
+    ];
+    for (name, key) in cases {
+        let mut node = Node::with_ownership(ownership.clone());
+        node.reconciler.set_node_addresses(vec![ip(node_ip)]);
+        // An excluded address on kube-ipvs0 does not make it ours either.
+        node.kernel().insert_address(ip("10.96.200.5"));
+        node.kernel().insert_virtual_server(foreign(key));
+        let web = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+        node.set("web", Some(web.clone()));
+
+        let report = node.full_sync().await;
+        assert!(report.is_clean(), "{name}: {:?}", report.errors);
+        assert_eq!(
+            node.kernel().virtual_server(&key),
+            Some(foreign(key)),
+            "{name}: full sync"
+        );
+
+        let report = node.cleanup().await;
+        assert!(report.is_clean(), "{name}: {:?}", report.errors);
+        assert_eq!(
+            node.kernel().virtual_servers(),
+            vec![foreign(key)],
+            "{name}: cleanup"
+        );
+        assert_eq!(
+            node.kernel().addresses(),
+            vec![ip("10.96.200.5")],
+            "{name}: cleanup"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_desired_key_held_by_someone_else_is_left_alone() {
+    let ownership = Ownership {
+        exclude_cidrs: vec!["10.96.200.0/24".parse().unwrap()],
+        ..Ownership::default()
+    };
+    let cases = [
+        (
+            "inside an exclude CIDR",
+            ServiceDesired {
+                virtual_servers: vec![vs(tcp("10.96.200.5", 80), &[rs("10.244.0.1", 80)])],
+                bind_addrs: vec![ip("10.96.200.5")],
+            },
+            tcp("10.96.200.5", 80),
+        ),
+        (
+            "on an address the service does not bind and the node does not have",
+            ServiceDesired {
+                virtual_servers: vec![vs(tcp("172.16.0.1", 30080), &[rs("10.244.0.1", 80)])],
+                bind_addrs: vec![],
+            },
+            tcp("172.16.0.1", 30080),
+        ),
+    ];
+    for (name, desired, key) in cases {
+        let mut node = Node::with_ownership(ownership.clone());
+        node.kernel().insert_virtual_server(foreign(key));
+        node.set("svc", Some(desired));
+        let report = node.full_sync().await;
+        assert_eq!(report.writes, 0, "{name}");
+        assert_eq!(
+            node.kernel().virtual_servers(),
+            vec![foreign(key)],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn node_ports_become_ours_when_the_node_address_is_known() {
+    let mut node = Node::new();
+    let key = tcp("192.168.1.10", 30080);
+    let node_port = ServiceDesired {
+        virtual_servers: vec![vs(key, &[rs("10.244.0.1", 80)])],
+        bind_addrs: vec![],
+    };
+    node.set("np", Some(node_port.clone()));
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "not ours before the node address is known"
+    );
+
+    node.reconciler.set_node_addresses(vec![ip("192.168.1.10")]);
+    assert!(node.reconciler.has_dirty());
+    assert_eq!(node.sync_dirty().await.writes, 2);
+    node.assert_kernel_is(&[&node_port], &[]);
+
+    node.reconciler.set_node_addresses(vec![ip("192.168.1.10")]);
+    assert!(!node.reconciler.has_dirty(), "unchanged node addresses");
+    node.set("np", None);
+    node.sync_dirty().await;
+    node.assert_kernel_is(&[], &[]);
+
+    // A restarted proxy still owns a NodePort virtual server left behind.
+    node.kernel().insert_virtual_server(foreign(key));
+    let mut restarted = node.restart(Ownership::default());
+    restarted
+        .reconciler
+        .set_node_addresses(vec![ip("192.168.1.10")]);
+    restarted.full_sync().await;
+    assert_eq!(restarted.kernel().virtual_servers(), vec![]);
+}
+
+#[tokio::test]
+async fn a_failing_service_backs_off_while_others_proceed() {
+    let mut node = Node::new();
+    let a_key = tcp("10.96.0.10", 80);
+    let a = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+    let b = cluster_ip("10.96.0.11", &[80], &[rs("10.244.0.2", 80)]);
+    node.kernel().fail_always(
+        FailOn::VirtualServer(a_key),
+        KernelError::Invalid("bad scheduler".into()),
+    );
+    node.set("a", Some(a.clone()));
+    node.set("b", Some(b.clone()));
+
+    let report = node.full_sync().await;
+
+    // A's add fails, and so does its real server (its virtual server is missing).
+    assert_eq!(report.failed, 2);
+    assert_eq!(
+        report.errors[0],
+        SyncError::Operation {
+            service: Some(svc("a")),
+            op: Op::AddVirtualServer(a.virtual_servers[0].server.clone()),
+            error: KernelError::Invalid("bad scheduler".into()),
+        }
+    );
+    assert_eq!(
+        report.errors[0].to_string(),
+        "service default/a: add virtual server TCP/10.96.0.10:80 (scheduler rr): invalid argument: bad scheduler"
+    );
+    assert_eq!(
+        node.kernel().virtual_servers().len(),
+        1,
+        "B was applied in the same sync"
+    );
+    assert_eq!(node.kernel().apply_calls(), 1);
+
+    let start = node.clock.now();
+    let mut expected_delay = Duration::from_secs(1);
+    for attempt in 1..=3 {
+        assert_eq!(
+            node.reconciler.next_retry(),
+            Some(node.clock.now() + expected_delay),
+            "attempt {attempt}"
+        );
+        assert!(!node.reconciler.has_dirty());
+        let writes = node.writes();
+        assert_eq!(node.sync_dirty().await.writes, 0, "not yet due");
+        node.clock.advance(expected_delay);
+        assert!(node.reconciler.has_dirty(), "due");
+        let report = node.sync_dirty().await;
+        assert_eq!(
+            (report.services_synced, report.failed),
+            (1, 2),
+            "attempt {attempt}"
+        );
+        assert_eq!(node.writes(), writes + 2, "only A is retried");
+        expected_delay *= 2;
+    }
+    assert_eq!(node.clock.now() - start, Duration::from_secs(1 + 2 + 4));
+
+    node.kernel().clear_failures();
+    node.clock.advance(expected_delay);
+    let report = node.sync_dirty().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(node.reconciler.next_retry(), None);
+    node.assert_kernel_is(&[&a, &b], &[]);
+}
+
+#[tokio::test]
+async fn a_new_desired_state_is_tried_at_once_despite_backoff() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.kernel().fail_next(
+        FailOn::VirtualServer(key),
+        KernelError::Other("EBUSY".into()),
+    );
+    node.set("a", Some(cluster_ip("10.96.0.10", &[80], &[])));
+    assert_eq!(node.full_sync().await.failed, 1);
+    let fixed = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+    node.set("a", Some(fixed.clone()));
+    assert!(node.sync_dirty().await.is_clean());
+    node.assert_kernel_is(&[&fixed], &[]);
+}
+
+#[tokio::test]
+async fn already_there_and_already_gone_are_success() {
+    let mut node = Node::new();
+    node.set(
+        "a",
+        Some(cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)])),
+    );
+    node.set("b", Some(cluster_ip("10.96.0.11", &[80], &[])));
+    node.full_sync().await;
+    // Someone else already created what "c" will want, and deleted what "b" had.
+    let c = cluster_ip("10.96.0.12", &[80], &[rs("10.244.0.2", 80)]);
+    node.kernel().insert_address(ip("10.96.0.12"));
+    node.kernel().insert_virtual_server(KernelVirtualServer {
+        server: c.virtual_servers[0].server.clone(),
+        real_servers: c.virtual_servers[0].real_servers.clone(),
+    });
+    node.kernel().remove_virtual_server(&tcp("10.96.0.11", 80));
+    node.kernel().remove_address(ip("10.96.0.11"));
+    node.set("c", Some(c.clone()));
+    node.set("b", None);
+
+    let report = node.sync_dirty().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(
+        report.writes, 5,
+        "add c's address, vs, rs; delete b's vs, address"
+    );
+    assert_eq!(node.reconciler.next_retry(), None);
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "the mirror matches the kernel"
+    );
+}
+
+#[tokio::test]
+async fn a_virtual_server_vanished_behind_our_back_is_rebuilt_on_retry() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.set(
+        "a",
+        Some(cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)])),
+    );
+    node.full_sync().await;
+    node.kernel().remove_virtual_server(&key);
+    let grown = cluster_ip(
+        "10.96.0.10",
+        &[80],
+        &[rs("10.244.0.1", 80), rs("10.244.0.2", 80)],
+    );
+    node.set("a", Some(grown.clone()));
+
+    let report = node.sync_dirty().await;
+    assert_eq!(
+        report.failed, 1,
+        "adding a real server to a missing virtual server"
+    );
+    node.clock.advance(Duration::from_secs(1));
+    let report = node.sync_dirty().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(report.writes, 3, "the virtual server and both real servers");
+    node.assert_kernel_is(&[&grown], &[]);
+}
+
+#[tokio::test]
+async fn a_shared_address_stays_while_any_service_binds_it() {
+    let mut node = Node::new();
+    let a = cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.1", 80)]);
+    let b = cluster_ip("203.0.113.7", &[443], &[rs("10.244.0.2", 443)]);
+    node.set("a", Some(a.clone()));
+    node.set("b", Some(b.clone()));
+    node.full_sync().await;
+    node.take_writes();
+
+    node.set("a", None);
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::DeleteVirtualServer(tcp("203.0.113.7", 80)))]
+    );
+    node.assert_kernel_is(&[&b], &[]);
+
+    node.set("b", None);
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::Ipvs(Op::DeleteVirtualServer(tcp("203.0.113.7", 443))),
+            Write::DelAddress(ip("203.0.113.7")),
+        ]
+    );
+    node.assert_kernel_is(&[], &[]);
+}
+
+#[tokio::test]
+async fn an_address_stays_while_a_virtual_server_on_it_failed_to_go() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.set("a", Some(cluster_ip("10.96.0.10", &[80], &[])));
+    node.full_sync().await;
+    node.kernel().fail_next(
+        FailOn::VirtualServer(key),
+        KernelError::Other("EBUSY".into()),
+    );
+    node.set("a", None);
+
+    let report = node.sync_dirty().await;
+    assert_eq!(
+        (report.writes, report.failed),
+        (1, 1),
+        "no address removal yet"
+    );
+    assert_eq!(node.kernel().addresses(), vec![ip("10.96.0.10")]);
+
+    node.clock.advance(Duration::from_secs(1));
+    let report = node.sync_dirty().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(report.writes, 2, "the virtual server, then its address");
+    node.assert_kernel_is(&[], &[]);
+    assert_eq!(node.reconciler.next_retry(), None);
+}
+
+#[tokio::test]
+async fn a_failed_address_is_retried_with_backoff() {
+    let mut node = Node::new();
+    let a = cluster_ip("10.96.0.10", &[80], &[]);
+    node.kernel().fail_next(
+        FailOn::Address(ip("10.96.0.10")),
+        KernelError::Other("ENOSPC".into()),
+    );
+    node.set("a", Some(a.clone()));
+    let report = node.full_sync().await;
+    assert_eq!(
+        report.errors,
+        vec![SyncError::Address {
+            addr: ip("10.96.0.10"),
+            action: AddressAction::Add,
+            error: KernelError::Other("ENOSPC".into()),
+        }]
+    );
+    assert_eq!(
+        node.reconciler.next_retry(),
+        Some(node.clock.now() + Duration::from_secs(1))
+    );
+    node.clock.advance(Duration::from_secs(1));
+    let report = node.sync_dirty().await;
+    assert_eq!((report.writes, report.failed), (1, 0));
+    node.assert_kernel_is(&[&a], &[]);
+    assert_eq!(node.reconciler.next_retry(), None);
+}
+
+#[tokio::test]
+async fn two_services_claiming_one_key_resolve_to_the_first() {
+    let mut node = Node::new();
+    let key = tcp("203.0.113.7", 80);
+    let first = cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.1", 80)]);
+    let second = cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.2", 80)]);
+    node.set("first", Some(first.clone()));
+    node.full_sync().await;
+    node.take_writes();
+
+    node.set("second", Some(second.clone()));
+    assert_eq!(
+        node.sync_dirty().await.writes,
+        0,
+        "the first claimant keeps it"
+    );
+    assert_eq!(node.full_sync().await.writes, 0, "also on a full sync");
+    node.assert_kernel_is(&[&first], &[]);
+
+    node.set("first", None);
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::Ipvs(Op::DeleteRealServer(key, rs("10.244.0.1", 80).key)),
+            Write::Ipvs(Op::AddRealServer(key, rs("10.244.0.2", 80))),
+        ],
+        "handed over in place, without deleting the virtual server"
+    );
+    node.assert_kernel_is(&[&second], &[]);
+}
+
+#[tokio::test]
+async fn cleanup_removes_everything_owned_and_nothing_foreign() {
+    let mut node = Node::with_ownership(Ownership {
+        exclude_cidrs: vec!["10.96.200.0/24".parse().unwrap()],
+        ..Ownership::default()
+    });
+    node.reconciler.set_node_addresses(vec![ip("192.168.1.10")]);
+    node.set(
+        "web",
+        Some(cluster_ip(
+            "10.96.0.10",
+            &[80, 443],
+            &[rs("10.244.0.1", 80)],
+        )),
+    );
+    node.set(
+        "np",
+        Some(ServiceDesired {
+            virtual_servers: vec![vs(tcp("192.168.1.10", 30080), &[rs("10.244.0.1", 80)])],
+            bind_addrs: vec![],
+        }),
+    );
+    node.full_sync().await;
+    let foreigners = [
+        tcp("172.16.0.1", 80),
+        tcp("10.96.200.1", 80),
+        tcp("192.168.1.10", 22),
+    ];
+    for key in foreigners {
+        node.kernel().insert_virtual_server(foreign(key));
+    }
+    node.kernel().insert_address(ip("10.96.200.1"));
+    // Left behind by an earlier run: owned because it is on kube-ipvs0.
+    node.kernel().insert_address(ip("10.96.0.50"));
+    node.kernel()
+        .insert_virtual_server(foreign(tcp("10.96.0.50", 80)));
+    node.take_writes();
+
+    // A cleanup run is a fresh process that knows nothing desired.
+    let mut cleaner = node.restart(Ownership {
+        exclude_cidrs: vec!["10.96.200.0/24".parse().unwrap()],
+        ..Ownership::default()
+    });
+    cleaner
+        .reconciler
+        .set_node_addresses(vec![ip("192.168.1.10")]);
+    let report = cleaner.cleanup().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(
+        cleaner.take_writes(),
+        vec![
+            Write::Ipvs(Op::DeleteVirtualServer(tcp("10.96.0.10", 80))),
+            Write::Ipvs(Op::DeleteVirtualServer(tcp("10.96.0.10", 443))),
+            Write::Ipvs(Op::DeleteVirtualServer(tcp("10.96.0.50", 80))),
+            Write::Ipvs(Op::DeleteVirtualServer(tcp("192.168.1.10", 30080))),
+            Write::DelAddress(ip("10.96.0.10")),
+            Write::DelAddress(ip("10.96.0.50")),
+        ]
+    );
+    let mut remaining: Vec<KernelVirtualServer> = foreigners.into_iter().map(foreign).collect();
+    remaining.sort_by_key(|vs| vs.server.key);
+    assert_eq!(cleaner.kernel().virtual_servers(), remaining);
+    assert_eq!(cleaner.kernel().addresses(), vec![ip("10.96.200.1")]);
+    assert_eq!(
+        cleaner.cleanup().await.writes,
+        0,
+        "a second cleanup finds nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_read_writes_nothing() {
+    let cases = [
+        ("IPVS dump", FailOn::IpvsDump, KernelRead::IpvsDump),
+        ("kube-ipvs0", FailOn::Link, KernelRead::Link),
+    ];
+    for (name, target, what) in cases {
+        let mut node = Node::new();
+        node.set("a", Some(cluster_ip("10.96.0.10", &[80], &[])));
+        node.kernel()
+            .fail_next(target, KernelError::Other("EPERM".into()));
+        let error = KernelError::Other("EPERM".into());
+
+        let report = node.sync_dirty().await;
+
+        assert_eq!(
+            report.errors,
+            vec![SyncError::Read { what, error }],
+            "{name}"
+        );
+        assert_eq!(node.writes(), 0, "{name}");
+        assert!(node.reconciler.has_dirty(), "{name}: still to do");
+        // Before any full sync succeeded, an incremental sync is a full one.
+        assert!(node.sync_dirty().await.is_clean(), "{name}");
+        assert_eq!(node.kernel().virtual_servers().len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_service_whose_delete_failed_is_retried() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.set("a", Some(cluster_ip("10.96.0.10", &[80, 81], &[])));
+    node.full_sync().await;
+    node.kernel().fail_next(
+        FailOn::VirtualServer(key),
+        KernelError::Other("EBUSY".into()),
+    );
+    node.set("a", None);
+    assert_eq!(node.sync_dirty().await.failed, 1);
+    assert_eq!(node.reconciler.desired().count(), 0);
+
+    node.clock.advance(Duration::from_secs(1));
+    let report = node.sync_dirty().await;
+
+    assert_eq!(
+        (report.services_synced, report.writes),
+        (1, 2),
+        "the one delete, then the address"
+    );
+    node.assert_kernel_is(&[], &[]);
+}
+
+#[tokio::test]
+async fn excluded_and_duplicate_desires_are_dropped_from_the_index() {
+    let ownership = Ownership {
+        exclude_cidrs: vec!["10.96.200.0/24".parse().unwrap()],
+        ..Ownership::default()
+    };
+    let mut node = Node::with_ownership(ownership);
+    let kept = vs(tcp("10.96.0.10", 80), &[rs("10.244.0.1", 80)]);
+    let mut duplicate = kept.clone();
+    duplicate.server.scheduler = "lc".into();
+    let desired = ServiceDesired {
+        virtual_servers: vec![kept.clone(), vs(tcp("10.96.200.1", 80), &[]), duplicate],
+        bind_addrs: vec![ip("10.96.0.10"), ip("10.96.200.1"), ip("10.96.0.10")],
+    };
+    node.set("a", Some(desired.clone()));
+    node.full_sync().await;
+
+    node.assert_kernel_is(
+        &[&ServiceDesired {
+            virtual_servers: vec![kept],
+            bind_addrs: vec![ip("10.96.0.10")],
+        }],
+        &[],
+    );
+    let listed: Vec<_> = node.reconciler.desired().collect();
+    assert_eq!(
+        listed,
+        vec![(&svc("a"), &desired)],
+        "desired() returns what was given"
+    );
+}
