@@ -1123,3 +1123,10 @@ async fn excluded_and_duplicate_desires_are_dropped_from_the_index() {
         "desired() returns what was given"
     );
 }
+
+#[test]
+fn the_reconciler_can_move_into_a_spawned_task() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Reconciler>();
+    assert_send_sync::<SyncReport>();
+}
