@@ -1,1 +1,302 @@
-//! Placeholder: `ipvsadm -Sn` rendering of the desired state.
+//! The desired state as `ipvsadm -Sn` would print it once synced, so that an
+//! operator can check a node with
+//! `diff <(kube-ipvs-proxy plan | grep -v '^#' | sort) <(ipvsadm -Sn | sort)`.
+//!
+//! Every line not starting with `#` is in ipvsadm's save syntax. Captured
+//! from Debian bookworm's ipvsadm v1.31 on kernel 6.1.0-56 (`ipvsadm -Sn`
+//! after adding these by hand):
+//!
+//! ```text
+//! -A -t 10.0.0.1:80 -s rr -p 10800
+//! -a -t 10.0.0.1:80 -r 10.1.0.1:8080 -m -w 1
+//! -A -t 10.0.0.3:443 -s rr -p 60 -M 255.255.255.0
+//! -A --sctp-service 10.0.0.2:9 -s lc
+//! -a --sctp-service 10.0.0.2:9 -r 10.1.0.5:9 -m -w 1
+//! -A -t [fd00::3]:443 -s wrr -p 300
+//! -A -u [fd00::1]:53 -s sh
+//! -a -u [fd00::1]:53 -r [fd00::2]:53 -m -w 1
+//! ```
+//!
+//! `-M` appears only for a netmask other than /32 (/128 for IPv6 prints
+//! nothing either); the proxy always uses host netmasks, so never prints it.
+//! `#` lines carry what `ipvsadm` cannot show: a header, the service each
+//! block belongs to, conflicts, and one `# <interface> <address>` per
+//! address held on the dummy interface.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::{self, Write};
+use std::net::IpAddr;
+
+use crate::desired::{ServiceDesired, ServiceName, VirtualServerKey};
+
+/// Writes the plan for `desired` (in any order; the output is sorted by
+/// service, then by virtual server and real server).
+///
+/// A virtual server wanted by two services is printed for the first by name
+/// and noted as a conflict under the second: the kernel can hold it once.
+pub fn render_into<'a>(
+    desired: impl IntoIterator<Item = (&'a ServiceName, &'a ServiceDesired)>,
+    interface: &str,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let mut services: Vec<(&ServiceName, &ServiceDesired)> = desired.into_iter().collect();
+    services.sort_by(|a, b| a.0.cmp(b.0));
+
+    writeln!(
+        out,
+        "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on {interface}"
+    )?;
+    let mut owners: HashMap<VirtualServerKey, &ServiceName> = HashMap::new();
+    let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
+    for (name, svc) in services {
+        writeln!(out, "# service {name}")?;
+        let mut virtual_servers: Vec<_> = svc.virtual_servers.iter().collect();
+        virtual_servers.sort_by_key(|vs| vs.server.key);
+        for vs in virtual_servers {
+            let key = vs.server.key;
+            if let Some(owner) = owners.get(&key) {
+                writeln!(out, "# conflict: {key} is already {owner}'s")?;
+                continue;
+            }
+            owners.insert(key, name);
+            let service = ServiceArg(key);
+            write!(out, "-A {service} -s {}", vs.server.scheduler)?;
+            if let Some(timeout) = vs.server.persistence {
+                write!(out, " -p {timeout}")?;
+            }
+            writeln!(out)?;
+            let mut real_servers: Vec<_> = vs.real_servers.iter().collect();
+            real_servers.sort_by_key(|rs| rs.key);
+            for rs in real_servers {
+                writeln!(out, "-a {service} -r {} -m -w {}", rs.key, rs.weight)?;
+            }
+        }
+        addresses.extend(&svc.bind_addrs);
+    }
+    for addr in addresses {
+        writeln!(out, "# {interface} {addr}")?;
+    }
+    Ok(())
+}
+
+/// [`render_into`] a new string.
+pub fn render<'a>(
+    desired: impl IntoIterator<Item = (&'a ServiceName, &'a ServiceDesired)>,
+    interface: &str,
+) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = render_into(desired, interface, &mut out);
+    out
+}
+
+/// A virtual server as ipvsadm names it: `-t 10.0.0.1:80`, `-u [fd00::1]:53`.
+struct ServiceArg(VirtualServerKey);
+
+impl fmt::Display for ServiceArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let VirtualServerKey {
+            addr,
+            protocol,
+            port,
+        } = self.0;
+        let flag = protocol.ipvsadm_flag();
+        match addr {
+            IpAddr::V4(a) => write!(f, "{flag} {a}:{port}"),
+            IpAddr::V6(a) => write!(f, "{flag} [{a}]:{port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::desired::{
+        DesiredVirtualServer, Protocol, RealServer, RealServerKey, VirtualServer,
+    };
+
+    fn vs(
+        protocol: Protocol,
+        addr: &str,
+        port: u16,
+        scheduler: &str,
+        persistence: Option<u32>,
+        reals: &[(&str, u16)],
+    ) -> DesiredVirtualServer {
+        DesiredVirtualServer {
+            server: VirtualServer {
+                key: VirtualServerKey {
+                    addr: addr.parse().unwrap(),
+                    protocol,
+                    port,
+                },
+                scheduler: Arc::from(scheduler),
+                persistence,
+            },
+            real_servers: reals
+                .iter()
+                .map(|(a, p)| RealServer {
+                    key: RealServerKey {
+                        addr: a.parse().unwrap(),
+                        port: *p,
+                    },
+                    weight: 1,
+                })
+                .collect(),
+        }
+    }
+
+    fn bind(addrs: &[&str]) -> Vec<IpAddr> {
+        addrs.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    /// The same virtual servers as the capture in the module docs (less the
+    /// /24 netmask the proxy never uses) render to exactly its lines.
+    #[test]
+    fn lines_match_the_ipvsadm_capture() {
+        let a = ServiceName::new("default", "a");
+        let b = ServiceName::new("kube-system", "b");
+        let svc_a = ServiceDesired {
+            virtual_servers: vec![
+                vs(
+                    Protocol::Sctp,
+                    "10.0.0.2",
+                    9,
+                    "lc",
+                    None,
+                    &[("10.1.0.5", 9)],
+                ),
+                vs(
+                    Protocol::Tcp,
+                    "10.0.0.1",
+                    80,
+                    "rr",
+                    Some(10800),
+                    &[("10.1.0.1", 8080)],
+                ),
+            ],
+            bind_addrs: bind(&["10.0.0.1", "10.0.0.2"]),
+        };
+        let svc_b = ServiceDesired {
+            virtual_servers: vec![
+                vs(Protocol::Udp, "fd00::1", 53, "sh", None, &[("fd00::2", 53)]),
+                vs(Protocol::Tcp, "fd00::3", 443, "wrr", Some(300), &[]),
+            ],
+            bind_addrs: bind(&["fd00::1", "fd00::3"]),
+        };
+        let desired = HashMap::from([(b.clone(), svc_b), (a.clone(), svc_a)]);
+        let plan = render(&desired, "kube-ipvs0");
+        assert_eq!(
+            plan,
+            "\
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on kube-ipvs0
+# service default/a
+-A -t 10.0.0.1:80 -s rr -p 10800
+-a -t 10.0.0.1:80 -r 10.1.0.1:8080 -m -w 1
+-A --sctp-service 10.0.0.2:9 -s lc
+-a --sctp-service 10.0.0.2:9 -r 10.1.0.5:9 -m -w 1
+# service kube-system/b
+-A -u [fd00::1]:53 -s sh
+-a -u [fd00::1]:53 -r [fd00::2]:53 -m -w 1
+-A -t [fd00::3]:443 -s wrr -p 300
+# kube-ipvs0 10.0.0.1
+# kube-ipvs0 10.0.0.2
+# kube-ipvs0 fd00::1
+# kube-ipvs0 fd00::3
+"
+        );
+
+        // What `diff <(plan | grep -v '^#' | sort) <(ipvsadm -Sn | sort)` compares.
+        let mut ours: Vec<&str> = plan.lines().filter(|l| !l.starts_with('#')).collect();
+        let mut captured: Vec<&str> = [
+            "-A -t 10.0.0.1:80 -s rr -p 10800",
+            "-a -t 10.0.0.1:80 -r 10.1.0.1:8080 -m -w 1",
+            "-A --sctp-service 10.0.0.2:9 -s lc",
+            "-a --sctp-service 10.0.0.2:9 -r 10.1.0.5:9 -m -w 1",
+            "-A -t [fd00::3]:443 -s wrr -p 300",
+            "-A -u [fd00::1]:53 -s sh",
+            "-a -u [fd00::1]:53 -r [fd00::2]:53 -m -w 1",
+        ]
+        .to_vec();
+        ours.sort_unstable();
+        captured.sort_unstable();
+        assert_eq!(ours, captured);
+    }
+
+    #[test]
+    fn real_servers_sorted_and_shared_addresses_listed_once() {
+        let a = ServiceName::new("default", "a");
+        let b = ServiceName::new("default", "b");
+        let svc_a = ServiceDesired {
+            virtual_servers: vec![vs(
+                Protocol::Tcp,
+                "203.0.113.7",
+                80,
+                "rr",
+                None,
+                &[("10.244.2.1", 80), ("10.244.1.1", 80)],
+            )],
+            bind_addrs: bind(&["203.0.113.7"]),
+        };
+        let svc_b = ServiceDesired {
+            virtual_servers: vec![vs(Protocol::Tcp, "203.0.113.7", 443, "rr", None, &[])],
+            bind_addrs: bind(&["203.0.113.7"]),
+        };
+        let plan = render([(&b, &svc_b), (&a, &svc_a)], "kube-ipvs0");
+        assert_eq!(
+            plan,
+            "\
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on kube-ipvs0
+# service default/a
+-A -t 203.0.113.7:80 -s rr
+-a -t 203.0.113.7:80 -r 10.244.1.1:80 -m -w 1
+-a -t 203.0.113.7:80 -r 10.244.2.1:80 -m -w 1
+# service default/b
+-A -t 203.0.113.7:443 -s rr
+# kube-ipvs0 203.0.113.7
+"
+        );
+    }
+
+    #[test]
+    fn conflicting_virtual_server_printed_once_and_noted() {
+        let a = ServiceName::new("default", "a");
+        let b = ServiceName::new("default", "b");
+        let want = |real: &str| ServiceDesired {
+            virtual_servers: vec![vs(
+                Protocol::Udp,
+                "203.0.113.7",
+                53,
+                "rr",
+                None,
+                &[(real, 53)],
+            )],
+            bind_addrs: bind(&["203.0.113.7"]),
+        };
+        let (svc_a, svc_b) = (want("10.244.1.1"), want("10.244.2.2"));
+        let plan = render([(&b, &svc_b), (&a, &svc_a)], "ipvs-test");
+        assert_eq!(
+            plan,
+            "\
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on ipvs-test
+# service default/a
+-A -u 203.0.113.7:53 -s rr
+-a -u 203.0.113.7:53 -r 10.244.1.1:53 -m -w 1
+# service default/b
+# conflict: UDP/203.0.113.7:53 is already default/a's
+# ipvs-test 203.0.113.7
+"
+        );
+    }
+
+    #[test]
+    fn empty_desired_state_is_the_header_alone() {
+        let plan = render(std::iter::empty(), "kube-ipvs0");
+        assert_eq!(
+            plan,
+            "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on kube-ipvs0\n"
+        );
+    }
+}
