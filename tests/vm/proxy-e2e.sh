@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# Guest script: kube-ipvs-proxy end to end, on a copy of deploy/examples in
+# the network of netns.sh. Scenarios, in order (each later one starts from the
+# state the earlier ones left):
+#   a  traffic: ClusterIP from the node and from a client, round-robin; NodePort;
+#      UDP; multi-port; mirrored Endpoints; ClientIP affinity; exact IPVS state
+#   b  manifest edits converge within --ipvs-min-sync-period + 1 s
+#   c  a restart makes zero writes and a long-lived connection survives it
+#   d  a virtual server deleted behind the proxy's back returns within --ipvs-sync-period
+#   e  `plan` equals `ipvsadm -Sn`
+#   f  `cleanup` removes exactly what the proxy owns
+#
+# Needs KIP_PROXY_BIN (tests/run.sh builds it and passes it in).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+source "$here/report.sh"
+source "$here/netns.sh"
+
+proxy=${KIP_PROXY_BIN:-}
+work=/tmp/kip-e2e
+manifests=$work/manifests
+min_sync=1
+sync_period=5
+common=(--manifests "$manifests" --hostname-override vm-node --nodeport-addresses 192.0.2.0/24)
+proxy_pid=
+proxy_log=
+
+# --- the proxy process ------------------------------------------------------
+
+proxy_start() { # NAME: starts `run` in the background, logging to $work/NAME.log
+    proxy_log=$work/$1.log
+    "$proxy" run "${common[@]}" --ipvs-min-sync-period "${min_sync}s" \
+        --ipvs-sync-period "${sync_period}s" --log-format json >"$proxy_log" 2>&1 &
+    proxy_pid=$!
+}
+
+proxy_alive() { [[ -n $proxy_pid ]] && kill -0 "$proxy_pid" 2>/dev/null; }
+
+proxy_stop() { # SIGTERM, then a bounded wait; prints why it failed
+    proxy_alive || { echo "the proxy was not running"; return 1; }
+    kill -TERM "$proxy_pid"
+    local attempt
+    for attempt in $(seq 100); do
+        proxy_alive || break
+        sleep 0.1
+    done
+    if proxy_alive; then
+        kill -KILL "$proxy_pid"
+        wait "$proxy_pid" 2>/dev/null
+        proxy_pid=
+        echo "the proxy ignored SIGTERM for 10 s"
+        return 1
+    fi
+    wait "$proxy_pid" 2>/dev/null
+    local rc=$?
+    proxy_pid=
+    ((rc == 0)) || { echo "the proxy exited $rc on SIGTERM"; return 1; }
+}
+
+# syncs LOG: one "KIND WRITES" line per completed sync ("sync done" JSON lines).
+syncs() {
+    python3 - "$1" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        fields = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if fields.get("message") == "sync done":
+        print(fields.get("kind"), fields.get("writes"))
+PY
+}
+
+sync_count() { syncs "$proxy_log" | wc -l; }
+
+# wait_syncs N: waits until the log shows N completed syncs. The bound (60 s
+# of 0.1 s polls) only stops a hung run; it asserts nothing about speed.
+wait_syncs() {
+    local attempt
+    for attempt in $(seq 600); do
+        (($(sync_count) >= $1)) && return 0
+        proxy_alive || { echo "the proxy exited: $(tail -n 3 "$proxy_log")"; return 1; }
+        sleep 0.1
+    done
+    echo "no sync $1 logged in 60 s: $(tail -n 3 "$proxy_log")"
+    return 1
+}
+
+# --- the kernel -------------------------------------------------------------
+
+ipvs_state() { ipvsadm -Sn | sort; }
+kube_ipvs0_addresses() { ip -o -4 addr show dev kube-ipvs0 2>/dev/null | awk '{print $4}' | sort | paste -sd' '; }
+has_line() { ipvsadm -Sn | grep -qxF -- "$1"; }
+lacks_match() { ! ipvsadm -Sn | grep -qF -- "$1"; }
+
+# converge CMD...: polls CMD every 100 ms for up to min-sync-period + 1 s.
+converge() {
+    local deadline=$(($(date +%s%N) / 1000000 + (min_sync + 1) * 1000))
+    while (($(date +%s%N) / 1000000 < deadline)); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    "$@"
+}
+
+# edit_manifest FILE CMD...: runs CMD on a copy of FILE and renames it into
+# place, so that the proxy never reads a half-written file.
+edit_manifest() {
+    local file=$manifests/$1
+    shift
+    cp "$file" "$work/edit.tmp" && "$@" "$work/edit.tmp" && mv "$work/edit.tmp" "$file"
+}
+
+expect() { # NAME EXPECTED ACTUAL
+    if [[ $3 == "$2" ]]; then pass "$1" "$3"; else fail "$1" "expected '$2', got '$3'"; fi
+}
+
+client_get() { in_client curl -sf --max-time 3 "$1"; }
+
+# web's port: 8000 once scenario b changed it, else 80, so that a failure in b
+# does not cascade into c and d.
+current_web_port() {
+    if has_line "-A -t 10.96.0.10:8000 -s rr"; then echo 8000; else echo 80; fi
+}
+
+# --- scenarios --------------------------------------------------------------
+
+initial_state='-A -t 10.96.0.10:80 -s rr
+-a -t 10.96.0.10:80 -r 10.244.1.11:8080 -m -w 1
+-a -t 10.96.0.10:80 -r 10.244.1.12:8080 -m -w 1
+-a -t 10.96.0.10:80 -r 10.244.1.13:8080 -m -w 1
+-A -t 10.96.0.11:80 -s rr
+-a -t 10.96.0.11:80 -r 10.244.1.11:8080 -m -w 1
+-a -t 10.96.0.11:80 -r 10.244.1.12:8080 -m -w 1
+-A -t 192.0.2.1:30080 -s rr
+-a -t 192.0.2.1:30080 -r 10.244.1.11:8080 -m -w 1
+-a -t 192.0.2.1:30080 -r 10.244.1.12:8080 -m -w 1
+-A -u 10.96.0.53:53 -s rr
+-a -u 10.96.0.53:53 -r 10.244.1.12:5353 -m -w 1
+-a -u 10.96.0.53:53 -r 10.244.1.13:5353 -m -w 1
+-A -t 10.96.0.53:53 -s rr
+-a -t 10.96.0.53:53 -r 10.244.1.12:5353 -m -w 1
+-a -t 10.96.0.53:53 -r 10.244.1.13:5353 -m -w 1
+-A -t 10.96.0.20:80 -s rr
+-a -t 10.96.0.20:80 -r 10.244.1.13:8080 -m -w 1
+-A -t 10.96.0.30:80 -s rr -p 10800
+-a -t 10.96.0.30:80 -r 10.244.1.11:8080 -m -w 1
+-a -t 10.96.0.30:80 -r 10.244.1.12:8080 -m -w 1
+-a -t 10.96.0.30:80 -r 10.244.1.13:8080 -m -w 1'
+
+scenario_a() {
+    local why
+    proxy_start a
+    if ! why=$(wait_syncs 1); then
+        fail "a-first-sync" "$why"
+        return 1
+    fi
+    local first
+    first=$(syncs "$proxy_log" | head -n 1)
+    if [[ $first =~ ^full\ [1-9][0-9]*$ ]]; then
+        pass "a-first-sync" "kind and writes: $first"
+    else
+        fail "a-first-sync" "expected a full sync with writes > 0, got '$first'"
+    fi
+    expect "a-ipvs-state" "$(sort <<<"$initial_state" | paste -sd'|')" "$(ipvs_state | paste -sd'|')"
+    expect "a-kube-ipvs0" "10.96.0.10/32 10.96.0.11/32 10.96.0.20/32 10.96.0.30/32 10.96.0.53/32" \
+        "$(kube_ipvs0_addresses)"
+    expect "a-sysctls" "1 1" "$(sysctl -n net.ipv4.ip_forward) $(sysctl -n net.ipv4.vs.conntrack)"
+    expect "a-clusterip-from-node-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080" \
+        "$(spread 6 http_get http://10.96.0.10/)"
+    expect "a-clusterip-from-client-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080" \
+        "$(spread 6 client_get http://10.96.0.10/)"
+    expect "a-nodeport-from-client-rr" "2 web-a:8080 2 web-b:8080" \
+        "$(spread 4 client_get "http://$NETNS_NODE_IP:30080/")"
+    expect "a-udp-from-client-rr" "1 web-b:5353 1 web-c:5353" \
+        "$(spread 2 in_client bash -c "$(declare -f udp_ask); udp_ask 10.96.0.53 53")"
+    expect "a-multiport-tcp-from-client-rr" "1 web-b:5353 1 web-c:5353" \
+        "$(spread 2 client_get http://10.96.0.53:53/)"
+    expect "a-mirrored-endpoints" "2 web-c:8080" "$(spread 2 client_get http://10.96.0.20/)"
+    local sticky
+    sticky=$(spread 4 client_get http://10.96.0.30/)
+    if [[ $sticky =~ ^4\ web-[abc]:8080$ ]]; then
+        pass "a-client-ip-affinity" "$sticky"
+    else
+        fail "a-client-ip-affinity" "expected one backend 4 times, got '$sticky'"
+    fi
+}
+
+append_web_d() {
+    cat >>"$1" <<'YAML'
+- addresses: [10.244.1.14]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: vm-node
+  targetRef: {kind: Pod, namespace: default, name: web-d}
+YAML
+}
+
+web_d_programmed() { has_line "-a -t 10.96.0.10:80 -r 10.244.1.14:8080 -m -w 1"; }
+web_port_changed() {
+    has_line "-A -t 10.96.0.10:8000 -s rr" && lacks_match "-t 10.96.0.10:80 " &&
+        (($(ipvsadm -Sn | grep -c -- "^-a -t 10.96.0.10:8000 ") == 4))
+}
+legacy_port_changed() {
+    has_line "-a -t 10.96.0.20:80 -r 10.244.1.13:8081 -m -w 1" &&
+        ! has_line "-a -t 10.96.0.20:80 -r 10.244.1.13:8080 -m -w 1"
+}
+sticky_gone() { lacks_match "10.96.0.30:" && [[ $(kube_ipvs0_addresses) != *10.96.0.30/* ]]; }
+
+scenario_b() {
+    proxy_alive || { fail "b-edits" "the proxy is not running"; return 1; }
+    local before writes
+
+    before=$(sync_count)
+    edit_manifest web.yaml append_web_d
+    if converge web_d_programmed; then
+        pass "b-add-endpoint" "web-d programmed"
+        # The sync that programmed it is logged right after the kernel acked.
+        wait_syncs $((before + 1)) >/dev/null
+        writes=$(syncs "$proxy_log" | tail -n +$((before + 1)) | awk '{sum += $2} END {print sum + 0}')
+        expect "b-add-endpoint-writes" "1" "$writes"
+        expect "b-add-endpoint-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080 2 web-d:8080" \
+            "$(spread 8 client_get http://10.96.0.10/)"
+    else
+        fail "b-add-endpoint" "no real server 10.244.1.14:8080 under 10.96.0.10:80 within $((min_sync + 1)) s"
+    fi
+
+    edit_manifest web.yaml sed -i 's/port: 80, targetPort: 8080}/port: 8000, targetPort: 8080}/'
+    if converge web_port_changed; then
+        pass "b-change-service-port" "10.96.0.10:80 became 10.96.0.10:8000"
+        expect "b-change-service-port-traffic" "1 web-a:8080 1 web-b:8080 1 web-c:8080 1 web-d:8080" \
+            "$(spread 4 client_get http://10.96.0.10:8000/)"
+    else
+        fail "b-change-service-port" "10.96.0.10:80 did not become :8000 within $((min_sync + 1)) s: $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
+    fi
+
+    edit_manifest legacy.yaml sed -i 's/{name: http, protocol: TCP, port: 8080}/{name: http, protocol: TCP, port: 8081}/'
+    if converge legacy_port_changed; then
+        pass "b-change-endpoint-port" "legacy's real server moved to 10.244.1.13:8081"
+        expect "b-change-endpoint-port-traffic" "1 web-c:8081" "$(spread 1 client_get http://10.96.0.20/)"
+    else
+        fail "b-change-endpoint-port" "expected only 10.244.1.13:8081 under 10.96.0.20:80, got: $(ipvsadm -Sn | grep 10.96.0.20 | paste -sd'|')"
+    fi
+
+    rm "$manifests/sticky.yaml"
+    if converge sticky_gone; then
+        pass "b-delete-service" "10.96.0.30 gone from IPVS and kube-ipvs0"
+    else
+        fail "b-delete-service" "10.96.0.30 still present: $(ipvsadm -Sn | grep 10.96.0.30 | paste -sd'|') / $(kube_ipvs0_addresses)"
+    fi
+}
+
+# A client that holds one HTTP/1.1 connection through the VIP: one request
+# before the restart, one after, on the same socket.
+long_lived_client() {
+    python3 - "$work" "$web_port" <<'PY'
+import os, socket, sys, time
+work = sys.argv[1]
+request = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
+def ask(sock):
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(4096)
+    return body.decode().strip()
+sock = socket.create_connection(("10.96.0.10", int(sys.argv[2])), timeout=10)
+print("before", ask(sock), flush=True)
+open(os.path.join(work, "c-ready"), "w").close()
+for _ in range(1200):
+    if os.path.exists(os.path.join(work, "c-go")):
+        break
+    time.sleep(0.1)
+print("after", ask(sock), flush=True)
+PY
+}
+
+scenario_c() {
+    proxy_alive || { fail "c-restart" "the proxy is not running"; return 1; }
+    local why attempt client_pid state_before web_port
+    rm -f "$work/c-ready" "$work/c-go"
+    web_port=$(current_web_port)
+    in_client bash -c "$(declare -f long_lived_client); work=$work web_port=$web_port; long_lived_client" >"$work/c-client.out" 2>&1 &
+    client_pid=$!
+    for attempt in $(seq 100); do
+        [[ -e $work/c-ready ]] && break
+        sleep 0.1
+    done
+    [[ -e $work/c-ready ]] || fail "c-connection-before" "the client got no answer: $(cat "$work/c-client.out")"
+
+    state_before=$(ipvs_state)
+    if why=$(proxy_stop); then
+        pass "c-stop" "exited 0 on SIGTERM"
+    else
+        fail "c-stop" "$why"
+    fi
+    expect "c-stop-keeps-state" "$(paste -sd'|' <<<"$state_before")" "$(ipvs_state | paste -sd'|')"
+
+    proxy_start c
+    if why=$(wait_syncs 1); then
+        expect "c-restart-zero-writes" "full 0" "$(syncs "$proxy_log" | head -n 1)"
+    else
+        fail "c-restart-zero-writes" "$why"
+    fi
+    touch "$work/c-go"
+    wait "$client_pid"
+    local before after
+    before=$(sed -n 's/^before //p' "$work/c-client.out")
+    after=$(sed -n 's/^after //p' "$work/c-client.out")
+    if [[ -n $before && $before == "$after" ]]; then
+        pass "c-connection-survives" "same socket answered by $before before and after"
+    else
+        fail "c-connection-survives" "client output: $(paste -sd'|' "$work/c-client.out")"
+    fi
+}
+
+scenario_d() {
+    proxy_alive || { fail "d-repair" "the proxy is not running"; return 1; }
+    local state deadline vip=10.96.0.10:$(current_web_port)
+    state=$(ipvs_state)
+    ipvsadm -D -t "$vip"
+    deadline=$((SECONDS + sync_period + 1))
+    while ((SECONDS < deadline)) && [[ $(ipvs_state) != "$state" ]]; do sleep 0.1; done
+    if [[ $(ipvs_state) == "$state" ]]; then
+        pass "d-repair" "$vip and its real servers are back"
+    else
+        fail "d-repair" "not restored within --ipvs-sync-period ${sync_period}s + 1 s: $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
+    fi
+}
+
+scenario_e() {
+    local plan rc
+    plan=$("$proxy" plan "${common[@]}" 2>"$work/plan.err")
+    rc=$?
+    printf '%s\n' "$plan" >"$work/plan.out"
+    if ((rc != 0)); then
+        fail "e-plan-equals-kernel" "plan exited $rc: $(tail -n 3 "$work/plan.err")"
+        return 1
+    fi
+    local difference
+    difference=$(diff <(grep -v '^#' <<<"$plan" | grep -v '^$' | sort) <(ipvs_state))
+    if [[ -z $(grep -v '^#' <<<"$plan" | grep -v '^$') ]]; then
+        fail "e-plan-equals-kernel" "plan printed no ipvsadm lines"
+    elif [[ -z $difference ]]; then
+        pass "e-plan-equals-kernel" "$(grep -c '^-' <<<"$plan") lines identical"
+    else
+        fail "e-plan-equals-kernel" "diff plan kernel: $(paste -sd'|' <<<"$difference")"
+    fi
+}
+
+scenario_f() {
+    local why rc
+    if proxy_alive && ! why=$(proxy_stop); then fail "f-stop" "$why"; fi
+    # A virtual server that is not the proxy's: not on kube-ipvs0, no node port.
+    ipvsadm -A -t 198.51.100.7:80 -s wrr
+    ipvsadm -a -t 198.51.100.7:80 -r 10.244.1.11:8080 -m -w 3
+    local foreign
+    foreign=$(ipvsadm -Sn | grep 198.51.100.7 | sort)
+    "$proxy" cleanup "${common[@]}" >"$work/cleanup.log" 2>&1
+    rc=$?
+    expect "f-cleanup-exit" "0" "$rc"
+    expect "f-cleanup-keeps-foreign" "$(paste -sd'|' <<<"$foreign")" "$(ipvs_state | paste -sd'|')"
+    if ip link show kube-ipvs0 >/dev/null 2>&1; then
+        fail "f-cleanup-removes-kube-ipvs0" "kube-ipvs0 still exists: $(kube_ipvs0_addresses)"
+    else
+        pass "f-cleanup-removes-kube-ipvs0" "gone"
+    fi
+    ipvsadm -D -t 198.51.100.7:80
+}
+
+main() {
+    if [[ -z $proxy || ! -x $proxy ]]; then
+        fail "proxy-binary" "KIP_PROXY_BIN='$proxy' is not an executable"
+        return
+    fi
+    rm -rf "$work"
+    mkdir -p "$manifests"
+    cp "$repo"/deploy/examples/* "$manifests"/
+    if ! netns_up; then
+        fail "network" "netns_up failed"
+        return
+    fi
+    scenario_a
+    scenario_b
+    scenario_c
+    scenario_d
+    scenario_e
+    scenario_f
+    proxy_alive && proxy_stop >/dev/null
+    netns_down
+}
+
+main
+cp "$work"/*.log "$work"/*.out "$KIP_OUT"/ 2>/dev/null
+report_status
