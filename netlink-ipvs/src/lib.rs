@@ -21,3 +21,13 @@ pub use self::info::{Info, InfoAttr};
 pub use self::message::{IpvsAttr, IpvsCmd, IpvsMessage};
 pub use self::service::{IpvsFlags, Scheduler, Service, ServiceAddress, ServiceAttr, ServiceFlags};
 pub use self::stats::{Stats, Stats64, Stats64Attr, StatsAttr};
+
+mod connection;
+mod handle;
+
+pub use self::connection::{Connection, ConnectionStats};
+pub use self::handle::{
+    new_connection, BatchRequest, ConfigGetRequest, ConfigHandle, DaemonGetRequest, DaemonHandle,
+    DestinationGetRequest, DestinationHandle, DumpRequest, Handle, InfoRequest, Operation,
+    OperationRequest, ServiceGetRequest, ServiceHandle,
+};
