@@ -8,9 +8,10 @@
 #   linux-image-amd64 a stock kernel with IPVS, dummy and veth as modules
 #   busybox-static    virtme-ng builds its initramfs from busybox
 #   kmod, udev        modprobe inside the guest; udev settles the virtio devices
+#   procps python3    sysctl, and the test backends and clients (the guest uses /usr/bin)
 #   ipvsadm iproute2 strace curl  the tools the guest scripts run
 #   python3-venv      the virtualenv that holds virtme-ng
-KIP_APT_PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static kmod udev
+KIP_APT_PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static kmod udev procps python3
     ipvsadm iproute2 strace curl python3-venv)
 
 # virtme-ng boots the host's own root filesystem read-only in the guest. 1.42

@@ -37,25 +37,28 @@ proxy_start() { # NAME: starts `run` in the background, logging to $work/NAME.lo
 
 proxy_alive() { [[ -n $proxy_pid ]] && kill -0 "$proxy_pid" 2>/dev/null; }
 
-proxy_stop() { # SIGTERM, then a bounded wait; prints why it failed
-    proxy_alive || { echo "the proxy was not running"; return 1; }
+# proxy_stop: SIGTERM, then a bounded wait. Runs in this shell (never in a
+# $(...) subshell, which could not reap the process); on failure it leaves
+# the reason in $stop_error.
+stop_error=
+proxy_stop() {
+    stop_error=
+    proxy_alive || { stop_error="the proxy was not running"; return 1; }
     kill -TERM "$proxy_pid"
-    local attempt
+    local attempt rc
     for attempt in $(seq 100); do
         proxy_alive || break
         sleep 0.1
     done
     if proxy_alive; then
         kill -KILL "$proxy_pid"
-        wait "$proxy_pid" 2>/dev/null
-        proxy_pid=
-        echo "the proxy ignored SIGTERM for 10 s"
-        return 1
+        stop_error="the proxy ignored SIGTERM for 10 s"
     fi
     wait "$proxy_pid" 2>/dev/null
-    local rc=$?
+    rc=$?
     proxy_pid=
-    ((rc == 0)) || { echo "the proxy exited $rc on SIGTERM"; return 1; }
+    [[ -z $stop_error ]] || return 1
+    ((rc == 0)) || { stop_error="the proxy exited $rc on SIGTERM"; return 1; }
 }
 
 # syncs LOG: one "KIND WRITES" line per completed sync ("sync done" JSON lines).
@@ -94,15 +97,36 @@ kube_ipvs0_addresses() { ip -o -4 addr show dev kube-ipvs0 2>/dev/null | awk '{p
 has_line() { ipvsadm -Sn | grep -qxF -- "$1"; }
 lacks_match() { ! ipvsadm -Sn | grep -qF -- "$1"; }
 
-# converge CMD...: polls CMD every 100 ms for up to min-sync-period + 1 s.
-converge() {
-    local deadline=$(($(date +%s%N) / 1000000 + (min_sync + 1) * 1000))
-    while (($(date +%s%N) / 1000000 < deadline)); do
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# converge_within SECONDS CMD...: polls CMD every 100 ms for up to SECONDS.
+# On failure it keeps polling for 10 s more, only to tell in $converge_note
+# whether the state was late or wrong.
+converge_note=
+converge_within() {
+    local bound=$1 start deadline
+    shift
+    start=$(now_ms)
+    deadline=$((start + bound * 1000))
+    while (($(now_ms) < deadline)); do
         "$@" && return 0
         sleep 0.1
     done
-    "$@"
+    "$@" && return 0
+    deadline=$((start + (bound + 10) * 1000))
+    while (($(now_ms) < deadline)); do
+        if "$@"; then
+            converge_note="late: converged after $(($(now_ms) - start)) ms"
+            return 1
+        fi
+        sleep 0.1
+    done
+    converge_note="still not converged after $((bound + 10)) s"
+    return 1
 }
+
+# converge CMD...: the bound of manifest edits, --ipvs-min-sync-period + 1 s.
+converge() { converge_within $((min_sync + 1)) "$@"; }
 
 # edit_manifest FILE CMD...: runs CMD on a copy of FILE and renames it into
 # place, so that the proxy never reads a half-written file.
@@ -110,6 +134,17 @@ edit_manifest() {
     local file=$manifests/$1
     shift
     cp "$file" "$work/edit.tmp" && "$@" "$work/edit.tmp" && mv "$work/edit.tmp" "$file"
+}
+
+# expect_lines NAME EXPECTED ACTUAL: multi-line states, reported as a diff.
+expect_lines() {
+    local difference
+    difference=$(diff <(printf '%s\n' "$2") <(printf '%s\n' "$3"))
+    if [[ -z $difference ]]; then
+        pass "$1" "$(grep -c . <<<"$3") lines as expected"
+    else
+        fail "$1" "diff expected actual: $(grep '^[<>]' <<<"$difference" | paste -sd'|')"
+    fi
 }
 
 expect() { # NAME EXPECTED ACTUAL
@@ -163,7 +198,7 @@ scenario_a() {
     else
         fail "a-first-sync" "expected a full sync with writes > 0, got '$first'"
     fi
-    expect "a-ipvs-state" "$(sort <<<"$initial_state" | paste -sd'|')" "$(ipvs_state | paste -sd'|')"
+    expect_lines "a-ipvs-state" "$(sort <<<"$initial_state")" "$(ipvs_state)"
     expect "a-kube-ipvs0" "10.96.0.10/32 10.96.0.11/32 10.96.0.20/32 10.96.0.30/32 10.96.0.53/32" \
         "$(kube_ipvs0_addresses)"
     expect "a-sysctls" "1 1" "$(sysctl -n net.ipv4.ip_forward) $(sysctl -n net.ipv4.vs.conntrack)"
@@ -222,7 +257,7 @@ scenario_b() {
         expect "b-add-endpoint-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080 2 web-d:8080" \
             "$(spread 8 client_get http://10.96.0.10/)"
     else
-        fail "b-add-endpoint" "no real server 10.244.1.14:8080 under 10.96.0.10:80 within $((min_sync + 1)) s"
+        fail "b-add-endpoint" "no real server 10.244.1.14:8080 under 10.96.0.10:80 within $((min_sync + 1)) s ($converge_note)"
     fi
 
     edit_manifest web.yaml sed -i 's/port: 80, targetPort: 8080}/port: 8000, targetPort: 8080}/'
@@ -231,7 +266,7 @@ scenario_b() {
         expect "b-change-service-port-traffic" "1 web-a:8080 1 web-b:8080 1 web-c:8080 1 web-d:8080" \
             "$(spread 4 client_get http://10.96.0.10:8000/)"
     else
-        fail "b-change-service-port" "10.96.0.10:80 did not become :8000 within $((min_sync + 1)) s: $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
+        fail "b-change-service-port" "10.96.0.10:80 did not become :8000 within $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
     fi
 
     edit_manifest legacy.yaml sed -i 's/{name: http, protocol: TCP, port: 8080}/{name: http, protocol: TCP, port: 8081}/'
@@ -239,14 +274,14 @@ scenario_b() {
         pass "b-change-endpoint-port" "legacy's real server moved to 10.244.1.13:8081"
         expect "b-change-endpoint-port-traffic" "1 web-c:8081" "$(spread 1 client_get http://10.96.0.20/)"
     else
-        fail "b-change-endpoint-port" "expected only 10.244.1.13:8081 under 10.96.0.20:80, got: $(ipvsadm -Sn | grep 10.96.0.20 | paste -sd'|')"
+        fail "b-change-endpoint-port" "expected only 10.244.1.13:8081 under 10.96.0.20:80 within $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.20 | paste -sd'|')"
     fi
 
     rm "$manifests/sticky.yaml"
     if converge sticky_gone; then
         pass "b-delete-service" "10.96.0.30 gone from IPVS and kube-ipvs0"
     else
-        fail "b-delete-service" "10.96.0.30 still present: $(ipvsadm -Sn | grep 10.96.0.30 | paste -sd'|') / $(kube_ipvs0_addresses)"
+        fail "b-delete-service" "10.96.0.30 still present after $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.30 | paste -sd'|') / $(kube_ipvs0_addresses)"
     fi
 }
 
@@ -292,12 +327,12 @@ scenario_c() {
     [[ -e $work/c-ready ]] || fail "c-connection-before" "the client got no answer: $(cat "$work/c-client.out")"
 
     state_before=$(ipvs_state)
-    if why=$(proxy_stop); then
+    if proxy_stop; then
         pass "c-stop" "exited 0 on SIGTERM"
     else
-        fail "c-stop" "$why"
+        fail "c-stop" "$stop_error"
     fi
-    expect "c-stop-keeps-state" "$(paste -sd'|' <<<"$state_before")" "$(ipvs_state | paste -sd'|')"
+    expect_lines "c-stop-keeps-state" "$state_before" "$(ipvs_state)"
 
     proxy_start c
     if why=$(wait_syncs 1); then
@@ -317,17 +352,18 @@ scenario_c() {
     fi
 }
 
+expected_state=
+state_is_expected() { [[ $(ipvs_state) == "$expected_state" ]]; }
+
 scenario_d() {
     proxy_alive || { fail "d-repair" "the proxy is not running"; return 1; }
-    local state deadline vip=10.96.0.10:$(current_web_port)
-    state=$(ipvs_state)
+    local vip=10.96.0.10:$(current_web_port)
+    expected_state=$(ipvs_state)
     ipvsadm -D -t "$vip"
-    deadline=$((SECONDS + sync_period + 1))
-    while ((SECONDS < deadline)) && [[ $(ipvs_state) != "$state" ]]; do sleep 0.1; done
-    if [[ $(ipvs_state) == "$state" ]]; then
+    if converge_within $((sync_period + 1)) state_is_expected; then
         pass "d-repair" "$vip and its real servers are back"
     else
-        fail "d-repair" "not restored within --ipvs-sync-period ${sync_period}s + 1 s: $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
+        fail "d-repair" "not restored within --ipvs-sync-period ${sync_period}s + 1 s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
     fi
 }
 
@@ -352,8 +388,8 @@ scenario_e() {
 }
 
 scenario_f() {
-    local why rc
-    if proxy_alive && ! why=$(proxy_stop); then fail "f-stop" "$why"; fi
+    local rc
+    if proxy_alive && ! proxy_stop; then fail "f-stop" "$stop_error"; fi
     # A virtual server that is not the proxy's: not on kube-ipvs0, no node port.
     ipvsadm -A -t 198.51.100.7:80 -s wrr
     ipvsadm -a -t 198.51.100.7:80 -r 10.244.1.11:8080 -m -w 3
@@ -362,7 +398,7 @@ scenario_f() {
     "$proxy" cleanup "${common[@]}" >"$work/cleanup.log" 2>&1
     rc=$?
     expect "f-cleanup-exit" "0" "$rc"
-    expect "f-cleanup-keeps-foreign" "$(paste -sd'|' <<<"$foreign")" "$(ipvs_state | paste -sd'|')"
+    expect_lines "f-cleanup-keeps-foreign" "$foreign" "$(ipvs_state)"
     if ip link show kube-ipvs0 >/dev/null 2>&1; then
         fail "f-cleanup-removes-kube-ipvs0" "kube-ipvs0 still exists: $(kube_ipvs0_addresses)"
     else
@@ -389,7 +425,7 @@ main() {
     scenario_d
     scenario_e
     scenario_f
-    proxy_alive && proxy_stop >/dev/null
+    proxy_alive && proxy_stop
     netns_down
 }
 
