@@ -1,0 +1,194 @@
+//! The `kube-ipvs-proxy` binary at a scale: started on a manifests
+//! directory or against the test API server, watched until its first full
+//! sync is done, then measured from /proc (VmHWM, VmRSS) and checked against
+//! the kernel.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::apiserver::TestApiServer;
+use crate::kernel_state::{self, Ipvs};
+use crate::observe::{status_kib, SyncDone};
+use crate::record::{RssRun, SourceMode};
+use crate::synthetic::{self, Scale};
+
+/// How long the binary may take to converge before the run is a failure.
+const SYNC_DEADLINE: Duration = Duration::from_secs(900);
+/// How long the binary idles after its first sync before RSS is read.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Log lines kept to explain a failure.
+const TAIL: usize = 20;
+
+/// Kills the child however the run ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One run of the binary at `scale` in `mode`; `workdir` holds the manifests.
+pub async fn rss(
+    scale: Scale,
+    mode: SourceMode,
+    proxy_bin: &Path,
+    workdir: &Path,
+) -> Result<RssRun, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+
+    let mut args: Vec<String> = vec![
+        "--hostname-override".into(),
+        synthetic::NODE_NAME.into(),
+        "--logging-format".into(),
+        "json".into(),
+    ];
+    // Kept alive until the run ends: the binary watches it.
+    let mut apiserver = None;
+    match mode {
+        SourceMode::Manifests => {
+            let dir = workdir.join(format!("manifests-{}", scale.arg()));
+            write_manifests(scale, &dir)?;
+            args.extend(["--manifests".into(), dir.display().to_string()]);
+        }
+        SourceMode::Cluster => {
+            let server = populated_apiserver(scale).await;
+            args.extend(["--master".into(), server.url()]);
+            apiserver = Some(server);
+        }
+    }
+
+    let started = Instant::now();
+    let mut child = Command::new(proxy_bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", proxy_bin.display()))?;
+    let pid = child.id();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines_tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(lines_tx);
+    let mut child = Running(child);
+
+    let mut tail = VecDeque::with_capacity(TAIL);
+    let synced = loop {
+        let remaining = SYNC_DEADLINE.saturating_sub(started.elapsed());
+        let line = match tokio::time::timeout(remaining, lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                let status = child
+                    .0
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                return Err(format!(
+                    "the proxy exited ({status}) before its first full sync; last lines:\n{}",
+                    Vec::from(tail).join("\n")
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "no full sync within {} s; last lines:\n{}",
+                    SYNC_DEADLINE.as_secs(),
+                    Vec::from(tail).join("\n")
+                ))
+            }
+        };
+        if let Some(sync) = SyncDone::parse(&line) {
+            if sync.kind == "full" {
+                break sync;
+            }
+        }
+        if tail.len() == TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    };
+    let start_to_synced_seconds = started.elapsed().as_secs_f64();
+    if synced.failed > 0 || synced.writes < scale.ipvs_objects() {
+        return Err(format!(
+            "the first full sync made {} writes with {} failures; {} IPVS objects wanted",
+            synced.writes,
+            synced.failed,
+            scale.ipvs_objects()
+        ));
+    }
+    // Keep draining the log so the child never blocks on a full pipe.
+    let drain = tokio::spawn(async move { while lines.recv().await.is_some() {} });
+    tokio::time::sleep(SETTLE).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
+    let peak_kib = status_kib(&status, "VmHWM")?;
+    let steady_kib = status_kib(&status, "VmRSS")?;
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the binary's first sync: {e}"))?;
+    drop(child);
+    drain.abort();
+    drop(apiserver);
+    kernel_state::reset(&ipvs).await?;
+    Ok(RssRun {
+        scale,
+        mode,
+        start_to_synced_seconds,
+        peak_kib,
+        steady_kib,
+    })
+}
+
+fn write_manifests(scale: Scale, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (name, value) in synthetic::manifest_files(scale) {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        serde_json::to_writer(std::io::BufWriter::new(file), &value)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A test API server holding the node and the scale, its history compacted
+/// so that it keeps one copy of each object, as etcd after compaction.
+async fn populated_apiserver(scale: Scale) -> TestApiServer {
+    let server = TestApiServer::start().await;
+    server.apply(&synthetic::node());
+    for i in 0..scale.services {
+        server.apply(&synthetic::service(i));
+        server.apply(&synthetic::endpoint_slice(scale, i, false));
+    }
+    server.compact_history();
+    server
+}

@@ -1,0 +1,453 @@
+//! The benchmark's host-side specification and the regression guard of
+//! issue 4: the write count of a single change and of an idle resync,
+//! counted through the proxy's whole pipeline (model → translate →
+//! reconciler) against the fake kernel. Counts, never seconds, so it is
+//! stable on noisy machines.
+//!
+//! It also pins down the benchmark's own pieces: scales, the synthetic
+//! state (the same table in every form each method loads), the parsing of
+//! what the binary reports, and the table's verdicts.
+
+// Shared with the driver (tests/bench/driver.rs), which uses the rest.
+#[allow(dead_code)]
+mod observe;
+#[allow(dead_code)]
+mod pipeline;
+#[allow(dead_code)]
+mod record;
+#[allow(dead_code)]
+mod synthetic;
+#[allow(dead_code)]
+mod table;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use kube_ipvs_proxy::kernel::fake::FakeKernel;
+use netlink_ipvs::{Operation, ServiceAddress};
+
+use observe::{status_kib, SyncDone};
+use pipeline::{endpoint_change, Pipeline};
+use record::{
+    quantile, ChangeLatency, ColdSync, Environment, Failure, IdleResync, IpvsadmRestore, ProxyRun,
+    RawFloor, Record, RssRun, SourceMode,
+};
+use synthetic::Scale;
+
+fn scale(services: usize, endpoints: usize) -> Scale {
+    Scale {
+        services,
+        endpoints,
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime without drivers builds")
+        .block_on(future)
+}
+
+#[test]
+fn scale_arguments() {
+    let cases: &[(&str, &str, Result<Scale, &str>)] = &[
+        ("ascii x", "1000x10", Ok(scale(1000, 10))),
+        ("multiplication sign", "10000×10", Ok(scale(10_000, 10))),
+        (
+            "capital X and underscores",
+            "50_000X2",
+            Ok(scale(50_000, 2)),
+        ),
+        ("no endpoints", "5x0", Ok(scale(5, 0))),
+        (
+            "a list is not one scale",
+            "100x10,1000x10",
+            Err("is not a whole number"),
+        ),
+        ("no separator", "1000", Err("expected SERVICESxENDPOINTS")),
+        ("zero services", "0x10", Err("at least one service")),
+        (
+            "not a number",
+            "ax10",
+            Err("services \"a\" is not a whole number"),
+        ),
+        ("beyond the service range", "2000000x1", Err("10.96.0.0/12")),
+        ("beyond the pod range", "1000000x10", Err("10.128.0.0/9")),
+    ];
+    for (name, input, want) in cases {
+        let got = input.parse::<Scale>();
+        match (want, &got) {
+            (Ok(want), Ok(got)) => assert_eq!(got, want, "{name}"),
+            (Err(fragment), Err(error)) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(fragment),
+                    "{name}: {message:?} lacks {fragment:?}"
+                );
+                assert!(
+                    message.contains(input),
+                    "{name}: {message:?} does not name {input:?}"
+                );
+            }
+            _ => panic!("{name}: {input:?} gave {got:?}, want {want:?}"),
+        }
+    }
+    assert_eq!(scale(10_000, 10).to_string(), "10,000 × 10");
+    assert_eq!(scale(10_000, 10).arg(), "10000x10");
+}
+
+/// (virtual server, real server) pairs, with `None` for a virtual server's
+/// own line: the table in a form every method can be reduced to.
+type Table = BTreeSet<(IpAddr, Option<IpAddr>)>;
+
+fn table_of_rules(rules: &str) -> Table {
+    let mut table = Table::new();
+    for line in rules.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = |s: &str| -> IpAddr {
+            let (ip, _port) = s.rsplit_once(':').expect("ADDR:PORT");
+            ip.parse().expect("an IPv4 address")
+        };
+        match words.as_slice() {
+            ["-A", "-t", vip, "-s", "rr"] => table.insert((addr(vip), None)),
+            ["-a", "-t", vip, "-r", rip, "-m", "-w", "1"] => {
+                table.insert((addr(vip), Some(addr(rip))))
+            }
+            _ => panic!("unexpected ipvsadm line {line:?}"),
+        };
+    }
+    table
+}
+
+fn table_of_operations(ops: &[Operation]) -> Table {
+    let vip = |address: &ServiceAddress| match address {
+        ServiceAddress::Inet { addr, port, .. } => {
+            assert_eq!(*port, synthetic::SERVICE_PORT);
+            *addr
+        }
+        other => panic!("unexpected service address {other}"),
+    };
+    ops.iter()
+        .map(|op| match op {
+            Operation::AddService(service) => (vip(&service.address), None),
+            Operation::AddDestination(address, dest) => {
+                assert_eq!(dest.port, synthetic::TARGET_PORT);
+                (vip(address), Some(dest.addr))
+            }
+            other => panic!("unexpected operation {other:?}"),
+        })
+        .collect()
+}
+
+fn table_of_kernel(kernel: &FakeKernel) -> Table {
+    let mut table = Table::new();
+    for vs in kernel.virtual_servers() {
+        assert_eq!(vs.server.key.port, synthetic::SERVICE_PORT);
+        assert_eq!(&*vs.server.scheduler, "rr");
+        table.insert((vs.server.key.addr, None));
+        for rs in vs.real_servers {
+            assert_eq!((rs.key.port, rs.weight), (synthetic::TARGET_PORT, 1));
+            table.insert((vs.server.key.addr, Some(rs.key.addr)));
+        }
+    }
+    table
+}
+
+fn synced_pipeline(scale: Scale) -> Pipeline<FakeKernel, FakeKernel> {
+    let mut pipeline = Pipeline::new(FakeKernel::new(), FakeKernel::new());
+    let events = Pipeline::<FakeKernel, FakeKernel>::initial_list(scale);
+    let synced = block_on(pipeline.cold_sync(events)).expect("cold sync");
+    assert_eq!(
+        synced.report.writes,
+        scale.ipvs_objects() + scale.services,
+        "{scale}: a cold sync writes every virtual and real server and binds every cluster IP"
+    );
+    pipeline
+}
+
+#[test]
+fn every_method_loads_the_same_table() {
+    for scale in [scale(1, 0), scale(3, 2), scale(100, 10)] {
+        let rules = table_of_rules(&synthetic::ipvsadm_rules(scale));
+        let ops = synthetic::operations(scale);
+        assert_eq!(
+            ops.len(),
+            scale.ipvs_objects(),
+            "{scale}: one operation per object"
+        );
+        assert_eq!(
+            rules.len(),
+            scale.ipvs_objects(),
+            "{scale}: one ipvsadm line per object"
+        );
+        assert_eq!(
+            table_of_operations(&ops),
+            rules,
+            "{scale}: raw floor vs ipvsadm -R"
+        );
+
+        let pipeline = synced_pipeline(scale);
+        assert_eq!(
+            table_of_kernel(&pipeline.ipvs),
+            rules,
+            "{scale}: proxy vs ipvsadm -R"
+        );
+        let bound: Vec<IpAddr> = (0..scale.services).map(synthetic::cluster_ip).collect();
+        assert_eq!(
+            pipeline.link.addresses(),
+            bound,
+            "{scale}: kube-ipvs0 holds every cluster IP"
+        );
+    }
+}
+
+#[test]
+fn manifests_hold_the_scale_as_lists() {
+    let files = synthetic::manifest_files(scale(3, 2));
+    let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["node.json", "services.json", "endpointslices.json"]);
+    let items = |name: &str| {
+        let (_, value) = files.iter().find(|(n, _)| *n == name).expect("listed");
+        value["items"].as_array().expect("a List").clone()
+    };
+    let services = items("services.json");
+    assert_eq!(services.len(), 3);
+    assert_eq!(services[2]["kind"], "Service");
+    assert_eq!(services[2]["metadata"]["name"], "svc-2");
+    assert_eq!(services[2]["spec"]["clusterIP"], "10.96.0.3");
+    let slices = items("endpointslices.json");
+    assert_eq!(slices[2]["apiVersion"], "discovery.k8s.io/v1");
+    assert_eq!(
+        slices[2]["metadata"]["labels"]["kubernetes.io/service-name"],
+        "svc-2"
+    );
+    assert_eq!(slices[2]["endpoints"].as_array().map(Vec::len), Some(2));
+}
+
+/// The regression guard: one endpoint added or removed in one service is
+/// one IPVS write in one batch with no kernel read, and a full resync of an
+/// unchanged state writes nothing, whatever the number of services.
+#[test]
+fn single_change_is_one_write_and_idle_resync_writes_nothing() {
+    for scale in [scale(100, 10), scale(1000, 10)] {
+        let mut pipeline = synced_pipeline(scale);
+        let converged = table_of_kernel(&pipeline.ipvs);
+        for i in [0, scale.services / 2, scale.services - 1] {
+            for (step, with_extra) in [("add", true), ("remove", false)] {
+                let (applies, dumps) = (pipeline.ipvs.apply_calls(), pipeline.ipvs.dumps());
+                let changed = block_on(pipeline.change(endpoint_change(scale, i, with_extra)))
+                    .expect("incremental sync");
+                let what = format!("{scale}, service {i}, {step} an endpoint");
+                assert_eq!(changed.report.writes, 1, "{what}: writes");
+                assert_eq!(changed.report.services_synced, 1, "{what}: services diffed");
+                assert_eq!(pipeline.ipvs.apply_calls() - applies, 1, "{what}: batches");
+                assert_eq!(pipeline.ipvs.dumps() - dumps, 0, "{what}: kernel reads");
+                let extra = synthetic::extra_endpoint_ip(i);
+                let held = table_of_kernel(&pipeline.ipvs)
+                    .contains(&(synthetic::cluster_ip(i), Some(extra)));
+                assert_eq!(held, with_extra, "{what}: the kernel holds the change");
+            }
+        }
+        assert_eq!(
+            table_of_kernel(&pipeline.ipvs),
+            converged,
+            "{scale}: back where it began"
+        );
+        for run in 0..2 {
+            let resynced = block_on(pipeline.resync()).expect("idle resync");
+            assert_eq!(
+                resynced.report.writes, 0,
+                "{scale}: idle resync {run} writes"
+            );
+        }
+    }
+}
+
+#[test]
+fn sync_done_log_lines() {
+    let cases: &[(&str, &str, Option<SyncDone>)] = &[
+        (
+            "a full sync",
+            r#"{"timestamp":"t","level":"INFO","fields":{"message":"sync done","kind":"full","writes":11000,"failed":0,"services":1000},"target":"kube_ipvs_proxy::proxy"}"#,
+            Some(SyncDone {
+                kind: "full".into(),
+                writes: 11000,
+                failed: 0,
+            }),
+        ),
+        (
+            "an incremental sync with failures",
+            r#"{"fields":{"message":"sync done","kind":"incremental","writes":3,"failed":1}}"#,
+            Some(SyncDone {
+                kind: "incremental".into(),
+                writes: 3,
+                failed: 1,
+            }),
+        ),
+        (
+            "another message",
+            r#"{"fields":{"message":"starting","kind":"full","writes":1}}"#,
+            None,
+        ),
+        (
+            "no writes field",
+            r#"{"fields":{"message":"sync done","kind":"full"}}"#,
+            None,
+        ),
+        (
+            "a text log line",
+            "2025-01-01T00:00:00Z INFO sync done kind=full writes=1",
+            None,
+        ),
+    ];
+    for (name, line, want) in cases {
+        assert_eq!(&SyncDone::parse(line), want, "{name}");
+    }
+}
+
+#[test]
+fn proc_status_sizes() {
+    let status = "Name:\tkube-ipvs-proxy\nVmHWM:\t   51234 kB\nVmRSS:\t   40960 kB\n";
+    assert_eq!(status_kib(status, "VmHWM"), Ok(51234));
+    assert_eq!(status_kib(status, "VmRSS"), Ok(40960));
+    let missing = status_kib(status, "VmSwap").expect_err("no such line");
+    assert!(missing.contains("VmSwap"), "{missing}");
+}
+
+#[test]
+fn quantiles_are_nearest_rank() {
+    let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+    let cases: &[(&str, &[f64], f64, f64)] = &[
+        ("p50 of 1..=100", &hundred, 0.50, 50.0),
+        ("p99 of 1..=100", &hundred, 0.99, 99.0),
+        ("p100 of 1..=100", &hundred, 1.0, 100.0),
+        ("p0 is the first", &hundred, 0.0, 1.0),
+        ("one sample", &[5.0], 0.99, 5.0),
+    ];
+    for (name, samples, q, want) in cases {
+        assert_eq!(quantile(samples, *q), *want, "{name}");
+    }
+    assert!(quantile(&[], 0.5).is_nan(), "no samples, no quantile");
+}
+
+fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usize) -> ProxyRun {
+    ProxyRun {
+        scale,
+        cold: ColdSync {
+            seconds: cold,
+            ipvs_apply_seconds: cold * 0.8,
+            ipvs_dump_seconds: 0.001,
+            address_seconds: cold * 0.1,
+            ipvs_messages: scale.ipvs_objects() as u64 + 1,
+            ipvs_sends: 10,
+            address_writes: scale.services as u64,
+            writes: scale.ipvs_objects() + scale.services,
+        },
+        change: ChangeLatency {
+            trials: 100,
+            p50_seconds: p99 / 2.0,
+            p99_seconds: p99,
+            max_seconds: p99 * 1.5,
+            min_writes: 1,
+            max_writes: writes,
+            max_messages: writes as u64,
+        },
+        idle: IdleResync {
+            runs: 3,
+            cpu_seconds: 0.05,
+            wall_seconds: 0.08,
+            writes: idle_writes,
+            ipvs_messages: scale.services as u64 + 1,
+        },
+    }
+}
+
+/// A whole run's lines: 100 × 10 as the baseline and the goal scale.
+fn run_records(goal_scale: Scale, steady_mib: u64) -> Vec<Record> {
+    let base = scale(100, 10);
+    vec![
+        Record::Environment(Environment {
+            kernel: "6.1.0-56-amd64".into(),
+            cpu_mode: "TCG".into(),
+            cpus: 2,
+            memory_mib: 7936,
+            date: "2025-01-01 00:00".into(),
+        }),
+        Record::Proxy(proxy_run(base, 0.1, 0.002, 1, 0)),
+        // The goal scale: 6× faster than ipvsadm, 1.5× the raw floor (missed),
+        // p99 1.5× the baseline, 2 writes for some change (missed), idle 0.
+        Record::Ipvsadm(IpvsadmRestore {
+            scale: goal_scale,
+            seconds: 12.0,
+        }),
+        Record::RawFloor(RawFloor {
+            scale: goal_scale,
+            seconds: 4.0 / 3.0,
+            messages: 110_000,
+            sends: 200,
+        }),
+        Record::Proxy(proxy_run(goal_scale, 2.0, 0.003, 2, 0)),
+        Record::Rss(RssRun {
+            scale: goal_scale,
+            mode: SourceMode::Cluster,
+            start_to_synced_seconds: 9.0,
+            peak_kib: 90 * 1024,
+            steady_kib: steady_mib * 1024,
+        }),
+        Record::Failed(Failure {
+            scale: Some(goal_scale),
+            what: "binary RSS, standalone (manifests)".into(),
+            error: "the proxy exited (exit status: 1)".into(),
+        }),
+    ]
+}
+
+#[test]
+fn records_survive_their_json_lines() {
+    for record in run_records(table::GOAL_SCALE, 40) {
+        let line = serde_json::to_string(&record).expect("serializes");
+        assert!(!line.contains('\n'), "one line per record: {line}");
+        let back: Record = serde_json::from_str(&line).expect("parses");
+        assert_eq!(back, record);
+    }
+}
+
+#[test]
+fn goals_say_met_or_missed_with_their_numbers() {
+    let results = table::Results::new(run_records(table::GOAL_SCALE, 40));
+    let text = results.render();
+    let expected = [
+        "kernel 6.1.0-56-amd64, CPU mode TCG (2 vCPUs, 7936 MiB), 2025-01-01 00:00 UTC",
+        "[met   ] cold sync ≥ 5× faster than ipvsadm -R: 6.00× (2.00 s vs 12.0 s)",
+        "[MISSED] cold sync within 1.3× of the raw floor: 1.50× (2.00 s vs 1.33 s;",
+        "[MISSED] a single change is 1 write: 1..2 writes over 200 changes",
+        "[met   ] single-change p99 within 2× of p99 at 100 services: 1.50× (3.00 ms vs 2.00 ms)",
+        "[met   ] an idle resync makes 0 writes: 0 writes",
+        "[met   ] steady RSS ≤ 64 MiB with in-cluster watchers: 40.0 MiB (peak 90.0 MiB)",
+        "binary RSS, standalone (manifests) at 10,000 × 10: the proxy exited (exit status: 1)",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("evaluated at"),
+        "the goal scale was measured:\n{text}"
+    );
+    assert!(results.has_failures());
+
+    let over = table::Results::new(run_records(table::GOAL_SCALE, 65)).render();
+    assert!(over.contains("[MISSED] steady RSS ≤ 64 MiB"), "{over}");
+}
+
+#[test]
+fn goals_fall_back_to_the_largest_scale_and_say_so() {
+    let smaller = scale(1000, 10);
+    let results = table::Results::new(run_records(smaller, 40));
+    let text = results.render();
+    assert!(text.contains("evaluated at 1,000 × 10"), "{text}");
+    assert!(text.contains("[met   ] cold sync ≥ 5× faster"), "{text}");
+
+    let nothing = table::Results::new([]).render();
+    assert!(nothing.contains("environment not recorded"), "{nothing}");
+    assert!(nothing.contains("not evaluated"), "{nothing}");
+}

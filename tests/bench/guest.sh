@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs inside the VM (tests/bench.sh -> tests/vm/boot.sh -> tests/vm/guest.sh,
+# which has loaded ip_vs and dummy): every benchmark phase at every scale,
+# one JSON line each into $KIP_OUT/bench.jsonl, the drivers' logs into
+# $KIP_OUT/bench.log. A phase that dies without a line gets a failure line
+# here, so a crash is never a silent gap in the table.
+set -uo pipefail
+
+: "${KIP_OUT:?} ${KIP_BENCH_BIN:?} ${KIP_PROXY_BIN:?} ${KIP_BENCH_SCALES:?}"
+results=$KIP_OUT/bench.jsonl
+log=$KIP_OUT/bench.log
+work=/tmp/kip-bench
+mkdir -p "$work"
+: >"$results"
+: >"$log"
+failures=0
+
+# phase SCALE WHAT ARGS...: runs the driver, keeps its line, or writes one.
+phase() {
+    local scale=$1 what=$2 before after rc start=$SECONDS
+    shift 2
+    printf '==> %s %s\n' "$what" "$scale"
+    before=$(wc -l <"$results")
+    printf '\n### %s %s: %s\n' "$what" "$scale" "$*" >>"$log"
+    "$KIP_BENCH_BIN" "$@" >>"$results" 2>>"$log"
+    rc=$?
+    after=$(wc -l <"$results")
+    if ((rc != 0)); then
+        failures=$((failures + 1))
+        if ((after == before)); then
+            printf '{"phase":"failed","scale":{"services":%d,"endpoints":%d},"what":"%s","error":"the driver exited %d without a result; see bench.log"}\n' \
+                "${scale%x*}" "${scale#*x}" "$what" "$rc" >>"$results"
+        fi
+        printf '    FAILED (exit %s): %s\n' "$rc" "$(tail -n 1 "$results")"
+    fi
+    printf '    %s s\n' "$((SECONDS - start))"
+}
+
+"$KIP_BENCH_BIN" env --cpu-mode "${KIP_BENCH_CPU_MODE:-TCG}" --date "${KIP_BENCH_DATE:-unknown}" \
+    >>"$results" 2>>"$log" || failures=$((failures + 1))
+
+for scale in $KIP_BENCH_SCALES; do
+    phase "$scale" "ipvsadm -R" ipvsadm --scale "$scale" --rules "$work/rules-$scale"
+    rm -f "$work/rules-$scale"
+    phase "$scale" "raw floor" raw --scale "$scale"
+    phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}"
+    phase "$scale" "binary RSS, standalone" \
+        rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work"
+    rm -rf "$work/manifests-$scale"
+    phase "$scale" "binary RSS, in-cluster" \
+        rss --scale "$scale" --mode cluster --proxy-bin "$KIP_PROXY_BIN" --workdir "$work"
+done
+
+((failures == 0))

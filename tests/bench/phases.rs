@@ -1,0 +1,307 @@
+//! The in-VM measurements that need no proxy binary: `ipvsadm -R`, the raw
+//! netlink-ipvs floor, and the proxy's pipeline in-process (model →
+//! translate → reconciler → NetlinkIpvs and kube-ipvs0), counting every
+//! message and write.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_ipvs_proxy::desired::Op;
+use kube_ipvs_proxy::kernel::link::DummyLink;
+use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
+use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+
+use crate::kernel_state::{self, Ipvs, INTERFACE};
+use crate::pipeline::{endpoint_change, Pipeline};
+use crate::record::{
+    median, quantile, ChangeLatency, ColdSync, IdleResync, IpvsadmRestore, ProxyRun, RawFloor,
+};
+use crate::synthetic::{self, Scale};
+
+/// `ipvsadm -R` from a rules file written to `rules_path` beforehand
+/// (writing it is not timed).
+pub async fn ipvsadm_restore(scale: Scale, rules_path: &Path) -> Result<IpvsadmRestore, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+    let rules = synthetic::ipvsadm_rules(scale);
+    std::fs::write(rules_path, rules)
+        .map_err(|e| format!("writing {}: {e}", rules_path.display()))?;
+    let input = std::fs::File::open(rules_path)
+        .map_err(|e| format!("opening {}: {e}", rules_path.display()))?;
+    let started = Instant::now();
+    let output = Command::new("ipvsadm")
+        .arg("-R")
+        .stdin(input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running ipvsadm -R: {e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        return Err(format!(
+            "ipvsadm -R < {} failed ({}): {}",
+            rules_path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after ipvsadm -R: {e}"))?;
+    kernel_state::reset(&ipvs).await?;
+    Ok(IpvsadmRestore { scale, seconds })
+}
+
+/// Every operation of the scale in one pipelined batch, built beforehand.
+pub async fn raw_floor(scale: Scale) -> Result<RawFloor, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+    let operations = synthetic::operations(scale);
+    let before = ipvs.handle.stats();
+    let started = Instant::now();
+    let results = ipvs.handle.batch(operations).execute().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = ipvs.handle.stats();
+    if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        return Err(format!(
+            "{failed} operations of the raw batch failed, first: {error}"
+        ));
+    }
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the raw batch: {e}"))?;
+    kernel_state::reset(&ipvs).await?;
+    Ok(RawFloor {
+        scale,
+        seconds,
+        messages: after.messages_sent - before.messages_sent,
+        sends: after.sends - before.sends,
+    })
+}
+
+/// [`NetlinkIpvs`] with the time spent in each call added up.
+#[derive(Debug)]
+struct TimedIpvs {
+    inner: NetlinkIpvs,
+    apply: Duration,
+    dump: Duration,
+}
+
+impl IpvsKernel for TimedIpvs {
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.dump().await;
+        self.dump += started.elapsed();
+        result
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        let started = Instant::now();
+        let results = self.inner.apply(ops).await;
+        self.apply += started.elapsed();
+        results
+    }
+}
+
+/// [`DummyLink`] with its time and address writes added up.
+#[derive(Debug)]
+struct TimedLink {
+    inner: DummyLink,
+    time: Duration,
+    writes: u64,
+}
+
+impl AddressKernel for TimedLink {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.ensure_link().await;
+        self.time += started.elapsed();
+        result
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        let started = Instant::now();
+        let result = self.inner.add_address(addr).await;
+        self.time += started.elapsed();
+        self.writes += 1;
+        result
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        let started = Instant::now();
+        let result = self.inner.del_address(addr).await;
+        self.time += started.elapsed();
+        self.writes += 1;
+        result
+    }
+}
+
+/// One single-change sample.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    seconds: f64,
+    writes: usize,
+    messages: u64,
+}
+
+/// The pipeline over the real kernel, timed per edge.
+type RealPipeline = Pipeline<TimedIpvs, TimedLink>;
+
+async fn real_pipeline() -> Result<RealPipeline, String> {
+    let ipvs = NetlinkIpvs::connect()
+        .await
+        .map_err(|e| format!("connecting NetlinkIpvs: {e}"))?;
+    let link = DummyLink::new(INTERFACE).map_err(|e| format!("opening rtnetlink: {e}"))?;
+    Ok(Pipeline::new(
+        TimedIpvs {
+            inner: ipvs,
+            apply: Duration::ZERO,
+            dump: Duration::ZERO,
+        },
+        TimedLink {
+            inner: link,
+            time: Duration::ZERO,
+            writes: 0,
+        },
+    ))
+}
+
+fn ipvs_stats(pipeline: &RealPipeline) -> netlink_ipvs::ConnectionStats {
+    pipeline.ipvs.inner.handle().stats()
+}
+
+/// Cold sync, `trials` single changes, then `idle_runs` idle resyncs.
+pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<ProxyRun, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+    let mut pipeline = real_pipeline().await?;
+
+    // The objects exist before the clock starts, as after a source's list.
+    let events = RealPipeline::initial_list(scale);
+    let before = ipvs_stats(&pipeline);
+    let synced = pipeline.cold_sync(events).await?;
+    let after = ipvs_stats(&pipeline);
+    let cold = ColdSync {
+        seconds: synced.elapsed.as_secs_f64(),
+        ipvs_apply_seconds: pipeline.ipvs.apply.as_secs_f64(),
+        ipvs_dump_seconds: pipeline.ipvs.dump.as_secs_f64(),
+        address_seconds: pipeline.link.time.as_secs_f64(),
+        ipvs_messages: after.messages_sent - before.messages_sent,
+        ipvs_sends: after.sends - before.sends,
+        address_writes: pipeline.link.writes,
+        writes: synced.report.writes,
+    };
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the cold sync: {e}"))?;
+
+    let change = single_changes(&mut pipeline, &ipvs, scale, trials).await?;
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the single changes: {e}"))?;
+
+    let idle = idle_resyncs(&mut pipeline, idle_runs).await?;
+    drop(pipeline);
+    kernel_state::reset(&ipvs).await?;
+    Ok(ProxyRun {
+        scale,
+        cold,
+        change,
+        idle,
+    })
+}
+
+/// Trial k adds the extra endpoint to one service and removes it again,
+/// spreading the trials over the services.
+async fn single_changes(
+    pipeline: &mut RealPipeline,
+    ipvs: &Ipvs,
+    scale: Scale,
+    trials: usize,
+) -> Result<ChangeLatency, String> {
+    let mut samples = Vec::with_capacity(2 * trials);
+    for trial in 0..trials {
+        let i = (trial * 7919 + 13) % scale.services;
+        for with_extra in [true, false] {
+            let before = ipvs_stats(pipeline).messages_sent;
+            let changed = pipeline
+                .change(endpoint_change(scale, i, with_extra))
+                .await
+                .map_err(|e| format!("trial {trial} on service {i}: {e}"))?;
+            samples.push(Sample {
+                seconds: changed.elapsed.as_secs_f64(),
+                writes: changed.report.writes,
+                messages: ipvs_stats(pipeline).messages_sent - before,
+            });
+            // The ACK says the kernel holds the change; read it back once.
+            if trial == 0 {
+                let held = kernel_state::real_servers_of(ipvs, i).await?;
+                let wanted = scale.endpoints + usize::from(with_extra);
+                if held != wanted {
+                    return Err(format!(
+                        "after the first change the kernel holds {held} real servers for service {i}; {wanted} wanted"
+                    ));
+                }
+            }
+        }
+    }
+    let mut seconds: Vec<f64> = samples.iter().map(|s| s.seconds).collect();
+    seconds.sort_by(f64::total_cmp);
+    Ok(ChangeLatency {
+        trials,
+        p50_seconds: quantile(&seconds, 0.50),
+        p99_seconds: quantile(&seconds, 0.99),
+        max_seconds: seconds.last().copied().unwrap_or(f64::NAN),
+        min_writes: samples.iter().map(|s| s.writes).min().unwrap_or(0),
+        max_writes: samples.iter().map(|s| s.writes).max().unwrap_or(0),
+        max_messages: samples.iter().map(|s| s.messages).max().unwrap_or(0),
+    })
+}
+
+async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleResync, String> {
+    let mut cpu = Vec::with_capacity(runs);
+    let mut wall = Vec::with_capacity(runs);
+    let mut writes = 0;
+    let mut messages = 0;
+    for _ in 0..runs {
+        let messages_before = ipvs_stats(pipeline).messages_sent;
+        let cpu_before = process_cpu_time()?;
+        let resynced = pipeline.resync().await?;
+        cpu.push((process_cpu_time()? - cpu_before).as_secs_f64());
+        wall.push(resynced.elapsed.as_secs_f64());
+        writes = writes.max(resynced.report.writes);
+        messages = ipvs_stats(pipeline).messages_sent - messages_before;
+    }
+    Ok(IdleResync {
+        runs,
+        cpu_seconds: median(&cpu),
+        wall_seconds: median(&wall),
+        writes,
+        ipvs_messages: messages,
+    })
+}
+
+/// CPU time of every thread of this process, from the scheduler's
+/// nanosecond accounting (`/proc/self/task/*/schedstat`, first field).
+pub fn process_cpu_time() -> Result<Duration, String> {
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| format!("reading /proc/self/task: {e}"))?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        // A thread that exited meanwhile has no file any more.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let on_cpu = text
+            .split_whitespace()
+            .next()
+            .and_then(|field| field.parse::<u64>().ok())
+            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
+        total += on_cpu;
+    }
+    Ok(Duration::from_nanos(total))
+}

@@ -1,0 +1,142 @@
+//! The proxy's state as its run loop holds it, minus the loop and the
+//! timers: events go into the model, the services they touch are translated
+//! again and handed to the reconciler (as `proxy::State::absorb` does), and
+//! a sync sends the difference to whatever kernel it is given.
+
+use std::time::{Duration, Instant};
+
+use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel};
+use kube_ipvs_proxy::model::{Changes, Model};
+use kube_ipvs_proxy::reconcile::{Ownership, Reconciler, SyncReport};
+use kube_ipvs_proxy::source::{SourceEvent, Update};
+use kube_ipvs_proxy::translate::{translate_named, NodeFacts, TranslateConfig};
+
+use crate::synthetic::{self, Scale};
+
+/// Model, translation settings and reconciler over one kernel.
+pub struct Pipeline<K, A> {
+    model: Model,
+    node: NodeFacts,
+    translate: TranslateConfig,
+    pub reconciler: Reconciler,
+    pub ipvs: K,
+    pub link: A,
+}
+
+impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
+    /// An empty pipeline for the synthetic node (IPv4, no NodePort addresses).
+    pub fn new(ipvs: K, link: A) -> Self {
+        Pipeline {
+            model: Model::new(synthetic::NODE_NAME),
+            node: NodeFacts {
+                name: synthetic::NODE_NAME.into(),
+                node_addresses: Vec::new(),
+                ipv4: true,
+                ipv6: false,
+            },
+            translate: TranslateConfig::default(),
+            reconciler: Reconciler::new(Ownership::default()),
+            ipvs,
+            link,
+        }
+    }
+
+    /// The events of a source's first list of the whole scale.
+    pub fn initial_list(scale: Scale) -> Vec<SourceEvent> {
+        vec![
+            SourceEvent::Node(Update::Replace(vec![synthetic::node()])),
+            SourceEvent::Service(Update::Replace(synthetic::services(scale))),
+            SourceEvent::EndpointSlice(Update::Replace(synthetic::endpoint_slices(scale))),
+            SourceEvent::Synced,
+        ]
+    }
+
+    /// Folds events into the model and hands what they touched to the
+    /// reconciler. Synthetic objects are never rejected; if one is, the
+    /// benchmark is wrong and says so.
+    pub fn absorb(&mut self, events: Vec<SourceEvent>) -> Result<(), String> {
+        let mut changes = Changes::default();
+        for event in events {
+            changes.merge(self.model.apply(event));
+        }
+        if let Some(error) = changes.errors.first() {
+            return Err(format!("the model rejected a synthetic object: {error}"));
+        }
+        let names: Vec<_> = if changes.all {
+            self.model.services().map(|s| s.name.clone()).collect()
+        } else {
+            changes.services.into_iter().collect()
+        };
+        for name in names {
+            let desired = translate_named(&self.model, &name, &self.node, &self.translate).desired;
+            let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
+            self.reconciler.set_service(name, wanted.then_some(desired));
+        }
+        Ok(())
+    }
+
+    /// The source's first list through a full sync into an empty kernel.
+    pub async fn cold_sync(&mut self, events: Vec<SourceEvent>) -> Result<Timed, String> {
+        let started = Instant::now();
+        self.absorb(events)?;
+        let report = self
+            .reconciler
+            .full_sync(&mut self.ipvs, &mut self.link)
+            .await;
+        clean(Timed::since(started, report), "cold sync")
+    }
+
+    /// One source event through an incremental sync to the kernel's ACK.
+    pub async fn change(&mut self, event: SourceEvent) -> Result<Timed, String> {
+        let started = Instant::now();
+        self.absorb(vec![event])?;
+        let report = self
+            .reconciler
+            .sync_dirty(&mut self.ipvs, &mut self.link)
+            .await;
+        clean(Timed::since(started, report), "incremental sync")
+    }
+
+    /// A periodic full verification.
+    pub async fn resync(&mut self) -> Result<Timed, String> {
+        let started = Instant::now();
+        let report = self
+            .reconciler
+            .full_sync(&mut self.ipvs, &mut self.link)
+            .await;
+        clean(Timed::since(started, report), "full resync")
+    }
+}
+
+/// The event that gives service `i` its extra endpoint (or takes it away).
+pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent {
+    SourceEvent::EndpointSlice(Update::Apply(synthetic::endpoint_slice(
+        scale, i, with_extra,
+    )))
+}
+
+/// A sync's report and how long it took from the first event.
+#[derive(Debug)]
+pub struct Timed {
+    pub elapsed: Duration,
+    pub report: SyncReport,
+}
+
+impl Timed {
+    fn since(started: Instant, report: SyncReport) -> Self {
+        Timed {
+            elapsed: started.elapsed(),
+            report,
+        }
+    }
+}
+
+fn clean(timed: Timed, what: &str) -> Result<Timed, String> {
+    match timed.report.errors.first() {
+        None => Ok(timed),
+        Some(error) => Err(format!(
+            "{what}: {} of {} writes failed, first: {error}",
+            timed.report.failed, timed.report.writes
+        )),
+    }
+}

@@ -1,0 +1,174 @@
+//! What each benchmark phase measured: one JSON line per phase and scale,
+//! written in the VM and turned into the table on the host.
+
+use serde::{Deserialize, Serialize};
+
+use crate::synthetic::Scale;
+
+/// One line of the results file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Record {
+    /// Where the run happened.
+    Environment(Environment),
+    /// `ipvsadm -R` loading the scale from a file.
+    Ipvsadm(IpvsadmRestore),
+    /// netlink-ipvs alone: one pipelined batch of the same operations.
+    RawFloor(RawFloor),
+    /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
+    Proxy(ProxyRun),
+    /// The `kube-ipvs-proxy` binary's memory.
+    Rss(RssRun),
+    /// A phase that could not be measured, and why.
+    Failed(Failure),
+}
+
+/// The machine and the date of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// `uname -r` in the VM.
+    pub kernel: String,
+    /// "TCG" or "KVM".
+    pub cpu_mode: String,
+    /// Online CPUs in the VM.
+    pub cpus: usize,
+    /// The guest's memory (MemTotal) in MiB.
+    pub memory_mib: u64,
+    /// UTC, `YYYY-MM-DD HH:MM`.
+    pub date: String,
+}
+
+/// `ipvsadm -R < rules`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IpvsadmRestore {
+    pub scale: Scale,
+    pub seconds: f64,
+}
+
+/// One `handle.batch(ops).execute()` of every operation of the scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawFloor {
+    pub scale: Scale,
+    pub seconds: f64,
+    /// Netlink messages sent.
+    pub messages: u64,
+    /// `sendmsg` calls.
+    pub sends: u64,
+}
+
+/// The proxy's model → translate → reconcile → netlink pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyRun {
+    pub scale: Scale,
+    pub cold: ColdSync,
+    pub change: ChangeLatency,
+    pub idle: IdleResync,
+}
+
+/// From an empty kernel to converged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColdSync {
+    /// From the first source event to the last ACK.
+    pub seconds: f64,
+    /// Of which in `IpvsKernel::apply` (the IPVS batch).
+    pub ipvs_apply_seconds: f64,
+    /// Of which in `IpvsKernel::dump` (reading the empty table).
+    pub ipvs_dump_seconds: f64,
+    /// Of which on kube-ipvs0 (creating it and adding every address).
+    pub address_seconds: f64,
+    /// IPVS netlink messages sent (operations and dump requests).
+    pub ipvs_messages: u64,
+    /// IPVS `sendmsg` calls.
+    pub ipvs_sends: u64,
+    /// rtnetlink address additions (one message each).
+    pub address_writes: u64,
+    /// `SyncReport::writes`.
+    pub writes: usize,
+}
+
+/// One endpoint added, then removed, in one service, many times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeLatency {
+    /// Add-then-remove trials; each gives two samples.
+    pub trials: usize,
+    /// Seconds from the source event to the kernel's ACK, sorted.
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+    /// Writes per change: fewest and most over every sample.
+    pub min_writes: usize,
+    pub max_writes: usize,
+    /// IPVS netlink messages per change, most over every sample.
+    pub max_messages: u64,
+}
+
+/// One full sync when nothing changed (the median of a few).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdleResync {
+    pub runs: usize,
+    /// CPU time of the process (every thread), median.
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    /// Most writes over the runs.
+    pub writes: usize,
+    /// IPVS netlink messages sent by one run (dump requests).
+    pub ipvs_messages: u64,
+}
+
+/// Where the binary read its objects from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    /// `--manifests DIR`.
+    Manifests,
+    /// `--master URL`: the in-cluster watchers against the test API server.
+    Cluster,
+}
+
+impl SourceMode {
+    /// The mode in the table's words.
+    pub fn label(self) -> &'static str {
+        match self {
+            SourceMode::Manifests => "standalone (manifests)",
+            SourceMode::Cluster => "in-cluster watchers",
+        }
+    }
+}
+
+/// The binary from start to converged, then idle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RssRun {
+    pub scale: Scale,
+    pub mode: SourceMode,
+    /// From spawning the process to its first "sync done" (kind full).
+    pub start_to_synced_seconds: f64,
+    /// VmHWM after the first sync.
+    pub peak_kib: u64,
+    /// VmRSS a few seconds after the first sync.
+    pub steady_kib: u64,
+}
+
+/// A phase that failed; the table shows the error in its place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub scale: Option<Scale>,
+    /// "ipvsadm", "raw_floor", "proxy", "rss manifests", ...
+    pub what: String,
+    pub error: String,
+}
+
+/// The value at quantile `q` (0..=1) of sorted `samples`, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median of unsorted `samples`.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    quantile(&sorted, 0.5)
+}

@@ -1,0 +1,433 @@
+//! The one table a benchmark run prints: every measurement per scale, then
+//! each goal of issue 4 with met or missed and its numbers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::record::{Environment, Failure, ProxyRun, RawFloor, Record, RssRun, SourceMode};
+use crate::synthetic::{thousands, Scale};
+
+/// The scale the goals are set at.
+pub const GOAL_SCALE: Scale = Scale {
+    services: 10_000,
+    endpoints: 10,
+};
+/// The scale the single-change p99 is compared against.
+pub const BASELINE_SERVICES: usize = 100;
+const RSS_GOAL_MIB: f64 = 64.0;
+
+/// Everything measured at one scale.
+#[derive(Debug)]
+struct Column {
+    scale: Scale,
+    ipvsadm: Option<f64>,
+    raw: Option<RawFloor>,
+    proxy: Option<ProxyRun>,
+    rss: BTreeMap<&'static str, RssRun>,
+    failures: Vec<Failure>,
+}
+
+impl Column {
+    fn new(scale: Scale) -> Self {
+        Column {
+            scale,
+            ipvsadm: None,
+            raw: None,
+            proxy: None,
+            rss: BTreeMap::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn rss(&self, mode: SourceMode) -> Option<&RssRun> {
+        self.rss.get(mode.label())
+    }
+}
+
+/// The records of one run, by scale.
+#[derive(Debug, Default)]
+pub struct Results {
+    environment: Option<Environment>,
+    columns: BTreeMap<Scale, Column>,
+    /// Failures not tied to a scale.
+    failures: Vec<Failure>,
+}
+
+impl Results {
+    /// Files each record under its scale; later records of the same phase win.
+    pub fn new(records: impl IntoIterator<Item = Record>) -> Self {
+        let mut results = Results::default();
+        for record in records {
+            match record {
+                Record::Environment(env) => results.environment = Some(env),
+                Record::Ipvsadm(r) => results.column(r.scale).ipvsadm = Some(r.seconds),
+                Record::RawFloor(r) => {
+                    let column = results.column(r.scale);
+                    column.raw = Some(r);
+                }
+                Record::Proxy(r) => {
+                    let column = results.column(r.scale);
+                    column.proxy = Some(r);
+                }
+                Record::Rss(r) => {
+                    results.column(r.scale).rss.insert(r.mode.label(), r);
+                }
+                Record::Failed(f) => match f.scale {
+                    Some(scale) => results.column(scale).failures.push(f),
+                    None => results.failures.push(f),
+                },
+            }
+        }
+        results
+    }
+
+    fn column(&mut self, scale: Scale) -> &mut Column {
+        self.columns
+            .entry(scale)
+            .or_insert_with(|| Column::new(scale))
+    }
+
+    /// Whether any phase failed.
+    pub fn has_failures(&self) -> bool {
+        !self.failures.is_empty() || self.columns.values().any(|c| !c.failures.is_empty())
+    }
+
+    /// The table, the goals and the failures, as text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match &self.environment {
+            Some(env) => {
+                let _ = writeln!(
+                    out,
+                    "kube-ipvs-proxy benchmark: kernel {}, CPU mode {} ({} vCPUs, {} MiB), {} UTC",
+                    env.kernel, env.cpu_mode, env.cpus, env.memory_mib, env.date
+                );
+            }
+            None => out.push_str("kube-ipvs-proxy benchmark: environment not recorded\n"),
+        }
+        out.push('\n');
+        out.push_str(&self.table());
+        out.push('\n');
+        out.push_str(&self.goals());
+        let failures: Vec<&Failure> = self
+            .failures
+            .iter()
+            .chain(self.columns.values().flat_map(|c| &c.failures))
+            .collect();
+        if !failures.is_empty() {
+            out.push_str("\nFailed phases:\n");
+            for f in failures {
+                let scale = f.scale.map_or(String::new(), |s| format!(" at {s}"));
+                let _ = writeln!(out, "  {}{scale}: {}", f.what, f.error);
+            }
+        }
+        out
+    }
+
+    fn table(&self) -> String {
+        let scales: Vec<&Scale> = self.columns.keys().collect();
+        let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+        let mut row = |label: &str, cell: &dyn Fn(&Column) -> Option<String>| {
+            let cells = self
+                .columns
+                .values()
+                .map(|c| cell(c).unwrap_or_else(|| "-".into()));
+            rows.push((label.to_owned(), cells.collect()));
+        };
+        row("IPVS objects (virtual + real servers)", &|c| {
+            Some(thousands(c.scale.ipvs_objects()))
+        });
+        row("Cold sync, proxy (events to last ACK)", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.seconds))
+        });
+        row("  in the IPVS batch", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_apply_seconds))
+        });
+        row("  dumping the empty table", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_dump_seconds))
+        });
+        row("  on kube-ipvs0 (link + addresses)", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.address_seconds))
+        });
+        row("  IPVS messages / sendmsg calls", &|c| {
+            c.proxy.as_ref().map(|p| {
+                format!(
+                    "{} / {}",
+                    thousands(p.cold.ipvs_messages as usize),
+                    p.cold.ipvs_sends
+                )
+            })
+        });
+        row("  rtnetlink address writes", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| thousands(p.cold.address_writes as usize))
+        });
+        row("  peak RSS, binary (standalone)", &|c| {
+            c.rss(SourceMode::Manifests).map(|r| mib(r.peak_kib))
+        });
+        row("  peak RSS, binary (in-cluster)", &|c| {
+            c.rss(SourceMode::Cluster).map(|r| mib(r.peak_kib))
+        });
+        row("  binary start to synced (standalone)", &|c| {
+            c.rss(SourceMode::Manifests)
+                .map(|r| seconds(r.start_to_synced_seconds))
+        });
+        row("  binary start to synced (in-cluster)", &|c| {
+            c.rss(SourceMode::Cluster)
+                .map(|r| seconds(r.start_to_synced_seconds))
+        });
+        row("ipvsadm -R, same state", &|c| c.ipvsadm.map(seconds));
+        row("Raw floor, netlink-ipvs batch", &|c| {
+            c.raw.as_ref().map(|r| seconds(r.seconds))
+        });
+        row("  IPVS messages / sendmsg calls", &|c| {
+            c.raw
+                .as_ref()
+                .map(|r| format!("{} / {}", thousands(r.messages as usize), r.sends))
+        });
+        row("ipvsadm -R ÷ cold sync (goal ≥ 5)", &|c| {
+            Some(ratio(c.ipvsadm?, c.proxy.as_ref()?.cold.seconds))
+        });
+        row("cold sync ÷ raw floor (goal ≤ 1.3)", &|c| {
+            Some(ratio(
+                c.proxy.as_ref()?.cold.seconds,
+                c.raw.as_ref()?.seconds,
+            ))
+        });
+        row("Single change (1 endpoint, add+remove)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| format!("{} trials", p.change.trials))
+        });
+        row("  p50 / p99", &|c| {
+            c.proxy.as_ref().map(|p| {
+                format!(
+                    "{} / {}",
+                    millis(p.change.p50_seconds),
+                    millis(p.change.p99_seconds)
+                )
+            })
+        });
+        row("  max", &|c| {
+            c.proxy.as_ref().map(|p| millis(p.change.max_seconds))
+        });
+        row("  writes per change (min..max)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| format!("{}..{}", p.change.min_writes, p.change.max_writes))
+        });
+        row("  IPVS messages per change (max)", &|c| {
+            c.proxy.as_ref().map(|p| p.change.max_messages.to_string())
+        });
+        row("Idle resync (full sync, no change)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| format!("median of {}", p.idle.runs))
+        });
+        row("  CPU time", &|c| {
+            c.proxy.as_ref().map(|p| millis(p.idle.cpu_seconds))
+        });
+        row("  wall time", &|c| {
+            c.proxy.as_ref().map(|p| millis(p.idle.wall_seconds))
+        });
+        row("  writes", &|c| {
+            c.proxy.as_ref().map(|p| p.idle.writes.to_string())
+        });
+        row("  IPVS messages (dump requests)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| thousands(p.idle.ipvs_messages as usize))
+        });
+        row("Steady RSS, standalone (manifests)", &|c| {
+            c.rss(SourceMode::Manifests).map(|r| mib(r.steady_kib))
+        });
+        row("Steady RSS, in-cluster watchers", &|c| {
+            c.rss(SourceMode::Cluster).map(|r| mib(r.steady_kib))
+        });
+
+        let header: Vec<String> = scales.iter().map(|s| s.to_string()).collect();
+        let label_width = rows
+            .iter()
+            .map(|(l, _)| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        let widths: Vec<usize> = (0..scales.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|(_, cells)| cells[i].chars().count())
+                    .chain([header[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        let line = |out: &mut String, label: &str, cells: &[String]| {
+            let _ = write!(out, "{label}{}", pad(label, label_width));
+            for (cell, width) in cells.iter().zip(&widths) {
+                let _ = write!(out, "  {}{cell}", pad(cell, *width));
+            }
+            out.push('\n');
+        };
+        line(&mut out, "services × endpoints", &header);
+        for (label, cells) in &rows {
+            line(&mut out, label, cells);
+        }
+        out
+    }
+
+    /// Each goal at [`GOAL_SCALE`], or at the largest scale measured when
+    /// the run did not include it (said so on the line).
+    fn goals(&self) -> String {
+        let mut out = String::from("Goals (issue 4), at 10,000 × 10:\n");
+        let goal_scale = if self.columns.contains_key(&GOAL_SCALE) {
+            Some(GOAL_SCALE)
+        } else {
+            self.columns
+                .keys()
+                .filter(|s| s.endpoints == GOAL_SCALE.endpoints)
+                .max()
+                .copied()
+        };
+        let Some(scale) = goal_scale else {
+            out.push_str("  not evaluated: no scale with 10 endpoints per service was measured\n");
+            return out;
+        };
+        if scale != GOAL_SCALE {
+            let _ = writeln!(
+                out,
+                "  (this run did not include 10,000 × 10; evaluated at {scale}, run --scale full for the goals proper)"
+            );
+        }
+        let column = &self.columns[&scale];
+        let proxy = column.proxy.as_ref();
+        let mut goal = |name: &str, verdict: Option<(bool, String)>| {
+            let (mark, detail) = match verdict {
+                Some((true, detail)) => ("met   ", detail),
+                Some((false, detail)) => ("MISSED", detail),
+                None => ("n/a   ", "not measured in this run".to_owned()),
+            };
+            let _ = writeln!(out, "  [{mark}] {name}: {detail}");
+        };
+        goal(
+            "cold sync ≥ 5× faster than ipvsadm -R",
+            (|| {
+                let (cold, restore) = (proxy?.cold.seconds, column.ipvsadm?);
+                let r = restore / cold;
+                Some((
+                    r >= 5.0,
+                    format!("{:.2}× ({} vs {})", r, seconds(cold), seconds(restore)),
+                ))
+            })(),
+        );
+        goal(
+            "cold sync within 1.3× of the raw floor",
+            (|| {
+                let (cold, raw) = (proxy?.cold.seconds, column.raw.as_ref()?.seconds);
+                let r = cold / raw;
+                Some((
+                    r <= 1.3,
+                    format!(
+                        "{:.2}× ({} vs {}; IPVS batch alone {})",
+                        r,
+                        seconds(cold),
+                        seconds(raw),
+                        seconds(proxy?.cold.ipvs_apply_seconds)
+                    ),
+                ))
+            })(),
+        );
+        goal(
+            "a single change is 1 write",
+            proxy.map(|p| {
+                let c = &p.change;
+                (
+                    c.min_writes == 1 && c.max_writes == 1,
+                    format!(
+                        "{}..{} writes over {} changes",
+                        c.min_writes,
+                        c.max_writes,
+                        2 * c.trials
+                    ),
+                )
+            }),
+        );
+        let baseline = self
+            .columns
+            .iter()
+            .filter(|(s, _)| s.services == BASELINE_SERVICES && s.endpoints == scale.endpoints)
+            .find_map(|(_, c)| c.proxy.as_ref());
+        goal(
+            &format!("single-change p99 within 2× of p99 at {BASELINE_SERVICES} services"),
+            (|| {
+                let (at_scale, at_base) = (proxy?.change.p99_seconds, baseline?.change.p99_seconds);
+                let r = at_scale / at_base;
+                Some((
+                    r <= 2.0,
+                    format!("{:.2}× ({} vs {})", r, millis(at_scale), millis(at_base)),
+                ))
+            })(),
+        );
+        goal(
+            "an idle resync makes 0 writes",
+            proxy.map(|p| {
+                (
+                    p.idle.writes == 0,
+                    format!(
+                        "{} writes, {} CPU",
+                        p.idle.writes,
+                        millis(p.idle.cpu_seconds)
+                    ),
+                )
+            }),
+        );
+        goal(
+            "steady RSS ≤ 64 MiB with in-cluster watchers",
+            column.rss(SourceMode::Cluster).map(|r| {
+                let used = r.steady_kib as f64 / 1024.0;
+                (
+                    used <= RSS_GOAL_MIB,
+                    format!("{} (peak {})", mib(r.steady_kib), mib(r.peak_kib)),
+                )
+            }),
+        );
+        out
+    }
+}
+
+fn pad(text: &str, width: usize) -> String {
+    " ".repeat(width.saturating_sub(text.chars().count()))
+}
+
+/// Seconds with three significant-ish digits: `12.3 s`, `1.23 s`, `45.6 ms`.
+pub fn seconds(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{s:.1} s")
+    } else if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        millis(s)
+    }
+}
+
+/// Milliseconds: `123 ms`, `12.3 ms`, `1.23 ms`, `0.123 ms`.
+pub fn millis(s: f64) -> String {
+    let ms = s * 1e3;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms >= 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.3} ms")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}×", a / b)
+}
