@@ -23,18 +23,29 @@ const IPVS_STATS_ATTR_PAD: u16 = 11;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StatsAttr {
+    /// `IPVS_STATS_ATTR_CONNS`. Connections scheduled.
     Conns(u32),
+    /// `IPVS_STATS_ATTR_INPKTS`. Incoming packets.
     InPkts(u32),
+    /// `IPVS_STATS_ATTR_OUTPKTS`. Outgoing packets.
     OutPkts(u32),
+    /// `IPVS_STATS_ATTR_INBYTES`. Incoming bytes.
     InBytes(u64),
+    /// `IPVS_STATS_ATTR_OUTBYTES`. Outgoing bytes.
     OutBytes(u64),
+    /// `IPVS_STATS_ATTR_CPS`. Current connection rate.
     Cps(u32),
+    /// `IPVS_STATS_ATTR_INPPS`. Current incoming packet rate.
     InPps(u32),
+    /// `IPVS_STATS_ATTR_OUTPPS`. Current outgoing packet rate.
     OutPps(u32),
+    /// `IPVS_STATS_ATTR_INBPS`. Current incoming byte rate.
     InBps(u32),
+    /// `IPVS_STATS_ATTR_OUTBPS`. Current outgoing byte rate.
     OutBps(u32),
     /// Alignment padding the kernel may insert before a 64-bit value.
     Pad(Vec<u8>),
+    /// Anything else, kept as it came.
     Other(DefaultNla),
 }
 
@@ -42,18 +53,29 @@ pub enum StatsAttr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stats64Attr {
+    /// `IPVS_STATS_ATTR_CONNS`. Connections scheduled.
     Conns(u64),
+    /// `IPVS_STATS_ATTR_INPKTS`. Incoming packets.
     InPkts(u64),
+    /// `IPVS_STATS_ATTR_OUTPKTS`. Outgoing packets.
     OutPkts(u64),
+    /// `IPVS_STATS_ATTR_INBYTES`. Incoming bytes.
     InBytes(u64),
+    /// `IPVS_STATS_ATTR_OUTBYTES`. Outgoing bytes.
     OutBytes(u64),
+    /// `IPVS_STATS_ATTR_CPS`. Current connection rate.
     Cps(u64),
+    /// `IPVS_STATS_ATTR_INPPS`. Current incoming packet rate.
     InPps(u64),
+    /// `IPVS_STATS_ATTR_OUTPPS`. Current outgoing packet rate.
     OutPps(u64),
+    /// `IPVS_STATS_ATTR_INBPS`. Current incoming byte rate.
     InBps(u64),
+    /// `IPVS_STATS_ATTR_OUTBPS`. Current outgoing byte rate.
     OutBps(u64),
     /// Alignment padding the kernel may insert before a 64-bit value.
     Pad(Vec<u8>),
+    /// Anything else, kept as it came.
     Other(DefaultNla),
 }
 
@@ -104,8 +126,10 @@ impl Nla for StatsAttr {
 impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for StatsAttr {
     fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
         let payload = buf.value();
-        let u32_of = |name: &str| parse_u32(payload).context(format!("invalid {name} value"));
-        let u64_of = |name: &str| parse_u64(payload).context(format!("invalid {name} value"));
+        let u32_of =
+            |name: &str| parse_u32(payload).with_context(|| format!("invalid {name} value"));
+        let u64_of =
+            |name: &str| parse_u64(payload).with_context(|| format!("invalid {name} value"));
         Ok(match buf.kind() {
             IPVS_STATS_ATTR_CONNS => Self::Conns(u32_of("IPVS_STATS_ATTR_CONNS")?),
             IPVS_STATS_ATTR_INPKTS => Self::InPkts(u32_of("IPVS_STATS_ATTR_INPKTS")?),
@@ -170,7 +194,8 @@ impl Nla for Stats64Attr {
 impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for Stats64Attr {
     fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
         let payload = buf.value();
-        let u64_of = |name: &str| parse_u64(payload).context(format!("invalid {name} value"));
+        let u64_of =
+            |name: &str| parse_u64(payload).with_context(|| format!("invalid {name} value"));
         Ok(match buf.kind() {
             IPVS_STATS_ATTR_CONNS => Self::Conns(u64_of("IPVS_STATS_ATTR_CONNS")?),
             IPVS_STATS_ATTR_INPKTS => Self::InPkts(u64_of("IPVS_STATS_ATTR_INPKTS")?),

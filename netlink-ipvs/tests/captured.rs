@@ -294,6 +294,45 @@ fn new_service_sctp_maglev() {
     assert_eq!(typed_round_trip(&expected), expected);
 }
 
+/// `ipvsadm -A -u 10.0.0.5:5060 -s rr -p 60 --pe sip`: the request ipvsadm sent.
+#[rustfmt::skip]
+const NEW_SERVICE_PERSISTENCE_ENGINE: &[u8] = &[
+        0x70, 0x00, 0x00, 0x00, // nlmsg_len 112
+        0x20, 0x00, // nlmsg_type 0x20 (IPVS family id)
+        0x05, 0x00, // nlmsg_flags 0x5
+        0x61, 0x6e, 0x02, 0x6b, // nlmsg_seq
+        0xfd, 0x00, 0x80, 0x47, // nlmsg_pid
+        0x01, // cmd IPVS_CMD_NEW_SERVICE
+        0x01, // version
+        0x00, 0x00, // reserved
+        0x5c, 0x00, 0x01, 0x80, // len 92, IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED
+            0x06, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, // len 6, IPVS_SVC_ATTR_AF: 2 (+2 padding)
+            0x06, 0x00, 0x02, 0x00, 0x11, 0x00, 0x00, 0x00, // len 6, IPVS_SVC_ATTR_PROTOCOL: 17 (+2 padding)
+            0x14, 0x00, 0x03, 0x00, 0x0a, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // len 20, IPVS_SVC_ATTR_ADDR: union nf_inet_addr
+            0x00, 0x00, 0x00, 0x00,
+            0x06, 0x00, 0x04, 0x00, 0x13, 0xc4, 0x00, 0x00, // len 6, IPVS_SVC_ATTR_PORT: big-endian 5060 (+2 padding)
+            0x07, 0x00, 0x06, 0x00, 0x72, 0x72, 0x00, 0x00, // len 7, IPVS_SVC_ATTR_SCHED_NAME: 'rr' + NUL (+1 padding)
+            0x08, 0x00, 0x0b, 0x00, 0x73, 0x69, 0x70, 0x00, // len 8, IPVS_SVC_ATTR_PE_NAME: 'sip' + NUL
+            0x0c, 0x00, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, // len 12, IPVS_SVC_ATTR_FLAGS: ip_vs_flags { flags: 0x1, mask: 0xffffffff }
+            0x08, 0x00, 0x08, 0x00, 0x3c, 0x00, 0x00, 0x00, // len 8, IPVS_SVC_ATTR_TIMEOUT: 60 (0x3c)
+            0x08, 0x00, 0x09, 0x00, 0xff, 0xff, 0xff, 0xff, // len 8, IPVS_SVC_ATTR_NETMASK: bytes ffffffff
+];
+
+#[test]
+fn new_service_persistence_engine() {
+    let expected = {
+        let mut service =
+            Service::new(ip("10.0.0.5"), Protocol::Udp, 5060, Scheduler::RoundRobin).persistent(60);
+        service.pe_name = Some("sip".into());
+        IpvsMessage::new(
+            IpvsCmd::NewService,
+            vec![IpvsAttr::Service(service.to_attrs())],
+        )
+    };
+    assert_round_trip(NEW_SERVICE_PERSISTENCE_ENGINE, &expected);
+    assert_eq!(typed_round_trip(&expected), expected);
+}
+
 /// `ipvsadm -E -t 10.0.0.1:80 -s lc`: the request ipvsadm sent.
 #[rustfmt::skip]
 const SET_SERVICE: &[u8] = &[

@@ -133,7 +133,8 @@ impl Nla for DestinationAttr {
 impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for DestinationAttr {
     fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
         let payload = buf.value();
-        let u32_of = |name: &str| parse_u32(payload).context(format!("invalid {name} value"));
+        let u32_of =
+            |name: &str| parse_u32(payload).with_context(|| format!("invalid {name} value"));
         Ok(match buf.kind() {
             IPVS_DEST_ATTR_ADDR => Self::Address(
                 InetAddr::parse(payload).context("invalid IPVS_DEST_ATTR_ADDR value")?,

@@ -56,8 +56,8 @@ pub struct DestinationGetRequest {
 }
 
 impl DestinationGetRequest {
-    /// Dumps the destinations. A missing service is
-    /// [`Error::is_not_found`](crate::Error::is_not_found).
+    /// Dumps the destinations. The kernel answers a dump of a missing
+    /// service with no destinations and no error.
     pub async fn execute(self) -> Result<Vec<Destination>> {
         let request = IpvsMessage::new(
             IpvsCmd::GetDest,
