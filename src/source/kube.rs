@@ -1,1 +1,370 @@
-//! The in-cluster source: watchers on the API server.
+//! The in-cluster source: kube-runtime watchers on the API server.
+//!
+//! Three watchers (Services, EndpointSlices, this node's Node) merge into one
+//! stream of [`SourceEvent`]s. A watcher's (re)list is buffered and emitted
+//! as one `Replace` when it is complete, so a relist after a 410 Gone or a
+//! dropped connection never programs half a state. No reflector store is
+//! kept: the model holds the compact state.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+use ::kube::config::{Config, InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
+use ::kube::runtime::watcher::{self, watcher};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::{Api, Client, Resource};
+use futures::{future, stream, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use super::{SourceEvent, Update};
+
+/// The label selector upstream kube-proxy lists Services and EndpointSlices
+/// with (`cmd/kube-proxy/app/server.go`, one informer factory for both):
+/// objects claimed by another service proxy are not ours, and the
+/// EndpointSlices of headless services (labelled by the EndpointSlice
+/// controller) have no virtual server to feed.
+pub const PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// The annotation `kubectl apply` leaves: a full copy of the object, never read.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Builds the API client: from `kubeconfig` when given (its server replaced
+/// by `master` when that is given too), from `master` alone (no
+/// credentials), or else from the in-cluster service account — the same
+/// rules as upstream kube-proxy's `--kubeconfig` and `--master`.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    master: Option<&str>,
+) -> Result<Client, ClientError> {
+    let master = master.map(parse_master).transpose()?;
+    let config = match (kubeconfig, master) {
+        (Some(path), master) => {
+            let kubeconfig_error = |source| ClientError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            let mut config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?;
+            if let Some(master) = master {
+                config.cluster_url = master;
+            }
+            config
+        }
+        (None, Some(master)) => Config::new(master),
+        (None, None) => Config::incluster().map_err(ClientError::InCluster)?,
+    };
+    Client::try_from(config).map_err(ClientError::Client)
+}
+
+/// Generic so that the URL type (`http::Uri`) is inferred from `Config`
+/// rather than named, which would need the `http` crate as a dependency.
+fn parse_master<U>(url: &str) -> Result<U, ClientError>
+where
+    U: std::str::FromStr,
+    U::Err: std::fmt::Display,
+{
+    url.parse().map_err(|error: U::Err| ClientError::MasterUrl {
+        url: url.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// Why the API client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The kubeconfig file could not be read or used.
+    #[error("kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        /// The file given with `--kubeconfig`.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// Neither `--kubeconfig` nor `--master` was given and this is not a pod.
+    #[error("no --kubeconfig or --master, and no in-cluster service account: {0}")]
+    InCluster(#[source] InClusterError),
+    /// `--master` is not a URL.
+    #[error("--master {url:?} is not a URL: {reason}")]
+    MasterUrl {
+        /// The value given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The client could not be built from the configuration (TLS, say).
+    #[error("cannot build the API client: {0}")]
+    Client(#[source] ::kube::Error),
+}
+
+/// Watches Services and EndpointSlices in all namespaces (with
+/// [`PROXY_LABEL_SELECTOR`]) and the Node named `node_name`.
+///
+/// Each watcher's initial list and every relist arrive as one `Replace`;
+/// changes in between as `Apply` and `Delete`. `Synced` follows once, after
+/// all three have listed. Errors are logged and retried with backoff: the
+/// stream never ends.
+pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent> + Send {
+    let selected = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+    let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let watchers = [
+        resource_events(
+            Api::<Service>::all(client.clone()),
+            selected(),
+            SourceEvent::Service,
+        )
+        .boxed(),
+        resource_events(
+            Api::<EndpointSlice>::all(client.clone()),
+            selected(),
+            SourceEvent::EndpointSlice,
+        )
+        .boxed(),
+        resource_events(Api::<Node>::all(client), this_node, SourceEvent::Node).boxed(),
+    ];
+    stream::select_all(watchers)
+        .scan(InitialLists::default(), |lists, event| {
+            let synced = lists.observe(&event);
+            future::ready(Some(stream::iter(std::iter::once(event).chain(synced))))
+        })
+        .flatten()
+}
+
+/// Which watchers have delivered their first complete list.
+#[derive(Debug, Default)]
+struct InitialLists {
+    services: bool,
+    endpoint_slices: bool,
+    node: bool,
+    synced: bool,
+}
+
+impl InitialLists {
+    /// `Synced` when `event` completes the first list of the last watcher.
+    fn observe(&mut self, event: &SourceEvent) -> Option<SourceEvent> {
+        match event {
+            SourceEvent::Service(Update::Replace(_)) => self.services = true,
+            SourceEvent::EndpointSlice(Update::Replace(_)) => self.endpoint_slices = true,
+            SourceEvent::Node(Update::Replace(_)) => self.node = true,
+            _ => return None,
+        }
+        if self.synced || !(self.services && self.endpoint_slices && self.node) {
+            return None;
+        }
+        self.synced = true;
+        Some(SourceEvent::Synced)
+    }
+}
+
+/// A watcher as source events: lists buffered into one `Replace`, errors
+/// logged (the backoff retries them), unused fields dropped.
+fn resource_events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wrap: fn(Update<K>) -> SourceEvent,
+) -> impl Stream<Item = SourceEvent> + Send
+where
+    K: Resource<DynamicType = ()> + Trim + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(Trim::trim)
+        .scan(Vec::new(), move |listed, event| {
+            future::ready(Some(fold_event(listed, event).map(wrap)))
+        })
+        .filter_map(future::ready)
+}
+
+/// One watcher event: the update to emit, if any. `listed` buffers a list
+/// in progress.
+fn fold_event<K: Resource<DynamicType = ()>>(
+    listed: &mut Vec<K>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<Update<K>> {
+    match event {
+        Ok(watcher::Event::Init) => {
+            listed.clear();
+            None
+        }
+        Ok(watcher::Event::InitApply(object)) => {
+            listed.push(object);
+            None
+        }
+        Ok(watcher::Event::InitDone) => {
+            tracing::debug!(kind = %K::kind(&()), objects = listed.len(), "listed");
+            Some(Update::Replace(std::mem::take(listed)))
+        }
+        Ok(watcher::Event::Apply(object)) => Some(Update::Apply(object)),
+        Ok(watcher::Event::Delete(object)) => Some(Update::Delete(object)),
+        Err(error) => {
+            tracing::warn!(kind = %K::kind(&()), %error, "watch failed; retrying with backoff");
+            None
+        }
+    }
+}
+
+/// Drops what the proxy never reads before an object is kept anywhere:
+/// 10,000 services must fit in a few tens of MiB.
+trait Trim {
+    fn trim(&mut self);
+}
+
+fn trim_metadata(metadata: &mut ObjectMeta) {
+    metadata.managed_fields = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+impl Trim for Service {
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+    }
+}
+
+impl Trim for EndpointSlice {
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+        // The owning Service is found by the kubernetes.io/service-name label.
+        self.metadata.owner_references = None;
+    }
+}
+
+impl Trim for Node {
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+        if let Some(status) = &mut self.status {
+            // The image list alone is often larger than everything else.
+            status.images = None;
+            status.volumes_attached = None;
+            status.volumes_in_use = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    fn names(update: &Option<Update<Service>>) -> String {
+        let names = |objects: &[Service]| {
+            objects
+                .iter()
+                .map(|s| s.metadata.name.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match update {
+            None => "-".to_owned(),
+            Some(Update::Apply(s)) => format!("Apply {}", names(std::slice::from_ref(s))),
+            Some(Update::Delete(s)) => format!("Delete {}", names(std::slice::from_ref(s))),
+            Some(Update::Replace(v)) => format!("Replace [{}]", names(v)),
+        }
+    }
+
+    #[test]
+    fn lists_are_buffered_into_one_replace() {
+        use watcher::Event;
+        let steps: Vec<(Result<Event<Service>, watcher::Error>, &str)> = vec![
+            (Ok(Event::Init), "-"),
+            (Ok(Event::InitApply(service("a"))), "-"),
+            (Ok(Event::InitApply(service("b"))), "-"),
+            (Ok(Event::InitDone), "Replace [a,b]"),
+            (Ok(Event::Apply(service("c"))), "Apply c"),
+            (Ok(Event::Delete(service("a"))), "Delete a"),
+            (Err(watcher::Error::NoResourceVersion), "-"),
+            // A relist that is abandoned half way (Init again) forgets its part.
+            (Ok(Event::Init), "-"),
+            (Ok(Event::InitApply(service("stale"))), "-"),
+            (Ok(Event::Init), "-"),
+            (Ok(Event::InitApply(service("b"))), "-"),
+            (Ok(Event::InitDone), "Replace [b]"),
+            (Ok(Event::Init), "-"),
+            (Ok(Event::InitDone), "Replace []"),
+        ];
+        let mut listed = Vec::new();
+        for (index, (event, expected)) in steps.into_iter().enumerate() {
+            assert_eq!(
+                names(&fold_event(&mut listed, event)),
+                expected,
+                "step {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn synced_follows_the_last_first_list_once() {
+        let replace_services = || SourceEvent::Service(Update::Replace(vec![]));
+        let steps = [
+            (replace_services(), false),
+            (SourceEvent::Service(Update::Apply(service("a"))), false),
+            (SourceEvent::Node(Update::Replace(vec![])), false),
+            (replace_services(), false),
+            (SourceEvent::EndpointSlice(Update::Replace(vec![])), true),
+            (SourceEvent::EndpointSlice(Update::Replace(vec![])), false),
+            (replace_services(), false),
+        ];
+        let mut lists = InitialLists::default();
+        for (index, (event, synced)) in steps.into_iter().enumerate() {
+            assert_eq!(
+                matches!(lists.observe(&event), Some(SourceEvent::Synced)),
+                synced,
+                "step {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn trimming_drops_what_the_proxy_never_reads() {
+        use k8s_openapi::api::core::v1::{ContainerImage, NodeStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let metadata = ObjectMeta {
+            name: Some("n".to_owned()),
+            labels: Some([("topology.kubernetes.io/zone".to_owned(), "a".to_owned())].into()),
+            annotations: Some(
+                [
+                    (LAST_APPLIED.to_owned(), "{}".to_owned()),
+                    ("keep".to_owned(), "me".to_owned()),
+                ]
+                .into(),
+            ),
+            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+            ..ObjectMeta::default()
+        };
+        let mut node = Node {
+            metadata,
+            status: Some(NodeStatus {
+                images: Some(vec![ContainerImage::default()]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        };
+        node.trim();
+        assert_eq!(node.metadata.managed_fields, None);
+        assert_eq!(
+            node.metadata.annotations,
+            Some([("keep".to_owned(), "me".to_owned())].into())
+        );
+        assert!(
+            node.metadata.labels.is_some(),
+            "labels carry the topology zone"
+        );
+        assert_eq!(node.status.and_then(|s| s.images), None);
+    }
+}

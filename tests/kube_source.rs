@@ -1,0 +1,507 @@
+//! The in-cluster source end to end: kube-runtime watchers against a test
+//! API server speaking list and watch over HTTP.
+
+mod support;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
+use kube_ipvs_proxy::source::kube::{client, watch, ClientError};
+use kube_ipvs_proxy::source::{SourceEvent, Update};
+use support::apiserver::TestApiServer;
+
+fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
+fn service(name: &str, port: i32) -> Service {
+    service_labelled(name, port, &[])
+}
+
+fn service_labelled(name: &str, port: i32, labels: &[(&str, &str)]) -> Service {
+    Service {
+        metadata: meta(Some("web"), name, labels),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("10.96.0.10".to_owned()),
+            ports: Some(vec![ServicePort {
+                port,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn slice(name: &str, labels: &[(&str, &str)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(Some("web"), name, labels),
+        address_type: "IPv4".to_owned(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["10.0.0.1".to_owned()],
+            ..Endpoint::default()
+        }],
+        ports: None,
+    }
+}
+
+fn node(name: &str, zone: &str) -> Node {
+    Node {
+        metadata: meta(None, name, &[("topology.kubernetes.io/zone", zone)]),
+        ..Node::default()
+    }
+}
+
+const HEADLESS: (&str, &str) = ("service.kubernetes.io/headless", "");
+const OTHER_PROXY: (&str, &str) = ("service.kubernetes.io/service-proxy-name", "other");
+
+/// An event as a line: kind, update and the objects' namespace/name (and a
+/// Service's first port, a Node's zone, to tell versions apart).
+fn describe(event: &SourceEvent) -> String {
+    fn key<K: Metadata<Ty = ObjectMeta>>(object: &K) -> String {
+        let meta = object.metadata();
+        match &meta.namespace {
+            Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or("-")),
+            None => meta.name.clone().unwrap_or_default(),
+        }
+    }
+    fn service_key(s: &Service) -> String {
+        let port = s
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.ports.as_ref())
+            .and_then(|p| p.first())
+            .map(|p| p.port);
+        format!("{}:{}", key(s), port.unwrap_or_default())
+    }
+    fn node_key(n: &Node) -> String {
+        let zone = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("topology.kubernetes.io/zone"));
+        format!("{}@{}", key(n), zone.map(String::as_str).unwrap_or("-"))
+    }
+    fn update<K>(kind: &str, update: &Update<K>, key: fn(&K) -> String) -> String {
+        match update {
+            Update::Apply(o) => format!("{kind} Apply {}", key(o)),
+            Update::Delete(o) => format!("{kind} Delete {}", key(o)),
+            Update::Replace(v) => format!(
+                "{kind} Replace [{}]",
+                v.iter().map(key).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    match event {
+        SourceEvent::Service(u) => update("Service", u, service_key),
+        SourceEvent::EndpointSlice(u) => update("EndpointSlice", u, key),
+        SourceEvent::Endpoints(u) => update("Endpoints", u, key),
+        SourceEvent::Node(u) => update("Node", u, node_key),
+        SourceEvent::Synced => "Synced".to_owned(),
+    }
+}
+
+/// How `Harness::suspend` breaks the open watches.
+enum Break {
+    /// The connection fails mid-stream.
+    Cut,
+    /// The watch ends cleanly, as at its timeout.
+    End,
+}
+
+/// The source under test and everything it emitted so far.
+struct Harness {
+    server: TestApiServer,
+    events: Pin<Box<dyn Stream<Item = SourceEvent> + Send>>,
+    /// Every event received, in order.
+    log: Vec<String>,
+    /// Events received while waiting for watches, not yet handed out.
+    unread: std::collections::VecDeque<String>,
+}
+
+impl Harness {
+    /// A server holding the usual objects, and the source watching it as
+    /// node-1 through `--master`.
+    async fn start() -> Harness {
+        let server = TestApiServer::start().await;
+        server.apply(&service("a", 80));
+        server.apply(&service("b", 81));
+        server.apply(&service_labelled("other", 82, &[OTHER_PROXY]));
+        server.apply(&slice("a-1", &[]));
+        server.apply(&slice("headless-1", &[HEADLESS]));
+        server.apply(&node("node-1", "zone-a"));
+        server.apply(&node("node-2", "zone-b"));
+        let client = client(None, Some(&server.url()))
+            .await
+            .expect("client for the test server");
+        Harness {
+            server,
+            events: Box::pin(watch(client, "node-1")),
+            log: Vec::new(),
+            unread: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next event; the timeout only guards against a hang.
+    async fn next(&mut self) -> String {
+        if let Some(line) = self.unread.pop_front() {
+            return line;
+        }
+        let event = tokio::time::timeout(Duration::from_secs(10), self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within 10 s; so far: {:#?}", self.log))
+            .expect("the source never ends");
+        let line = describe(&event);
+        self.log.push(line.clone());
+        line
+    }
+
+    /// The next event about `kind` (the others are logged and skipped).
+    async fn next_of(&mut self, kind: &str) -> String {
+        loop {
+            let line = self.next().await;
+            if line.starts_with(&format!("{kind} ")) {
+                return line;
+            }
+        }
+    }
+
+    /// The next event of each of `kinds`, in that order (other events are
+    /// logged and skipped).
+    async fn next_of_each(&mut self, kinds: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; kinds.len()];
+        while found.iter().any(Option::is_none) {
+            let line = self.next().await;
+            let kind = line.split(' ').next().unwrap_or_default();
+            if let Some(at) = kinds.iter().position(|k| *k == kind) {
+                found[at].get_or_insert(line);
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// Consumes the initial lists and Synced.
+    async fn synced(&mut self) {
+        for _ in 0..4 {
+            self.next().await;
+        }
+        assert_eq!(
+            self.log.last().map(String::as_str),
+            Some("Synced"),
+            "{:#?}",
+            self.log
+        );
+        self.open_watches(3).await;
+    }
+
+    /// Breaks every watch and keeps the source blind until `resume`.
+    async fn suspend(&mut self, how: Break) {
+        self.server.hold_watches();
+        match how {
+            Break::Cut => self.server.cut_watches(),
+            Break::End => self.server.end_watches(),
+        }
+        self.open_watches(0).await;
+    }
+
+    async fn resume(&mut self) {
+        self.server.release_watches();
+        self.open_watches(3).await;
+    }
+
+    /// Waits for `count` open watches, polling the source meanwhile (its
+    /// watchers only reconnect while polled).
+    async fn open_watches(&mut self, count: usize) {
+        let open = self.server.wait_for_open_watches(count);
+        let mut open = std::pin::pin!(open);
+        let guard = tokio::time::sleep(Duration::from_secs(10));
+        let mut guard = std::pin::pin!(guard);
+        loop {
+            tokio::select! {
+                () = &mut open => return,
+                () = &mut guard => panic!("not {count} open watches within 10 s; events: {:#?}", self.log),
+                event = self.events.next() => {
+                    let line = describe(&event.expect("the source never ends"));
+                    self.log.push(line.clone());
+                    self.unread.push_back(line);
+                }
+            }
+        }
+    }
+
+    fn synced_count(&self) -> usize {
+        self.log.iter().filter(|line| *line == "Synced").count()
+    }
+}
+
+#[tokio::test]
+async fn initial_lists_arrive_as_one_replace_per_kind_then_synced() {
+    let mut source = Harness::start().await;
+    let mut initial = Vec::new();
+    for _ in 0..4 {
+        initial.push(source.next().await);
+    }
+    assert_eq!(
+        initial.last().map(String::as_str),
+        Some("Synced"),
+        "Synced comes after every list"
+    );
+    initial.sort();
+    assert_eq!(
+        initial,
+        [
+            // Not the slice of a headless service, not another proxy's service,
+            // not another node.
+            "EndpointSlice Replace [web/a-1]",
+            "Node Replace [node-1@zone-a]",
+            "Service Replace [web/a:80, web/b:81]",
+            "Synced",
+        ]
+    );
+    for requests in [
+        source.server.requests::<Service>(),
+        source.server.requests::<EndpointSlice>(),
+        source.server.requests::<Node>(),
+    ] {
+        assert_eq!(requests.lists, 1, "one list per kind");
+    }
+}
+
+#[tokio::test]
+async fn changes_arrive_as_apply_and_delete() {
+    let mut source = Harness::start().await;
+    source.synced().await;
+
+    struct Step {
+        name: &'static str,
+        change: Box<dyn Fn(&TestApiServer)>,
+        event: &'static str,
+        kind: &'static str,
+    }
+    let steps = [
+        Step {
+            name: "service created",
+            change: Box::new(|s| _ = s.apply(&service("c", 90))),
+            kind: "Service",
+            event: "Service Apply web/c:90",
+        },
+        Step {
+            name: "service modified",
+            change: Box::new(|s| _ = s.apply(&service("a", 8080))),
+            kind: "Service",
+            event: "Service Apply web/a:8080",
+        },
+        Step {
+            name: "service deleted",
+            change: Box::new(|s| _ = s.delete::<Service>(Some("web"), "b")),
+            kind: "Service",
+            event: "Service Delete web/b:81",
+        },
+        Step {
+            name: "service handed to another proxy leaves the selection",
+            change: Box::new(|s| _ = s.apply(&service_labelled("c", 90, &[OTHER_PROXY]))),
+            kind: "Service",
+            event: "Service Delete web/c:90",
+        },
+        Step {
+            name: "slice created",
+            change: Box::new(|s| _ = s.apply(&slice("a-2", &[]))),
+            kind: "EndpointSlice",
+            event: "EndpointSlice Apply web/a-2",
+        },
+        Step {
+            name: "another node changes unseen; this node's change is seen",
+            change: Box::new(|s| {
+                s.apply(&node("node-2", "zone-c"));
+                s.apply(&node("node-1", "zone-d"));
+            }),
+            kind: "Node",
+            event: "Node Apply node-1@zone-d",
+        },
+        Step {
+            name: "slice deleted",
+            change: Box::new(|s| _ = s.delete::<EndpointSlice>(Some("web"), "a-1")),
+            kind: "EndpointSlice",
+            event: "EndpointSlice Delete web/a-1",
+        },
+    ];
+    for step in steps {
+        (step.change)(&source.server);
+        assert_eq!(source.next_of(step.kind).await, step.event, "{}", step.name);
+    }
+    assert_eq!(source.synced_count(), 1, "{:#?}", source.log);
+    assert_eq!(source.server.requests::<Service>().lists, 1, "no relist");
+}
+
+#[tokio::test]
+async fn bookmarks_are_silent_and_move_the_resume_point() {
+    let mut source = Harness::start().await;
+    source.synced().await;
+
+    // The services watch last saw an older resourceVersion than this.
+    source.server.apply(&slice("a-2", &[]));
+    assert_eq!(source.next().await, "EndpointSlice Apply web/a-2");
+    source.server.send_bookmark();
+    // The watches end after the bookmarks (as at their timeout), so the
+    // watchers resume from the bookmark's version, which the compacted
+    // history still serves: no relist.
+    source.server.compact_history();
+    source.suspend(Break::End).await;
+    source.resume().await;
+
+    source.server.apply(&service("c", 90));
+    assert_eq!(
+        source.next().await,
+        "Service Apply web/c:90",
+        "nothing came of the bookmark"
+    );
+    for requests in [
+        source.server.requests::<Service>(),
+        source.server.requests::<EndpointSlice>(),
+        source.server.requests::<Node>(),
+    ] {
+        assert_eq!(requests.lists, 1, "no relist: {:#?}", source.log);
+        assert_eq!(requests.watches, 2, "one watch, then one resumed watch");
+    }
+}
+
+#[tokio::test]
+async fn gone_relists_into_one_replace_of_exactly_the_current_objects() {
+    let mut source = Harness::start().await;
+    source.synced().await;
+
+    // While the source is blind: a create, a modify and a delete, then the
+    // history it would need is compacted away.
+    source.suspend(Break::Cut).await;
+    source.server.apply(&service("c", 90));
+    source.server.apply(&service("a", 8080));
+    source.server.delete::<Service>(Some("web"), "b");
+    source.server.compact_history();
+    source.resume().await;
+
+    // Every watcher was behind the compaction: each relists, the services
+    // into one Replace with no Delete of a still existing object before it.
+    assert_eq!(
+        source
+            .next_of_each(&["Service", "EndpointSlice", "Node"])
+            .await,
+        [
+            "Service Replace [web/a:8080, web/c:90]",
+            "EndpointSlice Replace [web/a-1]",
+            "Node Replace [node-1@zone-a]",
+        ]
+    );
+
+    // Nothing else came between the relist and the next change.
+    source.server.apply(&service("d", 91));
+    assert_eq!(source.next_of("Service").await, "Service Apply web/d:91");
+    assert_eq!(
+        source.synced_count(),
+        1,
+        "Synced is not repeated: {:#?}",
+        source.log
+    );
+    assert_eq!(source.server.requests::<Service>().lists, 2);
+}
+
+#[tokio::test]
+async fn a_cut_watch_resumes_without_losing_an_event() {
+    let mut source = Harness::start().await;
+    source.synced().await;
+
+    source.suspend(Break::Cut).await;
+    source.server.apply(&service("c", 90));
+    source.server.delete::<Service>(Some("web"), "b");
+    source.server.apply(&service("a", 8080));
+    source.resume().await;
+
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        resumed.push(source.next_of("Service").await);
+    }
+    assert_eq!(
+        resumed,
+        [
+            "Service Apply web/c:90",
+            "Service Delete web/b:81",
+            "Service Apply web/a:8080"
+        ]
+    );
+
+    // A cut without a pause: the change right after it is not lost either.
+    source.server.cut_watches();
+    source.server.apply(&service("e", 92));
+    assert_eq!(source.next_of("Service").await, "Service Apply web/e:92");
+
+    assert_eq!(
+        source.server.requests::<Service>().lists,
+        1,
+        "resumed, not relisted"
+    );
+    assert_eq!(source.synced_count(), 1);
+}
+
+#[tokio::test]
+async fn client_from_a_kubeconfig_with_the_server_overridden_by_master() {
+    let server = TestApiServer::start().await;
+    server.apply(&node("node-1", "zone-a"));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    // The file's server is unreachable: only --master makes this work.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:1\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+         users:\n- name: test\n  user:\n    token: secret\n",
+    )
+    .unwrap();
+
+    let client = client(Some(&kubeconfig), Some(&server.url()))
+        .await
+        .expect("client");
+    let nodes: kube::Api<Node> = kube::Api::all(client);
+    let listed = nodes
+        .list(&Default::default())
+        .await
+        .expect("list through --master");
+    assert_eq!(listed.items.len(), 1);
+}
+
+#[tokio::test]
+async fn client_errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    match client(Some(&missing), None).await {
+        Err(error @ ClientError::Kubeconfig { .. }) => {
+            assert!(
+                error.to_string().contains(&missing.display().to_string()),
+                "{error}"
+            );
+        }
+        Err(other) => panic!("expected a kubeconfig error, got {other}"),
+        Ok(_) => panic!("a missing kubeconfig gave a client"),
+    }
+    match client(None, Some("http://[::1")).await {
+        Err(error @ ClientError::MasterUrl { .. }) => {
+            assert!(error.to_string().contains("http://[::1"), "{error}");
+        }
+        Err(other) => panic!("expected a --master error, got {other}"),
+        Ok(_) => panic!("an invalid --master gave a client"),
+    }
+}

@@ -1,0 +1,664 @@
+//! A test API server: Kubernetes LIST and WATCH over real HTTP, for the
+//! in-cluster source (no kube-apiserver can run on the test machines).
+//!
+//! It keeps one global, increasing resourceVersion and a history of events
+//! per collection, as etcd does, and serves:
+//! - LIST (`GET /api/v1/services?labelSelector=…`): every matching object in
+//!   a `ServiceList` stamped with the current resourceVersion (`limit` is
+//!   accepted and ignored: one page, no `continue`);
+//! - WATCH (`…?watch=1&resourceVersion=RV&allowWatchBookmarks=true`): the
+//!   events after RV, then live events, as chunked JSON lines; from an RV
+//!   older than the compacted history, a single ERROR event with a 410
+//!   Expired Status, which is what makes a client relist.
+//!
+//! Collections are cluster-wide (`/api/v1/services`) or namespaced
+//! (`/api/v1/namespaces/NS/services`). Label selectors support `k`, `!k`,
+//! `k=v`, `k==v` and `k!=v`; field selectors `metadata.name` and
+//! `metadata.namespace`. As in the real server, an object that stops
+//! matching a watch's selector is DELETED from it and one that starts
+//! matching is ADDED.
+//!
+//! The test drives it through [`TestApiServer`]: create, update and delete
+//! objects, send bookmarks, compact the history, cut, end or hold watches,
+//! and count requests. It
+//! depends only on axum, tokio, serde_json and k8s-openapi, so a benchmark
+//! binary can include it as it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State as AxumState};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+/// A running test API server. Dropping it stops the server.
+#[derive(Debug)]
+pub struct TestApiServer {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// How often each collection was listed and watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// LIST requests.
+    pub lists: usize,
+    /// WATCH requests, including those answered with 410 Gone.
+    pub watches: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// True while new watches are held back (see `hold_watches`).
+    held: watch::Sender<bool>,
+    /// The number of watch streams open now.
+    open_watches: watch::Sender<usize>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The last resourceVersion handed out.
+    resource_version: u64,
+    /// Watches from an older resourceVersion get 410 Gone.
+    compacted: u64,
+    collections: HashMap<CollectionKey, Collection>,
+    watches: Vec<OpenWatch>,
+    next_watch_id: u64,
+}
+
+/// apiVersion and plural, e.g. ("discovery.k8s.io/v1", "endpointslices").
+type CollectionKey = (String, String);
+
+#[derive(Debug)]
+struct Collection {
+    kind: String,
+    /// Current objects by (namespace, name).
+    objects: BTreeMap<(String, String), Value>,
+    /// Every change still retained, oldest first.
+    history: Vec<Change>,
+    requests: Requests,
+}
+
+#[derive(Debug, Clone)]
+struct Change {
+    resource_version: u64,
+    /// The object before the change (None when created).
+    old: Option<Value>,
+    /// The object after the change; the last state when deleted.
+    new: Value,
+    deleted: bool,
+}
+
+#[derive(Debug)]
+struct OpenWatch {
+    id: u64,
+    collection: CollectionKey,
+    filter: Filter,
+    bookmarks: bool,
+    sender: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+}
+
+impl TestApiServer {
+    /// Starts a server on 127.0.0.1 on an ephemeral port, serving Services,
+    /// EndpointSlices, Endpoints and Nodes (others can be `register`ed).
+    pub async fn start() -> TestApiServer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            held: watch::Sender::new(false),
+            open_watches: watch::Sender::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("local address");
+        let router = Router::new()
+            .fallback(serve)
+            .with_state(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("test API server");
+        });
+        let server = TestApiServer {
+            address,
+            shared,
+            server,
+        };
+        server.register::<k8s_openapi::api::core::v1::Service>();
+        server.register::<k8s_openapi::api::discovery::v1::EndpointSlice>();
+        server.register::<k8s_openapi::api::core::v1::Endpoints>();
+        server.register::<k8s_openapi::api::core::v1::Node>();
+        server
+    }
+
+    /// The server's URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Serves the collection of `K` (empty until objects are applied).
+    pub fn register<K: k8s_openapi::Resource>(&self) {
+        self.state()
+            .collections
+            .entry(collection_key::<K>())
+            .or_insert_with(|| Collection {
+                kind: K::KIND.to_owned(),
+                objects: BTreeMap::new(),
+                history: Vec::new(),
+                requests: Requests::default(),
+            });
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED to watches) and
+    /// returns its new resourceVersion.
+    pub fn apply<K: k8s_openapi::Resource + serde::Serialize>(&self, object: &K) -> u64 {
+        self.register::<K>();
+        let mut value = serde_json::to_value(object).expect("a k8s-openapi object serializes");
+        value["apiVersion"] = json!(K::API_VERSION);
+        value["kind"] = json!(K::KIND);
+        let key = object_key(&value);
+        let mut state = self.state();
+        state.resource_version += 1;
+        let resource_version = state.resource_version;
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        let collection_key = collection_key::<K>();
+        let collection = state
+            .collections
+            .get_mut(&collection_key)
+            .expect("registered above");
+        let old = collection.objects.insert(key, value.clone());
+        let change = Change {
+            resource_version,
+            old,
+            new: value,
+            deleted: false,
+        };
+        collection.history.push(change.clone());
+        state.publish(&collection_key, &change);
+        resource_version
+    }
+
+    /// Deletes an object (DELETED to watches); false if there was none.
+    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: Option<&str>, name: &str) -> bool {
+        let collection_key = collection_key::<K>();
+        let mut state = self.state();
+        let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
+        let Some(mut value) = state
+            .collections
+            .get_mut(&collection_key)
+            .and_then(|c| c.objects.remove(&key))
+        else {
+            return false;
+        };
+        state.resource_version += 1;
+        let resource_version = state.resource_version;
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        let change = Change {
+            resource_version,
+            old: Some(value.clone()),
+            new: value,
+            deleted: true,
+        };
+        let collection = state
+            .collections
+            .get_mut(&collection_key)
+            .expect("found above");
+        collection.history.push(change.clone());
+        state.publish(&collection_key, &change);
+        true
+    }
+
+    /// Sends every open watch that asked for bookmarks a BOOKMARK carrying
+    /// the current resourceVersion, which it returns.
+    pub fn send_bookmark(&self) -> u64 {
+        let mut state = self.state();
+        let resource_version = state.resource_version;
+        let State {
+            watches,
+            collections,
+            ..
+        } = &mut *state;
+        for open in watches.iter().filter(|open| open.bookmarks) {
+            let kind = &collections[&open.collection].kind;
+            let bookmark = json!({
+                "type": "BOOKMARK",
+                "object": {
+                    "apiVersion": open.collection.0,
+                    "kind": kind,
+                    "metadata": {"resourceVersion": resource_version.to_string()},
+                },
+            });
+            let _ = open.sender.send(Ok(json_line(&bookmark)));
+        }
+        resource_version
+    }
+
+    /// Forgets the history: a watch from any resourceVersion older than the
+    /// current one is answered 410 Gone from now on.
+    pub fn compact_history(&self) {
+        let mut state = self.state();
+        state.compacted = state.resource_version;
+        for collection in state.collections.values_mut() {
+            collection.history.clear();
+        }
+    }
+
+    /// Breaks every open watch connection mid-stream (no final chunk), as a
+    /// network failure or an API server crash would. Events written just
+    /// before may be lost in flight, as they would be then.
+    pub fn cut_watches(&self) {
+        let watches = std::mem::take(&mut self.state().watches);
+        for open in watches {
+            let _ = open
+                .sender
+                .send(Err(std::io::Error::other("connection cut by the test")));
+        }
+    }
+
+    /// Ends every open watch cleanly after what was sent to it, as the
+    /// server does when a watch's timeoutSeconds expire.
+    pub fn end_watches(&self) {
+        // Dropping the senders ends the streams once drained.
+        drop(std::mem::take(&mut self.state().watches));
+    }
+
+    /// Holds new watch requests (without answering) until
+    /// [`release_watches`](Self::release_watches): with `cut_watches` or
+    /// `end_watches`, the client is blind meanwhile.
+    pub fn hold_watches(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Lets held and new watch requests through.
+    pub fn release_watches(&self) {
+        self.shared.held.send_replace(false);
+    }
+
+    /// Waits until exactly `count` watch streams are open (a hang guard is
+    /// the caller's business).
+    pub async fn wait_for_open_watches(&self, count: usize) {
+        let mut open = self.shared.open_watches.subscribe();
+        open.wait_for(|open| *open == count)
+            .await
+            .expect("the sender lives in self");
+    }
+
+    /// How often the collection of `K` was listed and watched.
+    pub fn requests<K: k8s_openapi::Resource>(&self) -> Requests {
+        self.state()
+            .collections
+            .get(&collection_key::<K>())
+            .map(|c| c.requests)
+            .unwrap_or_default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has failed already.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Sends a change to the watches of its collection whose selectors it
+    /// concerns, as the event type each of them sees.
+    fn publish(&mut self, collection: &CollectionKey, change: &Change) {
+        self.watches.retain(|open| {
+            if &open.collection != collection {
+                return true;
+            }
+            match watch_event(&open.filter, change) {
+                Some(event) => open.sender.send(Ok(json_line(&event))).is_ok(),
+                None => true,
+            }
+        });
+    }
+}
+
+/// The event a watch with `filter` sees for `change`, if any.
+fn watch_event(filter: &Filter, change: &Change) -> Option<Value> {
+    let was = change.old.as_ref().is_some_and(|old| filter.matches(old));
+    let is = !change.deleted && filter.matches(&change.new);
+    let kind = match (was, is) {
+        (false, true) => "ADDED",
+        (true, true) => "MODIFIED",
+        (true, false) => "DELETED",
+        (false, false) => return None,
+    };
+    Some(json!({"type": kind, "object": change.new}))
+}
+
+fn json_line(value: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(value).expect("JSON values serialize");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn collection_key<K: k8s_openapi::Resource>() -> CollectionKey {
+    (K::API_VERSION.to_owned(), K::URL_PATH_SEGMENT.to_owned())
+}
+
+fn object_key(object: &Value) -> (String, String) {
+    let field = |name: &str| {
+        object["metadata"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("namespace"), field("name"))
+}
+
+/// What a request selects: namespace from the path, label and field selectors.
+#[derive(Debug, Default)]
+struct Filter {
+    namespace: Option<String>,
+    labels: Vec<LabelRequirement>,
+    fields: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+enum LabelRequirement {
+    Exists(String),
+    NotExists(String),
+    Equals(String, String),
+    NotEquals(String, String),
+}
+
+impl Filter {
+    fn parse(namespace: Option<String>, query: &HashMap<String, String>) -> Result<Filter, String> {
+        let mut filter = Filter {
+            namespace,
+            ..Filter::default()
+        };
+        let terms = |selector: Option<&String>| {
+            selector
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        for term in terms(query.get("labelSelector")) {
+            let requirement = if let Some(key) = term.strip_prefix('!') {
+                LabelRequirement::NotExists(key.to_owned())
+            } else if let Some((key, value)) = term.split_once("!=") {
+                LabelRequirement::NotEquals(key.to_owned(), value.to_owned())
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
+                LabelRequirement::Equals(key.to_owned(), value.to_owned())
+            } else if term.contains(' ') || term.contains('(') {
+                return Err(format!("unsupported label selector term {term:?}"));
+            } else {
+                LabelRequirement::Exists(term)
+            };
+            filter.labels.push(requirement);
+        }
+        for term in terms(query.get("fieldSelector")) {
+            let (field, value) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .ok_or_else(|| format!("unsupported field selector term {term:?}"))?;
+            if field != "metadata.name" && field != "metadata.namespace" {
+                return Err(format!("field selector on {field:?} is not supported"));
+            }
+            filter.fields.push((field.to_owned(), value.to_owned()));
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let metadata = &object["metadata"];
+        let namespace = metadata["namespace"].as_str().unwrap_or_default();
+        if self.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+            return false;
+        }
+        let label = |key: &str| metadata["labels"][key].as_str();
+        let labels_match = self.labels.iter().all(|requirement| match requirement {
+            LabelRequirement::Exists(key) => label(key).is_some(),
+            LabelRequirement::NotExists(key) => label(key).is_none(),
+            LabelRequirement::Equals(key, value) => label(key) == Some(value),
+            LabelRequirement::NotEquals(key, value) => label(key) != Some(value),
+        });
+        let fields_match = self.fields.iter().all(|(field, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => metadata["name"].as_str(),
+                _ => metadata["namespace"].as_str(),
+            };
+            actual.unwrap_or_default() == value
+        });
+        labels_match && fields_match
+    }
+}
+
+/// Splits a collection path into its key and namespace:
+/// `/api/v1[/namespaces/NS]/PLURAL` or `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL`.
+fn parse_path(path: &str) -> Option<(CollectionKey, Option<String>)> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api_version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ((*version).to_owned(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    match rest {
+        [plural] => Some(((api_version, (*plural).to_owned()), None)),
+        ["namespaces", namespace, plural] => Some((
+            (api_version, (*plural).to_owned()),
+            Some((*namespace).to_owned()),
+        )),
+        _ => None,
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = status_object(code.as_u16(), reason, message);
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn status_object(code: u16, reason: &str, message: String) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+async fn serve(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if method != Method::GET {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not served"),
+        );
+    }
+    let Some((key, namespace)) = parse_path(uri.path()) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} is not a collection", uri.path()),
+        );
+    };
+    if !shared.lock().collections.contains_key(&key) {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find {}", uri.path()),
+        );
+    }
+    let filter = match Filter::parse(namespace, &query) {
+        Ok(filter) => filter,
+        Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "1" || w == "true");
+    if watching {
+        if query.get("sendInitialEvents").is_some_and(|s| s == "true") {
+            let message = "streaming lists (sendInitialEvents) are not served".to_owned();
+            return status(StatusCode::BAD_REQUEST, "BadRequest", message);
+        }
+        watch_collection(shared, key, filter, &query).await
+    } else {
+        list_collection(&shared, &key, &filter)
+    }
+}
+
+fn list_collection(shared: &Shared, key: &CollectionKey, filter: &Filter) -> Response {
+    let mut state = shared.lock();
+    let resource_version = state.resource_version;
+    let collection = state.collections.get_mut(key).expect("checked by serve");
+    collection.requests.lists += 1;
+    let items: Vec<Value> = collection
+        .objects
+        .values()
+        .filter(|object| filter.matches(object))
+        .map(|object| {
+            // As the real server: list items carry no apiVersion and kind.
+            let mut item = object.clone();
+            if let Value::Object(fields) = &mut item {
+                fields.remove("apiVersion");
+                fields.remove("kind");
+            }
+            item
+        })
+        .collect();
+    let list = json!({
+        "kind": format!("{}List", collection.kind),
+        "apiVersion": key.0,
+        "metadata": {"resourceVersion": resource_version.to_string()},
+        "items": items,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        list.to_string(),
+    )
+        .into_response()
+}
+
+async fn watch_collection(
+    shared: Arc<Shared>,
+    key: CollectionKey,
+    filter: Filter,
+    query: &HashMap<String, String>,
+) -> Response {
+    let from = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("invalid resourceVersion {rv:?}"),
+                );
+            }
+        },
+    };
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+
+    // Held while the test has suspended watches; the client just waits.
+    let mut held = shared.held.subscribe();
+    let _ = held.wait_for(|held| !held).await;
+
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let id = {
+        let mut state = shared.lock();
+        let current = state.resource_version;
+        let compacted = state.compacted;
+        let collection = state.collections.get_mut(&key).expect("checked by serve");
+        collection.requests.watches += 1;
+        let from = from.unwrap_or(current);
+        if from < compacted {
+            let message = format!("too old resource version: {from} ({compacted})");
+            let gone = json!({"type": "ERROR", "object": status_object(410, "Expired", message)});
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                json_line(&gone),
+            )
+                .into_response();
+        }
+        // The backlog and the registration happen under one lock: no change
+        // falls between them.
+        for change in collection
+            .history
+            .iter()
+            .filter(|c| c.resource_version > from)
+        {
+            if let Some(event) = watch_event(&filter, change) {
+                let _ = sender.send(Ok(json_line(&event)));
+            }
+        }
+        let id = state.next_watch_id;
+        state.next_watch_id += 1;
+        state.watches.push(OpenWatch {
+            id,
+            collection: key,
+            filter,
+            bookmarks,
+            sender,
+        });
+        id
+    };
+    shared.open_watches.send_modify(|open| *open += 1);
+
+    let guard = WatchGuard { shared, id };
+    let body = futures::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
+        let item = receiver.recv().await?;
+        Some((item, (receiver, guard)))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body.boxed()))
+        .expect("a valid response")
+}
+
+/// Unregisters a watch when its stream ends or the client goes away.
+struct WatchGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.shared.lock().watches.retain(|open| open.id != self.id);
+        self.shared.open_watches.send_modify(|open| *open -= 1);
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared test support: a Kubernetes API server for the in-cluster source.
+
+pub mod apiserver;
