@@ -138,7 +138,13 @@ impl Harness {
     /// A server holding the usual objects, and the source watching it as
     /// node-1 through `--master`.
     async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// As `start`, with `prepare` run on the server before the source starts.
+    async fn start_with(prepare: impl FnOnce(&TestApiServer)) -> Harness {
         let server = TestApiServer::start().await;
+        prepare(&server);
         server.apply(&service("a", 80));
         server.apply(&service("b", 81));
         server.apply(&service_labelled("other", 82, &[OTHER_PROXY]));
@@ -454,6 +460,33 @@ async fn a_cut_watch_resumes_without_losing_an_event() {
         "resumed, not relisted"
     );
     assert_eq!(source.synced_count(), 1);
+}
+
+#[tokio::test]
+async fn failed_lists_are_retried_and_the_source_goes_on() {
+    let mut source = Harness::start_with(|server| server.fail_next_lists(2)).await;
+    let mut initial = source
+        .next_of_each(&["Service", "EndpointSlice", "Node", "Synced"])
+        .await;
+    initial.sort();
+    assert_eq!(
+        initial,
+        [
+            "EndpointSlice Replace [web/a-1]",
+            "Node Replace [node-1@zone-a]",
+            "Service Replace [web/a:80, web/b:81]",
+            "Synced",
+        ]
+    );
+    let lists: usize = [
+        source.server.requests::<Service>(),
+        source.server.requests::<EndpointSlice>(),
+        source.server.requests::<Node>(),
+    ]
+    .iter()
+    .map(|r| r.lists)
+    .sum();
+    assert_eq!(lists, 3 + 2, "each failed list was retried");
 }
 
 #[tokio::test]

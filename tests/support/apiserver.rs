@@ -72,6 +72,8 @@ struct State {
     collections: HashMap<CollectionKey, Collection>,
     watches: Vec<OpenWatch>,
     next_watch_id: u64,
+    /// How many LIST requests to come fail with 500.
+    failing_lists: usize,
 }
 
 /// apiVersion and plural, e.g. ("discovery.k8s.io/v1", "endpointslices").
@@ -289,6 +291,12 @@ impl TestApiServer {
         open.wait_for(|open| *open == count)
             .await
             .expect("the sender lives in self");
+    }
+
+    /// Answers the next `count` LIST requests (of any collection) with a
+    /// 500 InternalError Status, as an overloaded API server would.
+    pub fn fail_next_lists(&self, count: usize) {
+        self.state().failing_lists = count;
     }
 
     /// How often the collection of `K` was listed and watched.
@@ -544,6 +552,12 @@ fn list_collection(shared: &Shared, key: &CollectionKey, filter: &Filter) -> Res
     let resource_version = state.resource_version;
     let collection = state.collections.get_mut(key).expect("checked by serve");
     collection.requests.lists += 1;
+    if state.failing_lists > 0 {
+        state.failing_lists -= 1;
+        let message = "the test server fails this list".to_owned();
+        return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message);
+    }
+    let collection = state.collections.get_mut(key).expect("checked by serve");
     let items: Vec<Value> = collection
         .objects
         .values()
