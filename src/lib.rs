@@ -10,6 +10,7 @@ pub mod desired;
 pub mod kernel;
 pub mod model;
 pub mod plan;
+pub mod proxy;
 pub mod reconcile;
 pub mod source;
 pub mod translate;

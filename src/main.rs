@@ -1,3 +1,49 @@
-fn main() {
-    println!("kube-ipvs-proxy: not wired yet");
+use std::process::ExitCode;
+
+use clap::Parser;
+use kube_ipvs_proxy::cli::{Cli, Command, LogFormat};
+use kube_ipvs_proxy::proxy;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.options.logging_format);
+    // One task owns the proxy's state; a single-threaded runtime is all it
+    // needs and keeps the footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = &cli.options;
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => proxy::run(opts).await,
+            Command::Plan => proxy::plan(opts).await.map(|text| print!("{text}")),
+            Command::Cleanup => proxy::cleanup(opts).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(false).init(),
+    }
 }

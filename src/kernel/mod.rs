@@ -10,6 +10,7 @@ use crate::desired::{Op, RealServer, VirtualServer};
 pub mod fake;
 pub mod link;
 pub mod modules;
+pub mod netlink;
 pub mod sysctl;
 
 /// A virtual server as dumped from the kernel, with its real servers.

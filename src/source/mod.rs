@@ -22,6 +22,10 @@ pub enum Update<K> {
 
 /// One event from a source.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events pass one at a time through a channel; boxing would add an allocation per object"
+)]
 pub enum SourceEvent {
     Service(Update<Service>),
     EndpointSlice(Update<EndpointSlice>),

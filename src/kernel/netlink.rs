@@ -1,0 +1,194 @@
+//! [`IpvsKernel`] on the real kernel, through netlink-ipvs.
+
+use std::time::Duration;
+
+use netlink_ipvs::{
+    Destination, ForwardingMethod, Handle, Operation, Protocol as NlProtocol, Scheduler, Service,
+    ServiceAddress, ServiceFlags, Timeouts,
+};
+use tokio::task::JoinHandle;
+
+use super::{IpvsKernel, KernelError, KernelVirtualServer};
+use crate::desired::{Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
+
+/// The IPVS table over one generic-netlink socket.
+#[derive(Debug)]
+pub struct NetlinkIpvs {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for NetlinkIpvs {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl NetlinkIpvs {
+    /// Opens the socket and resolves the IPVS family.
+    pub async fn connect() -> Result<Self, KernelError> {
+        let (connection, handle) = netlink_ipvs::new_connection().await.map_err(kernel_error)?;
+        Ok(NetlinkIpvs {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// The handle, for counters and for what the trait does not cover.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// `--ipvs-tcp-timeout` and friends; zeros leave the kernel's values.
+    pub async fn set_timeouts(
+        &mut self,
+        tcp: Duration,
+        tcp_fin: Duration,
+        udp: Duration,
+    ) -> Result<(), KernelError> {
+        if tcp.is_zero() && tcp_fin.is_zero() && udp.is_zero() {
+            return Ok(());
+        }
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let timeouts = Timeouts {
+            tcp: secs(tcp),
+            tcp_fin: secs(tcp_fin),
+            udp: secs(udp),
+        };
+        self.handle
+            .config()
+            .set(timeouts)
+            .execute()
+            .await
+            .map_err(kernel_error)
+    }
+}
+
+impl IpvsKernel for NetlinkIpvs {
+    #[tracing::instrument(skip(self))]
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        let table = self.handle.dump().execute().await.map_err(kernel_error)?;
+        let mut out = Vec::with_capacity(table.len());
+        for (service, dests) in table {
+            let Some(server) = virtual_server(&service) else {
+                continue;
+            };
+            let real_servers = dests
+                .iter()
+                .map(|d| RealServer {
+                    key: RealServerKey {
+                        addr: d.addr,
+                        port: d.port,
+                    },
+                    weight: d.weight,
+                })
+                .collect();
+            out.push(KernelVirtualServer {
+                server,
+                real_servers,
+            });
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(ops = ops.len()))]
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let operations: Vec<Operation> = ops.iter().map(operation).collect();
+        self.handle
+            .batch(operations)
+            .execute()
+            .await
+            .into_iter()
+            .map(|r| r.map_err(kernel_error))
+            .collect()
+    }
+}
+
+fn service_address(key: &VirtualServerKey) -> ServiceAddress {
+    ServiceAddress::Inet {
+        addr: key.addr,
+        protocol: match key.protocol {
+            Protocol::Tcp => NlProtocol::Tcp,
+            Protocol::Udp => NlProtocol::Udp,
+            Protocol::Sctp => NlProtocol::Sctp,
+        },
+        port: key.port,
+    }
+}
+
+fn service(vs: &VirtualServer) -> Service {
+    let address = service_address(&vs.key);
+    let scheduler: Scheduler = vs.scheduler.parse().unwrap_or_else(|e| match e {});
+    let service = Service::with_address(address, scheduler);
+    match vs.persistence {
+        Some(timeout) => service.persistent(timeout),
+        None => service,
+    }
+}
+
+fn destination(rs: &RealServer) -> Destination {
+    Destination::new(rs.key.addr, rs.key.port)
+        .forwarding(ForwardingMethod::Masquerade)
+        .weight(rs.weight)
+}
+
+fn operation(op: &Op) -> Operation {
+    match op {
+        Op::AddVirtualServer(vs) => Operation::AddService(service(vs)),
+        Op::UpdateVirtualServer(vs) => Operation::SetService(service(vs)),
+        Op::DeleteVirtualServer(key) => Operation::DelService(service_address(key)),
+        Op::AddRealServer(key, rs) => {
+            Operation::AddDestination(service_address(key), destination(rs))
+        }
+        Op::UpdateRealServer(key, rs) => {
+            Operation::SetDestination(service_address(key), destination(rs))
+        }
+        Op::DeleteRealServer(key, rs) => {
+            Operation::DelDestination(service_address(key), rs.addr, rs.port)
+        }
+    }
+}
+
+/// The proxy's view of a kernel service, or `None` for what it never
+/// programs (firewall marks, other protocols).
+fn virtual_server(service: &Service) -> Option<VirtualServer> {
+    let ServiceAddress::Inet {
+        addr,
+        protocol,
+        port,
+    } = &service.address
+    else {
+        return None;
+    };
+    let protocol = match protocol {
+        NlProtocol::Tcp => Protocol::Tcp,
+        NlProtocol::Udp => Protocol::Udp,
+        NlProtocol::Sctp => Protocol::Sctp,
+        _ => return None,
+    };
+    let persistent = service.flags.contains(ServiceFlags::PERSISTENT);
+    Some(VirtualServer {
+        key: VirtualServerKey {
+            addr: *addr,
+            protocol,
+            port: *port,
+        },
+        scheduler: service.scheduler.as_str().into(),
+        persistence: persistent.then_some(service.timeout),
+    })
+}
+
+fn kernel_error(e: netlink_ipvs::Error) -> KernelError {
+    if e.is_exists() {
+        KernelError::Exists
+    } else if e.is_not_found() {
+        KernelError::NotFound
+    } else if e.is_invalid() {
+        KernelError::Invalid(e.to_string())
+    } else {
+        KernelError::Other(e.to_string())
+    }
+}

@@ -1,0 +1,426 @@
+//! The proxy's main loop: sources -> model -> translate -> reconcile -> kernel.
+//!
+//! One task owns everything, so no state is shared or locked. Events are
+//! folded into the model as they arrive; the services they touched are
+//! translated again at once (pure and per service) and handed to the
+//! reconciler, which syncs them no sooner than `--ipvs-min-sync-period` after
+//! the previous sync, so bursts coalesce. Every `--ipvs-sync-period` a full
+//! sync dumps the kernel and repairs drift.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+
+use crate::cli::Options;
+use crate::desired::ServiceName;
+use crate::kernel::link::{local_addresses, DummyLink};
+use crate::kernel::netlink::NetlinkIpvs;
+use crate::kernel::{modules, sysctl, AddressKernel, IpvsKernel, KernelError};
+use crate::model::{Changes, Model};
+use crate::reconcile::{Ownership, Reconciler, SyncReport};
+use crate::source::{self, SourceEvent};
+use crate::translate::{translate_named, NodeFacts, TranslateConfig};
+
+/// Why the proxy stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Module(#[from] modules::ModuleError),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("--ipvs-scheduler {value:?}: {problem}")]
+    Scheduler { value: String, problem: String },
+    #[error("connecting to the Kubernetes API: {0}")]
+    Kube(String),
+    #[error("the {0} source ended")]
+    SourceEnded(&'static str),
+    #[error("{0}")]
+    NotConverged(String),
+    #[error("listening for signals: {0}")]
+    Signal(std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
+
+/// Opens the source the flags name: a manifests directory, or the API server.
+async fn open_source(opts: &Options, node_name: &str) -> Result<(Events, &'static str)> {
+    if let Some(dir) = &opts.manifests {
+        return Ok((
+            Box::pin(source::manifests::watch_dir(dir.clone())),
+            "manifests",
+        ));
+    }
+    let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref())
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    Ok((Box::pin(source::kube::watch(client, node_name)), "kube"))
+}
+
+/// The translate settings: the default scheduler, checked against what the
+/// kernel offers.
+fn translate_config(opts: &Options) -> Result<TranslateConfig> {
+    let cfg = TranslateConfig::new(&opts.ipvs_scheduler, modules::available_schedulers());
+    cfg.check_scheduler(&opts.ipvs_scheduler)
+        .map_err(|problem| Error::Scheduler {
+            value: opts.ipvs_scheduler.clone(),
+            problem: format!("{problem:?}"),
+        })?;
+    Ok(cfg)
+}
+
+/// This node's facts: its NodePort addresses and the families it runs.
+async fn node_facts(opts: &Options, node_name: &str) -> Result<NodeFacts> {
+    let local = local_addresses(&opts.ipvs_interface).await?;
+    Ok(NodeFacts {
+        name: node_name.into(),
+        ipv4: local.iter().any(IpAddr::is_ipv4),
+        ipv6: local.iter().any(IpAddr::is_ipv6),
+        node_addresses: local
+            .into_iter()
+            .filter(|a| opts.allows_node_port_address(*a))
+            .collect(),
+    })
+}
+
+fn ownership(opts: &Options) -> Ownership {
+    Ownership {
+        exclude_cidrs: opts.ipvs_exclude_cidrs.clone(),
+        node_port_range: opts.service_node_port_range.clone(),
+    }
+}
+
+/// Modules and sysctls, before the first netlink request.
+fn prepare_kernel(opts: &Options) -> Result<()> {
+    let scheduler_module = format!("ip_vs_{}", opts.ipvs_scheduler);
+    let loaded = modules::ensure_modules(&["ip_vs", &scheduler_module, "nf_conntrack", "dummy"])?;
+    if !loaded.is_empty() {
+        tracing::info!(?loaded, "loaded kernel modules");
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let wanted = sysctl::wanted(release.trim(), opts.ipvs_strict_arp);
+    sysctl::apply(Path::new("/proc/sys"), &wanted)?;
+    Ok(())
+}
+
+/// The model, the translation settings and the reconciler, and how changes
+/// flow between them.
+struct State {
+    model: Model,
+    node: NodeFacts,
+    translate: TranslateConfig,
+    reconciler: Reconciler,
+}
+
+impl State {
+    /// Translates again what `changes` touched and hands it to the reconciler.
+    fn absorb(&mut self, changes: Changes) {
+        for error in &changes.errors {
+            tracing::error!(%error, "rejected object; its last good version stays in force");
+        }
+        if changes.all {
+            let names: Vec<ServiceName> = self.model.services().map(|s| s.name.clone()).collect();
+            let known: Vec<ServiceName> =
+                self.reconciler.desired().map(|(n, _)| n.clone()).collect();
+            for name in names.into_iter().chain(known) {
+                self.retranslate(name);
+            }
+        } else {
+            for name in changes.services {
+                self.retranslate(name);
+            }
+        }
+    }
+
+    fn retranslate(&mut self, name: ServiceName) {
+        let translation = translate_named(&self.model, &name, &self.node, &self.translate);
+        for warning in &translation.warnings {
+            tracing::warn!(service = %name, %warning, "translating service");
+        }
+        let desired = translation.desired;
+        let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
+        self.reconciler.set_service(name, wanted.then_some(desired));
+    }
+
+    /// Takes in fresh node addresses; every service is translated again if
+    /// they changed.
+    fn set_node(&mut self, node: NodeFacts) {
+        if node != self.node {
+            tracing::info!(addresses = ?node.node_addresses, "node addresses changed");
+            self.reconciler
+                .set_node_addresses(node.node_addresses.clone());
+            self.node = node;
+            self.absorb(Changes {
+                all: true,
+                ..Changes::default()
+            });
+        }
+    }
+}
+
+fn log_sync(kind: &'static str, report: &SyncReport, started: Instant) {
+    for error in &report.errors {
+        tracing::warn!(%error, "sync error; retrying with backoff");
+    }
+    tracing::info!(
+        kind,
+        writes = report.writes,
+        failed = report.failed,
+        services = report.services_synced,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "sync done"
+    );
+}
+
+/// `kube-ipvs-proxy run`.
+pub async fn run(opts: &Options) -> Result<()> {
+    prepare_kernel(opts)?;
+    let mut ipvs = NetlinkIpvs::connect().await?;
+    ipvs.set_timeouts(
+        opts.ipvs_tcp_timeout,
+        opts.ipvs_tcpfin_timeout,
+        opts.ipvs_udp_timeout,
+    )
+    .await?;
+    let mut link = DummyLink::new(&opts.ipvs_interface)?;
+    let node_name = opts.node_name();
+    tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
+
+    let (mut events, source_name) = open_source(opts, &node_name).await?;
+    let node = node_facts(opts, &node_name).await?;
+    let mut reconciler = Reconciler::new(ownership(opts));
+    reconciler.set_node_addresses(node.node_addresses.clone());
+    let mut state = State {
+        model: Model::new(node_name.as_str()),
+        node,
+        translate: translate_config(opts)?,
+        reconciler,
+    };
+
+    let mut synced = false;
+    let mut last_sync: Option<Instant> = None;
+    let mut next_full: Option<Instant> = None;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+
+    loop {
+        let wake = synced
+            .then(|| next_wake(&state.reconciler, last_sync, next_full, opts))
+            .flatten();
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { return Err(Error::SourceEnded(source_name)) };
+                let changes = state.model.apply(event);
+                synced |= changes.synced;
+                state.absorb(changes);
+            }
+            () = sleep_until(wake) => {
+                let now = Instant::now();
+                let started = Instant::now();
+                if next_full.is_none_or(|t| t <= now) {
+                    state.set_node(node_facts(opts, &node_name).await?);
+                    let report = state.reconciler.full_sync(&mut ipvs, &mut link).await;
+                    log_sync("full", &report, started);
+                    next_full = Some(Instant::now() + opts.ipvs_sync_period);
+                    if opts.once {
+                        return verify(&mut state.reconciler, &mut ipvs, &mut link, report).await;
+                    }
+                } else {
+                    let report = state.reconciler.sync_dirty(&mut ipvs, &mut link).await;
+                    log_sync("incremental", &report, started);
+                }
+                last_sync = Some(Instant::now());
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("stopping; IPVS state is left in place for the next start to adopt");
+    Ok(())
+}
+
+/// `--once`: the kernel matches when a second full sync has nothing to write.
+async fn verify(
+    reconciler: &mut Reconciler,
+    ipvs: &mut impl IpvsKernel,
+    link: &mut impl AddressKernel,
+    first: SyncReport,
+) -> Result<()> {
+    let second = reconciler.full_sync(ipvs, link).await;
+    log_sync("verify", &second, Instant::now());
+    if first.is_clean() && second.is_clean() && second.writes == 0 {
+        return Ok(());
+    }
+    let errors: Vec<String> = first
+        .errors
+        .iter()
+        .chain(&second.errors)
+        .map(ToString::to_string)
+        .collect();
+    Err(Error::NotConverged(format!(
+        "the kernel does not match the desired state after one sync ({} writes on verification; errors: {})",
+        second.writes,
+        if errors.is_empty() { "none".to_owned() } else { errors.join("; ") }
+    )))
+}
+
+/// When the loop must next sync: the full-sync deadline, a due retry, or
+/// pending changes once the minimum period since the last sync has passed.
+fn next_wake(
+    reconciler: &Reconciler,
+    last_sync: Option<Instant>,
+    next_full: Option<Instant>,
+    opts: &Options,
+) -> Option<Instant> {
+    let now = Instant::now();
+    let Some(next_full) = next_full else {
+        return Some(now);
+    };
+    let earliest = last_sync.map_or(now, |t| t + opts.ipvs_min_sync_period);
+    let dirty = reconciler.has_dirty().then_some(earliest);
+    let retry = reconciler.next_retry().map(|t| t.max(earliest));
+    [Some(next_full), dirty, retry].into_iter().flatten().min()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Reads the sources until their initial lists are complete.
+async fn load_model(opts: &Options, node_name: &str) -> Result<Model> {
+    let mut model = Model::new(node_name);
+    if let Some(dir) = &opts.manifests {
+        let (manifests, errors) = source::manifests::read_dir(dir);
+        for error in &errors {
+            tracing::error!(%error, "skipping document");
+        }
+        for event in manifests.into_events() {
+            log_rejected(&model.apply(event));
+        }
+        return Ok(model);
+    }
+    let (mut events, name) = open_source(opts, node_name).await?;
+    while let Some(event) = events.next().await {
+        let changes = model.apply(event);
+        log_rejected(&changes);
+        if changes.synced {
+            return Ok(model);
+        }
+    }
+    Err(Error::SourceEnded(name))
+}
+
+fn log_rejected(changes: &Changes) {
+    for error in &changes.errors {
+        tracing::error!(%error, "rejected object");
+    }
+}
+
+/// `kube-ipvs-proxy plan`: the desired state in `ipvsadm -Sn` syntax.
+pub async fn plan(opts: &Options) -> Result<String> {
+    let node_name = opts.node_name();
+    let model = load_model(opts, &node_name).await?;
+    let node = node_facts(opts, &node_name).await?;
+    let cfg = translate_config(opts)?;
+    let (desired, warnings) = crate::translate::translate_model(&model, &node, &cfg);
+    for warning in &warnings {
+        tracing::warn!(%warning, "translating service");
+    }
+    Ok(crate::plan::render(desired.iter(), &opts.ipvs_interface))
+}
+
+/// `kube-ipvs-proxy cleanup`: removes what the proxy owns, then kube-ipvs0.
+pub async fn cleanup(opts: &Options) -> Result<()> {
+    let mut ipvs = NetlinkIpvs::connect().await?;
+    let mut link = DummyLink::new(&opts.ipvs_interface)?;
+    let node = node_facts(opts, &opts.node_name()).await?;
+    let mut reconciler = Reconciler::new(ownership(opts));
+    reconciler.set_node_addresses(node.node_addresses);
+    let report = reconciler.cleanup(&mut ipvs, &mut link).await;
+    log_sync("cleanup", &report, Instant::now());
+    let deleted = link.delete().await?;
+    tracing::info!(interface = %opts.ipvs_interface, deleted, "cleanup done");
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(Error::NotConverged(format!(
+            "cleanup left {} errors",
+            report.errors.len()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    fn opts(args: &[&str]) -> Options {
+        crate::cli::Cli::parse_from(std::iter::once("kube-ipvs-proxy").chain(args.iter().copied()))
+            .options
+    }
+
+    #[test]
+    fn first_wake_is_immediate_then_min_sync_period_coalesces() {
+        let opts = opts(&["--ipvs-min-sync-period", "2s", "--ipvs-sync-period", "60s"]);
+        let reconciler = Reconciler::new(Ownership::default());
+        let before = Instant::now();
+        let wake = next_wake(&reconciler, None, None, &opts).unwrap();
+        assert!(
+            wake >= before && wake <= Instant::now(),
+            "first sync is due at once"
+        );
+
+        // Nothing dirty: only the full-sync deadline remains.
+        let last = Instant::now();
+        let full = last + Duration::from_secs(60);
+        assert_eq!(
+            next_wake(&reconciler, Some(last), Some(full), &opts),
+            Some(full)
+        );
+    }
+
+    #[test]
+    fn dirty_services_wait_for_the_min_sync_period() {
+        use crate::desired::*;
+        let opts = opts(&["--ipvs-min-sync-period", "2s"]);
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let key = VirtualServerKey {
+            addr: "10.96.0.10".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        reconciler.set_service(
+            ServiceName::new("default", "web"),
+            Some(ServiceDesired {
+                virtual_servers: vec![DesiredVirtualServer {
+                    server: VirtualServer {
+                        key,
+                        scheduler: "rr".into(),
+                        persistence: None,
+                    },
+                    real_servers: vec![],
+                }],
+                bind_addrs: vec![key.addr],
+            }),
+        );
+        assert!(reconciler.has_dirty());
+        let last = Instant::now();
+        let full = last + Duration::from_secs(60);
+        assert_eq!(
+            next_wake(&reconciler, Some(last), Some(full), &opts),
+            Some(last + Duration::from_secs(2))
+        );
+    }
+}
