@@ -121,6 +121,8 @@ impl EndpointSliceInfo {
         }
 
         info.endpoints.reserve_exact(slice.endpoints.len());
+        // Endpoints of a slice share few node names: one allocation per name.
+        let mut node_names: Vec<Arc<str>> = Vec::new();
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let mut address = None;
             for (j, value) in ep.addresses.iter().enumerate() {
@@ -141,7 +143,10 @@ impl EndpointSliceInfo {
                 ready,
                 serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-                node_name: ep.node_name.as_deref().map(Arc::from),
+                node_name: ep
+                    .node_name
+                    .as_deref()
+                    .map(|n| shared_name(&mut node_names, n)),
             });
         }
         info.endpoints.sort_unstable();
@@ -227,6 +232,16 @@ impl EndpointSliceInfo {
         }
         Ok(slices)
     }
+}
+
+/// `name` as an Arc already in `names`, or a new one added there.
+fn shared_name(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(existing) = names.iter().find(|n| &***n == name) {
+        return existing.clone();
+    }
+    let new: Arc<str> = name.into();
+    names.push(new.clone());
+    new
 }
 
 fn mirror_address(

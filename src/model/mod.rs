@@ -7,7 +7,7 @@
 //! an object that cannot be converted is reported and its last good version
 //! kept. Work per event is proportional to the objects it carries.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
@@ -72,8 +72,51 @@ struct SliceKey {
     name: Arc<str>,
 }
 
-/// Slices of one service, by slice name.
-type ServiceSlices = BTreeMap<Arc<str>, EndpointSliceInfo>;
+impl SliceKey {
+    /// The key of `info`, sharing its strings rather than copying them.
+    fn sharing(info: &EndpointSliceInfo) -> SliceKey {
+        SliceKey {
+            namespace: info.service.namespace.clone(),
+            name: info.name.clone(),
+        }
+    }
+}
+
+/// Slices of one service, sorted by slice name. A service has few slices,
+/// and a vector costs far less memory than a map for so few.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ServiceSlices(Vec<EndpointSliceInfo>);
+
+impl ServiceSlices {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|s| (*s.name).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&EndpointSliceInfo> {
+        self.position(name).ok().map(|i| &self.0[i])
+    }
+
+    fn insert(&mut self, info: EndpointSliceInfo) {
+        match self.position(&info.name) {
+            Ok(i) => self.0[i] = info,
+            Err(i) => self.0.insert(i, info),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.position(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, EndpointSliceInfo> {
+        self.0.iter()
+    }
+}
 
 /// The compact cluster state one node's proxy works from.
 #[derive(Debug)]
@@ -140,7 +183,7 @@ impl Model {
         self.slices
             .get(name)
             .into_iter()
-            .flat_map(|s| s.values())
+            .flat_map(|s| s.iter())
             .chain(mirrored.into_iter().flatten())
     }
 
@@ -233,11 +276,8 @@ impl Model {
                             }
                         }
                     };
-                    owners.insert(key, info.service.clone());
-                    slices
-                        .entry(info.service.clone())
-                        .or_default()
-                        .insert(info.name.clone(), info);
+                    owners.insert(SliceKey::sharing(&info), info.service.clone());
+                    slices.entry(info.service.clone()).or_default().insert(info);
                 }
                 diff_keys(&self.slices, &slices, &mut changes.services);
                 self.slices = slices;
@@ -269,12 +309,18 @@ impl Model {
         match info {
             Some(info) => {
                 let owner = info.service.clone();
+                match self.slice_owners.get_mut(&key) {
+                    Some(filed_under) => *filed_under = owner.clone(),
+                    None => {
+                        self.slice_owners
+                            .insert(SliceKey::sharing(&info), owner.clone());
+                    }
+                }
                 let owner_slices = self.slices.entry(owner.clone()).or_default();
                 if owner_slices.get(&key.name) != Some(&info) {
-                    owner_slices.insert(key.name.clone(), info);
-                    changes.services.insert(owner.clone());
+                    owner_slices.insert(info);
+                    changes.services.insert(owner);
                 }
-                self.slice_owners.insert(key, owner);
             }
             None => {
                 self.slice_owners.remove(&key);

@@ -777,3 +777,45 @@ fn changes_merge_coalesces_a_burst() {
     assert_eq!(total.services, names(&["default/a", "default/b"]));
     assert!(total.synced && !total.all);
 }
+
+/// The memory budget (10,000 services × 10 endpoints well under 64 MiB) rests
+/// on these staying compact: an endpoint is its address, three flags and a
+/// shared node name.
+#[test]
+fn compact_types_stay_small() {
+    use std::mem::size_of;
+    assert!(
+        size_of::<EndpointInfo>() <= 40,
+        "{}",
+        size_of::<EndpointInfo>()
+    );
+    assert!(
+        size_of::<EndpointPortInfo>() <= 24,
+        "{}",
+        size_of::<EndpointPortInfo>()
+    );
+    assert!(
+        size_of::<ServicePortInfo>() <= 48,
+        "{}",
+        size_of::<ServicePortInfo>()
+    );
+}
+
+#[test]
+fn endpoints_on_one_node_share_its_name() {
+    let s = slice(json!({
+        "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": "n1"},
+                      {"addresses": ["10.244.0.6"], "nodeName": "n1"},
+                      {"addresses": ["10.244.0.7"], "nodeName": "n2"}],
+    }));
+    let info = EndpointSliceInfo::from_slice(&s).unwrap().unwrap();
+    let names: Vec<&Arc<str>> = info
+        .endpoints
+        .iter()
+        .map(|e| e.node_name.as_ref().unwrap())
+        .collect();
+    assert!(Arc::ptr_eq(names[0], names[1]));
+    assert_eq!((&**names[1], &**names[2]), ("n1", "n2"));
+}
