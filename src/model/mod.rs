@@ -168,6 +168,7 @@ impl Model {
         self.services.len()
     }
 
+    /// The Service called `name`, if the model holds it.
     pub fn service(&self, name: &ServiceName) -> Option<&ServiceInfo> {
         self.services.get(name)
     }
