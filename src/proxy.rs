@@ -70,7 +70,7 @@ fn translate_config(opts: &Options) -> Result<TranslateConfig> {
     cfg.check_scheduler(&opts.ipvs_scheduler)
         .map_err(|problem| Error::Scheduler {
             value: opts.ipvs_scheduler.clone(),
-            problem: format!("{problem:?}"),
+            problem: problem.to_string(),
         })?;
     Ok(cfg)
 }
