@@ -4,7 +4,7 @@
 //! the kernel.
 
 use std::collections::VecDeque;
-use std::io::BufRead;
+use std::io::{BufRead, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,13 +34,18 @@ impl Drop for Running {
     }
 }
 
-/// One run of the binary at `scale` in `mode`; `workdir` holds the manifests.
+/// One run of the binary at `scale` in `mode`; `workdir` holds the
+/// manifests, and the binary's log is copied to `log`.
 pub async fn rss(
     scale: Scale,
     mode: SourceMode,
     proxy_bin: &Path,
     workdir: &Path,
+    log: &Path,
 ) -> Result<RssRun, String> {
+    let mut log = std::io::BufWriter::new(
+        std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?,
+    );
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
 
@@ -126,6 +131,7 @@ pub async fn rss(
                 ))
             }
         };
+        let _ = writeln!(log, "{line}");
         if let Some(sync) = SyncDone::parse(&line) {
             if sync.kind == "full" {
                 break sync;
@@ -146,7 +152,11 @@ pub async fn rss(
         ));
     }
     // Keep draining the log so the child never blocks on a full pipe.
-    let drain = tokio::spawn(async move { while lines.recv().await.is_some() {} });
+    let drain = tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let _ = writeln!(log, "{line}");
+        }
+    });
     tokio::time::sleep(SETTLE).await;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;

@@ -88,6 +88,9 @@ enum Phase {
         /// Where manifests are written.
         #[arg(long)]
         workdir: PathBuf,
+        /// Where the binary's log is copied.
+        #[arg(long)]
+        log: PathBuf,
     },
     /// Prints the table of a results file (JSON lines); exits 1 if a phase failed.
     Table { results: PathBuf },
@@ -180,7 +183,8 @@ async fn measure(phase: Phase) -> Result<Record, String> {
             mode,
             proxy_bin,
             workdir,
-        } => Record::Rss(binary::rss(scale, mode.into(), &proxy_bin, &workdir).await?),
+            log,
+        } => Record::Rss(binary::rss(scale, mode.into(), &proxy_bin, &workdir, &log).await?),
         Phase::Table { .. } => return Err("table is not a measurement".into()),
     })
 }

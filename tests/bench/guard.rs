@@ -335,6 +335,7 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
         scale,
         cold: ColdSync {
             seconds: cold,
+            absorb_seconds: cold * 0.05,
             ipvs_apply_seconds: cold * 0.8,
             ipvs_dump_seconds: 0.001,
             address_seconds: cold * 0.1,
@@ -348,6 +349,7 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             p50_seconds: p99 / 2.0,
             p99_seconds: p99,
             max_seconds: p99 * 1.5,
+            absorb_p50_seconds: p99 / 10.0,
             min_writes: 1,
             max_writes: writes,
             max_messages: writes as u64,
@@ -385,6 +387,7 @@ fn run_records(goal_scale: Scale, steady_mib: u64) -> Vec<Record> {
             seconds: 4.0 / 3.0,
             messages: 110_000,
             sends: 200,
+            dump_seconds: 0.5,
         }),
         Record::Proxy(proxy_run(goal_scale, 2.0, 0.003, 2, 0)),
         Record::Rss(RssRun {

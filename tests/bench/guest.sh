@@ -15,6 +15,14 @@ mkdir -p "$work"
 : >"$log"
 failures=0
 
+# The proxy learns which families the node runs from its addresses, and the
+# VM has no network: give it one address, as every node has.
+if ! ip link show kip-node0 >/dev/null 2>&1; then
+    ip link add kip-node0 type dummy || exit 1
+    ip addr add 192.0.2.10/24 dev kip-node0 || exit 1
+    ip link set kip-node0 up || exit 1
+fi
+
 # phase SCALE WHAT ARGS...: runs the driver, keeps its line, or writes one.
 phase() {
     local scale=$1 what=$2 before after rc start=$SECONDS
@@ -45,10 +53,12 @@ for scale in $KIP_BENCH_SCALES; do
     phase "$scale" "raw floor" raw --scale "$scale"
     phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}"
     phase "$scale" "binary RSS, standalone" \
-        rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work"
+        rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work" \
+        --log "$KIP_OUT/proxy-manifests-$scale.log"
     rm -rf "$work/manifests-$scale"
     phase "$scale" "binary RSS, in-cluster" \
-        rss --scale "$scale" --mode cluster --proxy-bin "$KIP_PROXY_BIN" --workdir "$work"
+        rss --scale "$scale" --mode cluster --proxy-bin "$KIP_PROXY_BIN" --workdir "$work" \
+        --log "$KIP_OUT/proxy-cluster-$scale.log"
 done
 
 ((failures == 0))

@@ -70,6 +70,10 @@ pub async fn raw_floor(scale: Scale) -> Result<RawFloor, String> {
             "{failed} operations of the raw batch failed, first: {error}"
         ));
     }
+    let dump_started = Instant::now();
+    let dumped = ipvs.handle.dump().execute().await;
+    let dump_seconds = dump_started.elapsed().as_secs_f64();
+    dumped.map_err(|e| format!("dumping the table after the raw batch: {e}"))?;
     kernel_state::verify(&ipvs, scale, &[])
         .await
         .map_err(|e| format!("after the raw batch: {e}"))?;
@@ -79,6 +83,7 @@ pub async fn raw_floor(scale: Scale) -> Result<RawFloor, String> {
         seconds,
         messages: after.messages_sent - before.messages_sent,
         sends: after.sends - before.sends,
+        dump_seconds,
     })
 }
 
@@ -143,6 +148,7 @@ impl AddressKernel for TimedLink {
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     seconds: f64,
+    absorb_seconds: f64,
     writes: usize,
     messages: u64,
 }
@@ -186,6 +192,7 @@ pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<Prox
     let after = ipvs_stats(&pipeline);
     let cold = ColdSync {
         seconds: synced.elapsed.as_secs_f64(),
+        absorb_seconds: synced.absorbing.as_secs_f64(),
         ipvs_apply_seconds: pipeline.ipvs.apply.as_secs_f64(),
         ipvs_dump_seconds: pipeline.ipvs.dump.as_secs_f64(),
         address_seconds: pipeline.link.time.as_secs_f64(),
@@ -233,6 +240,7 @@ async fn single_changes(
                 .map_err(|e| format!("trial {trial} on service {i}: {e}"))?;
             samples.push(Sample {
                 seconds: changed.elapsed.as_secs_f64(),
+                absorb_seconds: changed.absorbing.as_secs_f64(),
                 writes: changed.report.writes,
                 messages: ipvs_stats(pipeline).messages_sent - before,
             });
@@ -255,6 +263,7 @@ async fn single_changes(
         p50_seconds: quantile(&seconds, 0.50),
         p99_seconds: quantile(&seconds, 0.99),
         max_seconds: seconds.last().copied().unwrap_or(f64::NAN),
+        absorb_p50_seconds: median(&samples.iter().map(|s| s.absorb_seconds).collect::<Vec<_>>()),
         min_writes: samples.iter().map(|s| s.writes).min().unwrap_or(0),
         max_writes: samples.iter().map(|s| s.writes).max().unwrap_or(0),
         max_messages: samples.iter().map(|s| s.messages).max().unwrap_or(0),

@@ -79,22 +79,24 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
     pub async fn cold_sync(&mut self, events: Vec<SourceEvent>) -> Result<Timed, String> {
         let started = Instant::now();
         self.absorb(events)?;
+        let absorbed = started.elapsed();
         let report = self
             .reconciler
             .full_sync(&mut self.ipvs, &mut self.link)
             .await;
-        clean(Timed::since(started, report), "cold sync")
+        clean(Timed::since(started, absorbed, report), "cold sync")
     }
 
     /// One source event through an incremental sync to the kernel's ACK.
     pub async fn change(&mut self, event: SourceEvent) -> Result<Timed, String> {
         let started = Instant::now();
         self.absorb(vec![event])?;
+        let absorbed = started.elapsed();
         let report = self
             .reconciler
             .sync_dirty(&mut self.ipvs, &mut self.link)
             .await;
-        clean(Timed::since(started, report), "incremental sync")
+        clean(Timed::since(started, absorbed, report), "incremental sync")
     }
 
     /// A periodic full verification.
@@ -104,7 +106,7 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
             .reconciler
             .full_sync(&mut self.ipvs, &mut self.link)
             .await;
-        clean(Timed::since(started, report), "full resync")
+        clean(Timed::since(started, Duration::ZERO, report), "full resync")
     }
 }
 
@@ -119,13 +121,16 @@ pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent 
 #[derive(Debug)]
 pub struct Timed {
     pub elapsed: Duration,
+    /// Of which in the model, translate and `set_service`, before the sync.
+    pub absorbing: Duration,
     pub report: SyncReport,
 }
 
 impl Timed {
-    fn since(started: Instant, report: SyncReport) -> Self {
+    fn since(started: Instant, absorbing: Duration, report: SyncReport) -> Self {
         Timed {
             elapsed: started.elapsed(),
+            absorbing,
             report,
         }
     }

@@ -54,6 +54,9 @@ pub struct RawFloor {
     pub messages: u64,
     /// `sendmsg` calls.
     pub sends: u64,
+    /// One pipelined `handle.dump()` of the loaded table: the floor of a
+    /// full sync's kernel read.
+    pub dump_seconds: f64,
 }
 
 /// The proxy's model → translate → reconcile → netlink pipeline.
@@ -70,6 +73,8 @@ pub struct ProxyRun {
 pub struct ColdSync {
     /// From the first source event to the last ACK.
     pub seconds: f64,
+    /// Of which in the model, translate and the reconciler's `set_service`.
+    pub absorb_seconds: f64,
     /// Of which in `IpvsKernel::apply` (the IPVS batch).
     pub ipvs_apply_seconds: f64,
     /// Of which in `IpvsKernel::dump` (reading the empty table).
@@ -95,6 +100,8 @@ pub struct ChangeLatency {
     pub p50_seconds: f64,
     pub p99_seconds: f64,
     pub max_seconds: f64,
+    /// Median of the part in the model, translate and `set_service`.
+    pub absorb_p50_seconds: f64,
     /// Writes per change: fewest and most over every sample.
     pub min_writes: usize,
     pub max_writes: usize,

@@ -140,6 +140,9 @@ impl Results {
         row("Cold sync, proxy (events to last ACK)", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.seconds))
         });
+        row("  in model + translate", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.absorb_seconds))
+        });
         row("  in the IPVS batch", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_apply_seconds))
         });
@@ -185,6 +188,9 @@ impl Results {
             c.raw
                 .as_ref()
                 .map(|r| format!("{} / {}", thousands(r.messages as usize), r.sends))
+        });
+        row("  pipelined dump of the table", &|c| {
+            c.raw.as_ref().map(|r| seconds(r.dump_seconds))
         });
         row("ipvsadm -R ÷ cold sync (goal ≥ 5)", &|c| {
             Some(ratio(c.ipvsadm?, c.proxy.as_ref()?.cold.seconds))
