@@ -12,8 +12,9 @@
 #    including a VM that did not start or a group that ran zero tests.
 #
 # Environment: KIP_VM_GROUPS overrides VM_GROUPS below; KIP_SKIP_HOST_CHECKS=1
-# skips step 2 (for iterating on VM tests); KIP_VM_KVM=1 uses KVM instead of
-# TCG; see tests/vm/boot.sh for the other KIP_VM_* knobs.
+# skips step 2 (for iterating on VM tests); KIP_HOST_TEST_TIMEOUT (seconds,
+# default 1200) bounds cargo test; KIP_VM_KVM=1 uses KVM instead of TCG; see
+# tests/vm/boot.sh for the other KIP_VM_* knobs.
 set -uo pipefail
 
 # One boot per group, in this order.
@@ -52,7 +53,8 @@ timings+=("install VM dependencies"$'\t'"$((SECONDS - phase_start))")
 if [[ ${KIP_SKIP_HOST_CHECKS:-0} != 1 ]]; then
     check "host: cargo fmt" cargo fmt --all -- --check
     check "host: cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
-    check "host: cargo test" cargo test --workspace --quiet
+    # A hung test must fail the run, not eat CI's 90 minutes.
+    check "host: cargo test" timeout --kill-after=30 "${KIP_HOST_TEST_TIMEOUT:-1200}" cargo test --workspace --quiet
 fi
 
 # --- build what the guest runs --------------------------------------------
@@ -128,6 +130,15 @@ run_group() {
         record FAIL "$group" "the guest script exited $rc without a failing scenario; see $out/console.log"
     fi
 }
+
+# One test bed at a time per target dir: concurrent runs in one checkout
+# would share vm-results/ and starve each other's emulators.
+mkdir -p "$target_dir"
+exec 9>"$target_dir/vm-results.lock"
+if ! flock -n 9; then
+    kip_log "waiting for another tests/run.sh to finish its VMs"
+    flock 9
+fi
 
 for group in $VM_GROUPS; do
     case $group in
