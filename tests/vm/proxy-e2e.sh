@@ -186,6 +186,12 @@ initial_state='-A -t 10.96.0.10:80 -s rr
 
 scenario_a() {
     local why
+    # The guest preloads IPVS for every group; unload it so that the proxy
+    # has to load ip_vs and its scheduler itself (finit_module, no modprobe).
+    modprobe -r ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_sed ip_vs_nq ip_vs 2>/dev/null
+    if [[ -e /sys/module/ip_vs ]]; then
+        fail "a-modules-unloaded" "ip_vs could not be unloaded before the proxy started"
+    fi
     proxy_start a
     if ! why=$(wait_syncs 1); then
         fail "a-first-sync" "$why"
@@ -197,6 +203,11 @@ scenario_a() {
         pass "a-first-sync" "kind and writes: $first"
     else
         fail "a-first-sync" "expected a full sync with writes > 0, got '$first'"
+    fi
+    if [[ -e /sys/module/ip_vs && -e /sys/module/ip_vs_rr ]] && grep -q '"loaded kernel module"' "$proxy_log"; then
+        pass "a-modules-loaded-by-proxy" "$(grep -o '"module":"[a-z_]*"' "$proxy_log" | paste -sd' ')"
+    else
+        fail "a-modules-loaded-by-proxy" "ip_vs or ip_vs_rr missing, or no 'loaded kernel module' log line"
     fi
     expect_lines "a-ipvs-state" "$(sort <<<"$initial_state")" "$(ipvs_state)"
     expect "a-kube-ipvs0" "10.96.0.10/32 10.96.0.11/32 10.96.0.20/32 10.96.0.30/32 10.96.0.53/32" \
