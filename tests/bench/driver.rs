@@ -14,9 +14,9 @@ mod record;
 mod synthetic;
 mod table;
 
-// The test API server of tests/kube_source.rs, included as it is; the
-// benchmark uses only part of its API.
-#[allow(dead_code)]
+// The test API server of tests/kube_source.rs, included as it is: the
+// benchmark uses only part of its API, and its lints are its own target's.
+#[allow(dead_code, clippy::all)]
 #[path = "../support/apiserver.rs"]
 mod apiserver;
 

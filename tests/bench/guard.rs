@@ -27,10 +27,10 @@ use kube_ipvs_proxy::kernel::fake::FakeKernel;
 use netlink_ipvs::{Operation, ServiceAddress};
 
 use observe::{status_kib, SyncDone};
-use pipeline::{endpoint_change, Pipeline};
+use pipeline::{endpoint_change, service_change, Pipeline};
 use record::{
     quantile, ChangeLatency, ColdSync, Environment, Failure, IdleResync, IpvsadmRestore, ProxyRun,
-    RawFloor, Record, RssRun, SourceMode,
+    RawFloor, Record, RssRun, ServiceChurn, SourceMode,
 };
 use synthetic::Scale;
 
@@ -263,6 +263,33 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
     }
 }
 
+/// A deleted service costs its virtual server and its address, and coming
+/// back costs what it holds, whatever the number of services.
+#[test]
+fn service_delete_and_create_write_only_that_service() {
+    for scale in [scale(100, 10), scale(1000, 10)] {
+        let mut pipeline = synced_pipeline(scale);
+        let i = scale.services / 3;
+        let deleted = block_on(pipeline.change(service_change(i, false))).expect("delete");
+        assert_eq!(
+            deleted.report.writes, 2,
+            "{scale}: virtual server and address"
+        );
+        assert!(!pipeline
+            .link
+            .addresses()
+            .contains(&synthetic::cluster_ip(i)));
+        let created = block_on(pipeline.change(service_change(i, true))).expect("create");
+        assert_eq!(
+            created.report.writes,
+            1 + scale.endpoints + 1,
+            "{scale}: virtual server, real servers and address"
+        );
+        let resynced = block_on(pipeline.resync()).expect("idle resync");
+        assert_eq!(resynced.report.writes, 0, "{scale}: converged again");
+    }
+}
+
 #[test]
 fn sync_done_log_lines() {
     let cases: &[(&str, &str, Option<SyncDone>)] = &[
@@ -353,6 +380,12 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             min_writes: 1,
             max_writes: writes,
             max_messages: writes as u64,
+        },
+        churn: ServiceChurn {
+            trials: 20,
+            delete_p50_seconds: 0.001,
+            create_p50_seconds: 0.002,
+            delete_writes: 2,
         },
         idle: IdleResync {
             runs: 3,

@@ -14,9 +14,10 @@ use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
-use crate::pipeline::{endpoint_change, Pipeline};
+use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
     median, quantile, ChangeLatency, ColdSync, IdleResync, IpvsadmRestore, ProxyRun, RawFloor,
+    ServiceChurn,
 };
 use crate::synthetic::{self, Scale};
 
@@ -210,6 +211,11 @@ pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<Prox
         .await
         .map_err(|e| format!("after the single changes: {e}"))?;
 
+    let churn = service_churn(&mut pipeline, scale, CHURN_TRIALS).await?;
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after deleting and re-creating services: {e}"))?;
+
     let idle = idle_resyncs(&mut pipeline, idle_runs).await?;
     drop(pipeline);
     kernel_state::reset(&ipvs).await?;
@@ -217,6 +223,7 @@ pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<Prox
         scale,
         cold,
         change,
+        churn,
         idle,
     })
 }
@@ -267,6 +274,40 @@ async fn single_changes(
         min_writes: samples.iter().map(|s| s.writes).min().unwrap_or(0),
         max_writes: samples.iter().map(|s| s.writes).max().unwrap_or(0),
         max_messages: samples.iter().map(|s| s.messages).max().unwrap_or(0),
+    })
+}
+
+/// Service delete-and-recreate trials per scale: enough for a median, few
+/// enough to keep the default run short.
+const CHURN_TRIALS: usize = 20;
+
+async fn service_churn(
+    pipeline: &mut RealPipeline,
+    scale: Scale,
+    trials: usize,
+) -> Result<ServiceChurn, String> {
+    let mut deletes = Vec::with_capacity(trials);
+    let mut creates = Vec::with_capacity(trials);
+    let mut delete_writes = 0;
+    for trial in 0..trials {
+        let i = (trial * 104_729 + 7) % scale.services;
+        let deleted = pipeline
+            .change(service_change(i, false))
+            .await
+            .map_err(|e| format!("deleting service {i}: {e}"))?;
+        deletes.push(deleted.elapsed.as_secs_f64());
+        delete_writes = delete_writes.max(deleted.report.writes);
+        let created = pipeline
+            .change(service_change(i, true))
+            .await
+            .map_err(|e| format!("re-creating service {i}: {e}"))?;
+        creates.push(created.elapsed.as_secs_f64());
+    }
+    Ok(ServiceChurn {
+        trials,
+        delete_p50_seconds: median(&deletes),
+        create_p50_seconds: median(&creates),
+        delete_writes,
     })
 }
 

@@ -117,6 +117,16 @@ pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent 
     )))
 }
 
+/// The event that deletes service `i`, or creates it again.
+pub fn service_change(i: usize, present: bool) -> SourceEvent {
+    let service = synthetic::service(i);
+    SourceEvent::Service(if present {
+        Update::Apply(service)
+    } else {
+        Update::Delete(service)
+    })
+}
+
 /// A sync's report and how long it took from the first event.
 #[derive(Debug)]
 pub struct Timed {

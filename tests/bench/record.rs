@@ -65,7 +65,21 @@ pub struct ProxyRun {
     pub scale: Scale,
     pub cold: ColdSync,
     pub change: ChangeLatency,
+    pub churn: ServiceChurn,
     pub idle: IdleResync,
+}
+
+/// One whole service deleted, then created again (its address leaves and
+/// returns to kube-ipvs0), a few times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceChurn {
+    pub trials: usize,
+    /// Median seconds from the Delete event to the kernel's ACK.
+    pub delete_p50_seconds: f64,
+    /// Median seconds from the re-created Service's event to the ACK.
+    pub create_p50_seconds: f64,
+    /// Writes of one delete (virtual server and address).
+    pub delete_writes: usize,
 }
 
 /// From an empty kernel to converged.

@@ -226,6 +226,23 @@ impl Results {
         row("  IPVS messages per change (max)", &|c| {
             c.proxy.as_ref().map(|p| p.change.max_messages.to_string())
         });
+        row("Service deleted, re-created (p50)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| format!("{} trials", p.churn.trials))
+        });
+        row("  delete / re-create", &|c| {
+            c.proxy.as_ref().map(|p| {
+                format!(
+                    "{} / {}",
+                    millis(p.churn.delete_p50_seconds),
+                    millis(p.churn.create_p50_seconds)
+                )
+            })
+        });
+        row("  writes per delete", &|c| {
+            c.proxy.as_ref().map(|p| p.churn.delete_writes.to_string())
+        });
         row("Idle resync (full sync, no change)", &|c| {
             c.proxy
                 .as_ref()
