@@ -47,7 +47,8 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
+/// A source's events, boxed so that either source fits.
+pub type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
 
 /// Opens the source the flags name: a manifests directory, or the API server.
 async fn open_source(opts: &Options, node_name: &str) -> Result<(Events, &'static str)> {
@@ -192,58 +193,112 @@ pub async fn run(opts: &Options) -> Result<()> {
     let node_name = opts.node_name();
     tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
 
-    let (mut events, source_name) = open_source(opts, &node_name).await?;
+    let (events, source_name) = open_source(opts, &node_name).await?;
     let node = node_facts(opts, &node_name).await?;
-    let mut reconciler = Reconciler::new(ownership(opts));
-    reconciler.set_node_addresses(node.node_addresses.clone());
-    let mut state = State {
-        model: Model::new(node_name.as_str()),
-        node,
-        translate: translate_config(opts)?,
-        reconciler,
-    };
+    let translate = translate_config(opts)?;
 
-    let mut synced = false;
-    let mut last_sync: Option<Instant> = None;
-    let mut next_full: Option<Instant> = None;
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
-
-    loop {
-        let wake = synced
-            .then(|| next_wake(&state.reconciler, last_sync, next_full, opts))
-            .flatten();
+    let shutdown = async move {
         tokio::select! {
-            event = events.next() => {
-                let Some(event) = event else { return Err(Error::SourceEnded(source_name)) };
-                let changes = state.model.apply(event);
-                synced |= changes.synced;
-                state.absorb(changes);
-            }
-            () = sleep_until(wake) => {
-                let now = Instant::now();
-                let started = Instant::now();
-                if next_full.is_none_or(|t| t <= now) {
-                    state.set_node(node_facts(opts, &node_name).await?);
-                    let report = state.reconciler.full_sync(&mut ipvs, &mut link).await;
-                    log_sync("full", &report, started);
-                    next_full = Some(Instant::now() + opts.ipvs_sync_period);
-                    if opts.once {
-                        return verify(&mut state.reconciler, &mut ipvs, &mut link, report).await;
-                    }
-                } else {
-                    let report = state.reconciler.sync_dirty(&mut ipvs, &mut link).await;
-                    log_sync("incremental", &report, started);
-                }
-                last_sync = Some(Instant::now());
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
+    };
+    let loop_ = Loop {
+        opts,
+        node,
+        translate,
+        source_name,
+    };
+    loop_
+        .serve(
+            events,
+            &mut ipvs,
+            &mut link,
+            || node_facts(opts, &node_name),
+            shutdown,
+        )
+        .await?;
     tracing::info!("stopping; IPVS state is left in place for the next start to adopt");
     Ok(())
+}
+
+/// The run loop's inputs, apart from the kernel: what `run` prepares and a
+/// test can build with fakes.
+#[derive(Debug)]
+pub struct Loop<'a> {
+    pub opts: &'a Options,
+    /// The node's facts at start; refreshed at every full sync.
+    pub node: NodeFacts,
+    pub translate: TranslateConfig,
+    /// Named in the error when the source ends.
+    pub source_name: &'static str,
+}
+
+impl Loop<'_> {
+    /// Folds `events` into the model and keeps the kernel in sync until
+    /// `shutdown` completes (or, with `--once`, after one verified sync).
+    pub async fn serve<K, A, F, Fut>(
+        self,
+        mut events: Events,
+        ipvs: &mut K,
+        link: &mut A,
+        mut refresh_node: F,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()>
+    where
+        K: IpvsKernel,
+        A: AddressKernel,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<NodeFacts>>,
+    {
+        let opts = self.opts;
+        let mut reconciler = Reconciler::new(ownership(opts));
+        reconciler.set_node_addresses(self.node.node_addresses.clone());
+        let mut state = State {
+            model: Model::new(self.node.name.clone()),
+            node: self.node,
+            translate: self.translate,
+            reconciler,
+        };
+        let mut synced = false;
+        let mut last_sync: Option<Instant> = None;
+        let mut next_full: Option<Instant> = None;
+        let mut shutdown = std::pin::pin!(shutdown);
+
+        loop {
+            let wake = synced
+                .then(|| next_wake(&state.reconciler, last_sync, next_full, opts))
+                .flatten();
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event else { return Err(Error::SourceEnded(self.source_name)) };
+                    let changes = state.model.apply(event);
+                    synced |= changes.synced;
+                    state.absorb(changes);
+                }
+                () = sleep_until(wake) => {
+                    let started = Instant::now();
+                    if next_full.is_none_or(|t| t <= started) {
+                        state.set_node(refresh_node().await?);
+                        let report = state.reconciler.full_sync(ipvs, link).await;
+                        log_sync("full", &report, started);
+                        next_full = Some(Instant::now() + opts.ipvs_sync_period);
+                        if opts.once {
+                            return verify(&mut state.reconciler, ipvs, link, report).await;
+                        }
+                    } else {
+                        let report = state.reconciler.sync_dirty(ipvs, link).await;
+                        log_sync("incremental", &report, started);
+                    }
+                    last_sync = Some(Instant::now());
+                }
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+    }
 }
 
 /// `--once`: the kernel matches when a second full sync has nothing to write.

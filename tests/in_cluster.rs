@@ -1,0 +1,363 @@
+//! The whole in-cluster pipeline (kube-rs watchers -> model -> translate ->
+//! reconcile) driven by the proxy's own run loop, against the test API
+//! server over real HTTP and an in-memory kernel. No kube-apiserver can be
+//! installed on these machines; this is what stands in for one.
+//!
+//! It pins down what an operator relies on when the API misbehaves: a 410
+//! Gone or a cut watch leads to a relist that changes only what changed, and
+//! never withdraws a service that still exists.
+
+#[allow(
+    dead_code,
+    reason = "this target uses only part of the shared test API server"
+)]
+mod support;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_ipvs_proxy::cli::Cli;
+use kube_ipvs_proxy::desired::{Op, Protocol, RealServerKey, VirtualServerKey};
+use kube_ipvs_proxy::kernel::fake::{FakeKernel, Write};
+use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+use kube_ipvs_proxy::proxy::{Loop, Result as ProxyResult};
+use kube_ipvs_proxy::source::kube::{client, watch};
+use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
+use support::apiserver::TestApiServer;
+use tokio::sync::{oneshot, Mutex};
+
+/// One fake kernel, shared between the loop (as both kernel traits) and the
+/// test, which reads it while the loop runs.
+#[derive(Clone, Default)]
+struct SharedKernel(Arc<Mutex<FakeKernel>>);
+
+impl IpvsKernel for SharedKernel {
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        self.0.lock().await.dump().await
+    }
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.0.lock().await.apply(ops).await
+    }
+}
+
+impl AddressKernel for SharedKernel {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        self.0.lock().await.ensure_link().await
+    }
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.0.lock().await.add_address(addr).await
+    }
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.0.lock().await.del_address(addr).await
+    }
+}
+
+fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..ObjectMeta::default()
+    }
+}
+
+fn service(name: &str, cluster_ip: &str) -> Service {
+    Service {
+        metadata: meta(Some("default"), name, &[]),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.to_owned()),
+            cluster_ips: Some(vec![cluster_ip.to_owned()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: 80,
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn slice(service: &str, addresses: &[&str]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(
+            Some("default"),
+            &format!("{service}-1"),
+            &[("kubernetes.io/service-name", service)],
+        ),
+        address_type: "IPv4".to_owned(),
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![(*a).to_owned()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..EndpointConditions::default()
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".to_owned()),
+            port: Some(8080),
+            protocol: Some("TCP".to_owned()),
+            ..EndpointPort::default()
+        }]),
+    }
+}
+
+fn key(addr: &str) -> VirtualServerKey {
+    VirtualServerKey {
+        addr: addr.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port: 80,
+    }
+}
+
+/// The real servers of `vs`, sorted, as "addr:port" ("-" when the virtual
+/// server is absent).
+async fn real_servers(kernel: &SharedKernel, vs: &str) -> String {
+    match kernel.0.lock().await.virtual_server(&key(vs)) {
+        None => "-".to_owned(),
+        Some(found) => {
+            let mut keys: Vec<RealServerKey> = found.real_servers.iter().map(|r| r.key).collect();
+            keys.sort();
+            keys.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    }
+}
+
+/// Polls until `vs` has exactly `want`; the bound only guards against a hang.
+async fn converge(kernel: &SharedKernel, vs: &str, want: &str) {
+    for _ in 0..200 {
+        if real_servers(kernel, vs).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{vs} never became {want}; it is {}",
+        real_servers(kernel, vs).await
+    );
+}
+
+struct Running {
+    server: TestApiServer,
+    kernel: SharedKernel,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<ProxyResult<()>>,
+}
+
+/// The proxy loop, in-cluster, against a server holding services `web`
+/// (two endpoints) and `api` (one), and this node.
+async fn start() -> Running {
+    let server = TestApiServer::start().await;
+    server.apply(&service("web", "10.96.0.10"));
+    server.apply(&slice("web", &["10.244.1.11", "10.244.1.12"]));
+    server.apply(&service("api", "10.96.0.20"));
+    server.apply(&slice("api", &["10.244.1.13"]));
+    server.apply(&Node {
+        metadata: meta(None, "node-1", &[]),
+        ..Node::default()
+    });
+
+    let kube = client(None, Some(&server.url())).await.expect("client");
+    let events = Box::pin(watch(kube, "node-1"));
+    let kernel = SharedKernel::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (mut ipvs, mut link) = (kernel.clone(), kernel.clone());
+    let task = tokio::spawn(async move {
+        // Leaked so that the loop may borrow it for the task's whole life.
+        let opts = Box::leak(Box::new(
+            Cli::parse_from([
+                "kube-ipvs-proxy",
+                "--ipvs-min-sync-period",
+                "50ms",
+                "--ipvs-sync-period",
+                "1h",
+            ])
+            .options,
+        ));
+        let node = NodeFacts {
+            name: "node-1".into(),
+            node_addresses: vec![],
+            ipv4: true,
+            ipv6: false,
+        };
+        let refresh = {
+            let node = node.clone();
+            move || ready(node.clone())
+        };
+        Loop {
+            opts,
+            node,
+            translate: TranslateConfig::default(),
+            source_name: "kube",
+        }
+        .serve(events, &mut ipvs, &mut link, refresh, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Running {
+        server,
+        kernel,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn ready(node: NodeFacts) -> impl Future<Output = ProxyResult<NodeFacts>> {
+    std::future::ready(Ok(node))
+}
+
+impl Running {
+    async fn writes(&self) -> Vec<Write> {
+        self.kernel.0.lock().await.take_writes()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the loop stops when told")
+            .expect("the loop task does not panic");
+        assert!(result.is_ok(), "the loop ended with {result:?}");
+    }
+}
+
+#[tokio::test]
+async fn initial_lists_are_programmed_once_every_watcher_has_listed() {
+    let proxy = start().await;
+    converge(
+        &proxy.kernel,
+        "10.96.0.10",
+        "10.244.1.11:8080,10.244.1.12:8080",
+    )
+    .await;
+    converge(&proxy.kernel, "10.96.0.20", "10.244.1.13:8080").await;
+    let kernel = proxy.kernel.0.lock().await;
+    assert_eq!(
+        kernel.addresses(),
+        ["10.96.0.10", "10.96.0.20"]
+            .map(|a| a.parse::<IpAddr>().unwrap())
+            .to_vec()
+    );
+    drop(kernel);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_change_is_one_write() {
+    let proxy = start().await;
+    converge(
+        &proxy.kernel,
+        "10.96.0.10",
+        "10.244.1.11:8080,10.244.1.12:8080",
+    )
+    .await;
+    proxy.writes().await;
+
+    proxy.server.apply(&slice(
+        "web",
+        &["10.244.1.11", "10.244.1.12", "10.244.1.14"],
+    ));
+    converge(
+        &proxy.kernel,
+        "10.96.0.10",
+        "10.244.1.11:8080,10.244.1.12:8080,10.244.1.14:8080",
+    )
+    .await;
+    let writes = proxy.writes().await;
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_410_relist_applies_only_what_changed_and_withdraws_nothing_that_exists() {
+    let proxy = start().await;
+    converge(&proxy.kernel, "10.96.0.20", "10.244.1.13:8080").await;
+    proxy.writes().await;
+    let lists_before = proxy.server.requests::<EndpointSlice>().lists;
+
+    // While the watch is broken and history compacted, `api` gains an
+    // endpoint; `web` stays as it was. The client must relist (410 Gone).
+    proxy.server.compact_history();
+    proxy.server.cut_watches();
+    proxy
+        .server
+        .apply(&slice("api", &["10.244.1.13", "10.244.1.15"]));
+    proxy.server.compact_history();
+
+    converge(
+        &proxy.kernel,
+        "10.96.0.20",
+        "10.244.1.13:8080,10.244.1.15:8080",
+    )
+    .await;
+    assert!(
+        proxy.server.requests::<EndpointSlice>().lists > lists_before,
+        "the 410 Gone must have led to a relist"
+    );
+    let writes = proxy.writes().await;
+    assert_eq!(
+        writes,
+        [Write::Ipvs(Op::AddRealServer(
+            key("10.96.0.20"),
+            kube_ipvs_proxy::desired::RealServer {
+                key: RealServerKey {
+                    addr: "10.244.1.15".parse().unwrap(),
+                    port: 8080
+                },
+                weight: 1
+            }
+        ))],
+        "the relist must add the new endpoint and touch nothing else"
+    );
+    assert_eq!(
+        real_servers(&proxy.kernel, "10.96.0.10").await,
+        "10.244.1.11:8080,10.244.1.12:8080"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_service_is_withdrawn_after_a_cut_watch_resumes() {
+    let proxy = start().await;
+    converge(&proxy.kernel, "10.96.0.20", "10.244.1.13:8080").await;
+    proxy.server.cut_watches();
+    proxy.server.delete::<Service>(Some("default"), "api");
+    proxy
+        .server
+        .delete::<EndpointSlice>(Some("default"), "api-1");
+    converge(&proxy.kernel, "10.96.0.20", "-").await;
+    let kernel = proxy.kernel.0.lock().await;
+    assert_eq!(
+        kernel.addresses(),
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()],
+        "the withdrawn service's address leaves kube-ipvs0"
+    );
+    drop(kernel);
+    assert_eq!(
+        real_servers(&proxy.kernel, "10.96.0.10").await,
+        "10.244.1.11:8080,10.244.1.12:8080"
+    );
+    proxy.stop().await;
+}
