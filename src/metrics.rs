@@ -1,0 +1,1159 @@
+//! What an operator replacing kube-proxy expects to scrape and probe: the
+//! proxier health on `--healthz-bind-address` (`/healthz`, `/livez`) and the
+//! Prometheus metrics on `--metrics-bind-address` (`/metrics`).
+//!
+//! Health follows upstream `pkg/proxy/healthcheck/proxier_health.go`: the
+//! proxy is healthy while nothing is pending, and turns unhealthy once a
+//! queued change has waited `2 × --ipvs-sync-period` without a successful
+//! sync. Metric families keep kube-proxy's names (`kubeproxy_*`, from
+//! `pkg/proxy/metrics/metrics.go`) so its dashboards keep working; what is
+//! ours carries the `kube_ipvs_proxy_` prefix.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// The path of the proxier health endpoint (upstream's).
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// The path of the liveness endpoint: `/healthz` without the node's eligibility.
+pub const LIVEZ_PATH: &str = "/livez";
+/// The path of the Prometheus exposition.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The content type `encode` produces (prometheus-client writes OpenMetrics
+/// text, which Prometheus negotiates and parses).
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The wall clock health and timestamps are read from; tests inject their own.
+type Clock = dyn Fn() -> SystemTime + Send + Sync;
+
+/// The proxy's health state and metric families. Cheap to clone: every clone
+/// records into and reports from the same state.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Box<Clock>,
+    registry: Registry,
+    health: Mutex<HealthState>,
+    families: Families,
+}
+
+/// Upstream's `proxierHealthServer` fields.
+#[derive(Debug)]
+struct HealthState {
+    /// The last successful sync.
+    last_updated: Option<SystemTime>,
+    /// The oldest change queued since the last successful sync.
+    oldest_pending: Option<SystemTime>,
+    /// False once the node is being deleted (healthz fails so that load
+    /// balancers drain it; livez does not).
+    node_eligible: bool,
+}
+
+/// The handles of every registered family (each is an `Arc` shared with the
+/// registry).
+#[derive(Debug)]
+struct Families {
+    sync_duration: Histogram,
+    sync_full_duration: Histogram,
+    sync_partial_duration: Histogram,
+    sync_last_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sync_last_queued_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    service_changes: Counter,
+    endpoint_changes: Counter,
+    healthz_responses: Family<CodeLabels, Counter>,
+    livez_responses: Family<CodeLabels, Counter>,
+    syncs_by_kind: Family<KindLabels, Histogram>,
+    netlink_writes: Family<KindLabels, Counter>,
+    sync_errors: Family<KindLabels, Counter>,
+    virtual_servers_desired: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+/// The kinds of sync the run loop reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncKind {
+    /// A full sync (every service), the periodic one or the first.
+    Full,
+    /// A sync of the services that changed since the last one.
+    Incremental,
+    /// The second full sync of `--once`, which must find nothing to write.
+    Verify,
+    /// `kube-ipvs-proxy cleanup`: removes rules rather than syncing them.
+    Cleanup,
+    /// A kind this module does not know; kept apart rather than guessed.
+    Other,
+}
+
+impl SyncKind {
+    fn parse(kind: &str) -> SyncKind {
+        match kind {
+            "full" => SyncKind::Full,
+            "incremental" => SyncKind::Incremental,
+            "verify" => SyncKind::Verify,
+            "cleanup" => SyncKind::Cleanup,
+            _ => SyncKind::Other,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SyncKind::Full => "full",
+            SyncKind::Incremental => "incremental",
+            SyncKind::Verify => "verify",
+            SyncKind::Cleanup => "cleanup",
+            SyncKind::Other => "other",
+        }
+    }
+
+    /// Whether upstream would call this a sync of the proxy rules, the only
+    /// kind that feeds the `kubeproxy_*` sync families and health.
+    fn syncs_rules(self) -> bool {
+        matches!(
+            self,
+            SyncKind::Full | SyncKind::Incremental | SyncKind::Verify
+        )
+    }
+}
+
+/// kube-proxy's buckets for every sync duration: 1 ms to about 16 s.
+fn sync_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The result of a health check, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// 200 when true, 503 when false.
+    pub healthy: bool,
+    /// The JSON body upstream serves: `lastUpdated`, `currentTime` and
+    /// `nodeEligible` (also under its former name `nodeHealthy`).
+    pub body: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("health", &self.inner.health)
+            .field("families", &self.inner.families)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics on the system clock.
+    pub fn new() -> Metrics {
+        Metrics::with_clock(SystemTime::now)
+    }
+
+    /// Metrics that read the time from `clock`, for tests that move time
+    /// instead of waiting for it.
+    pub fn with_clock(clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Metrics {
+        let mut registry = Registry::default();
+        let families = Families {
+            sync_duration: sync_duration_histogram(),
+            sync_full_duration: sync_duration_histogram(),
+            sync_partial_duration: sync_duration_histogram(),
+            sync_last_timestamp: Gauge::default(),
+            sync_last_queued_timestamp: Gauge::default(),
+            service_changes: Counter::default(),
+            endpoint_changes: Counter::default(),
+            healthz_responses: Family::default(),
+            livez_responses: Family::default(),
+            syncs_by_kind: Family::new_with_constructor(sync_duration_histogram),
+            netlink_writes: Family::default(),
+            sync_errors: Family::default(),
+            virtual_servers_desired: Gauge::default(),
+        };
+
+        // Counters are registered without `_total`: the encoder appends it.
+        let kube_proxy = registry.sub_registry_with_prefix("kubeproxy");
+        kube_proxy.register_with_unit(
+            "sync_proxy_rules_duration",
+            "SyncProxyRules latency in seconds",
+            Unit::Seconds,
+            families.sync_duration.clone(),
+        );
+        kube_proxy.register_with_unit(
+            "sync_full_proxy_rules_duration",
+            "SyncProxyRules latency in seconds for full resyncs",
+            Unit::Seconds,
+            families.sync_full_duration.clone(),
+        );
+        kube_proxy.register_with_unit(
+            "sync_partial_proxy_rules_duration",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            Unit::Seconds,
+            families.sync_partial_duration.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            families.sync_last_timestamp.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            families.sync_last_queued_timestamp.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            families.service_changes.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            families.endpoint_changes.clone(),
+        );
+        kube_proxy.register(
+            "proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            families.healthz_responses.clone(),
+        );
+        kube_proxy.register(
+            "proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            families.livez_responses.clone(),
+        );
+
+        let ours = registry.sub_registry_with_prefix("kube_ipvs_proxy");
+        ours.register_with_unit(
+            "sync_duration",
+            "Sync latency in seconds, by kind of sync (full, incremental, verify, cleanup)",
+            Unit::Seconds,
+            families.syncs_by_kind.clone(),
+        );
+        ours.register(
+            "netlink_writes",
+            "Netlink requests that changed the kernel (IPVS services, destinations, addresses), by kind of sync",
+            families.netlink_writes.clone(),
+        );
+        ours.register(
+            "sync_errors",
+            "Kernel writes that failed (and will be retried), by kind of sync",
+            families.sync_errors.clone(),
+        );
+        ours.register(
+            "virtual_servers_desired",
+            "IPVS virtual servers the desired state holds",
+            families.virtual_servers_desired.clone(),
+        );
+
+        Metrics {
+            inner: Arc::new(Inner {
+                clock: Box::new(clock),
+                registry,
+                health: Mutex::new(HealthState {
+                    last_updated: None,
+                    oldest_pending: None,
+                    node_eligible: true,
+                }),
+                families,
+            }),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.inner.clock)()
+    }
+
+    fn health_state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // The state is a few plain values, consistent after any panic.
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records one completed sync: kind `"full"`, `"incremental"`,
+    /// `"verify"` or `"cleanup"` (anything else is recorded as `"other"`).
+    ///
+    /// As upstream, the duration is observed whether or not the sync
+    /// succeeded. A sync of the rules with no failed write is the
+    /// "updated" of upstream health: it clears the pending change and sets
+    /// the last-sync timestamp. One with failed writes leaves the kernel
+    /// behind the desired state, so it counts as a pending change.
+    pub fn record_sync(&self, kind: &str, duration: Duration, writes: usize, failed: usize) {
+        let kind = SyncKind::parse(kind);
+        let families = &self.inner.families;
+        let seconds = duration.as_secs_f64();
+        let labels = KindLabels {
+            kind: kind.as_str(),
+        };
+        families
+            .syncs_by_kind
+            .get_or_create(&labels)
+            .observe(seconds);
+        families
+            .netlink_writes
+            .get_or_create(&labels)
+            .inc_by(writes as u64);
+        families
+            .sync_errors
+            .get_or_create(&labels)
+            .inc_by(failed as u64);
+        if !kind.syncs_rules() {
+            return;
+        }
+        families.sync_duration.observe(seconds);
+        match kind {
+            SyncKind::Incremental => families.sync_partial_duration.observe(seconds),
+            _ => families.sync_full_duration.observe(seconds),
+        }
+        let now = self.now();
+        let mut health = self.health_state();
+        if failed == 0 {
+            health.oldest_pending = None;
+            health.last_updated = Some(now);
+            families.sync_last_timestamp.set(unix_seconds(now));
+        } else {
+            health.oldest_pending.get_or_insert(now);
+        }
+    }
+
+    /// A source event changed these many services.
+    pub fn record_service_changes(&self, n: usize) {
+        self.inner.families.service_changes.inc_by(n as u64);
+    }
+
+    /// A source event changed these many endpoint slices (or Endpoints).
+    pub fn record_endpoint_changes(&self, n: usize) {
+        self.inner.families.endpoint_changes.inc_by(n as u64);
+    }
+
+    /// The number of virtual servers in the desired state.
+    pub fn set_virtual_servers(&self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.inner.families.virtual_servers_desired.set(n);
+    }
+
+    /// A change is pending (queued) since now. Only the oldest pending change
+    /// counts until a sync succeeds, as upstream's `QueuedUpdate`.
+    pub fn mark_pending(&self) {
+        let now = self.now();
+        self.inner
+            .families
+            .sync_last_queued_timestamp
+            .set(unix_seconds(now));
+        self.health_state().oldest_pending.get_or_insert(now);
+    }
+
+    /// Whether the node may receive traffic: false once it is being deleted
+    /// (deletionTimestamp set or tainted `ToBeDeletedByClusterAutoscaler`).
+    /// `/healthz` then fails so load balancers drain the node; `/livez` does
+    /// not. True until told otherwise.
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.health_state().node_eligible = eligible;
+    }
+
+    /// Renders the Prometheus (OpenMetrics) text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String fails only if a metric's own encoding does,
+        // and ours are all built in; a partial page beats none.
+        if let Err(error) =
+            prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+        {
+            tracing::error!(%error, "encoding the metrics failed");
+        }
+        text
+    }
+
+    /// `/healthz` as upstream computes it, given `--ipvs-sync-period`: the
+    /// proxier is healthy and the node eligible.
+    pub fn health(&self, sync_period: Duration) -> Health {
+        self.check(sync_period, true)
+    }
+
+    /// `/livez`: the proxier's health alone, whatever the node's state.
+    pub fn liveness(&self, sync_period: Duration) -> Health {
+        self.check(sync_period, false)
+    }
+
+    fn check(&self, sync_period: Duration, with_node: bool) -> Health {
+        let now = self.now();
+        let (proxier_healthy, last_updated, node_eligible) = {
+            let health = self.health_state();
+            let timeout = sync_period.saturating_mul(2);
+            // A clock that went backwards reads as "not late yet".
+            let late = health.oldest_pending.is_some_and(|queued| {
+                now.duration_since(queued)
+                    .is_ok_and(|waited| waited >= timeout)
+            });
+            (!late, health.last_updated, health.node_eligible)
+        };
+        let healthy = proxier_healthy && (node_eligible || !with_node);
+        // Upstream reports lastUpdated as the current time while healthy, as
+        // releases did when it meant "the sync loop last ran".
+        let last_updated = if healthy { Some(now) } else { last_updated };
+        let mut body = serde_json::json!({
+            "lastUpdated": last_updated.map(rfc3339),
+            "currentTime": rfc3339(now),
+        });
+        if with_node {
+            body["nodeEligible"] = node_eligible.into();
+            body["nodeHealthy"] = node_eligible.into();
+        }
+        Health {
+            healthy,
+            body: body.to_string(),
+        }
+    }
+
+    fn count_response(&self, path: &str, status: StatusCode) {
+        let families = &self.inner.families;
+        let family = if path == HEALTHZ_PATH {
+            &families.healthz_responses
+        } else {
+            &families.livez_responses
+        };
+        family
+            .get_or_create(&CodeLabels {
+                code: status.as_u16(),
+            })
+            .inc();
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// RFC 3339 in UTC, clamped to what the formatter can write (it refuses
+/// times before 1970 and after 9999) so a wild clock cannot panic.
+fn rfc3339(t: SystemTime) -> String {
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let latest = UNIX_EPOCH + Duration::from_secs(LAST_SECOND_OF_9999);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, latest)).to_string()
+}
+
+/// Which endpoints one listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Routes {
+    health: bool,
+    metrics: bool,
+}
+
+/// The listeners to open: one per address, both route sets on one listener
+/// when the two flags name the same address (two binds would collide).
+fn listener_plan(
+    healthz: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Vec<(SocketAddr, Routes, &'static str)> {
+    match (healthz, metrics) {
+        (Some(h), Some(m)) if h == m => vec![(
+            h,
+            Routes {
+                health: true,
+                metrics: true,
+            },
+            "--healthz-bind-address and --metrics-bind-address",
+        )],
+        _ => healthz
+            .map(|a| (a, HEALTH_ROUTES, "--healthz-bind-address"))
+            .into_iter()
+            .chain(metrics.map(|a| (a, METRICS_ROUTES, "--metrics-bind-address")))
+            .collect(),
+    }
+}
+
+const HEALTH_ROUTES: Routes = Routes {
+    health: true,
+    metrics: false,
+};
+const METRICS_ROUTES: Routes = Routes {
+    health: false,
+    metrics: true,
+};
+
+/// Serves `/healthz` and `/livez` on `healthz` and `/metrics` on
+/// `metrics_addr` until the future is dropped. `None` leaves that endpoint
+/// off. Returns only if an address cannot be bound; the error names it.
+pub async fn serve(
+    healthz: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Metrics,
+    sync_period: Duration,
+) -> io::Result<()> {
+    let mut listeners = Vec::new();
+    for (addr, routes, flag) in listener_plan(healthz, metrics_addr) {
+        let listener = TcpListener::bind(addr).await.map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot listen on {addr} ({flag}): {error}"),
+            )
+        })?;
+        listeners.push((listener, routes));
+    }
+    match serve_listeners(listeners, metrics, sync_period).await {}
+}
+
+/// [`serve`] on listeners already bound (port 0 in tests). Never returns;
+/// dropping the future closes the listeners and every open connection.
+pub async fn serve_on(
+    healthz: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    metrics: Metrics,
+    sync_period: Duration,
+) -> Infallible {
+    let listeners = healthz
+        .map(|l| (l, HEALTH_ROUTES))
+        .into_iter()
+        .chain(metrics_listener.map(|l| (l, METRICS_ROUTES)))
+        .collect();
+    serve_listeners(listeners, metrics, sync_period).await
+}
+
+async fn serve_listeners(
+    listeners: Vec<(TcpListener, Routes)>,
+    metrics: Metrics,
+    sync_period: Duration,
+) -> Infallible {
+    let mut accept_loops: Vec<AcceptLoop> = listeners
+        .into_iter()
+        .map(|(listener, routes)| accept_loop(listener, routes, metrics.clone(), sync_period))
+        .collect();
+    // With no listener this waits forever, like a server with nothing to do.
+    accept_loops.push(Box::pin(futures::future::pending()));
+    futures::future::select_all(accept_loops).await.0
+}
+
+type AcceptLoop = std::pin::Pin<Box<dyn std::future::Future<Output = Infallible> + Send>>;
+
+/// Accepts connections until dropped. Connections live in a `JoinSet` owned
+/// here, so dropping the loop aborts them too.
+fn accept_loop(
+    listener: TcpListener,
+    routes: Routes,
+    metrics: Metrics,
+    sync_period: Duration,
+) -> AcceptLoop {
+    Box::pin(async move {
+        let local = listener.local_addr().ok();
+        tracing::info!(address = ?local, ?routes, "serving HTTP");
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let metrics = metrics.clone();
+                        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                            let response = respond(&metrics, routes, sync_period, request.method(), request.uri().path());
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        connections.spawn(async move {
+                            let served = hyper::server::conn::http1::Builder::new()
+                                // Lets hyper's header-read timeout drop clients that never finish a request.
+                                .timer(TokioTimer::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                            if let Err(error) = served {
+                                tracing::debug!(%error, %peer, "HTTP connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        // EMFILE and friends pass; back off instead of spinning.
+                        tracing::warn!(%error, address = ?local, "accepting an HTTP connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}
+
+/// The response to one request: pure apart from the response counters.
+fn respond(
+    metrics: &Metrics,
+    routes: Routes,
+    sync_period: Duration,
+    method: &Method,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    let known = (routes.health && (path == HEALTHZ_PATH || path == LIVEZ_PATH))
+        || (routes.metrics && path == METRICS_PATH);
+    if !known {
+        return plain(StatusCode::NOT_FOUND, "404 page not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if path == METRICS_PATH {
+        return with_content_type(StatusCode::OK, metrics.encode(), METRICS_CONTENT_TYPE);
+    }
+    let health = if path == HEALTHZ_PATH {
+        metrics.health(sync_period)
+    } else {
+        metrics.liveness(sync_period)
+    };
+    let status = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    metrics.count_response(path, status);
+    let mut response = with_content_type(status, health.body, "application/json");
+    response.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_content_type(status, body.to_owned(), "text/plain; charset=utf-8")
+}
+
+fn with_content_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PERIOD: Duration = Duration::from_secs(30);
+
+    /// A clock the test moves by hand, starting at a fixed instant.
+    #[derive(Clone)]
+    struct FakeClock(Arc<Mutex<SystemTime>>);
+
+    impl FakeClock {
+        fn new() -> FakeClock {
+            FakeClock(Arc::new(Mutex::new(
+                UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            )))
+        }
+        fn at(&self, seconds: u64) -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+        }
+        fn set(&self, seconds: u64) {
+            *self.0.lock().unwrap() = self.at(seconds);
+        }
+        fn metrics(&self) -> Metrics {
+            let clock = self.0.clone();
+            Metrics::with_clock(move || *clock.lock().unwrap())
+        }
+    }
+
+    /// One thing that happens to the proxy, at a second of the fake clock.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Pending(u64),
+        Sync(u64, &'static str, usize),
+        NodeEligible(u64, bool),
+    }
+    use Step::*;
+
+    #[test]
+    fn health_follows_upstream_proxier_health() {
+        // (name, steps, checked at, /healthz healthy, /livez healthy)
+        #[rustfmt::skip]
+        let cases: &[(&str, &[Step], u64, bool, bool)] = &[
+            ("fresh start with nothing synced is healthy",
+                &[], 1000, true, true),
+            ("a pending change younger than 2 x sync period is healthy",
+                &[Pending(0)], 59, true, true),
+            ("a pending change exactly 2 x sync period old is unhealthy",
+                &[Pending(0)], 60, false, false),
+            ("a pending change older than the threshold is unhealthy",
+                &[Pending(0)], 500, false, false),
+            ("a full sync clears the pending change",
+                &[Pending(0), Sync(10, "full", 0)], 500, true, true),
+            ("an incremental sync clears the pending change",
+                &[Pending(0), Sync(10, "incremental", 0)], 500, true, true),
+            ("a verify sync clears the pending change",
+                &[Pending(0), Sync(10, "verify", 0)], 500, true, true),
+            ("a sync with failed writes leaves the change pending",
+                &[Pending(0), Sync(10, "full", 2)], 60, false, false),
+            ("failed writes with nothing queued start the wait",
+                &[Sync(10, "incremental", 1)], 69, true, true),
+            ("failed writes turn unhealthy 2 x sync period later",
+                &[Sync(10, "incremental", 1)], 70, false, false),
+            ("a later pending change does not restart the wait",
+                &[Pending(0), Pending(50)], 60, false, false),
+            ("a change after a sync waits from its own time",
+                &[Pending(0), Sync(10, "full", 0), Pending(40)], 99, true, true),
+            ("cleanup is not a sync of the rules",
+                &[Pending(0), Sync(10, "cleanup", 0)], 60, false, false),
+            ("an unknown kind is not a sync of the rules",
+                &[Pending(0), Sync(10, "bogus", 0)], 60, false, false),
+            ("a node being deleted fails healthz, not livez",
+                &[NodeEligible(0, false)], 10, false, true),
+            ("a node eligible again is healthy",
+                &[NodeEligible(0, false), NodeEligible(5, true)], 10, true, true),
+            ("a clock that went backwards is not late",
+                &[Pending(100)], 0, true, true),
+        ];
+        for &(name, steps, checked_at, healthz, livez) in cases {
+            let clock = FakeClock::new();
+            let metrics = clock.metrics();
+            for step in steps {
+                match *step {
+                    Pending(t) => {
+                        clock.set(t);
+                        metrics.mark_pending();
+                    }
+                    Sync(t, kind, failed) => {
+                        clock.set(t);
+                        metrics.record_sync(kind, Duration::from_millis(5), 3, failed);
+                    }
+                    NodeEligible(t, eligible) => {
+                        clock.set(t);
+                        metrics.set_node_eligible(eligible);
+                    }
+                }
+            }
+            clock.set(checked_at);
+            assert_eq!(metrics.health(PERIOD).healthy, healthz, "{name}: /healthz");
+            assert_eq!(metrics.liveness(PERIOD).healthy, livez, "{name}: /livez");
+        }
+    }
+
+    #[test]
+    fn health_body_reports_times_as_upstream() {
+        let clock = FakeClock::new();
+        let metrics = clock.metrics();
+        let body =
+            |health: Health| -> serde_json::Value { serde_json::from_str(&health.body).unwrap() };
+
+        // Healthy: lastUpdated is the current time, as upstream keeps it.
+        clock.set(5);
+        let healthy = body(metrics.health(PERIOD));
+        assert_eq!(healthy["currentTime"], "2023-11-14T22:13:25.000Z");
+        assert_eq!(healthy["lastUpdated"], healthy["currentTime"]);
+        assert_eq!(healthy["nodeEligible"], true);
+        assert_eq!(healthy["nodeHealthy"], true);
+
+        // Unhealthy and never synced: there is no last update to report.
+        clock.set(10);
+        metrics.mark_pending();
+        clock.set(100);
+        let never = body(metrics.health(PERIOD));
+        assert_eq!(never["lastUpdated"], serde_json::Value::Null);
+        assert_eq!(never["currentTime"], "2023-11-14T22:15:00.000Z");
+
+        // Unhealthy after a sync: lastUpdated is that sync.
+        clock.set(200);
+        metrics.record_sync("full", Duration::from_millis(5), 1, 0);
+        clock.set(201);
+        metrics.mark_pending();
+        clock.set(400);
+        let stale = body(metrics.health(PERIOD));
+        assert_eq!(stale["lastUpdated"], "2023-11-14T22:16:40.000Z");
+        assert_eq!(stale["currentTime"], "2023-11-14T22:20:00.000Z");
+
+        // livez has no node field, as upstream.
+        let live = body(metrics.liveness(PERIOD));
+        assert!(live.get("nodeEligible").is_none(), "{live}");
+    }
+
+    #[test]
+    fn rfc3339_never_panics_on_a_wild_clock() {
+        let cases = [
+            (
+                "before the epoch",
+                UNIX_EPOCH - Duration::from_secs(1),
+                "1970-01-01T00:00:00.000Z",
+            ),
+            ("the epoch", UNIX_EPOCH, "1970-01-01T00:00:00.000Z"),
+            (
+                "past year 9999",
+                UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+                "9999-12-31T23:59:59.000Z",
+            ),
+        ];
+        for (name, t, expected) in cases {
+            assert_eq!(rfc3339(t), expected, "{name}");
+        }
+    }
+
+    /// The samples of an exposition, keyed by `name{labels}`.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                (series.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The cumulative count of a histogram's bucket whose bound is `le`.
+    fn bucket(samples: &BTreeMap<String, f64>, prefix: &str, le: f64) -> f64 {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter_map(|(series, value)| {
+                let bound = series
+                    .strip_prefix(prefix)?
+                    .split("le=\"")
+                    .nth(1)?
+                    .strip_suffix("\"}")?;
+                let bound: f64 = bound.parse().ok()?;
+                ((bound - le).abs() < le * 1e-9).then_some(*value)
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one bucket le={le} under {prefix}: {samples:#?}"
+        );
+        found[0]
+    }
+
+    #[test]
+    fn encode_exposes_kube_proxy_and_own_families() {
+        let clock = FakeClock::new();
+        let metrics = clock.metrics();
+        clock.set(10);
+        metrics.mark_pending();
+        clock.set(11);
+        metrics.record_sync("full", Duration::from_millis(500), 10, 0);
+        clock.set(20);
+        metrics.record_sync("incremental", Duration::from_millis(2), 3, 1);
+        clock.set(21);
+        metrics.record_sync("verify", Duration::from_millis(300), 0, 0);
+        clock.set(22);
+        metrics.record_sync("cleanup", Duration::from_secs(1), 4, 0);
+        metrics.record_service_changes(4);
+        metrics.record_service_changes(2);
+        metrics.record_endpoint_changes(5);
+        metrics.set_virtual_servers(7);
+        metrics.count_response(HEALTHZ_PATH, StatusCode::OK);
+        metrics.count_response(HEALTHZ_PATH, StatusCode::OK);
+        metrics.count_response(HEALTHZ_PATH, StatusCode::SERVICE_UNAVAILABLE);
+        metrics.count_response(LIVEZ_PATH, StatusCode::OK);
+
+        let text = metrics.encode();
+        #[rustfmt::skip]
+        let families = [
+            ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+            ("kubeproxy_sync_full_proxy_rules_duration_seconds", "histogram"),
+            ("kubeproxy_sync_partial_proxy_rules_duration_seconds", "histogram"),
+            ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+            ("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "gauge"),
+            ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
+            ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
+            ("kubeproxy_proxy_healthz", "counter"),
+            ("kubeproxy_proxy_livez", "counter"),
+            ("kube_ipvs_proxy_sync_duration_seconds", "histogram"),
+            ("kube_ipvs_proxy_netlink_writes", "counter"),
+            ("kube_ipvs_proxy_sync_errors", "counter"),
+            ("kube_ipvs_proxy_virtual_servers_desired", "gauge"),
+        ];
+        for (family, kind) in families {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family} {kind} in:\n{text}"
+            );
+        }
+
+        let samples = samples(&text);
+        #[rustfmt::skip]
+        let expected = [
+            // full, incremental and verify are syncs of the rules; cleanup is not.
+            ("kubeproxy_sync_proxy_rules_duration_seconds_count", 3.0),
+            ("kubeproxy_sync_proxy_rules_duration_seconds_sum", 0.802),
+            ("kubeproxy_sync_full_proxy_rules_duration_seconds_count", 2.0),
+            ("kubeproxy_sync_full_proxy_rules_duration_seconds_sum", 0.8),
+            ("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", 1.0),
+            ("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum", 0.002),
+            // The verify at second 21 was the last sync without failures.
+            ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", 1_700_000_021.0),
+            ("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", 1_700_000_010.0),
+            ("kubeproxy_sync_proxy_rules_service_changes_total", 6.0),
+            ("kubeproxy_sync_proxy_rules_endpoint_changes_total", 5.0),
+            ("kubeproxy_proxy_healthz_total{code=\"200\"}", 2.0),
+            ("kubeproxy_proxy_healthz_total{code=\"503\"}", 1.0),
+            ("kubeproxy_proxy_livez_total{code=\"200\"}", 1.0),
+            ("kube_ipvs_proxy_sync_duration_seconds_count{kind=\"cleanup\"}", 1.0),
+            ("kube_ipvs_proxy_sync_duration_seconds_sum{kind=\"full\"}", 0.5),
+            ("kube_ipvs_proxy_netlink_writes_total{kind=\"full\"}", 10.0),
+            ("kube_ipvs_proxy_netlink_writes_total{kind=\"incremental\"}", 3.0),
+            ("kube_ipvs_proxy_netlink_writes_total{kind=\"verify\"}", 0.0),
+            ("kube_ipvs_proxy_netlink_writes_total{kind=\"cleanup\"}", 4.0),
+            ("kube_ipvs_proxy_sync_errors_total{kind=\"incremental\"}", 1.0),
+            ("kube_ipvs_proxy_sync_errors_total{kind=\"full\"}", 0.0),
+            ("kube_ipvs_proxy_virtual_servers_desired", 7.0),
+        ];
+        for (series, value) in expected {
+            let got = samples
+                .get(series)
+                .unwrap_or_else(|| panic!("{series} missing from:\n{text}"));
+            assert!((got - value).abs() < 1e-9, "{series}: {got} != {value}");
+        }
+
+        // kube-proxy's buckets: 0.002 s lands in le=0.002, 0.3 s and 0.5 s in le=0.512.
+        let all = "kubeproxy_sync_proxy_rules_duration_seconds_bucket";
+        let cases = [
+            (0.001, 0.0),
+            (0.002, 1.0),
+            (0.256, 1.0),
+            (0.512, 3.0),
+            (16.384, 3.0),
+        ];
+        for (le, count) in cases {
+            assert_eq!(bucket(&samples, all, le), count, "{all} le={le}");
+        }
+        assert_eq!(samples[&format!("{all}{{le=\"+Inf\"}}")], 3.0);
+    }
+
+    #[test]
+    fn virtual_servers_gauge_is_set_not_added() {
+        let metrics = Metrics::new();
+        metrics.set_virtual_servers(7);
+        metrics.set_virtual_servers(3);
+        assert_eq!(
+            samples(&metrics.encode())["kube_ipvs_proxy_virtual_servers_desired"],
+            3.0
+        );
+    }
+
+    #[test]
+    fn listener_plan_shares_one_listener_for_one_address() {
+        let a: SocketAddr = "0.0.0.0:10256".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:10249".parse().unwrap();
+        let both = Routes {
+            health: true,
+            metrics: true,
+        };
+        let cases = [
+            ("neither", None, None, vec![]),
+            ("healthz only", Some(a), None, vec![(a, HEALTH_ROUTES)]),
+            ("metrics only", None, Some(b), vec![(b, METRICS_ROUTES)]),
+            (
+                "two addresses",
+                Some(a),
+                Some(b),
+                vec![(a, HEALTH_ROUTES), (b, METRICS_ROUTES)],
+            ),
+            ("one address for both", Some(a), Some(a), vec![(a, both)]),
+        ];
+        for (name, healthz, metrics, expected) in cases {
+            let plan: Vec<_> = listener_plan(healthz, metrics)
+                .into_iter()
+                .map(|(addr, routes, _flag)| (addr, routes))
+                .collect();
+            assert_eq!(plan, expected, "{name}");
+        }
+    }
+
+    /// One HTTP/1.1 request over a fresh connection: (status, headers, body).
+    async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_healthz_and_metrics_over_http() {
+        let clock = FakeClock::new();
+        let metrics = clock.metrics();
+        let healthz = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let exposition = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (healthz_addr, metrics_addr) = (
+            healthz.local_addr().unwrap(),
+            exposition.local_addr().unwrap(),
+        );
+        let server = tokio::spawn(serve_on(
+            Some(healthz),
+            Some(exposition),
+            metrics.clone(),
+            PERIOD,
+        ));
+
+        let (status, head, body) = get(healthz_addr, "GET", HEALTHZ_PATH).await;
+        assert_eq!(status, 200, "{head}{body}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["nodeEligible"], true);
+
+        metrics.mark_pending();
+        clock.set(61);
+        let cases = [
+            (
+                "stale pending change fails healthz",
+                healthz_addr,
+                "GET",
+                HEALTHZ_PATH,
+                503,
+            ),
+            (
+                "stale pending change fails livez",
+                healthz_addr,
+                "GET",
+                LIVEZ_PATH,
+                503,
+            ),
+            (
+                "HEAD is a GET without body",
+                healthz_addr,
+                "HEAD",
+                HEALTHZ_PATH,
+                503,
+            ),
+            (
+                "POST is not allowed",
+                healthz_addr,
+                "POST",
+                HEALTHZ_PATH,
+                405,
+            ),
+            (
+                "metrics are not on the healthz port",
+                healthz_addr,
+                "GET",
+                METRICS_PATH,
+                404,
+            ),
+            (
+                "health is not on the metrics port",
+                metrics_addr,
+                "GET",
+                HEALTHZ_PATH,
+                404,
+            ),
+            ("unknown path", metrics_addr, "GET", "/configz", 404),
+        ];
+        for (name, addr, method, path, expected) in cases {
+            let (status, head, body) = get(addr, method, path).await;
+            assert_eq!(status, expected, "{name}: {head}{body}");
+        }
+
+        let (status, head, body) = get(metrics_addr, "GET", METRICS_PATH).await;
+        assert_eq!(status, 200, "{head}{body}");
+        assert!(
+            head.contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        let samples = samples(&body);
+        // One 200 and two 503 answers from /healthz (HEAD included), one 503 from /livez.
+        assert_eq!(
+            samples["kubeproxy_proxy_healthz_total{code=\"200\"}"], 1.0,
+            "{body}"
+        );
+        assert_eq!(
+            samples["kubeproxy_proxy_healthz_total{code=\"503\"}"], 2.0,
+            "{body}"
+        );
+        assert_eq!(
+            samples["kubeproxy_proxy_livez_total{code=\"503\"}"], 1.0,
+            "{body}"
+        );
+
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_closes_open_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_on(Some(listener), None, Metrics::new(), PERIOD));
+
+        // A kept-alive connection, known to be served: its first answer arrived.
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {HEALTHZ_PATH} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).ends_with('}') {
+            let mut chunk = [0; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert_ne!(
+                n,
+                0,
+                "closed before answering: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
+
+        server.abort();
+        assert!(server.await.unwrap_err().is_cancelled());
+        // The guard only turns a regression into a failure instead of a hang.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "connection still open: {closed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_names_the_address_it_cannot_bind() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let cases = [
+            ("healthz", Some(addr), None, "--healthz-bind-address"),
+            ("metrics", None, Some(addr), "--metrics-bind-address"),
+        ];
+        for (name, healthz, metrics_addr, flag) in cases {
+            let error = serve(healthz, metrics_addr, Metrics::new(), PERIOD)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{name}");
+            let message = error.to_string();
+            assert!(
+                message.contains(&addr.to_string()) && message.contains(flag),
+                "{name}: {message}"
+            );
+        }
+    }
+}
