@@ -118,6 +118,16 @@ pub struct Options {
     #[arg(long, value_name = "NAME", default_value = "kube-ipvs0", global = true)]
     pub ipvs_interface: String,
 
+    /// Where /healthz (and /livez) is served, as kube-proxy does; empty
+    /// disables it.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind_address, global = true)]
+    pub healthz_bind_address: BindAddress,
+
+    /// Where /metrics (Prometheus) is served, as kube-proxy does; empty
+    /// disables it.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind_address, global = true)]
+    pub metrics_bind_address: BindAddress,
+
     /// Sync once, then exit: 0 when the kernel matches the desired state.
     #[arg(long, global = true)]
     pub once: bool,
@@ -150,6 +160,19 @@ impl Options {
         self.nodeport_addresses.is_empty()
             || self.nodeport_addresses.iter().any(|n| n.contains(&addr))
     }
+}
+
+/// An HTTP listen address, or none (the flag was given as empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<std::net::SocketAddr>);
+
+fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
+    if s.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    s.parse().map(|a| BindAddress(Some(a))).map_err(|_| {
+        format!("invalid address {s:?}: expected IP:PORT, e.g. 0.0.0.0:10256, or empty to disable")
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -185,6 +208,14 @@ mod tests {
         assert_eq!(cli.options.ipvs_min_sync_period, Duration::from_secs(1));
         assert_eq!(cli.options.service_node_port_range, 30000..=32767);
         assert_eq!(cli.options.ipvs_interface, "kube-ipvs0");
+        assert_eq!(
+            cli.options.healthz_bind_address,
+            BindAddress(Some("0.0.0.0:10256".parse().unwrap()))
+        );
+        assert_eq!(
+            cli.options.metrics_bind_address,
+            BindAddress(Some("127.0.0.1:10249".parse().unwrap()))
+        );
     }
 
     #[test]
@@ -230,6 +261,22 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(args[0]) && err.contains(value), "{err}");
         }
+    }
+
+    #[test]
+    fn an_empty_bind_address_disables_the_endpoint() {
+        let cli = parse(&[
+            "--metrics-bind-address",
+            "",
+            "--healthz-bind-address",
+            "[::]:10256",
+        ])
+        .unwrap();
+        assert_eq!(cli.options.metrics_bind_address, BindAddress(None));
+        assert_eq!(
+            cli.options.healthz_bind_address,
+            BindAddress(Some("[::]:10256".parse().unwrap()))
+        );
     }
 
     #[test]

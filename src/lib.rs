@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod desired;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod proxy;

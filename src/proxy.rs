@@ -7,6 +7,7 @@
 //! the previous sync, so bursts coalesce. Every `--ipvs-sync-period` a full
 //! sync dumps the kernel and repairs drift.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use crate::desired::ServiceName;
 use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
 use crate::kernel::{modules, sysctl, AddressKernel, IpvsKernel, KernelError};
+use crate::metrics::Metrics;
 use crate::model::{Changes, Model};
 use crate::reconcile::{Ownership, Reconciler, SyncReport};
 use crate::source::{self, SourceEvent};
@@ -41,6 +43,8 @@ pub enum Error {
     SourceEnded(&'static str),
     #[error("{0}")]
     NotConverged(String),
+    #[error("serving /healthz and /metrics: {0}")]
+    Http(String),
     #[error("listening for signals: {0}")]
     Signal(std::io::Error),
 }
@@ -117,9 +121,35 @@ struct State {
     node: NodeFacts,
     translate: TranslateConfig,
     reconciler: Reconciler,
+    metrics: Metrics,
+    /// Desired virtual servers per service, so the gauge stays O(changes).
+    virtual_servers: HashMap<ServiceName, usize>,
+    virtual_servers_total: usize,
 }
 
 impl State {
+    /// Folds one event into the model and passes on what it changed.
+    /// Returns whether the sources have now listed everything.
+    fn apply(&mut self, event: SourceEvent) -> bool {
+        let endpoints = matches!(
+            event,
+            SourceEvent::EndpointSlice(_) | SourceEvent::Endpoints(_)
+        );
+        let changes = self.model.apply(event);
+        let synced = changes.synced;
+        if !changes.is_empty() {
+            let n = changes.services.len();
+            if endpoints {
+                self.metrics.record_endpoint_changes(n);
+            } else {
+                self.metrics.record_service_changes(n);
+            }
+            self.metrics.mark_pending();
+        }
+        self.absorb(changes);
+        synced
+    }
+
     /// Translates again what `changes` touched and hands it to the reconciler.
     fn absorb(&mut self, changes: Changes) {
         for error in &changes.errors {
@@ -145,7 +175,15 @@ impl State {
             tracing::warn!(service = %name, %warning, "translating service");
         }
         let desired = translation.desired;
-        let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
+        let count = desired.virtual_servers.len();
+        let previous = if count == 0 {
+            self.virtual_servers.remove(&name)
+        } else {
+            self.virtual_servers.insert(name.clone(), count)
+        };
+        self.virtual_servers_total = self.virtual_servers_total + count - previous.unwrap_or(0);
+        self.metrics.set_virtual_servers(self.virtual_servers_total);
+        let wanted = count > 0 || !desired.bind_addrs.is_empty();
         self.reconciler.set_service(name, wanted.then_some(desired));
     }
 
@@ -165,7 +203,8 @@ impl State {
     }
 }
 
-fn log_sync(kind: &'static str, report: &SyncReport, started: Instant) {
+fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: &Metrics) {
+    metrics.record_sync(kind, started.elapsed(), report.writes, report.failed);
     for error in &report.errors {
         tracing::warn!(%error, "sync error; retrying with backoff");
     }
@@ -206,21 +245,31 @@ pub async fn run(opts: &Options) -> Result<()> {
             _ = interrupt.recv() => {}
         }
     };
+    let metrics = Metrics::new();
+    let http = crate::metrics::serve(
+        opts.healthz_bind_address.0,
+        opts.metrics_bind_address.0,
+        metrics.clone(),
+        opts.ipvs_sync_period,
+    );
     let loop_ = Loop {
         opts,
         node,
         translate,
         source_name,
+        metrics,
     };
-    loop_
-        .serve(
-            events,
-            &mut ipvs,
-            &mut link,
-            || node_facts(opts, &node_name),
-            shutdown,
-        )
-        .await?;
+    let serve = loop_.serve(
+        events,
+        &mut ipvs,
+        &mut link,
+        || node_facts(opts, &node_name),
+        shutdown,
+    );
+    tokio::select! {
+        result = serve => result?,
+        result = http => return Err(Error::Http(result.err().map_or_else(|| "stopped".to_owned(), |e| e.to_string()))),
+    }
     tracing::info!("stopping; IPVS state is left in place for the next start to adopt");
     Ok(())
 }
@@ -235,6 +284,8 @@ pub struct Loop<'a> {
     pub translate: TranslateConfig,
     /// Named in the error when the source ends.
     pub source_name: &'static str,
+    /// Where syncs and changes are counted (served on /metrics and /healthz).
+    pub metrics: Metrics,
 }
 
 impl Loop<'_> {
@@ -262,6 +313,9 @@ impl Loop<'_> {
             node: self.node,
             translate: self.translate,
             reconciler,
+            metrics: self.metrics,
+            virtual_servers: HashMap::new(),
+            virtual_servers_total: 0,
         };
         let mut synced = false;
         let mut last_sync: Option<Instant> = None;
@@ -275,23 +329,21 @@ impl Loop<'_> {
             tokio::select! {
                 event = events.next() => {
                     let Some(event) = event else { return Err(Error::SourceEnded(self.source_name)) };
-                    let changes = state.model.apply(event);
-                    synced |= changes.synced;
-                    state.absorb(changes);
+                    synced |= state.apply(event);
                 }
                 () = sleep_until(wake) => {
                     let started = Instant::now();
                     if next_full.is_none_or(|t| t <= started) {
                         state.set_node(refresh_node().await?);
                         let report = state.reconciler.full_sync(ipvs, link).await;
-                        log_sync("full", &report, started);
+                        log_sync("full", &report, started, &state.metrics);
                         next_full = Some(Instant::now() + opts.ipvs_sync_period);
                         if opts.once {
-                            return verify(&mut state.reconciler, ipvs, link, report).await;
+                            return verify(&mut state.reconciler, ipvs, link, report, &state.metrics).await;
                         }
                     } else {
                         let report = state.reconciler.sync_dirty(ipvs, link).await;
-                        log_sync("incremental", &report, started);
+                        log_sync("incremental", &report, started, &state.metrics);
                     }
                     last_sync = Some(Instant::now());
                 }
@@ -307,9 +359,11 @@ async fn verify(
     ipvs: &mut impl IpvsKernel,
     link: &mut impl AddressKernel,
     first: SyncReport,
+    metrics: &Metrics,
 ) -> Result<()> {
+    let started = Instant::now();
     let second = reconciler.full_sync(ipvs, link).await;
-    log_sync("verify", &second, Instant::now());
+    log_sync("verify", &second, started, metrics);
     if first.is_clean() && second.is_clean() && second.writes == 0 {
         return Ok(());
     }
@@ -401,8 +455,9 @@ pub async fn cleanup(opts: &Options) -> Result<()> {
     let node = node_facts(opts, &opts.node_name()).await?;
     let mut reconciler = Reconciler::new(ownership(opts));
     reconciler.set_node_addresses(node.node_addresses);
+    let started = Instant::now();
     let report = reconciler.cleanup(&mut ipvs, &mut link).await;
-    log_sync("cleanup", &report, Instant::now());
+    log_sync("cleanup", &report, started, &Metrics::new());
     let deleted = link.delete().await?;
     tracing::info!(interface = %opts.ipvs_interface, deleted, "cleanup done");
     if report.is_clean() {

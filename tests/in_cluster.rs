@@ -26,6 +26,7 @@ use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::{Op, Protocol, RealServerKey, VirtualServerKey};
 use kube_ipvs_proxy::kernel::fake::{FakeKernel, Write};
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::proxy::{Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
@@ -158,6 +159,7 @@ async fn converge(kernel: &SharedKernel, vs: &str, want: &str) {
 
 struct Running {
     server: TestApiServer,
+    metrics: Metrics,
     kernel: SharedKernel,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<ProxyResult<()>>,
@@ -180,6 +182,8 @@ async fn start() -> Running {
     let events = Box::pin(watch(kube, "node-1"));
     let kernel = SharedKernel::default();
     let (stop, stopped) = oneshot::channel::<()>();
+    let metrics = Metrics::new();
+    let loop_metrics = metrics.clone();
     let (mut ipvs, mut link) = (kernel.clone(), kernel.clone());
     let task = tokio::spawn(async move {
         // Leaked so that the loop may borrow it for the task's whole life.
@@ -208,6 +212,7 @@ async fn start() -> Running {
             node,
             translate: TranslateConfig::default(),
             source_name: "kube",
+            metrics: loop_metrics,
         }
         .serve(events, &mut ipvs, &mut link, refresh, async {
             let _ = stopped.await;
@@ -216,6 +221,7 @@ async fn start() -> Running {
     });
     Running {
         server,
+        metrics,
         kernel,
         stop: Some(stop),
         task,
@@ -261,6 +267,11 @@ async fn initial_lists_are_programmed_once_every_watcher_has_listed() {
             .to_vec()
     );
     drop(kernel);
+    let exposition = proxy.metrics.encode();
+    assert!(
+        exposition.contains("kube_ipvs_proxy_virtual_servers_desired 2"),
+        "{exposition}"
+    );
     proxy.stop().await;
 }
 

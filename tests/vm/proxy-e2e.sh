@@ -213,6 +213,12 @@ scenario_a() {
     expect "a-kube-ipvs0" "10.96.0.10/32 10.96.0.11/32 10.96.0.20/32 10.96.0.30/32 10.96.0.53/32" \
         "$(kube_ipvs0_addresses)"
     expect "a-sysctls" "1 1" "$(sysctl -n net.ipv4.ip_forward) $(sysctl -n net.ipv4.vs.conntrack)"
+    expect "a-healthz" "200" "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/healthz)"
+    local families
+    families=$(curl -s http://127.0.0.1:10249/metrics |
+        grep -oE '^(kubeproxy_sync_proxy_rules_last_timestamp_seconds|kube_ipvs_proxy_virtual_servers_desired) [0-9]' |
+        cut -d' ' -f1 | sort | paste -sd' ')
+    expect "a-metrics" "kube_ipvs_proxy_virtual_servers_desired kubeproxy_sync_proxy_rules_last_timestamp_seconds" "$families"
     expect "a-clusterip-from-node-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080" \
         "$(spread 6 http_get http://10.96.0.10/)"
     expect "a-clusterip-from-client-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080" \
