@@ -125,6 +125,14 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 out=$target_dir/bench-results/$(date -u '+%Y%m%dT%H%M%SZ')
 mkdir -p "$out"
 
+# One VM at a time per target dir, shared with tests/run.sh: a second
+# emulator on the same cores would skew every number.
+exec 9>"$target_dir/vm-results.lock"
+if ! flock -n 9; then
+    kip_log "waiting for another VM run (tests/run.sh or tests/bench.sh) to finish"
+    flock 9
+fi
+
 kip_log "scales: $scales; VM: $KIP_BENCH_CPU_MODE, $KIP_VM_CPUS CPUs, $KIP_VM_MEMORY; results in $out"
 set +e
 "$repo/tests/vm/boot.sh" --out "$out" "$repo/tests/bench/guest.sh"
