@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkDummy};
@@ -140,21 +140,22 @@ impl AddressKernel for DummyLink {
 
     #[tracing::instrument(skip(self), fields(link = %self.name))]
     async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
-        let prefix = host_prefix(addr);
-        match self
-            .handle
-            .address()
-            .add(self.index()?, addr, prefix)
-            .execute()
+        add(&self.handle, self.index()?, &self.name, addr).await
+    }
+
+    #[tracing::instrument(skip_all, fields(link = %self.name, addrs = addrs.len()))]
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        let index = match self.index() {
+            Ok(index) => index,
+            Err(e) => return addrs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // rtnetlink pipelines requests on its socket; a bounded window keeps
+        // the ACKs within the receive buffer.
+        let (handle, name) = (&self.handle, self.name.as_str());
+        futures::stream::iter(addrs.iter().map(|&addr| add(handle, index, name, addr)))
+            .buffered(ADD_WINDOW)
+            .collect()
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(KernelError::Exists),
-            Err(e) => Err(rtnl_error(
-                &format!("binding {addr}/{prefix} on {}", self.name),
-                &e,
-            )),
-        }
     }
 
     #[tracing::instrument(skip(self), fields(link = %self.name))]
@@ -187,6 +188,21 @@ impl AddressKernel for DummyLink {
                 &e,
             )),
         }
+    }
+}
+
+/// Address additions in flight at once.
+const ADD_WINDOW: usize = 64;
+
+async fn add(handle: &Handle, index: u32, link: &str, addr: IpAddr) -> Result<(), KernelError> {
+    let prefix = host_prefix(addr);
+    match handle.address().add(index, addr, prefix).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Err(KernelError::Exists),
+        Err(e) => Err(rtnl_error(
+            &format!("binding {addr}/{prefix} on {link}"),
+            &e,
+        )),
     }
 }
 

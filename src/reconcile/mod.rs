@@ -606,14 +606,25 @@ impl Reconciler {
         // Addresses before the virtual servers that use them.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
         addresses.sort_unstable();
-        for &addr in &addresses {
-            if self.wanted_addrs.contains_key(&addr) && !self.mirror.holds_address(addr) {
-                report.writes += 1;
-                if let Err(error) = addrs.add_address(addr).await.or_else(exists_is_ok) {
-                    self.address_failed(addr, AddressAction::Add, error, now, report);
-                    continue;
+        let to_add: Vec<IpAddr> = addresses
+            .into_iter()
+            .filter(|addr| {
+                self.wanted_addrs.contains_key(addr) && !self.mirror.holds_address(*addr)
+            })
+            .collect();
+        if !to_add.is_empty() {
+            report.writes += to_add.len();
+            let mut results = addrs.add_addresses(&to_add).await.into_iter();
+            for addr in to_add {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(KernelError::Other(
+                        "the kernel layer returned no result for this address".into(),
+                    ))
+                });
+                match result.or_else(exists_is_ok) {
+                    Ok(()) => self.mirror.insert_address(addr),
+                    Err(error) => self.address_failed(addr, AddressAction::Add, error, now, report),
                 }
-                self.mirror.insert_address(addr);
             }
         }
 
