@@ -1,6 +1,8 @@
 //! The desired state as `ipvsadm -Sn` would print it once synced, so that an
 //! operator can check a node with
 //! `diff <(kube-ipvs-proxy plan | grep -v '^#' | sort) <(ipvsadm -Sn | sort)`.
+//! Real servers draining after their endpoint left (`-w 0`) are in the
+//! kernel but not in the plan: add `| grep -v ' -w 0$'` on the kernel side.
 //!
 //! Every line not starting with `#` is in ipvsadm's save syntax. Captured
 //! from Debian bookworm's ipvsadm v1.31 on kernel 6.1.0-56 (`ipvsadm -Sn`

@@ -45,6 +45,9 @@ struct InjectedFailure {
 struct FakeVirtualServer {
     server: VirtualServer,
     real_servers: BTreeMap<RealServerKey, u32>,
+    /// Open connections of real servers that have any (see
+    /// [`FakeKernel::set_connections`]).
+    connections: BTreeMap<RealServerKey, u32>,
 }
 
 /// A map-backed [`IpvsKernel`] and [`AddressKernel`].
@@ -152,6 +155,7 @@ impl FakeKernel {
             FakeVirtualServer {
                 server: vs.server,
                 real_servers,
+                connections: vs.connections.into_iter().collect(),
             },
         );
     }
@@ -178,7 +182,31 @@ impl FakeKernel {
             }
             None => {
                 vs.real_servers.remove(&real_server);
+                vs.connections.remove(&real_server);
             }
+        }
+        true
+    }
+
+    /// Traffic: the real server now has `count` connections (active plus
+    /// inactive), as a dump will report. Returns false if the real server is
+    /// missing. Not counted.
+    pub fn set_connections(
+        &mut self,
+        key: &VirtualServerKey,
+        real_server: RealServerKey,
+        count: u32,
+    ) -> bool {
+        let Some(vs) = self.virtual_servers.get_mut(key) else {
+            return false;
+        };
+        if !vs.real_servers.contains_key(&real_server) {
+            return false;
+        }
+        if count == 0 {
+            vs.connections.remove(&real_server);
+        } else {
+            vs.connections.insert(real_server, count);
         }
         true
     }
@@ -222,6 +250,7 @@ impl FakeKernel {
                     FakeVirtualServer {
                         server: server.clone(),
                         real_servers: BTreeMap::new(),
+                        connections: BTreeMap::new(),
                     },
                 );
             }
@@ -257,10 +286,15 @@ impl FakeKernel {
                 *weight = real_server.weight;
             }
             Op::DeleteRealServer(key, real_server) => {
-                self.virtual_servers
+                let vs = self
+                    .virtual_servers
                     .get_mut(key)
-                    .and_then(|vs| vs.real_servers.remove(real_server))
                     .ok_or(KernelError::NotFound)?;
+                vs.real_servers
+                    .remove(real_server)
+                    .ok_or(KernelError::NotFound)?;
+                // The kernel keeps serving them from its trash; the dump no longer shows them.
+                vs.connections.remove(real_server);
             }
         }
         Ok(())
@@ -275,6 +309,11 @@ impl FakeVirtualServer {
                 .real_servers
                 .iter()
                 .map(|(&key, &weight)| RealServer { key, weight })
+                .collect(),
+            connections: self
+                .connections
+                .iter()
+                .map(|(&key, &count)| (key, count))
                 .collect(),
         }
     }
@@ -489,6 +528,22 @@ mod tests {
         kernel.fail_next(FailOn::IpvsDump, KernelError::Other("dump".into()));
         assert!(kernel.dump().await.is_err());
         assert_eq!(kernel.dump().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn dumps_count_connections_until_the_real_server_goes() {
+        let mut kernel = populated().await;
+        let vs = key("10.0.0.1", 80);
+        let rs = real("10.1.0.1", 8080, 1).key;
+        assert!(!kernel.set_connections(&vs, real("10.1.0.9", 8080, 1).key, 1));
+        assert!(kernel.set_connections(&vs, rs, 3));
+        let dumped = kernel.dump().await.unwrap();
+        assert_eq!(dumped[0].connections, [(rs, 3)].into_iter().collect());
+        assert_eq!(kernel.writes(), 2, "traffic is not a write");
+
+        let results = kernel.apply(&[Op::DeleteRealServer(vs, rs)]).await;
+        assert_eq!(results, vec![Ok(())]);
+        assert!(kernel.dump().await.unwrap()[0].connections.is_empty());
     }
 
     #[tokio::test]

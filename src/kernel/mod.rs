@@ -3,9 +3,10 @@
 //! reconciler's logic is tested against [`fake`] and proven against the real
 //! kernel in the VM.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::desired::{Op, RealServer, VirtualServer};
+use crate::desired::{Op, RealServer, RealServerKey, VirtualServer};
 
 pub mod fake;
 pub mod link;
@@ -18,6 +19,11 @@ pub mod sysctl;
 pub struct KernelVirtualServer {
     pub server: VirtualServer,
     pub real_servers: Vec<RealServer>,
+    /// Active plus inactive connections of each real server that has any;
+    /// a real server missing here has none. Kept apart from [`RealServer`]
+    /// so that comparing real servers compares only what the proxy writes.
+    /// Graceful termination deletes a draining real server once it is idle.
+    pub connections: HashMap<RealServerKey, u32>,
 }
 
 /// Why one kernel operation failed.

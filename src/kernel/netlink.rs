@@ -83,9 +83,21 @@ impl IpvsKernel for NetlinkIpvs {
                     weight: d.weight,
                 })
                 .collect();
+            let connections = dests
+                .iter()
+                .map(|d| {
+                    let key = RealServerKey {
+                        addr: d.addr,
+                        port: d.port,
+                    };
+                    (key, d.active_conns.saturating_add(d.inactive_conns))
+                })
+                .filter(|&(_, count)| count > 0)
+                .collect();
             out.push(KernelVirtualServer {
                 server,
                 real_servers,
+                connections,
             });
         }
         Ok(out)

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::desired::{DesiredVirtualServer, Op, RealServer, RealServerKey, VirtualServerKey};
+use crate::desired::{
+    DesiredVirtualServer, Op, Protocol, RealServer, RealServerKey, VirtualServerKey,
+};
 
 use super::mirror::MirroredVirtualServer;
 
@@ -13,6 +15,13 @@ use super::mirror::MirroredVirtualServer;
 /// Settings changes are updates (SET), never delete and add, which would drop
 /// every connection; deleting a virtual server takes its real servers with it.
 /// Real servers are emitted in key order so a sync's ops are deterministic.
+///
+/// A real server no longer wanted on a TCP virtual server terminates
+/// gracefully, as upstream's IPVS mode does: first its weight goes to 0, so
+/// it takes no new connections; it is deleted once a dump has shown it idle
+/// (no active or inactive connections). A returning endpoint gets its weight
+/// back. UDP and SCTP real servers are deleted at once (upstream's
+/// `IsRsGracefulTerminationNeeded`).
 pub(crate) fn diff_virtual_server(
     key: VirtualServerKey,
     desired: Option<&DesiredVirtualServer>,
@@ -35,14 +44,24 @@ pub(crate) fn diff_virtual_server(
             let wanted = wanted_real_servers(want);
             let wanted_keys: HashMap<RealServerKey, u32> =
                 wanted.iter().map(|rs| (rs.key, rs.weight)).collect();
-            let mut extra: Vec<RealServerKey> = have
+            let mut extra: Vec<(RealServerKey, u32)> = have
                 .real_servers
-                .keys()
-                .filter(|rs| !wanted_keys.contains_key(rs))
-                .copied()
+                .iter()
+                .filter(|(rs, _)| !wanted_keys.contains_key(rs))
+                .map(|(&rs, &weight)| (rs, weight))
                 .collect();
             extra.sort_unstable();
-            ops.extend(extra.into_iter().map(|rs| Op::DeleteRealServer(key, rs)));
+            for (rs, weight) in extra {
+                if !drains(key) {
+                    ops.push(Op::DeleteRealServer(key, rs));
+                } else if weight > 0 {
+                    let draining = RealServer { key: rs, weight: 0 };
+                    ops.push(Op::UpdateRealServer(key, draining));
+                } else if have.connections.get(&rs) == Some(&0) {
+                    ops.push(Op::DeleteRealServer(key, rs));
+                }
+                // Otherwise still draining, or not dumped since it began.
+            }
             for real_server in wanted {
                 match have.real_servers.get(&real_server.key) {
                     None => ops.push(Op::AddRealServer(key, real_server)),
@@ -53,6 +72,14 @@ pub(crate) fn diff_virtual_server(
                 }
             }
         }
+    }
+}
+
+/// Whether real servers leaving `key` drain before they are deleted.
+fn drains(key: VirtualServerKey) -> bool {
+    match key.protocol {
+        Protocol::Tcp => true,
+        Protocol::Udp | Protocol::Sctp => false,
     }
 }
 
@@ -71,16 +98,24 @@ mod tests {
     use crate::desired::{Protocol, VirtualServer};
 
     fn key() -> VirtualServerKey {
+        key_on(Protocol::Tcp)
+    }
+
+    fn key_on(protocol: Protocol) -> VirtualServerKey {
         VirtualServerKey {
             addr: "10.96.0.10".parse().unwrap(),
-            protocol: Protocol::Tcp,
+            protocol,
             port: 80,
         }
     }
 
     fn server(scheduler: &str, persistence: Option<u32>) -> VirtualServer {
+        server_on(Protocol::Tcp, scheduler, persistence)
+    }
+
+    fn server_on(protocol: Protocol, scheduler: &str, persistence: Option<u32>) -> VirtualServer {
         VirtualServer {
-            key: key(),
+            key: key_on(protocol),
             scheduler: scheduler.into(),
             persistence,
         }
@@ -103,10 +138,24 @@ mod tests {
         }
     }
 
+    /// Mirrored after writes: connections unknown.
     fn mirrored(server: VirtualServer, real_servers: &[RealServer]) -> MirroredVirtualServer {
         MirroredVirtualServer {
             server,
             real_servers: real_servers.iter().map(|r| (r.key, r.weight)).collect(),
+            connections: HashMap::new(),
+        }
+    }
+
+    /// Mirrored from a dump: each real server with its connection count.
+    fn dumped(server: VirtualServer, real_servers: &[(RealServer, u32)]) -> MirroredVirtualServer {
+        MirroredVirtualServer {
+            server,
+            real_servers: real_servers
+                .iter()
+                .map(|(r, _)| (r.key, r.weight))
+                .collect(),
+            connections: real_servers.iter().map(|&(r, n)| (r.key, n)).collect(),
         }
     }
 
@@ -162,11 +211,11 @@ mod tests {
                 vec![Op::UpdateVirtualServer(rr.clone())],
             ),
             (
-                "real servers: delete extra, update weight, add missing",
+                "real servers: drain extra, update weight, add missing",
                 Some(desired(rr.clone(), &[rs(3, 1), rs(2, 5)])),
                 Some(mirrored(rr.clone(), &[rs(1, 1), rs(2, 1)])),
                 vec![
-                    Op::DeleteRealServer(key(), rs(1, 1).key),
+                    Op::UpdateRealServer(key(), rs(1, 0)),
                     Op::UpdateRealServer(key(), rs(2, 5)),
                     Op::AddRealServer(key(), rs(3, 1)),
                 ],
@@ -184,6 +233,84 @@ mod tests {
         for (name, want, have, expected) in cases {
             let mut ops = Vec::new();
             diff_virtual_server(key(), want.as_ref(), have.as_ref(), &mut ops);
+            assert_eq!(ops, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn leaving_real_servers_drain_on_tcp_only() {
+        use Protocol::{Sctp, Tcp, Udp};
+        /// Protocol, the endpoints still wanted, the mirror, the ops.
+        type Case = (
+            &'static str,
+            Protocol,
+            Vec<RealServer>,
+            MirroredVirtualServer,
+            Vec<Op>,
+        );
+        let rr = |protocol| server_on(protocol, "rr", None);
+        let cases: Vec<Case> = vec![
+            (
+                "TCP endpoint removed: weight 0, no new connections, not deleted",
+                Tcp,
+                vec![rs(2, 1)],
+                dumped(rr(Tcp), &[(rs(1, 1), 3), (rs(2, 1), 0)]),
+                vec![Op::UpdateRealServer(key_on(Tcp), rs(1, 0))],
+            ),
+            (
+                "TCP endpoint removed while idle: still weight 0 first",
+                Tcp,
+                vec![],
+                dumped(rr(Tcp), &[(rs(1, 1), 0)]),
+                vec![Op::UpdateRealServer(key_on(Tcp), rs(1, 0))],
+            ),
+            (
+                "draining with connections: left alone",
+                Tcp,
+                vec![],
+                dumped(rr(Tcp), &[(rs(1, 0), 2)]),
+                vec![],
+            ),
+            (
+                "draining, not dumped since it went to weight 0: left alone",
+                Tcp,
+                vec![],
+                mirrored(rr(Tcp), &[rs(1, 0)]),
+                vec![],
+            ),
+            (
+                "draining and idle in the last dump: deleted",
+                Tcp,
+                vec![],
+                dumped(rr(Tcp), &[(rs(1, 0), 0)]),
+                vec![Op::DeleteRealServer(key_on(Tcp), rs(1, 0).key)],
+            ),
+            (
+                "endpoint back while draining: weight restored",
+                Tcp,
+                vec![rs(1, 1)],
+                dumped(rr(Tcp), &[(rs(1, 0), 2)]),
+                vec![Op::UpdateRealServer(key_on(Tcp), rs(1, 1))],
+            ),
+            (
+                "UDP endpoint removed: deleted at once, connections or not",
+                Udp,
+                vec![],
+                dumped(rr(Udp), &[(rs(1, 1), 4)]),
+                vec![Op::DeleteRealServer(key_on(Udp), rs(1, 1).key)],
+            ),
+            (
+                "SCTP endpoint removed: deleted at once",
+                Sctp,
+                vec![],
+                mirrored(rr(Sctp), &[rs(1, 1)]),
+                vec![Op::DeleteRealServer(key_on(Sctp), rs(1, 1).key)],
+            ),
+        ];
+        for (name, protocol, wanted, have, expected) in cases {
+            let want = desired(rr(protocol), &wanted);
+            let mut ops = Vec::new();
+            diff_virtual_server(key_on(protocol), Some(&want), Some(&have), &mut ops);
             assert_eq!(ops, expected, "{name}");
         }
     }

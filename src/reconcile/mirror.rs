@@ -13,6 +13,11 @@ pub(crate) struct MirroredVirtualServer {
     pub server: VirtualServer,
     /// Real server → weight.
     pub real_servers: HashMap<RealServerKey, u32>,
+    /// Real server → its connections (active plus inactive) as the last dump
+    /// counted them. Missing: unknown, because the proxy has written the real
+    /// server since, or never dumped it. Only a known 0 lets a draining real
+    /// server go.
+    pub connections: HashMap<RealServerKey, u32>,
 }
 
 /// Owned virtual servers and owned kube-ipvs0 addresses.
@@ -68,11 +73,20 @@ impl Mirror {
             .iter()
             .map(|rs| (rs.key, rs.weight))
             .collect();
+        let connections = dumped
+            .real_servers
+            .iter()
+            .map(|rs| {
+                let count = dumped.connections.get(&rs.key).copied().unwrap_or(0);
+                (rs.key, count)
+            })
+            .collect();
         self.insert(
             key,
             MirroredVirtualServer {
                 server: dumped.server,
                 real_servers,
+                connections,
             },
         );
     }
@@ -85,6 +99,7 @@ impl Mirror {
             MirroredVirtualServer {
                 server,
                 real_servers: HashMap::new(),
+                connections: HashMap::new(),
             },
         );
     }
@@ -109,16 +124,20 @@ impl Mirror {
         None
     }
 
-    /// Records a real server (added or reweighted), if its virtual server is mirrored.
+    /// Records a real server (added or reweighted), if its virtual server is
+    /// mirrored. Its connections are unknown until the next dump: ones opened
+    /// since the last dump may still be open.
     pub fn set_real_server(&mut self, key: &VirtualServerKey, real_server: RealServer) {
         if let Some(vs) = self.virtual_servers.get_mut(key) {
             vs.real_servers.insert(real_server.key, real_server.weight);
+            vs.connections.remove(&real_server.key);
         }
     }
 
     pub fn remove_real_server(&mut self, key: &VirtualServerKey, real_server: &RealServerKey) {
         if let Some(vs) = self.virtual_servers.get_mut(key) {
             vs.real_servers.remove(real_server);
+            vs.connections.remove(real_server);
         }
     }
 

@@ -129,7 +129,8 @@ impl Node {
         self.kernel().take_writes()
     }
 
-    /// Asserts that the kernel holds exactly what `services` want, plus `foreign`.
+    /// Asserts that the kernel holds exactly what `services` want, plus
+    /// `foreign`, whatever connections it counts.
     fn assert_kernel_is(&self, services: &[&ServiceDesired], foreign: &[KernelVirtualServer]) {
         let mut table: Vec<KernelVirtualServer> = services
             .iter()
@@ -140,12 +141,16 @@ impl Node {
                 KernelVirtualServer {
                     server: dvs.server.clone(),
                     real_servers,
+                    connections: HashMap::new(),
                 }
             })
             .chain(foreign.iter().cloned())
             .collect();
         table.sort_by_key(|vs| vs.server.key);
-        assert_eq!(self.kernel().virtual_servers(), table, "IPVS table");
+        // Connections are traffic, not what the proxy wrote.
+        let mut held = self.kernel().virtual_servers();
+        held.iter_mut().for_each(|vs| vs.connections.clear());
+        assert_eq!(held, table, "IPVS table");
         let mut addresses: Vec<IpAddr> = services
             .iter()
             .flat_map(|s| s.bind_addrs.iter().copied())
@@ -182,6 +187,21 @@ fn rs(addr: &str, port: u16) -> RealServer {
     }
 }
 
+fn udp(addr: &str, port: u16) -> VirtualServerKey {
+    VirtualServerKey {
+        protocol: Protocol::Udp,
+        ..tcp(addr, port)
+    }
+}
+
+/// `real_server` with another weight: 0 is draining.
+fn weight(real_server: RealServer, weight: u32) -> RealServer {
+    RealServer {
+        weight,
+        ..real_server
+    }
+}
+
 fn vs(key: VirtualServerKey, real_servers: &[RealServer]) -> DesiredVirtualServer {
     DesiredVirtualServer {
         server: VirtualServer {
@@ -212,6 +232,7 @@ fn foreign(key: VirtualServerKey) -> KernelVirtualServer {
             persistence: None,
         },
         real_servers: vec![rs("192.168.7.7", 80)],
+        connections: HashMap::new(),
     }
 }
 
@@ -412,7 +433,8 @@ async fn one_endpoint_among_ten_thousand_services_is_one_write() {
     assert_eq!(report.writes, 1);
     assert_eq!(
         node.take_writes(),
-        vec![Write::Ipvs(Op::DeleteRealServer(key, added.key))]
+        vec![Write::Ipvs(Op::UpdateRealServer(key, weight(added, 0)))],
+        "a removed TCP endpoint drains first"
     );
 }
 
@@ -511,12 +533,13 @@ async fn full_sync_repairs_drift_and_writes_only_the_repair() {
             ))],
         ),
         (
-            "a real server added to an owned virtual server",
+            // One with a weight drains first: see graceful_termination_*.
+            "an idle real server at weight 0 added to an owned virtual server",
             |k| {
                 assert!(k.set_real_server(
                     &tcp("10.96.0.11", 5432),
                     rs("10.244.9.9", 1).key,
-                    Some(1)
+                    Some(0)
                 ))
             },
             vec![Write::Ipvs(Op::DeleteRealServer(
@@ -798,6 +821,7 @@ async fn already_there_and_already_gone_are_success() {
     node.kernel().insert_virtual_server(KernelVirtualServer {
         server: c.virtual_servers[0].server.clone(),
         real_servers: c.virtual_servers[0].real_servers.clone(),
+        connections: HashMap::new(),
     });
     node.kernel().remove_virtual_server(&tcp("10.96.0.11", 80));
     node.kernel().remove_address(ip("10.96.0.11"));
@@ -960,11 +984,12 @@ async fn two_services_claiming_one_key_resolve_to_the_first() {
     assert_eq!(
         node.take_writes(),
         vec![
-            Write::Ipvs(Op::DeleteRealServer(key, rs("10.244.0.1", 80).key)),
+            Write::Ipvs(Op::UpdateRealServer(key, weight(rs("10.244.0.1", 80), 0))),
             Write::Ipvs(Op::AddRealServer(key, rs("10.244.0.2", 80))),
         ],
-        "handed over in place, without deleting the virtual server"
+        "handed over in place, without deleting the virtual server; the first's endpoint drains"
     );
+    node.full_sync().await;
     node.assert_kernel_is(&[&second], &[]);
 }
 
@@ -1129,4 +1154,135 @@ fn the_reconciler_can_move_into_a_spawned_task() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Reconciler>();
     assert_send_sync::<SyncReport>();
+}
+
+/// Upstream's graceful termination (pkg/proxy/ipvs/graceful_termination.go):
+/// a removed TCP endpoint keeps its open connections at weight 0 and goes
+/// once a dump shows it idle.
+#[tokio::test]
+async fn graceful_termination_drains_a_removed_tcp_endpoint_until_idle() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    let (stays, leaves) = (rs("10.244.0.1", 80), rs("10.244.0.2", 80));
+    let both = cluster_ip("10.96.0.10", &[80], &[stays, leaves]);
+    let one = cluster_ip("10.96.0.10", &[80], &[stays]);
+    node.set("web", Some(both.clone()));
+    node.full_sync().await;
+    node.take_writes();
+    node.kernel().set_connections(&key, leaves.key, 2);
+
+    node.set("web", Some(one.clone()));
+    let report = node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::UpdateRealServer(key, weight(leaves, 0)))],
+        "removal: weight 0, one write"
+    );
+    assert_eq!(report.writes, 1);
+    let draining = cluster_ip("10.96.0.10", &[80], &[stays, weight(leaves, 0)]);
+    node.assert_kernel_is(&[&draining], &[]);
+
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "draining with connections survives a full sync"
+    );
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "and the next, while they stay open"
+    );
+    node.assert_kernel_is(&[&draining], &[]);
+
+    node.kernel().set_connections(&key, leaves.key, 0);
+    assert_eq!(
+        node.sync_dirty().await.writes,
+        0,
+        "an incremental sync does not know it is idle"
+    );
+    let report = node.full_sync().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::DeleteRealServer(key, leaves.key))],
+        "idle: deleted at the next full sync"
+    );
+    assert_eq!(report.writes, 1);
+    node.assert_kernel_is(&[&one], &[]);
+    assert_eq!(node.full_sync().await.writes, 0, "and then nothing to do");
+}
+
+#[tokio::test]
+async fn graceful_termination_an_endpoint_back_while_draining_gets_its_weight_back() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    let (stays, returns) = (rs("10.244.0.1", 80), rs("10.244.0.2", 80));
+    let both = cluster_ip("10.96.0.10", &[80], &[stays, returns]);
+    node.set("web", Some(both.clone()));
+    node.full_sync().await;
+    node.kernel().set_connections(&key, returns.key, 1);
+    node.set("web", Some(cluster_ip("10.96.0.10", &[80], &[stays])));
+    node.sync_dirty().await;
+    node.full_sync().await;
+    node.take_writes();
+
+    node.set("web", Some(both.clone()));
+    let report = node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::UpdateRealServer(key, returns))],
+        "weight restored in place: its connections survive"
+    );
+    assert_eq!(report.writes, 1);
+    node.assert_kernel_is(&[&both], &[]);
+    node.kernel().set_connections(&key, returns.key, 0);
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "a wanted idle real server is not deleted"
+    );
+}
+
+#[tokio::test]
+async fn graceful_termination_skips_udp_and_whole_virtual_servers() {
+    let key = udp("10.96.0.53", 53);
+    let (stays, leaves) = (rs("10.244.0.1", 53), rs("10.244.0.2", 53));
+    let dns = |real_servers: &[RealServer]| ServiceDesired {
+        virtual_servers: vec![vs(key, real_servers)],
+        bind_addrs: vec![ip("10.96.0.53")],
+    };
+    let mut node = Node::new();
+    node.set("dns", Some(dns(&[stays, leaves])));
+    node.full_sync().await;
+    node.take_writes();
+    node.kernel().set_connections(&key, leaves.key, 5);
+
+    node.set("dns", Some(dns(&[stays])));
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![Write::Ipvs(Op::DeleteRealServer(key, leaves.key))],
+        "UDP: deleted at once, whatever its connections"
+    );
+    node.assert_kernel_is(&[&dns(&[stays])], &[]);
+
+    let web_key = tcp("10.96.0.10", 80);
+    let web = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.3", 80)]);
+    node.set("web", Some(web));
+    node.sync_dirty().await;
+    node.kernel()
+        .set_connections(&web_key, rs("10.244.0.3", 80).key, 7);
+    node.full_sync().await;
+    node.take_writes();
+
+    node.set("web", None);
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::Ipvs(Op::DeleteVirtualServer(web_key)),
+            Write::DelAddress(ip("10.96.0.10")),
+        ],
+        "a deleted service's virtual server goes at once, connections or not"
+    );
+    node.assert_kernel_is(&[&dns(&[stays])], &[]);
 }

@@ -139,6 +139,8 @@ fn table_of_operations(ops: &[Operation]) -> Table {
         .collect()
 }
 
+/// The serving table: real servers draining at weight 0 (graceful
+/// termination of a removed endpoint) are left out; see [`draining_in`].
 fn table_of_kernel(kernel: &FakeKernel) -> Table {
     let mut table = Table::new();
     for vs in kernel.virtual_servers() {
@@ -146,11 +148,25 @@ fn table_of_kernel(kernel: &FakeKernel) -> Table {
         assert_eq!(&*vs.server.scheduler, "rr");
         table.insert((vs.server.key.addr, None));
         for rs in vs.real_servers {
-            assert_eq!((rs.key.port, rs.weight), (synthetic::TARGET_PORT, 1));
-            table.insert((vs.server.key.addr, Some(rs.key.addr)));
+            assert_eq!(rs.key.port, synthetic::TARGET_PORT);
+            match rs.weight {
+                1 => table.insert((vs.server.key.addr, Some(rs.key.addr))),
+                0 => continue,
+                other => panic!("unexpected weight {other} of {}", rs.key),
+            };
         }
     }
     table
+}
+
+/// How many real servers drain at weight 0.
+fn draining_in(kernel: &FakeKernel) -> usize {
+    kernel
+        .virtual_servers()
+        .iter()
+        .flat_map(|vs| &vs.real_servers)
+        .filter(|rs| rs.weight == 0)
+        .count()
 }
 
 fn synced_pipeline(scale: Scale) -> Pipeline<FakeKernel, FakeKernel> {
@@ -226,13 +242,16 @@ fn manifests_hold_the_scale_as_lists() {
 
 /// The regression guard: one endpoint added or removed in one service is
 /// one IPVS write in one batch with no kernel read, and a full resync of an
-/// unchanged state writes nothing, whatever the number of services.
+/// unchanged state writes nothing, whatever the number of services. A
+/// removed TCP endpoint drains (weight 0, one write); the next full resync
+/// deletes it, idle, with one write each.
 #[test]
 fn single_change_is_one_write_and_idle_resync_writes_nothing() {
     for scale in [scale(100, 10), scale(1000, 10)] {
         let mut pipeline = synced_pipeline(scale);
         let converged = table_of_kernel(&pipeline.ipvs);
-        for i in [0, scale.services / 2, scale.services - 1] {
+        let changed_services = [0, scale.services / 2, scale.services - 1];
+        for i in changed_services {
             for (step, with_extra) in [("add", true), ("remove", false)] {
                 let (applies, dumps) = (pipeline.ipvs.apply_calls(), pipeline.ipvs.dumps());
                 let changed = block_on(pipeline.change(endpoint_change(scale, i, with_extra)))
@@ -253,6 +272,19 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
             converged,
             "{scale}: back where it began"
         );
+        assert_eq!(
+            draining_in(&pipeline.ipvs),
+            changed_services.len(),
+            "{scale}: each removed endpoint drains at weight 0"
+        );
+        let drained = block_on(pipeline.resync()).expect("resync");
+        assert_eq!(
+            drained.report.writes,
+            changed_services.len(),
+            "{scale}: the resync deletes the idle draining real servers"
+        );
+        assert_eq!(draining_in(&pipeline.ipvs), 0, "{scale}: none left");
+        assert_eq!(table_of_kernel(&pipeline.ipvs), converged, "{scale}");
         for run in 0..2 {
             let resynced = block_on(pipeline.resync()).expect("idle resync");
             assert_eq!(

@@ -7,7 +7,10 @@
 #   b  manifest edits converge within --ipvs-min-sync-period + 1 s
 #   c  a restart makes zero writes and a long-lived connection survives it
 #   d  a virtual server deleted behind the proxy's back returns within --ipvs-sync-period
-#   e  `plan` equals `ipvsadm -Sn`
+#   g  graceful termination: a removed TCP endpoint drains at weight 0, keeps
+#      its open connection, takes no new ones, and goes once idle (runs
+#      before e, so that e compares a table that has drained)
+#   e  `plan` equals `ipvsadm -Sn`, draining (-w 0) real servers apart
 #   f  `cleanup` removes exactly what the proxy owns
 #
 # Needs KIP_PROXY_BIN (tests/run.sh builds it and passes it in).
@@ -253,10 +256,12 @@ web_port_changed() {
     has_line "-A -t 10.96.0.10:8000 -s rr" && lacks_match "-t 10.96.0.10:80 " &&
         (($(ipvsadm -Sn | grep -c -- "^-a -t 10.96.0.10:8000 ") == 4))
 }
-legacy_port_changed() {
-    has_line "-a -t 10.96.0.20:80 -r 10.244.1.13:8081 -m -w 1" &&
-        ! has_line "-a -t 10.96.0.20:80 -r 10.244.1.13:8080 -m -w 1"
-}
+# The old real server drains at weight 0 rather than going: scenario a's
+# requests to 10.96.0.20 left connections in TIME_WAIT (2 min in IPVS).
+legacy_after_port_change='-A -t 10.96.0.20:80 -s rr
+-a -t 10.96.0.20:80 -r 10.244.1.13:8080 -m -w 0
+-a -t 10.96.0.20:80 -r 10.244.1.13:8081 -m -w 1'
+legacy_port_changed() { [[ $(ipvsadm -Sn | grep -F -- "10.96.0.20:80") == "$legacy_after_port_change" ]]; }
 sticky_gone() { lacks_match "10.96.0.30:" && [[ $(kube_ipvs0_addresses) != *10.96.0.30/* ]]; }
 
 scenario_b() {
@@ -288,10 +293,10 @@ scenario_b() {
 
     edit_manifest legacy.yaml sed -i 's/{name: http, protocol: TCP, port: 8080}/{name: http, protocol: TCP, port: 8081}/'
     if converge legacy_port_changed; then
-        pass "b-change-endpoint-port" "legacy's real server moved to 10.244.1.13:8081"
+        pass "b-change-endpoint-port" "legacy's real server moved to 10.244.1.13:8081; :8080 drains at weight 0"
         expect "b-change-endpoint-port-traffic" "1 web-c:8081" "$(spread 1 client_get http://10.96.0.20/)"
     else
-        fail "b-change-endpoint-port" "expected only 10.244.1.13:8081 under 10.96.0.20:80 within $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.20 | paste -sd'|')"
+        fail "b-change-endpoint-port" "expected 10.244.1.13:8081 and a draining 10.244.1.13:8080 -w 0 under 10.96.0.20:80 within $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.20 | paste -sd'|')"
     fi
 
     rm "$manifests/sticky.yaml"
@@ -384,6 +389,161 @@ scenario_d() {
     fi
 }
 
+# --- g: graceful termination -------------------------------------------------
+
+# A service of its own, so that its real servers carry no connections from
+# earlier scenarios: web-a and web-b behind 10.96.0.40:80.
+drain_manifest() { # ENDPOINT-NAMES...
+    cat <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: drain, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.40
+  clusterIPs: [10.96.0.40]
+  selector: {app: drain}
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: drain-q4m8z
+  namespace: default
+  labels: {kubernetes.io/service-name: drain}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+YAML
+    local name
+    for name in "$@"; do
+        cat <<YAML
+- addresses: [$(backend_ip "$name")]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: vm-node
+  targetRef: {kind: Pod, namespace: default, name: $name}
+YAML
+    done
+}
+
+backend_ip() { # NAME: web-a .. web-d are 10.244.1.11 .. 14 (netns.sh)
+    case $1 in
+    web-a) echo 10.244.1.11 ;; web-b) echo 10.244.1.12 ;;
+    web-c) echo 10.244.1.13 ;; web-d) echo 10.244.1.14 ;;
+    *) echo "unknown-backend-$1" ;;
+    esac
+}
+
+# write_drain_manifest NAMES...: atomically, as edit_manifest does.
+write_drain_manifest() {
+    drain_manifest "$@" >"$work/drain.tmp" && mv "$work/drain.tmp" "$manifests/drain.yaml"
+}
+
+# A client holding one connection to 10.96.0.40: a request, then another on
+# the same socket once g-go exists, then a reset (SO_LINGER 0), so that IPVS
+# forgets the connection after its CLOSE timeout (10 s) instead of holding it
+# in TIME_WAIT for 2 min.
+held_client() {
+    python3 - "$work" <<'PY'
+import os, socket, struct, sys, time
+work = sys.argv[1]
+request = b"GET / HTTP/1.1\r\nHost: drain\r\n\r\n"
+def ask(sock):
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(4096)
+    return body.decode().strip()
+sock = socket.create_connection(("10.96.0.40", 80), timeout=10)
+print("before", ask(sock), flush=True)
+open(os.path.join(work, "g-ready"), "w").close()
+for _ in range(1200):
+    if os.path.exists(os.path.join(work, "g-go")):
+        break
+    time.sleep(0.1)
+print("after", ask(sock), flush=True)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+sock.close()
+print("reset", flush=True)
+PY
+}
+
+drain_rs=
+drain_other=
+drain_serving() { has_line "-a -t 10.96.0.40:80 -r 10.244.1.11:8080 -m -w 1" && has_line "-a -t 10.96.0.40:80 -r 10.244.1.12:8080 -m -w 1"; }
+drain_started() { has_line "-a -t 10.96.0.40:80 -r $drain_rs -m -w 0" && has_line "-a -t 10.96.0.40:80 -r $drain_other -m -w 1"; }
+# Only under 10.96.0.40: the same backend serves other services.
+drain_finished() { lacks_match "-a -t 10.96.0.40:80 -r $drain_rs " && has_line "-a -t 10.96.0.40:80 -r $drain_other -m -w 1"; }
+full_syncs() { syncs "$proxy_log" | grep -c '^full '; }
+
+scenario_g() {
+    proxy_alive || { fail "g-graceful" "the proxy is not running"; return 1; }
+    local attempt client_pid held other full_before
+    write_drain_manifest web-a web-b
+    if ! converge drain_serving; then
+        fail "g-service" "10.96.0.40:80 with web-a and web-b not programmed within $((min_sync + 1)) s ($converge_note)"
+        return 1
+    fi
+    rm -f "$work/g-ready" "$work/g-go"
+    in_client bash -c "$(declare -f held_client); work=$work; held_client" >"$work/g-client.out" 2>&1 &
+    client_pid=$!
+    for attempt in $(seq 100); do
+        [[ -e $work/g-ready ]] && break
+        sleep 0.1
+    done
+    held=$(sed -n 's/^before \(web-[ab]\):8080$/\1/p' "$work/g-client.out")
+    if [[ -z $held ]]; then
+        fail "g-held-connection" "the client got no answer from web-a or web-b: $(paste -sd'|' "$work/g-client.out")"
+        touch "$work/g-go"
+        wait "$client_pid"
+        return 1
+    fi
+    if [[ $held == web-a ]]; then other=web-b; else other=web-a; fi
+    drain_rs=$(backend_ip "$held"):8080
+    drain_other=$(backend_ip "$other"):8080
+
+    write_drain_manifest "$other"
+    if converge drain_started; then
+        pass "g-removed-endpoint-weight-0" "$drain_rs drains at -w 0, $drain_other serves"
+    else
+        fail "g-removed-endpoint-weight-0" "expected $drain_rs at -w 0 within $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.40 | paste -sd'|')"
+    fi
+    expect "g-no-new-connections" "4 $other:8080" "$(spread 4 client_get http://10.96.0.40/)"
+
+    # Two full syncs (each dumps the connection counts) while the connection is open.
+    full_before=$(full_syncs)
+    for attempt in $(seq $(((2 * sync_period + 5) * 10))); do
+        (($(full_syncs) >= full_before + 2)) && break
+        sleep 0.1
+    done
+    if (($(full_syncs) < full_before + 2)); then
+        fail "g-draining-survives-full-syncs" "fewer than 2 full syncs logged in $((2 * sync_period + 5)) s"
+    elif drain_started; then
+        pass "g-draining-survives-full-syncs" "$drain_rs still at -w 0 after 2 full syncs, $(ipvsadm -Ln -t 10.96.0.40:80 | grep -F -- "$drain_rs" | awk '{print "active " $5 ", inactive " $6}')"
+    else
+        fail "g-draining-survives-full-syncs" "$(ipvsadm -Sn | grep 10.96.0.40 | paste -sd'|')"
+    fi
+
+    touch "$work/g-go"
+    wait "$client_pid"
+    expect "g-held-connection-survives" "before $held:8080|after $held:8080|reset" "$(paste -sd'|' "$work/g-client.out")"
+
+    # IPVS keeps a reset connection for its CLOSE timeout (10 s); the next
+    # full sync after that sees the real server idle.
+    local bound=$((10 + sync_period + 2))
+    if converge_within "$bound" drain_finished; then
+        pass "g-idle-real-server-deleted" "$drain_rs gone within ${bound} s of the reset"
+    else
+        fail "g-idle-real-server-deleted" "$drain_rs not deleted within 10 s + --ipvs-sync-period ${sync_period}s + 2 s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.40 | paste -sd'|')"
+    fi
+}
+
 scenario_e() {
     local plan rc
     plan=$("$proxy" plan "${common[@]}" 2>"$work/plan.err")
@@ -393,14 +553,28 @@ scenario_e() {
         fail "e-plan-equals-kernel" "plan exited $rc: $(tail -n 3 "$work/plan.err")"
         return 1
     fi
-    local difference
-    difference=$(diff <(grep -v '^#' <<<"$plan" | grep -v '^$' | sort) <(ipvs_state))
-    if [[ -z $(grep -v '^#' <<<"$plan" | grep -v '^$') ]]; then
+    # A draining real server (-w 0) is in the kernel but not desired: the
+    # rest must equal the plan, and the plan must not want any draining one.
+    local difference planned serving draining line wanted_again=
+    planned=$(grep -v '^#' <<<"$plan" | grep -v '^$' | sort)
+    serving=$(ipvs_state | grep -v -- ' -w 0$')
+    draining=$(ipvs_state | grep -- ' -w 0$')
+    difference=$(diff <(printf '%s\n' "$planned") <(printf '%s\n' "$serving"))
+    if [[ -z $planned ]]; then
         fail "e-plan-equals-kernel" "plan printed no ipvsadm lines"
     elif [[ -z $difference ]]; then
-        pass "e-plan-equals-kernel" "$(grep -c '^-' <<<"$plan") lines identical"
+        pass "e-plan-equals-kernel" "$(grep -c '^-' <<<"$planned") lines identical, $(grep -c . <<<"$draining") draining apart"
     else
-        fail "e-plan-equals-kernel" "diff plan kernel: $(paste -sd'|' <<<"$difference")"
+        fail "e-plan-equals-kernel" "diff plan kernel-without-draining: $(paste -sd'|' <<<"$difference")"
+    fi
+    while IFS= read -r line; do
+        [[ -n $line ]] || continue
+        grep -qF -- "${line% -w 0} " <<<"$planned" && wanted_again+="$line|"
+    done <<<"$draining"
+    if [[ -z $wanted_again ]]; then
+        pass "e-draining-not-planned" "$(grep -c . <<<"$draining") draining real servers, none in the plan"
+    else
+        fail "e-draining-not-planned" "draining yet desired: $wanted_again"
     fi
 }
 
@@ -440,6 +614,7 @@ main() {
     scenario_b
     scenario_c
     scenario_d
+    scenario_g
     scenario_e
     scenario_f
     proxy_alive && proxy_stop
