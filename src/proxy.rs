@@ -156,10 +156,15 @@ impl State {
             tracing::error!(%error, "rejected object; its last good version stays in force");
         }
         if changes.all {
-            let names: Vec<ServiceName> = self.model.services().map(|s| s.name.clone()).collect();
-            let known: Vec<ServiceName> =
-                self.reconciler.desired().map(|(n, _)| n.clone()).collect();
-            for name in names.into_iter().chain(known) {
+            // Every service the model holds, and every one the reconciler
+            // still programs (it may be gone from the model), once each.
+            let names: std::collections::HashSet<ServiceName> = self
+                .model
+                .services()
+                .map(|s| s.name.clone())
+                .chain(self.reconciler.desired().map(|(n, _)| n.clone()))
+                .collect();
+            for name in names {
                 self.retranslate(name);
             }
         } else {
