@@ -83,6 +83,11 @@ fn translate_config(opts: &Options) -> Result<TranslateConfig> {
 /// This node's facts: its NodePort addresses and the families it runs.
 async fn node_facts(opts: &Options, node_name: &str) -> Result<NodeFacts> {
     let local = local_addresses(&opts.ipvs_interface).await?;
+    if local.is_empty() {
+        tracing::warn!(
+            "this node has no usable IPv4 or IPv6 address (only loopback or link-local): no family is enabled, so nothing will be programmed"
+        );
+    }
     Ok(NodeFacts {
         name: node_name.into(),
         ipv4: local.iter().any(IpAddr::is_ipv4),

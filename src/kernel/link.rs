@@ -5,12 +5,12 @@
 //! the interface stays down: IPv4 local routes exist regardless, and a down
 //! dummy never answers ARP.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkDummy};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkDummy};
 use tokio::task::JoinHandle;
 
 use super::{AddressKernel, KernelError};
@@ -160,24 +160,9 @@ impl AddressKernel for DummyLink {
 
     #[tracing::instrument(skip(self), fields(link = %self.name))]
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
-        let index = self.index()?;
-        let mut found = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .set_address_filter(addr)
-            .execute();
-        let message = match found.try_next().await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err(KernelError::NotFound),
-            Err(e) => {
-                return Err(rtnl_error(
-                    &format!("looking up {addr} on {}", self.name),
-                    &e,
-                ))
-            }
-        };
+        // Built directly rather than looked up: a filtered get dumps every
+        // address on the host, which made one delete O(services).
+        let message = host_address_message(self.index()?, addr);
         match self.handle.address().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => {
@@ -259,6 +244,21 @@ fn is_node_port_candidate(addr: IpAddr) -> bool {
         IpAddr::V6(a) => {
             !a.is_loopback() && !a.is_unspecified() && (a.segments()[0] & 0xffc0) != 0xfe80
         }
+    }
+}
+
+/// The RTM_NEWADDR/RTM_DELADDR message for `addr` as a host address on
+/// interface `index`, as `ip addr add|del ADDR/32 dev ...` sends it.
+fn host_address_message(index: u32, addr: IpAddr) -> AddressMessage {
+    match addr {
+        IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(a, 32)
+            .build(),
+        IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(index)
+            .address(a, 128)
+            .build(),
     }
 }
 
