@@ -307,40 +307,12 @@ scenario_b() {
     fi
 }
 
-# A client that holds one HTTP/1.1 connection through the VIP: one request
-# before the restart, one after, on the same socket.
-long_lived_client() {
-    python3 - "$work" "$web_port" <<'PY'
-import os, socket, sys, time
-work = sys.argv[1]
-request = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
-def ask(sock):
-    sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(4096)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-    while len(body) < length:
-        body += sock.recv(4096)
-    return body.decode().strip()
-sock = socket.create_connection(("10.96.0.10", int(sys.argv[2])), timeout=10)
-print("before", ask(sock), flush=True)
-open(os.path.join(work, "c-ready"), "w").close()
-for _ in range(1200):
-    if os.path.exists(os.path.join(work, "c-go")):
-        break
-    time.sleep(0.1)
-print("after", ask(sock), flush=True)
-PY
-}
-
 scenario_c() {
     proxy_alive || { fail "c-restart" "the proxy is not running"; return 1; }
     local why attempt client_pid state_before web_port
     rm -f "$work/c-ready" "$work/c-go"
     web_port=$(current_web_port)
-    in_client bash -c "$(declare -f long_lived_client); work=$work web_port=$web_port; long_lived_client" >"$work/c-client.out" 2>&1 &
+    in_client python3 "$here/held_client.py" 10.96.0.10 "$web_port" "$work" c >"$work/c-client.out" 2>&1 &
     client_pid=$!
     for attempt in $(seq 100); do
         [[ -e $work/c-ready ]] && break
@@ -441,39 +413,6 @@ write_drain_manifest() {
     drain_manifest "$@" >"$work/drain.tmp" && mv "$work/drain.tmp" "$manifests/drain.yaml"
 }
 
-# A client holding one connection to 10.96.0.40: a request, then another on
-# the same socket once g-go exists, then a reset (SO_LINGER 0), so that IPVS
-# forgets the connection after its CLOSE timeout (10 s) instead of holding it
-# in TIME_WAIT for 2 min.
-held_client() {
-    python3 - "$work" <<'PY'
-import os, socket, struct, sys, time
-work = sys.argv[1]
-request = b"GET / HTTP/1.1\r\nHost: drain\r\n\r\n"
-def ask(sock):
-    sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(4096)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-    while len(body) < length:
-        body += sock.recv(4096)
-    return body.decode().strip()
-sock = socket.create_connection(("10.96.0.40", 80), timeout=10)
-print("before", ask(sock), flush=True)
-open(os.path.join(work, "g-ready"), "w").close()
-for _ in range(1200):
-    if os.path.exists(os.path.join(work, "g-go")):
-        break
-    time.sleep(0.1)
-print("after", ask(sock), flush=True)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-sock.close()
-print("reset", flush=True)
-PY
-}
-
 drain_rs=
 drain_other=
 drain_serving() { has_line "-a -t 10.96.0.40:80 -r 10.244.1.11:8080 -m -w 1" && has_line "-a -t 10.96.0.40:80 -r 10.244.1.12:8080 -m -w 1"; }
@@ -491,7 +430,7 @@ scenario_g() {
         return 1
     fi
     rm -f "$work/g-ready" "$work/g-go"
-    in_client bash -c "$(declare -f held_client); work=$work; held_client" >"$work/g-client.out" 2>&1 &
+    in_client python3 "$here/held_client.py" 10.96.0.40 80 "$work" g --reset >"$work/g-client.out" 2>&1 &
     client_pid=$!
     for attempt in $(seq 100); do
         [[ -e $work/g-ready ]] && break
