@@ -70,9 +70,14 @@ fn node(name: &str, zone: &str) -> Node {
 const HEADLESS: (&str, &str) = ("service.kubernetes.io/headless", "");
 const OTHER_PROXY: (&str, &str) = ("service.kubernetes.io/service-proxy-name", "other");
 
+/// Lists in progress, by kind: the keys of their objects so far.
+type Listing = std::collections::HashMap<&'static str, Vec<String>>;
+
 /// An event as a line: kind, update and the objects' namespace/name (and a
-/// Service's first port, a Node's zone, to tell versions apart).
-fn describe(event: &SourceEvent) -> String {
+/// Service's first port, a Node's zone, to tell versions apart). A streamed
+/// list is one line, "Kind Replace [...]", at its `ListDone`; before that
+/// its events only fill `listing`.
+fn describe(event: &SourceEvent, listing: &mut Listing) -> Option<String> {
     fn key<K: Metadata<Ty = ObjectMeta>>(object: &K) -> String {
         let meta = object.metadata();
         match &meta.namespace {
@@ -97,22 +102,34 @@ fn describe(event: &SourceEvent) -> String {
             .and_then(|l| l.get("topology.kubernetes.io/zone"));
         format!("{}@{}", key(n), zone.map(String::as_str).unwrap_or("-"))
     }
-    fn update<K>(kind: &str, update: &Update<K>, key: fn(&K) -> String) -> String {
+    fn update<K>(
+        kind: &'static str,
+        update: &Update<K>,
+        key: fn(&K) -> String,
+        listing: &mut Listing,
+    ) -> Option<String> {
+        let replace = |keys: Vec<String>| format!("{kind} Replace [{}]", keys.join(", "));
         match update {
-            Update::Apply(o) => format!("{kind} Apply {}", key(o)),
-            Update::Delete(o) => format!("{kind} Delete {}", key(o)),
-            Update::Replace(v) => format!(
-                "{kind} Replace [{}]",
-                v.iter().map(key).collect::<Vec<_>>().join(", ")
-            ),
+            Update::Apply(o) => Some(format!("{kind} Apply {}", key(o))),
+            Update::Delete(o) => Some(format!("{kind} Delete {}", key(o))),
+            Update::Replace(v) => Some(replace(v.iter().map(key).collect())),
+            Update::ListStart => {
+                listing.insert(kind, Vec::new());
+                None
+            }
+            Update::Listed(o) => {
+                listing.entry(kind).or_default().push(key(o));
+                None
+            }
+            Update::ListDone => Some(replace(listing.remove(kind).unwrap_or_default())),
         }
     }
     match event {
-        SourceEvent::Service(u) => update("Service", u, service_key),
-        SourceEvent::EndpointSlice(u) => update("EndpointSlice", u, key),
-        SourceEvent::Endpoints(u) => update("Endpoints", u, key),
-        SourceEvent::Node(u) => update("Node", u, node_key),
-        SourceEvent::Synced => "Synced".to_owned(),
+        SourceEvent::Service(u) => update("Service", u, service_key, listing),
+        SourceEvent::EndpointSlice(u) => update("EndpointSlice", u, key, listing),
+        SourceEvent::Endpoints(u) => update("Endpoints", u, key, listing),
+        SourceEvent::Node(u) => update("Node", u, node_key, listing),
+        SourceEvent::Synced => Some("Synced".to_owned()),
     }
 }
 
@@ -132,6 +149,8 @@ struct Harness {
     log: Vec<String>,
     /// Events received while waiting for watches, not yet handed out.
     unread: std::collections::VecDeque<String>,
+    /// Streamed lists not yet complete.
+    listing: Listing,
 }
 
 impl Harness {
@@ -160,21 +179,26 @@ impl Harness {
             events: Box::pin(watch(client, "node-1")),
             log: Vec::new(),
             unread: std::collections::VecDeque::new(),
+            listing: Listing::new(),
         }
     }
 
-    /// The next event; the timeout only guards against a hang.
+    /// The next event (a streamed list counts as one); the timeout only
+    /// guards against a hang.
     async fn next(&mut self) -> String {
         if let Some(line) = self.unread.pop_front() {
             return line;
         }
-        let event = tokio::time::timeout(Duration::from_secs(10), self.events.next())
-            .await
-            .unwrap_or_else(|_| panic!("no event within 10 s; so far: {:#?}", self.log))
-            .expect("the source never ends");
-        let line = describe(&event);
-        self.log.push(line.clone());
-        line
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), self.events.next())
+                .await
+                .unwrap_or_else(|_| panic!("no event within 10 s; so far: {:#?}", self.log))
+                .expect("the source never ends");
+            if let Some(line) = describe(&event, &mut self.listing) {
+                self.log.push(line.clone());
+                return line;
+            }
+        }
     }
 
     /// The next event about `kind` (the others are logged and skipped).
@@ -242,9 +266,11 @@ impl Harness {
                 () = &mut open => return,
                 () = &mut guard => panic!("not {count} open watches within 10 s; events: {:#?}", self.log),
                 event = self.events.next() => {
-                    let line = describe(&event.expect("the source never ends"));
-                    self.log.push(line.clone());
-                    self.unread.push_back(line);
+                    let event = event.expect("the source never ends");
+                    if let Some(line) = describe(&event, &mut self.listing) {
+                        self.log.push(line.clone());
+                        self.unread.push_back(line);
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkDummy};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use super::{AddressKernel, KernelError};
 
@@ -19,25 +19,24 @@ use super::{AddressKernel, KernelError};
 #[derive(Debug)]
 pub struct DummyLink {
     handle: Handle,
-    connection: JoinHandle<()>,
+    /// Dropping it ends the connection thread.
+    _stop: oneshot::Sender<()>,
     name: String,
     index: Option<u32>,
 }
 
-impl Drop for DummyLink {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
-
 impl DummyLink {
     /// Opens an rtnetlink connection for the interface `name` (kube-ipvs0).
+    ///
+    /// The connection runs on a thread of its own. The kernel does the work
+    /// of a netlink request inside the `sendmsg` that carries it, so this
+    /// lets a cold sync's address additions run on one core while the IPVS
+    /// batch runs on another, instead of one after the other.
     pub fn new(name: &str) -> Result<Self, KernelError> {
-        let (connection, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| KernelError::Other(format!("opening an rtnetlink socket: {e}")))?;
+        let (handle, stop) = spawn_connection(name)?;
         Ok(DummyLink {
             handle,
-            connection: tokio::spawn(connection),
+            _stop: stop,
             name: name.to_owned(),
             index: None,
         })
@@ -173,6 +172,51 @@ impl AddressKernel for DummyLink {
                 &e,
             )),
         }
+    }
+}
+
+/// Starts an rtnetlink connection on its own thread (named for `link`) and
+/// returns its handle, and a sender whose drop stops it.
+fn spawn_connection(link: &str) -> Result<(Handle, oneshot::Sender<()>), KernelError> {
+    let cannot = |what: &str, e: &dyn std::fmt::Display| {
+        KernelError::Other(format!("{what} for {link}: {e}"))
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("rtnl-{link}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("starting its runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // The socket registers with the runtime it is created on.
+                match rtnetlink::new_connection() {
+                    Ok((connection, handle, _)) => {
+                        let _ = ready_tx.send(Ok(handle));
+                        tokio::select! {
+                            () = connection => {}
+                            _ = stop_rx => {}
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("opening an rtnetlink socket: {e}")));
+                    }
+                }
+            });
+        })
+        .map_err(|e| cannot("starting the rtnetlink thread", &e))?;
+    match ready_rx.recv() {
+        Ok(Ok(handle)) => Ok((handle, stop_tx)),
+        Ok(Err(reason)) => Err(KernelError::Other(format!("{reason} (for {link})"))),
+        Err(e) => Err(cannot("the rtnetlink thread ended early", &e)),
     }
 }
 

@@ -130,7 +130,28 @@ pub struct Model {
     slice_owners: HashMap<SliceKey, ServiceName>,
     /// Mirrored core/v1 Endpoints, by the name they share with their Service.
     mirrored: HashMap<ServiceName, Vec<EndpointSliceInfo>>,
+    /// Streamed lists in progress, not yet in force.
+    listing: Listing,
     synced: bool,
+}
+
+/// Lists that arrive one object at a time ([`Update::ListStart`]), held
+/// until their [`Update::ListDone`]. Services and slices are kept in compact
+/// form as they arrive; Endpoints (standalone only) and this node's Node are
+/// few, and kept as they came.
+#[derive(Debug, Default)]
+struct Listing {
+    services: Option<HashMap<ServiceName, ServiceInfo>>,
+    slices: Option<ListedSlices>,
+    endpoints: Option<Vec<Endpoints>>,
+    nodes: Option<Vec<Node>>,
+}
+
+/// The slices of a list, filed as the model files its own.
+#[derive(Debug, Default)]
+struct ListedSlices {
+    slices: HashMap<ServiceName, ServiceSlices>,
+    owners: HashMap<SliceKey, ServiceName>,
 }
 
 impl Model {
@@ -144,6 +165,7 @@ impl Model {
             slices: HashMap::new(),
             slice_owners: HashMap::new(),
             mirrored: HashMap::new(),
+            listing: Listing::default(),
             synced: false,
         }
     }
@@ -226,20 +248,45 @@ impl Model {
             Update::Replace(list) => {
                 let mut next = HashMap::with_capacity(list.len());
                 for svc in &list {
-                    match ServiceInfo::from_service(svc) {
-                        Ok(info) => {
-                            next.insert(info.name.clone(), info);
-                        }
-                        Err(e) => {
-                            changes.errors.push(e);
-                            keep_last_good(&self.services, &mut next, &svc.metadata);
-                        }
-                    }
+                    self.list_service(&mut next, svc, changes);
                 }
-                diff_keys(&self.services, &next, &mut changes.services);
-                self.services = next;
+                self.commit_services(next, changes);
+            }
+            Update::ListStart => self.listing.services = Some(HashMap::new()),
+            Update::Listed(svc) => {
+                let mut next = self.listing.services.take().unwrap_or_default();
+                self.list_service(&mut next, &svc, changes);
+                self.listing.services = Some(next);
+            }
+            Update::ListDone => {
+                let next = self.listing.services.take().unwrap_or_default();
+                self.commit_services(next, changes);
             }
         }
+    }
+
+    /// Files one Service of a list into `next`; a rejected one keeps the
+    /// version in force.
+    fn list_service(
+        &self,
+        next: &mut HashMap<ServiceName, ServiceInfo>,
+        svc: &Service,
+        changes: &mut Changes,
+    ) {
+        match ServiceInfo::from_service(svc) {
+            Ok(info) => {
+                next.insert(info.name.clone(), info);
+            }
+            Err(e) => {
+                changes.errors.push(e);
+                keep_last_good(&self.services, next, &svc.metadata);
+            }
+        }
+    }
+
+    fn commit_services(&mut self, next: HashMap<ServiceName, ServiceInfo>, changes: &mut Changes) {
+        diff_keys(&self.services, &next, &mut changes.services);
+        self.services = next;
     }
 
     fn apply_slices(&mut self, update: Update<EndpointSlice>, changes: &mut Changes) {
@@ -256,35 +303,59 @@ impl Model {
                 Err(e) => changes.errors.push(e),
             },
             Update::Replace(list) => {
-                let mut slices: HashMap<ServiceName, ServiceSlices> = HashMap::new();
-                let mut owners = HashMap::with_capacity(list.len());
+                let mut next = ListedSlices::default();
+                next.owners.reserve(list.len());
                 for slice in &list {
-                    let key = match slice_key(&slice.metadata) {
-                        Ok(key) => key,
-                        Err(e) => {
-                            changes.errors.push(e);
-                            continue;
-                        }
-                    };
-                    let info = match EndpointSliceInfo::from_slice(slice) {
-                        Ok(Some(info)) => info,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            changes.errors.push(e);
-                            match self.slice(&key) {
-                                Some(last_good) => last_good.clone(),
-                                None => continue,
-                            }
-                        }
-                    };
-                    owners.insert(SliceKey::sharing(&info), info.service.clone());
-                    slices.entry(info.service.clone()).or_default().insert(info);
+                    self.list_slice(&mut next, slice, changes);
                 }
-                diff_keys(&self.slices, &slices, &mut changes.services);
-                self.slices = slices;
-                self.slice_owners = owners;
+                self.commit_slices(next, changes);
+            }
+            Update::ListStart => self.listing.slices = Some(ListedSlices::default()),
+            Update::Listed(slice) => {
+                let mut next = self.listing.slices.take().unwrap_or_default();
+                self.list_slice(&mut next, &slice, changes);
+                self.listing.slices = Some(next);
+            }
+            Update::ListDone => {
+                let next = self.listing.slices.take().unwrap_or_default();
+                self.commit_slices(next, changes);
             }
         }
+    }
+
+    /// Files one EndpointSlice of a list into `next`; a rejected one keeps
+    /// the version in force.
+    fn list_slice(&self, next: &mut ListedSlices, slice: &EndpointSlice, changes: &mut Changes) {
+        let key = match slice_key(&slice.metadata) {
+            Ok(key) => key,
+            Err(e) => {
+                changes.errors.push(e);
+                return;
+            }
+        };
+        let info = match EndpointSliceInfo::from_slice(slice) {
+            Ok(Some(info)) => info,
+            Ok(None) => return,
+            Err(e) => {
+                changes.errors.push(e);
+                match self.slice(&key) {
+                    Some(last_good) => last_good.clone(),
+                    None => return,
+                }
+            }
+        };
+        next.owners
+            .insert(SliceKey::sharing(&info), info.service.clone());
+        next.slices
+            .entry(info.service.clone())
+            .or_default()
+            .insert(info);
+    }
+
+    fn commit_slices(&mut self, next: ListedSlices, changes: &mut Changes) {
+        diff_keys(&self.slices, &next.slices, &mut changes.services);
+        self.slices = next.slices;
+        self.slice_owners = next.owners;
     }
 
     /// The slice last filed under `key`.
@@ -370,6 +441,12 @@ impl Model {
                 diff_keys(&self.mirrored, &next, &mut changes.services);
                 self.mirrored = next;
             }
+            Update::ListStart => self.listing.endpoints = Some(Vec::new()),
+            Update::Listed(ep) => self.listing.endpoints.get_or_insert_default().push(ep),
+            Update::ListDone => {
+                let list = self.listing.endpoints.take().unwrap_or_default();
+                self.apply_endpoints(Update::Replace(list), changes);
+            }
         }
     }
 
@@ -414,6 +491,21 @@ impl Model {
                     return;
                 }
                 None
+            }
+            Update::ListStart => {
+                self.listing.nodes = Some(Vec::new());
+                return;
+            }
+            Update::Listed(node) => {
+                // Only this node is read from a list; the others are not kept.
+                if node.metadata.name.as_deref() == Some(&*self.node_name) {
+                    self.listing.nodes.get_or_insert_default().push(node);
+                }
+                return;
+            }
+            Update::ListDone => {
+                let list = self.listing.nodes.take().unwrap_or_default();
+                return self.apply_node(Update::Replace(list), changes);
             }
             Update::Replace(list) => {
                 let Some(node) = list

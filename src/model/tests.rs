@@ -634,6 +634,132 @@ fn replace_reports_only_services_that_differ() {
     assert_eq!(model.endpoint_slices(&name("default/gone")).count(), 0);
 }
 
+/// The events of `list` streamed as the kube source sends a (re)list.
+fn streamed<K>(wrap: fn(Update<K>) -> SourceEvent, list: Vec<K>) -> Vec<SourceEvent> {
+    std::iter::once(wrap(Update::ListStart))
+        .chain(list.into_iter().map(|o| wrap(Update::Listed(o))))
+        .chain(std::iter::once(wrap(Update::ListDone)))
+        .collect()
+}
+
+#[test]
+fn a_streamed_list_takes_effect_at_once_on_list_done() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::Service(Update::Replace(vec![
+        web("kept", "10.96.0.1"),
+        web("gone", "10.96.0.2"),
+    ])));
+    model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
+        web_slice("gone-1", "gone", &["10.244.0.2"]),
+    ])));
+
+    let mut events = streamed(
+        SourceEvent::Service,
+        vec![web("kept", "10.96.0.1"), web("new", "10.96.0.3")],
+    );
+    let done = events.pop().unwrap();
+    for event in events {
+        let changes = model.apply(event);
+        assert!(changes.is_empty(), "nothing changes mid-list: {changes:?}");
+    }
+    assert!(model.service(&name("default/gone")).is_some());
+    assert!(model.service(&name("default/new")).is_none());
+    let changes = model.apply(done);
+    assert_eq!(changes.services, names(&["default/gone", "default/new"]));
+    assert!(model.service(&name("default/gone")).is_none());
+    assert!(model.service(&name("default/new")).is_some());
+
+    let mut events = streamed(
+        SourceEvent::EndpointSlice,
+        vec![web_slice("new-1", "new", &["10.244.0.3"])],
+    );
+    let done = events.pop().unwrap();
+    for event in events {
+        assert!(model.apply(event).is_empty());
+    }
+    assert_eq!(model.endpoint_slices(&name("default/gone")).count(), 1);
+    let changes = model.apply(done);
+    assert_eq!(changes.services, names(&["default/gone", "default/new"]));
+    assert_eq!(model.endpoint_slices(&name("default/gone")).count(), 0);
+    assert_eq!(model.endpoint_slices(&name("default/new")).count(), 1);
+}
+
+#[test]
+fn a_list_started_again_forgets_its_unfinished_part() {
+    let mut model = Model::new("n1");
+    let mut events = streamed(SourceEvent::Service, vec![web("stale", "10.96.0.9")]);
+    events.pop(); // the watch broke before ListDone
+    events.extend(streamed(
+        SourceEvent::Service,
+        vec![web("web", "10.96.0.1")],
+    ));
+    let mut changes = Changes::default();
+    for event in events {
+        changes.merge(model.apply(event));
+    }
+    assert_eq!(changes.services, names(&["default/web"]));
+    assert!(model.service(&name("default/stale")).is_none());
+}
+
+#[test]
+fn a_streamed_list_equals_the_same_replace() {
+    let services = || vec![web("a", "10.96.0.1"), web("b", "10.96.0.2")];
+    let slices = || {
+        vec![
+            web_slice("a-1", "a", &["10.244.0.1"]),
+            web_slice("a-2", "a", &["10.244.0.2"]),
+            web_slice("b-1", "b", &["10.244.0.3"]),
+        ]
+    };
+    let n1 = || {
+        node(json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z"}}}))
+    };
+    let n2 = || node(json!({"metadata": {"name": "n2"}}));
+    let mut replaced = Model::new("n1");
+    replaced.apply(SourceEvent::Service(Update::Replace(services())));
+    replaced.apply(SourceEvent::EndpointSlice(Update::Replace(slices())));
+    replaced.apply(SourceEvent::Node(Update::Replace(vec![n2(), n1()])));
+    let mut streamed_model = Model::new("n1");
+    for event in streamed(SourceEvent::Service, services())
+        .into_iter()
+        .chain(streamed(SourceEvent::EndpointSlice, slices()))
+        .chain(streamed(SourceEvent::Node, vec![n2(), n1()]))
+    {
+        streamed_model.apply(event);
+    }
+    for svc in ["default/a", "default/b"] {
+        assert_eq!(
+            streamed_model.service(&name(svc)),
+            replaced.service(&name(svc))
+        );
+        assert_eq!(
+            streamed_model
+                .endpoint_slices(&name(svc))
+                .collect::<Vec<_>>(),
+            replaced.endpoint_slices(&name(svc)).collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(streamed_model.service_count(), 2);
+    assert!(streamed_model.node().is_some());
+    assert_eq!(streamed_model.node(), replaced.node());
+}
+
+#[test]
+fn a_bad_object_in_a_streamed_list_keeps_its_last_good_version() {
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::Service(Update::Apply(web("web", "10.96.0.1"))));
+    let good = model.service(&name("default/web")).unwrap().clone();
+    let mut bad = web("web", "10.96.0.1");
+    bad.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.x".into());
+    let mut changes = Changes::default();
+    for event in streamed(SourceEvent::Service, vec![bad, web("other", "10.96.0.2")]) {
+        changes.merge(model.apply(event));
+    }
+    assert_eq!(changes.errors.len(), 1, "{:?}", changes.errors);
+    assert_eq!(changes.services, names(&["default/other"]));
+    assert_eq!(model.service(&name("default/web")), Some(&good));
+}
+
 #[test]
 fn bad_object_keeps_last_good_version_and_applies_the_rest() {
     let mut model = Model::new("n1");

@@ -6,7 +6,7 @@
 //! mirror (no kernel reads), and [`Reconciler::full_sync`] re-reads the kernel
 //! to adopt what the proxy owns and repair drift. Every sync sends its IPVS
 //! operations in one [`IpvsKernel::apply`] batch, with kube-ipvs0 addresses
-//! added before and removed after it.
+//! added alongside it and removed after it.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -505,9 +505,12 @@ impl Reconciler {
         let mut keys: Vec<VirtualServerKey> = self.mirror.keys().copied().collect();
         keys.sort_unstable();
         let ops: Vec<Op> = keys.into_iter().map(Op::DeleteVirtualServer).collect();
-        let services = vec![None; ops.len()];
-        self.apply(&ops, &services, ipvs, &mut report, &mut HashSet::new())
-            .await;
+        if !ops.is_empty() {
+            let services = vec![None; ops.len()];
+            report.writes += ops.len();
+            let results = ipvs.apply(&ops).await;
+            self.record_all(&ops, results, &services, &mut report, &mut HashSet::new());
+        }
         let mut held: Vec<IpAddr> = self.mirror.addresses().copied().collect();
         held.sort_unstable();
         for addr in held {
@@ -603,7 +606,10 @@ impl Reconciler {
         let now = (self.clock)();
         report.services_synced = work.services.len();
 
-        // Addresses before the virtual servers that use them.
+        // New addresses and the IPVS batch go to the kernel together: they
+        // travel on different sockets (kube-ipvs0's on a thread of its own),
+        // and a virtual server needs no local address to be created. Which
+        // virtual servers are the proxy's counts wanted addresses as held.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
         addresses.sort_unstable();
         let to_add: Vec<IpAddr> = addresses
@@ -612,21 +618,6 @@ impl Reconciler {
                 self.wanted_addrs.contains_key(addr) && !self.mirror.holds_address(*addr)
             })
             .collect();
-        if !to_add.is_empty() {
-            report.writes += to_add.len();
-            let mut results = addrs.add_addresses(&to_add).await.into_iter();
-            for addr in to_add {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(KernelError::Other(
-                        "the kernel layer returned no result for this address".into(),
-                    ))
-                });
-                match result.or_else(exists_is_ok) {
-                    Ok(()) => self.mirror.insert_address(addr),
-                    Err(error) => self.address_failed(addr, AddressAction::Add, error, now, report),
-                }
-            }
-        }
 
         let mut keys: Vec<(VirtualServerKey, Option<ServiceName>)> = work.keys.drain().collect();
         keys.sort_unstable_by_key(|(key, _)| *key);
@@ -644,9 +635,38 @@ impl Reconciler {
             diff::diff_virtual_server(*key, desired, current, &mut ops);
             answerable.resize(ops.len(), service.clone());
         }
-        let failed_services = self
-            .apply(&ops, &answerable, ipvs, report, &mut work.addresses)
-            .await;
+
+        report.writes += to_add.len() + ops.len();
+        let (added, applied) = futures::join!(
+            async {
+                if to_add.is_empty() {
+                    Vec::new()
+                } else {
+                    addrs.add_addresses(&to_add).await
+                }
+            },
+            async {
+                if ops.is_empty() {
+                    Vec::new()
+                } else {
+                    ipvs.apply(&ops).await
+                }
+            },
+        );
+        let mut added = added.into_iter();
+        for addr in to_add {
+            let result = added.next().unwrap_or_else(|| {
+                Err(KernelError::Other(
+                    "the kernel layer returned no result for this address".into(),
+                ))
+            });
+            match result.or_else(exists_is_ok) {
+                Ok(()) => self.mirror.insert_address(addr),
+                Err(error) => self.address_failed(addr, AddressAction::Add, error, now, report),
+            }
+        }
+        let failed_services =
+            self.record_all(&ops, applied, &answerable, report, &mut work.addresses);
 
         // Addresses after the virtual servers that used them are gone.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
@@ -679,23 +699,19 @@ impl Reconciler {
         }
     }
 
-    /// Sends `ops` in one batch and records each answer in the mirror.
+    /// Records the kernel's answers to one batch of `ops` in the mirror.
     /// `answerable[i]` is the service `ops[i]` is for. Addresses left unused
     /// are added to `freed`. Returns the services with a failed op.
-    async fn apply<K: IpvsKernel>(
+    fn record_all(
         &mut self,
         ops: &[Op],
+        results: Vec<Result<(), KernelError>>,
         answerable: &[Option<ServiceName>],
-        ipvs: &mut K,
         report: &mut SyncReport,
         freed: &mut HashSet<IpAddr>,
     ) -> HashSet<ServiceName> {
         let mut failed_services = HashSet::new();
-        if ops.is_empty() {
-            return failed_services;
-        }
-        report.writes += ops.len();
-        let mut results = ipvs.apply(ops).await.into_iter();
+        let mut results = results.into_iter();
         for (op, service) in ops.iter().zip(answerable) {
             let result = results.next().unwrap_or_else(|| {
                 Err(KernelError::Other(

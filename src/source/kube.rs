@@ -1,10 +1,12 @@
 //! The in-cluster source: kube-runtime watchers on the API server.
 //!
 //! Three watchers (Services, EndpointSlices, this node's Node) merge into one
-//! stream of [`SourceEvent`]s. A watcher's (re)list is buffered and emitted
-//! as one `Replace` when it is complete, so a relist after a 410 Gone or a
-//! dropped connection never programs half a state. No reflector store is
-//! kept: the model holds the compact state.
+//! stream of [`SourceEvent`]s. A watcher's (re)list streams through as
+//! `ListStart`, one `Listed` per object and `ListDone`; the model holds the
+//! objects in compact form and puts the list in force only at `ListDone`, so
+//! a relist after a 410 Gone or a dropped connection never programs half a
+//! state, and no list of whole API objects is ever held. No reflector store
+//! is kept either: the model holds the compact state.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -106,8 +108,9 @@ pub enum ClientError {
 /// Watches Services and EndpointSlices in all namespaces (with
 /// [`PROXY_LABEL_SELECTOR`]) and the Node named `node_name`.
 ///
-/// Each watcher's initial list and every relist arrive as one `Replace`;
-/// changes in between as `Apply` and `Delete`. `Synced` follows once, after
+/// Each watcher's initial list and every relist arrive as `ListStart`,
+/// `Listed` objects and `ListDone`; changes in between as `Apply` and
+/// `Delete`. `Synced` follows once, after
 /// all three have listed. Errors are logged and retried with backoff: the
 /// stream never ends.
 pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent> + Send {
@@ -149,9 +152,11 @@ impl InitialLists {
     /// `Synced` when `event` completes the first list of the last watcher.
     fn observe(&mut self, event: &SourceEvent) -> Option<SourceEvent> {
         match event {
-            SourceEvent::Service(Update::Replace(_)) => self.services = true,
-            SourceEvent::EndpointSlice(Update::Replace(_)) => self.endpoint_slices = true,
-            SourceEvent::Node(Update::Replace(_)) => self.node = true,
+            SourceEvent::Service(Update::Replace(_) | Update::ListDone) => self.services = true,
+            SourceEvent::EndpointSlice(Update::Replace(_) | Update::ListDone) => {
+                self.endpoint_slices = true;
+            }
+            SourceEvent::Node(Update::Replace(_) | Update::ListDone) => self.node = true,
             _ => return None,
         }
         if self.synced || !(self.services && self.endpoint_slices && self.node) {
@@ -162,8 +167,8 @@ impl InitialLists {
     }
 }
 
-/// A watcher as source events: lists buffered into one `Replace`, errors
-/// logged (the backoff retries them), unused fields dropped.
+/// A watcher as source events: lists streamed, errors logged (the backoff
+/// retries them), unused fields dropped.
 fn resource_events<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -175,30 +180,19 @@ where
     watcher(api, config)
         .default_backoff()
         .modify(Trim::trim)
-        .scan(Vec::new(), move |listed, event| {
-            future::ready(Some(fold_event(listed, event).map(wrap)))
-        })
-        .filter_map(future::ready)
+        .filter_map(move |event| future::ready(update_of(event).map(wrap)))
 }
 
-/// One watcher event: the update to emit, if any. `listed` buffers a list
-/// in progress.
-fn fold_event<K: Resource<DynamicType = ()>>(
-    listed: &mut Vec<K>,
+/// One watcher event as the update to emit, if any.
+fn update_of<K: Resource<DynamicType = ()>>(
     event: Result<watcher::Event<K>, watcher::Error>,
 ) -> Option<Update<K>> {
     match event {
-        Ok(watcher::Event::Init) => {
-            listed.clear();
-            None
-        }
-        Ok(watcher::Event::InitApply(object)) => {
-            listed.push(object);
-            None
-        }
+        Ok(watcher::Event::Init) => Some(Update::ListStart),
+        Ok(watcher::Event::InitApply(object)) => Some(Update::Listed(object)),
         Ok(watcher::Event::InitDone) => {
-            tracing::debug!(kind = %K::kind(&()), objects = listed.len(), "listed");
-            Some(Update::Replace(std::mem::take(listed)))
+            tracing::debug!(kind = %K::kind(&()), "listed");
+            Some(Update::ListDone)
         }
         Ok(watcher::Event::Apply(object)) => Some(Update::Apply(object)),
         Ok(watcher::Event::Delete(object)) => Some(Update::Delete(object)),
@@ -262,6 +256,16 @@ mod tests {
         }
     }
 
+    fn slice() -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("a-1".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..EndpointSlice::default()
+        }
+    }
+
     fn names(update: &Option<Update<Service>>) -> String {
         let names = |objects: &[Service]| {
             objects
@@ -275,36 +279,27 @@ mod tests {
             Some(Update::Apply(s)) => format!("Apply {}", names(std::slice::from_ref(s))),
             Some(Update::Delete(s)) => format!("Delete {}", names(std::slice::from_ref(s))),
             Some(Update::Replace(v)) => format!("Replace [{}]", names(v)),
+            Some(Update::ListStart) => "ListStart".to_owned(),
+            Some(Update::Listed(s)) => format!("Listed {}", names(std::slice::from_ref(s))),
+            Some(Update::ListDone) => "ListDone".to_owned(),
         }
     }
 
     #[test]
-    fn lists_are_buffered_into_one_replace() {
+    fn lists_stream_through_one_object_at_a_time() {
         use watcher::Event;
         let steps: Vec<(Result<Event<Service>, watcher::Error>, &str)> = vec![
-            (Ok(Event::Init), "-"),
-            (Ok(Event::InitApply(service("a"))), "-"),
-            (Ok(Event::InitApply(service("b"))), "-"),
-            (Ok(Event::InitDone), "Replace [a,b]"),
+            (Ok(Event::Init), "ListStart"),
+            (Ok(Event::InitApply(service("a"))), "Listed a"),
+            (Ok(Event::InitApply(service("b"))), "Listed b"),
+            (Ok(Event::InitDone), "ListDone"),
             (Ok(Event::Apply(service("c"))), "Apply c"),
             (Ok(Event::Delete(service("a"))), "Delete a"),
+            // Errors are logged and retried by the watcher's backoff.
             (Err(watcher::Error::NoResourceVersion), "-"),
-            // A relist that is abandoned half way (Init again) forgets its part.
-            (Ok(Event::Init), "-"),
-            (Ok(Event::InitApply(service("stale"))), "-"),
-            (Ok(Event::Init), "-"),
-            (Ok(Event::InitApply(service("b"))), "-"),
-            (Ok(Event::InitDone), "Replace [b]"),
-            (Ok(Event::Init), "-"),
-            (Ok(Event::InitDone), "Replace []"),
         ];
-        let mut listed = Vec::new();
         for (index, (event, expected)) in steps.into_iter().enumerate() {
-            assert_eq!(
-                names(&fold_event(&mut listed, event)),
-                expected,
-                "step {index}"
-            );
+            assert_eq!(names(&update_of(event)), expected, "step {index}");
         }
     }
 
@@ -314,11 +309,14 @@ mod tests {
         let steps = [
             (replace_services(), false),
             (SourceEvent::Service(Update::Apply(service("a"))), false),
-            (SourceEvent::Node(Update::Replace(vec![])), false),
+            (SourceEvent::Node(Update::ListDone), false),
             (replace_services(), false),
-            (SourceEvent::EndpointSlice(Update::Replace(vec![])), true),
+            // A list that has only started is not a list yet.
+            (SourceEvent::EndpointSlice(Update::ListStart), false),
+            (SourceEvent::EndpointSlice(Update::Listed(slice())), false),
+            (SourceEvent::EndpointSlice(Update::ListDone), true),
             (SourceEvent::EndpointSlice(Update::Replace(vec![])), false),
-            (replace_services(), false),
+            (SourceEvent::Service(Update::ListDone), false),
         ];
         let mut lists = InitialLists::default();
         for (index, (event, synced)) in steps.into_iter().enumerate() {

@@ -18,6 +18,16 @@ pub enum Update<K> {
     /// A full (re)list: exactly these objects exist now. Applied atomically,
     /// so a relist never programs half a state.
     Replace(Vec<K>),
+    /// A (re)list begins: the objects follow one by one as `Listed`, and
+    /// `ListDone` puts exactly them in force at once, as `Replace` would.
+    /// Streaming lets the model keep each object in compact form as it
+    /// arrives, rather than a whole list of API objects. Another
+    /// `ListStart` abandons an unfinished list.
+    ListStart,
+    /// One object of the list in progress.
+    Listed(K),
+    /// The list in progress is complete.
+    ListDone,
 }
 
 /// One event from a source.
