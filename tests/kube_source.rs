@@ -489,6 +489,29 @@ async fn a_cut_watch_resumes_without_losing_an_event() {
 }
 
 #[tokio::test]
+async fn a_list_served_in_pages_arrives_whole() {
+    // More services than one page of the watcher's LIST (kube asks for 500).
+    let names: Vec<String> = (0..1200).map(|i| format!("s{i:04}")).collect();
+    let mut source = Harness::start_with(|server| {
+        for name in &names {
+            server.apply(&service(name, 80));
+        }
+    })
+    .await;
+    let line = source.next_of("Service").await;
+    let mut expected: Vec<String> = names.iter().map(|n| format!("web/{n}:80")).collect();
+    expected.extend(["web/a:80".to_owned(), "web/b:81".to_owned()]);
+    expected.sort();
+    assert_eq!(line, format!("Service Replace [{}]", expected.join(", ")));
+    let requests = source.server.requests::<Service>();
+    assert_eq!(requests.lists, 1);
+    assert!(
+        requests.continued >= 1,
+        "the list came in pages: {requests:?}"
+    );
+}
+
+#[tokio::test]
 async fn failed_lists_are_retried_and_the_source_goes_on() {
     let mut source = Harness::start_with(|server| server.fail_next_lists(2)).await;
     let mut initial = source

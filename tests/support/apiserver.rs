@@ -3,9 +3,12 @@
 //!
 //! It keeps one global, increasing resourceVersion and a history of events
 //! per collection, as etcd does, and serves:
-//! - LIST (`GET /api/v1/services?labelSelector=…`): every matching object in
-//!   a `ServiceList` stamped with the current resourceVersion (`limit` is
-//!   accepted and ignored: one page, no `continue`);
+//! - LIST (`GET /api/v1/services?labelSelector=…`): the matching objects in
+//!   a `ServiceList` stamped with the current resourceVersion, in pages of
+//!   `limit` with a `continue` token, as the real server pages them. A page
+//!   after the first is served only while the collection is as it was at
+//!   the first page; after a change the token has expired (410), where the
+//!   real server would still serve its snapshot;
 //! - WATCH (`…?watch=1&resourceVersion=RV&allowWatchBookmarks=true`): the
 //!   events after RV, then live events, as chunked JSON lines; from an RV
 //!   older than the compacted history, a single ERROR event with a 410
@@ -48,8 +51,10 @@ pub struct TestApiServer {
 /// How often each collection was listed and watched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Requests {
-    /// LIST requests.
+    /// LISTs (a list served in several pages counts once).
     pub lists: usize,
+    /// Pages served after the first of a LIST (requests with `continue`).
+    pub continued: usize,
     /// WATCH requests, including those answered with 410 Gone.
     pub watches: usize,
 }
@@ -86,6 +91,9 @@ struct Collection {
     objects: BTreeMap<(String, String), Value>,
     /// Every change still retained, oldest first.
     history: Vec<Change>,
+    /// The resourceVersion of the last change (continue tokens older than
+    /// it have expired).
+    changed_at: u64,
     requests: Requests,
 }
 
@@ -155,6 +163,7 @@ impl TestApiServer {
                 kind: K::KIND.to_owned(),
                 objects: BTreeMap::new(),
                 history: Vec::new(),
+                changed_at: 0,
                 requests: Requests::default(),
             });
     }
@@ -177,6 +186,7 @@ impl TestApiServer {
             .get_mut(&collection_key)
             .expect("registered above");
         let old = collection.objects.insert(key, value.clone());
+        collection.changed_at = resource_version;
         let change = Change {
             resource_version,
             old,
@@ -213,6 +223,7 @@ impl TestApiServer {
             .collections
             .get_mut(&collection_key)
             .expect("found above");
+        collection.changed_at = resource_version;
         collection.history.push(change.clone());
         state.publish(&collection_key, &change);
         true
@@ -543,39 +554,114 @@ async fn serve(
         }
         watch_collection(shared, key, filter, &query).await
     } else {
-        list_collection(&shared, &key, &filter)
+        let page = match Page::parse(&query) {
+            Ok(page) => page,
+            Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
+        };
+        list_collection(&shared, &key, &filter, page)
     }
 }
 
-fn list_collection(shared: &Shared, key: &CollectionKey, filter: &Filter) -> Response {
+/// Which page of a LIST is asked for: `limit` (0 or absent: all) and the
+/// `continue` token of the page before.
+#[derive(Debug)]
+struct Page {
+    limit: usize,
+    after: Option<Continue>,
+}
+
+/// A continue token, "RV/NAMESPACE/NAME": the list's resourceVersion and
+/// the key of the last object served (names never contain '/').
+#[derive(Debug)]
+struct Continue {
+    resource_version: u64,
+    key: (String, String),
+}
+
+impl Page {
+    fn parse(query: &HashMap<String, String>) -> Result<Page, String> {
+        let limit = match query.get("limit") {
+            None => 0,
+            Some(limit) => limit
+                .parse()
+                .map_err(|_| format!("invalid limit {limit:?}"))?,
+        };
+        let after = match query.get("continue").filter(|token| !token.is_empty()) {
+            None => None,
+            Some(token) => {
+                let mut parts = token.splitn(3, '/');
+                let (Some(rv), Some(namespace), Some(name)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(format!("invalid continue token {token:?}"));
+                };
+                let resource_version = rv
+                    .parse()
+                    .map_err(|_| format!("invalid continue token {token:?}"))?;
+                Some(Continue {
+                    resource_version,
+                    key: (namespace.to_owned(), name.to_owned()),
+                })
+            }
+        };
+        Ok(Page { limit, after })
+    }
+}
+
+fn list_collection(shared: &Shared, key: &CollectionKey, filter: &Filter, page: Page) -> Response {
+    use std::ops::Bound;
     let mut state = shared.lock();
-    let resource_version = state.resource_version;
     let collection = state.collections.get_mut(key).expect("checked by serve");
-    collection.requests.lists += 1;
+    // One LIST, however many pages it is served in.
+    match page.after {
+        None => collection.requests.lists += 1,
+        Some(_) => collection.requests.continued += 1,
+    }
     if state.failing_lists > 0 {
         state.failing_lists -= 1;
         let message = "the test server fails this list".to_owned();
         return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message);
     }
-    let collection = state.collections.get_mut(key).expect("checked by serve");
-    let items: Vec<Value> = collection
+    let collection = state.collections.get(key).expect("checked by serve");
+    let (resource_version, start) = match &page.after {
+        None => (state.resource_version, Bound::Unbounded),
+        Some(after) if after.resource_version < collection.changed_at => {
+            let message = "the provided continue parameter is too old to serve a consistent list; \
+                           list again without it"
+                .to_owned();
+            return status(StatusCode::GONE, "Expired", message);
+        }
+        Some(after) => (after.resource_version, Bound::Excluded(after.key.clone())),
+    };
+    let limit = if page.limit == 0 {
+        usize::MAX
+    } else {
+        page.limit
+    };
+    let mut matching = collection
         .objects
-        .values()
-        .filter(|object| filter.matches(object))
-        .map(|object| {
-            // As the real server: list items carry no apiVersion and kind.
-            let mut item = object.clone();
-            if let Value::Object(fields) = &mut item {
-                fields.remove("apiVersion");
-                fields.remove("kind");
-            }
-            item
-        })
-        .collect();
+        .range((start, Bound::Unbounded))
+        .filter(|(_, object)| filter.matches(object));
+    let mut items = Vec::new();
+    let mut last_key = None;
+    for (object_key, object) in matching.by_ref().take(limit) {
+        // As the real server: list items carry no apiVersion and kind.
+        let mut item = object.clone();
+        if let Value::Object(fields) = &mut item {
+            fields.remove("apiVersion");
+            fields.remove("kind");
+        }
+        items.push(item);
+        last_key = Some(object_key);
+    }
+    let mut metadata = json!({"resourceVersion": resource_version.to_string()});
+    if let (Some((namespace, name)), Some(_)) = (last_key, matching.next()) {
+        metadata["continue"] = json!(format!("{resource_version}/{namespace}/{name}"));
+    }
     let list = json!({
         "kind": format!("{}List", collection.kind),
         "apiVersion": key.0,
-        "metadata": {"resourceVersion": resource_version.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     (
