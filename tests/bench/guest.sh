@@ -31,6 +31,10 @@ schedulers=(ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_sed ip_vs_nq)
 # minute or more, and every real-server add scans that list, so a phase run
 # after a flush would pay for the phase before it.
 fresh_ipvs() {
+    # A phase that failed half way leaves its services behind, which would
+    # keep the modules in use and fail every phase after it.
+    ipvsadm -C 2>/dev/null
+    ip link del kube-ipvs0 2>/dev/null
     modprobe -r "${schedulers[@]}" ip_vs && modprobe -a ip_vs "${schedulers[@]}"
 }
 

@@ -54,7 +54,8 @@ pub async fn reset(ipvs: &Ipvs) -> Result<(), String> {
 }
 
 /// Checks that the kernel holds exactly the scale: every service with its E
-/// real servers (E + 1 for the services in `with_extra`), nothing else.
+/// serving real servers (E + 1 for the services in `with_extra`), nothing
+/// else. Real servers draining at weight 0 are not counted.
 pub async fn verify(ipvs: &Ipvs, scale: Scale, with_extra: &[usize]) -> Result<(), String> {
     let table = ipvs
         .handle
@@ -70,7 +71,7 @@ pub async fn verify(ipvs: &Ipvs, scale: Scale, with_extra: &[usize]) -> Result<(
                 service.address
             ));
         };
-        found.insert(addr, destinations.len());
+        found.insert(addr, destinations.iter().filter(|d| d.weight > 0).count());
     }
     if found.len() != scale.services {
         return Err(format!(
@@ -86,7 +87,7 @@ pub async fn verify(ipvs: &Ipvs, scale: Scale, with_extra: &[usize]) -> Result<(
             None => return Err(format!("virtual server {vip}:80 (service {i}) is missing")),
             Some(&n) if n != wanted => {
                 return Err(format!(
-                    "virtual server {vip}:80 (service {i}) has {n} real servers; {wanted} wanted"
+                    "virtual server {vip}:80 (service {i}) has {n} serving real servers; {wanted} wanted"
                 ))
             }
             Some(_) => {}
@@ -95,8 +96,10 @@ pub async fn verify(ipvs: &Ipvs, scale: Scale, with_extra: &[usize]) -> Result<(
     Ok(())
 }
 
-/// The number of real servers the kernel holds for service `i`.
-pub async fn real_servers_of(ipvs: &Ipvs, i: usize) -> Result<usize, String> {
+/// The real servers the kernel holds for service `i`: how many take new
+/// connections (weight above 0), and how many in all (a removed TCP
+/// endpoint drains at weight 0 until a dump shows it idle).
+pub async fn real_servers_of(ipvs: &Ipvs, i: usize) -> Result<(usize, usize), String> {
     let address = ServiceAddress::Inet {
         addr: synthetic::cluster_ip(i),
         protocol: netlink_ipvs::Protocol::Tcp,
@@ -107,6 +110,6 @@ pub async fn real_servers_of(ipvs: &Ipvs, i: usize) -> Result<usize, String> {
         .get(&address)
         .execute()
         .await
-        .map(|d| d.len())
+        .map(|d| (d.iter().filter(|d| d.weight > 0).count(), d.len()))
         .map_err(|e| format!("listing the real servers of {address}: {e}"))
 }

@@ -216,6 +216,10 @@ pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<Prox
         .await
         .map_err(|e| format!("after deleting and re-creating services: {e}"))?;
 
+    // The endpoints the trials removed drained at weight 0; the first full
+    // sync sees them idle and deletes them. That is the trials' work, not
+    // an idle resync's.
+    pipeline.resync().await?;
     let idle = idle_resyncs(&mut pipeline, idle_runs).await?;
     drop(pipeline);
     kernel_state::reset(&ipvs).await?;
@@ -253,11 +257,13 @@ async fn single_changes(
             });
             // The ACK says the kernel holds the change; read it back once.
             if trial == 0 {
-                let held = kernel_state::real_servers_of(ipvs, i).await?;
+                let (serving, held) = kernel_state::real_servers_of(ipvs, i).await?;
                 let wanted = scale.endpoints + usize::from(with_extra);
-                if held != wanted {
+                // The removed endpoint drains at weight 0: held, not serving.
+                let drained = scale.endpoints + 1;
+                if serving != wanted || held != drained {
                     return Err(format!(
-                        "after the first change the kernel holds {held} real servers for service {i}; {wanted} wanted"
+                        "after the first change the kernel holds {held} real servers for service {i}, {serving} of them serving; {drained} held and {wanted} serving wanted"
                     ));
                 }
             }
