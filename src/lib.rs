@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod desired;
+pub mod heap;
 pub mod kernel;
 pub mod metrics;
 pub mod model;

@@ -347,6 +347,8 @@ impl Loop<'_> {
                         state.set_node(refresh_node().await?);
                         let report = state.reconciler.full_sync(ipvs, link).await;
                         log_sync("full", &report, started, &state.metrics);
+                        // The first sync and relists free far more than they keep.
+                        crate::heap::release_free_memory();
                         next_full = Some(Instant::now() + opts.ipvs_sync_period);
                         if opts.once {
                             return verify(&mut state.reconciler, ipvs, link, report, &state.metrics).await;

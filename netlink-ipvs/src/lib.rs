@@ -83,6 +83,7 @@
 //!   missing or invalid attribute.
 //! * [`Handle`]: builders ending in `execute()`.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod address;

@@ -7,11 +7,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkDummy};
-use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{AddressKernel, KernelError};
 
@@ -19,24 +25,25 @@ use super::{AddressKernel, KernelError};
 #[derive(Debug)]
 pub struct DummyLink {
     handle: Handle,
-    /// Dropping it ends the connection thread.
-    _stop: oneshot::Sender<()>,
+    connection: JoinHandle<()>,
     name: String,
     index: Option<u32>,
 }
 
+impl Drop for DummyLink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
 impl DummyLink {
     /// Opens an rtnetlink connection for the interface `name` (kube-ipvs0).
-    ///
-    /// The connection runs on a thread of its own. The kernel does the work
-    /// of a netlink request inside the `sendmsg` that carries it, so this
-    /// lets a cold sync's address additions run on one core while the IPVS
-    /// batch runs on another, instead of one after the other.
     pub fn new(name: &str) -> Result<Self, KernelError> {
-        let (handle, stop) = spawn_connection(name)?;
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| KernelError::Other(format!("opening an rtnetlink socket: {e}")))?;
         Ok(DummyLink {
             handle,
-            _stop: stop,
+            connection: tokio::spawn(connection),
             name: name.to_owned(),
             index: None,
         })
@@ -148,13 +155,17 @@ impl AddressKernel for DummyLink {
             Ok(index) => index,
             Err(e) => return addrs.iter().map(|_| Err(e.clone())).collect(),
         };
-        // rtnetlink pipelines requests on its socket; a bounded window keeps
-        // the ACKs within the receive buffer.
-        let (handle, name) = (&self.handle, self.name.as_str());
-        futures::stream::iter(addrs.iter().map(|&addr| add(handle, index, name, addr)))
-            .buffered(ADD_WINDOW)
-            .collect()
-            .await
+        // The kernel does a netlink request's work inside the sendmsg that
+        // carries it: on a blocking thread, the additions run on one core
+        // while the caller's IPVS batch runs on another.
+        let (link, batch) = (self.name.clone(), addrs.to_vec());
+        match tokio::task::spawn_blocking(move || add_batched(index, &link, &batch)).await {
+            Ok(results) => results,
+            Err(e) => {
+                let e = KernelError::Other(format!("adding addresses to {}: {e}", self.name));
+                addrs.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
     }
 
     #[tracing::instrument(skip(self), fields(link = %self.name))]
@@ -175,53 +186,113 @@ impl AddressKernel for DummyLink {
     }
 }
 
-/// Starts an rtnetlink connection on its own thread (named for `link`) and
-/// returns its handle, and a sender whose drop stops it.
-fn spawn_connection(link: &str) -> Result<(Handle, oneshot::Sender<()>), KernelError> {
-    let cannot = |what: &str, e: &dyn std::fmt::Display| {
-        KernelError::Other(format!("{what} for {link}: {e}"))
+/// Address additions per sendmsg: their messages fit in 64 KiB, and the
+/// replies of a whole batch of failures fit in the receive buffer.
+const ADD_BATCH: usize = 512;
+
+/// Adds `addrs` to interface `index` on a socket of its own: many
+/// RTM_NEWADDR per sendmsg, as netlink-ipvs batches IPVS commands. Only the
+/// last message of a batch asks for an ACK. The kernel handles a socket's
+/// messages in order and reports every failure, ACK or not, so once that ACK
+/// is in, every message before it without an error has succeeded. One
+/// result per address, in order.
+fn add_batched(index: u32, link: &str, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+    let fail_all = |what: &str, e: std::io::Error| {
+        let e = KernelError::Other(format!("{what} to add addresses to {link}: {e}"));
+        addrs.iter().map(|_| Err(e.clone())).collect()
     };
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("rtnl-{link}"))
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("starting its runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                // The socket registers with the runtime it is created on.
-                match rtnetlink::new_connection() {
-                    Ok((connection, handle, _)) => {
-                        let _ = ready_tx.send(Ok(handle));
-                        tokio::select! {
-                            () = connection => {}
-                            _ = stop_rx => {}
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("opening an rtnetlink socket: {e}")));
-                    }
-                }
-            });
-        })
-        .map_err(|e| cannot("starting the rtnetlink thread", &e))?;
-    match ready_rx.recv() {
-        Ok(Ok(handle)) => Ok((handle, stop_tx)),
-        Ok(Err(reason)) => Err(KernelError::Other(format!("{reason} (for {link})"))),
-        Err(e) => Err(cannot("the rtnetlink thread ended early", &e)),
+    let mut socket = match Socket::new(NETLINK_ROUTE) {
+        Ok(socket) => socket,
+        Err(e) => return fail_all("opening an rtnetlink socket", e),
+    };
+    if let Err(e) = socket
+        .bind_auto()
+        .and_then(|_| socket.connect(&SocketAddr::new(0, 0)))
+    {
+        return fail_all("binding an rtnetlink socket", e);
     }
+    let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(addrs.len());
+    let mut request = Vec::with_capacity(64 * 1024);
+    let mut reply = Vec::with_capacity(64 * 1024);
+    for (batch, chunk) in addrs.chunks(ADD_BATCH).enumerate() {
+        // Sequence numbers are 1 + the address's index in `addrs`.
+        let first = batch * ADD_BATCH;
+        request.clear();
+        for (i, &addr) in chunk.iter().enumerate() {
+            let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(
+                host_address_message(index, addr),
+            ));
+            message.header.flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+            if i + 1 == chunk.len() {
+                message.header.flags |= NLM_F_ACK;
+            }
+            message.header.sequence_number = sequence(first + i);
+            message.finalize();
+            let at = request.len();
+            request.resize(at + message.buffer_len(), 0);
+            message.serialize(&mut request[at..]);
+        }
+        let mut outcome: Vec<Result<(), KernelError>> = chunk.iter().map(|_| Ok(())).collect();
+        let last = sequence(first + chunk.len() - 1);
+        if let Err(e) = socket.send(&request, 0) {
+            let e = KernelError::Other(format!("sending address additions to {link}: {e}"));
+            results.extend(chunk.iter().map(|_| Err(e.clone())));
+            continue;
+        }
+        'replies: loop {
+            reply.clear();
+            if let Err(e) = socket.recv(&mut reply, 0) {
+                let e = KernelError::Other(format!("reading replies from {link}: {e}"));
+                outcome.iter_mut().for_each(|o| *o = Err(e.clone()));
+                break;
+            }
+            let mut at = 0;
+            while at < reply.len() {
+                let Ok(buffer) = NetlinkBuffer::new_checked(&reply[at..]) else {
+                    break;
+                };
+                let length = (buffer.length() as usize).max(16);
+                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
+                    &reply[at..(at + length).min(reply.len())],
+                );
+                at += (length + 3) & !3;
+                let Ok(message) = parsed else { continue };
+                let NetlinkPayload::Error(error) = message.payload else {
+                    continue;
+                };
+                let seq = message.header.sequence_number;
+                let Some(slot) = (seq as usize)
+                    .checked_sub(first + 1)
+                    .and_then(|i| outcome.get_mut(i))
+                else {
+                    continue;
+                };
+                if let Some(code) = error.code {
+                    let addr = chunk[seq as usize - first - 1];
+                    *slot = if -code.get() == libc::EEXIST {
+                        Err(KernelError::Exists)
+                    } else {
+                        Err(KernelError::Other(format!(
+                            "binding {addr}/{} on {link}: {}",
+                            host_prefix(addr),
+                            error.to_io()
+                        )))
+                    };
+                }
+                if seq == last {
+                    break 'replies;
+                }
+            }
+        }
+        results.extend(outcome);
+    }
+    results
 }
 
-/// Address additions in flight at once.
-const ADD_WINDOW: usize = 64;
+/// The sequence number of the address at `index` of a batch call.
+fn sequence(index: usize) -> u32 {
+    u32::try_from(index + 1).unwrap_or(u32::MAX)
+}
 
 async fn add(handle: &Handle, index: u32, link: &str, addr: IpAddr) -> Result<(), KernelError> {
     let prefix = host_prefix(addr);

@@ -607,7 +607,7 @@ impl Reconciler {
         report.services_synced = work.services.len();
 
         // New addresses and the IPVS batch go to the kernel together: they
-        // travel on different sockets (kube-ipvs0's on a thread of its own),
+        // travel on different sockets (kube-ipvs0's from a blocking thread),
         // and a virtual server needs no local address to be created. Which
         // virtual servers are the proxy's counts wanted addresses as held.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
