@@ -61,7 +61,7 @@ async fn many_addresses_are_added_in_batches_and_each_gets_its_answer() {
     assert_eq!(link.ensure_link().await, Ok(vec![]));
     link.add_address(v4(5)).await.expect("one address");
 
-    // 1,200 addresses span three batches; one is held already and one is
+    // 1,200 addresses span five batches; one is held already and one is
     // asked for twice, in the middle of a batch and not at its end.
     let mut wanted: Vec<IpAddr> = (0..1200).map(v4).collect();
     wanted.insert(700, v4(600));

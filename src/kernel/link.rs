@@ -186,9 +186,12 @@ impl AddressKernel for DummyLink {
     }
 }
 
-/// Address additions per sendmsg: their messages fit in 64 KiB, and the
-/// replies of a whole batch of failures fit in the receive buffer.
-const ADD_BATCH: usize = 512;
+/// Address additions per sendmsg. Their messages fit in 64 KiB, and the
+/// error replies of a batch that fails throughout (each takes several
+/// hundred bytes of receive buffer) come close to the default 208 KiB
+/// receive buffer without passing it. Were it to overflow, the read fails,
+/// and the whole batch is reported failed and retried with backoff.
+const ADD_BATCH: usize = 256;
 
 /// Adds `addrs` to interface `index` on a socket of its own: many
 /// RTM_NEWADDR per sendmsg, as netlink-ipvs batches IPVS commands. Only the
