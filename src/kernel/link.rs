@@ -250,37 +250,19 @@ fn add_batched(index: u32, link: &str, addrs: &[IpAddr]) -> Vec<Result<(), Kerne
                 break;
             }
             let mut at = 0;
-            while at < reply.len() {
-                let Ok(buffer) = NetlinkBuffer::new_checked(&reply[at..]) else {
-                    break;
-                };
+            while let Ok(buffer) = NetlinkBuffer::new_checked(&reply[at..]) {
                 let length = (buffer.length() as usize).max(16);
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                    &reply[at..(at + length).min(reply.len())],
-                );
-                at += (length + 3) & !3;
-                let Ok(message) = parsed else { continue };
-                let NetlinkPayload::Error(error) = message.payload else {
-                    continue;
-                };
-                let seq = message.header.sequence_number;
-                let Some(slot) = (seq as usize)
+                let seq = buffer.sequence_number();
+                let bytes = &reply[at..(at + length).min(reply.len())];
+                at = (at + ((length + 3) & !3)).min(reply.len());
+                let Some(i) = (seq as usize)
                     .checked_sub(first + 1)
-                    .and_then(|i| outcome.get_mut(i))
+                    .filter(|&i| i < chunk.len())
                 else {
                     continue;
                 };
-                if let Some(code) = error.code {
-                    let addr = chunk[seq as usize - first - 1];
-                    *slot = if -code.get() == libc::EEXIST {
-                        Err(KernelError::Exists)
-                    } else {
-                        Err(KernelError::Other(format!(
-                            "binding {addr}/{} on {link}: {}",
-                            host_prefix(addr),
-                            error.to_io()
-                        )))
-                    };
+                if let Some(answer) = answer_of(bytes, chunk[i], link) {
+                    outcome[i] = answer;
                 }
                 if seq == last {
                     break 'replies;
@@ -290,6 +272,30 @@ fn add_batched(index: u32, link: &str, addrs: &[IpAddr]) -> Vec<Result<(), Kerne
         results.extend(outcome);
     }
     results
+}
+
+/// What one reply says of the addition of `addr`: `None` for a message that
+/// is not an answer (an ACK of success is `Some(Ok)`), an error naming the
+/// address for a failure or a reply that does not decode.
+fn answer_of(bytes: &[u8], addr: IpAddr, link: &str) -> Option<Result<(), KernelError>> {
+    let what = || format!("binding {addr}/{} on {link}", host_prefix(addr));
+    let message = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            return Some(Err(KernelError::Other(format!(
+                "{}: bad reply: {e}",
+                what()
+            ))))
+        }
+    };
+    let NetlinkPayload::Error(error) = message.payload else {
+        return None;
+    };
+    Some(match error.code {
+        None => Ok(()),
+        Some(code) if -code.get() == libc::EEXIST => Err(KernelError::Exists),
+        Some(_) => Err(KernelError::Other(format!("{}: {}", what(), error.to_io()))),
+    })
 }
 
 /// The sequence number of the address at `index` of a batch call.

@@ -110,9 +110,8 @@ pub enum ClientError {
 ///
 /// Each watcher's initial list and every relist arrive as `ListStart`,
 /// `Listed` objects and `ListDone`; changes in between as `Apply` and
-/// `Delete`. `Synced` follows once, after
-/// all three have listed. Errors are logged and retried with backoff: the
-/// stream never ends.
+/// `Delete`. `Synced` follows once, after all three have listed. Errors are
+/// logged and retried with backoff: the stream never ends.
 pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent> + Send {
     let selected = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
