@@ -8,6 +8,8 @@
 # synthetic ClusterIP services with E ready endpoints each:
 #   - ipvsadm -R loading the state from a file of -A/-a lines;
 #   - the raw floor: netlink-ipvs alone, the same operations in one batch;
+#   - kube-ipvs0's addresses added as the proxy batches them, alone and at
+#     the same time as that batch (the floor of the whole kernel state);
 #   - the proxy's pipeline in-process (model -> translate -> reconciler ->
 #     netlink): cold sync from an empty kernel, single-change latency (one
 #     endpoint added then removed, --trials times), idle resync;

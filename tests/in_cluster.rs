@@ -54,6 +54,9 @@ impl AddressKernel for SharedKernel {
     async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         self.0.lock().await.add_address(addr).await
     }
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        self.0.lock().await.add_addresses(addrs).await
+    }
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         self.0.lock().await.del_address(addr).await
     }

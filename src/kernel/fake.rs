@@ -361,6 +361,14 @@ impl AddressKernel for FakeKernel {
         Ok(())
     }
 
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        let mut results = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            results.push(self.add_address(addr).await);
+        }
+        results
+    }
+
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         self.writes += 1;
         self.journal.push(Write::DelAddress(addr));

@@ -62,6 +62,10 @@ impl AddressKernel for SharedKernel {
         block_on(self.0.borrow_mut().add_address(addr))
     }
 
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        block_on(self.0.borrow_mut().add_addresses(addrs))
+    }
+
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         block_on(self.0.borrow_mut().del_address(addr))
     }

@@ -65,6 +65,11 @@ enum Phase {
         #[arg(long)]
         scale: Scale,
     },
+    /// Times the scale's kube-ipvs0 additions, alone and beside the IPVS batch.
+    RawAddresses {
+        #[arg(long)]
+        scale: Scale,
+    },
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy {
         #[arg(long)]
@@ -147,6 +152,7 @@ impl Phase {
             Phase::Env { .. } => (None, "environment".into()),
             Phase::Ipvsadm { scale, .. } => (Some(*scale), "ipvsadm -R".into()),
             Phase::Raw { scale } => (Some(*scale), "raw floor".into()),
+            Phase::RawAddresses { scale } => (Some(*scale), "raw floor, kube-ipvs0".into()),
             Phase::Proxy { scale, .. } => (Some(*scale), "proxy in-process".into()),
             Phase::Rss { scale, mode, .. } => (
                 Some(*scale),
@@ -173,6 +179,7 @@ async fn measure(phase: Phase) -> Result<Record, String> {
             Record::Ipvsadm(phases::ipvsadm_restore(scale, &rules).await?)
         }
         Phase::Raw { scale } => Record::RawFloor(phases::raw_floor(scale).await?),
+        Phase::RawAddresses { scale } => Record::AddressFloor(phases::address_floor(scale).await?),
         Phase::Proxy {
             scale,
             trials,

@@ -29,8 +29,8 @@ use netlink_ipvs::{Operation, ServiceAddress};
 use observe::{status_kib, SyncDone};
 use pipeline::{endpoint_change, service_change, Pipeline};
 use record::{
-    quantile, ChangeLatency, ColdSync, Environment, Failure, IdleResync, IpvsadmRestore, ProxyRun,
-    RawFloor, Record, RssRun, ServiceChurn, SourceMode,
+    quantile, AddressFloor, ChangeLatency, ColdSync, Environment, Failure, IdleResync,
+    IpvsadmRestore, ProxyRun, RawFloor, Record, RssRun, ServiceChurn, SourceMode,
 };
 use synthetic::Scale;
 
@@ -453,6 +453,11 @@ fn run_records(goal_scale: Scale, steady_mib: u64) -> Vec<Record> {
             messages: 110_000,
             sends: 200,
             dump_seconds: 0.5,
+        }),
+        Record::AddressFloor(AddressFloor {
+            scale: goal_scale,
+            seconds: 1.0,
+            with_ipvs_seconds: 1.5,
         }),
         Record::Proxy(proxy_run(goal_scale, 2.0, 0.003, 2, 0)),
         Record::Rss(RssRun {

@@ -71,6 +71,7 @@ for scale in $KIP_BENCH_SCALES; do
     phase "$scale" "ipvsadm -R" ipvsadm --scale "$scale" --rules "$work/rules-$scale"
     rm -f "$work/rules-$scale"
     phase "$scale" "raw floor" raw --scale "$scale"
+    phase "$scale" "raw floor, kube-ipvs0" raw-addresses --scale "$scale"
     phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}"
     phase "$scale" "binary RSS, standalone" \
         rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work" \

@@ -15,6 +15,8 @@ pub enum Record {
     Ipvsadm(IpvsadmRestore),
     /// netlink-ipvs alone: one pipelined batch of the same operations.
     RawFloor(RawFloor),
+    /// The same state's kube-ipvs0 addresses, alone and beside the IPVS batch.
+    AddressFloor(AddressFloor),
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy(ProxyRun),
     /// The `kube-ipvs-proxy` binary's memory.
@@ -57,6 +59,18 @@ pub struct RawFloor {
     /// One pipelined `handle.dump()` of the loaded table: the floor of a
     /// full sync's kernel read.
     pub dump_seconds: f64,
+}
+
+/// Every cluster IP of the scale added to kube-ipvs0, batched as the proxy
+/// batches them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddressFloor {
+    pub scale: Scale,
+    /// The additions alone.
+    pub seconds: f64,
+    /// The additions and the raw IPVS batch at the same time, as a cold sync
+    /// sends them: the floor of the whole kernel state.
+    pub with_ipvs_seconds: f64,
 }
 
 /// The proxy's model → translate → reconcile → netlink pipeline.
