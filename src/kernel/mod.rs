@@ -3,7 +3,7 @@
 //! reconciler's logic is tested against [`fake`] and proven against the real
 //! kernel in the VM.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::IpAddr;
 
 use crate::desired::{Op, RealServer, RealServerKey, VirtualServer};

@@ -7,7 +7,7 @@
 //! an object that cannot be converted is reported and its last good version
 //! kept. Work per event is proportional to the objects it carries.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
@@ -60,7 +60,12 @@ impl Changes {
     pub fn merge(&mut self, later: Changes) {
         self.all |= later.all;
         self.synced |= later.synced;
-        self.services.extend(later.services);
+        let mut services = later.services;
+        // The smaller set goes into the larger: a relist names every service.
+        if services.len() > self.services.len() {
+            std::mem::swap(&mut self.services, &mut services);
+        }
+        self.services.extend(services);
         self.errors.extend(later.errors);
     }
 }

@@ -1,7 +1,7 @@
 //! Model tests: conversions from API objects (built from JSON as the API
 //! server would send them) and the change tracking of [`Model::apply`].
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};

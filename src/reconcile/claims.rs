@@ -1,7 +1,7 @@
 //! Which service owns each virtual server key, and which keys services have
 //! let go of but may still be in the kernel.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use crate::desired::{ServiceName, VirtualServerKey};
 

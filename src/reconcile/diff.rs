@@ -1,7 +1,7 @@
 //! The pure heart of reconciliation: the ops that turn one mirrored virtual
 //! server into the desired one.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::desired::{
     DesiredVirtualServer, Op, Protocol, RealServer, RealServerKey, VirtualServerKey,
@@ -143,7 +143,7 @@ mod tests {
         MirroredVirtualServer {
             server,
             real_servers: real_servers.iter().map(|r| (r.key, r.weight)).collect(),
-            connections: HashMap::new(),
+            connections: HashMap::default(),
         }
     }
 

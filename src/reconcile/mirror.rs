@@ -1,7 +1,7 @@
 //! The reconciler's picture of the kernel state the proxy owns. Only
 //! confirmed kernel answers (and dumps) change it, so it stays truthful.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::net::IpAddr;
 
 use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};

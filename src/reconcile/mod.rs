@@ -9,7 +9,7 @@
 //! added alongside it and removed after it.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Instant;

@@ -14,7 +14,8 @@
 //!   does not run are left out, and a virtual server only ever gets
 //!   addresses and endpoints of its own family.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
