@@ -11,6 +11,7 @@ pub mod heap;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod plan;
 pub mod proxy;
 pub mod reconcile;

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{Changes, Model};
 use crate::reconcile::{Ownership, Reconciler, SyncReport};
 use crate::source::{self, SourceEvent};
-use crate::translate::{translate_named, NodeFacts, TranslateConfig};
+use crate::translate::{translate_each, NodeFacts, TranslateConfig, Translation};
 
 /// Why the proxy stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ impl State {
         for error in &changes.errors {
             tracing::error!(%error, "rejected object; its last good version stays in force");
         }
-        if changes.all {
+        let names: Vec<ServiceName> = if changes.all {
             // Every service the model holds, and every one the reconciler
             // still programs (it may be gone from the model), once each.
             let names: std::collections::HashSet<ServiceName> = self
@@ -169,18 +169,18 @@ impl State {
                 .map(|s| s.name.clone())
                 .chain(self.reconciler.desired().map(|(n, _)| n.clone()))
                 .collect();
-            for name in names {
-                self.retranslate(name);
-            }
+            names.into_iter().collect()
         } else {
-            for name in changes.services {
-                self.retranslate(name);
-            }
+            changes.services.into_iter().collect()
+        };
+        let translations = translate_each(&self.model, &names, &self.node, &self.translate);
+        for (name, translation) in names.into_iter().zip(translations) {
+            self.hand_over(name, translation);
         }
     }
 
-    fn retranslate(&mut self, name: ServiceName) {
-        let translation = translate_named(&self.model, &name, &self.node, &self.translate);
+    /// Passes one service's fresh translation to the reconciler.
+    fn hand_over(&mut self, name: ServiceName, translation: Translation) {
         for warning in &translation.warnings {
             tracing::warn!(service = %name, %warning, "translating service");
         }

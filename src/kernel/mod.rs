@@ -3,8 +3,9 @@
 //! reconciler's logic is tested against [`fake`] and proven against the real
 //! kernel in the VM.
 
-use foldhash::HashMap;
 use std::net::IpAddr;
+
+use foldhash::HashMap;
 
 use crate::desired::{Op, RealServer, RealServerKey, VirtualServer};
 

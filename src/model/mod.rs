@@ -7,14 +7,15 @@
 //! an object that cannot be converted is reported and its last good version
 //! kept. Work per event is proportional to the objects it carries.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::desired::ServiceName;
+use crate::parallel;
 use crate::source::{SourceEvent, Update};
 
 mod endpoints;
@@ -68,6 +69,27 @@ impl Changes {
         self.services.extend(services);
         self.errors.extend(later.errors);
     }
+}
+
+/// A listed Service in compact form, or why it was rejected and, if it has
+/// one, its name (whose last good version then stays).
+type ListedService = Result<ServiceInfo, (ModelError, Option<ServiceName>)>;
+
+/// Converts one listed Service. It takes the object so that, on a relist
+/// converted on worker threads, the workers also free the API objects.
+fn convert_service(svc: &Service) -> ListedService {
+    ServiceInfo::from_service(svc)
+        .map_err(|e| (e, object_name(ObjectKind::Service, &svc.metadata).ok()))
+}
+
+/// A listed EndpointSlice: its key and compact form (`None` for a slice of
+/// no Service), or why it has no usable key.
+type ListedSlice = Result<(SliceKey, Result<Option<EndpointSliceInfo>, ModelError>), ModelError>;
+
+/// Converts one listed EndpointSlice, taking it as [`convert_service`] does.
+fn convert_slice(slice: &EndpointSlice) -> ListedSlice {
+    let key = slice_key(&slice.metadata)?;
+    Ok((key, EndpointSliceInfo::from_slice(slice)))
 }
 
 /// Where a slice lives: its namespace and its own name.
@@ -252,15 +274,15 @@ impl Model {
             },
             Update::Replace(list) => {
                 let mut next = HashMap::with_capacity(list.len());
-                for svc in &list {
-                    self.list_service(&mut next, svc, changes);
+                for listed in parallel::map_in_order(list.iter().collect(), convert_service) {
+                    self.list_service(&mut next, listed, changes);
                 }
                 self.commit_services(next, changes);
             }
             Update::ListStart => self.listing.services = Some(HashMap::new()),
             Update::Listed(svc) => {
                 let mut next = self.listing.services.take().unwrap_or_default();
-                self.list_service(&mut next, &svc, changes);
+                self.list_service(&mut next, convert_service(&svc), changes);
                 self.listing.services = Some(next);
             }
             Update::ListDone => {
@@ -275,16 +297,18 @@ impl Model {
     fn list_service(
         &self,
         next: &mut HashMap<ServiceName, ServiceInfo>,
-        svc: &Service,
+        listed: ListedService,
         changes: &mut Changes,
     ) {
-        match ServiceInfo::from_service(svc) {
+        match listed {
             Ok(info) => {
                 next.insert(info.name.clone(), info);
             }
-            Err(e) => {
+            Err((e, name)) => {
                 changes.errors.push(e);
-                keep_last_good(&self.services, next, &svc.metadata);
+                if let Some(last_good) = name.and_then(|name| self.services.get(&name)) {
+                    next.insert(last_good.name.clone(), last_good.clone());
+                }
             }
         }
     }
@@ -310,15 +334,15 @@ impl Model {
             Update::Replace(list) => {
                 let mut next = ListedSlices::default();
                 next.owners.reserve(list.len());
-                for slice in &list {
-                    self.list_slice(&mut next, slice, changes);
+                for listed in parallel::map_in_order(list.iter().collect(), convert_slice) {
+                    self.list_slice(&mut next, listed, changes);
                 }
                 self.commit_slices(next, changes);
             }
             Update::ListStart => self.listing.slices = Some(ListedSlices::default()),
             Update::Listed(slice) => {
                 let mut next = self.listing.slices.take().unwrap_or_default();
-                self.list_slice(&mut next, &slice, changes);
+                self.list_slice(&mut next, convert_slice(&slice), changes);
                 self.listing.slices = Some(next);
             }
             Update::ListDone => {
@@ -330,18 +354,15 @@ impl Model {
 
     /// Files one EndpointSlice of a list into `next`; a rejected one keeps
     /// the version in force.
-    fn list_slice(&self, next: &mut ListedSlices, slice: &EndpointSlice, changes: &mut Changes) {
-        let key = match slice_key(&slice.metadata) {
-            Ok(key) => key,
+    fn list_slice(&self, next: &mut ListedSlices, listed: ListedSlice, changes: &mut Changes) {
+        let info = match listed {
             Err(e) => {
                 changes.errors.push(e);
                 return;
             }
-        };
-        let info = match EndpointSliceInfo::from_slice(slice) {
-            Ok(Some(info)) => info,
-            Ok(None) => return,
-            Err(e) => {
+            Ok((_, Ok(Some(info)))) => info,
+            Ok((_, Ok(None))) => return,
+            Ok((key, Err(e))) => {
                 changes.errors.push(e);
                 match self.slice(&key) {
                     Some(last_good) => last_good.clone(),
@@ -555,19 +576,6 @@ fn slice_key(meta: &ObjectMeta) -> Result<SliceKey, ModelError> {
         namespace: obj.namespace.unwrap_or_default().into(),
         name: obj.name.into(),
     })
-}
-
-/// On a relist, a rejected Service keeps the version the model already had.
-fn keep_last_good(
-    current: &HashMap<ServiceName, ServiceInfo>,
-    next: &mut HashMap<ServiceName, ServiceInfo>,
-    meta: &ObjectMeta,
-) {
-    if let Ok(name) = object_name(ObjectKind::Service, meta) {
-        if let Some(last_good) = current.get(&name) {
-            next.insert(name, last_good.clone());
-        }
-    }
 }
 
 /// Adds to `changed` every key whose value differs between `old` and `new`

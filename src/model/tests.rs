@@ -1,9 +1,9 @@
 //! Model tests: conversions from API objects (built from JSON as the API
 //! server would send them) and the change tracking of [`Model::apply`].
 
-use foldhash::HashSet;
 use std::net::IpAddr;
 
+use foldhash::HashSet;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};

@@ -1,8 +1,9 @@
 //! The reconciler's picture of the kernel state the proxy owns. Only
 //! confirmed kernel answers (and dumps) change it, so it stays truthful.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 use crate::kernel::KernelVirtualServer;

@@ -9,10 +9,13 @@
 //! added alongside it and removed after it.
 
 use std::collections::hash_map::Entry;
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::time::Instant;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use futures::future;
 
 use crate::desired::{DesiredVirtualServer, Op, ServiceDesired, ServiceName, VirtualServerKey};
 use crate::kernel::{AddressKernel, IpvsKernel, KernelError};
@@ -610,6 +613,9 @@ impl Reconciler {
         // travel on different sockets (kube-ipvs0's from a blocking thread),
         // and a virtual server needs no local address to be created. Which
         // virtual servers are the proxy's counts wanted addresses as held.
+        // The additions start first and the IPVS diff is worked out while
+        // they run: on a cold sync they are the longer leg, since the kernel
+        // walks the interface's whole address list on every IPv4 insert.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();
         addresses.sort_unstable();
         let to_add: Vec<IpAddr> = addresses
@@ -618,41 +624,46 @@ impl Reconciler {
                 self.wanted_addrs.contains_key(addr) && !self.mirror.holds_address(*addr)
             })
             .collect();
-
         let mut keys: Vec<(VirtualServerKey, Option<ServiceName>)> = work.keys.drain().collect();
-        keys.sort_unstable_by_key(|(key, _)| *key);
-        let mut ops = Vec::new();
-        let mut answerable = Vec::new();
-        for (key, service) in &keys {
-            let desired = self.desired_for(key);
-            let current = self.mirror.get(key);
-            if desired.is_some() && current.is_none() && !self.owns(key) {
-                tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
-                    virtual_server = %key,
-                    "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
-                continue;
-            }
-            diff::diff_virtual_server(*key, desired, current, &mut ops);
-            answerable.resize(ops.len(), service.clone());
-        }
-
-        report.writes += to_add.len() + ops.len();
-        let (added, applied) = futures::join!(
-            async {
+        let (added, failed_services) = {
+            let mut additions = pin!(future::maybe_done(async {
                 if to_add.is_empty() {
                     Vec::new()
                 } else {
                     addrs.add_addresses(&to_add).await
                 }
-            },
-            async {
-                if ops.is_empty() {
+            }));
+            // Polled once here so that the batch is under way during the diff.
+            let _ = futures::poll!(additions.as_mut());
+
+            keys.sort_unstable_by_key(|(key, _)| *key);
+            let mut ops = Vec::new();
+            let mut answerable = Vec::new();
+            for (key, service) in &keys {
+                let desired = self.desired_for(key);
+                let current = self.mirror.get(key);
+                if desired.is_some() && current.is_none() && !self.owns(key) {
+                    tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
+                        virtual_server = %key,
+                        "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
+                    continue;
+                }
+                diff::diff_virtual_server(*key, desired, current, &mut ops);
+                answerable.resize(ops.len(), service.clone());
+            }
+
+            report.writes += to_add.len() + ops.len();
+            // The IPVS answers are recorded while the additions may still run.
+            let ((), failed_services) = futures::join!(additions.as_mut(), async {
+                let applied = if ops.is_empty() {
                     Vec::new()
                 } else {
                     ipvs.apply(&ops).await
-                }
-            },
-        );
+                };
+                self.record_all(&ops, applied, &answerable, report, &mut work.addresses)
+            });
+            (additions.take_output().unwrap_or_default(), failed_services)
+        };
         let mut added = added.into_iter();
         for addr in to_add {
             let result = added.next().unwrap_or_else(|| {
@@ -665,8 +676,6 @@ impl Reconciler {
                 Err(error) => self.address_failed(addr, AddressAction::Add, error, now, report),
             }
         }
-        let failed_services =
-            self.record_all(&ops, applied, &answerable, report, &mut work.addresses);
 
         // Addresses after the virtual servers that used them are gone.
         let mut addresses: Vec<IpAddr> = work.addresses.iter().copied().collect();

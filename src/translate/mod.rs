@@ -15,10 +15,11 @@
 //!   addresses and endpoints of its own family.
 
 use std::collections::{BTreeMap, BTreeSet};
-use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::desired::{
     DesiredVirtualServer, RealServer, RealServerKey, ServiceDesired, ServiceName, VirtualServer,
@@ -27,6 +28,7 @@ use crate::desired::{
 use crate::model::{
     AddressType, EndpointSliceInfo, Model, ServiceInfo, ServicePortInfo, SCHEDULER_ANNOTATION,
 };
+use crate::parallel;
 
 #[cfg(test)]
 mod tests;
@@ -266,6 +268,20 @@ pub fn translate_named(
         Some(svc) => translate_service(svc, model.endpoint_slices(name), node, cfg),
         None => Translation::default(),
     }
+}
+
+/// Translates each of `names` as [`translate_named`] does, in order. A large
+/// batch (the first list, a relist, a node change) is split over the
+/// machine's cores: translation is pure.
+pub fn translate_each(
+    model: &Model,
+    names: &[ServiceName],
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+) -> Vec<Translation> {
+    parallel::map_in_order(names.iter().collect(), |name| {
+        translate_named(model, name, node, cfg)
+    })
 }
 
 /// Translates every service of the model. Services that want nothing of

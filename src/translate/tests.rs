@@ -590,3 +590,68 @@ fn translate_model_covers_every_programmable_service() {
         Translation::default()
     );
 }
+
+#[test]
+fn translate_each_keeps_the_order_of_a_batch_split_over_threads() {
+    // Enough services for several workers; each has its own cluster IP and
+    // endpoint, and one name is missing from the model.
+    let count = 3 * 1024 + 7;
+    let mut model = Model::new("n1");
+    let services: Vec<Service> = (0..count)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": format!("svc-{i}")},
+                "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256),
+                         "ports": [{"name": "http", "port": 80}]},
+            }))
+            .unwrap()
+        })
+        .collect();
+    let slices: Vec<EndpointSlice> = (0..count)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": format!("svc-{i}-1"),
+                             "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [ep(&format!("10.244.{}.{}", i / 256, i % 256), "n1")],
+            }))
+            .unwrap()
+        })
+        .collect();
+    model.apply(SourceEvent::Service(Update::Replace(services)));
+    model.apply(SourceEvent::EndpointSlice(Update::Replace(slices)));
+
+    let mut names: Vec<ServiceName> = (0..count)
+        .rev()
+        .map(|i| ServiceName::new("default", &format!("svc-{i}")))
+        .collect();
+    names.insert(count / 2, ServiceName::new("default", "gone"));
+    let cfg = TranslateConfig::default();
+    let batch = translate_each(&model, &names, &node_v4(), &cfg);
+    let one_by_one: Vec<Translation> = names
+        .iter()
+        .map(|name| translate_named(&model, name, &node_v4(), &cfg))
+        .collect();
+    assert_eq!(batch.len(), names.len());
+    assert_eq!(batch, one_by_one);
+    let last = count - 1;
+    assert_eq!(
+        batch[0].desired,
+        desired(
+            vec![vs(
+                &format!("TCP 10.96.{}.{}:80", last / 256, last % 256),
+                "rr",
+                None,
+                &[&format!("10.244.{}.{}:8080", last / 256, last % 256)],
+            )],
+            &[&format!("10.96.{}.{}", last / 256, last % 256)],
+        ),
+        "the first name is translated first"
+    );
+    assert_eq!(
+        batch[count / 2],
+        Translation::default(),
+        "a missing service"
+    );
+}

@@ -9,7 +9,7 @@ use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel};
 use kube_ipvs_proxy::model::{Changes, Model};
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler, SyncReport};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
-use kube_ipvs_proxy::translate::{translate_named, NodeFacts, TranslateConfig};
+use kube_ipvs_proxy::translate::{translate_each, NodeFacts, TranslateConfig};
 
 use crate::synthetic::{self, Scale};
 
@@ -67,8 +67,9 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
         } else {
             changes.services.into_iter().collect()
         };
-        for name in names {
-            let desired = translate_named(&self.model, &name, &self.node, &self.translate).desired;
+        let translations = translate_each(&self.model, &names, &self.node, &self.translate);
+        for (name, translation) in names.into_iter().zip(translations) {
+            let desired = translation.desired;
             let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
             self.reconciler.set_service(name, wanted.then_some(desired));
         }
