@@ -1,13 +1,12 @@
 //! Pure work over a large batch, split over the machine's cores: a cold
-//! sync converts and translates every object at once, while the kernel work
-//! that follows leaves a core idle until then.
+//! sync converts and translates every object before any kernel work can
+//! start, and would otherwise do it on one core while the others wait.
 
 /// Below this many items per worker a thread costs more than it saves.
 const MIN_PER_WORKER: usize = 1024;
 
 /// `items.into_iter().map(f).collect()`, in order, on up to one thread per
-/// core. Each worker also drops the items it took, which for API objects is
-/// a good part of the work.
+/// core; on the calling thread alone for a small batch.
 pub fn map_in_order<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = cores.min(items.len() / MIN_PER_WORKER).max(1);

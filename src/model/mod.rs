@@ -75,8 +75,9 @@ impl Changes {
 /// one, its name (whose last good version then stays).
 type ListedService = Result<ServiceInfo, (ModelError, Option<ServiceName>)>;
 
-/// Converts one listed Service. It takes the object so that, on a relist
-/// converted on worker threads, the workers also free the API objects.
+/// Converts one listed Service. A relist converts on every core and files
+/// the results in order on the caller's thread, which also frees the API
+/// objects: freed on the workers instead, glibc's arenas made it slower.
 fn convert_service(svc: &Service) -> ListedService {
     ServiceInfo::from_service(svc)
         .map_err(|e| (e, object_name(ObjectKind::Service, &svc.metadata).ok()))
@@ -86,7 +87,7 @@ fn convert_service(svc: &Service) -> ListedService {
 /// no Service), or why it has no usable key.
 type ListedSlice = Result<(SliceKey, Result<Option<EndpointSliceInfo>, ModelError>), ModelError>;
 
-/// Converts one listed EndpointSlice, taking it as [`convert_service`] does.
+/// Converts one listed EndpointSlice, as [`convert_service`] does a Service.
 fn convert_slice(slice: &EndpointSlice) -> ListedSlice {
     let key = slice_key(&slice.metadata)?;
     Ok((key, EndpointSliceInfo::from_slice(slice)))
