@@ -1290,3 +1290,90 @@ async fn graceful_termination_skips_udp_and_whole_virtual_servers() {
     );
     node.assert_kernel_is(&[&dns(&[stays])], &[]);
 }
+
+/// What [`SlowLink`] and [`LoggedIpvs`] saw, in order.
+type Events = Rc<RefCell<Vec<&'static str>>>;
+
+/// kube-ipvs0 whose batched additions take several polls to finish, as the
+/// real link's do (they run on a blocking thread).
+struct SlowLink {
+    kernel: SharedKernel,
+    events: Events,
+}
+
+impl AddressKernel for SlowLink {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        self.kernel.ensure_link().await
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.kernel.add_address(addr).await
+    }
+
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        self.events.borrow_mut().push("additions start");
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let results = self.kernel.add_addresses(addrs).await;
+        self.events.borrow_mut().push("additions end");
+        results
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.kernel.del_address(addr).await
+    }
+}
+
+/// IPVS that logs when a batch goes out.
+struct LoggedIpvs {
+    kernel: SharedKernel,
+    events: Events,
+}
+
+impl IpvsKernel for LoggedIpvs {
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        self.kernel.dump().await
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.events.borrow_mut().push("IPVS batch");
+        self.kernel.apply(ops).await
+    }
+}
+
+#[tokio::test]
+async fn address_additions_are_under_way_while_the_ipvs_batch_goes_out() {
+    let mut node = Node::new();
+    let events = Events::default();
+    let mut link = SlowLink {
+        kernel: node.kernel.clone(),
+        events: events.clone(),
+    };
+    let mut ipvs = LoggedIpvs {
+        kernel: node.kernel.clone(),
+        events: events.clone(),
+    };
+    let web = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
+    let db = cluster_ip("10.96.0.11", &[5432], &[rs("10.244.0.2", 5432)]);
+    node.set("web", Some(web.clone()));
+    node.set("db", Some(db.clone()));
+
+    let report = node.reconciler.full_sync(&mut ipvs, &mut link).await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(
+        report.writes,
+        2 + 4,
+        "two addresses, two virtual servers with one real server each"
+    );
+    assert_eq!(
+        *events.borrow(),
+        vec!["additions start", "IPVS batch", "additions end"]
+    );
+    node.assert_kernel_is(&[&web, &db], &[]);
+    assert_eq!(
+        node.full_sync().await.writes,
+        0,
+        "the late additions were recorded as held"
+    );
+}
