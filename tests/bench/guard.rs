@@ -398,6 +398,7 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             ipvs_apply_seconds: cold * 0.8,
             ipvs_dump_seconds: 0.001,
             address_seconds: cold * 0.1,
+            link_seconds: cold * 0.01,
             ipvs_messages: scale.ipvs_objects() as u64 + 1,
             ipvs_sends: 10,
             address_writes: scale.services as u64,

@@ -109,6 +109,8 @@ pub struct ColdSync {
     pub ipvs_dump_seconds: f64,
     /// Of which on kube-ipvs0 (creating it and adding every address).
     pub address_seconds: f64,
+    /// Of that, creating kube-ipvs0 and reading its addresses (`ensure_link`).
+    pub link_seconds: f64,
     /// IPVS netlink messages sent (operations and dump requests).
     pub ipvs_messages: u64,
     /// IPVS `sendmsg` calls.

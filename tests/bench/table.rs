@@ -160,6 +160,9 @@ impl Results {
         row("  on kube-ipvs0 (link + addresses)", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.address_seconds))
         });
+        row("    creating and reading kube-ipvs0", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.link_seconds))
+        });
         row("  IPVS messages / sendmsg calls", &|c| {
             c.proxy.as_ref().map(|p| {
                 format!(
