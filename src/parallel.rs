@@ -2,14 +2,15 @@
 //! sync converts and translates every object before any kernel work can
 //! start, and would otherwise do it on one core while the others wait.
 
+use std::sync::OnceLock;
+
 /// Below this many items per worker a thread costs more than it saves.
 const MIN_PER_WORKER: usize = 1024;
 
 /// `items.into_iter().map(f).collect()`, in order, on up to one thread per
 /// core; on the calling thread alone for a small batch.
 pub fn map_in_order<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let workers = cores.min(items.len() / MIN_PER_WORKER).max(1);
+    let workers = cores().min(items.len() / MIN_PER_WORKER).max(1);
     if workers == 1 {
         return items.into_iter().map(f).collect();
     }
@@ -38,6 +39,13 @@ pub fn map_in_order<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sy
         }
         mapped
     })
+}
+
+/// The cores this process may use, read once: std reads the cgroup's
+/// quota from /proc and /sys on every call.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 #[cfg(test)]
