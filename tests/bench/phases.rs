@@ -227,8 +227,9 @@ impl AddressKernel for TimedLink {
     async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
         let started = Instant::now();
         let result = self.inner.ensure_link().await;
-        self.time += started.elapsed();
-        self.link_time += started.elapsed();
+        let spent = started.elapsed();
+        self.time += spent;
+        self.link_time += spent;
         result
     }
 
@@ -240,8 +241,8 @@ impl AddressKernel for TimedLink {
         result
     }
 
-    /// Forwarded, not left to the trait's one-at-a-time default: the
-    /// proxy's bulk additions are batched, and that is what is measured.
+    /// Forwarded as one batch: that is what the proxy sends, and what is
+    /// measured.
     async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
         let started = Instant::now();
         let results = self.inner.add_addresses(addrs).await;
