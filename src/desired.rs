@@ -151,3 +151,158 @@ impl Op {
         }
     }
 }
+
+/// One of the sets in the proxy's nftables table. The table's chains and
+/// rules are fixed (see `kernel::nftables`); everything per service lives in
+/// these sets, so a change is an element added or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NftSet {
+    /// `addr . proto . port` of every ClusterIP port: traffic to it from
+    /// outside the cluster's pods is masqueraded.
+    ClusterIps,
+    /// `addr . proto . port` of ExternalIPs and LoadBalancer IPs with
+    /// externalTrafficPolicy Cluster: masqueraded.
+    ExternalIps,
+    /// `addr . proto . port` of ExternalIPs and LoadBalancer IPs with
+    /// externalTrafficPolicy Local: served, not masqueraded.
+    ExternalIpsLocal,
+    /// `addr . proto . port` of external addresses with externalTrafficPolicy
+    /// Local and no endpoint on this node: new connections are dropped.
+    NoLocalEndpoints,
+    /// `proto . port` of NodePorts with externalTrafficPolicy Cluster: masqueraded.
+    NodePorts,
+    /// `proto . port` of NodePorts with externalTrafficPolicy Local and no
+    /// endpoint on this node: new connections are dropped.
+    NodePortsNoLocalEndpoints,
+    /// Every address bound on kube-ipvs0: new connections to a port no
+    /// service serves there are rejected, and traffic the node sends from
+    /// one of them is masqueraded.
+    ServiceIps,
+    /// `addr . proto . port` of LoadBalancer IPs with source ranges.
+    FirewallIps,
+    /// `addr . proto . port . source range`: who may reach a [`NftSet::FirewallIps`] entry.
+    FirewallAllow,
+    /// `endpoint . proto . port . endpoint` of this node's endpoints: a pod
+    /// reaching itself through its service is masqueraded.
+    Hairpin,
+    /// The CIDRs whose sources are this cluster's pods (`--detect-local-mode`
+    /// ClusterCIDR or NodeCIDR): their ClusterIP traffic is not masqueraded.
+    LocalPodCidrs,
+}
+
+impl NftSet {
+    /// Every set, in the order the table declares them.
+    pub const ALL: [NftSet; 11] = [
+        NftSet::ClusterIps,
+        NftSet::ExternalIps,
+        NftSet::ExternalIpsLocal,
+        NftSet::NoLocalEndpoints,
+        NftSet::NodePorts,
+        NftSet::NodePortsNoLocalEndpoints,
+        NftSet::ServiceIps,
+        NftSet::FirewallIps,
+        NftSet::FirewallAllow,
+        NftSet::Hairpin,
+        NftSet::LocalPodCidrs,
+    ];
+
+    /// The set's name in the table, as `nft list table` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NftSet::ClusterIps => "cluster-ips",
+            NftSet::ExternalIps => "external-ips",
+            NftSet::ExternalIpsLocal => "external-ips-local",
+            NftSet::NoLocalEndpoints => "no-local-endpoints",
+            NftSet::NodePorts => "nodeports",
+            NftSet::NodePortsNoLocalEndpoints => "nodeports-no-local-endpoints",
+            NftSet::ServiceIps => "service-ips",
+            NftSet::FirewallIps => "firewall-ips",
+            NftSet::FirewallAllow => "firewall-allow",
+            NftSet::Hairpin => "hairpin",
+            NftSet::LocalPodCidrs => "local-pod-cidrs",
+        }
+    }
+
+    /// The set called `name`, if the proxy has one.
+    pub fn from_name(name: &str) -> Option<NftSet> {
+        NftSet::ALL.into_iter().find(|set| set.name() == name)
+    }
+}
+
+/// The key of one set element. Which shape a set takes is fixed per set
+/// (see [`NftSet`]); addresses are IPv4 (the `ip` family table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NftKey {
+    /// `ipv4_addr . inet_proto . inet_service`
+    AddrProtoPort(IpAddr, Protocol, u16),
+    /// `inet_proto . inet_service`
+    ProtoPort(Protocol, u16),
+    /// `ipv4_addr`
+    Addr(IpAddr),
+    /// `ipv4_addr . inet_proto . inet_service . ipv4_addr` with an interval
+    /// (a CIDR) in the last field.
+    AddrProtoPortSource(IpAddr, Protocol, u16, ipnet::IpNet),
+    /// `ipv4_addr . inet_proto . inet_service . ipv4_addr`
+    AddrProtoPortAddr(IpAddr, Protocol, u16, IpAddr),
+    /// `ipv4_addr`, an interval (a CIDR).
+    Cidr(ipnet::IpNet),
+}
+
+/// One element of one of the proxy's sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NftElement {
+    pub set: NftSet,
+    pub key: NftKey,
+}
+
+/// One change to the proxy's set elements; a sync sends all of its changes
+/// as one nftables transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NftChange {
+    Add(NftElement),
+    Delete(NftElement),
+}
+
+/// The fixed part of the proxy's nftables table: what decides its chains and
+/// rules, as opposed to its set elements. Chosen by flags at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NftRuleset {
+    /// `--masquerade-all`: masquerade every ClusterIP connection.
+    pub masquerade_all: bool,
+    /// How traffic from this cluster's pods is told apart (`--detect-local-mode`).
+    pub local_detect: LocalDetect,
+}
+
+/// How the rules tell a pod's traffic from anything else's
+/// (kube-proxy's `--detect-local-mode`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LocalDetect {
+    /// Nothing is known: ClusterIP traffic is masqueraded only under
+    /// `--masquerade-all` (and when the node sends it from a service address).
+    #[default]
+    None,
+    /// Sources in [`NftSet::LocalPodCidrs`] (ClusterCIDR and NodeCIDR modes).
+    Cidrs,
+    /// Packets that came in on this bridge (BridgeInterface mode).
+    BridgeInterface(String),
+    /// Packets that came in on an interface whose name starts with this
+    /// (InterfaceNamePrefix mode).
+    InterfaceNamePrefix(String),
+}
+
+/// The masquerade mark: the bit kube-proxy uses (`--iptables-masquerade-bit` 14).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// The name of the proxy's nftables table, in family `ip`.
+pub const NFT_TABLE: &str = "kube-ipvs-proxy";
+
+/// A conntrack flow to delete: those of `protocol` whose original
+/// destination is `addr:port` and whose replies come from `endpoint`
+/// (`conntrack -D -p udp --orig-dst ADDR --orig-port-dst PORT --reply-src ENDPOINT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowFilter {
+    pub protocol: Protocol,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub endpoint: IpAddr,
+}

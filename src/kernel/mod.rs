@@ -7,12 +7,16 @@ use std::net::IpAddr;
 
 use foldhash::HashMap;
 
-use crate::desired::{Op, RealServer, RealServerKey, VirtualServer};
+use crate::desired::{
+    FlowFilter, NftChange, NftElement, NftRuleset, Op, RealServer, RealServerKey, VirtualServer,
+};
 
+pub mod conntrack;
 pub mod fake;
 pub mod link;
 pub mod modules;
 pub mod netlink;
+pub mod nftables;
 pub mod sysctl;
 
 /// A virtual server as dumped from the kernel, with its real servers.
@@ -63,4 +67,32 @@ pub trait AddressKernel {
     /// once measured that slow path as the proxy's).
     async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>>;
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError>;
+}
+
+/// The proxy's own nftables table (`ip kube-ipvs-proxy`): fixed chains and
+/// rules, and sets that hold everything per service.
+#[allow(async_fn_in_trait)]
+pub trait NftKernel {
+    /// Makes sure the table exists with exactly the chains, rules and sets of
+    /// `ruleset`, and returns the elements its sets hold. A table that
+    /// matches is adopted with no write; a missing one, or one made for
+    /// another ruleset, is (re)created in one transaction, empty.
+    async fn ensure_ruleset(&mut self, ruleset: &NftRuleset) -> Result<Vec<NftElement>, KernelError>;
+
+    /// Every element of the table's sets.
+    async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError>;
+
+    /// Adds and deletes elements in one transaction: all or nothing.
+    async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError>;
+
+    /// Deletes the table and everything in it; `false` when there was none.
+    async fn delete_table(&mut self) -> Result<bool, KernelError>;
+}
+
+/// The conntrack table, for the flows a removed UDP or SCTP endpoint leaves.
+#[allow(async_fn_in_trait)]
+pub trait ConntrackKernel {
+    /// Deletes every flow that matches one of `filters` and returns how many
+    /// were deleted. A flow that is already gone is not an error.
+    async fn delete_flows(&mut self, filters: &[FlowFilter]) -> Result<usize, KernelError>;
 }
