@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use crate::desired::{LocalDetect, NftRuleset};
+
 /// A Kubernetes service proxy that programs the kernel's IPVS tables over
 /// generic netlink: the Service semantics of `kube-proxy --proxy-mode=ipvs`.
 #[derive(Debug, Parser)]
@@ -40,6 +42,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// kube-proxy's `--detect-local-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectLocalMode {
+    #[value(name = "ClusterCIDR")]
+    ClusterCidr,
+    #[value(name = "NodeCIDR")]
+    NodeCidr,
+    #[value(name = "BridgeInterface")]
+    BridgeInterface,
+    #[value(name = "InterfaceNamePrefix")]
+    InterfaceNamePrefix,
 }
 
 /// Flags shared by every command.
@@ -128,6 +143,49 @@ pub struct Options {
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind_address, global = true)]
     pub metrics_bind_address: BindAddress,
 
+    /// The CIDR range of the cluster's pods (comma-separated for dual
+    /// stack). With --detect-local-mode ClusterCIDR, ClusterIP traffic from
+    /// outside it is masqueraded.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', global = true)]
+    pub cluster_cidr: Vec<IpNet>,
+
+    /// Masquerade every connection to a ClusterIP, not only those from
+    /// outside the cluster's pods.
+    #[arg(long, global = true)]
+    pub masquerade_all: bool,
+
+    /// How traffic from this cluster's pods is told apart from other
+    /// traffic: ClusterCIDR (--cluster-cidr), NodeCIDR (the Node's
+    /// spec.podCIDRs), BridgeInterface (--pod-bridge-interface) or
+    /// InterfaceNamePrefix (--pod-interface-name-prefix). Defaults to
+    /// ClusterCIDR when --cluster-cidr is given; without any, ClusterIP
+    /// traffic is masqueraded only under --masquerade-all.
+    #[arg(long, value_name = "MODE", value_enum, global = true)]
+    pub detect_local_mode: Option<DetectLocalMode>,
+
+    /// The bridge pods are attached to (--detect-local-mode BridgeInterface).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub pod_bridge_interface: Option<String>,
+
+    /// The name prefix of pods' host-side interfaces
+    /// (--detect-local-mode InterfaceNamePrefix).
+    #[arg(long, value_name = "PREFIX", global = true)]
+    pub pod_interface_name_prefix: Option<String>,
+
+    /// Comma-separated CIDRs: an ExternalIP outside them is refused, as the
+    /// DenyServiceExternalIPs admission plugin would, but on the node. Empty
+    /// allows every ExternalIP that is a usable unicast address. Does not
+    /// apply to LoadBalancer ingress IPs, which only the cluster's load
+    /// balancer controller sets.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', global = true)]
+    pub allowed_external_ip_cidrs: Vec<IpNet>,
+
+    /// Delete the conntrack flows of UDP and SCTP endpoints that leave a
+    /// service, as kube-proxy does. Only for diagnosis: without it, clients
+    /// may keep sending to a removed endpoint until their flow times out.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub conntrack_cleanup: bool,
+
     /// Sync once, then exit: 0 when the kernel matches the desired state.
     #[arg(long, global = true)]
     pub once: bool,
@@ -159,6 +217,54 @@ impl Options {
     pub fn allows_node_port_address(&self, addr: IpAddr) -> bool {
         self.nodeport_addresses.is_empty()
             || self.nodeport_addresses.iter().any(|n| n.contains(&addr))
+    }
+}
+
+impl Options {
+    /// The nftables rules these flags ask for, or why the flags do not fit
+    /// together (a mode without the flag it reads).
+    pub fn nft_ruleset(&self) -> Result<NftRuleset, String> {
+        let mode = match self.detect_local_mode {
+            Some(mode) => Some(mode),
+            None if !self.cluster_cidr.is_empty() => Some(DetectLocalMode::ClusterCidr),
+            None => None,
+        };
+        let local_detect = match mode {
+            None => LocalDetect::None,
+            Some(DetectLocalMode::ClusterCidr) => {
+                if self.cluster_cidr.is_empty() {
+                    return Err("--detect-local-mode ClusterCIDR needs --cluster-cidr".into());
+                }
+                LocalDetect::Cidrs
+            }
+            Some(DetectLocalMode::NodeCidr) => LocalDetect::Cidrs,
+            Some(DetectLocalMode::BridgeInterface) => match &self.pod_bridge_interface {
+                Some(name) if !name.is_empty() => LocalDetect::BridgeInterface(name.clone()),
+                _ => {
+                    return Err(
+                        "--detect-local-mode BridgeInterface needs --pod-bridge-interface".into(),
+                    )
+                }
+            },
+            Some(DetectLocalMode::InterfaceNamePrefix) => match &self.pod_interface_name_prefix {
+                Some(prefix) if !prefix.is_empty() => {
+                    LocalDetect::InterfaceNamePrefix(prefix.clone())
+                }
+                _ => {
+                    return Err("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix".into())
+                }
+            },
+        };
+        Ok(NftRuleset {
+            masquerade_all: self.masquerade_all,
+            local_detect,
+        })
+    }
+
+    /// Whether the local pod CIDRs come from the Node object
+    /// (`--detect-local-mode NodeCIDR`) rather than from `--cluster-cidr`.
+    pub fn pod_cidrs_from_node(&self) -> bool {
+        self.detect_local_mode == Some(DetectLocalMode::NodeCidr)
     }
 }
 

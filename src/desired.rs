@@ -126,6 +126,12 @@ pub struct ServiceDesired {
     /// Addresses to bind on kube-ipvs0 (ClusterIPs, ExternalIPs, LoadBalancer
     /// IPs). NodePort virtual servers use node addresses and bind nothing.
     pub bind_addrs: Vec<IpAddr>,
+    /// ExternalIPs and LoadBalancer IPs that are already the node's own
+    /// addresses: their virtual servers are the proxy's, but the address is
+    /// the node's and is never bound on, or removed from, kube-ipvs0.
+    pub served_node_addrs: Vec<IpAddr>,
+    /// The elements this service puts in the proxy's nftables sets, sorted.
+    pub nft_elements: Vec<NftElement>,
 }
 
 /// One change to the kernel's IPVS table, as the reconciler orders them.
@@ -246,6 +252,37 @@ pub enum NftKey {
     AddrProtoPortAddr(IpAddr, Protocol, u16, IpAddr),
     /// `ipv4_addr`, an interval (a CIDR).
     Cidr(ipnet::IpNet),
+}
+
+impl fmt::Display for NftKey {
+    /// The key as `nft` writes it: `10.96.0.10 . tcp . 53`, `192.0.2.0/24`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = |p: &Protocol| match p {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        };
+        match self {
+            NftKey::AddrProtoPort(a, p, port) => write!(f, "{a} . {} . {port}", proto(p)),
+            NftKey::ProtoPort(p, port) => write!(f, "{} . {port}", proto(p)),
+            NftKey::Addr(a) => write!(f, "{a}"),
+            NftKey::AddrProtoPortSource(a, p, port, net) => {
+                write!(f, "{a} . {} . {port} . {net}", proto(p))
+            }
+            NftKey::AddrProtoPortAddr(a, p, port, b) => {
+                write!(f, "{a} . {} . {port} . {b}", proto(p))
+            }
+            NftKey::Cidr(net) => write!(f, "{net}"),
+        }
+    }
+}
+
+impl fmt::Display for NftElement {
+    /// The `nft` command that adds the element:
+    /// `add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . tcp . 53 }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "add element ip {NFT_TABLE} {} {{ {} }}", self.set.name(), self.key)
+    }
 }
 
 /// One element of one of the proxy's sets.

@@ -87,6 +87,9 @@ struct Families {
     netlink_writes: Family<KindLabels, Counter>,
     sync_errors: Family<KindLabels, Counter>,
     virtual_servers_desired: Gauge,
+    nft_elements: Counter,
+    nft_transactions: Counter,
+    conntrack_deleted: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,6 +202,9 @@ impl Metrics {
             netlink_writes: Family::default(),
             sync_errors: Family::default(),
             virtual_servers_desired: Gauge::default(),
+            nft_elements: Counter::default(),
+            nft_transactions: Counter::default(),
+            conntrack_deleted: Counter::default(),
         };
 
         // Counters are registered without `_total`: the encoder appends it.
@@ -270,6 +276,21 @@ impl Metrics {
             families.sync_errors.clone(),
         );
         ours.register(
+            "nftables_element_changes",
+            "nftables set elements added or deleted",
+            families.nft_elements.clone(),
+        );
+        ours.register(
+            "nftables_transactions",
+            "nftables transactions sent (at most one per sync)",
+            families.nft_transactions.clone(),
+        );
+        ours.register(
+            "conntrack_flows_deleted",
+            "Conntrack flows of removed UDP and SCTP endpoints deleted",
+            families.conntrack_deleted.clone(),
+        );
+        ours.register(
             "virtual_servers_desired",
             "IPVS virtual servers the desired state holds",
             families.virtual_servers_desired.clone(),
@@ -309,6 +330,15 @@ impl Metrics {
     /// "updated" of upstream health: it clears the pending change and sets
     /// the last-sync timestamp. One with failed writes leaves the kernel
     /// behind the desired state, so it counts as a pending change.
+    /// Counts one sync's nftables element changes and transactions and its
+    /// deleted conntrack flows.
+    pub fn record_packet_path(&self, nft_elements: usize, nft_transactions: usize, flows: usize) {
+        let families = &self.inner.families;
+        families.nft_elements.inc_by(nft_elements as u64);
+        families.nft_transactions.inc_by(nft_transactions as u64);
+        families.conntrack_deleted.inc_by(flows as u64);
+    }
+
     pub fn record_sync(&self, kind: &str, duration: Duration, writes: usize, failed: usize) {
         let kind = SyncKind::parse(kind);
         let families = &self.inner.families;

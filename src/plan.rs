@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write};
 use std::net::IpAddr;
 
-use crate::desired::{ServiceDesired, ServiceName, VirtualServerKey};
+use crate::desired::{NftElement, ServiceDesired, ServiceName, VirtualServerKey};
 
 /// Writes the plan for `desired` (in any order; the output is sorted by
 /// service, then by virtual server and real server).
@@ -77,6 +77,29 @@ pub fn render_into<'a>(
     }
     for addr in addresses {
         writeln!(out, "# {interface} {addr}")?;
+    }
+    Ok(())
+}
+
+/// Writes the packet path's side of the plan: every element of the proxy's
+/// nftables sets as the `nft` command that adds it, on `#` lines, sorted by
+/// set, then translate's warnings (a refused address, a scheduler fallback).
+pub fn render_packet_path<'a>(
+    elements: impl IntoIterator<Item = &'a NftElement>,
+    warnings: impl IntoIterator<Item = impl fmt::Display>,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let elements: BTreeSet<&NftElement> = elements.into_iter().collect();
+    writeln!(
+        out,
+        "# nftables: the elements of the proxy's sets (`nft list table ip {}` shows them)",
+        crate::desired::NFT_TABLE
+    )?;
+    for element in elements {
+        writeln!(out, "# nft {element}")?;
+    }
+    for warning in warnings {
+        writeln!(out, "# warning: {warning}")?;
     }
     Ok(())
 }
@@ -180,6 +203,7 @@ mod tests {
                 ),
             ],
             bind_addrs: bind(&["10.0.0.1", "10.0.0.2"]),
+            ..Default::default()
         };
         let svc_b = ServiceDesired {
             virtual_servers: vec![
@@ -187,6 +211,7 @@ mod tests {
                 vs(Protocol::Tcp, "fd00::3", 443, "wrr", Some(300), &[]),
             ],
             bind_addrs: bind(&["fd00::1", "fd00::3"]),
+            ..Default::default()
         };
         let desired = HashMap::from([(b.clone(), svc_b), (a.clone(), svc_a)]);
         let plan = render(&desired, "kube-ipvs0");
@@ -241,10 +266,12 @@ mod tests {
                 &[("10.244.2.1", 80), ("10.244.1.1", 80)],
             )],
             bind_addrs: bind(&["203.0.113.7"]),
+            ..Default::default()
         };
         let svc_b = ServiceDesired {
             virtual_servers: vec![vs(Protocol::Tcp, "203.0.113.7", 443, "rr", None, &[])],
             bind_addrs: bind(&["203.0.113.7"]),
+            ..Default::default()
         };
         let plan = render([(&b, &svc_b), (&a, &svc_a)], "kube-ipvs0");
         assert_eq!(
@@ -276,6 +303,7 @@ mod tests {
                 &[(real, 53)],
             )],
             bind_addrs: bind(&["203.0.113.7"]),
+            ..Default::default()
         };
         let (svc_a, svc_b) = (want("10.244.1.1"), want("10.244.2.2"));
         let plan = render([(&b, &svc_b), (&a, &svc_a)], "ipvs-test");

@@ -16,10 +16,32 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
-use crate::desired::ServiceName;
+use crate::desired::{NftRuleset, ServiceName};
+use temp_shim::NetlinkConntrack;
 use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
-use crate::kernel::{modules, sysctl, AddressKernel, IpvsKernel, KernelError};
+use temp_shim::NetlinkNft;
+
+// TEMP-SHIM (removed when kernel::nftables and kernel::conntrack land)
+mod temp_shim {
+    use crate::kernel::fake::{FakeConntrack, FakeNft};
+    use crate::kernel::KernelError;
+    pub type NetlinkNft = FakeNft;
+    pub type NetlinkConntrack = FakeConntrack;
+    pub trait New: Sized {
+        fn new() -> Result<Self, KernelError>;
+    }
+    impl New for FakeConntrack {
+        fn new() -> Result<Self, KernelError> {
+            Ok(FakeConntrack::default())
+        }
+    }
+}
+#[allow(unused_imports)]
+use temp_shim::New as _;
+use crate::kernel::{
+    modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel,
+};
 use crate::metrics::Metrics;
 use crate::model::{Changes, Model};
 use crate::reconcile::{Ownership, Reconciler, SyncReport};
@@ -35,6 +57,10 @@ pub enum Error {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
+    #[error("{0}")]
+    Flags(String),
+    #[error("nftables: {0}")]
+    Nftables(KernelError),
     #[error("--ipvs-scheduler {value:?}: {problem}")]
     Scheduler { value: String, problem: String },
     #[error("connecting to the Kubernetes API: {0}")]
@@ -71,7 +97,8 @@ async fn open_source(opts: &Options, node_name: &str) -> Result<(Events, &'stati
 /// The translate settings: the default scheduler, checked against what the
 /// kernel offers.
 fn translate_config(opts: &Options) -> Result<TranslateConfig> {
-    let cfg = TranslateConfig::new(&opts.ipvs_scheduler, modules::available_schedulers());
+    let mut cfg = TranslateConfig::new(&opts.ipvs_scheduler, modules::available_schedulers());
+    cfg.allowed_external_ips = opts.allowed_external_ip_cidrs.clone();
     cfg.check_scheduler(&opts.ipvs_scheduler)
         .map_err(|problem| Error::Scheduler {
             value: opts.ipvs_scheduler.clone(),
@@ -93,9 +120,11 @@ async fn node_facts(opts: &Options, node_name: &str) -> Result<NodeFacts> {
         ipv4: local.iter().any(IpAddr::is_ipv4),
         ipv6: local.iter().any(IpAddr::is_ipv6),
         node_addresses: local
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|a| opts.allows_node_port_address(*a))
             .collect(),
+        local_addresses: local,
     })
 }
 
@@ -106,16 +135,39 @@ fn ownership(opts: &Options) -> Ownership {
     }
 }
 
+/// The nftables rules the flags ask for.
+fn nft_ruleset(opts: &Options) -> Result<NftRuleset> {
+    opts.nft_ruleset().map_err(Error::Flags)
+}
+
+/// The kernel modules of the packet path: nf_tables and the expressions the
+/// proxy's rules use (see `kernel::nftables`), and ctnetlink for conntrack
+/// cleanup. Loaded up front so that a missing one is named at start.
+const PACKET_PATH_MODULES: &[&str] = &[
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_ct",
+    "nft_fib_ipv4",
+    "nft_masq",
+    "nft_reject_ipv4",
+    "nf_conntrack_netlink",
+];
+
 /// Modules and sysctls, before the first netlink request.
 fn prepare_kernel(opts: &Options) -> Result<()> {
     let scheduler_module = format!("ip_vs_{}", opts.ipvs_scheduler);
-    let loaded = modules::ensure_modules(&["ip_vs", &scheduler_module, "nf_conntrack", "dummy"])?;
+    let mut wanted = vec!["ip_vs", &scheduler_module, "nf_conntrack", "dummy"];
+    wanted.extend_from_slice(PACKET_PATH_MODULES);
+    let loaded = modules::ensure_modules(&wanted)?;
     if !loaded.is_empty() {
         tracing::info!(?loaded, "loaded kernel modules");
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let wanted = sysctl::wanted(release.trim(), opts.ipvs_strict_arp);
     sysctl::apply(Path::new("/proc/sys"), &wanted)?;
+    if let Some(warning) = sysctl::bridge_netfilter_warning(Path::new("/sys"), Path::new("/proc/sys")) {
+        tracing::warn!("{warning}");
+    }
     Ok(())
 }
 
@@ -127,6 +179,8 @@ struct State {
     translate: TranslateConfig,
     reconciler: Reconciler,
     metrics: Metrics,
+    /// Whether the local pod CIDRs are the Node's (`--detect-local-mode NodeCIDR`).
+    pod_cidrs_from_node: bool,
     /// Desired virtual servers per service, so the gauge stays O(changes).
     virtual_servers: HashMap<ServiceName, usize>,
     virtual_servers_total: usize,
@@ -159,6 +213,10 @@ impl State {
     fn absorb(&mut self, changes: Changes) {
         for error in &changes.errors {
             tracing::error!(%error, "rejected object; its last good version stays in force");
+        }
+        if changes.all && self.pod_cidrs_from_node {
+            let cidrs = self.model.node().map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+            self.reconciler.set_local_pod_cidrs(&cidrs);
         }
         let names: Vec<ServiceName> = if changes.all {
             // Every service the model holds, and every one the reconciler
@@ -215,12 +273,15 @@ impl State {
 
 fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: &Metrics) {
     metrics.record_sync(kind, started.elapsed(), report.writes, report.failed);
+    metrics.record_packet_path(report.nft_elements, report.nft_batches, report.conntrack_deleted);
     for error in &report.errors {
         tracing::warn!(%error, "sync error; retrying with backoff");
     }
     tracing::info!(
         kind,
         writes = report.writes,
+        nft_elements = report.nft_elements,
+        conntrack_deleted = report.conntrack_deleted,
         failed = report.failed,
         services = report.services_synced,
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -239,6 +300,11 @@ pub async fn run(opts: &Options) -> Result<()> {
     )
     .await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?;
+    let ruleset = nft_ruleset(opts)?;
+    let mut nft = Ok::<_, KernelError>(NetlinkNft::new()).map_err(Error::Nftables)?;
+    // Fails at start, naming what the kernel lacks, rather than at every sync.
+    nft.ensure_ruleset(&ruleset).await.map_err(Error::Nftables)?;
+    let mut conntrack = NetlinkConntrack::new()?;
     let node_name = opts.node_name();
     tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
 
@@ -266,16 +332,17 @@ pub async fn run(opts: &Options) -> Result<()> {
         opts,
         node,
         translate,
+        ruleset,
         source_name,
         metrics,
     };
-    let serve = loop_.serve(
-        events,
-        &mut ipvs,
-        &mut link,
-        || node_facts(opts, &node_name),
-        shutdown,
-    );
+    let kernel = Kernel {
+        ipvs: &mut ipvs,
+        link: &mut link,
+        nft: &mut nft,
+        conntrack: &mut conntrack,
+    };
+    let serve = loop_.serve(events, kernel, || node_facts(opts, &node_name), shutdown);
     tokio::select! {
         result = serve => result?,
         result = http => return Err(Error::Http(result.err().map_or_else(|| "stopped".to_owned(), |e| e.to_string()))),
@@ -292,37 +359,81 @@ pub struct Loop<'a> {
     /// The node's facts at start; refreshed at every full sync.
     pub node: NodeFacts,
     pub translate: TranslateConfig,
+    /// The fixed part of the nftables table.
+    pub ruleset: NftRuleset,
     /// Named in the error when the source ends.
     pub source_name: &'static str,
     /// Where syncs and changes are counted (served on /metrics and /healthz).
     pub metrics: Metrics,
 }
 
+/// The kernel subsystems the run loop programs, each behind its trait.
+#[derive(Debug)]
+pub struct Kernel<'k, K, A, N, C> {
+    pub ipvs: &'k mut K,
+    pub link: &'k mut A,
+    pub nft: &'k mut N,
+    pub conntrack: &'k mut C,
+}
+
+impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'_, K, A, N, C> {
+    /// One sync of every subsystem: the nftables sets first (so that a new
+    /// service's masquerade and filters are in place before its virtual
+    /// servers take traffic), then IPVS and kube-ipvs0, then the conntrack
+    /// flows of the real servers that went.
+    async fn sync(
+        &mut self,
+        reconciler: &mut Reconciler,
+        opts: &Options,
+        ruleset: &NftRuleset,
+        full: bool,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        reconciler.sync_nft(self.nft, ruleset, full, &mut report).await;
+        let ipvs = if full {
+            reconciler.full_sync(self.ipvs, self.link).await
+        } else {
+            reconciler.sync_dirty(self.ipvs, self.link).await
+        };
+        report.absorb(ipvs);
+        if opts.conntrack_cleanup {
+            reconciler.clear_stale_flows(self.conntrack, &mut report).await;
+        }
+        report
+    }
+}
+
 impl Loop<'_> {
     /// Folds `events` into the model and keeps the kernel in sync until
     /// `shutdown` completes (or, with `--once`, after one verified sync).
-    pub async fn serve<K, A, F, Fut>(
+    pub async fn serve<K, A, N, C, F, Fut>(
         self,
         mut events: Events,
-        ipvs: &mut K,
-        link: &mut A,
+        mut kernel: Kernel<'_, K, A, N, C>,
         mut refresh_node: F,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()>
     where
         K: IpvsKernel,
         A: AddressKernel,
+        N: NftKernel,
+        C: ConntrackKernel,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<NodeFacts>>,
     {
         let opts = self.opts;
+        let ruleset = self.ruleset;
         let mut reconciler = Reconciler::new(ownership(opts));
         reconciler.set_node_addresses(self.node.node_addresses.clone());
+        if !opts.pod_cidrs_from_node() {
+            reconciler.set_local_pod_cidrs(&opts.cluster_cidr);
+        }
         let mut state = State {
             model: Model::new(self.node.name.clone()),
             node: self.node,
             translate: self.translate,
             reconciler,
+            pod_cidrs_from_node: opts.pod_cidrs_from_node(),
             metrics: self.metrics,
             virtual_servers: HashMap::new(),
             virtual_servers_total: 0,
@@ -345,16 +456,16 @@ impl Loop<'_> {
                     let started = Instant::now();
                     if next_full.is_none_or(|t| t <= started) {
                         state.set_node(refresh_node().await?);
-                        let report = state.reconciler.full_sync(ipvs, link).await;
+                        let report = kernel.sync(&mut state.reconciler, opts, &ruleset, true).await;
                         log_sync("full", &report, started, &state.metrics);
                         // The first sync and relists free far more than they keep.
                         crate::heap::release_free_memory();
                         next_full = Some(Instant::now() + opts.ipvs_sync_period);
                         if opts.once {
-                            return verify(&mut state.reconciler, ipvs, link, report, &state.metrics).await;
+                            return verify(&mut state.reconciler, &mut kernel, opts, &ruleset, report, &state.metrics).await;
                         }
                     } else {
-                        let report = state.reconciler.sync_dirty(ipvs, link).await;
+                        let report = kernel.sync(&mut state.reconciler, opts, &ruleset, false).await;
                         log_sync("incremental", &report, started, &state.metrics);
                     }
                     last_sync = Some(Instant::now());
@@ -366,15 +477,16 @@ impl Loop<'_> {
 }
 
 /// `--once`: the kernel matches when a second full sync has nothing to write.
-async fn verify(
+async fn verify<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel>(
     reconciler: &mut Reconciler,
-    ipvs: &mut impl IpvsKernel,
-    link: &mut impl AddressKernel,
+    kernel: &mut Kernel<'_, K, A, N, C>,
+    opts: &Options,
+    ruleset: &NftRuleset,
     first: SyncReport,
     metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
-    let second = reconciler.full_sync(ipvs, link).await;
+    let second = kernel.sync(reconciler, opts, ruleset, true).await;
     log_sync("verify", &second, started, metrics);
     if first.is_clean() && second.is_clean() && second.writes == 0 {
         return Ok(());
@@ -457,7 +569,20 @@ pub async fn plan(opts: &Options) -> Result<String> {
     for warning in &warnings {
         tracing::warn!(%warning, "translating service");
     }
-    Ok(crate::plan::render(desired.iter(), &opts.ipvs_interface))
+    let mut out = crate::plan::render(desired.iter(), &opts.ipvs_interface);
+    let pod_cidrs = if opts.pod_cidrs_from_node() {
+        model.node().map(|n| n.pod_cidrs.clone()).unwrap_or_default()
+    } else {
+        opts.cluster_cidr.clone()
+    };
+    let pod_cidr_elements = crate::reconcile::pod_cidr_elements(&pod_cidrs);
+    let elements = desired
+        .values()
+        .flat_map(|d| &d.nft_elements)
+        .chain(&pod_cidr_elements);
+    // Writing into a String cannot fail.
+    let _ = crate::plan::render_packet_path(elements, &warnings, &mut out);
+    Ok(out)
 }
 
 /// `kube-ipvs-proxy cleanup`: removes what the proxy owns, then kube-ipvs0.
@@ -471,7 +596,9 @@ pub async fn cleanup(opts: &Options) -> Result<()> {
     let report = reconciler.cleanup(&mut ipvs, &mut link).await;
     log_sync("cleanup", &report, started, &Metrics::new());
     let deleted = link.delete().await?;
-    tracing::info!(interface = %opts.ipvs_interface, deleted, "cleanup done");
+    let mut nft = Ok::<_, KernelError>(NetlinkNft::new()).map_err(Error::Nftables)?;
+    let table_deleted = nft.delete_table().await.map_err(Error::Nftables)?;
+    tracing::info!(interface = %opts.ipvs_interface, deleted, table_deleted, "cleanup done");
     if report.is_clean() {
         Ok(())
     } else {
@@ -535,6 +662,7 @@ mod tests {
                     real_servers: vec![],
                 }],
                 bind_addrs: vec![key.addr],
+                ..Default::default()
             }),
         );
         assert!(reconciler.has_dirty());

@@ -23,11 +23,11 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::cli::Cli;
-use kube_ipvs_proxy::desired::{Op, Protocol, RealServerKey, VirtualServerKey};
-use kube_ipvs_proxy::kernel::fake::{FakeKernel, Write};
+use kube_ipvs_proxy::desired::{NftRuleset, Op, Protocol, RealServerKey, VirtualServerKey};
+use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft, Write};
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
 use kube_ipvs_proxy::metrics::Metrics;
-use kube_ipvs_proxy::proxy::{Loop, Result as ProxyResult};
+use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 use support::apiserver::TestApiServer;
@@ -203,6 +203,7 @@ async fn start() -> Running {
         let node = NodeFacts {
             name: "node-1".into(),
             node_addresses: vec![],
+            local_addresses: vec![],
             ipv4: true,
             ipv6: false,
         };
@@ -210,14 +211,22 @@ async fn start() -> Running {
             let node = node.clone();
             move || ready(node.clone())
         };
+        let (mut nft, mut conntrack) = (FakeNft::new(), FakeConntrack::default());
+        let kernel_handles = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
         Loop {
             opts,
             node,
             translate: TranslateConfig::default(),
+            ruleset: NftRuleset::default(),
             source_name: "kube",
             metrics: loop_metrics,
         }
-        .serve(events, &mut ipvs, &mut link, refresh, async {
+        .serve(events, kernel_handles, refresh, async {
             let _ = stopped.await;
         })
         .await

@@ -21,7 +21,9 @@ set -uo pipefail
 #   netlink-ipvs  the Rust tests that need a real IPVS (every test target named kernel*)
 #   fixture       the network fixture of tests/vm/netns.sh, proven with ipvsadm alone
 #   proxy-e2e     the proxy end to end on deploy/examples (tests/vm/proxy-e2e.sh)
-VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e"}
+#   packet-path   a two-node network with an outside client: masquerade, traffic
+#                 policy, source ranges, stale flows (tests/vm/packet-path.sh)
+VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e packet-path"}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -160,6 +162,13 @@ for group in $VM_GROUPS; do
             continue
         fi
         KIP_PROXY_BIN=$proxy_bin run_group "$group" proxy-e2e.sh
+        ;;
+    packet-path)
+        if ((proxy_build != 0)); then
+            record FAIL "$group" "not run: the proxy binary did not build"
+            continue
+        fi
+        KIP_PROXY_BIN=$proxy_bin run_group "$group" packet-path.sh
         ;;
     *) record FAIL "$group" "unknown VM group (VM_GROUPS=$VM_GROUPS)" ;;
     esac

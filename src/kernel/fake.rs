@@ -9,8 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::desired::{Op, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
-use crate::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+use crate::desired::{
+    FlowFilter, NftChange, NftElement, NftRuleset, Op, RealServer, RealServerKey, VirtualServer,
+    VirtualServerKey,
+};
+use crate::kernel::{
+    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+};
 
 /// What an injected failure hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,6 +384,123 @@ impl AddressKernel for FakeKernel {
             return Err(KernelError::NotFound);
         }
         Ok(())
+    }
+}
+
+/// A set-backed [`NftKernel`]: the table's ruleset and its elements, with
+/// the kernel's transaction semantics (a failing change aborts the whole
+/// transaction; adding an element twice is accepted, deleting a missing one
+/// is `NotFound`).
+#[derive(Clone, Debug, Default)]
+pub struct FakeNft {
+    /// The ruleset the table was made for; `None`: no table.
+    ruleset: Option<NftRuleset>,
+    elements: BTreeSet<NftElement>,
+    /// Tables created (or re-created for another ruleset).
+    pub tables_created: usize,
+    /// Transactions of element changes received, failed ones included.
+    pub transactions: usize,
+    /// Element changes received, failed ones included.
+    pub element_writes: usize,
+    /// The next `n` transactions fail with this error.
+    fail_next: Option<(usize, KernelError)>,
+}
+
+impl FakeNft {
+    pub fn new() -> Self {
+        FakeNft::default()
+    }
+
+    /// The elements the sets hold now, sorted.
+    pub fn elements(&self) -> Vec<NftElement> {
+        self.elements.iter().copied().collect()
+    }
+
+    pub fn ruleset(&self) -> Option<&NftRuleset> {
+        self.ruleset.as_ref()
+    }
+
+    /// Drift: removes an element behind the proxy's back.
+    pub fn remove_element(&mut self, element: &NftElement) -> bool {
+        self.elements.remove(element)
+    }
+
+    /// Makes the next `count` transactions fail with `error`.
+    pub fn fail_transactions(&mut self, count: usize, error: KernelError) {
+        self.fail_next = Some((count, error));
+    }
+}
+
+impl NftKernel for FakeNft {
+    async fn ensure_ruleset(&mut self, ruleset: &NftRuleset) -> Result<Vec<NftElement>, KernelError> {
+        if self.ruleset.as_ref() != Some(ruleset) {
+            self.ruleset = Some(ruleset.clone());
+            self.elements.clear();
+            self.tables_created += 1;
+        }
+        Ok(self.elements())
+    }
+
+    async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+        match self.ruleset {
+            Some(_) => Ok(self.elements()),
+            None => Err(KernelError::NotFound),
+        }
+    }
+
+    async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
+        self.transactions += 1;
+        self.element_writes += changes.len();
+        if let Some((count, error)) = self.fail_next.take() {
+            if count > 1 {
+                self.fail_next = Some((count - 1, error.clone()));
+            }
+            return Err(error);
+        }
+        if self.ruleset.is_none() {
+            return Err(KernelError::NotFound);
+        }
+        let mut next = self.elements.clone();
+        for change in changes {
+            match change {
+                NftChange::Add(e) => {
+                    next.insert(*e);
+                }
+                NftChange::Delete(e) => {
+                    if !next.remove(e) {
+                        return Err(KernelError::NotFound);
+                    }
+                }
+            }
+        }
+        self.elements = next;
+        Ok(())
+    }
+
+    async fn delete_table(&mut self) -> Result<bool, KernelError> {
+        self.elements.clear();
+        Ok(self.ruleset.take().is_some())
+    }
+}
+
+/// A [`ConntrackKernel`] holding flows as the filters that would match them.
+#[derive(Clone, Debug, Default)]
+pub struct FakeConntrack {
+    /// Flows, each as (filter it matches, how many such flows).
+    pub flows: BTreeMap<FlowFilter, usize>,
+    /// Every filter asked for, in order.
+    pub requested: Vec<FlowFilter>,
+    /// The next call fails with this error.
+    pub fail_next: Option<KernelError>,
+}
+
+impl ConntrackKernel for FakeConntrack {
+    async fn delete_flows(&mut self, filters: &[FlowFilter]) -> Result<usize, KernelError> {
+        self.requested.extend_from_slice(filters);
+        if let Some(error) = self.fail_next.take() {
+            return Err(error);
+        }
+        Ok(filters.iter().filter_map(|f| self.flows.remove(f)).sum())
     }
 }
 

@@ -105,6 +105,36 @@ pub fn apply(root: &Path, wanted: &[Sysctl]) -> Result<Vec<&'static str>, Sysctl
     Ok(changed)
 }
 
+/// Upstream's warning when the node has bridges but their traffic bypasses
+/// netfilter (br_netfilter not loaded, or `bridge-nf-call-iptables` off):
+/// replies of a pod to a pod on the same bridge then skip conntrack and
+/// IPVS, and ClusterIP traffic between pods of one node breaks. `None` when
+/// there is nothing to say. `sys` and `proc_sys` are /sys and /proc/sys.
+pub fn bridge_netfilter_warning(sys: &Path, proc_sys: &Path) -> Option<String> {
+    let bridges: Vec<String> = std::fs::read_dir(sys.join("class/net"))
+        .ok()?
+        .flatten()
+        .filter(|entry| entry.path().join("bridge").is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    if bridges.is_empty() {
+        return None;
+    }
+    let key = "net/bridge/bridge-nf-call-iptables";
+    match std::fs::read_to_string(proc_sys.join(key)) {
+        Ok(value) if value.trim() == "1" => None,
+        Ok(value) => Some(format!(
+            "{key} is {} on a node with bridges ({}): traffic between pods on one bridge bypasses netfilter and IPVS; set it to 1",
+            value.trim(),
+            bridges.join(", ")
+        )),
+        Err(_) => Some(format!(
+            "{key} is missing (br_netfilter is not loaded) on a node with bridges ({}): traffic between pods on one bridge bypasses netfilter and IPVS; load br_netfilter and set it to 1",
+            bridges.join(", ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +157,26 @@ mod tests {
         assert!(strict.contains(&"net/ipv4/conf/all/arp_ignore"));
         assert!(strict.contains(&"net/ipv4/conf/all/arp_announce"));
         assert!(!keys("6.1.0", false).contains(&"net/ipv4/conf/all/arp_ignore"));
+    }
+
+    #[test]
+    fn bridges_without_bridge_netfilter_are_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let (sys, proc_sys) = (root.path().join("sys"), root.path().join("proc"));
+        std::fs::create_dir_all(sys.join("class/net/eth0")).unwrap();
+        assert_eq!(bridge_netfilter_warning(&sys, &proc_sys), None, "no bridge");
+
+        std::fs::create_dir_all(sys.join("class/net/cbr0/bridge")).unwrap();
+        let missing = bridge_netfilter_warning(&sys, &proc_sys).unwrap();
+        assert!(missing.contains("br_netfilter is not loaded") && missing.contains("cbr0"), "{missing}");
+
+        std::fs::create_dir_all(proc_sys.join("net/bridge")).unwrap();
+        std::fs::write(proc_sys.join("net/bridge/bridge-nf-call-iptables"), "0\n").unwrap();
+        let off = bridge_netfilter_warning(&sys, &proc_sys).unwrap();
+        assert!(off.contains("is 0"), "{off}");
+
+        std::fs::write(proc_sys.join("net/bridge/bridge-nf-call-iptables"), "1\n").unwrap();
+        assert_eq!(bridge_netfilter_warning(&sys, &proc_sys), None, "set to 1");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum Problem {
     Unsupported(String),
     /// Not an IP address.
     InvalidIp(String),
+    /// Not a CIDR (address/prefix length).
+    InvalidCidr(String),
     /// A number outside its allowed range.
     OutOfRange(i64),
     /// An address whose family contradicts the slice's addressType.
@@ -43,6 +45,7 @@ impl fmt::Display for Problem {
             Problem::Missing => f.write_str("missing"),
             Problem::Unsupported(v) => write!(f, "unsupported value {v:?}"),
             Problem::InvalidIp(v) => write!(f, "invalid IP {v:?}"),
+            Problem::InvalidCidr(v) => write!(f, "invalid CIDR {v:?}"),
             Problem::OutOfRange(v) => write!(f, "value {v} out of range"),
             Problem::WrongFamily(v) => write!(f, "address {v:?} does not match addressType"),
         }

@@ -46,6 +46,20 @@ pub(crate) fn ip(
         .map_err(|_| obj.error(field(), Problem::InvalidIp(value.to_owned())))
 }
 
+/// A CIDR such as `192.0.2.0/24`; surrounding spaces are ignored, as
+/// upstream trims them. Host bits are cleared (`192.0.2.7/24` is the /24).
+pub(crate) fn cidr(
+    obj: &ObjectRef<'_>,
+    field: impl FnOnce() -> String,
+    value: &str,
+) -> Result<ipnet::IpNet, ModelError> {
+    value
+        .trim()
+        .parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| obj.error(field(), Problem::InvalidCidr(value.to_owned())))
+}
+
 /// A port number: 1..=65535.
 pub(crate) fn port(
     obj: &ObjectRef<'_>,

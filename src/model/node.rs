@@ -18,6 +18,9 @@ pub struct NodeInfo {
     pub internal_ips: Vec<IpAddr>,
     /// `status.addresses` of type ExternalIP, in order.
     pub external_ips: Vec<IpAddr>,
+    /// `spec.podCIDRs` (else `spec.podCIDR`): this node's pods, for
+    /// `--detect-local-mode NodeCIDR`.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl NodeInfo {
@@ -37,7 +40,28 @@ impl NodeInfo {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             internal_ips: Vec::new(),
             external_ips: Vec::new(),
+            pod_cidrs: Vec::new(),
         };
+        let spec = node.spec.as_ref();
+        let pod_cidrs: Vec<(String, &String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("spec.podCIDRs[{i}]"), v))
+                .collect(),
+            _ => spec
+                .and_then(|s| s.pod_cidr.as_ref())
+                .filter(|v| !v.is_empty())
+                .map(|v| ("spec.podCIDR".to_owned(), v))
+                .into_iter()
+                .collect(),
+        };
+        for (field_name, value) in pod_cidrs {
+            let net = field::cidr(&obj, || field_name, value)?;
+            if !info.pod_cidrs.contains(&net) {
+                info.pod_cidrs.push(net);
+            }
+        }
         let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
         for (i, address) in addresses.into_iter().flatten().enumerate() {
             let list = match address.type_.as_str() {

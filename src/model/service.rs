@@ -18,6 +18,9 @@ pub const SCHEDULER_ANNOTATION: &str = "kube-ipvs-proxy.io/scheduler";
 /// such services, whatever the value).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
+/// The annotation upstream reads for source ranges when the field is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
 /// The session affinity timeout the API defaults to (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
 
@@ -84,6 +87,10 @@ pub struct ServiceInfo {
     /// entries with `ipMode: Proxy` (the load balancer delivers to nodes).
     pub load_balancer_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
+    /// `spec.loadBalancerSourceRanges` of LoadBalancer services (or, when
+    /// empty, upstream's annotation [`SOURCE_RANGES_ANNOTATION`]): who may
+    /// reach the LoadBalancer IPs. Empty: everyone.
+    pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
     /// `Some(timeout seconds)` for sessionAffinity ClientIP.
     pub session_affinity: Option<u32>,
     /// externalTrafficPolicy Local.
@@ -127,6 +134,7 @@ impl ServiceInfo {
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
             ports: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
             session_affinity: None,
             external_traffic_local: false,
             internal_traffic_local: false,
@@ -196,6 +204,10 @@ impl ServiceInfo {
                 )?;
                 push_unique(&mut info.load_balancer_ips, ip);
             }
+        }
+
+        if type_ == ServiceType::LoadBalancer {
+            info.load_balancer_source_ranges = source_ranges(&obj, svc)?;
         }
 
         for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -281,6 +293,44 @@ impl ServiceInfo {
             .map(|s| s.as_str().into());
         Ok(info)
     }
+}
+
+/// `spec.loadBalancerSourceRanges`, else the comma-separated annotation.
+fn source_ranges(obj: &ObjectRef<'_>, svc: &Service) -> Result<Vec<ipnet::IpNet>, ModelError> {
+    let mut ranges = Vec::new();
+    let field = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.as_ref())
+        .filter(|v| !v.is_empty());
+    if let Some(values) = field {
+        for (i, value) in values.iter().enumerate() {
+            let net = field::cidr(obj, || format!("spec.loadBalancerSourceRanges[{i}]"), value)?;
+            if !ranges.contains(&net) {
+                ranges.push(net);
+            }
+        }
+        return Ok(ranges);
+    }
+    let annotation = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+    for value in annotation.into_iter().flat_map(|a| a.split(',')) {
+        if value.trim().is_empty() {
+            continue;
+        }
+        let net = field::cidr(
+            obj,
+            || format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
+            value,
+        )?;
+        if !ranges.contains(&net) {
+            ranges.push(net);
+        }
+    }
+    Ok(ranges)
 }
 
 /// Whether a traffic policy is Local; "Cluster" (or absent) is not.

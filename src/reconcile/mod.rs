@@ -17,22 +17,28 @@ use std::time::Instant;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::future;
 
-use crate::desired::{DesiredVirtualServer, Op, ServiceDesired, ServiceName, VirtualServerKey};
-use crate::kernel::{AddressKernel, IpvsKernel, KernelError};
+use crate::desired::{
+    DesiredVirtualServer, FlowFilter, NftElement, NftRuleset, Op, Protocol, ServiceDesired,
+    ServiceName, VirtualServerKey,
+};
+use crate::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel};
 
 mod backoff;
 mod claims;
 mod diff;
 mod mirror;
+mod nft;
 mod ownership;
 #[cfg(test)]
 mod tests;
 
+pub use nft::pod_cidr_elements;
 pub use ownership::Ownership;
 
 use backoff::Backoff;
 use claims::{Claimed, Claims, Orphans, Released};
 use mirror::Mirror;
+use nft::NftState;
 
 /// Where the reconciler reads the time, for retry backoff.
 pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
@@ -40,8 +46,15 @@ pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
-    /// Kernel writes sent: IPVS operations plus address additions and removals.
+    /// Kernel writes sent: IPVS operations, address additions and removals,
+    /// nftables set elements added or deleted, and conntrack flows deleted.
     pub writes: usize,
+    /// nftables set elements added or deleted (counted in `writes` too).
+    pub nft_elements: usize,
+    /// nftables transactions sent: at most one per sync.
+    pub nft_batches: usize,
+    /// Conntrack flows deleted (counted in `writes` too).
+    pub conntrack_deleted: usize,
     /// Writes that failed. "Already exists" on an add and "not found" on a
     /// delete are successes.
     pub failed: usize,
@@ -56,6 +69,17 @@ impl SyncReport {
     pub fn is_clean(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// Adds what another part of the same sync did.
+    pub fn absorb(&mut self, other: SyncReport) {
+        self.writes += other.writes;
+        self.failed += other.failed;
+        self.nft_elements += other.nft_elements;
+        self.nft_batches += other.nft_batches;
+        self.conntrack_deleted += other.conntrack_deleted;
+        self.services_synced = self.services_synced.max(other.services_synced);
+        self.errors.extend(other.errors);
+    }
 }
 
 /// A kernel read that a full sync or cleanup needs before it can act.
@@ -65,6 +89,8 @@ pub enum KernelRead {
     IpvsDump,
     /// kube-ipvs0 and its addresses.
     Link,
+    /// The proxy's nftables table and its sets.
+    Nftables,
 }
 
 /// Adding or removing an address on kube-ipvs0.
@@ -95,6 +121,10 @@ pub enum SyncError {
         action: AddressAction,
         error: KernelError,
     },
+    /// The nftables transaction of this sync failed as a whole.
+    Nftables { changes: usize, error: KernelError },
+    /// Deleting the conntrack flows of removed endpoints failed.
+    Conntrack { flows: usize, error: KernelError },
 }
 
 impl fmt::Display for SyncError {
@@ -108,6 +138,16 @@ impl fmt::Display for SyncError {
                 what: KernelRead::Link,
                 error,
             } => write!(f, "reading the addresses of kube-ipvs0: {error}"),
+            SyncError::Read {
+                what: KernelRead::Nftables,
+                error,
+            } => write!(f, "reading the proxy's nftables table: {error}"),
+            SyncError::Nftables { changes, error } => {
+                write!(f, "nftables transaction of {changes} set element changes: {error}")
+            }
+            SyncError::Conntrack { flows, error } => {
+                write!(f, "deleting the conntrack flows of {flows} removed endpoints: {error}")
+            }
             SyncError::Operation {
                 service: Some(service),
                 op,
@@ -137,7 +177,9 @@ impl std::error::Error for SyncError {
         match self {
             SyncError::Read { error, .. }
             | SyncError::Operation { error, .. }
-            | SyncError::Address { error, .. } => Some(error),
+            | SyncError::Address { error, .. }
+            | SyncError::Nftables { error, .. }
+            | SyncError::Conntrack { error, .. } => Some(error),
         }
     }
 }
@@ -267,6 +309,14 @@ pub struct Reconciler {
     orphans: Orphans,
     /// Address → how many services bind it on kube-ipvs0.
     wanted_addrs: HashMap<IpAddr, usize>,
+    /// Node address → how many services serve an ExternalIP or LoadBalancer
+    /// IP on it: virtual servers there are the proxy's.
+    served_node_addrs: HashMap<IpAddr, usize>,
+    /// The packet path's set elements.
+    nft: NftState,
+    nft_failed: Option<Backoff>,
+    /// Flows of UDP and SCTP real servers deleted since the last cleanup.
+    stale_flows: Vec<FlowFilter>,
     node_addrs: HashSet<IpAddr>,
     node_port_services: HashSet<ServiceName>,
     mirror: Mirror,
@@ -308,6 +358,10 @@ impl Reconciler {
             claims: Claims::default(),
             orphans: Orphans::default(),
             wanted_addrs: HashMap::new(),
+            served_node_addrs: HashMap::new(),
+            nft: NftState::default(),
+            nft_failed: None,
+            stale_flows: Vec::new(),
             node_addrs: HashSet::new(),
             node_port_services: HashSet::new(),
             mirror: Mirror::default(),
@@ -375,6 +429,24 @@ impl Reconciler {
                 self.dirty_addrs.insert(*addr);
             }
         }
+        let (old_elements, old_served) = old.as_ref().map_or((&[][..], &[][..]), |e| {
+            (&e.desired.nft_elements[..], &e.desired.served_node_addrs[..])
+        });
+        let (new_elements, new_served) = new.as_ref().map_or((&[][..], &[][..]), |e| {
+            (&e.desired.nft_elements[..], &e.desired.served_node_addrs[..])
+        });
+        self.nft.replace(old_elements, new_elements);
+        for addr in old_served {
+            if let Entry::Occupied(mut count) = self.served_node_addrs.entry(*addr) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+        for addr in new_served {
+            *self.served_node_addrs.entry(*addr).or_default() += 1;
+        }
 
         match new {
             Some(entry) => {
@@ -402,19 +474,129 @@ impl Reconciler {
         }
     }
 
-    /// Whether [`Reconciler::sync_dirty`] has work now: dirty services or
-    /// addresses, or a retry that is due.
+    /// Records the CIDRs of this cluster's (or node's) pods, for
+    /// `--detect-local-mode` ClusterCIDR and NodeCIDR.
+    pub fn set_local_pod_cidrs(&mut self, cidrs: &[ipnet::IpNet]) {
+        self.nft.set_node_elements(nft::pod_cidr_elements(cidrs));
+    }
+
+    /// Whether [`Reconciler::sync_dirty`] has work now: dirty services,
+    /// addresses or set elements, or a retry that is due.
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
             || !self.dirty_addrs.is_empty()
+            || self.nft.has_dirty()
             || self.next_retry().is_some_and(|at| at <= (self.clock)())
     }
 
-    /// When the next retry of a failed service or address is due, if any.
+    /// When the next retry of a failed service, address or nftables
+    /// transaction is due, if any.
     pub fn next_retry(&self) -> Option<Instant> {
         let services = self.failed.values().map(|b| b.retry_at);
         let addrs = self.failed_addrs.values().map(|b| b.retry_at);
-        services.chain(addrs).min()
+        let nft = self.nft_failed.iter().map(|b| b.retry_at);
+        services.chain(addrs).chain(nft).min()
+    }
+
+    /// Every set element wanted now, sorted (what `plan` prints).
+    pub fn desired_nft_elements(&self) -> Vec<NftElement> {
+        self.nft.wanted()
+    }
+
+    /// Brings the proxy's nftables sets to what is desired, in at most one
+    /// transaction. `full` (and the first sync, and the one after a failed
+    /// transaction) first makes sure the table's rules are `ruleset`'s and
+    /// reads the sets, repairing drift; otherwise only the elements that
+    /// changed since the last sync are sent, without reading the kernel.
+    pub async fn sync_nft<N: NftKernel>(
+        &mut self,
+        nft: &mut N,
+        ruleset: &NftRuleset,
+        full: bool,
+        report: &mut SyncReport,
+    ) {
+        let now = (self.clock)();
+        if !full && self.nft.adopted && !self.nft.has_dirty() {
+            return;
+        }
+        if !full && self.nft_failed.is_some_and(|b| !b.is_due(now)) {
+            return;
+        }
+        let all = full || !self.nft.adopted;
+        if all {
+            match nft.ensure_ruleset(ruleset).await {
+                Ok(held) => self.nft.adopt(held),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read or create the proxy's nftables table");
+                    let what = KernelRead::Nftables;
+                    report.errors.push(SyncError::Read { what, error });
+                    self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
+                    return;
+                }
+            }
+        }
+        let changes = self.nft.changes(all);
+        if changes.is_empty() {
+            self.nft_failed = None;
+            return;
+        }
+        report.writes += changes.len();
+        report.nft_elements += changes.len();
+        report.nft_batches += 1;
+        match nft.apply(&changes).await {
+            Ok(()) => {
+                self.nft.applied(&changes);
+                self.nft_failed = None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, changes = changes.len(),
+                    "nftables transaction failed; retrying with backoff after reading the sets again");
+                report.failed += changes.len();
+                self.nft.failed(&changes);
+                self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
+                report.errors.push(SyncError::Nftables {
+                    changes: changes.len(),
+                    error,
+                });
+            }
+        }
+    }
+
+    /// Deletes the conntrack flows that still send traffic to UDP and SCTP
+    /// real servers deleted since the last call, as upstream does. Flows
+    /// that could not be deleted are tried again next time.
+    pub async fn clear_stale_flows<C: ConntrackKernel>(
+        &mut self,
+        conntrack: &mut C,
+        report: &mut SyncReport,
+    ) {
+        if self.stale_flows.is_empty() {
+            return;
+        }
+        let mut filters = std::mem::take(&mut self.stale_flows);
+        filters.sort_unstable();
+        filters.dedup();
+        match conntrack.delete_flows(&filters).await {
+            Ok(deleted) => {
+                report.writes += deleted;
+                report.conntrack_deleted += deleted;
+            }
+            Err(error) => {
+                tracing::warn!(%error, endpoints = filters.len(),
+                    "deleting conntrack flows of removed endpoints failed; trying again at the next sync");
+                report.failed += 1;
+                report.errors.push(SyncError::Conntrack {
+                    flows: filters.len(),
+                    error,
+                });
+                self.stale_flows = filters;
+            }
+        }
+    }
+
+    /// Flows waiting for [`Reconciler::clear_stale_flows`].
+    pub fn stale_flows(&self) -> &[FlowFilter] {
+        &self.stale_flows
     }
 
     /// Everything desired, per service, as given to [`Reconciler::set_service`].
@@ -581,6 +763,7 @@ impl Reconciler {
         !self.ownership.is_excluded(key.addr)
             && (self.mirror.holds_address(key.addr)
                 || self.wanted_addrs.contains_key(&key.addr)
+                || self.served_node_addrs.contains_key(&key.addr)
                 || (self.node_addrs.contains(&key.addr) && self.ownership.is_node_port(key.port)))
     }
 
@@ -762,6 +945,9 @@ impl Reconciler {
         result: Result<(), KernelError>,
     ) -> (Result<(), KernelError>, Option<IpAddr>) {
         use KernelError::{Exists, NotFound};
+        if result.is_ok() || result == Err(NotFound) {
+            self.note_stale_flows(op);
+        }
         let mirror = &mut self.mirror;
         match (op, result) {
             (Op::AddVirtualServer(vs), Ok(()) | Err(Exists)) => {
@@ -797,6 +983,31 @@ impl Reconciler {
                 (Err(NotFound), None)
             }
             (_, Err(error)) => (Err(error), None),
+        }
+    }
+
+    /// Before a delete of a UDP or SCTP real server (or of a virtual server
+    /// with some) is recorded: remembers the flows it leaves behind.
+    fn note_stale_flows(&mut self, op: &Op) {
+        let key = op.virtual_server();
+        if !matches!(key.protocol, Protocol::Udp | Protocol::Sctp) {
+            return;
+        }
+        let flow = |endpoint| FlowFilter {
+            protocol: key.protocol,
+            addr: key.addr,
+            port: key.port,
+            endpoint,
+        };
+        match op {
+            Op::DeleteRealServer(_, rs) => self.stale_flows.push(flow(rs.addr)),
+            Op::DeleteVirtualServer(_) => {
+                if let Some(vs) = self.mirror.get(&key) {
+                    let endpoints: Vec<IpAddr> = vs.real_servers.keys().map(|rs| rs.addr).collect();
+                    self.stale_flows.extend(endpoints.into_iter().map(flow));
+                }
+            }
+            _ => {}
         }
     }
 

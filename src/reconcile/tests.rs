@@ -225,6 +225,7 @@ fn cluster_ip(vip: &str, ports: &[u16], real_servers: &[RealServer]) -> ServiceD
             .map(|&port| vs(tcp(vip, port), real_servers))
             .collect(),
         bind_addrs: vec![ip(vip)],
+        ..Default::default()
     }
 }
 
@@ -664,6 +665,7 @@ async fn a_desired_key_held_by_someone_else_is_left_alone() {
             ServiceDesired {
                 virtual_servers: vec![vs(tcp("10.96.200.5", 80), &[rs("10.244.0.1", 80)])],
                 bind_addrs: vec![ip("10.96.200.5")],
+                ..Default::default()
             },
             tcp("10.96.200.5", 80),
         ),
@@ -672,6 +674,7 @@ async fn a_desired_key_held_by_someone_else_is_left_alone() {
             ServiceDesired {
                 virtual_servers: vec![vs(tcp("172.16.0.1", 30080), &[rs("10.244.0.1", 80)])],
                 bind_addrs: vec![],
+                ..Default::default()
             },
             tcp("172.16.0.1", 30080),
         ),
@@ -697,6 +700,7 @@ async fn node_ports_become_ours_when_the_node_address_is_known() {
     let node_port = ServiceDesired {
         virtual_servers: vec![vs(key, &[rs("10.244.0.1", 80)])],
         bind_addrs: vec![],
+        ..Default::default()
     };
     node.set("np", Some(node_port.clone()));
     assert_eq!(
@@ -1017,6 +1021,7 @@ async fn cleanup_removes_everything_owned_and_nothing_foreign() {
         Some(ServiceDesired {
             virtual_servers: vec![vs(tcp("192.168.1.10", 30080), &[rs("10.244.0.1", 80)])],
             bind_addrs: vec![],
+            ..Default::default()
         }),
     );
     node.full_sync().await;
@@ -1134,6 +1139,7 @@ async fn excluded_and_duplicate_desires_are_dropped_from_the_index() {
     let desired = ServiceDesired {
         virtual_servers: vec![kept.clone(), vs(tcp("10.96.200.1", 80), &[]), duplicate],
         bind_addrs: vec![ip("10.96.0.10"), ip("10.96.200.1"), ip("10.96.0.10")],
+        ..Default::default()
     };
     node.set("a", Some(desired.clone()));
     node.full_sync().await;
@@ -1142,6 +1148,7 @@ async fn excluded_and_duplicate_desires_are_dropped_from_the_index() {
         &[&ServiceDesired {
             virtual_servers: vec![kept],
             bind_addrs: vec![ip("10.96.0.10")],
+            ..Default::default()
         }],
         &[],
     );
@@ -1253,6 +1260,7 @@ async fn graceful_termination_skips_udp_and_whole_virtual_servers() {
     let dns = |real_servers: &[RealServer]| ServiceDesired {
         virtual_servers: vec![vs(key, real_servers)],
         bind_addrs: vec![ip("10.96.0.53")],
+        ..Default::default()
     };
     let mut node = Node::new();
     node.set("dns", Some(dns(&[stays, leaves])));

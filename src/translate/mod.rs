@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
+use ipnet::IpNet;
 
 use crate::desired::{
     DesiredVirtualServer, RealServer, RealServerKey, ServiceDesired, ServiceName, VirtualServer,
@@ -30,6 +31,7 @@ use crate::model::{
 };
 use crate::parallel;
 
+mod packet;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +48,10 @@ pub struct NodeFacts {
     pub name: Arc<str>,
     /// Where NodePorts listen, already narrowed by `--nodeport-addresses`.
     pub node_addresses: Vec<IpAddr>,
+    /// Every address the node holds outside kube-ipvs0, loopback and
+    /// link-local apart: an ExternalIP or LoadBalancer IP among them is
+    /// served but never bound again on kube-ipvs0.
+    pub local_addresses: Vec<IpAddr>,
     /// The node runs IPv4.
     pub ipv4: bool,
     /// The node runs IPv6.
@@ -69,6 +75,9 @@ pub struct TranslateConfig {
     pub scheduler: Arc<str>,
     /// The schedulers the kernel offers; `None` accepts any well-formed name.
     pub available_schedulers: Option<BTreeSet<Arc<str>>>,
+    /// `--allowed-external-ip-cidrs`: ExternalIPs outside these are refused.
+    /// Empty allows every usable unicast address.
+    pub allowed_external_ips: Vec<IpNet>,
 }
 
 impl Default for TranslateConfig {
@@ -76,6 +85,7 @@ impl Default for TranslateConfig {
         TranslateConfig {
             scheduler: DEFAULT_SCHEDULER.into(),
             available_schedulers: None,
+            allowed_external_ips: Vec::new(),
         }
     }
 }
@@ -91,6 +101,7 @@ impl TranslateConfig {
             scheduler: scheduler.into(),
             available_schedulers: available_schedulers
                 .map(|list| list.into_iter().map(|s| Arc::from(s.as_ref())).collect()),
+            allowed_external_ips: Vec::new(),
         }
     }
 
@@ -154,6 +165,61 @@ pub enum TranslateError {
         problem: SchedulerProblem,
         fallback: Arc<str>,
     },
+    #[error("Service {service}: {field}: {value} is {reason}; not serving it (the service's other addresses are)")]
+    RefusedAddress {
+        service: ServiceName,
+        /// `spec.externalIPs[i]` or `status.loadBalancer.ingress[i].ip`.
+        field: String,
+        value: IpAddr,
+        reason: RefusedAddress,
+    },
+}
+
+/// Why an ExternalIP or LoadBalancer IP is not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedAddress {
+    /// 0.0.0.0 or `::`.
+    Unspecified,
+    Loopback,
+    LinkLocal,
+    Multicast,
+    /// 255.255.255.255.
+    Broadcast,
+    /// Outside `--allowed-external-ip-cidrs`.
+    NotAllowed,
+}
+
+impl fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefusedAddress::Unspecified => "the unspecified address",
+            RefusedAddress::Loopback => "a loopback address",
+            RefusedAddress::LinkLocal => "a link-local address",
+            RefusedAddress::Multicast => "a multicast address",
+            RefusedAddress::Broadcast => "the broadcast address",
+            RefusedAddress::NotAllowed => "outside --allowed-external-ip-cidrs",
+        })
+    }
+}
+
+impl RefusedAddress {
+    /// Why `ip` can never be a service address on a node, if it cannot.
+    pub fn unusable(ip: IpAddr) -> Option<RefusedAddress> {
+        match ip {
+            _ if ip.is_unspecified() => Some(RefusedAddress::Unspecified),
+            _ if ip.is_loopback() => Some(RefusedAddress::Loopback),
+            _ if ip.is_multicast() => Some(RefusedAddress::Multicast),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some(RefusedAddress::Broadcast),
+            IpAddr::V4(v4) if v4.is_link_local() => Some(RefusedAddress::LinkLocal),
+            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => {
+                Some(RefusedAddress::LinkLocal)
+            }
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .and_then(|v4| RefusedAddress::unusable(IpAddr::V4(v4))),
+            IpAddr::V4(_) => None,
+        }
+    }
 }
 
 /// A service's desired state and what was worked around to get it.
@@ -195,9 +261,12 @@ pub fn translate_service<'a>(
         },
     };
     let slices: Vec<&EndpointSliceInfo> = slices.into_iter().collect();
+    let external = external_addresses(svc, node, cfg, &mut translation.warnings);
 
     let mut servers: BTreeMap<VirtualServerKey, DesiredVirtualServer> = BTreeMap::new();
     let mut bind_addrs = BTreeSet::new();
+    let mut served_node_addrs = BTreeSet::new();
+    let mut nft = packet::Elements::default();
     for port in &svc.ports {
         for family in [AddressType::Ipv4, AddressType::Ipv6] {
             let node_runs_family = match family {
@@ -213,7 +282,7 @@ pub fn translate_service<'a>(
             let in_family = |ip: &&IpAddr| family.matches(**ip);
             let endpoints = PortEndpoints::select(&slices, port, family, &node.name);
             let internal = endpoints.for_policy(svc.internal_traffic_local);
-            let external = endpoints.for_policy(svc.external_traffic_local);
+            let external_endpoints = endpoints.for_policy(svc.external_traffic_local);
 
             let mut add = |addr: IpAddr, port_number: u16, real_servers: &[RealServerKey]| {
                 let key = VirtualServerKey {
@@ -236,24 +305,97 @@ pub fn translate_service<'a>(
             for &ip in svc.cluster_ips.iter().filter(in_family) {
                 add(ip, port.port, internal);
                 bind_addrs.insert(ip);
+                nft.cluster_ip(ip, port);
             }
-            let external_ips = svc.external_ips.iter().chain(&svc.load_balancer_ips);
-            for &ip in external_ips.filter(in_family) {
-                add(ip, port.port, external);
-                bind_addrs.insert(ip);
+            for ext in external.iter().filter(|e| family.matches(e.ip)) {
+                add(ext.ip, port.port, external_endpoints);
+                if ext.node_owned {
+                    served_node_addrs.insert(ext.ip);
+                } else {
+                    bind_addrs.insert(ext.ip);
+                }
+                nft.external_ip(
+                    ext,
+                    port,
+                    svc,
+                    &node.local_addresses,
+                    external_endpoints.is_empty(),
+                );
             }
             if let (true, Some(node_port)) = (svc.type_.has_node_ports(), port.node_port) {
                 for &ip in node.node_addresses.iter().filter(in_family) {
-                    add(ip, node_port, external);
+                    add(ip, node_port, external_endpoints);
+                }
+                if family == AddressType::Ipv4 {
+                    nft.node_port(port.protocol, node_port, svc, external_endpoints.is_empty());
                 }
             }
+            nft.hairpin(&endpoints.local, port.protocol);
         }
     }
     translation.desired = ServiceDesired {
         virtual_servers: servers.into_values().collect(),
         bind_addrs: bind_addrs.into_iter().collect(),
+        served_node_addrs: served_node_addrs.into_iter().collect(),
+        nft_elements: nft.finish(),
     };
     translation
+}
+
+/// One ExternalIP or LoadBalancer IP that the service may use on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ExternalAddress {
+    ip: IpAddr,
+    /// A LoadBalancer ingress IP (source ranges apply) rather than an ExternalIP.
+    load_balancer: bool,
+    /// Already one of the node's own addresses: served, never bound.
+    node_owned: bool,
+}
+
+/// The service's ExternalIPs and LoadBalancer IPs that are safe to serve,
+/// each refused one reported with its field and value. A cluster IP listed
+/// again is left to the cluster IP.
+fn external_addresses(
+    svc: &ServiceInfo,
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+    warnings: &mut Vec<TranslateError>,
+) -> Vec<ExternalAddress> {
+    let external = svc.external_ips.iter().enumerate().map(|(i, ip)| {
+        let field = move || format!("spec.externalIPs[{i}]");
+        (*ip, false, Box::new(field) as Box<dyn Fn() -> String>)
+    });
+    let load_balancer = svc.load_balancer_ips.iter().enumerate().map(|(i, ip)| {
+        let field = move || format!("status.loadBalancer.ingress[{i}].ip");
+        (*ip, true, Box::new(field) as Box<dyn Fn() -> String>)
+    });
+    let mut accepted: Vec<ExternalAddress> = Vec::new();
+    for (ip, is_lb, field) in external.chain(load_balancer) {
+        let refused = RefusedAddress::unusable(ip).or_else(|| {
+            let allowed = is_lb
+                || cfg.allowed_external_ips.is_empty()
+                || cfg.allowed_external_ips.iter().any(|net| net.contains(&ip));
+            (!allowed).then_some(RefusedAddress::NotAllowed)
+        });
+        if let Some(reason) = refused {
+            warnings.push(TranslateError::RefusedAddress {
+                service: svc.name.clone(),
+                field: field(),
+                value: ip,
+                reason,
+            });
+            continue;
+        }
+        if svc.cluster_ips.contains(&ip) || accepted.iter().any(|a| a.ip == ip) {
+            continue;
+        }
+        accepted.push(ExternalAddress {
+            ip,
+            load_balancer: is_lb,
+            node_owned: node.local_addresses.contains(&ip),
+        });
+    }
+    accepted
 }
 
 /// Translates the service called `name` as the model holds it now; an empty

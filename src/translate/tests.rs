@@ -56,6 +56,7 @@ fn desired(virtual_servers: Vec<DesiredVirtualServer>, bind: &[&str]) -> Service
     ServiceDesired {
         virtual_servers,
         bind_addrs: bind.iter().map(|a| a.parse().unwrap()).collect(),
+        ..Default::default()
     }
 }
 
@@ -70,6 +71,7 @@ fn node_v4() -> NodeFacts {
         node_addresses: ips(&["192.168.0.10"]),
         ipv4: true,
         ipv6: false,
+        local_addresses: ips(&["192.168.0.10"]),
     }
 }
 
@@ -80,6 +82,7 @@ fn node_dual() -> NodeFacts {
         node_addresses: ips(&["192.168.0.10", "fd00:1::10"]),
         ipv4: true,
         ipv6: true,
+        local_addresses: ips(&["192.168.0.10", "fd00:1::10"]),
     }
 }
 

@@ -31,6 +31,7 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
             node: NodeFacts {
                 name: synthetic::NODE_NAME.into(),
                 node_addresses: Vec::new(),
+                local_addresses: Vec::new(),
                 ipv4: true,
                 ipv6: false,
             },

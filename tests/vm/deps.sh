@@ -11,8 +11,10 @@
 #   procps python3    sysctl, and the test backends and clients (the guest uses /usr/bin)
 #   ipvsadm iproute2 strace curl  the tools the guest scripts run
 #   python3-venv      the virtualenv that holds virtme-ng
+#   nftables conntrack the guest reads state with `nft -j` and `conntrack -L`
+#                     (tests only; the proxy speaks netlink itself)
 KIP_APT_PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static kmod udev procps python3
-    ipvsadm iproute2 strace curl python3-venv)
+    ipvsadm iproute2 strace curl python3-venv nftables conntrack)
 
 # virtme-ng boots the host's own root filesystem read-only in the guest. 1.42
 # is the version this test bed was verified with.

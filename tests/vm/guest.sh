@@ -19,8 +19,12 @@ finish() {
 
 # ip_vs pulls in nf_conntrack; the schedulers are modules of their own and
 # the kernel loads them lazily, which a scheduler change would race with.
+# The nf_tables modules are those of the proxy's table (NAT chains, ct, fib,
+# masquerade, reject) and conntrack's netlink interface, which the proxy and
+# `conntrack -L` use.
 for module in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_sed ip_vs_nq \
-    dummy veth bridge; do
+    dummy veth bridge \
+    nf_tables nft_chain_nat nft_ct nft_fib_ipv4 nft_masq nft_reject_ipv4 nf_conntrack_netlink; do
     if ! modprobe "$module"; then
         printf 'FAIL\tguest\tmodprobe %s failed in %s\n' "$module" "$(uname -r)" >>"$KIP_RESULTS"
         finish 1
