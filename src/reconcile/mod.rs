@@ -30,6 +30,8 @@ mod mirror;
 mod nft;
 mod ownership;
 #[cfg(test)]
+mod packet_tests;
+#[cfg(test)]
 mod tests;
 
 pub use nft::pod_cidr_elements;

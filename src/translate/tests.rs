@@ -60,6 +60,14 @@ fn desired(virtual_servers: Vec<DesiredVirtualServer>, bind: &[&str]) -> Service
     }
 }
 
+/// `desired` without its set elements, for tests of the IPVS side alone.
+fn ipvs_only(desired: ServiceDesired) -> ServiceDesired {
+    ServiceDesired {
+        nft_elements: Vec::new(),
+        ..desired
+    }
+}
+
 fn ips(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|a| a.parse().unwrap()).collect()
 }
@@ -142,6 +150,8 @@ struct Case {
     cfg: TranslateConfig,
     want: ServiceDesired,
     warnings: &'static [&'static str],
+    /// The set elements, as "SET KEY" in any order; `None`: not checked.
+    nft: Option<&'static [&'static str]>,
 }
 
 impl Case {
@@ -154,7 +164,13 @@ impl Case {
             cfg: TranslateConfig::default(),
             want,
             warnings: &[],
+            nft: None,
         }
+    }
+
+    fn nft(mut self, elements: &'static [&'static str]) -> Case {
+        self.nft = Some(elements);
+        self
     }
 
     fn node(mut self, node: NodeFacts) -> Case {
@@ -183,8 +199,19 @@ impl Case {
                 EndpointSliceInfo::from_slice(&s).unwrap().unwrap()
             })
             .collect();
-        let got = translate_service(&svc, &slices, &self.node, &self.cfg);
+        let mut got = translate_service(&svc, &slices, &self.node, &self.cfg);
+        let elements = std::mem::take(&mut got.desired.nft_elements);
         assert_eq!(got.desired, self.want, "{}", self.name);
+        if let Some(want) = self.nft {
+            let mut got: Vec<String> = elements
+                .iter()
+                .map(|e| format!("{} {}", e.set.name(), e.key))
+                .collect();
+            let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{}", self.name);
+        }
         let warnings: Vec<String> = got.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(warnings, self.warnings, "{}", self.name);
     }
@@ -582,9 +609,9 @@ fn translate_model_covers_every_programmable_service() {
         vec![vs("TCP 10.96.0.10:80", "rr", None, &["10.244.1.5:8080"])],
         &["10.96.0.10"],
     );
-    assert_eq!(all[&web_name], expected);
+    assert_eq!(ipvs_only(all[&web_name].clone()), expected);
     assert_eq!(
-        translate_named(&model, &web_name, &node_v4(), &TranslateConfig::default()).desired,
+        ipvs_only(translate_named(&model, &web_name, &node_v4(), &TranslateConfig::default()).desired),
         expected
     );
     let gone = ServiceName::new("default", "gone");
@@ -640,7 +667,7 @@ fn translate_each_keeps_the_order_of_a_batch_split_over_threads() {
     assert_eq!(batch, one_by_one);
     let last = count - 1;
     assert_eq!(
-        batch[0].desired,
+        ipvs_only(batch[0].desired.clone()),
         desired(
             vec![vs(
                 &format!("TCP 10.96.{}.{}:80", last / 256, last % 256),
@@ -657,4 +684,198 @@ fn translate_each_keeps_the_order_of_a_batch_split_over_threads() {
         Translation::default(),
         "a missing service"
     );
+}
+
+/// The packet path's set elements, and which external addresses are served.
+#[test]
+fn packet_path_rules() {
+    let node_port = |policy: &str| {
+        web(json!({"type": "NodePort", "externalTrafficPolicy": policy,
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}))
+    };
+    let cases = vec![
+        Case::new(
+            "cluster IP: masqueraded from outside the pods, and its address guarded",
+            web(json!({})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(vec![vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"])], &["10.96.0.10"]),
+        )
+        .nft(&["cluster-ips 10.96.0.10 . tcp . 80", "service-ips 10.96.0.10"]),
+        Case::new(
+            "hairpin: each endpoint on this node, at its own port",
+            web(json!({})),
+            vec![http_slice("s1", json!([ep("10.244.1.5", "n1"), ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![vs("TCP 10.96.0.10:80", "rr", None, &["10.244.1.5:8080", "10.244.2.5:8080"])],
+                &["10.96.0.10"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "service-ips 10.96.0.10",
+            "hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5",
+        ]),
+        Case::new(
+            "NodePort, externalTrafficPolicy Cluster: masqueraded",
+            node_port("Cluster"),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.2.5:8080"]),
+                ],
+                &["10.96.0.10"],
+            ),
+        )
+        .nft(&["cluster-ips 10.96.0.10 . tcp . 80", "service-ips 10.96.0.10", "nodeports tcp . 30080"]),
+        Case::new(
+            "NodePort, externalTrafficPolicy Local with no endpoint here: dropped",
+            node_port("Local"),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &[]),
+                ],
+                &["10.96.0.10"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "service-ips 10.96.0.10",
+            "nodeports-no-local-endpoints tcp . 30080",
+        ]),
+        Case::new(
+            "NodePort, externalTrafficPolicy Local with an endpoint here: neither masqueraded nor dropped",
+            node_port("Local"),
+            vec![http_slice("s1", json!([ep("10.244.1.5", "n1")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.1.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.1.5:8080"]),
+                ],
+                &["10.96.0.10"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "service-ips 10.96.0.10",
+            "hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5",
+        ]),
+        Case::new(
+            "external IP, externalTrafficPolicy Local, no endpoint here: served locally, dropped",
+            web(json!({"externalIPs": ["203.0.113.7"], "externalTrafficPolicy": "Local"})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.7:80", "rr", None, &[]),
+                ],
+                &["10.96.0.10", "203.0.113.7"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "external-ips-local 203.0.113.7 . tcp . 80",
+            "no-local-endpoints 203.0.113.7 . tcp . 80",
+            "service-ips 10.96.0.10",
+            "service-ips 203.0.113.7",
+        ]),
+        Case::new(
+            "loadBalancerSourceRanges: the LoadBalancer IP admits the ranges (merged), and itself when a range holds a node address",
+            web(json!({"type": "LoadBalancer",
+                       "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                       "loadBalancerSourceRanges": ["198.51.100.0/25", "198.51.100.128/25", "192.168.0.0/24"],
+                       "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}}})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.20:80", "rr", None, &["10.244.2.5:8080"]),
+                ],
+                &["10.96.0.10", "203.0.113.20"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "external-ips 203.0.113.20 . tcp . 80",
+            "nodeports tcp . 30080",
+            "service-ips 10.96.0.10",
+            "service-ips 203.0.113.20",
+            "firewall-ips 203.0.113.20 . tcp . 80",
+            "firewall-allow 203.0.113.20 . tcp . 80 . 192.168.0.0/24",
+            "firewall-allow 203.0.113.20 . tcp . 80 . 198.51.100.0/24",
+            "firewall-allow 203.0.113.20 . tcp . 80 . 203.0.113.20/32",
+        ]),
+        Case::new(
+            "unsafe external addresses are refused, each named; the others are served",
+            web(json!({"type": "LoadBalancer",
+                       "externalIPs": ["127.0.0.1", "0.0.0.0", "255.255.255.255", "169.254.1.1", "224.0.0.1", "203.0.113.7"],
+                       "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                       "status": {"loadBalancer": {"ingress": [{"ip": "::1"}, {"ip": "203.0.113.20"}]}}})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.7:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.20:80", "rr", None, &["10.244.2.5:8080"]),
+                ],
+                &["10.96.0.10", "203.0.113.7", "203.0.113.20"],
+            ),
+        )
+        .warnings(&[
+            "Service default/web: spec.externalIPs[0]: 127.0.0.1 is a loopback address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs[1]: 0.0.0.0 is the unspecified address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs[2]: 255.255.255.255 is the broadcast address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs[3]: 169.254.1.1 is a link-local address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs[4]: 224.0.0.1 is a multicast address; not serving it (the service's other addresses are)",
+            "Service default/web: status.loadBalancer.ingress[0].ip: ::1 is a loopback address; not serving it (the service's other addresses are)",
+        ]),
+        Case::new(
+            "--allowed-external-ip-cidrs refuses external IPs outside them, not LoadBalancer IPs",
+            web(json!({"type": "LoadBalancer", "externalIPs": ["203.0.113.7", "198.51.100.7"],
+                       "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                       "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.20"}]}}})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.0.2.20:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.7:80", "rr", None, &["10.244.2.5:8080"]),
+                ],
+                &["10.96.0.10", "192.0.2.20", "203.0.113.7"],
+            ),
+        )
+        .cfg(TranslateConfig {
+            allowed_external_ips: vec!["203.0.113.0/24".parse().unwrap()],
+            ..TranslateConfig::default()
+        })
+        .warnings(&["Service default/web: spec.externalIPs[1]: 198.51.100.7 is outside --allowed-external-ip-cidrs; not serving it (the service's other addresses are)"]),
+        Case::new(
+            "an external IP that is the node's own address: served, not bound, not guarded",
+            web(json!({"externalIPs": ["192.168.0.10"]})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            ServiceDesired {
+                served_node_addrs: ips(&["192.168.0.10"]),
+                ..desired(
+                    vec![
+                        vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                        vs("TCP 192.168.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    ],
+                    &["10.96.0.10"],
+                )
+            },
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "external-ips 192.168.0.10 . tcp . 80",
+            "service-ips 10.96.0.10",
+        ]),
+    ];
+    for case in cases {
+        case.run();
+    }
 }
