@@ -17,28 +17,10 @@ use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
 use crate::desired::{NftRuleset, ServiceName};
-use temp_shim::NetlinkConntrack;
+use crate::kernel::conntrack::NetlinkConntrack;
 use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
-use temp_shim::NetlinkNft;
-
-// TEMP-SHIM (removed when kernel::nftables and kernel::conntrack land)
-mod temp_shim {
-    use crate::kernel::fake::{FakeConntrack, FakeNft};
-    use crate::kernel::KernelError;
-    pub type NetlinkNft = FakeNft;
-    pub type NetlinkConntrack = FakeConntrack;
-    pub trait New: Sized {
-        fn new() -> Result<Self, KernelError>;
-    }
-    impl New for FakeConntrack {
-        fn new() -> Result<Self, KernelError> {
-            Ok(FakeConntrack::default())
-        }
-    }
-}
-#[allow(unused_imports)]
-use temp_shim::New as _;
+use crate::kernel::nftables::NetlinkNft;
 use crate::kernel::{
     modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel,
 };
@@ -301,7 +283,7 @@ pub async fn run(opts: &Options) -> Result<()> {
     .await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?;
     let ruleset = nft_ruleset(opts)?;
-    let mut nft = Ok::<_, KernelError>(NetlinkNft::new()).map_err(Error::Nftables)?;
+    let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     // Fails at start, naming what the kernel lacks, rather than at every sync.
     nft.ensure_ruleset(&ruleset).await.map_err(Error::Nftables)?;
     let mut conntrack = NetlinkConntrack::new()?;
@@ -381,11 +363,13 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// service's masquerade and filters are in place before its virtual
     /// servers take traffic), then IPVS and kube-ipvs0, then the conntrack
     /// flows of the real servers that went.
-    async fn sync(
+    /// `full` re-reads every subsystem and repairs drift; otherwise only
+    /// what changed is sent. `conntrack_cleanup` is `--conntrack-cleanup`.
+    pub async fn sync(
         &mut self,
         reconciler: &mut Reconciler,
-        opts: &Options,
         ruleset: &NftRuleset,
+        conntrack_cleanup: bool,
         full: bool,
     ) -> SyncReport {
         let mut report = SyncReport::default();
@@ -396,7 +380,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             reconciler.sync_dirty(self.ipvs, self.link).await
         };
         report.absorb(ipvs);
-        if opts.conntrack_cleanup {
+        if conntrack_cleanup {
             reconciler.clear_stale_flows(self.conntrack, &mut report).await;
         }
         report
@@ -456,7 +440,7 @@ impl Loop<'_> {
                     let started = Instant::now();
                     if next_full.is_none_or(|t| t <= started) {
                         state.set_node(refresh_node().await?);
-                        let report = kernel.sync(&mut state.reconciler, opts, &ruleset, true).await;
+                        let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await;
                         log_sync("full", &report, started, &state.metrics);
                         // The first sync and relists free far more than they keep.
                         crate::heap::release_free_memory();
@@ -465,7 +449,7 @@ impl Loop<'_> {
                             return verify(&mut state.reconciler, &mut kernel, opts, &ruleset, report, &state.metrics).await;
                         }
                     } else {
-                        let report = kernel.sync(&mut state.reconciler, opts, &ruleset, false).await;
+                        let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, false).await;
                         log_sync("incremental", &report, started, &state.metrics);
                     }
                     last_sync = Some(Instant::now());
@@ -486,7 +470,7 @@ async fn verify<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKerne
     metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
-    let second = kernel.sync(reconciler, opts, ruleset, true).await;
+    let second = kernel.sync(reconciler, ruleset, opts.conntrack_cleanup, true).await;
     log_sync("verify", &second, started, metrics);
     if first.is_clean() && second.is_clean() && second.writes == 0 {
         return Ok(());
@@ -596,7 +580,7 @@ pub async fn cleanup(opts: &Options) -> Result<()> {
     let report = reconciler.cleanup(&mut ipvs, &mut link).await;
     log_sync("cleanup", &report, started, &Metrics::new());
     let deleted = link.delete().await?;
-    let mut nft = Ok::<_, KernelError>(NetlinkNft::new()).map_err(Error::Nftables)?;
+    let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     let table_deleted = nft.delete_table().await.map_err(Error::Nftables)?;
     tracing::info!(interface = %opts.ipvs_interface, deleted, table_deleted, "cleanup done");
     if report.is_clean() {

@@ -23,7 +23,7 @@ mod table;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use kube_ipvs_proxy::kernel::fake::FakeKernel;
+use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
 use netlink_ipvs::{Operation, ServiceAddress};
 
 use observe::{status_kib, SyncDone};
@@ -169,15 +169,27 @@ fn draining_in(kernel: &FakeKernel) -> usize {
         .count()
 }
 
-fn synced_pipeline(scale: Scale) -> Pipeline<FakeKernel, FakeKernel> {
-    let mut pipeline = Pipeline::new(FakeKernel::new(), FakeKernel::new());
-    let events = Pipeline::<FakeKernel, FakeKernel>::initial_list(scale);
+type FakePipeline = Pipeline<FakeKernel, FakeKernel, FakeNft, FakeConntrack>;
+
+fn synced_pipeline(scale: Scale) -> FakePipeline {
+    let mut pipeline = Pipeline::new(
+        FakeKernel::new(),
+        FakeKernel::new(),
+        FakeNft::new(),
+        FakeConntrack::default(),
+    );
+    let events = FakePipeline::initial_list(scale);
     let synced = block_on(pipeline.cold_sync(events)).expect("cold sync");
+    // Each service's port and address in the nftables sets (its endpoints
+    // are on other nodes, so no hairpin elements).
+    let elements = 2 * scale.services;
     assert_eq!(
         synced.report.writes,
-        scale.ipvs_objects() + scale.services,
-        "{scale}: a cold sync writes every virtual and real server and binds every cluster IP"
+        scale.ipvs_objects() + scale.services + elements,
+        "{scale}: a cold sync writes every virtual and real server, binds every cluster IP and fills the sets"
     );
+    assert_eq!(pipeline.nft.elements().len(), elements, "{scale}: set elements");
+    assert_eq!(synced.report.nft_batches, 1, "{scale}: one nftables transaction");
     pipeline
 }
 
@@ -254,6 +266,7 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
         for i in changed_services {
             for (step, with_extra) in [("add", true), ("remove", false)] {
                 let (applies, dumps) = (pipeline.ipvs.apply_calls(), pipeline.ipvs.dumps());
+                let transactions = pipeline.nft.transactions;
                 let changed = block_on(pipeline.change(endpoint_change(scale, i, with_extra)))
                     .expect("incremental sync");
                 let what = format!("{scale}, service {i}, {step} an endpoint");
@@ -261,6 +274,11 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
                 assert_eq!(changed.report.services_synced, 1, "{what}: services diffed");
                 assert_eq!(pipeline.ipvs.apply_calls() - applies, 1, "{what}: batches");
                 assert_eq!(pipeline.ipvs.dumps() - dumps, 0, "{what}: kernel reads");
+                assert_eq!(
+                    pipeline.nft.transactions - transactions,
+                    0,
+                    "{what}: no set element changes, so no nftables transaction"
+                );
                 let extra = synthetic::extra_endpoint_ip(i);
                 let held = table_of_kernel(&pipeline.ipvs)
                     .contains(&(synthetic::cluster_ip(i), Some(extra)));
@@ -286,11 +304,17 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
         assert_eq!(draining_in(&pipeline.ipvs), 0, "{scale}: none left");
         assert_eq!(table_of_kernel(&pipeline.ipvs), converged, "{scale}");
         for run in 0..2 {
+            let transactions = pipeline.nft.transactions;
             let resynced = block_on(pipeline.resync()).expect("idle resync");
             assert_eq!(
                 resynced.report.writes, 0,
                 "{scale}: idle resync {run} writes"
             );
+            assert_eq!(
+                pipeline.nft.transactions, transactions,
+                "{scale}: idle resync {run} sends no nftables transaction"
+            );
+            assert_eq!(pipeline.nft.tables_created, 1, "{scale}: the table is adopted");
         }
     }
 }
@@ -304,9 +328,10 @@ fn service_delete_and_create_write_only_that_service() {
         let i = scale.services / 3;
         let deleted = block_on(pipeline.change(service_change(i, false))).expect("delete");
         assert_eq!(
-            deleted.report.writes, 2,
-            "{scale}: virtual server and address"
+            deleted.report.writes, 4,
+            "{scale}: virtual server and address, and the address and port in the sets"
         );
+        assert_eq!(deleted.report.nft_batches, 1, "{scale}: one transaction");
         assert!(!pipeline
             .link
             .addresses()
@@ -314,9 +339,10 @@ fn service_delete_and_create_write_only_that_service() {
         let created = block_on(pipeline.change(service_change(i, true))).expect("create");
         assert_eq!(
             created.report.writes,
-            1 + scale.endpoints + 1,
-            "{scale}: virtual server, real servers and address"
+            1 + scale.endpoints + 1 + 2,
+            "{scale}: virtual server, real servers, address and two set elements"
         );
+        assert_eq!(created.report.nft_batches, 1, "{scale}: one transaction");
         let resynced = block_on(pipeline.resync()).expect("idle resync");
         assert_eq!(resynced.report.writes, 0, "{scale}: converged again");
     }

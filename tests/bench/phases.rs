@@ -9,8 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube_ipvs_proxy::desired::Op;
+use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::DummyLink;
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
+use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
@@ -270,13 +272,15 @@ struct Sample {
 }
 
 /// The pipeline over the real kernel, timed per edge.
-type RealPipeline = Pipeline<TimedIpvs, TimedLink>;
+type RealPipeline = Pipeline<TimedIpvs, TimedLink, NetlinkNft, NetlinkConntrack>;
 
 async fn real_pipeline() -> Result<RealPipeline, String> {
     let ipvs = NetlinkIpvs::connect()
         .await
         .map_err(|e| format!("connecting NetlinkIpvs: {e}"))?;
     let link = DummyLink::new(INTERFACE).map_err(|e| format!("opening rtnetlink: {e}"))?;
+    let nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
+    let conntrack = NetlinkConntrack::new().map_err(|e| format!("opening ctnetlink: {e}"))?;
     Ok(Pipeline::new(
         TimedIpvs {
             inner: ipvs,
@@ -289,6 +293,8 @@ async fn real_pipeline() -> Result<RealPipeline, String> {
             link_time: Duration::ZERO,
             writes: 0,
         },
+        nft,
+        conntrack,
     ))
 }
 

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel};
+use kube_ipvs_proxy::desired::NftRuleset;
+use kube_ipvs_proxy::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, NftKernel};
+use kube_ipvs_proxy::proxy::Kernel;
 use kube_ipvs_proxy::model::{Changes, Model};
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler, SyncReport};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
@@ -13,19 +15,24 @@ use kube_ipvs_proxy::translate::{translate_each, NodeFacts, TranslateConfig};
 
 use crate::synthetic::{self, Scale};
 
-/// Model, translation settings and reconciler over one kernel.
-pub struct Pipeline<K, A> {
+/// Model, translation settings and reconciler over one kernel: IPVS,
+/// kube-ipvs0, the nftables table and conntrack, synced as the run loop
+/// syncs them (`proxy::Kernel::sync`).
+pub struct Pipeline<K, A, N, C> {
     model: Model,
     node: NodeFacts,
     translate: TranslateConfig,
+    ruleset: NftRuleset,
     pub reconciler: Reconciler,
     pub ipvs: K,
     pub link: A,
+    pub nft: N,
+    pub conntrack: C,
 }
 
-impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
+impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline<K, A, N, C> {
     /// An empty pipeline for the synthetic node (IPv4, no NodePort addresses).
-    pub fn new(ipvs: K, link: A) -> Self {
+    pub fn new(ipvs: K, link: A, nft: N, conntrack: C) -> Self {
         Pipeline {
             model: Model::new(synthetic::NODE_NAME),
             node: NodeFacts {
@@ -36,10 +43,24 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
                 ipv6: false,
             },
             translate: TranslateConfig::default(),
+            ruleset: NftRuleset::default(),
             reconciler: Reconciler::new(Ownership::default()),
             ipvs,
             link,
+            nft,
+            conntrack,
         }
+    }
+
+    /// One sync of every subsystem, as the run loop does it.
+    async fn sync(&mut self, full: bool) -> SyncReport {
+        let mut kernel = Kernel {
+            ipvs: &mut self.ipvs,
+            link: &mut self.link,
+            nft: &mut self.nft,
+            conntrack: &mut self.conntrack,
+        };
+        kernel.sync(&mut self.reconciler, &self.ruleset, true, full).await
     }
 
     /// The events of a source's first list of the whole scale.
@@ -82,10 +103,7 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
         let started = Instant::now();
         self.absorb(events)?;
         let absorbed = started.elapsed();
-        let report = self
-            .reconciler
-            .full_sync(&mut self.ipvs, &mut self.link)
-            .await;
+        let report = self.sync(true).await;
         clean(Timed::since(started, absorbed, report), "cold sync")
     }
 
@@ -94,20 +112,14 @@ impl<K: IpvsKernel, A: AddressKernel> Pipeline<K, A> {
         let started = Instant::now();
         self.absorb(vec![event])?;
         let absorbed = started.elapsed();
-        let report = self
-            .reconciler
-            .sync_dirty(&mut self.ipvs, &mut self.link)
-            .await;
+        let report = self.sync(false).await;
         clean(Timed::since(started, absorbed, report), "incremental sync")
     }
 
     /// A periodic full verification.
     pub async fn resync(&mut self) -> Result<Timed, String> {
         let started = Instant::now();
-        let report = self
-            .reconciler
-            .full_sync(&mut self.ipvs, &mut self.link)
-            .await;
+        let report = self.sync(true).await;
         clean(Timed::since(started, Duration::ZERO, report), "full resync")
     }
 }

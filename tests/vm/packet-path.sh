@@ -8,8 +8,9 @@
 #
 # First the test bed proves itself without the proxy (topology-*); then one
 # named check per scenario, each its own function, with the feature it
-# depends on in its comment. Set KIP_PACKET_PATH_SELFTEST=1 to stop after
-# the topology checks.
+# depends on in its comment. KIP_PACKET_PATH_SELFTEST=1 runs no proxy: after
+# the topology checks it shows, with ipvsadm and nft by hand, that the test
+# bed tells a masqueraded NodePort from an unmasqueraded one.
 #
 # Needs KIP_PROXY_BIN (tests/run.sh builds it and passes it in).
 set -uo pipefail
@@ -195,6 +196,38 @@ topology_checks() {
     fi
     # Outside reaches the pods only through services on node A.
     expect_answer "topology-outside-has-no-pod-route" "Network is unreachable" tcp_probe outside 10.244.2.11 8080
+}
+
+# The test bed tells a masqueraded path from an unmasqueraded one (selftest
+# mode only; no proxy): a NodePort made by hand with ipvsadm to pod-b1 gets
+# no answer until a hand-written nft rule masquerades it.
+selftest_masquerade() {
+    local unmasqueraded
+    if [[ -n $setup_error ]]; then
+        fail "selftest-masquerade" "setup failed: $setup_error"
+        return
+    fi
+    sysctl -qw net.ipv4.vs.conntrack=1
+    ipvsadm -A -t "$CLUSTER_NODE_A_IP:30080" -s rr &&
+        ipvsadm -a -t "$CLUSTER_NODE_A_IP:30080" -r 10.244.2.11:8080 -m
+    unmasqueraded=$(CLUSTER_HTTP_TIMEOUT=2 http_from outside "http://$CLUSTER_NODE_A_IP:30080/" 2>&1 | paste -sd'|')
+    if [[ $unmasqueraded == pod-* ]]; then
+        fail "selftest-unmasqueraded-nodeport-unanswered" "answered: '$unmasqueraded'"
+    else
+        pass "selftest-unmasqueraded-nodeport-unanswered" "$unmasqueraded"
+    fi
+    nft -f - <<'NFT'
+table ip selftest {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr != 10.244.0.0/16 ip daddr 10.244.2.11 tcp dport 8080 masquerade
+    }
+}
+NFT
+    expect_answer "selftest-masqueraded-nodeport-answered" "pod-b1 $CLUSTER_NODE_A_IP" \
+        http_from outside "http://$CLUSTER_NODE_A_IP:30080/"
+    nft delete table ip selftest
+    ipvsadm -C
 }
 
 # --- scenarios ----------------------------------------------------------------
@@ -542,7 +575,10 @@ main() {
         setup_error="cluster_up failed"
     fi
     topology_checks
-    [[ ${KIP_PACKET_PATH_SELFTEST:-0} == 1 ]] && return
+    if [[ ${KIP_PACKET_PATH_SELFTEST:-0} == 1 ]]; then
+        selftest_masquerade
+        return
+    fi
 
     if [[ -z $setup_error ]] && ! "$proxy" run --help 2>/dev/null | grep -q -- --cluster-cidr; then
         # Reported, and the run goes on without the flag so that the other

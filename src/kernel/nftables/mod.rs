@@ -1,1 +1,513 @@
-//! placeholder: being written
+//! The proxy's nftables table (`table ip kube-ipvs-proxy`) over netlink,
+//! with no `nft` binary at run time.
+//!
+//! The table's chains and rules are fixed per [`NftRuleset`]; everything per
+//! service lives in its sets. [`render_ruleset`] prints the table as `nft`
+//! would list it:
+//!
+//! ```text
+//! ensure_ruleset  ~ nft -f <(render_ruleset)   (adopted as is when it matches)
+//! apply           ~ nft -f <(render_element for each change)   (one transaction)
+//! dump_elements   ~ nft list set ip kube-ipvs-proxy SET   (for every set)
+//! delete_table    ~ nft delete table ip kube-ipvs-proxy
+//! ```
+//!
+//! Every message is what `nft` 1.0.6 sends for the same command, pinned
+//! byte for byte in `tests.rs`. No other table is ever touched.
+
+mod element;
+mod expr;
+mod render;
+mod ruleset;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+use netlink_packet_netfilter::nftables::{
+    NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute, SetElementList,
+    SetElementMessage, SetMessage, TableAttribute, TableMessage, ChainAttribute, ChainMessage,
+};
+use netlink_packet_netfilter::NetfilterProtoFamily;
+
+pub use self::render::{render_element, render_ruleset};
+
+use self::element::Op;
+use self::ruleset::{Request, Skeleton, Subject};
+use self::socket::{BatchError, NftSocket, Refusal};
+use super::{KernelError, NftKernel};
+use crate::desired::{NftChange, NftElement, NftRuleset, NftSet, NFT_TABLE};
+
+/// The byte budget of one NEWSETELEM/DELSETELEM's element list: its
+/// NFTA_SET_ELEM_LIST_ELEMENTS must stay under the 64 KiB an attribute's
+/// 16-bit length allows.
+const ELEMENTS_PER_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// The proxy's nftables table over a NETLINK_NETFILTER socket. Blocking
+/// I/O runs on tokio's blocking pool; it is called once per sync.
+#[derive(Debug)]
+pub struct NetlinkNft {
+    socket: Option<NftSocket>,
+}
+
+impl NetlinkNft {
+    /// Opens the socket. Fails when the kernel has no nfnetlink.
+    pub fn new() -> Result<Self, KernelError> {
+        let socket = NftSocket::open().map_err(|r| match r.errno {
+            libc::EPROTONOSUPPORT => KernelError::Other(
+                "the kernel has no nfnetlink (module nfnetlink), so no nf_tables".to_owned(),
+            ),
+            _ => KernelError::Other(format!(
+                "opening a NETLINK_NETFILTER socket: {}",
+                r.text()
+            )),
+        })?;
+        Ok(NetlinkNft {
+            socket: Some(socket),
+        })
+    }
+
+    /// Runs `work` on the socket on the blocking pool.
+    async fn with_socket<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut NftSocket) -> Result<T, KernelError> + Send + 'static,
+    ) -> Result<T, KernelError> {
+        let mut socket = self.socket.take().ok_or_else(|| {
+            KernelError::Other("the nf_tables socket was lost by an earlier panic".to_owned())
+        })?;
+        let (socket, result) = tokio::task::spawn_blocking(move || {
+            let result = work(&mut socket);
+            (socket, result)
+        })
+        .await
+        .map_err(|e| KernelError::Other(format!("nf_tables I/O task: {e}")))?;
+        self.socket = Some(socket);
+        result
+    }
+}
+
+impl NftKernel for NetlinkNft {
+    #[tracing::instrument(skip_all)]
+    async fn ensure_ruleset(
+        &mut self,
+        ruleset: &NftRuleset,
+    ) -> Result<Vec<NftElement>, KernelError> {
+        let skeleton = Skeleton::new(ruleset);
+        self.with_socket(move |socket| ensure(socket, &skeleton))
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+        self.with_socket(dump_all).await
+    }
+
+    /// All or nothing. An add of an element that exists succeeds; a delete
+    /// of one that is gone fails the whole transaction (ENOENT: there is no
+    /// DESTROYSETELEM before kernel 6.3), so callers delete only elements
+    /// that [`NftKernel::dump_elements`] or their own adds put there.
+    #[tracing::instrument(skip_all, fields(changes = changes.len()))]
+    async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let batch = ElementBatch::new(changes)?;
+        self.with_socket(move |socket| match socket.transact(&batch.requests) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(batch.error(e)),
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_table(&mut self) -> Result<bool, KernelError> {
+        self.with_socket(|socket| {
+            let request = Request {
+                message: NfTablesMessage::DeleteTable(table_by_name()),
+                flags: 0,
+            };
+            match socket.transact(&[request]) {
+                Ok(()) => Ok(true),
+                Err(BatchError::Message(_, r)) if r.errno == libc::ENOENT => Ok(false),
+                Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r)) => Err(
+                    missing_nf_tables(&r).unwrap_or_else(|| {
+                        KernelError::Other(format!("deleting table ip {NFT_TABLE}: {}", r.text()))
+                    }),
+                ),
+            }
+        })
+        .await
+    }
+}
+
+fn table_by_name() -> TableMessage {
+    TableMessage {
+        attributes: vec![TableAttribute::Name(NFT_TABLE.to_owned())],
+    }
+}
+
+/// The errors that mean the kernel has no nf_tables at all.
+fn missing_nf_tables(r: &Refusal) -> Option<KernelError> {
+    match r.errno {
+        libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EINVAL => {
+            Some(KernelError::Other(format!(
+                "the kernel has no nf_tables for family ip (modules nf_tables, nfnetlink): {}",
+                r.text()
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Adopts the table when it matches `skeleton`, else (re)creates it empty.
+fn ensure(socket: &mut NftSocket, skeleton: &Skeleton) -> Result<Vec<NftElement>, KernelError> {
+    let existing = match socket.get(
+        NfTablesMessage::GetTable(table_by_name()),
+        NetfilterProtoFamily::IPv4,
+    ) {
+        Ok(NfTablesMessage::NewTable(table)) => Some(table),
+        Ok(_) => None,
+        Err(r) if r.errno == libc::ENOENT => None,
+        Err(r) => {
+            return Err(missing_nf_tables(&r).unwrap_or_else(|| {
+                KernelError::Other(format!("looking up table ip {NFT_TABLE}: {}", r.text()))
+            }))
+        }
+    };
+    if let Some(table) = &existing {
+        if matches(socket, table, skeleton)? {
+            tracing::debug!("adopting the existing nftables table");
+            return dump_all(socket);
+        }
+        tracing::info!("the nftables table was made for another ruleset: recreating it");
+    }
+    let mut requests: Vec<(Request, Subject)> = Vec::new();
+    if existing.is_some() {
+        requests.push((
+            Request {
+                message: NfTablesMessage::DeleteTable(table_by_name()),
+                flags: 0,
+            },
+            Subject::Table,
+        ));
+    }
+    requests.extend(skeleton.requests());
+    let (batch, subjects): (Vec<Request>, Vec<Subject>) = requests.into_iter().unzip();
+    match socket.transact(&batch) {
+        Ok(()) => Ok(Vec::new()),
+        Err(BatchError::Whole(r)) => Err(missing_nf_tables(&r).unwrap_or_else(|| {
+            KernelError::Other(format!("creating table ip {NFT_TABLE}: {}", r.text()))
+        })),
+        Err(BatchError::Message(index, r)) => Err(skeleton_error(subjects.get(index), &r)),
+    }
+}
+
+/// One clear error for a refused skeleton message: what is missing when the
+/// kernel lacks a module, else what was being created.
+fn skeleton_error(subject: Option<&Subject>, r: &Refusal) -> KernelError {
+    let missing = matches!(r.errno, libc::ENOENT | libc::EOPNOTSUPP);
+    let text = match subject {
+        Some(Subject::Rule {
+            chain,
+            text,
+            needs: Some((name, module)),
+        }) if missing => format!(
+            "the kernel's nf_tables has no `{name}` expression (module {module}): \
+             adding `{text}` to chain {chain}: {}",
+            r.text()
+        ),
+        Some(Subject::Chain {
+            name,
+            kind: Some(kind),
+        }) if missing => format!(
+            "the kernel's nf_tables has no `{kind}` chain type (module nft_chain_{kind}): \
+             creating chain {name}: {}",
+            r.text()
+        ),
+        Some(Subject::Set(set)) if missing => format!(
+            "the kernel's nf_tables has no set backend for set {} (type {}{}): {}",
+            set.name(),
+            element::Shape::of(*set).nft_type(),
+            if element::Shape::of(*set).is_interval() {
+                ", flags interval; pipapo needs kernel 5.6"
+            } else {
+                ""
+            },
+            r.text()
+        ),
+        Some(Subject::Table) => {
+            return missing_nf_tables(r).unwrap_or_else(|| {
+                KernelError::Other(format!("creating table ip {NFT_TABLE}: {}", r.text()))
+            })
+        }
+        Some(Subject::Rule { chain, text, .. }) => {
+            format!("creating table ip {NFT_TABLE}: adding `{text}` to chain {chain}: {}", r.text())
+        }
+        Some(Subject::Chain { name, .. }) => {
+            format!("creating table ip {NFT_TABLE}: chain {name}: {}", r.text())
+        }
+        Some(Subject::Set(set)) => {
+            format!("creating table ip {NFT_TABLE}: set {}: {}", set.name(), r.text())
+        }
+        None => format!("creating table ip {NFT_TABLE}: {}", r.text()),
+    };
+    KernelError::Other(text)
+}
+
+/// Whether `table` is ours for this skeleton: same fingerprint, every chain
+/// with its rule count, every set present.
+fn matches(
+    socket: &mut NftSocket,
+    table: &TableMessage,
+    skeleton: &Skeleton,
+) -> Result<bool, KernelError> {
+    let fingerprint = table.attributes.iter().find_map(|a| match a {
+        TableAttribute::UserData(data) => ruleset::fingerprint_of(data),
+        _ => None,
+    });
+    if fingerprint != Some(skeleton.fingerprint()) {
+        return Ok(false);
+    }
+    let dump_error =
+        |what: &str, r: Refusal| KernelError::Other(format!("listing {what} of table ip {NFT_TABLE}: {}", r.text()));
+    let chains: Vec<String> = socket
+        .dump(
+            NfTablesMessage::GetChain(ChainMessage {
+                attributes: vec![ChainAttribute::Table(NFT_TABLE.to_owned())],
+            }),
+            NetfilterProtoFamily::IPv4,
+        )
+        .map_err(|r| dump_error("chains", r))?
+        .into_iter()
+        .filter_map(|m| match m {
+            NfTablesMessage::NewChain(c) => attribute(&c.attributes, |a| match a {
+                ChainAttribute::Name(n) => Some(n.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let rules: Vec<String> = socket
+        .dump(
+            NfTablesMessage::GetRule(RuleMessage {
+                attributes: vec![RuleAttribute::Table(NFT_TABLE.to_owned())],
+            }),
+            NetfilterProtoFamily::IPv4,
+        )
+        .map_err(|r| dump_error("rules", r))?
+        .into_iter()
+        .filter_map(|m| match m {
+            NfTablesMessage::NewRule(r) => attribute(&r.attributes, |a| match a {
+                RuleAttribute::Chain(n) => Some(n.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let sets: Vec<String> = socket
+        .dump(
+            NfTablesMessage::GetSet(SetMessage {
+                attributes: vec![SetAttribute::Table(NFT_TABLE.to_owned())],
+            }),
+            NetfilterProtoFamily::IPv4,
+        )
+        .map_err(|r| dump_error("sets", r))?
+        .into_iter()
+        .filter_map(|m| match m {
+            NfTablesMessage::NewSet(s) => attribute(&s.attributes, |a| match a {
+                SetAttribute::Name(n) => Some(n.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let counts = skeleton.rule_counts();
+    let chains_match = chains.len() == counts.len()
+        && counts.iter().all(|(name, count)| {
+            chains.iter().any(|c| c == name) && rules.iter().filter(|r| r == name).count() == *count
+        });
+    let sets_match = NftSet::ALL
+        .iter()
+        .all(|set| sets.iter().any(|s| s == set.name()));
+    Ok(chains_match && sets_match)
+}
+
+fn attribute<A, T>(attributes: &[A], pick: impl Fn(&A) -> Option<T>) -> Option<T> {
+    attributes.iter().find_map(pick)
+}
+
+/// Every element of every set.
+fn dump_all(socket: &mut NftSocket) -> Result<Vec<NftElement>, KernelError> {
+    let mut out = Vec::new();
+    for set in NftSet::ALL {
+        let request = NfTablesMessage::GetSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(NFT_TABLE.to_owned()),
+                SetElementList::Set(set.name().to_owned()),
+            ],
+        });
+        let messages: Vec<SetElementMessage> = socket
+            .dump(request, NetfilterProtoFamily::IPv4)
+            .map_err(|r| match r.errno {
+                libc::ENOENT => KernelError::Other(format!(
+                    "set {} of table ip {NFT_TABLE} does not exist (ensure_ruleset creates it)",
+                    set.name()
+                )),
+                _ => KernelError::Other(format!("listing set {}: {}", set.name(), r.text())),
+            })?
+            .into_iter()
+            .filter_map(|m| match m {
+                NfTablesMessage::NewSetElement(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        out.extend(element::decode(set, &messages)?);
+    }
+    Ok(out)
+}
+
+/// An element transaction: its messages, and which element each element
+/// attribute of each message stands for, to name the one the kernel refuses.
+#[derive(Debug)]
+struct ElementBatch {
+    requests: Vec<Request>,
+    /// Per message: its op, set, and the change of each NFTA_LIST_ELEM in order.
+    contents: Vec<(Op, NftSet, Vec<NftElement>)>,
+}
+
+impl ElementBatch {
+    /// Deletes first (an interval freed may be re-added as a wider one),
+    /// then adds, each grouped per set in [`NftSet::ALL`] order.
+    fn new(changes: &[NftChange]) -> Result<Self, KernelError> {
+        let mut batch = ElementBatch {
+            requests: Vec::new(),
+            contents: Vec::new(),
+        };
+        for op in [Op::Delete, Op::Add] {
+            for set in NftSet::ALL {
+                let elements = changes.iter().filter_map(|c| match (op, c) {
+                    (Op::Delete, NftChange::Delete(e)) | (Op::Add, NftChange::Add(e))
+                        if e.set == set =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                });
+                batch.push_set(op, set, elements)?;
+            }
+        }
+        Ok(batch)
+    }
+
+    fn push_set<'a>(
+        &mut self,
+        op: Op,
+        set: NftSet,
+        elements: impl Iterator<Item = &'a NftElement>,
+    ) -> Result<(), KernelError> {
+        let mut attrs = Vec::new();
+        let mut owners = Vec::new();
+        let mut bytes = 0;
+        for e in elements {
+            let encoded = element::encode(e)?;
+            let element_attrs = element::element_attributes(&encoded);
+            let size: usize = element_attrs
+                .iter()
+                .map(netlink_packet_core::Emitable::buffer_len)
+                .sum();
+            if bytes + size > ELEMENTS_PER_MESSAGE_BYTES && !attrs.is_empty() {
+                self.flush(op, set, &mut attrs, &mut owners);
+                bytes = 0;
+            }
+            bytes += size;
+            owners.extend(std::iter::repeat_n(*e, element_attrs.len()));
+            attrs.extend(element_attrs);
+        }
+        if !attrs.is_empty() {
+            self.flush(op, set, &mut attrs, &mut owners);
+        }
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        op: Op,
+        set: NftSet,
+        attrs: &mut Vec<netlink_packet_netfilter::nftables::ListAttribute<
+            netlink_packet_netfilter::nftables::SetElementAttribute,
+        >>,
+        owners: &mut Vec<NftElement>,
+    ) {
+        self.requests
+            .push(element::message(op, set, std::mem::take(attrs)));
+        self.contents.push((op, set, std::mem::take(owners)));
+    }
+
+    /// The refusal as `set SET: add KEY: REASON`, naming the element the
+    /// kernel pointed at (extended ACK offset), else the message's first.
+    fn error(&self, e: BatchError) -> KernelError {
+        let (index, r) = match e {
+            BatchError::Whole(r) => {
+                return missing_nf_tables(&r).unwrap_or_else(|| {
+                    KernelError::Other(format!("changing set elements: {}", r.text()))
+                })
+            }
+            BatchError::Message(index, r) => (index, r),
+        };
+        let (Some(request), Some((op, set, owners))) =
+            (self.requests.get(index), self.contents.get(index))
+        else {
+            return KernelError::Other(format!("changing set elements: {}", r.text()));
+        };
+        let verb = match op {
+            Op::Add => "add",
+            Op::Delete => "delete",
+        };
+        let pointed = r
+            .offset
+            .and_then(|offset| element_at(request, offset as usize))
+            .and_then(|i| owners.get(i));
+        let text = match (pointed, owners.first()) {
+            (Some(e), _) => format!("set {}: {verb} {}: {}", set.name(), element::describe(e), r.text()),
+            (None, Some(e)) if owners.len() == 1 => {
+                format!("set {}: {verb} {}: {}", set.name(), element::describe(e), r.text())
+            }
+            (None, Some(e)) => format!(
+                "set {}: {verb} {} or one of the {} other elements sent with it: {}",
+                set.name(),
+                element::describe(e),
+                owners.len() - 1,
+                r.text()
+            ),
+            (None, None) => format!("set {}: {verb}: {}", set.name(), r.text()),
+        };
+        KernelError::Other(text)
+    }
+}
+
+/// Which NFTA_LIST_ELEM of `request`'s element list holds byte `offset` of
+/// the netlink message (header included), as an extended ACK points at it.
+fn element_at(request: &Request, offset: usize) -> Option<usize> {
+    use netlink_packet_core::Emitable;
+    let (NfTablesMessage::NewSetElement(message) | NfTablesMessage::DeleteSetElement(message)) =
+        &request.message
+    else {
+        return None;
+    };
+    // nlmsghdr (16) + nfgenmsg (4), then the attributes in order.
+    let mut at = 20;
+    for attr in &message.attributes {
+        if let SetElementList::Elements(elements) = attr {
+            let mut start = at + 4;
+            for (i, element) in elements.iter().enumerate() {
+                let end = start + element.buffer_len();
+                if (start..end).contains(&offset) {
+                    return Some(i);
+                }
+                start = end;
+            }
+            return None;
+        }
+        at += attr.buffer_len();
+    }
+    None
+}

@@ -1,0 +1,515 @@
+//! Set element keys: [`NftKey`] to the bytes a set holds and back.
+//!
+//! Every field of a key is padded to 4 bytes (nft's register layout):
+//! `addr . proto . port` is 12 bytes. Addresses and ports are big-endian,
+//! the protocol one byte.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_core::NLM_F_CREATE;
+use netlink_packet_netfilter::nftables::{
+    DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementFlags,
+    SetElementList, SetElementMessage,
+};
+
+use super::ruleset::{self, Field, Request, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IPADDR};
+use super::KernelError;
+use crate::desired::{NftElement, NftKey, NftSet, Protocol, NFT_TABLE};
+
+/// One field's type in a set key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FieldKind {
+    Ipv4Addr,
+    InetProto,
+    InetService,
+}
+
+impl FieldKind {
+    /// nft's type number for the field (`ipv4_addr`, `inet_proto`, `inet_service`).
+    pub fn nft_type(self) -> u32 {
+        match self {
+            FieldKind::Ipv4Addr => TYPE_IPADDR,
+            FieldKind::InetProto => TYPE_INET_PROTOCOL,
+            FieldKind::InetService => TYPE_INET_SERVICE,
+        }
+    }
+
+    /// The field's own length, as NFTA_SET_DESC_CONCAT gives it.
+    pub fn len(self) -> u32 {
+        match self {
+            FieldKind::Ipv4Addr => 4,
+            FieldKind::InetProto => 1,
+            FieldKind::InetService => 2,
+        }
+    }
+
+    /// The field's length in the key: padded to a 32-bit register.
+    pub fn padded_len(self) -> u32 {
+        4
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldKind::Ipv4Addr => "ipv4_addr",
+            FieldKind::InetProto => "inet_proto",
+            FieldKind::InetService => "inet_service",
+        }
+    }
+}
+
+/// The key layout of a set, one per [`NftKey`] variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    AddrProtoPort,
+    ProtoPort,
+    Addr,
+    AddrProtoPortSource,
+    AddrProtoPortAddr,
+    Cidr,
+}
+
+impl Shape {
+    /// The shape each of the proxy's sets is declared with.
+    pub fn of(set: NftSet) -> Shape {
+        match set {
+            NftSet::ClusterIps
+            | NftSet::ExternalIps
+            | NftSet::ExternalIpsLocal
+            | NftSet::NoLocalEndpoints
+            | NftSet::FirewallIps => Shape::AddrProtoPort,
+            NftSet::NodePorts | NftSet::NodePortsNoLocalEndpoints => Shape::ProtoPort,
+            NftSet::ServiceIps => Shape::Addr,
+            NftSet::FirewallAllow => Shape::AddrProtoPortSource,
+            NftSet::Hairpin => Shape::AddrProtoPortAddr,
+            NftSet::LocalPodCidrs => Shape::Cidr,
+        }
+    }
+
+    fn of_key(key: &NftKey) -> Shape {
+        match key {
+            NftKey::AddrProtoPort(..) => Shape::AddrProtoPort,
+            NftKey::ProtoPort(..) => Shape::ProtoPort,
+            NftKey::Addr(_) => Shape::Addr,
+            NftKey::AddrProtoPortSource(..) => Shape::AddrProtoPortSource,
+            NftKey::AddrProtoPortAddr(..) => Shape::AddrProtoPortAddr,
+            NftKey::Cidr(_) => Shape::Cidr,
+        }
+    }
+
+    pub fn fields(self) -> &'static [FieldKind] {
+        use FieldKind::*;
+        match self {
+            Shape::AddrProtoPort => &[Ipv4Addr, InetProto, InetService],
+            Shape::ProtoPort => &[InetProto, InetService],
+            Shape::Addr | Shape::Cidr => &[Ipv4Addr],
+            Shape::AddrProtoPortSource | Shape::AddrProtoPortAddr => {
+                &[Ipv4Addr, InetProto, InetService, Ipv4Addr]
+            }
+        }
+    }
+
+    pub fn is_interval(self) -> bool {
+        matches!(self, Shape::AddrProtoPortSource | Shape::Cidr)
+    }
+
+    /// The `nft` type of the set: `ipv4_addr . inet_proto . inet_service`.
+    pub fn nft_type(self) -> String {
+        let names: Vec<&str> = self.fields().iter().map(|f| f.name()).collect();
+        names.join(" . ")
+    }
+
+    /// The key field a rule's field loads.
+    pub fn field_of(field: Field) -> FieldKind {
+        match field {
+            Field::Daddr | Field::Saddr => FieldKind::Ipv4Addr,
+            Field::L4proto => FieldKind::InetProto,
+            Field::Dport => FieldKind::InetService,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        self.fields().len() * 4
+    }
+}
+
+/// `SET { KEY }` for error messages.
+pub(super) fn describe(e: &NftElement) -> String {
+    match e.key {
+        NftKey::AddrProtoPort(a, p, port) => format!("{a} . {} . {port}", proto_name(p)),
+        NftKey::ProtoPort(p, port) => format!("{} . {port}", proto_name(p)),
+        NftKey::Addr(a) => a.to_string(),
+        NftKey::AddrProtoPortSource(a, p, port, net) => {
+            format!("{a} . {} . {port} . {}", proto_name(p), cidr_text(net))
+        }
+        NftKey::AddrProtoPortAddr(a, p, port, b) => {
+            format!("{a} . {} . {port} . {b}", proto_name(p))
+        }
+        NftKey::Cidr(net) => cidr_text(net),
+    }
+}
+
+/// A CIDR as nft prints it: a host route without its `/32`.
+fn cidr_text(net: IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.trunc().to_string()
+    }
+}
+
+pub(super) fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => libc::IPPROTO_TCP as u8,
+        Protocol::Udp => libc::IPPROTO_UDP as u8,
+        Protocol::Sctp => libc::IPPROTO_SCTP as u8,
+    }
+}
+
+fn proto_of(number: u8) -> Option<Protocol> {
+    match i32::from(number) {
+        libc::IPPROTO_TCP => Some(Protocol::Tcp),
+        libc::IPPROTO_UDP => Some(Protocol::Udp),
+        libc::IPPROTO_SCTP => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// The key as the kernel holds it, checked against its set's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Encoded {
+    /// One element: `key`, and `key_end` for a concatenation with an interval.
+    Single { key: Vec<u8>, key_end: Option<Vec<u8>> },
+    /// An rbtree interval: the start, and the first address after it (none
+    /// when the range runs to 255.255.255.255).
+    Range { start: Vec<u8>, end: Option<Vec<u8>> },
+}
+
+/// Encodes `e`, or names the set and element when the key does not fit the set.
+pub(super) fn encode(e: &NftElement) -> Result<Encoded, KernelError> {
+    let shape = Shape::of(e.set);
+    let invalid = |why: &str| {
+        KernelError::Invalid(format!(
+            "set {}: element {}: {why}",
+            e.set.name(),
+            describe(e)
+        ))
+    };
+    if Shape::of_key(&e.key) != shape {
+        return Err(invalid(&format!("the set's type is {}", shape.nft_type())));
+    }
+    let v4 = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(invalid("IPv6 in an ip-family table")),
+    };
+    let net4 = |net: IpNet| match net {
+        IpNet::V4(n) => Ok(n.trunc()),
+        IpNet::V6(_) => Err(invalid("IPv6 in an ip-family table")),
+    };
+    let mut key = Vec::with_capacity(16);
+    Ok(match e.key {
+        NftKey::AddrProtoPort(a, p, port) => {
+            push_addr(&mut key, v4(a)?);
+            push_proto_port(&mut key, p, port);
+            Encoded::Single { key, key_end: None }
+        }
+        NftKey::ProtoPort(p, port) => {
+            push_proto_port(&mut key, p, port);
+            Encoded::Single { key, key_end: None }
+        }
+        NftKey::Addr(a) => {
+            push_addr(&mut key, v4(a)?);
+            Encoded::Single { key, key_end: None }
+        }
+        NftKey::AddrProtoPortAddr(a, p, port, b) => {
+            push_addr(&mut key, v4(a)?);
+            push_proto_port(&mut key, p, port);
+            push_addr(&mut key, v4(b)?);
+            Encoded::Single { key, key_end: None }
+        }
+        NftKey::AddrProtoPortSource(a, p, port, net) => {
+            // pipapo: the start of every field, then the end of every field.
+            let net = net4(net)?;
+            push_addr(&mut key, v4(a)?);
+            push_proto_port(&mut key, p, port);
+            let mut key_end = key.clone();
+            push_addr(&mut key, net.network());
+            push_addr(&mut key_end, net.broadcast());
+            Encoded::Single {
+                key,
+                key_end: Some(key_end),
+            }
+        }
+        NftKey::Cidr(net) => {
+            let net = net4(net)?;
+            let end = u32::from(net.broadcast())
+                .checked_add(1)
+                .map(|e| Ipv4Addr::from(e).octets().to_vec());
+            Encoded::Range {
+                start: net.network().octets().to_vec(),
+                end,
+            }
+        }
+    })
+}
+
+fn push_addr(key: &mut Vec<u8>, addr: Ipv4Addr) {
+    key.extend_from_slice(&addr.octets());
+}
+
+fn push_proto_port(key: &mut Vec<u8>, p: Protocol, port: u16) {
+    key.extend_from_slice(&[proto_number(p), 0, 0, 0]);
+    key.extend_from_slice(&port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+}
+
+/// The NFTA_LIST_ELEMs of one element: one, or two for an rbtree interval
+/// (the start, then an NFT_SET_ELEM_INTERVAL_END element at the first
+/// address after it). That is what nft 1.0.6 sends on 6.1: the kernel
+/// refuses NFTA_SET_ELEM_KEY_END on a set without NFT_SET_CONCAT
+/// (nft_setelem_valid_key_end), and rbtree sets have none.
+pub(super) fn element_attributes(encoded: &Encoded) -> Vec<ListAttribute<SetElementAttribute>> {
+    let key = |bytes: &[u8]| SetElementAttribute::Key(DataAttribute::Value(bytes.to_vec()));
+    match encoded {
+        Encoded::Single { key: k, key_end } => {
+            let mut attrs = vec![key(k)];
+            if let Some(end) = key_end {
+                attrs.push(SetElementAttribute::KeyEnd(vec![end_nla(end)]));
+            }
+            vec![ListAttribute::Element(attrs)]
+        }
+        Encoded::Range { start, end } => {
+            let mut elems = vec![ListAttribute::Element(vec![key(start)])];
+            if let Some(end) = end {
+                elems.push(ListAttribute::Element(vec![
+                    SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
+                    key(end),
+                ]));
+            }
+            elems
+        }
+    }
+}
+
+/// NFTA_SET_ELEM_KEY_END's NFTA_DATA_VALUE (the crate carries KeyEnd raw).
+fn end_nla(bytes: &[u8]) -> netlink_packet_core::DefaultNla {
+    const NFTA_DATA_VALUE: u16 = 1;
+    netlink_packet_core::DefaultNla::new(NFTA_DATA_VALUE, bytes.to_vec())
+}
+
+/// Whether an element adds or deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    Add,
+    Delete,
+}
+
+/// One NEWSETELEM or DELSETELEM of `elements` of `set`, as nft sends it: an
+/// add carries the set's transaction id and NLM_F_CREATE (an element that
+/// exists is not an error without NLM_F_EXCL), a delete neither.
+pub(super) fn message(
+    op: Op,
+    set: NftSet,
+    elements: Vec<ListAttribute<SetElementAttribute>>,
+) -> Request {
+    let mut attributes = vec![
+        SetElementList::Table(NFT_TABLE.to_owned()),
+        SetElementList::Set(set.name().to_owned()),
+    ];
+    if op == Op::Add {
+        attributes.push(SetElementList::SetId(ruleset::set_id(set)));
+    }
+    attributes.push(SetElementList::Elements(elements));
+    let message = SetElementMessage { attributes };
+    match op {
+        Op::Add => Request {
+            message: NfTablesMessage::NewSetElement(message),
+            flags: NLM_F_CREATE,
+        },
+        Op::Delete => Request {
+            message: NfTablesMessage::DeleteSetElement(message),
+            flags: 0,
+        },
+    }
+}
+
+/// One element of a set dump, before intervals are paired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dumped {
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+    interval_end: bool,
+}
+
+/// The keys of one set from its GETSETELEM dump. Interval elements come
+/// back as CIDRs; interval-end markers are folded into them.
+pub(super) fn decode(
+    set: NftSet,
+    messages: &[SetElementMessage],
+) -> Result<Vec<NftElement>, KernelError> {
+    let shape = Shape::of(set);
+    let bad = |why: String| KernelError::Other(format!("set {}: unreadable element: {why}", set.name()));
+    let mut dumped = Vec::new();
+    for message in messages {
+        for attr in &message.attributes {
+            let SetElementList::Elements(elements) = attr else {
+                continue;
+            };
+            for element in elements {
+                let ListAttribute::Element(attrs) = element else {
+                    continue;
+                };
+                dumped.push(dumped_of(attrs).map_err(&bad)?);
+            }
+        }
+    }
+    let keys = if shape == Shape::Cidr {
+        pair_ranges(&dumped).map_err(&bad)?
+    } else {
+        let mut keys = Vec::with_capacity(dumped.len());
+        for d in dumped.iter().filter(|d| !d.interval_end) {
+            keys.push(decode_key(shape, d).map_err(&bad)?);
+        }
+        keys
+    };
+    Ok(keys.into_iter().map(|key| NftElement { set, key }).collect())
+}
+
+fn dumped_of(attrs: &[SetElementAttribute]) -> Result<Dumped, String> {
+    let mut key = None;
+    let mut key_end = None;
+    let mut interval_end = false;
+    for attr in attrs {
+        match attr {
+            SetElementAttribute::Key(DataAttribute::Value(bytes)) => key = Some(bytes.clone()),
+            SetElementAttribute::KeyEnd(nlas) => {
+                key_end = nlas.first().map(|nla| {
+                    let mut value = vec![0; netlink_packet_core::Nla::value_len(nla)];
+                    netlink_packet_core::Nla::emit_value(nla, &mut value);
+                    value
+                })
+            }
+            SetElementAttribute::Flags(flags) => {
+                interval_end = flags.contains(SetElementFlags::IntervalEnd)
+            }
+            _ => {}
+        }
+    }
+    let key = key.ok_or_else(|| "no NFTA_SET_ELEM_KEY".to_owned())?;
+    Ok(Dumped {
+        key,
+        key_end,
+        interval_end,
+    })
+}
+
+fn decode_key(shape: Shape, d: &Dumped) -> Result<NftKey, String> {
+    let key = &d.key;
+    if key.len() != shape.key_len() {
+        return Err(format!(
+            "key of {} bytes ({}), the set's type {} has {}",
+            key.len(),
+            hex(key),
+            shape.nft_type(),
+            shape.key_len()
+        ));
+    }
+    let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(key[at], key[at + 1], key[at + 2], key[at + 3]));
+    let proto = |at: usize| proto_of(key[at]).ok_or_else(|| format!("unknown protocol {} in {}", key[at], hex(key)));
+    let port = |at: usize| u16::from_be_bytes([key[at], key[at + 1]]);
+    Ok(match shape {
+        Shape::AddrProtoPort => NftKey::AddrProtoPort(addr(0), proto(4)?, port(8)),
+        Shape::ProtoPort => NftKey::ProtoPort(proto(0)?, port(4)),
+        Shape::Addr => NftKey::Addr(addr(0)),
+        Shape::AddrProtoPortAddr => NftKey::AddrProtoPortAddr(addr(0), proto(4)?, port(8), addr(12)),
+        Shape::AddrProtoPortSource => {
+            let end = d
+                .key_end
+                .as_ref()
+                .ok_or_else(|| format!("interval {} without NFTA_SET_ELEM_KEY_END", hex(key)))?;
+            if end.len() != key.len() || end[..12] != key[..12] {
+                return Err(format!("interval {} - {} is not one service and a CIDR", hex(key), hex(end)));
+            }
+            let first = u32::from_be_bytes([key[12], key[13], key[14], key[15]]);
+            let last = u32::from_be_bytes([end[12], end[13], end[14], end[15]]);
+            let net = cidr(first, u64::from(last) + 1)
+                .ok_or_else(|| format!("interval {} - {} is not a CIDR", hex(key), hex(end)))?;
+            NftKey::AddrProtoPortSource(addr(0), proto(4)?, port(8), net)
+        }
+        Shape::Cidr => return Err("an rbtree element outside its interval".to_owned()),
+    })
+}
+
+/// Pairs an rbtree dump's starts with the interval-end elements that close
+/// them. The dump comes in any order; intervals never overlap, so sorted
+/// starts and ends alternate. An end with no start before it (nft's
+/// leading `0.0.0.0` marker) is skipped; a last start without an end runs
+/// to 255.255.255.255.
+fn pair_ranges(dumped: &[Dumped]) -> Result<Vec<NftKey>, String> {
+    let mut points = Vec::with_capacity(dumped.len());
+    for d in dumped {
+        let bytes: [u8; 4] = d
+            .key
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("key of {} bytes ({}), ipv4_addr has 4", d.key.len(), hex(&d.key)))?;
+        points.push((u32::from_be_bytes(bytes), !d.interval_end));
+    }
+    // Ends sort before starts at the same address: [a, b) then [b, c).
+    points.sort_unstable();
+    let mut keys = Vec::new();
+    let mut open: Option<u32> = None;
+    for (at, is_start) in points {
+        match (open, is_start) {
+            (None, true) => open = Some(at),
+            (None, false) => {}
+            (Some(start), false) => {
+                keys.push(range_key(start, u64::from(at))?);
+                open = None;
+            }
+            (Some(start), true) => {
+                return Err(format!(
+                    "interval starting at {} has no end before {}",
+                    Ipv4Addr::from(start),
+                    Ipv4Addr::from(at)
+                ))
+            }
+        }
+    }
+    if let Some(start) = open {
+        keys.push(range_key(start, 1 << 32)?);
+    }
+    Ok(keys)
+}
+
+fn range_key(start: u32, end: u64) -> Result<NftKey, String> {
+    cidr(start, end).map(NftKey::Cidr).ok_or_else(|| {
+        format!(
+            "interval {} - {} is not a CIDR",
+            Ipv4Addr::from(start),
+            Ipv4Addr::from((end - 1) as u32)
+        )
+    })
+}
+
+/// The CIDR covering exactly `[start, end)`, if there is one.
+fn cidr(start: u32, end: u64) -> Option<IpNet> {
+    let size = end.checked_sub(u64::from(start)).filter(|s| s.is_power_of_two())?;
+    if u64::from(start) % size != 0 {
+        return None;
+    }
+    let prefix = 32 - size.trailing_zeros() as u8;
+    Ipv4Net::new(Ipv4Addr::from(start), prefix).ok().map(IpNet::V4)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
