@@ -246,14 +246,17 @@ impl Options {
                     )
                 }
             },
-            Some(DetectLocalMode::InterfaceNamePrefix) => match &self.pod_interface_name_prefix {
-                Some(prefix) if !prefix.is_empty() => {
-                    LocalDetect::InterfaceNamePrefix(prefix.clone())
+            Some(DetectLocalMode::InterfaceNamePrefix) => {
+                match &self.pod_interface_name_prefix {
+                    Some(prefix) if !prefix.is_empty() => {
+                        LocalDetect::InterfaceNamePrefix(prefix.clone())
+                    }
+                    _ => return Err(
+                        "--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix"
+                            .into(),
+                    ),
                 }
-                _ => {
-                    return Err("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix".into())
-                }
-            },
+            }
         };
         Ok(NftRuleset {
             masquerade_all: self.masquerade_all,
@@ -398,5 +401,68 @@ mod tests {
         assert!(cli
             .options
             .allows_node_port_address("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn detect_local_mode_decides_the_rules() {
+        let ruleset = |args: &[&str]| parse(args).unwrap().options.nft_ruleset();
+        let detect = |args: &[&str]| ruleset(args).map(|r| r.local_detect);
+        let cases: &[(&str, &[&str], Result<LocalDetect, &str>)] = &[
+            ("nothing known", &[], Ok(LocalDetect::None)),
+            (
+                "--cluster-cidr alone means ClusterCIDR",
+                &["--cluster-cidr", "10.244.0.0/16"],
+                Ok(LocalDetect::Cidrs),
+            ),
+            (
+                "ClusterCIDR without a CIDR",
+                &["--detect-local-mode", "ClusterCIDR"],
+                Err("--detect-local-mode ClusterCIDR needs --cluster-cidr"),
+            ),
+            (
+                "NodeCIDR reads the Node",
+                &["--detect-local-mode", "NodeCIDR"],
+                Ok(LocalDetect::Cidrs),
+            ),
+            (
+                "BridgeInterface",
+                &[
+                    "--detect-local-mode",
+                    "BridgeInterface",
+                    "--pod-bridge-interface",
+                    "cbr0",
+                ],
+                Ok(LocalDetect::BridgeInterface("cbr0".into())),
+            ),
+            (
+                "BridgeInterface without a bridge",
+                &["--detect-local-mode", "BridgeInterface"],
+                Err("--detect-local-mode BridgeInterface needs --pod-bridge-interface"),
+            ),
+            (
+                "InterfaceNamePrefix",
+                &[
+                    "--detect-local-mode",
+                    "InterfaceNamePrefix",
+                    "--pod-interface-name-prefix",
+                    "veth",
+                ],
+                Ok(LocalDetect::InterfaceNamePrefix("veth".into())),
+            ),
+        ];
+        for (name, args, want) in cases {
+            let want = want.clone().map_err(str::to_owned);
+            assert_eq!(detect(args), want, "{name}");
+        }
+        assert!(ruleset(&["--masquerade-all"]).unwrap().masquerade_all);
+        let node_cidr = parse(&["--detect-local-mode", "NodeCIDR"]).unwrap().options;
+        assert!(node_cidr.pod_cidrs_from_node());
+        assert!(
+            parse(&["--detect-local-mode", "PodCIDR"]).is_err(),
+            "unknown mode"
+        );
+        let cli = parse(&["--conntrack-cleanup", "false"]).unwrap();
+        assert!(!cli.options.conntrack_cleanup);
+        assert!(parse(&[]).unwrap().options.conntrack_cleanup);
     }
 }

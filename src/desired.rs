@@ -281,7 +281,12 @@ impl fmt::Display for NftElement {
     /// The `nft` command that adds the element:
     /// `add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . tcp . 53 }`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "add element ip {NFT_TABLE} {} {{ {} }}", self.set.name(), self.key)
+        write!(
+            f,
+            "add element ip {NFT_TABLE} {} {{ {} }}",
+            self.set.name(),
+            self.key
+        )
     }
 }
 

@@ -322,6 +322,48 @@ mod tests {
     }
 
     #[test]
+    fn packet_path_elements_are_nft_commands_sorted_by_set_then_warnings() {
+        use crate::desired::{NftKey, NftSet};
+        let vip: IpAddr = "10.96.0.10".parse().unwrap();
+        let elements = [
+            NftElement {
+                set: NftSet::ServiceIps,
+                key: NftKey::Addr(vip),
+            },
+            NftElement {
+                set: NftSet::FirewallAllow,
+                key: NftKey::AddrProtoPortSource(
+                    "203.0.113.20".parse().unwrap(),
+                    Protocol::Tcp,
+                    80,
+                    "192.0.2.0/24".parse().unwrap(),
+                ),
+            },
+            NftElement {
+                set: NftSet::ClusterIps,
+                key: NftKey::AddrProtoPort(vip, Protocol::Udp, 53),
+            },
+            NftElement {
+                set: NftSet::NodePorts,
+                key: NftKey::ProtoPort(Protocol::Sctp, 30001),
+            },
+        ];
+        let mut out = String::new();
+        render_packet_path(&elements, ["Service default/x: a warning"], &mut out).unwrap();
+        assert_eq!(
+            out,
+            "\
+# nftables: the elements of the proxy's sets (`nft list table ip kube-ipvs-proxy` shows them)
+# nft add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . udp . 53 }
+# nft add element ip kube-ipvs-proxy nodeports { sctp . 30001 }
+# nft add element ip kube-ipvs-proxy service-ips { 10.96.0.10 }
+# nft add element ip kube-ipvs-proxy firewall-allow { 203.0.113.20 . tcp . 80 . 192.0.2.0/24 }
+# warning: Service default/x: a warning
+"
+        );
+    }
+
+    #[test]
     fn empty_desired_state_is_the_header_alone() {
         let plan = render(std::iter::empty(), "kube-ipvs0");
         assert_eq!(

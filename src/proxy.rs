@@ -147,7 +147,9 @@ fn prepare_kernel(opts: &Options) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let wanted = sysctl::wanted(release.trim(), opts.ipvs_strict_arp);
     sysctl::apply(Path::new("/proc/sys"), &wanted)?;
-    if let Some(warning) = sysctl::bridge_netfilter_warning(Path::new("/sys"), Path::new("/proc/sys")) {
+    if let Some(warning) =
+        sysctl::bridge_netfilter_warning(Path::new("/sys"), Path::new("/proc/sys"))
+    {
         tracing::warn!("{warning}");
     }
     Ok(())
@@ -197,7 +199,11 @@ impl State {
             tracing::error!(%error, "rejected object; its last good version stays in force");
         }
         if changes.all && self.pod_cidrs_from_node {
-            let cidrs = self.model.node().map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+            let cidrs = self
+                .model
+                .node()
+                .map(|n| n.pod_cidrs.clone())
+                .unwrap_or_default();
             self.reconciler.set_local_pod_cidrs(&cidrs);
         }
         let names: Vec<ServiceName> = if changes.all {
@@ -255,7 +261,11 @@ impl State {
 
 fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: &Metrics) {
     metrics.record_sync(kind, started.elapsed(), report.writes, report.failed);
-    metrics.record_packet_path(report.nft_elements, report.nft_batches, report.conntrack_deleted);
+    metrics.record_packet_path(
+        report.nft_elements,
+        report.nft_batches,
+        report.conntrack_deleted,
+    );
     for error in &report.errors {
         tracing::warn!(%error, "sync error; retrying with backoff");
     }
@@ -285,7 +295,9 @@ pub async fn run(opts: &Options) -> Result<()> {
     let ruleset = nft_ruleset(opts)?;
     let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     // Fails at start, naming what the kernel lacks, rather than at every sync.
-    nft.ensure_ruleset(&ruleset).await.map_err(Error::Nftables)?;
+    nft.ensure_ruleset(&ruleset)
+        .await
+        .map_err(Error::Nftables)?;
     let mut conntrack = NetlinkConntrack::new()?;
     let node_name = opts.node_name();
     tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
@@ -373,7 +385,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         full: bool,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        reconciler.sync_nft(self.nft, ruleset, full, &mut report).await;
+        reconciler
+            .sync_nft(self.nft, ruleset, full, &mut report)
+            .await;
         let ipvs = if full {
             reconciler.full_sync(self.ipvs, self.link).await
         } else {
@@ -381,7 +395,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         };
         report.absorb(ipvs);
         if conntrack_cleanup {
-            reconciler.clear_stale_flows(self.conntrack, &mut report).await;
+            reconciler
+                .clear_stale_flows(self.conntrack, &mut report)
+                .await;
         }
         report
     }
@@ -470,7 +486,9 @@ async fn verify<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKerne
     metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
-    let second = kernel.sync(reconciler, ruleset, opts.conntrack_cleanup, true).await;
+    let second = kernel
+        .sync(reconciler, ruleset, opts.conntrack_cleanup, true)
+        .await;
     log_sync("verify", &second, started, metrics);
     if first.is_clean() && second.is_clean() && second.writes == 0 {
         return Ok(());
@@ -555,7 +573,10 @@ pub async fn plan(opts: &Options) -> Result<String> {
     }
     let mut out = crate::plan::render(desired.iter(), &opts.ipvs_interface);
     let pod_cidrs = if opts.pod_cidrs_from_node() {
-        model.node().map(|n| n.pod_cidrs.clone()).unwrap_or_default()
+        model
+            .node()
+            .map(|n| n.pod_cidrs.clone())
+            .unwrap_or_default()
     } else {
         opts.cluster_cidr.clone()
     };

@@ -432,7 +432,10 @@ impl FakeNft {
 }
 
 impl NftKernel for FakeNft {
-    async fn ensure_ruleset(&mut self, ruleset: &NftRuleset) -> Result<Vec<NftElement>, KernelError> {
+    async fn ensure_ruleset(
+        &mut self,
+        ruleset: &NftRuleset,
+    ) -> Result<Vec<NftElement>, KernelError> {
         if self.ruleset.as_ref() != Some(ruleset) {
             self.ruleset = Some(ruleset.clone());
             self.elements.clear();

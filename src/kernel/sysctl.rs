@@ -168,7 +168,10 @@ mod tests {
 
         std::fs::create_dir_all(sys.join("class/net/cbr0/bridge")).unwrap();
         let missing = bridge_netfilter_warning(&sys, &proc_sys).unwrap();
-        assert!(missing.contains("br_netfilter is not loaded") && missing.contains("cbr0"), "{missing}");
+        assert!(
+            missing.contains("br_netfilter is not loaded") && missing.contains("cbr0"),
+            "{missing}"
+        );
 
         std::fs::create_dir_all(proc_sys.join("net/bridge")).unwrap();
         std::fs::write(proc_sys.join("net/bridge/bridge-nf-call-iptables"), "0\n").unwrap();

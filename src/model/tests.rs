@@ -256,6 +256,20 @@ fn service_errors_name_object_field_and_value() {
             r#"Service default/web: status.loadBalancer.ingress[0].ip: invalid IP "1.2.3""#,
         ),
         (
+            "invalid source range",
+            json!({"metadata": {"name": "web"},
+                   "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1",
+                            "loadBalancerSourceRanges": ["192.0.2.0/24", "192.0.2.0/33"]}}),
+            r#"Service default/web: spec.loadBalancerSourceRanges[1]: invalid CIDR "192.0.2.0/33""#,
+        ),
+        (
+            "invalid source range annotation",
+            json!({"metadata": {"name": "web", "annotations":
+                       {"service.beta.kubernetes.io/load-balancer-source-ranges": "192.0.2.0/24, office"}},
+                   "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1"}}),
+            r#"Service default/web: metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]: invalid CIDR " office""#,
+        ),
+        (
             "port out of range",
             json!({"metadata": {"name": "web"},
                    "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 70000}]}}),
@@ -944,4 +958,63 @@ fn endpoints_on_one_node_share_its_name() {
         .collect();
     assert!(Arc::ptr_eq(names[0], names[1]));
     assert_eq!((&**names[1], &**names[2]), ("n1", "n2"));
+}
+
+#[test]
+fn source_ranges_and_pod_cidrs() {
+    let lb = |extra: Value| {
+        let mut v = json!({"metadata": {"namespace": "default", "name": "lb"},
+                           "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1"}});
+        for (k, val) in extra.as_object().unwrap() {
+            match k.as_str() {
+                "annotations" => v["metadata"]["annotations"] = val.clone(),
+                _ => v["spec"][k] = val.clone(),
+            }
+        }
+        ServiceInfo::from_service(&service(v)).unwrap()
+    };
+    let nets =
+        |list: &[&str]| -> Vec<ipnet::IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+    let field = lb(
+        json!({"loadBalancerSourceRanges": [" 192.0.2.7/24", "198.51.100.0/24"],
+                          "annotations": {"service.beta.kubernetes.io/load-balancer-source-ranges": "203.0.113.0/24"}}),
+    );
+    assert_eq!(
+        field.load_balancer_source_ranges,
+        nets(&["192.0.2.0/24", "198.51.100.0/24"]),
+        "the field wins; spaces trimmed and host bits cleared"
+    );
+    let annotation = lb(json!({"annotations":
+        {"service.beta.kubernetes.io/load-balancer-source-ranges": "203.0.113.0/24,198.51.100.0/24"}}));
+    assert_eq!(
+        annotation.load_balancer_source_ranges,
+        nets(&["203.0.113.0/24", "198.51.100.0/24"])
+    );
+    assert!(lb(json!({})).load_balancer_source_ranges.is_empty());
+    let cluster_ip = service(json!({"metadata": {"name": "c"},
+        "spec": {"clusterIP": "10.96.0.2", "loadBalancerSourceRanges": ["192.0.2.0/24"]}}));
+    assert!(
+        ServiceInfo::from_service(&cluster_ip)
+            .unwrap()
+            .load_balancer_source_ranges
+            .is_empty(),
+        "only LoadBalancer services have source ranges"
+    );
+
+    let with_cidrs = node(json!({"metadata": {"name": "n1"},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:244:1::/64"]}}));
+    assert_eq!(
+        NodeInfo::from_node(&with_cidrs).unwrap().pod_cidrs,
+        nets(&["10.244.1.0/24", "fd00:244:1::/64"])
+    );
+    let legacy = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.2.0/24"}}));
+    assert_eq!(
+        NodeInfo::from_node(&legacy).unwrap().pod_cidrs,
+        nets(&["10.244.2.0/24"])
+    );
+    let bad = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/99"]}}));
+    assert_eq!(
+        NodeInfo::from_node(&bad).unwrap_err().to_string(),
+        r#"Node n1: spec.podCIDRs[0]: invalid CIDR "10.244.1.0/99""#
+    );
 }

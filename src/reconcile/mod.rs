@@ -145,10 +145,16 @@ impl fmt::Display for SyncError {
                 error,
             } => write!(f, "reading the proxy's nftables table: {error}"),
             SyncError::Nftables { changes, error } => {
-                write!(f, "nftables transaction of {changes} set element changes: {error}")
+                write!(
+                    f,
+                    "nftables transaction of {changes} set element changes: {error}"
+                )
             }
             SyncError::Conntrack { flows, error } => {
-                write!(f, "deleting the conntrack flows of {flows} removed endpoints: {error}")
+                write!(
+                    f,
+                    "deleting the conntrack flows of {flows} removed endpoints: {error}"
+                )
             }
             SyncError::Operation {
                 service: Some(service),
@@ -432,10 +438,16 @@ impl Reconciler {
             }
         }
         let (old_elements, old_served) = old.as_ref().map_or((&[][..], &[][..]), |e| {
-            (&e.desired.nft_elements[..], &e.desired.served_node_addrs[..])
+            (
+                &e.desired.nft_elements[..],
+                &e.desired.served_node_addrs[..],
+            )
         });
         let (new_elements, new_served) = new.as_ref().map_or((&[][..], &[][..]), |e| {
-            (&e.desired.nft_elements[..], &e.desired.served_node_addrs[..])
+            (
+                &e.desired.nft_elements[..],
+                &e.desired.served_node_addrs[..],
+            )
         });
         self.nft.replace(old_elements, new_elements);
         for addr in old_served {

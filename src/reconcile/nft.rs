@@ -76,12 +76,13 @@ impl NftState {
     pub(super) fn changes(&mut self, all: bool) -> Vec<NftChange> {
         let mut deletes = Vec::new();
         let mut adds = Vec::new();
-        let mut consider = |element: &NftElement, held: &HashSet<NftElement>| {
-            match (self.wanted.contains_key(element), held.contains(element)) {
-                (true, false) => adds.push(*element),
-                (false, true) => deletes.push(*element),
-                _ => {}
-            }
+        let mut consider = |element: &NftElement, held: &HashSet<NftElement>| match (
+            self.wanted.contains_key(element),
+            held.contains(element),
+        ) {
+            (true, false) => adds.push(*element),
+            (false, true) => deletes.push(*element),
+            _ => {}
         };
         if all {
             for element in self.wanted.keys().chain(self.held.iter()) {

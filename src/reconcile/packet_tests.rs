@@ -50,18 +50,30 @@ fn sync(reconciler: &mut Reconciler, nft: &mut FakeNft, full: bool) -> SyncRepor
 fn first_sync_creates_the_table_and_adds_every_element_in_one_transaction() {
     let mut reconciler = Reconciler::new(Ownership::default());
     let mut nft = FakeNft::new();
-    let web = [cluster_ip_element("10.96.0.10", 80), service_ip("10.96.0.10")];
-    let dns = [cluster_ip_element("10.96.0.53", 53), service_ip("10.96.0.53")];
+    let web = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
+    let dns = [
+        cluster_ip_element("10.96.0.53", 53),
+        service_ip("10.96.0.53"),
+    ];
     reconciler.set_service(ServiceName::new("default", "web"), Some(wanting(&web)));
     reconciler.set_service(ServiceName::new("kube-system", "dns"), Some(wanting(&dns)));
     reconciler.set_local_pod_cidrs(&["10.244.0.0/16".parse().unwrap()]);
 
     let report = sync(&mut reconciler, &mut nft, false);
-    assert_eq!((report.nft_batches, report.nft_elements, report.writes), (1, 5, 5));
+    assert_eq!(
+        (report.nft_batches, report.nft_elements, report.writes),
+        (1, 5, 5)
+    );
     assert_eq!(nft.tables_created, 1);
     assert_eq!(nft.transactions, 1);
     let mut want: Vec<NftElement> = web.iter().chain(&dns).copied().collect();
-    want.push(element(NftSet::LocalPodCidrs, NftKey::Cidr("10.244.0.0/16".parse().unwrap())));
+    want.push(element(
+        NftSet::LocalPodCidrs,
+        NftKey::Cidr("10.244.0.0/16".parse().unwrap()),
+    ));
     want.sort_unstable();
     assert_eq!(nft.elements(), want);
 }
@@ -71,38 +83,61 @@ fn a_change_sends_only_its_elements_and_a_shared_element_stays_while_wanted() {
     let mut reconciler = Reconciler::new(Ownership::default());
     let mut nft = FakeNft::new();
     // Two ports of one address: service-ips 10.96.0.10 is wanted by both.
-    let a = [cluster_ip_element("10.96.0.10", 80), service_ip("10.96.0.10")];
-    let b = [cluster_ip_element("10.96.0.10", 443), service_ip("10.96.0.10")];
+    let a = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
+    let b = [
+        cluster_ip_element("10.96.0.10", 443),
+        service_ip("10.96.0.10"),
+    ];
     reconciler.set_service(ServiceName::new("default", "a"), Some(wanting(&a)));
     reconciler.set_service(ServiceName::new("default", "b"), Some(wanting(&b)));
     sync(&mut reconciler, &mut nft, true);
 
     reconciler.set_service(ServiceName::new("default", "b"), None);
     let report = sync(&mut reconciler, &mut nft, false);
-    assert_eq!((report.nft_batches, report.nft_elements), (1, 1), "only b's port goes");
+    assert_eq!(
+        (report.nft_batches, report.nft_elements),
+        (1, 1),
+        "only b's port goes"
+    );
     let mut want = a.to_vec();
     want.sort_unstable();
     assert_eq!(nft.elements(), want, "10.96.0.10 stays: a still wants it");
 
     let report = sync(&mut reconciler, &mut nft, false);
-    assert_eq!((report.nft_batches, report.writes), (0, 0), "nothing changed, nothing sent");
+    assert_eq!(
+        (report.nft_batches, report.writes),
+        (0, 0),
+        "nothing changed, nothing sent"
+    );
 }
 
 #[test]
 fn an_idle_full_sync_writes_nothing_and_drift_is_repaired() {
     let mut reconciler = Reconciler::new(Ownership::default());
     let mut nft = FakeNft::new();
-    let web = [cluster_ip_element("10.96.0.10", 80), service_ip("10.96.0.10")];
+    let web = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
     reconciler.set_service(ServiceName::new("default", "web"), Some(wanting(&web)));
     sync(&mut reconciler, &mut nft, true);
 
     let report = sync(&mut reconciler, &mut nft, true);
     assert_eq!((report.nft_batches, report.writes), (0, 0));
-    assert_eq!(nft.tables_created, 1, "the table is adopted, not re-created");
+    assert_eq!(
+        nft.tables_created, 1,
+        "the table is adopted, not re-created"
+    );
 
     assert!(nft.remove_element(&web[0]), "deleted by hand");
     let report = sync(&mut reconciler, &mut nft, false);
-    assert_eq!(report.writes, 0, "an incremental sync does not read the kernel");
+    assert_eq!(
+        report.writes, 0,
+        "an incremental sync does not read the kernel"
+    );
     let report = sync(&mut reconciler, &mut nft, true);
     assert_eq!((report.nft_batches, report.nft_elements), (1, 1));
     assert!(nft.elements().contains(&web[0]));
@@ -111,7 +146,10 @@ fn an_idle_full_sync_writes_nothing_and_drift_is_repaired() {
 #[test]
 fn a_restart_adopts_the_sets_with_zero_writes() {
     let mut nft = FakeNft::new();
-    let web = [cluster_ip_element("10.96.0.10", 80), service_ip("10.96.0.10")];
+    let web = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
     let mut first = Reconciler::new(Ownership::default());
     first.set_service(ServiceName::new("default", "web"), Some(wanting(&web)));
     sync(&mut first, &mut nft, true);
@@ -128,7 +166,10 @@ fn a_failed_transaction_is_retried_after_reading_the_sets_again() {
     let mut reconciler = Reconciler::new(Ownership::default());
     let mut nft = FakeNft::new();
     sync(&mut reconciler, &mut nft, true);
-    let web = [cluster_ip_element("10.96.0.10", 80), service_ip("10.96.0.10")];
+    let web = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
     reconciler.set_service(ServiceName::new("default", "web"), Some(wanting(&web)));
     nft.fail_transactions(1, KernelError::Other("Cannot allocate memory".into()));
 
@@ -139,7 +180,10 @@ fn a_failed_transaction_is_retried_after_reading_the_sets_again() {
         "{:?}",
         report.errors
     );
-    assert!(nft.elements().is_empty(), "the transaction was all or nothing");
+    assert!(
+        nft.elements().is_empty(),
+        "the transaction was all or nothing"
+    );
     assert!(reconciler.has_dirty() || reconciler.next_retry().is_some());
 
     // The retry is due only after its backoff; a full sync retries at once.
@@ -212,7 +256,10 @@ fn a_removed_udp_endpoint_has_its_flows_deleted_and_counted_as_writes() {
 
     reconciler.set_service(name.clone(), Some(dns(&["10.244.2.5"])));
     let report = block_on(reconciler.sync_dirty(&mut ipvs, &mut link));
-    assert_eq!(report.writes, 1, "one real server deleted at once (UDP does not drain)");
+    assert_eq!(
+        report.writes, 1,
+        "one real server deleted at once (UDP does not drain)"
+    );
     let stale = FlowFilter {
         protocol: Protocol::Udp,
         addr: ip("10.96.0.53"),
@@ -257,7 +304,10 @@ fn flows_that_could_not_be_deleted_are_tried_again() {
     };
     let mut report = SyncReport::default();
     block_on(reconciler.clear_stale_flows(&mut conntrack, &mut report));
-    assert!(matches!(&report.errors[..], [SyncError::Conntrack { flows: 1, .. }]));
+    assert!(matches!(
+        &report.errors[..],
+        [SyncError::Conntrack { flows: 1, .. }]
+    ));
     assert_eq!(reconciler.stale_flows().len(), 1, "kept for the next sync");
     let mut report = SyncReport::default();
     block_on(reconciler.clear_stale_flows(&mut conntrack, &mut report));
@@ -290,5 +340,8 @@ fn changes_are_deletes_then_adds() {
     sync(&mut reconciler, &mut nft, true);
     reconciler.set_service(name, Some(wanting(&new)));
     let changes = reconciler.nft.changes(false);
-    assert_eq!(changes, vec![NftChange::Delete(old[0]), NftChange::Add(new[0])]);
+    assert_eq!(
+        changes,
+        vec![NftChange::Delete(old[0]), NftChange::Add(new[0])]
+    );
 }

@@ -611,7 +611,9 @@ fn translate_model_covers_every_programmable_service() {
     );
     assert_eq!(ipvs_only(all[&web_name].clone()), expected);
     assert_eq!(
-        ipvs_only(translate_named(&model, &web_name, &node_v4(), &TranslateConfig::default()).desired),
+        ipvs_only(
+            translate_named(&model, &web_name, &node_v4(), &TranslateConfig::default()).desired
+        ),
         expected
     );
     let gone = ServiceName::new("default", "gone");

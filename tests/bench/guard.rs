@@ -188,8 +188,15 @@ fn synced_pipeline(scale: Scale) -> FakePipeline {
         scale.ipvs_objects() + scale.services + elements,
         "{scale}: a cold sync writes every virtual and real server, binds every cluster IP and fills the sets"
     );
-    assert_eq!(pipeline.nft.elements().len(), elements, "{scale}: set elements");
-    assert_eq!(synced.report.nft_batches, 1, "{scale}: one nftables transaction");
+    assert_eq!(
+        pipeline.nft.elements().len(),
+        elements,
+        "{scale}: set elements"
+    );
+    assert_eq!(
+        synced.report.nft_batches, 1,
+        "{scale}: one nftables transaction"
+    );
     pipeline
 }
 
@@ -314,7 +321,10 @@ fn single_change_is_one_write_and_idle_resync_writes_nothing() {
                 pipeline.nft.transactions, transactions,
                 "{scale}: idle resync {run} sends no nftables transaction"
             );
-            assert_eq!(pipeline.nft.tables_created, 1, "{scale}: the table is adopted");
+            assert_eq!(
+                pipeline.nft.tables_created, 1,
+                "{scale}: the table is adopted"
+            );
         }
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use kube_ipvs_proxy::desired::NftRuleset;
 use kube_ipvs_proxy::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, NftKernel};
-use kube_ipvs_proxy::proxy::Kernel;
 use kube_ipvs_proxy::model::{Changes, Model};
+use kube_ipvs_proxy::proxy::Kernel;
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler, SyncReport};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
 use kube_ipvs_proxy::translate::{translate_each, NodeFacts, TranslateConfig};
@@ -60,7 +60,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
             nft: &mut self.nft,
             conntrack: &mut self.conntrack,
         };
-        kernel.sync(&mut self.reconciler, &self.ruleset, true, full).await
+        kernel
+            .sync(&mut self.reconciler, &self.ruleset, true, full)
+            .await
     }
 
     /// The events of a source's first list of the whole scale.
