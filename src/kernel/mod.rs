@@ -77,7 +77,10 @@ pub trait NftKernel {
     /// `ruleset`, and returns the elements its sets hold. A table that
     /// matches is adopted with no write; a missing one, or one made for
     /// another ruleset, is (re)created in one transaction, empty.
-    async fn ensure_ruleset(&mut self, ruleset: &NftRuleset) -> Result<Vec<NftElement>, KernelError>;
+    async fn ensure_ruleset(
+        &mut self,
+        ruleset: &NftRuleset,
+    ) -> Result<Vec<NftElement>, KernelError>;
 
     /// Every element of the table's sets.
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError>;

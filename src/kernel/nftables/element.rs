@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_core::NLM_F_CREATE;
+use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementFlags,
     SetElementList, SetElementMessage,
@@ -187,10 +187,16 @@ fn proto_of(number: u8) -> Option<Protocol> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Encoded {
     /// One element: `key`, and `key_end` for a concatenation with an interval.
-    Single { key: Vec<u8>, key_end: Option<Vec<u8>> },
+    Single {
+        key: Vec<u8>,
+        key_end: Option<Vec<u8>>,
+    },
     /// An rbtree interval: the start, and the first address after it (none
     /// when the range runs to 255.255.255.255).
-    Range { start: Vec<u8>, end: Option<Vec<u8>> },
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 /// Encodes `e`, or names the set and element when the key does not fit the set.
@@ -300,9 +306,9 @@ pub(super) fn element_attributes(encoded: &Encoded) -> Vec<ListAttribute<SetElem
 }
 
 /// NFTA_SET_ELEM_KEY_END's NFTA_DATA_VALUE (the crate carries KeyEnd raw).
-fn end_nla(bytes: &[u8]) -> netlink_packet_core::DefaultNla {
+fn end_nla(bytes: &[u8]) -> DefaultNla {
     const NFTA_DATA_VALUE: u16 = 1;
-    netlink_packet_core::DefaultNla::new(NFTA_DATA_VALUE, bytes.to_vec())
+    DefaultNla::new(NFTA_DATA_VALUE, bytes.to_vec())
 }
 
 /// Whether an element adds or deletes.
@@ -327,7 +333,7 @@ pub(super) fn message(
     if op == Op::Add {
         attributes.push(SetElementList::SetId(ruleset::set_id(set)));
     }
-    attributes.push(SetElementList::Elements(elements));
+    attributes.push(SetElementList::Elements(numbered(elements)));
     let message = SetElementMessage { attributes };
     match op {
         Op::Add => Request {
@@ -339,6 +345,27 @@ pub(super) fn message(
             flags: 0,
         },
     }
+}
+
+/// The elements as libnftnl nests them: the i-th with attribute type i
+/// (from 1) rather than NFTA_LIST_ELEM throughout. The kernel reads them
+/// in order whatever their type; this keeps the bytes nft's.
+fn numbered(
+    elements: Vec<ListAttribute<SetElementAttribute>>,
+) -> Vec<ListAttribute<SetElementAttribute>> {
+    elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, element)| match element {
+            ListAttribute::Element(attrs) if i > 0 => {
+                let mut value = vec![0; attrs.as_slice().buffer_len()];
+                attrs.as_slice().emit(&mut value);
+                let kind = u16::try_from(i + 1).unwrap_or(u16::MAX) & NLA_TYPE_MASK;
+                ListAttribute::Other(DefaultNla::new(kind | NLA_F_NESTED, value))
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// One element of a set dump, before intervals are paired.
@@ -356,7 +383,8 @@ pub(super) fn decode(
     messages: &[SetElementMessage],
 ) -> Result<Vec<NftElement>, KernelError> {
     let shape = Shape::of(set);
-    let bad = |why: String| KernelError::Other(format!("set {}: unreadable element: {why}", set.name()));
+    let bad =
+        |why: String| KernelError::Other(format!("set {}: unreadable element: {why}", set.name()));
     let mut dumped = Vec::new();
     for message in messages {
         for attr in &message.attributes {
@@ -380,7 +408,10 @@ pub(super) fn decode(
         }
         keys
     };
-    Ok(keys.into_iter().map(|key| NftElement { set, key }).collect())
+    Ok(keys
+        .into_iter()
+        .map(|key| NftElement { set, key })
+        .collect())
 }
 
 fn dumped_of(attrs: &[SetElementAttribute]) -> Result<Dumped, String> {
@@ -422,21 +453,36 @@ fn decode_key(shape: Shape, d: &Dumped) -> Result<NftKey, String> {
             shape.key_len()
         ));
     }
-    let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(key[at], key[at + 1], key[at + 2], key[at + 3]));
-    let proto = |at: usize| proto_of(key[at]).ok_or_else(|| format!("unknown protocol {} in {}", key[at], hex(key)));
+    let addr = |at: usize| {
+        IpAddr::V4(Ipv4Addr::new(
+            key[at],
+            key[at + 1],
+            key[at + 2],
+            key[at + 3],
+        ))
+    };
+    let proto = |at: usize| {
+        proto_of(key[at]).ok_or_else(|| format!("unknown protocol {} in {}", key[at], hex(key)))
+    };
     let port = |at: usize| u16::from_be_bytes([key[at], key[at + 1]]);
     Ok(match shape {
         Shape::AddrProtoPort => NftKey::AddrProtoPort(addr(0), proto(4)?, port(8)),
         Shape::ProtoPort => NftKey::ProtoPort(proto(0)?, port(4)),
         Shape::Addr => NftKey::Addr(addr(0)),
-        Shape::AddrProtoPortAddr => NftKey::AddrProtoPortAddr(addr(0), proto(4)?, port(8), addr(12)),
+        Shape::AddrProtoPortAddr => {
+            NftKey::AddrProtoPortAddr(addr(0), proto(4)?, port(8), addr(12))
+        }
         Shape::AddrProtoPortSource => {
             let end = d
                 .key_end
                 .as_ref()
                 .ok_or_else(|| format!("interval {} without NFTA_SET_ELEM_KEY_END", hex(key)))?;
             if end.len() != key.len() || end[..12] != key[..12] {
-                return Err(format!("interval {} - {} is not one service and a CIDR", hex(key), hex(end)));
+                return Err(format!(
+                    "interval {} - {} is not one service and a CIDR",
+                    hex(key),
+                    hex(end)
+                ));
             }
             let first = u32::from_be_bytes([key[12], key[13], key[14], key[15]]);
             let last = u32::from_be_bytes([end[12], end[13], end[14], end[15]]);
@@ -456,11 +502,13 @@ fn decode_key(shape: Shape, d: &Dumped) -> Result<NftKey, String> {
 fn pair_ranges(dumped: &[Dumped]) -> Result<Vec<NftKey>, String> {
     let mut points = Vec::with_capacity(dumped.len());
     for d in dumped {
-        let bytes: [u8; 4] = d
-            .key
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("key of {} bytes ({}), ipv4_addr has 4", d.key.len(), hex(&d.key)))?;
+        let bytes: [u8; 4] = d.key.as_slice().try_into().map_err(|_| {
+            format!(
+                "key of {} bytes ({}), ipv4_addr has 4",
+                d.key.len(),
+                hex(&d.key)
+            )
+        })?;
         points.push((u32::from_be_bytes(bytes), !d.interval_end));
     }
     // Ends sort before starts at the same address: [a, b) then [b, c).
@@ -502,12 +550,16 @@ fn range_key(start: u32, end: u64) -> Result<NftKey, String> {
 
 /// The CIDR covering exactly `[start, end)`, if there is one.
 fn cidr(start: u32, end: u64) -> Option<IpNet> {
-    let size = end.checked_sub(u64::from(start)).filter(|s| s.is_power_of_two())?;
+    let size = end
+        .checked_sub(u64::from(start))
+        .filter(|s| s.is_power_of_two())?;
     if u64::from(start) % size != 0 {
         return None;
     }
     let prefix = 32 - size.trailing_zeros() as u8;
-    Ipv4Net::new(Ipv4Addr::from(start), prefix).ok().map(IpNet::V4)
+    Ipv4Net::new(Ipv4Addr::from(start), prefix)
+        .ok()
+        .map(IpNet::V4)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -346,6 +346,9 @@ mod tests {
         let ct_key = to_default(&Ct::Key(NFT_CT_STATE));
         let mut bytes = vec![0; netlink_packet_core::Emitable::buffer_len(&ct_key)];
         netlink_packet_core::Emitable::emit(&ct_key, &mut bytes);
-        assert_eq!(Ct::parse(&NlaBuffer::new(&bytes)).unwrap(), Ct::Key(NFT_CT_STATE));
+        assert_eq!(
+            Ct::parse(&NlaBuffer::new(&bytes)).unwrap(),
+            Ct::Key(NFT_CT_STATE)
+        );
     }
 }

@@ -24,8 +24,8 @@ mod socket;
 mod tests;
 
 use netlink_packet_netfilter::nftables::{
-    NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute, SetElementList,
-    SetElementMessage, SetMessage, TableAttribute, TableMessage, ChainAttribute, ChainMessage,
+    ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute,
+    SetElementList, SetElementMessage, SetMessage, TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
@@ -56,10 +56,7 @@ impl NetlinkNft {
             libc::EPROTONOSUPPORT => KernelError::Other(
                 "the kernel has no nfnetlink (module nfnetlink), so no nf_tables".to_owned(),
             ),
-            _ => KernelError::Other(format!(
-                "opening a NETLINK_NETFILTER socket: {}",
-                r.text()
-            )),
+            _ => KernelError::Other(format!("opening a NETLINK_NETFILTER socket: {}", r.text())),
         })?;
         Ok(NetlinkNft {
             socket: Some(socket),
@@ -128,11 +125,11 @@ impl NftKernel for NetlinkNft {
             match socket.transact(&[request]) {
                 Ok(()) => Ok(true),
                 Err(BatchError::Message(_, r)) if r.errno == libc::ENOENT => Ok(false),
-                Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r)) => Err(
-                    missing_nf_tables(&r).unwrap_or_else(|| {
+                Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r)) => {
+                    Err(missing_nf_tables(&r).unwrap_or_else(|| {
                         KernelError::Other(format!("deleting table ip {NFT_TABLE}: {}", r.text()))
-                    }),
-                ),
+                    }))
+                }
             }
         })
         .await
@@ -240,13 +237,20 @@ fn skeleton_error(subject: Option<&Subject>, r: &Refusal) -> KernelError {
             })
         }
         Some(Subject::Rule { chain, text, .. }) => {
-            format!("creating table ip {NFT_TABLE}: adding `{text}` to chain {chain}: {}", r.text())
+            format!(
+                "creating table ip {NFT_TABLE}: adding `{text}` to chain {chain}: {}",
+                r.text()
+            )
         }
         Some(Subject::Chain { name, .. }) => {
             format!("creating table ip {NFT_TABLE}: chain {name}: {}", r.text())
         }
         Some(Subject::Set(set)) => {
-            format!("creating table ip {NFT_TABLE}: set {}: {}", set.name(), r.text())
+            format!(
+                "creating table ip {NFT_TABLE}: set {}: {}",
+                set.name(),
+                r.text()
+            )
         }
         None => format!("creating table ip {NFT_TABLE}: {}", r.text()),
     };
@@ -267,8 +271,12 @@ fn matches(
     if fingerprint != Some(skeleton.fingerprint()) {
         return Ok(false);
     }
-    let dump_error =
-        |what: &str, r: Refusal| KernelError::Other(format!("listing {what} of table ip {NFT_TABLE}: {}", r.text()));
+    let dump_error = |what: &str, r: Refusal| {
+        KernelError::Other(format!(
+            "listing {what} of table ip {NFT_TABLE}: {}",
+            r.text()
+        ))
+    };
     let chains: Vec<String> = socket
         .dump(
             NfTablesMessage::GetChain(ChainMessage {
@@ -432,9 +440,11 @@ impl ElementBatch {
         &mut self,
         op: Op,
         set: NftSet,
-        attrs: &mut Vec<netlink_packet_netfilter::nftables::ListAttribute<
-            netlink_packet_netfilter::nftables::SetElementAttribute,
-        >>,
+        attrs: &mut Vec<
+            netlink_packet_netfilter::nftables::ListAttribute<
+                netlink_packet_netfilter::nftables::SetElementAttribute,
+            >,
+        >,
         owners: &mut Vec<NftElement>,
     ) {
         self.requests
@@ -467,9 +477,19 @@ impl ElementBatch {
             .and_then(|offset| element_at(request, offset as usize))
             .and_then(|i| owners.get(i));
         let text = match (pointed, owners.first()) {
-            (Some(e), _) => format!("set {}: {verb} {}: {}", set.name(), element::describe(e), r.text()),
+            (Some(e), _) => format!(
+                "set {}: {verb} {}: {}",
+                set.name(),
+                element::describe(e),
+                r.text()
+            ),
             (None, Some(e)) if owners.len() == 1 => {
-                format!("set {}: {verb} {}: {}", set.name(), element::describe(e), r.text())
+                format!(
+                    "set {}: {verb} {}: {}",
+                    set.name(),
+                    element::describe(e),
+                    r.text()
+                )
             }
             (None, Some(e)) => format!(
                 "set {}: {verb} {} or one of the {} other elements sent with it: {}",

@@ -5,7 +5,7 @@
 //! Every message is what `nft` 1.0.6 sends for the same declaration (see
 //! the captures in `tests.rs`), attribute for attribute.
 
-use netlink_packet_core::{DefaultNla, Emitable, NLM_F_APPEND, NLM_F_CREATE, NLA_F_NESTED};
+use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED, NLM_F_APPEND, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, Immediate,
     InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage, Operator, Payload,
@@ -36,8 +36,7 @@ const UDATA_SINGLE: [u8; 6] = [0x00, 0x04, 0x02, 0x00, 0x00, 0x00];
 /// For a concatenation: KEYBYTEORDER = BYTEORDER_INVALID (0), then
 /// NFTNL_UDATA_SET_KEY_TYPEOF { TYPEOF_EXPR = EXPR_CONCAT (13), TYPEOF_DATA = empty }.
 const UDATA_CONCAT: [u8; 16] = [
-    0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x08, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01,
-    0x00,
+    0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x08, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00,
 ];
 
 /// What one message of the skeleton creates, to name it when it fails.
@@ -242,7 +241,10 @@ impl Skeleton {
 
     /// How many rules each chain holds, by name.
     pub fn rule_counts(&self) -> Vec<(&'static str, usize)> {
-        self.chains.iter().map(|c| (c.name, c.rules.len())).collect()
+        self.chains
+            .iter()
+            .map(|c| (c.name, c.rules.len()))
+            .collect()
     }
 
     /// The chain, set and rule messages: everything but the table.
@@ -459,7 +461,9 @@ fn cluster_ip_rules(ruleset: &NftRuleset) -> Vec<Rule> {
     let local = match &ruleset.local_detect {
         // Nothing tells pods apart: nothing is marked.
         LocalDetect::None => return Vec::new(),
-        LocalDetect::Cidrs => RuleBuilder::new().lookup(&[Field::Saddr], NftSet::LocalPodCidrs, false),
+        LocalDetect::Cidrs => {
+            RuleBuilder::new().lookup(&[Field::Saddr], NftSet::LocalPodCidrs, false)
+        }
         LocalDetect::BridgeInterface(name) => RuleBuilder::new().iifname(name),
         LocalDetect::InterfaceNamePrefix(prefix) => RuleBuilder::new().iifname_prefix(prefix),
     };
@@ -543,7 +547,11 @@ impl RuleBuilder {
         Self::default()
     }
 
-    fn push(mut self, text: impl Into<String>, expressions: impl IntoIterator<Item = Expressions>) -> Self {
+    fn push(
+        mut self,
+        text: impl Into<String>,
+        expressions: impl IntoIterator<Item = Expressions>,
+    ) -> Self {
         self.text.push(text.into());
         self.expressions.extend(expressions);
         self
@@ -606,12 +614,17 @@ impl RuleBuilder {
         self.push(
             "ct state new",
             [
-                expr::ct(&[Ct::Key(expr::NFT_CT_STATE), Ct::DestinationRegister(Register::Reg1)]),
+                expr::ct(&[
+                    Ct::Key(expr::NFT_CT_STATE),
+                    Ct::DestinationRegister(Register::Reg1),
+                ]),
                 Expressions::Bitwise(vec![
                     Bitwise::SourceRegister(Register::Reg1),
                     Bitwise::DestinationRegister(Register::Reg1),
                     Bitwise::Length(4),
-                    Bitwise::Mask(DataAttribute::Value(expr::NF_CT_STATE_NEW_BIT.to_ne_bytes().to_vec())),
+                    Bitwise::Mask(DataAttribute::Value(
+                        expr::NF_CT_STATE_NEW_BIT.to_ne_bytes().to_vec(),
+                    )),
                     Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
                 ]),
                 cmp(Operator::NotEqual, vec![0; 4]),
@@ -636,7 +649,10 @@ impl RuleBuilder {
         data.resize(libc::IFNAMSIZ.max(data.len() + 1), 0);
         self.push(
             format!("iifname \"{name}\""),
-            [meta_load(MetaKey::Iifname, Register::Reg1), cmp(Operator::Equal, data)],
+            [
+                meta_load(MetaKey::Iifname, Register::Reg1),
+                cmp(Operator::Equal, data),
+            ],
         )
     }
 

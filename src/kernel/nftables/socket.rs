@@ -215,10 +215,12 @@ impl NftSocket {
         let mut bytes = Vec::new();
         push(&mut bytes, &netlink);
         self.socket.send(&bytes, 0).map_err(|e| Refusal::io(&e))?;
-        let barrier = self.send_barrier()?;
+        // A dump ends with NLMSG_DONE, a get with its ACK; either may be an
+        // error instead. (A barrier would be answered mid-dump: the kernel
+        // fills the rest of a dump as it is read.)
         let mut answers = Vec::new();
         let mut refusal = None;
-        self.read_until(barrier, |seq, reply| {
+        self.read_until(sequence, |seq, reply| {
             if seq != sequence {
                 return Ok(());
             }
@@ -248,10 +250,11 @@ impl NftSocket {
         Ok(sequence)
     }
 
-    /// Reads replies, handing each to `each`, until the barrier's ACK.
+    /// Reads replies, handing each to `each`, until the one that ends the
+    /// request `last` (its ACK, error or NLMSG_DONE), which is handed too.
     fn read_until(
         &mut self,
-        barrier: u32,
+        last: u32,
         mut each: impl FnMut(u32, Reply) -> Result<(), Refusal>,
     ) -> Result<(), Refusal> {
         loop {
@@ -270,10 +273,11 @@ impl NftSocket {
                 let bytes = &datagram[at..at + length];
                 at += (length + 3) & !3;
                 let reply = parse_reply(bytes)?;
-                if sequence == barrier && !matches!(reply, Reply::Message(_)) {
+                let ends = sequence == last && !matches!(reply, Reply::Message(_));
+                each(sequence, reply)?;
+                if ends {
                     return Ok(());
                 }
-                each(sequence, reply)?;
             }
         }
     }
@@ -334,9 +338,9 @@ fn error_of(bytes: &[u8], code: i32, flags: u16) -> Refusal {
     let echoed = if flags & NLM_F_CAPPED != 0 {
         16
     } else {
-        bytes
-            .get(20..24)
-            .map_or(16, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        bytes.get(20..24).map_or(16, |b| {
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize
+        })
     };
     let mut at = 20 + ((echoed + 3) & !3);
     while let Some(header) = bytes.get(at..at + 4) {
