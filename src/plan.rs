@@ -81,15 +81,22 @@ pub fn render_into<'a>(
     Ok(())
 }
 
-/// Writes the packet path's side of the plan: every element of the proxy's
-/// nftables sets as the `nft` command that adds it, on `#` lines, sorted by
-/// set, then translate's warnings (a refused address, a scheduler fallback).
+/// Writes the packet path's side of the plan, on `#` lines: the table's
+/// fixed part (`table`, in `nft` syntax, as `nft list table` prints it less
+/// the elements), every element of its sets as the `nft` command that adds
+/// it, sorted by set, then translate's warnings (a refused address, a
+/// scheduler fallback).
 pub fn render_packet_path<'a>(
+    table: &str,
     elements: impl IntoIterator<Item = &'a NftElement>,
     warnings: impl IntoIterator<Item = impl fmt::Display>,
     out: &mut impl Write,
 ) -> fmt::Result {
     let elements: BTreeSet<&NftElement> = elements.into_iter().collect();
+    writeln!(out, "# nftables: the proxy's table, without elements")?;
+    for line in table.lines() {
+        writeln!(out, "# {line}")?;
+    }
     writeln!(
         out,
         "# nftables: the elements of the proxy's sets (`nft list table ip {}` shows them)",
@@ -349,10 +356,14 @@ mod tests {
             },
         ];
         let mut out = String::new();
-        render_packet_path(&elements, ["Service default/x: a warning"], &mut out).unwrap();
+        let table = "table ip kube-ipvs-proxy {\n}\n";
+        render_packet_path(table, &elements, ["Service default/x: a warning"], &mut out).unwrap();
         assert_eq!(
             out,
             "\
+# nftables: the proxy's table, without elements
+# table ip kube-ipvs-proxy {
+# }
 # nftables: the elements of the proxy's sets (`nft list table ip kube-ipvs-proxy` shows them)
 # nft add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . udp . 53 }
 # nft add element ip kube-ipvs-proxy nodeports { sctp . 30001 }

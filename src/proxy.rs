@@ -586,7 +586,8 @@ pub async fn plan(opts: &Options) -> Result<String> {
         .flat_map(|d| &d.nft_elements)
         .chain(&pod_cidr_elements);
     // Writing into a String cannot fail.
-    let _ = crate::plan::render_packet_path(elements, &warnings, &mut out);
+    let table = crate::kernel::nftables::render_ruleset(&nft_ruleset(opts)?);
+    let _ = crate::plan::render_packet_path(&table, elements, &warnings, &mut out);
     Ok(out)
 }
 

@@ -35,8 +35,11 @@ setup_error=  # when set, every scenario fails with it
 
 proxy_start() { # NAME: starts `run` in the background, logging to $work/NAME.log
     proxy_log=$work/$1.log
+    # KIP_PROXY_EXTRA_ARGS: flags appended by hand, e.g.
+    # --conntrack-cleanup=false to see udp-stale-flow-deleted fail.
+    # shellcheck disable=SC2086 # split on purpose
     "$proxy" run "${common[@]}" --ipvs-min-sync-period 1s --ipvs-sync-period 5s \
-        --log-format json >"$proxy_log" 2>&1 &
+        --log-format json ${KIP_PROXY_EXTRA_ARGS:-} >"$proxy_log" 2>&1 &
     proxy_pid=$!
 }
 
@@ -146,6 +149,21 @@ matches() {
 # ipvs_connections VIP:PORT: the IPVS connection entries to VIP:PORT, one line
 # each ("pro expire state source virtual destination").
 ipvs_connections() { ipvsadm -Lnc 2>/dev/null | awk -v vip="$1" '$5 == vip' | paste -sd'|'; }
+
+# table_handle: the kernel's handle of the proxy's table; a table deleted and
+# made again gets a new one. Empty when there is no table.
+table_handle() {
+    nft -j list tables 2>/dev/null | python3 -c '
+import json, sys
+try:
+    doc = json.load(sys.stdin)
+except ValueError:
+    sys.exit()
+for obj in doc.get("nftables", []):
+    t = obj.get("table")
+    if t and t["family"] == "ip" and t["name"] == sys.argv[1]:
+        print(t["handle"])' "$table"
+}
 
 # edit_manifest FILE CMD...: runs CMD on a copy of FILE and renames it into
 # place, so that the proxy never reads a half-written file.
@@ -420,6 +438,54 @@ PY
     if [[ $verdict == PASS* ]]; then pass "$name" "$detail"; else fail "$name" "$detail"; fi
 }
 
+# flows_to VIP ENDPOINT: how many UDP conntrack flows to VIP have their
+# replies coming from ENDPOINT.
+flows_to() {
+    conntrack -L -p udp --orig-dst "$1" --reply-src "$2" 2>/dev/null | grep -c '^udp'
+}
+
+# Feature: conntrack cleanup over ctnetlink (Reconciler::clear_stale_flows).
+# A client that has gone quiet leaves a flow to the endpoint the service no
+# longer has; on 6.1 the kernel drops it only when the next packet comes
+# (expire_nodest_conn), so without the proxy's cleanup it lingers for the
+# UDP timeout and this check fails (see --conntrack-cleanup=false).
+check_udp_stale_flow_deleted() {
+    local name=udp-stale-flow-deleted out=$work/udp-quiet.out attempt before after deleted
+    ready "$name" || return
+    # dns is served by pod-b2 (10.244.2.12) since udp-endpoint-replaced.
+    in_ns pod-a2 python3 "$here/udp_stream.py" 10.96.1.53 53 40054 1 "$work/never" >"$out" 2>&1
+    before=$(flows_to 10.96.1.53 10.244.2.12)
+    if ! grep -q ' pod-b2 ' "$out" || ((before < 1)); then
+        fail "$name" "no flow to pod-b2 to start from: answers '$(paste -sd'|' "$out")', flows $before"
+        return
+    fi
+    local syncs_before
+    syncs_before=$(sync_count)
+    edit_manifest dns.yaml sed -i 's/10\.244\.2\.12/10.244.2.11/; s/name: pod-b2}/name: pod-b1}/'
+    local why
+    why=$(wait_syncs $((syncs_before + 1))) || { fail "$name" "$why"; return; }
+    for attempt in $(seq 30); do
+        after=$(flows_to 10.96.1.53 10.244.2.12)
+        ((after == 0)) && break
+        sleep 0.1
+    done
+    deleted=$(python3 - "$proxy_log" <<'PY'
+import json, sys
+total = 0
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        fields = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if fields.get("message") == "sync done":
+        total += int(fields.get("conntrack_deleted") or 0)
+print(total)
+PY
+)
+    local detail="flows to 10.96.1.53 from pod-b2 before/after the edit: $before/$after; conntrack_deleted logged: $deleted"
+    if ((after == 0 && deleted >= 1)); then pass "$name" "$detail"; else fail "$name" "$detail"; fi
+}
+
 extra_manifest() {
     cat <<'YAML'
 # Added by packet-path.sh: new set elements while a connection is open.
@@ -452,11 +518,12 @@ endpoints:
 YAML
 }
 
-# Needs set changes to be element updates in one transaction, never a table
-# rebuilt under an open connection (whose masquerade and conntrack state
-# would be lost).
+# Needs a service change to be set elements added in one transaction: the
+# table keeps its handle (never deleted and made again), and nothing the
+# change does (a transient ruleset, a conntrack cleanup) disturbs an open
+# masqueraded connection to another service.
 check_tcp_survives_nft_change() {
-    local name=tcp-survives-nft-change pid attempt before after syncs_before why
+    local name=tcp-survives-nft-change pid attempt before after syncs_before why handle_before handle_after
     ready "$name" || return
     rm -f "$work/t-ready" "$work/t-go"
     in_ns outside python3 "$here/held_client.py" "$CLUSTER_NODE_A_IP" 30080 "$work" t >"$work/t-client.out" 2>&1 &
@@ -472,19 +539,23 @@ check_tcp_survives_nft_change() {
         fail "$name" "no first answer on the held connection: $(paste -sd'|' "$work/t-client.out")"
         return
     fi
+    handle_before=$(table_handle)
     syncs_before=$(sync_count)
     extra_manifest >"$work/extra.tmp" && mv "$work/extra.tmp" "$manifests/extra.yaml"
     why=$(wait_syncs $((syncs_before + 1)))
     local sets
     sets=$(nft list set ip "$table" cluster-ips 2>&1 | grep -c 10.96.1.20)
+    handle_after=$(table_handle)
     touch "$work/t-go"
     wait "$pid"
     before=$(sed -n 's/^before //p' "$work/t-client.out")
     after=$(sed -n 's/^after //p' "$work/t-client.out")
     if [[ -n $why ]]; then
         fail "$name" "no sync after adding extra.yaml: $why"
+    elif [[ -z $handle_before || $handle_before != "$handle_after" ]]; then
+        fail "$name" "the table was made again: handle '$handle_before' before the sync, '$handle_after' after (client: $(paste -sd'|' "$work/t-client.out"))"
     elif [[ $before == "pod-b1 $CLUSTER_NODE_A_IP" && $before == "$after" ]]; then
-        pass "$name" "'$before' before and after a sync that added extra (10.96.1.20 in cluster-ips: $sets)"
+        pass "$name" "'$before' before and after a sync that added extra (10.96.1.20 in cluster-ips: $sets; table handle $handle_after kept)"
     else
         fail "$name" "client output: $(paste -sd'|' "$work/t-client.out") (10.96.1.20 in cluster-ips: $sets)"
     fi
@@ -493,12 +564,13 @@ check_tcp_survives_nft_change() {
 # Needs the proxy to adopt its own table at start: nothing rewritten when
 # nothing changed.
 check_restart_adopts_table() {
-    local name=restart-adopts-table before after first why
+    local name=restart-adopts-table before after first why handle_before handle_after
     ready "$name" || return
     if ! before=$(nft list table ip "$table" 2>&1); then
         fail "$name" "no table before the restart: $before"
         return
     fi
+    handle_before=$(table_handle)
     if ! proxy_stop; then
         fail "$name" "$stop_error"
         return
@@ -510,12 +582,15 @@ check_restart_adopts_table() {
     fi
     first=$(syncs "$proxy_log" | head -n 1)
     after=$(nft list table ip "$table" 2>&1)
+    handle_after=$(table_handle)
     if [[ $first != "full 0" ]]; then
-        fail "$name" "the first sync after the restart was '$first', expected 'full 0'"
+        fail "$name" "the first sync after the restart was '$first', expected 'full 0' (table handle $handle_before before, $handle_after after)"
+    elif [[ $handle_before != "$handle_after" ]]; then
+        fail "$name" "the table was made again: handle $handle_before before the restart, $handle_after after"
     elif [[ $before != "$after" ]]; then
         fail "$name" "nft list table changed: $(diff <(printf '%s\n' "$before") <(printf '%s\n' "$after") | grep '^[<>]' | paste -sd'|')"
     else
-        pass "$name" "first sync 'full 0'; table unchanged ($(grep -c . <<<"$after") lines)"
+        pass "$name" "first sync 'full 0'; table unchanged ($(grep -c . <<<"$after") lines, handle $handle_after)"
     fi
 }
 
@@ -607,6 +682,7 @@ main() {
     check_source_ranges
     check_host_listener_not_exposed
     check_udp_endpoint_replaced
+    check_udp_stale_flow_deleted
     check_tcp_survives_nft_change
     check_restart_adopts_table
     check_cleanup_leaves_foreign_tables
