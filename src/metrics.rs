@@ -899,6 +899,8 @@ mod tests {
         metrics.record_service_changes(2);
         metrics.record_endpoint_changes(5);
         metrics.set_virtual_servers(7);
+        metrics.record_packet_path(12, 1, 0);
+        metrics.record_packet_path(2, 1, 3);
         metrics.count_response(HEALTHZ_PATH, StatusCode::OK);
         metrics.count_response(HEALTHZ_PATH, StatusCode::OK);
         metrics.count_response(HEALTHZ_PATH, StatusCode::SERVICE_UNAVAILABLE);
@@ -920,6 +922,9 @@ mod tests {
             ("kube_ipvs_proxy_netlink_writes", "counter"),
             ("kube_ipvs_proxy_sync_errors", "counter"),
             ("kube_ipvs_proxy_virtual_servers_desired", "gauge"),
+            ("kube_ipvs_proxy_nftables_element_changes", "counter"),
+            ("kube_ipvs_proxy_nftables_transactions", "counter"),
+            ("kube_ipvs_proxy_conntrack_flows_deleted", "counter"),
         ];
         for (family, kind) in families {
             assert!(
@@ -955,6 +960,9 @@ mod tests {
             ("kube_ipvs_proxy_sync_errors_total{kind=\"incremental\"}", 1.0),
             ("kube_ipvs_proxy_sync_errors_total{kind=\"full\"}", 0.0),
             ("kube_ipvs_proxy_virtual_servers_desired", 7.0),
+            ("kube_ipvs_proxy_nftables_element_changes_total", 14.0),
+            ("kube_ipvs_proxy_nftables_transactions_total", 2.0),
+            ("kube_ipvs_proxy_conntrack_flows_deleted_total", 3.0),
         ];
         for (series, value) in expected {
             let got = samples
