@@ -476,14 +476,18 @@ impl ElementBatch {
             .offset
             .and_then(|offset| element_at(request, offset as usize))
             .and_then(|i| owners.get(i));
-        let text = match (pointed, owners.first()) {
+        // An interval element takes two list entries (start and end): count
+        // elements, not entries.
+        let mut elements = owners.clone();
+        elements.dedup();
+        let text = match (pointed, elements.first()) {
             (Some(e), _) => format!(
                 "set {}: {verb} {}: {}",
                 set.name(),
                 element::describe(e),
                 r.text()
             ),
-            (None, Some(e)) if owners.len() == 1 => {
+            (None, Some(e)) if elements.len() == 1 => {
                 format!(
                     "set {}: {verb} {}: {}",
                     set.name(),
@@ -495,7 +499,7 @@ impl ElementBatch {
                 "set {}: {verb} {} or one of the {} other elements sent with it: {}",
                 set.name(),
                 element::describe(e),
-                owners.len() - 1,
+                elements.len() - 1,
                 r.text()
             ),
             (None, None) => format!("set {}: {verb}: {}", set.name(), r.text()),
