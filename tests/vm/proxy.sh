@@ -32,8 +32,8 @@ proxy_stop() {
     stop_error=
     proxy_alive || { stop_error="the proxy was not running"; return 1; }
     kill -TERM "$proxy_pid"
-    local attempt rc
-    for attempt in $(seq 100); do
+    local rc
+    for _ in $(seq 100); do
         proxy_alive || break
         sleep 0.1
     done
@@ -67,7 +67,6 @@ sync_count() { syncs "$proxy_log" | wc -l; }
 # wait_syncs N: waits until the log shows N completed syncs. The bound (60 s
 # of 0.1 s polls) only stops a hung run; it asserts nothing about speed.
 wait_syncs() {
-
     for _ in $(seq 600); do
         (($(sync_count) >= $1)) && return 0
         proxy_alive || { echo "the proxy exited: $(tail -n 3 "$proxy_log" | paste -sd'|')"; return 1; }
