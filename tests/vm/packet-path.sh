@@ -510,6 +510,76 @@ check_tcp_survives_nft_change() {
     fi
 }
 
+unsafe_manifest() {
+    cat <<'YAML'
+# Added by packet-path.sh: ExternalIPs that must never be bound, and one
+# that is node A's own address.
+apiVersion: v1
+kind: Service
+metadata: {name: unsafe, namespace: default}
+spec:
+  clusterIP: 10.96.1.21
+  clusterIPs: [10.96.1.21]
+  externalIPs: [127.0.0.1, 0.0.0.0, 255.255.255.255, 169.254.7.7, 224.0.0.9, 192.0.2.1]
+  selector: {app: unsafe}
+  ports:
+  - {name: http, protocol: TCP, port: 8088, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: unsafe-x1
+  namespace: default
+  labels: {kubernetes.io/service-name: unsafe}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+- addresses: [10.244.2.11]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node-b
+YAML
+}
+
+# Feature: safe external addresses (translate's external_addresses). The
+# unusable ExternalIPs get no address and no virtual server, each is named
+# in a warning, and the service's ClusterIP still works; node A's own
+# address is served without being bound again, and deleting the service
+# leaves that address and its local route on node A.
+check_external_ips_safe() {
+    local name=external-ips-safe syncs_before why problems=()
+    ready "$name" || return
+    syncs_before=$(sync_count)
+    unsafe_manifest >"$work/unsafe.tmp" && mv "$work/unsafe.tmp" "$manifests/unsafe.yaml"
+    why=$(wait_syncs $((syncs_before + 1))) || { fail "$name" "no sync after adding unsafe.yaml: $why"; return; }
+    local bound vs warned
+    bound=$(ip -o -4 addr show dev kube-ipvs0 | awk '{print $4}' | paste -sd' ')
+    for addr in 127.0.0.1 0.0.0.0 255.255.255.255 169.254.7.7 224.0.0.9 192.0.2.1; do
+        [[ " $bound " == *" $addr/32 "* ]] && problems+=("$addr bound on kube-ipvs0")
+        ipvsadm -Sn | grep -q -- "-A -t $addr:8088 " && [[ $addr != 192.0.2.1 ]] &&
+            problems+=("a virtual server on $addr:8088")
+    done
+    [[ " $bound " == *" 10.96.1.21/32 "* ]] || problems+=("the ClusterIP 10.96.1.21 is not bound")
+    ipvsadm -Sn | grep -q -- "-A -t 192.0.2.1:8088 " || problems+=("no virtual server on node A's own 192.0.2.1:8088")
+    warned=$(grep -c 'spec.externalIPs\[[0-4]\]' "$proxy_log")
+    ((warned >= 5)) || problems+=("only $warned of 5 refused addresses were logged")
+    matches 'pod-b1 *' http_from outside "http://192.0.2.1:8088/" || problems+=("outside -> 192.0.2.1:8088: '$answer'")
+    matches 'pod-b1 *' http_from pod-a2 "http://10.96.1.21:8088/" || problems+=("pod-a2 -> ClusterIP: '$answer'")
+    # Gone again: node A's address and its local route stay.
+    syncs_before=$(sync_count)
+    rm -f "$manifests/unsafe.yaml"
+    why=$(wait_syncs $((syncs_before + 1))) || problems+=("no sync after removing unsafe.yaml: $why")
+    ip -o -4 addr show | grep -q ' 192.0.2.1/24 ' || problems+=("node A lost 192.0.2.1")
+    ip route show table local | grep -q 'local 192.0.2.1 ' || problems+=("node A lost its local route to 192.0.2.1")
+    ipvsadm -Sn | grep -q -- "-A -t 192.0.2.1:8088 " && problems+=("the virtual server on 192.0.2.1:8088 stayed")
+    vs=$(ipvsadm -Sn | grep -c -- ':8088 ')
+    if ((${#problems[@]} == 0)); then
+        pass "$name" "none of 5 unusable ExternalIPs bound or served ($warned warnings); 192.0.2.1:8088 served unbound, and kept with its route after the service went ($vs virtual servers left on :8088)"
+    else
+        fail "$name" "$(printf '%s; ' "${problems[@]}")"
+    fi
+}
+
 # Needs the proxy to adopt its own table at start: nothing rewritten when
 # nothing changed.
 check_restart_adopts_table() {
@@ -633,6 +703,7 @@ main() {
     check_udp_endpoint_replaced
     check_udp_stale_flow_deleted
     check_tcp_survives_nft_change
+    check_external_ips_safe
     check_restart_adopts_table
     check_cleanup_leaves_foreign_tables
 }
