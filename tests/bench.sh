@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark command (issue 4):
+# The benchmark command (issues 4 and 10):
 #
 #   tests/bench.sh [--scale default|full|NxE[,NxE...]]
 #
@@ -9,14 +9,18 @@
 #   - ipvsadm -R loading the state from a file of -A/-a lines;
 #   - the raw floor: netlink-ipvs alone, the same operations in one batch;
 #   - kube-ipvs0's addresses added as the proxy batches them, alone and at
-#     the same time as that batch (the floor of the whole kernel state);
+#     the same time as that batch;
+#   - the floor of the whole kernel state, in the order a cold sync sends it:
+#     the state's nftables set elements in one transaction (also timed
+#     alone), then the IPVS batch and the addresses at the same time;
 #   - the proxy's pipeline in-process (model -> translate -> reconciler ->
-#     netlink): cold sync from an empty kernel, single-change latency (one
-#     endpoint added then removed, --trials times), idle resync;
+#     nftables, IPVS and kube-ipvs0 over netlink): cold sync from an empty
+#     kernel, single-change latency (one endpoint added then removed,
+#     --trials times), idle resync, each with its nftables transactions;
 #   - the kube-ipvs-proxy binary's peak and steady RSS, standalone
 #     (--manifests) and with its in-cluster watchers fed by the test API server.
 # Then prints one table, with the kernel, the CPU mode and the date, and
-# each goal of issue 4 as met or missed. Results stay in
+# each goal of issues 4 and 10 as met or missed. Results stay in
 # target/bench-results/<date>/ (bench.jsonl, table.txt, console.log).
 #
 # Scales: default = 100x10 and 1000x10 (CI: about 15 minutes under TCG with

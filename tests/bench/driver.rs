@@ -70,6 +70,12 @@ enum Phase {
         #[arg(long)]
         scale: Scale,
     },
+    /// Times the whole kernel state: the scale's nftables set elements in one
+    /// transaction, then the IPVS batch and the kube-ipvs0 additions at once.
+    RawState {
+        #[arg(long)]
+        scale: Scale,
+    },
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy {
         #[arg(long)]
@@ -153,6 +159,7 @@ impl Phase {
             Phase::Ipvsadm { scale, .. } => (Some(*scale), "ipvsadm -R".into()),
             Phase::Raw { scale } => (Some(*scale), "raw floor".into()),
             Phase::RawAddresses { scale } => (Some(*scale), "raw floor, kube-ipvs0".into()),
+            Phase::RawState { scale } => (Some(*scale), "raw floor, whole state".into()),
             Phase::Proxy { scale, .. } => (Some(*scale), "proxy in-process".into()),
             Phase::Rss { scale, mode, .. } => (
                 Some(*scale),
@@ -180,6 +187,7 @@ async fn measure(phase: Phase) -> Result<Record, String> {
         }
         Phase::Raw { scale } => Record::RawFloor(phases::raw_floor(scale).await?),
         Phase::RawAddresses { scale } => Record::AddressFloor(phases::address_floor(scale).await?),
+        Phase::RawState { scale } => Record::StateFloor(phases::state_floor(scale).await?),
         Phase::Proxy {
             scale,
             trials,

@@ -30,7 +30,7 @@ use observe::{status_kib, SyncDone};
 use pipeline::{endpoint_change, service_change, Pipeline};
 use record::{
     quantile, AddressFloor, ChangeLatency, ColdSync, Environment, Failure, IdleResync,
-    IpvsadmRestore, ProxyRun, RawFloor, Record, RssRun, ServiceChurn, SourceMode,
+    IpvsadmRestore, ProxyRun, RawFloor, Record, RssRun, ServiceChurn, SourceMode, StateFloor,
 };
 use synthetic::Scale;
 
@@ -236,6 +236,22 @@ fn every_method_loads_the_same_table() {
     }
 }
 
+/// The whole-state floor sends the set elements the proxy's translate makes
+/// for the same services, no more and no fewer.
+#[test]
+fn the_state_floor_sends_the_proxys_set_elements() {
+    for scale in [scale(1, 0), scale(3, 2), scale(100, 10)] {
+        let pipeline = synced_pipeline(scale);
+        let floor = synthetic::nft_elements(scale);
+        assert_eq!(floor.len(), 2 * scale.services, "{scale}: two per service");
+        assert_eq!(
+            pipeline.nft.elements(),
+            floor,
+            "{scale}: raw floor vs the proxy's sets"
+        );
+    }
+}
+
 #[test]
 fn manifests_hold_the_scale_as_lists() {
     let files = synthetic::manifest_files(scale(3, 2));
@@ -435,6 +451,10 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             ipvs_dump_seconds: 0.001,
             address_seconds: cold * 0.1,
             link_seconds: cold * 0.01,
+            nft_seconds: cold * 0.04,
+            nft_table_seconds: cold * 0.01,
+            nft_elements: 2 * scale.services,
+            nft_batches: 1,
             ipvs_messages: scale.ipvs_objects() as u64 + 1,
             ipvs_sends: 10,
             address_writes: scale.services as u64,
@@ -449,6 +469,7 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             min_writes: 1,
             max_writes: writes,
             max_messages: writes as u64,
+            max_nft_batches: 0,
         },
         churn: ServiceChurn {
             trials: 20,
@@ -461,6 +482,7 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             cpu_seconds: 0.05,
             wall_seconds: 0.08,
             writes: idle_writes,
+            nft_writes: 0,
             ipvs_messages: scale.services as u64 + 1,
         },
     }
@@ -495,6 +517,15 @@ fn run_records(goal_scale: Scale, steady_mib: u64) -> Vec<Record> {
             scale: goal_scale,
             seconds: 1.0,
             with_ipvs_seconds: 1.5,
+        }),
+        // 1.25× the whole state (met).
+        Record::StateFloor(StateFloor {
+            scale: goal_scale,
+            nft_elements: 2 * goal_scale.services,
+            table_seconds: 0.01,
+            nft_seconds: 0.1,
+            ipvs_and_addresses_seconds: 1.5,
+            seconds: 1.6,
         }),
         Record::Proxy(proxy_run(goal_scale, 2.0, 0.003, 2, 0)),
         Record::Rss(RssRun {
@@ -560,4 +591,76 @@ fn goals_fall_back_to_the_largest_scale_and_say_so() {
     let nothing = table::Results::new([]).render();
     assert!(nothing.contains("environment not recorded"), "{nothing}");
     assert!(nothing.contains("not evaluated"), "{nothing}");
+}
+
+#[test]
+fn whole_state_goal_says_met_or_missed_with_the_set_elements() {
+    let records = run_records(table::GOAL_SCALE, 40);
+    let text = table::Results::new(records.clone()).render();
+    let expected = [
+        "Goals (issues 4 and 10), at 10,000 × 10:",
+        "[met   ] cold sync within 1.3× of the raw floor of the whole kernel state (IPVS, addresses and set elements together): 1.25× (2.00 s vs 1.60 s; the set elements 100 ms, the proxy's nftables 80.0 ms)",
+        "[MISSED] cold sync within 1.3× of the raw floor: 1.50×",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let row = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label:?} in\n{text}"))
+            .split_whitespace()
+            .skip(label.split_whitespace().count())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let cases: &[(&str, &str)] = &[
+        (
+            "Raw floor, nftables set elements (1 transaction)",
+            "- 100 ms",
+        ),
+        ("  set elements", "- 20,000"),
+        (
+            "Raw floor, whole state (nft, then IPVS + addresses)",
+            "- 1.60 s",
+        ),
+        ("cold sync ÷ whole-state floor (goal ≤ 1.3)", "- 1.25×"),
+        (
+            "  nftables set elements / transactions",
+            "200 / 1 20,000 / 1",
+        ),
+        ("  nftables transactions per change (max)", "0 0"),
+        ("    of which nftables set elements", "0 0"),
+    ];
+    for (label, cells) in cases {
+        assert_eq!(row(label), *cells, "row {label:?}");
+    }
+
+    let slower: Vec<Record> = records
+        .into_iter()
+        .map(|record| match record {
+            Record::StateFloor(floor) => Record::StateFloor(StateFloor {
+                seconds: 1.0,
+                ..floor
+            }),
+            other => other,
+        })
+        .collect();
+    let missed = table::Results::new(slower).render();
+    assert!(
+        missed.contains("[MISSED] cold sync within 1.3× of the raw floor of the whole kernel state (IPVS, addresses and set elements together): 2.00× (2.00 s vs 1.00 s;"),
+        "{missed}"
+    );
+
+    let without = table::Results::new(
+        run_records(table::GOAL_SCALE, 40)
+            .into_iter()
+            .filter(|r| !matches!(r, Record::StateFloor(_))),
+    )
+    .render();
+    assert!(
+        without
+            .contains("[n/a   ] cold sync within 1.3× of the raw floor of the whole kernel state"),
+        "{without}"
+    );
 }

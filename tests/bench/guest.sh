@@ -72,6 +72,7 @@ for scale in $KIP_BENCH_SCALES; do
     rm -f "$work/rules-$scale"
     phase "$scale" "raw floor" raw --scale "$scale"
     phase "$scale" "raw floor, kube-ipvs0" raw-addresses --scale "$scale"
+    phase "$scale" "raw floor, whole state" raw-state --scale "$scale"
     phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}"
     phase "$scale" "binary RSS, standalone" \
         rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work" \

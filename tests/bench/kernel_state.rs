@@ -1,11 +1,13 @@
-//! The VM's IPVS table and kube-ipvs0 between phases: emptied before each,
-//! and checked after each, so that every method is timed on the same work
-//! and proven to have done all of it.
+//! The VM's IPVS table, kube-ipvs0 and the proxy's nftables table between
+//! phases: emptied before each, and checked after each, so that every
+//! method is timed on the same work and proven to have done all of it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use kube_ipvs_proxy::kernel::link::DummyLink;
+use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
+use kube_ipvs_proxy::kernel::NftKernel;
 use netlink_ipvs::{Handle, ServiceAddress};
 
 use crate::synthetic::{self, Scale};
@@ -39,7 +41,8 @@ impl Ipvs {
     }
 }
 
-/// Empties the IPVS table and deletes kube-ipvs0 (with its addresses).
+/// Empties the IPVS table, deletes kube-ipvs0 (with its addresses) and the
+/// proxy's nftables table (with its set elements).
 pub async fn reset(ipvs: &Ipvs) -> Result<(), String> {
     ipvs.handle
         .flush()
@@ -50,6 +53,10 @@ pub async fn reset(ipvs: &Ipvs) -> Result<(), String> {
     link.delete()
         .await
         .map_err(|e| format!("deleting {INTERFACE}: {e}"))?;
+    let mut nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
+    nft.delete_table()
+        .await
+        .map_err(|e| format!("deleting the nftables table: {e}"))?;
     Ok(())
 }
 

@@ -1,25 +1,27 @@
 //! The in-VM measurements that need no proxy binary: `ipvsadm -R`, the raw
-//! netlink-ipvs floor, and the proxy's pipeline in-process (model →
-//! translate → reconciler → NetlinkIpvs and kube-ipvs0), counting every
-//! message and write.
+//! floors (netlink-ipvs, kube-ipvs0, nftables), and the proxy's pipeline
+//! in-process (model → translate → reconciler → nftables, NetlinkIpvs and
+//! kube-ipvs0), counting every message and write.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_ipvs_proxy::desired::Op;
+use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op};
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::DummyLink;
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
-use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+use kube_ipvs_proxy::kernel::{
+    AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+};
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
 use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
     median, quantile, AddressFloor, ChangeLatency, ColdSync, IdleResync, IpvsadmRestore, ProxyRun,
-    RawFloor, ServiceChurn,
+    RawFloor, ServiceChurn, StateFloor,
 };
 use crate::synthetic::{self, Scale};
 
@@ -127,6 +129,89 @@ pub async fn address_floor(scale: Scale) -> Result<AddressFloor, String> {
         seconds,
         with_ipvs_seconds,
     })
+}
+
+/// The whole kernel state of the scale at raw speed, sent as a cold sync
+/// sends it (`proxy::Kernel::sync`): the set elements in one nftables
+/// transaction first, then the IPVS batch and kube-ipvs0's additions at the
+/// same time. The table and kube-ipvs0 are created empty before the clock
+/// starts. None of it translates or diffs anything.
+///
+/// A phase of its own, on a freshly loaded ip_vs, for the reason
+/// [`address_floor`] gives.
+pub async fn state_floor(scale: Scale) -> Result<StateFloor, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+    let elements = synthetic::nft_elements(scale);
+    let changes: Vec<NftChange> = elements.iter().copied().map(NftChange::Add).collect();
+    let addresses: Vec<IpAddr> = (0..scale.services).map(synthetic::cluster_ip).collect();
+    let operations = synthetic::operations(scale);
+
+    let mut nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
+    let table_started = Instant::now();
+    let held = nft
+        .ensure_ruleset(&NftRuleset::default())
+        .await
+        .map_err(|e| format!("creating the nftables table: {e}"))?;
+    let table_seconds = table_started.elapsed().as_secs_f64();
+    if !held.is_empty() {
+        return Err(format!(
+            "the nftables table was just created and already holds {} elements",
+            held.len()
+        ));
+    }
+    let mut link = empty_link().await?;
+
+    let started = Instant::now();
+    let applied = nft.apply(&changes).await;
+    let nft_done = Instant::now();
+    applied.map_err(|e| {
+        format!(
+            "the nftables transaction of {} set elements: {e}",
+            changes.len()
+        )
+    })?;
+    let (results, added) = futures::join!(
+        ipvs.handle.batch(operations).execute(),
+        link.add_addresses(&addresses)
+    );
+    let finished = Instant::now();
+    ipvs_batch_succeeded(&results)?;
+    addresses_succeeded(&mut link, &addresses, added).await?;
+    nft_elements_held(&mut nft, &elements).await?;
+    kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the whole raw state: {e}"))?;
+    kernel_state::reset(&ipvs).await?;
+    Ok(StateFloor {
+        scale,
+        nft_elements: elements.len(),
+        table_seconds,
+        nft_seconds: (nft_done - started).as_secs_f64(),
+        ipvs_and_addresses_seconds: (finished - nft_done).as_secs_f64(),
+        seconds: (finished - started).as_secs_f64(),
+    })
+}
+
+/// The proxy's table holds exactly `wanted` (sorted).
+async fn nft_elements_held(nft: &mut NetlinkNft, wanted: &[NftElement]) -> Result<(), String> {
+    let mut held = nft
+        .dump_elements()
+        .await
+        .map_err(|e| format!("listing the nftables set elements: {e}"))?;
+    held.sort_unstable();
+    if held != wanted {
+        let missing = wanted.iter().find(|e| held.binary_search(e).is_err());
+        let extra = held.iter().find(|e| wanted.binary_search(e).is_err());
+        return Err(format!(
+            "the nftables sets hold {} elements, {} wanted; first missing: {}, first unwanted: {}",
+            held.len(),
+            wanted.len(),
+            missing.map_or("none".to_owned(), ToString::to_string),
+            extra.map_or("none".to_owned(), ToString::to_string),
+        ));
+    }
+    Ok(())
 }
 
 fn ipvs_batch_succeeded<E: std::fmt::Display>(results: &[Result<(), E>]) -> Result<(), String> {
@@ -262,6 +347,50 @@ impl AddressKernel for TimedLink {
     }
 }
 
+/// [`NetlinkNft`] with the time spent in each call added up.
+#[derive(Debug)]
+struct TimedNft {
+    inner: NetlinkNft,
+    time: Duration,
+    /// Of `time`, in `ensure_ruleset`.
+    table_time: Duration,
+}
+
+impl NftKernel for TimedNft {
+    async fn ensure_ruleset(
+        &mut self,
+        ruleset: &NftRuleset,
+    ) -> Result<Vec<NftElement>, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.ensure_ruleset(ruleset).await;
+        let spent = started.elapsed();
+        self.time += spent;
+        self.table_time += spent;
+        result
+    }
+
+    async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.dump_elements().await;
+        self.time += started.elapsed();
+        result
+    }
+
+    async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
+        let started = Instant::now();
+        let result = self.inner.apply(changes).await;
+        self.time += started.elapsed();
+        result
+    }
+
+    async fn delete_table(&mut self) -> Result<bool, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.delete_table().await;
+        self.time += started.elapsed();
+        result
+    }
+}
+
 /// One single-change sample.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -269,10 +398,11 @@ struct Sample {
     absorb_seconds: f64,
     writes: usize,
     messages: u64,
+    nft_batches: usize,
 }
 
 /// The pipeline over the real kernel, timed per edge.
-type RealPipeline = Pipeline<TimedIpvs, TimedLink, NetlinkNft, NetlinkConntrack>;
+type RealPipeline = Pipeline<TimedIpvs, TimedLink, TimedNft, NetlinkConntrack>;
 
 async fn real_pipeline() -> Result<RealPipeline, String> {
     let ipvs = NetlinkIpvs::connect()
@@ -293,7 +423,11 @@ async fn real_pipeline() -> Result<RealPipeline, String> {
             link_time: Duration::ZERO,
             writes: 0,
         },
-        nft,
+        TimedNft {
+            inner: nft,
+            time: Duration::ZERO,
+            table_time: Duration::ZERO,
+        },
         conntrack,
     ))
 }
@@ -320,12 +454,19 @@ pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<Prox
         ipvs_dump_seconds: pipeline.ipvs.dump.as_secs_f64(),
         address_seconds: pipeline.link.time.as_secs_f64(),
         link_seconds: pipeline.link.link_time.as_secs_f64(),
+        nft_seconds: pipeline.nft.time.as_secs_f64(),
+        nft_table_seconds: pipeline.nft.table_time.as_secs_f64(),
+        nft_elements: synced.report.nft_elements,
+        nft_batches: synced.report.nft_batches,
         ipvs_messages: after.messages_sent - before.messages_sent,
         ipvs_sends: after.sends - before.sends,
         address_writes: pipeline.link.writes,
         writes: synced.report.writes,
     };
     kernel_state::verify(&ipvs, scale, &[])
+        .await
+        .map_err(|e| format!("after the cold sync: {e}"))?;
+    nft_elements_held(&mut pipeline.nft.inner, &synthetic::nft_elements(scale))
         .await
         .map_err(|e| format!("after the cold sync: {e}"))?;
 
@@ -377,6 +518,7 @@ async fn single_changes(
                 absorb_seconds: changed.absorbing.as_secs_f64(),
                 writes: changed.report.writes,
                 messages: ipvs_stats(pipeline).messages_sent - before,
+                nft_batches: changed.report.nft_batches,
             });
             // The ACK says the kernel holds the change; read it back once.
             if trial == 0 {
@@ -403,6 +545,7 @@ async fn single_changes(
         min_writes: samples.iter().map(|s| s.writes).min().unwrap_or(0),
         max_writes: samples.iter().map(|s| s.writes).max().unwrap_or(0),
         max_messages: samples.iter().map(|s| s.messages).max().unwrap_or(0),
+        max_nft_batches: samples.iter().map(|s| s.nft_batches).max().unwrap_or(0),
     })
 }
 
@@ -444,6 +587,7 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
     let mut cpu = Vec::with_capacity(runs);
     let mut wall = Vec::with_capacity(runs);
     let mut writes = 0;
+    let mut nft_writes = 0;
     let mut messages = 0;
     for _ in 0..runs {
         let messages_before = ipvs_stats(pipeline).messages_sent;
@@ -452,6 +596,7 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
         cpu.push((process_cpu_time()? - cpu_before).as_secs_f64());
         wall.push(resynced.elapsed.as_secs_f64());
         writes = writes.max(resynced.report.writes);
+        nft_writes = nft_writes.max(resynced.report.nft_elements);
         messages = ipvs_stats(pipeline).messages_sent - messages_before;
     }
     Ok(IdleResync {
@@ -459,6 +604,7 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
         cpu_seconds: median(&cpu),
         wall_seconds: median(&wall),
         writes,
+        nft_writes,
         ipvs_messages: messages,
     })
 }

@@ -17,6 +17,8 @@ pub enum Record {
     RawFloor(RawFloor),
     /// The same state's kube-ipvs0 addresses, alone and beside the IPVS batch.
     AddressFloor(AddressFloor),
+    /// The whole kernel state: set elements, then IPVS and addresses at once.
+    StateFloor(StateFloor),
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy(ProxyRun),
     /// The `kube-ipvs-proxy` binary's memory.
@@ -73,6 +75,24 @@ pub struct AddressFloor {
     pub with_ipvs_seconds: f64,
 }
 
+/// The whole kernel state of the scale, sent raw in the order a cold sync
+/// sends it: every nftables set element in one transaction, then the IPVS
+/// batch and the kube-ipvs0 additions at the same time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateFloor {
+    pub scale: Scale,
+    /// Set elements in the transaction.
+    pub nft_elements: usize,
+    /// Creating the empty table (`ensure_ruleset`), before the clock starts.
+    pub table_seconds: f64,
+    /// The nftables transaction alone.
+    pub nft_seconds: f64,
+    /// The IPVS batch and the additions at the same time, after it.
+    pub ipvs_and_addresses_seconds: f64,
+    /// All of it: the floor of the whole kernel state.
+    pub seconds: f64,
+}
+
 /// The proxy's model → translate → reconcile → netlink pipeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyRun {
@@ -111,6 +131,14 @@ pub struct ColdSync {
     pub address_seconds: f64,
     /// Of that, creating kube-ipvs0 and reading its addresses (`ensure_link`).
     pub link_seconds: f64,
+    /// Of which in nftables (creating the table and the element transaction).
+    pub nft_seconds: f64,
+    /// Of that, creating the table and reading its sets (`ensure_ruleset`).
+    pub nft_table_seconds: f64,
+    /// nftables set elements added.
+    pub nft_elements: usize,
+    /// nftables transactions of set elements.
+    pub nft_batches: usize,
     /// IPVS netlink messages sent (operations and dump requests).
     pub ipvs_messages: u64,
     /// IPVS `sendmsg` calls.
@@ -137,6 +165,8 @@ pub struct ChangeLatency {
     pub max_writes: usize,
     /// IPVS netlink messages per change, most over every sample.
     pub max_messages: u64,
+    /// nftables transactions per change, most over every sample.
+    pub max_nft_batches: usize,
 }
 
 /// One full sync when nothing changed (the median of a few).
@@ -148,6 +178,8 @@ pub struct IdleResync {
     pub wall_seconds: f64,
     /// Most writes over the runs.
     pub writes: usize,
+    /// Of those, most nftables set element writes over the runs.
+    pub nft_writes: usize,
     /// IPVS netlink messages sent by one run (dump requests).
     pub ipvs_messages: u64,
 }

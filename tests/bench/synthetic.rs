@@ -1,6 +1,7 @@
 //! Synthetic clusters: N ClusterIP Services with E ready endpoints each, the
-//! same state as `ipvsadm -R` lines and as raw netlink-ipvs operations, so
-//! that every method in a benchmark programs exactly the same table.
+//! same state as `ipvsadm -R` lines, as raw netlink-ipvs operations and as
+//! the nftables set elements the proxy adds for it, so that every method in
+//! a benchmark programs exactly the same kernel state.
 //!
 //! Service `i` (0-based) is `bench/svc-i` on cluster IP 10.96.0.0 + i + 1,
 //! TCP port 80 → target port 8080; its endpoint `j` is 10.128.0.0 + i·E + j + 1.
@@ -15,6 +16,7 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube_ipvs_proxy::desired::{NftElement, NftKey, NftSet, Protocol as NftProtocol};
 use netlink_ipvs::{Destination, ForwardingMethod, Operation, Protocol, Scheduler};
 
 /// The namespace of every synthetic object.
@@ -275,6 +277,29 @@ pub fn operations(scale: Scale) -> Vec<Operation> {
         }
     }
     ops
+}
+
+/// The same state's nftables set elements, sorted as the proxy sends them:
+/// each service's `cluster-ips ADDR . tcp . 80` and `service-ips ADDR`
+/// (its endpoints are on other nodes, so nothing in `hairpin`).
+pub fn nft_elements(scale: Scale) -> Vec<NftElement> {
+    let mut elements: Vec<NftElement> = (0..scale.services)
+        .flat_map(|i| {
+            let ip = cluster_ip(i);
+            [
+                NftElement {
+                    set: NftSet::ClusterIps,
+                    key: NftKey::AddrProtoPort(ip, NftProtocol::Tcp, SERVICE_PORT),
+                },
+                NftElement {
+                    set: NftSet::ServiceIps,
+                    key: NftKey::Addr(ip),
+                },
+            ]
+        })
+        .collect();
+    elements.sort_unstable();
+    elements
 }
 
 /// The state as a manifests directory: one JSON `List` per kind, and the Node.

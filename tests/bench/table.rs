@@ -1,11 +1,11 @@
 //! The one table a benchmark run prints: every measurement per scale, then
-//! each goal of issue 4 with met or missed and its numbers.
+//! each goal of issues 4 and 10 with met or missed and its numbers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::record::{
-    AddressFloor, Environment, Failure, ProxyRun, RawFloor, Record, RssRun, SourceMode,
+    AddressFloor, Environment, Failure, ProxyRun, RawFloor, Record, RssRun, SourceMode, StateFloor,
 };
 use crate::synthetic::{thousands, Scale};
 
@@ -25,6 +25,7 @@ struct Column {
     ipvsadm: Option<f64>,
     raw: Option<RawFloor>,
     addresses: Option<AddressFloor>,
+    state: Option<StateFloor>,
     proxy: Option<ProxyRun>,
     rss: BTreeMap<&'static str, RssRun>,
     failures: Vec<Failure>,
@@ -37,6 +38,7 @@ impl Column {
             ipvsadm: None,
             raw: None,
             addresses: None,
+            state: None,
             proxy: None,
             rss: BTreeMap::new(),
             failures: Vec::new(),
@@ -72,6 +74,10 @@ impl Results {
                 Record::AddressFloor(r) => {
                     let column = results.column(r.scale);
                     column.addresses = Some(r);
+                }
+                Record::StateFloor(r) => {
+                    let column = results.column(r.scale);
+                    column.state = Some(r);
                 }
                 Record::Proxy(r) => {
                     let column = results.column(r.scale);
@@ -163,6 +169,12 @@ impl Results {
         row("    creating and reading kube-ipvs0", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.link_seconds))
         });
+        row("  in nftables (table + set elements)", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.nft_seconds))
+        });
+        row("    creating and reading the table", &|c| {
+            c.proxy.as_ref().map(|p| seconds(p.cold.nft_table_seconds))
+        });
         row("  IPVS messages / sendmsg calls", &|c| {
             c.proxy.as_ref().map(|p| {
                 format!(
@@ -176,6 +188,15 @@ impl Results {
             c.proxy
                 .as_ref()
                 .map(|p| thousands(p.cold.address_writes as usize))
+        });
+        row("  nftables set elements / transactions", &|c| {
+            c.proxy.as_ref().map(|p| {
+                format!(
+                    "{} / {}",
+                    thousands(p.cold.nft_elements),
+                    p.cold.nft_batches
+                )
+            })
         });
         row("  peak RSS, binary (standalone)", &|c| {
             c.rss(SourceMode::Manifests).map(|r| mib(r.peak_kib))
@@ -209,6 +230,24 @@ impl Results {
         row("Raw floor, IPVS batch and addresses at once", &|c| {
             c.addresses.as_ref().map(|r| seconds(r.with_ipvs_seconds))
         });
+        row("Raw floor, nftables set elements (1 transaction)", &|c| {
+            c.state.as_ref().map(|r| seconds(r.nft_seconds))
+        });
+        row("  set elements", &|c| {
+            c.state.as_ref().map(|r| thousands(r.nft_elements))
+        });
+        row("  creating the empty table (not in the floor)", &|c| {
+            c.state.as_ref().map(|r| seconds(r.table_seconds))
+        });
+        row(
+            "Raw floor, whole state (nft, then IPVS + addresses)",
+            &|c| c.state.as_ref().map(|r| seconds(r.seconds)),
+        );
+        row("  IPVS batch and addresses at once, after nft", &|c| {
+            c.state
+                .as_ref()
+                .map(|r| seconds(r.ipvs_and_addresses_seconds))
+        });
         row("ipvsadm -R ÷ cold sync (goal ≥ 5)", &|c| {
             Some(ratio(c.ipvsadm?, c.proxy.as_ref()?.cold.seconds))
         });
@@ -222,6 +261,12 @@ impl Results {
             Some(ratio(
                 c.proxy.as_ref()?.cold.seconds,
                 c.addresses.as_ref()?.with_ipvs_seconds,
+            ))
+        });
+        row("cold sync ÷ whole-state floor (goal ≤ 1.3)", &|c| {
+            Some(ratio(
+                c.proxy.as_ref()?.cold.seconds,
+                c.state.as_ref()?.seconds,
             ))
         });
         row("Single change (1 endpoint, add+remove)", &|c| {
@@ -248,6 +293,11 @@ impl Results {
         });
         row("  IPVS messages per change (max)", &|c| {
             c.proxy.as_ref().map(|p| p.change.max_messages.to_string())
+        });
+        row("  nftables transactions per change (max)", &|c| {
+            c.proxy
+                .as_ref()
+                .map(|p| p.change.max_nft_batches.to_string())
         });
         row("Service deleted, re-created (p50)", &|c| {
             c.proxy
@@ -279,6 +329,9 @@ impl Results {
         });
         row("  writes", &|c| {
             c.proxy.as_ref().map(|p| p.idle.writes.to_string())
+        });
+        row("    of which nftables set elements", &|c| {
+            c.proxy.as_ref().map(|p| p.idle.nft_writes.to_string())
         });
         row("  IPVS messages (dump requests)", &|c| {
             c.proxy
@@ -325,7 +378,7 @@ impl Results {
     /// Each goal at [`GOAL_SCALE`], or at the largest scale measured when
     /// the run did not include it (said so on the line).
     fn goals(&self) -> String {
-        let mut out = String::from("Goals (issue 4), at 10,000 × 10:\n");
+        let mut out = String::from("Goals (issues 4 and 10), at 10,000 × 10:\n");
         let goal_scale = if self.columns.contains_key(&GOAL_SCALE) {
             Some(GOAL_SCALE)
         } else {
@@ -384,16 +437,35 @@ impl Results {
             })(),
         );
         goal(
+            "cold sync within 1.3× of the raw floor of the whole kernel state (IPVS, addresses and set elements together)",
+            (|| {
+                let (cold, state) = (proxy?.cold.seconds, column.state.as_ref()?);
+                let r = cold / state.seconds;
+                Some((
+                    r <= 1.3,
+                    format!(
+                        "{:.2}× ({} vs {}; the set elements {}, the proxy's nftables {})",
+                        r,
+                        seconds(cold),
+                        seconds(state.seconds),
+                        seconds(state.nft_seconds),
+                        seconds(proxy?.cold.nft_seconds),
+                    ),
+                ))
+            })(),
+        );
+        goal(
             "a single change is 1 write",
             proxy.map(|p| {
                 let c = &p.change;
                 (
                     c.min_writes == 1 && c.max_writes == 1,
                     format!(
-                        "{}..{} writes over {} changes",
+                        "{}..{} writes over {} changes, at most {} nftables transactions each",
                         c.min_writes,
                         c.max_writes,
-                        2 * c.trials
+                        2 * c.trials,
+                        c.max_nft_batches
                     ),
                 )
             }),
@@ -420,8 +492,9 @@ impl Results {
                 (
                     p.idle.writes == 0,
                     format!(
-                        "{} writes, {} CPU",
+                        "{} writes ({} of them nftables), {} CPU",
                         p.idle.writes,
+                        p.idle.nft_writes,
                         millis(p.idle.cpu_seconds)
                     ),
                 )
