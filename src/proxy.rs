@@ -398,6 +398,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             reconciler
                 .clear_stale_flows(self.conntrack, &mut report)
                 .await;
+        } else {
+            reconciler.forget_stale_flows();
         }
         report
     }

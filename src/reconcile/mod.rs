@@ -18,8 +18,8 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::future;
 
 use crate::desired::{
-    DesiredVirtualServer, FlowFilter, NftElement, NftRuleset, Op, Protocol, ServiceDesired,
-    ServiceName, VirtualServerKey,
+    DesiredVirtualServer, FlowFilter, NftRuleset, Op, Protocol, ServiceDesired, ServiceName,
+    VirtualServerKey,
 };
 use crate::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel};
 
@@ -512,11 +512,6 @@ impl Reconciler {
         services.chain(addrs).chain(nft).min()
     }
 
-    /// Every set element wanted now, sorted (what `plan` prints).
-    pub fn desired_nft_elements(&self) -> Vec<NftElement> {
-        self.nft.wanted()
-    }
-
     /// Brings the proxy's nftables sets to what is desired, in at most one
     /// transaction. `full` (and the first sync, and the one after a failed
     /// transaction) first makes sure the table's rules are `ruleset`'s and
@@ -606,6 +601,12 @@ impl Reconciler {
                 self.stale_flows = filters;
             }
         }
+    }
+
+    /// Drops the flows waiting for [`Reconciler::clear_stale_flows`]
+    /// (`--conntrack-cleanup=false`), so that they do not pile up.
+    pub fn forget_stale_flows(&mut self) {
+        self.stale_flows.clear();
     }
 
     /// Flows waiting for [`Reconciler::clear_stale_flows`].

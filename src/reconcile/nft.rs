@@ -131,13 +131,6 @@ impl NftState {
             self.dirty.insert(*e);
         }
     }
-
-    /// Everything wanted, sorted: what `plan` prints.
-    pub(super) fn wanted(&self) -> Vec<NftElement> {
-        let mut all: Vec<NftElement> = self.wanted.keys().copied().collect();
-        all.sort_unstable();
-        all
-    }
 }
 
 /// The local pod CIDRs as elements of [`NftSet::LocalPodCidrs`] (IPv4 only:

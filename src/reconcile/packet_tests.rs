@@ -6,8 +6,8 @@ use futures::executor::block_on;
 
 use super::*;
 use crate::desired::{
-    DesiredVirtualServer, NftChange, NftKey, NftSet, Protocol, RealServer, RealServerKey,
-    VirtualServer,
+    DesiredVirtualServer, NftChange, NftElement, NftKey, NftSet, Protocol, RealServer,
+    RealServerKey, VirtualServer,
 };
 use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
 
@@ -344,4 +344,18 @@ fn changes_are_deletes_then_adds() {
         changes,
         vec![NftChange::Delete(old[0]), NftChange::Add(new[0])]
     );
+}
+
+#[test]
+fn with_cleanup_off_stale_flows_do_not_pile_up() {
+    let mut reconciler = Reconciler::new(Ownership::default());
+    let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+    let name = ServiceName::new("kube-system", "dns");
+    reconciler.set_service(name.clone(), Some(dns(&["10.244.1.5"])));
+    block_on(reconciler.full_sync(&mut ipvs, &mut link));
+    reconciler.set_service(name, None);
+    block_on(reconciler.sync_dirty(&mut ipvs, &mut link));
+    assert_eq!(reconciler.stale_flows().len(), 1);
+    reconciler.forget_stale_flows();
+    assert!(reconciler.stale_flows().is_empty());
 }
