@@ -168,8 +168,8 @@ pub enum TranslateError {
     #[error("Service {service}: {field}: {value} is {reason}; not serving it (the service's other addresses are)")]
     RefusedAddress {
         service: ServiceName,
-        /// `spec.externalIPs[i]` or `status.loadBalancer.ingress[i].ip`.
-        field: String,
+        /// `spec.externalIPs` or `status.loadBalancer.ingress[].ip`.
+        field: &'static str,
         value: IpAddr,
         reason: RefusedAddress,
     },
@@ -361,16 +361,13 @@ fn external_addresses(
     cfg: &TranslateConfig,
     warnings: &mut Vec<TranslateError>,
 ) -> Vec<ExternalAddress> {
-    let external = svc.external_ips.iter().enumerate().map(|(i, ip)| {
-        let field = move || format!("spec.externalIPs[{i}]");
-        (*ip, false, Box::new(field) as Box<dyn Fn() -> String>)
-    });
-    let load_balancer = svc.load_balancer_ips.iter().enumerate().map(|(i, ip)| {
-        let field = move || format!("status.loadBalancer.ingress[{i}].ip");
-        (*ip, true, Box::new(field) as Box<dyn Fn() -> String>)
-    });
+    // The model keeps each list deduplicated and without the ingress
+    // entries it skips, so an index here need not be the API's: the field
+    // is named without one, and the value says which entry it is.
+    let external = svc.external_ips.iter().map(|ip| (*ip, false));
+    let load_balancer = svc.load_balancer_ips.iter().map(|ip| (*ip, true));
     let mut accepted: Vec<ExternalAddress> = Vec::new();
-    for (ip, is_lb, field) in external.chain(load_balancer) {
+    for (ip, is_lb) in external.chain(load_balancer) {
         let refused = RefusedAddress::unusable(ip).or_else(|| {
             let allowed = is_lb
                 || cfg.allowed_external_ips.is_empty()
@@ -378,9 +375,14 @@ fn external_addresses(
             (!allowed).then_some(RefusedAddress::NotAllowed)
         });
         if let Some(reason) = refused {
+            let field = if is_lb {
+                "status.loadBalancer.ingress[].ip"
+            } else {
+                "spec.externalIPs"
+            };
             warnings.push(TranslateError::RefusedAddress {
                 service: svc.name.clone(),
-                field: field(),
+                field,
                 value: ip,
                 reason,
             });

@@ -828,12 +828,12 @@ fn packet_path_rules() {
             ),
         )
         .warnings(&[
-            "Service default/web: spec.externalIPs[0]: 127.0.0.1 is a loopback address; not serving it (the service's other addresses are)",
-            "Service default/web: spec.externalIPs[1]: 0.0.0.0 is the unspecified address; not serving it (the service's other addresses are)",
-            "Service default/web: spec.externalIPs[2]: 255.255.255.255 is the broadcast address; not serving it (the service's other addresses are)",
-            "Service default/web: spec.externalIPs[3]: 169.254.1.1 is a link-local address; not serving it (the service's other addresses are)",
-            "Service default/web: spec.externalIPs[4]: 224.0.0.1 is a multicast address; not serving it (the service's other addresses are)",
-            "Service default/web: status.loadBalancer.ingress[0].ip: ::1 is a loopback address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs: 127.0.0.1 is a loopback address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs: 0.0.0.0 is the unspecified address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs: 255.255.255.255 is the broadcast address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs: 169.254.1.1 is a link-local address; not serving it (the service's other addresses are)",
+            "Service default/web: spec.externalIPs: 224.0.0.1 is a multicast address; not serving it (the service's other addresses are)",
+            "Service default/web: status.loadBalancer.ingress[].ip: ::1 is a loopback address; not serving it (the service's other addresses are)",
         ]),
         Case::new(
             "--allowed-external-ip-cidrs refuses external IPs outside them, not LoadBalancer IPs",
@@ -855,7 +855,7 @@ fn packet_path_rules() {
             allowed_external_ips: vec!["203.0.113.0/24".parse().unwrap()],
             ..TranslateConfig::default()
         })
-        .warnings(&["Service default/web: spec.externalIPs[1]: 198.51.100.7 is outside --allowed-external-ip-cidrs; not serving it (the service's other addresses are)"]),
+        .warnings(&["Service default/web: spec.externalIPs: 198.51.100.7 is outside --allowed-external-ip-cidrs; not serving it (the service's other addresses are)"]),
         Case::new(
             "an external IP that is the node's own address: served, not bound, not guarded",
             web(json!({"externalIPs": ["192.168.0.10"]})),

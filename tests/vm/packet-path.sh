@@ -561,7 +561,7 @@ check_external_ips_safe() {
     done
     [[ " $bound " == *" 10.96.1.21/32 "* ]] || problems+=("the ClusterIP 10.96.1.21 is not bound")
     ipvsadm -Sn | grep -q -- "-A -t 192.0.2.1:8088 " || problems+=("no virtual server on node A's own 192.0.2.1:8088")
-    warned=$(grep -c 'spec.externalIPs\[[0-4]\]' "$proxy_log")
+    warned=$(grep -cE 'spec.externalIPs: (127.0.0.1|0.0.0.0|255.255.255.255|169.254.7.7|224.0.0.9) is' "$proxy_log")
     ((warned >= 5)) || problems+=("only $warned of 5 refused addresses were logged")
     matches 'pod-b1 *' http_from outside "http://192.0.2.1:8088/" || problems+=("outside -> 192.0.2.1:8088: '$answer'")
     matches 'pod-b1 *' http_from pod-a2 "http://10.96.1.21:8088/" || problems+=("pod-a2 -> ClusterIP: '$answer'")
