@@ -203,7 +203,7 @@ sticky_gone() { lacks_match "10.96.0.30:" && [[ $(kube_ipvs0_addresses) != *10.9
 
 scenario_b() {
     proxy_alive || { fail "b-edits" "the proxy is not running"; return 1; }
-    local before writes
+    local before writes nft
 
     before=$(sync_count)
     edit_manifest web.yaml append_web_d
@@ -212,7 +212,9 @@ scenario_b() {
         # The sync that programmed it is logged right after the kernel acked.
         wait_syncs $((before + 1)) >/dev/null
         writes=$(syncs "$proxy_log" | tail -n +$((before + 1)) | awk '{sum += $2} END {print sum + 0}')
-        expect "b-add-endpoint-writes" "1" "$writes"
+        nft=$(sync_field "$proxy_log" nft_elements | tail -n +$((before + 1)) | awk '{sum += $1} END {print sum + 0}')
+        # web-d runs on this node: its hairpin element is the one nftables write.
+        expect "b-add-endpoint-writes" "1 IPVS + 1 nftables" "$((writes - nft)) IPVS + $nft nftables"
         expect "b-add-endpoint-rr" "2 web-a:8080 2 web-b:8080 2 web-c:8080 2 web-d:8080" \
             "$(spread 8 client_get http://10.96.0.10/)"
     else

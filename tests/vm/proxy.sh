@@ -62,6 +62,21 @@ for line in open(sys.argv[1], errors="replace"):
 PY
 }
 
+# sync_field LOG FIELD: that field of every "sync done" line, one a line
+# (0 where a line lacks it), e.g. nft_elements or conntrack_deleted.
+sync_field() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        fields = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if fields.get("message") == "sync done":
+        print(fields.get(sys.argv[2]) or 0)
+PY
+}
+
 sync_count() { syncs "$proxy_log" | wc -l; }
 
 # wait_syncs N: waits until the log shows N completed syncs. The bound (60 s
