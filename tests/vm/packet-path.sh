@@ -244,8 +244,12 @@ check_external_etp_local_no_endpoint() {
     ready "$name" || return
     probe=$(tcp_probe outside "$CLUSTER_NODE_A_IP" 30082)
     forwarded=$(ipvs_connections "$CLUSTER_NODE_A_IP:30082")
+    # Dropped, so a timeout: IPVS alone, with no real server to choose,
+    # answers with a port unreachable ("refused") instead.
     if [[ $probe == open ]]; then
         fail "$name" "outside connected to $CLUSTER_NODE_A_IP:30082"
+    elif [[ $probe != timeout ]]; then
+        fail "$name" "expected the SYN to be dropped (timeout), got: $probe"
     elif [[ -n $forwarded ]]; then
         fail "$name" "no answer ($probe), but IPVS forwarded it: $forwarded"
     elif ! matches "pod-b1 *" http_from pod-a2 http://10.96.1.14/; then
