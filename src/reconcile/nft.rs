@@ -2,17 +2,26 @@
 //! the proxy's sets, counted across services, against a mirror of what the
 //! kernel's sets hold. A sync sends the difference as one transaction.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::desired::{NftChange, NftElement, NftKey, NftSet};
 
-/// Wanted elements, the mirror, and what changed since the last sync.
+/// What the proxy knows of one element: who wants it, and whether the
+/// kernel holds it. One map for both halves keeps a cold sync's 20,000
+/// elements in memory once.
+#[derive(Clone, Copy, Debug, Default)]
+struct Element {
+    /// How many services (or the node's own settings) want it.
+    wanted: u32,
+    /// Whether the kernel's set holds it, as far as the proxy has confirmed.
+    held: bool,
+}
+
+/// Wanted and held elements, and what changed since the last sync.
 #[derive(Debug)]
 pub(super) struct NftState {
-    /// Element → how many services (or the node's own settings) want it.
-    wanted: HashMap<NftElement, u32>,
-    /// What the kernel's sets hold, as far as the proxy has confirmed.
-    held: HashSet<NftElement>,
+    /// Every element wanted or held; neither is dropped.
+    elements: HashMap<NftElement, Element>,
     /// Elements whose wanted count changed since the last sync.
     dirty: HashSet<NftElement>,
     /// Whether `held` mirrors the kernel. Until a full sync has read the
@@ -25,9 +34,8 @@ pub(super) struct NftState {
 impl Default for NftState {
     fn default() -> Self {
         NftState {
-            wanted: HashMap::new(),
-            held: HashSet::new(),
-            dirty: HashSet::new(),
+            elements: HashMap::new(),
+            dirty: HashSet::default(),
             adopted: false,
             node_elements: Vec::new(),
         }
@@ -35,23 +43,50 @@ impl Default for NftState {
 }
 
 impl NftState {
-    /// Moves one owner's wants from `old` to `new`. O(size of both).
+    /// Moves one owner's wants from `old` to `new`, both sorted (as
+    /// translate leaves them). O(size of both).
     pub(super) fn replace(&mut self, old: &[NftElement], new: &[NftElement]) {
-        let old_set: HashSet<&NftElement> = old.iter().collect();
-        let new_set: HashSet<&NftElement> = new.iter().collect();
-        for element in old_set.difference(&new_set) {
-            if let Some(count) = self.wanted.get_mut(*element) {
-                *count -= 1;
-                if *count == 0 {
-                    self.wanted.remove(*element);
+        debug_assert!(
+            old.is_sorted() && new.is_sorted(),
+            "elements must be sorted"
+        );
+        let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) if o == n => {
+                    old.next();
+                    new.next();
                 }
+                (Some(o), Some(n)) if o < n => {
+                    self.unwant(**o);
+                    old.next();
+                }
+                (Some(o), None) => {
+                    self.unwant(**o);
+                    old.next();
+                }
+                (_, Some(n)) => {
+                    self.want(**n);
+                    new.next();
+                }
+                (None, None) => break,
             }
-            self.dirty.insert(**element);
         }
-        for element in new_set.difference(&old_set) {
-            *self.wanted.entry(**element).or_default() += 1;
-            self.dirty.insert(**element);
+    }
+
+    fn want(&mut self, element: NftElement) {
+        self.elements.entry(element).or_default().wanted += 1;
+        self.dirty.insert(element);
+    }
+
+    fn unwant(&mut self, element: NftElement) {
+        if let Some(entry) = self.elements.get_mut(&element) {
+            entry.wanted = entry.wanted.saturating_sub(1);
+            if entry.wanted == 0 && !entry.held {
+                self.elements.remove(&element);
+            }
         }
+        self.dirty.insert(element);
     }
 
     /// Sets the elements that belong to the node rather than a service.
@@ -65,9 +100,15 @@ impl NftState {
         !self.dirty.is_empty()
     }
 
-    /// Takes in a dump of the kernel's sets as the new mirror.
+    /// Takes in a dump of the kernel's sets as what it holds.
     pub(super) fn adopt(&mut self, held: Vec<NftElement>) {
-        self.held = held.into_iter().collect();
+        self.elements.retain(|_, entry| {
+            entry.held = false;
+            entry.wanted > 0
+        });
+        for element in held {
+            self.elements.entry(element).or_default().held = true;
+        }
         self.adopted = true;
     }
 
@@ -76,30 +117,32 @@ impl NftState {
     pub(super) fn changes(&mut self, all: bool) -> Vec<NftChange> {
         let mut deletes = Vec::new();
         let mut adds = Vec::new();
-        let mut consider = |element: &NftElement, held: &HashSet<NftElement>| match (
-            self.wanted.contains_key(element),
-            held.contains(element),
-        ) {
-            (true, false) => adds.push(*element),
-            (false, true) => deletes.push(*element),
+        let mut consider = |element: &NftElement, entry: &Element| match entry {
+            Element {
+                wanted: 1..,
+                held: false,
+            } => adds.push(*element),
+            Element {
+                wanted: 0,
+                held: true,
+            } => deletes.push(*element),
             _ => {}
         };
+        // Taken, not drained: a cold sync's set would keep its capacity.
+        let dirty = std::mem::take(&mut self.dirty);
         if all {
-            for element in self.wanted.keys().chain(self.held.iter()) {
-                consider(element, &self.held);
+            for (element, entry) in &self.elements {
+                consider(element, entry);
             }
-            adds.sort_unstable();
-            adds.dedup();
-            deletes.sort_unstable();
-            deletes.dedup();
-            self.dirty.clear();
         } else {
-            for element in self.dirty.drain() {
-                consider(&element, &self.held);
+            for element in &dirty {
+                if let Some(entry) = self.elements.get(element) {
+                    consider(element, entry);
+                }
             }
-            adds.sort_unstable();
-            deletes.sort_unstable();
         }
+        adds.sort_unstable();
+        deletes.sort_unstable();
         deletes
             .into_iter()
             .map(NftChange::Delete)
@@ -111,11 +154,14 @@ impl NftState {
     pub(super) fn applied(&mut self, changes: &[NftChange]) {
         for change in changes {
             match change {
-                NftChange::Add(e) => {
-                    self.held.insert(*e);
-                }
+                NftChange::Add(e) => self.elements.entry(*e).or_default().held = true,
                 NftChange::Delete(e) => {
-                    self.held.remove(e);
+                    if let Some(entry) = self.elements.get_mut(e) {
+                        entry.held = false;
+                        if entry.wanted == 0 {
+                            self.elements.remove(e);
+                        }
+                    }
                 }
             }
         }
