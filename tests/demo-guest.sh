@@ -9,7 +9,8 @@ proxy=${KIP_PROXY_BIN:?tests/demo.sh passes the binary}
 say() { printf '\n\033[1m### %s\033[0m\n' "$*"; }
 
 netns_up || { fail demo "the namespace fixture did not come up"; exit 1; }
-flags=(--manifests "$repo/deploy/examples" --hostname-override vm-node --nodeport-addresses 192.0.2.0/24)
+flags=(--manifests "$repo/deploy/examples" --hostname-override vm-node --nodeport-addresses 192.0.2.0/24
+    --cluster-cidr 10.244.0.0/16)
 
 say "kube-ipvs-proxy plan (what it will program; touches nothing)"
 "$proxy" plan "${flags[@]}" 2>/dev/null
@@ -28,6 +29,8 @@ say "ipvsadm -Ln"
 ipvsadm -Ln
 say "ip addr show kube-ipvs0"
 ip -brief addr show kube-ipvs0
+say "nft list table ip kube-ipvs-proxy (the packet path)"
+nft list table ip kube-ipvs-proxy
 
 ok=0
 say "12 requests to the ClusterIP 10.96.0.10:80 from the node (round-robin)"
