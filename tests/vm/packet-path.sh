@@ -584,6 +584,33 @@ check_external_ips_safe() {
     fi
 }
 
+# Feature: drift repair at full syncs (sync_nft reads the sets back): an
+# element deleted by hand is back within two sync periods, in a table that
+# keeps its handle.
+check_drift_repaired() {
+    local name=nft-drift-repaired element='10.96.1.10 . tcp . 80' handle attempt back=
+    ready "$name" || return
+    handle=$(table_handle)
+    if ! nft delete element ip "$table" cluster-ips "{ $element }" 2>"$work/drift.err"; then
+        fail "$name" "could not delete the element by hand: $(paste -sd'|' "$work/drift.err")"
+        return
+    fi
+    for attempt in $(seq 120); do
+        if nft list set ip "$table" cluster-ips | grep -qF "$element"; then
+            back=yes
+            break
+        fi
+        sleep 0.1
+    done
+    if [[ -z $back ]]; then
+        fail "$name" "$element still missing from cluster-ips 12 s after it was deleted (sync period ${sync_period} s)"
+    elif [[ $(table_handle) != "$handle" ]]; then
+        fail "$name" "repaired by making the table again (handle $handle -> $(table_handle))"
+    else
+        pass "$name" "$element back in cluster-ips within $((attempt / 10)) s; table handle $handle kept"
+    fi
+}
+
 # Needs the proxy to adopt its own table at start: nothing rewritten when
 # nothing changed.
 check_restart_adopts_table() {
@@ -708,6 +735,7 @@ main() {
     check_udp_stale_flow_deleted
     check_tcp_survives_nft_change
     check_external_ips_safe
+    check_drift_repaired
     check_restart_adopts_table
     check_cleanup_leaves_foreign_tables
 }
