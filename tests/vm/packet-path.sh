@@ -556,15 +556,18 @@ check_external_ips_safe() {
     syncs_before=$(sync_count)
     unsafe_manifest >"$work/unsafe.tmp" && mv "$work/unsafe.tmp" "$manifests/unsafe.yaml"
     why=$(wait_syncs $((syncs_before + 1))) || { fail "$name" "no sync after adding unsafe.yaml: $why"; return; }
-    local bound vs warned
+    # Outputs are captured before they are searched: `cmd | grep -q` under
+    # pipefail fails when grep stops reading before cmd has written all.
+    local bound vs warned table_now
     bound=$(ip -o -4 addr show dev kube-ipvs0 | awk '{print $4}' | paste -sd' ')
+    table_now=$(ipvsadm -Sn)
     for addr in 127.0.0.1 0.0.0.0 255.255.255.255 169.254.7.7 224.0.0.9 192.0.2.1; do
         [[ " $bound " == *" $addr/32 "* ]] && problems+=("$addr bound on kube-ipvs0")
-        ipvsadm -Sn | grep -q -- "-A -t $addr:8088 " && [[ $addr != 192.0.2.1 ]] &&
+        [[ $table_now == *"-A -t $addr:8088 "* && $addr != 192.0.2.1 ]] &&
             problems+=("a virtual server on $addr:8088")
     done
     [[ " $bound " == *" 10.96.1.21/32 "* ]] || problems+=("the ClusterIP 10.96.1.21 is not bound")
-    ipvsadm -Sn | grep -q -- "-A -t 192.0.2.1:8088 " || problems+=("no virtual server on node A's own 192.0.2.1:8088")
+    [[ $table_now == *"-A -t 192.0.2.1:8088 "* ]] || problems+=("no virtual server on node A's own 192.0.2.1:8088")
     warned=$(grep -cE 'spec.externalIPs: (127.0.0.1|0.0.0.0|255.255.255.255|169.254.7.7|224.0.0.9) is' "$proxy_log")
     ((warned >= 5)) || problems+=("only $warned of 5 refused addresses were logged")
     matches 'pod-b1 *' http_from outside "http://192.0.2.1:8088/" || problems+=("outside -> 192.0.2.1:8088: '$answer'")
@@ -573,9 +576,13 @@ check_external_ips_safe() {
     syncs_before=$(sync_count)
     rm -f "$manifests/unsafe.yaml"
     why=$(wait_syncs $((syncs_before + 1))) || problems+=("no sync after removing unsafe.yaml: $why")
-    ip -o -4 addr show | grep -q ' 192.0.2.1/24 ' || problems+=("node A lost 192.0.2.1")
-    ip route show table local | grep -q 'local 192.0.2.1 ' || problems+=("node A lost its local route to 192.0.2.1")
-    ipvsadm -Sn | grep -q -- "-A -t 192.0.2.1:8088 " && problems+=("the virtual server on 192.0.2.1:8088 stayed")
+    local addrs routes
+    addrs=$(ip -o -4 addr show)
+    routes=$(ip route show table local)
+    table_now=$(ipvsadm -Sn)
+    [[ $addrs == *" 192.0.2.1/24 "* ]] || problems+=("node A lost 192.0.2.1")
+    [[ $routes == *"local 192.0.2.1 "* ]] || problems+=("node A lost its local route to 192.0.2.1")
+    [[ $table_now == *"-A -t 192.0.2.1:8088 "* ]] && problems+=("the virtual server on 192.0.2.1:8088 stayed")
     vs=$(ipvsadm -Sn | grep -c -- ':8088 ')
     if ((${#problems[@]} == 0)); then
         pass "$name" "none of 5 unusable ExternalIPs bound or served ($warned warnings); 192.0.2.1:8088 served unbound, and kept with its route after the service went ($vs virtual servers left on :8088)"
@@ -588,7 +595,7 @@ check_external_ips_safe() {
 # element deleted by hand is back within two sync periods, in a table that
 # keeps its handle.
 check_drift_repaired() {
-    local name=nft-drift-repaired element='10.96.1.10 . tcp . 80' handle attempt back=
+    local name=nft-drift-repaired element='10.96.1.10 . tcp . 80' handle attempt back='' listing
     ready "$name" || return
     handle=$(table_handle)
     if ! nft delete element ip "$table" cluster-ips "{ $element }" 2>"$work/drift.err"; then
@@ -596,7 +603,10 @@ check_drift_repaired() {
         return
     fi
     for attempt in $(seq 120); do
-        if nft list set ip "$table" cluster-ips | grep -qF "$element"; then
+        # Captured first: `nft ... | grep -q` under pipefail fails when grep
+        # stops reading before nft has written all.
+        listing=$(nft list set ip "$table" cluster-ips 2>&1)
+        if [[ $listing == *"$element"* ]]; then
             back=yes
             break
         fi
@@ -705,7 +715,7 @@ main() {
         return
     fi
 
-    if [[ -z $setup_error ]] && ! "$proxy" run --help 2>/dev/null | grep -q -- --cluster-cidr; then
+    if [[ -z $setup_error && $("$proxy" run --help 2>/dev/null) != *--cluster-cidr* ]]; then
         # Reported, and the run goes on without the flag so that the other
         # scenarios still say what they can.
         fail "proxy-flags" "the proxy has no --cluster-cidr; running without it"
