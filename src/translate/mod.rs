@@ -388,7 +388,12 @@ fn external_addresses(
             });
             continue;
         }
-        if svc.cluster_ips.contains(&ip) || accepted.iter().any(|a| a.ip == ip) {
+        if svc.cluster_ips.contains(&ip) {
+            continue;
+        }
+        // Listed both ways: a LoadBalancer IP still, for its source ranges.
+        if let Some(seen) = accepted.iter_mut().find(|a| a.ip == ip) {
+            seen.load_balancer |= is_lb;
             continue;
         }
         accepted.push(ExternalAddress {

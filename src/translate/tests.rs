@@ -811,6 +811,31 @@ fn packet_path_rules() {
             "firewall-allow 203.0.113.20 . tcp . 80 . 203.0.113.20/32",
         ]),
         Case::new(
+            "an address that is both an external IP and the LoadBalancer IP keeps its source ranges",
+            web(json!({"type": "LoadBalancer", "externalIPs": ["203.0.113.20"],
+                       "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                       "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                       "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}}})),
+            vec![http_slice("s1", json!([ep("10.244.2.5", "n2")]))],
+            desired(
+                vec![
+                    vs("TCP 10.96.0.10:80", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 192.168.0.10:30080", "rr", None, &["10.244.2.5:8080"]),
+                    vs("TCP 203.0.113.20:80", "rr", None, &["10.244.2.5:8080"]),
+                ],
+                &["10.96.0.10", "203.0.113.20"],
+            ),
+        )
+        .nft(&[
+            "cluster-ips 10.96.0.10 . tcp . 80",
+            "external-ips 203.0.113.20 . tcp . 80",
+            "nodeports tcp . 30080",
+            "service-ips 10.96.0.10",
+            "service-ips 203.0.113.20",
+            "firewall-ips 203.0.113.20 . tcp . 80",
+            "firewall-allow 203.0.113.20 . tcp . 80 . 198.51.100.0/24",
+        ]),
+        Case::new(
             "unsafe external addresses are refused, each named; the others are served",
             web(json!({"type": "LoadBalancer",
                        "externalIPs": ["127.0.0.1", "0.0.0.0", "255.255.255.255", "169.254.1.1", "224.0.0.1", "203.0.113.7"],
