@@ -90,6 +90,17 @@ fn delete_table_by_hand(family: &str, name: &str) {
     }
 }
 
+/// A clean slate and the proxy's table made anew for the ClusterCIDR ruleset.
+async fn fresh_table() -> (Clean, NetlinkNft) {
+    let clean = Clean::start();
+    let mut kernel = NetlinkNft::new().expect("netfilter socket");
+    kernel
+        .ensure_ruleset(&ruleset(LocalDetect::Cidrs, false))
+        .await
+        .expect("table created");
+    (clean, kernel)
+}
+
 /// Deletes the proxy's table and the foreign ones on creation and however
 /// the test ends, so that every test starts and leaves the ruleset clean.
 struct Clean;
@@ -471,12 +482,7 @@ async fn a_matching_table_is_adopted_with_its_elements_and_another_ruleset_recre
 #[tokio::test]
 #[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
 async fn elements_of_every_key_shape_are_added_listed_and_deleted_exactly() {
-    let _clean = Clean::start();
-    let mut kernel = NetlinkNft::new().expect("netfilter socket");
-    kernel
-        .ensure_ruleset(&ruleset(LocalDetect::Cidrs, false))
-        .await
-        .expect("table created");
+    let (_clean, mut kernel) = fresh_table().await;
     let elements = every_shape();
     kernel.apply(&adds(&elements)).await.expect("adds applied");
     for set in NftSet::ALL {
@@ -515,12 +521,7 @@ async fn elements_of_every_key_shape_are_added_listed_and_deleted_exactly() {
 #[tokio::test]
 #[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
 async fn adding_an_element_that_exists_succeeds_and_changes_nothing() {
-    let _clean = Clean::start();
-    let mut kernel = NetlinkNft::new().expect("netfilter socket");
-    kernel
-        .ensure_ruleset(&ruleset(LocalDetect::Cidrs, false))
-        .await
-        .expect("table created");
+    let (_clean, mut kernel) = fresh_table().await;
     let elements = every_shape();
     kernel.apply(&adds(&elements)).await.expect("first add");
     assert_eq!(
@@ -536,12 +537,7 @@ async fn adding_an_element_that_exists_succeeds_and_changes_nothing() {
 async fn deleting_a_missing_element_fails_the_whole_transaction_naming_it() {
     use NftKey::*;
     use Protocol::*;
-    let _clean = Clean::start();
-    let mut kernel = NetlinkNft::new().expect("netfilter socket");
-    kernel
-        .ensure_ruleset(&ruleset(LocalDetect::Cidrs, false))
-        .await
-        .expect("table created");
+    let (_clean, mut kernel) = fresh_table().await;
     let held = elem(NftSet::ServiceIps, Addr(ip("10.96.0.10")));
     kernel.apply(&[NftChange::Add(held)]).await.expect("held");
 
@@ -572,12 +568,7 @@ async fn deleting_a_missing_element_fails_the_whole_transaction_naming_it() {
 #[tokio::test]
 #[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
 async fn an_element_deleted_by_hand_is_missing_from_the_dump() {
-    let _clean = Clean::start();
-    let mut kernel = NetlinkNft::new().expect("netfilter socket");
-    kernel
-        .ensure_ruleset(&ruleset(LocalDetect::Cidrs, false))
-        .await
-        .expect("table created");
+    let (_clean, mut kernel) = fresh_table().await;
     let elements = every_shape();
     kernel.apply(&adds(&elements)).await.expect("adds applied");
 
