@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
-use crate::desired::{NftRuleset, ServiceName};
+use crate::desired::{NftRuleset, Protocol, ServiceName};
 use crate::kernel::conntrack::NetlinkConntrack;
 use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::model::{Changes, Model};
 use crate::reconcile::{Ownership, Reconciler, SyncReport};
 use crate::source::{self, SourceEvent};
-use crate::translate::{translate_each, NodeFacts, TranslateConfig, Translation};
+use crate::translate::{translate_each, NodeFacts, SctpSupport, TranslateConfig, Translation};
 
 /// Why the proxy stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,10 +219,40 @@ impl State {
         } else {
             changes.services.into_iter().collect()
         };
+        self.ensure_sctp(&names);
         let translations = translate_each(&self.model, &names, &self.node, &self.translate);
         for (name, translation) in names.into_iter().zip(translations) {
             self.hand_over(name, translation);
         }
+    }
+
+    /// Loads the kernel's `sctp` module the first time one of `names` has an
+    /// SCTP port, and records whether SCTP can be served. Where it cannot,
+    /// translate leaves out each SCTP port with a warning naming its service;
+    /// every other port and service is served.
+    fn ensure_sctp(&mut self, names: &[ServiceName]) {
+        if self.translate.sctp != SctpSupport::Unchecked {
+            return;
+        }
+        let wanted = names
+            .iter()
+            .filter_map(|name| self.model.service(name))
+            .any(|svc| svc.ports.iter().any(|p| p.protocol == Protocol::Sctp));
+        if !wanted {
+            return;
+        }
+        self.translate.sctp = match modules::ensure_modules(&["sctp"]) {
+            Ok(loaded) => {
+                if !loaded.is_empty() {
+                    tracing::info!(?loaded, "loaded kernel modules for SCTP services");
+                }
+                SctpSupport::Available
+            }
+            Err(error) => {
+                tracing::error!(%error, "SCTP ports cannot be served on this node");
+                SctpSupport::Unavailable(error.to_string().into())
+            }
+        };
     }
 
     /// Passes one service's fresh translation to the reconciler.

@@ -49,6 +49,31 @@ pub struct EndpointInfo {
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
     pub node_name: Option<Arc<str>>,
+    /// `hints`, when they name at least one zone or node. Endpoints of a
+    /// slice with the same hints share one allocation.
+    pub hints: Option<Arc<EndpointHints>>,
+}
+
+/// `hints` of one endpoint: where the EndpointSlice controller wants its
+/// traffic to come from (topology-aware routing).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointHints {
+    /// `hints.forZones[].name`, sorted and deduplicated; empty when absent.
+    pub zones: Box<[Arc<str>]>,
+    /// `hints.forNodes[].name`, sorted and deduplicated; empty when absent.
+    pub nodes: Box<[Arc<str>]>,
+}
+
+impl EndpointHints {
+    /// Whether this endpoint is hinted for the zone `zone`.
+    pub fn for_zone(&self, zone: &str) -> bool {
+        self.zones.iter().any(|z| &**z == zone)
+    }
+
+    /// Whether this endpoint is hinted for the node `node`.
+    pub fn for_node(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| &**n == node)
+    }
 }
 
 /// One entry of a slice's `ports`.
@@ -121,8 +146,10 @@ impl EndpointSliceInfo {
         }
 
         info.endpoints.reserve_exact(slice.endpoints.len());
-        // Endpoints of a slice share few node names: one allocation per name.
+        // Endpoints of a slice share few node names and few hint sets: one
+        // allocation per distinct value.
         let mut node_names: Vec<Arc<str>> = Vec::new();
+        let mut hint_sets: Vec<Arc<EndpointHints>> = Vec::new();
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let mut address = None;
             for (j, value) in ep.addresses.iter().enumerate() {
@@ -147,6 +174,10 @@ impl EndpointSliceInfo {
                     .node_name
                     .as_deref()
                     .map(|n| shared_name(&mut node_names, n)),
+                hints: ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| shared_hints(&mut hint_sets, &mut node_names, h)),
             });
         }
         info.endpoints.sort_unstable();
@@ -244,6 +275,34 @@ fn shared_name(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     new
 }
 
+/// The hints `hints` as an Arc already in `sets`, or a new one added there;
+/// `None` when they name no zone and no node (upstream treats that as no
+/// hint). Zone and node names are shared through `names`.
+fn shared_hints(
+    sets: &mut Vec<Arc<EndpointHints>>,
+    names: &mut Vec<Arc<str>>,
+    hints: &k8s_openapi::api::discovery::v1::EndpointHints,
+) -> Option<Arc<EndpointHints>> {
+    let mut collect = |list: &mut dyn Iterator<Item = &str>| -> Box<[Arc<str>]> {
+        let mut out: Vec<Arc<str>> = list.map(|n| shared_name(names, n)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out.into_boxed_slice()
+    };
+    let zones = collect(&mut hints.for_zones.iter().flatten().map(|z| z.name.as_str()));
+    let nodes = collect(&mut hints.for_nodes.iter().flatten().map(|n| n.name.as_str()));
+    if zones.is_empty() && nodes.is_empty() {
+        return None;
+    }
+    let wanted = EndpointHints { zones, nodes };
+    if let Some(existing) = sets.iter().find(|h| ***h == wanted) {
+        return Some(existing.clone());
+    }
+    let new = Arc::new(wanted);
+    sets.push(new.clone());
+    Some(new)
+}
+
 fn mirror_address(
     obj: &ObjectRef<'_>,
     field: impl FnOnce() -> String,
@@ -257,5 +316,7 @@ fn mirror_address(
         serving: ready,
         terminating: false,
         node_name: address.node_name.as_deref().map(Arc::from),
+        // core/v1 Endpoints carry no hints.
+        hints: None,
     })
 }

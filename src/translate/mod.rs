@@ -23,8 +23,8 @@ use foldhash::{HashMap, HashMapExt};
 use ipnet::IpNet;
 
 use crate::desired::{
-    DesiredVirtualServer, RealServer, RealServerKey, ServiceDesired, ServiceName, VirtualServer,
-    VirtualServerKey,
+    DesiredVirtualServer, Protocol, RealServer, RealServerKey, ServiceDesired, ServiceName,
+    VirtualServer, VirtualServerKey,
 };
 use crate::model::{
     AddressType, EndpointSliceInfo, Model, ServiceInfo, ServicePortInfo, SCHEDULER_ANNOTATION,
@@ -78,6 +78,22 @@ pub struct TranslateConfig {
     /// `--allowed-external-ip-cidrs`: ExternalIPs outside these are refused.
     /// Empty allows every usable unicast address.
     pub allowed_external_ips: Vec<IpNet>,
+    /// Whether SCTP ports can be served (the kernel's `sctp` module).
+    pub sctp: SctpSupport,
+}
+
+/// Whether this node can serve SCTP: the proxy loads the `sctp` module the
+/// first time a service asks for it, and records the outcome here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SctpSupport {
+    /// Not needed yet; translate serves SCTP ports (as `plan` does).
+    #[default]
+    Unchecked,
+    /// The module is loaded (or built in).
+    Available,
+    /// The module cannot be loaded, for this reason: SCTP ports are not
+    /// served, each with a warning naming its service.
+    Unavailable(Arc<str>),
 }
 
 impl Default for TranslateConfig {
@@ -86,6 +102,7 @@ impl Default for TranslateConfig {
             scheduler: DEFAULT_SCHEDULER.into(),
             available_schedulers: None,
             allowed_external_ips: Vec::new(),
+            sctp: SctpSupport::default(),
         }
     }
 }
@@ -102,6 +119,7 @@ impl TranslateConfig {
             available_schedulers: available_schedulers
                 .map(|list| list.into_iter().map(|s| Arc::from(s.as_ref())).collect()),
             allowed_external_ips: Vec::new(),
+            sctp: SctpSupport::default(),
         }
     }
 
@@ -172,6 +190,14 @@ pub enum TranslateError {
         field: &'static str,
         value: IpAddr,
         reason: RefusedAddress,
+    },
+    #[error("Service {service}: spec.ports: {port}/SCTP cannot be served: {reason}; not serving this port (the service's other ports are)")]
+    SctpUnavailable {
+        service: ServiceName,
+        /// The service port (`spec.ports[].port`).
+        port: u16,
+        /// Why the kernel's `sctp` module could not be loaded.
+        reason: Arc<str>,
     },
 }
 
@@ -268,6 +294,14 @@ pub fn translate_service<'a>(
     let mut served_node_addrs = BTreeSet::new();
     let mut nft = packet::Elements::default();
     for port in &svc.ports {
+        if let (Protocol::Sctp, SctpSupport::Unavailable(reason)) = (port.protocol, &cfg.sctp) {
+            translation.warnings.push(TranslateError::SctpUnavailable {
+                service: svc.name.clone(),
+                port: port.port,
+                reason: reason.clone(),
+            });
+            continue;
+        }
         for family in [AddressType::Ipv4, AddressType::Ipv6] {
             let node_runs_family = match family {
                 AddressType::Ipv4 => node.ipv4,

@@ -906,3 +906,55 @@ fn packet_path_rules() {
         case.run();
     }
 }
+
+// --- SCTP where the kernel cannot load `sctp` ----------------------------------
+
+#[test]
+fn sctp_ports_are_left_out_with_a_warning_when_the_module_cannot_be_loaded() {
+    let service = web(json!({"ports": [
+        {"name": "http", "port": 80},
+        {"name": "assoc", "port": 7777, "protocol": "SCTP"},
+    ]}));
+    let slices = vec![slice(
+        "s1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}, {"name": "assoc", "port": 7777, "protocol": "SCTP"}]),
+        json!([ep("10.244.1.5", "n1")]),
+    )];
+    // Served when the module is there (or not yet needed, as in `plan`).
+    Case::new(
+        "sctp: served when the module loads",
+        service.clone(),
+        slices.clone(),
+        desired(
+            vec![
+                vs("TCP 10.96.0.10:80", "rr", None, &["10.244.1.5:8080"]),
+                vs("SCTP 10.96.0.10:7777", "rr", None, &["10.244.1.5:7777"]),
+            ],
+            &["10.96.0.10"],
+        ),
+    )
+    .cfg(TranslateConfig {
+        sctp: SctpSupport::Available,
+        ..TranslateConfig::default()
+    })
+    .run();
+    // Not served, and named, when it cannot be loaded; the TCP port stays.
+    Case::new(
+        "sctp: left out when the module cannot be loaded",
+        service,
+        slices,
+        desired(
+            vec![vs("TCP 10.96.0.10:80", "rr", None, &["10.244.1.5:8080"])],
+            &["10.96.0.10"],
+        ),
+    )
+    .cfg(TranslateConfig {
+        sctp: SctpSupport::Unavailable("kernel module sctp is not loaded".into()),
+        ..TranslateConfig::default()
+    })
+    .warnings(&[
+        "Service default/web: spec.ports: 7777/SCTP cannot be served: kernel module sctp is not loaded; not serving this port (the service's other ports are)",
+    ])
+    .run();
+}
