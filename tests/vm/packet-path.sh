@@ -25,8 +25,8 @@ source "$here/cluster.sh"
 
 proxy=${KIP_PROXY_BIN:-}
 table=kube-ipvs-proxy  # in family ip
-common=(--manifests "$manifests" --hostname-override node-a --cluster-cidr 10.244.0.0/16
-    --nodeport-addresses 192.0.2.0/24)
+common=(--manifests "$manifests" --hostname-override node-a
+    --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 --nodeport-addresses 192.0.2.0/24,2001:db8::/64)
 min_sync=1
 sync_period=5
 setup_error=  # when set, every scenario fails with it
@@ -699,6 +699,112 @@ check_cleanup_leaves_foreign_tables() {
     fi
 }
 
+# --- dual stack (dual.yaml) ----------------------------------------------------
+
+# Needs IPv6 VIPs bound on kube-ipvs0 as /128s and virtual servers of both
+# families for a dual-stack service.
+check_dual_stack_programmed() {
+    local name=dual-stack-programmed held vs missing=() want
+    ready "$name" || return
+    for _ in $(seq 10); do
+        missing=()
+        held=$(ip -6 -o addr show dev kube-ipvs0 | awk '{print $4}' | paste -sd' ')
+        vs=$(ipvsadm -Ln | paste -sd'|')
+        for want in fd00:10:96::40/128 2001:db8:203::40/128; do
+            [[ " $held " == *" $want "* ]] || missing+=("kube-ipvs0 $want")
+        done
+        for want in "TCP  10.96.1.40:80" "TCP  [fd00:10:96::40]:80" "TCP  [2001:db8::1]:30090" \
+            "TCP  [2001:db8:203::40]:80" "-> [fd00:10:244:2::11]:8080" "-> 10.244.2.11:8080"; do
+            [[ $vs == *"$want"* ]] || missing+=("ipvsadm '$want'")
+        done
+        ((${#missing[@]} == 0)) && break
+        sleep 1
+    done
+    if ((${#missing[@]} == 0)); then
+        pass "$name" "kube-ipvs0 IPv6: $held"
+    else
+        fail "$name" "missing: ${missing[*]}; kube-ipvs0 IPv6: $held"
+    fi
+}
+
+# The IPv6 side of the masquerade rules (ip6 table): outside's IPv6 traffic
+# to a NodePort or LoadBalancer IP is masqueraded to node A's address, or
+# pod-b1 answers through node B's default route and the client drops it; a
+# pod's is not; the node's own is answered.
+check_dual_stack_traffic() {
+    ready "ipv6-external-nodeport" || return
+    expect_answer "ipv6-external-nodeport" "pod-b1 $CLUSTER_NODE_A_IP6" \
+        http_from outside "http://[$CLUSTER_NODE_A_IP6]:30090/"
+    expect_answer "ipv6-external-loadbalancer" "pod-b1 $CLUSTER_NODE_A_IP6" \
+        http_from outside "http://[2001:db8:203::40]/"
+    expect_answer "ipv6-pod-to-clusterip-remote-pod" "pod-b1 $(pod_ip6 pod-a2)" \
+        http_from pod-a2 "http://[fd00:10:96::40]/"
+    expect_answer "ipv6-node-to-clusterip-remote-pod" "pod-b1 *" \
+        http_from node-a "http://[fd00:10:96::40]/"
+    # pod-b1 to a NodePort that sends it back to pod-b1: unmasqueraded, it
+    # receives a packet from its own address and drops it.
+    expect_answer "ipv6-pod-to-nodeport-same-pod" "pod-b1 $CLUSTER_NODE_A_IP6" \
+        http_from pod-b1 "http://[$CLUSTER_NODE_A_IP6]:30090/"
+    # The same service's IPv4 side, through the same node.
+    expect_answer "dual-stack-ipv4-loadbalancer" "pod-b1 $CLUSTER_NODE_A_IP" \
+        http_from outside "http://203.0.113.40/"
+}
+
+# loadBalancerSourceRanges with an IPv6 range: outside's second IPv6 address
+# is not in them, and IPVS must not see its connection at all.
+check_ipv6_source_ranges() {
+    local name=ipv6-source-ranges denied forwarded
+    ready "$name" || return
+    if ! matches "pod-b1 $CLUSTER_NODE_A_IP6" http_from outside "http://[2001:db8:203::40]/"; then
+        fail "$name" "from $CLUSTER_OUTSIDE_IP6: expected 'pod-b1 $CLUSTER_NODE_A_IP6', got '$answer'"
+        return
+    fi
+    denied=$(CLUSTER_HTTP_TIMEOUT=2 http_from outside "http://[2001:db8:203::40]/" \
+        --interface "$CLUSTER_OUTSIDE_IP6_2" 2>&1 | paste -sd'|')
+    forwarded=$(ipvsadm -Lnc 2>/dev/null | grep -F "[$CLUSTER_OUTSIDE_IP6_2]" | paste -sd'|')
+    if [[ $denied == pod-* ]]; then
+        fail "$name" "$CLUSTER_OUTSIDE_IP6_2 was served: '$denied'"
+    elif [[ -n $forwarded ]]; then
+        fail "$name" "$CLUSTER_OUTSIDE_IP6_2 got no answer ($denied) but IPVS forwarded it: $forwarded"
+    else
+        pass "$name" "$CLUSTER_OUTSIDE_IP6 served; $CLUSTER_OUTSIDE_IP6_2 refused ($denied)"
+    fi
+}
+
+# --- SCTP (sctp.yaml) ------------------------------------------------------------
+
+# Whether the sctp module was loaded before the proxy started (set by main).
+sctp_before=
+
+# Needs the proxy to load sctp for an SCTP service: nothing in the bed opens
+# an SCTP socket before this check, so the module was absent at start.
+check_sctp_module_loaded() {
+    local name=sctp-module-loaded
+    ready "$name" || return
+    if [[ $sctp_before == yes ]]; then
+        fail "$name" "sctp was loaded before the proxy started; this run cannot show that the proxy loads it"
+    elif [[ ! -d /sys/module/sctp ]]; then
+        fail "$name" "the proxy runs an SCTP service but /sys/module/sctp is absent: $(grep -i sctp "$proxy_log" | tail -n 2 | paste -sd'|')"
+    else
+        pass "$name" "absent before the proxy started, loaded after its first sync"
+    fi
+}
+
+# SCTP through IPVS, both families: a ClusterIP from a pod (unmasqueraded)
+# and a NodePort from outside (masqueraded, or pod-b2 answers through node B).
+check_sctp_traffic() {
+    ready "sctp-clusterip" || return
+    sctp_server_up pod-b2 7777
+    if ! matches "pod-b2 10.244.2.1" sctp_from node-b 10.244.2.12 7777; then
+        fail "sctp-clusterip" "pod-b2's SCTP server never answered node B: '$answer'"
+        return
+    fi
+    expect_answer "sctp-clusterip" "pod-b2 10.244.1.12" sctp_from pod-a2 10.96.1.41 7777
+    expect_answer "sctp-nodeport" "pod-b2 $CLUSTER_NODE_A_IP" sctp_from outside "$CLUSTER_NODE_A_IP" 30777
+    expect_answer "sctp-ipv6-clusterip" "pod-b2 $(pod_ip6 pod-a2)" sctp_from pod-a2 fd00:10:96::41 7777
+    expect_answer "sctp-ipv6-nodeport" "pod-b2 $CLUSTER_NODE_A_IP6" sctp_from outside "$CLUSTER_NODE_A_IP6" 30777
+}
+
 main() {
     rm -rf "$work"
     mkdir -p "$manifests"
@@ -722,6 +828,7 @@ main() {
         common=(--manifests "$manifests" --hostname-override node-a --nodeport-addresses 192.0.2.0/24)
     fi
     make_foreign_table
+    if [[ -d /sys/module/sctp ]]; then sctp_before=yes; else sctp_before=no; fi
     if [[ -z $setup_error ]]; then
         local why
         proxy_start run
@@ -741,6 +848,11 @@ main() {
     check_hairpin
     check_source_ranges
     check_host_listener_not_exposed
+    check_dual_stack_programmed
+    check_dual_stack_traffic
+    check_ipv6_source_ranges
+    check_sctp_module_loaded
+    check_sctp_traffic
     check_udp_endpoint_replaced
     check_udp_stale_flow_deleted
     check_tcp_survives_nft_change

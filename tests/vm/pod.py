@@ -3,17 +3,21 @@
 answers with its own name and the client address it saw, so that a test can
 tell which pod served it and whether the connection was masqueraded.
 
-    pod.py NAME [--tcp 8080] [--udp 5353] [--log FILE]
+    pod.py NAME [--tcp 8080] [--udp 5353] [--ipv6] [--sctp PORT] [--log FILE]
 
 TCP speaks HTTP/1.1 with keep-alive (held_client.py carries several requests
 on one connection) and answers "NAME CLIENTIP\\n" to any GET. UDP answers
 every datagram with "NAME CLIENTIP\\n". --udp 0 serves no UDP. With --log,
 each new TCP connection and each datagram appends "tcp|udp CLIENTIP:PORT" to
-FILE, so that a test can show a packet never reached this pod.
+FILE, so that a test can show a packet never reached this pod. --ipv6 also
+serves TCP on [::] (IPv6 only, so IPv4 clients keep their plain address).
+--sctp PORT serves SCTP (one-to-one sockets) on 0.0.0.0, and on [::] with
+--ipv6: each association gets "NAME CLIENTIP\n" and is closed.
 """
 
 import argparse
 import http.server
+import socket
 import socketserver
 import threading
 
@@ -59,11 +63,38 @@ class UdpHandler(socketserver.BaseRequestHandler):
         sock.sendto(f"{self.server.name} {self.client_address[0]}\n".encode(), self.client_address)
 
 
+class Http6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+def sctp_server(name, family, address, port, log):
+    """Accepts SCTP associations forever, answering each with its client."""
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listener.bind((address, port))
+    listener.listen(16)
+    while True:
+        conn, client = listener.accept()
+        log.write("sctp", client)
+        try:
+            conn.sendall(f"{name} {client[0]}\n".encode())
+        finally:
+            conn.close()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
     parser.add_argument("--tcp", type=int, default=8080)
     parser.add_argument("--udp", type=int, default=5353)
+    parser.add_argument("--ipv6", action="store_true")
+    parser.add_argument("--sctp", type=int, default=0)
     parser.add_argument("--log")
     args = parser.parse_args()
     log = Log(args.log)
@@ -79,7 +110,18 @@ def main():
         server.name = args.name
         server.log = log
         servers.append(server)
+    if args.tcp and args.ipv6:
+        server = Http6Server(("::", args.tcp), http_handler(args.name, log))
+        server.daemon_threads = True
+        servers.append(server)
     threads = [threading.Thread(target=server.serve_forever) for server in servers]
+    if args.sctp:
+        families = [(socket.AF_INET, "0.0.0.0")]
+        if args.ipv6:
+            families.append((socket.AF_INET6, "::"))
+        for family, address in families:
+            threads.append(threading.Thread(
+                target=sctp_server, args=(args.name, family, address, args.sctp, log), daemon=True))
     for thread in threads:
         thread.start()
     for thread in threads:
