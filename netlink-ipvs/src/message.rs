@@ -278,10 +278,12 @@ pub struct IpvsMessage {
     pub cmd: IpvsCmd,
     /// The top-level attributes, in wire order.
     pub attrs: Vec<IpvsAttr>,
-    /// Whether nested attributes carry `NLA_F_NESTED`. libnl (hence
-    /// ipvsadm) and [`IpvsMessage::new`] set it; the kernel's replies
-    /// (`nla_nest_start_noflag`) do not. Parsing records which style a
-    /// message used, so that emitting a parsed message reproduces its bytes.
+    /// Whether the nests this crate knows carry `NLA_F_NESTED`. libnl
+    /// (hence ipvsadm) and [`IpvsMessage::new`] set it; the kernel's
+    /// replies (`nla_nest_start_noflag`) do not. Parsing records which style
+    /// a message used, so that emitting a parsed message reproduces its
+    /// bytes. Unknown attributes ([`IpvsAttr::Other`] and the `Other` arm of
+    /// every attribute enum) keep the flags they came with in either style.
     pub nested_flag: bool,
 }
 
@@ -319,27 +321,57 @@ impl Emitable for IpvsMessage {
     fn emit(&self, buffer: &mut [u8]) {
         self.attrs.as_slice().emit(buffer);
         if !self.nested_flag {
-            clear_nested_flags(&mut buffer[..self.buffer_len()]);
+            clear_nested_flags(&self.attrs, buffer);
         }
     }
 }
 
-/// Clears `NLA_F_NESTED` on every attribute of `buffer` that has it, and on
-/// the attributes nested inside those, recursively: this crate sets the
-/// flag on exactly the attributes it emits as nests.
-fn clear_nested_flags(buffer: &mut [u8]) {
+/// An attribute that knows which parts of itself this crate emits as
+/// nests, so that a message in the kernel's style can clear `NLA_F_NESTED`
+/// on exactly those and leave an unknown attribute's flags as they came.
+pub(crate) trait OwnNests: Nla {
+    /// Clears `NLA_F_NESTED` wherever this crate set it in `buffer`, this
+    /// attribute as emitted (header, value and padding).
+    fn clear_nested_flags(&self, buffer: &mut [u8]);
+}
+
+/// Clears the nest flags this crate set in `buffer`, where `attrs` were
+/// emitted one after another.
+pub(crate) fn clear_nested_flags<A: OwnNests>(attrs: &[A], buffer: &mut [u8]) {
     let mut offset = 0;
-    while offset + NLA_HEADER_SIZE <= buffer.len() {
-        let length = u16::from_ne_bytes([buffer[offset], buffer[offset + 1]]) as usize;
-        let kind = u16::from_ne_bytes([buffer[offset + 2], buffer[offset + 3]]);
-        if length < NLA_HEADER_SIZE || offset + length > buffer.len() {
-            return;
+    for attr in attrs {
+        let end = offset + attr.buffer_len();
+        if let Some(emitted) = buffer.get_mut(offset..end) {
+            attr.clear_nested_flags(emitted);
         }
-        if kind & NLA_F_NESTED != 0 {
-            buffer[offset + 2..offset + 4].copy_from_slice(&(kind & !NLA_F_NESTED).to_ne_bytes());
-            clear_nested_flags(&mut buffer[offset + NLA_HEADER_SIZE..offset + length]);
+        offset = end;
+    }
+}
+
+/// Clears `NLA_F_NESTED` in the header of the attribute emitted at the
+/// start of `buffer` and returns the attribute's value.
+pub(crate) fn unflag_nest(buffer: &mut [u8]) -> &mut [u8] {
+    if let Some(kind) = buffer.get_mut(2..NLA_HEADER_SIZE) {
+        let unflagged = u16::from_ne_bytes([kind[0], kind[1]]) & !NLA_F_NESTED;
+        kind.copy_from_slice(&unflagged.to_ne_bytes());
+    }
+    buffer.get_mut(NLA_HEADER_SIZE..).unwrap_or_default()
+}
+
+impl OwnNests for IpvsAttr {
+    fn clear_nested_flags(&self, buffer: &mut [u8]) {
+        match self {
+            Self::Service(attrs) => clear_nested_flags(attrs, unflag_nest(buffer)),
+            Self::Destination(attrs) => clear_nested_flags(attrs, unflag_nest(buffer)),
+            Self::Daemon(_) => {
+                unflag_nest(buffer);
+            }
+            Self::TimeoutTcp(_)
+            | Self::TimeoutTcpFin(_)
+            | Self::TimeoutUdp(_)
+            | Self::Info(_)
+            | Self::Other(_) => {}
         }
-        offset += (length + 3) & !3;
     }
 }
 
@@ -430,6 +462,33 @@ mod tests {
         let mut emitted = vec![0; message.buffer_len()];
         message.emit(&mut emitted);
         assert_eq!(emitted, bytes);
+    }
+
+    /// A kernel-style reply (known nests unflagged) from a newer kernel that
+    /// adds nests of its own with `nla_nest_start` (flagged): one at the
+    /// top level, one inside the service nest.
+    #[rustfmt::skip]
+    const UNKNOWN_NESTS: &[u8] = &[
+        0x1c, 0x00, 0x01, 0x00, // len 28, IPVS_CMD_ATTR_SERVICE (no flag)
+            0x06, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, // len 6, IPVS_SVC_ATTR_AF: 2 (+2 padding)
+            0x10, 0x00, 0x0d, 0x80, // len 16, attribute 13 | NLA_F_NESTED
+                0x08, 0x00, 0x01, 0x00, 0x2a, 0x00, 0x00, 0x00, // len 8, attribute 1: 42
+                0x04, 0x00, 0x02, 0x80, // len 4, attribute 2 | NLA_F_NESTED, empty
+        0x0c, 0x00, 0x09, 0x80, // len 12, attribute 9 | NLA_F_NESTED
+            0x08, 0x00, 0x01, 0x00, 0x07, 0x00, 0x00, 0x00, // len 8, attribute 1: 7
+    ];
+
+    #[test]
+    fn unknown_nests_keep_their_flag_in_a_kernel_style_message() {
+        let header = GenlHeader {
+            cmd: IPVS_CMD_NEW_SERVICE,
+            version: 1,
+        };
+        let message = IpvsMessage::parse_with_param(UNKNOWN_NESTS, header).unwrap();
+        assert!(!message.nested_flag);
+        let mut emitted = vec![0; message.buffer_len()];
+        message.emit(&mut emitted);
+        assert_eq!(emitted, UNKNOWN_NESTS);
     }
 
     #[test]

@@ -376,6 +376,62 @@ async fn edits_change_what_ipvsadm_shows() {
 
 #[tokio::test]
 #[ignore = "needs root and the ip_vs module: run by tests/vm"]
+async fn updates_keep_what_they_do_not_change() {
+    let handle = connect().await;
+    let service = tcp("10.0.0.1", 80, Scheduler::RoundRobin).persistent(300);
+    let dest = Destination::new(ip("192.168.1.10"), 8080).forwarding(ForwardingMethod::DirectRoute);
+    handle
+        .service()
+        .add(service.clone())
+        .execute()
+        .await
+        .unwrap();
+    handle
+        .destination()
+        .add(&service.address, dest)
+        .execute()
+        .await
+        .unwrap();
+
+    let services = handle.service().get().execute().await.unwrap();
+    let [listed] = services.as_slice() else {
+        panic!("expected one service, got {services:?}");
+    };
+    handle
+        .service()
+        .update(listed)
+        .scheduler(Scheduler::WeightedLeastConnection)
+        .execute()
+        .await
+        .unwrap();
+    let dests = handle
+        .destination()
+        .get(&service.address)
+        .execute()
+        .await
+        .unwrap();
+    let [listed_dest] = dests.as_slice() else {
+        panic!("expected one destination, got {dests:?}");
+    };
+    handle
+        .destination()
+        .update(&service.address, listed_dest)
+        .weight(5)
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(
+        ipvsadm_save(),
+        sorted(&[
+            "-A -t 10.0.0.1:80 -s wlc -p 300",
+            "-a -t 10.0.0.1:80 -r 192.168.1.10:8080 -g -w 5",
+        ])
+    );
+    finish(&handle).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and the ip_vs module: run by tests/vm"]
 async fn timeouts_set_and_get_agree_with_ipvsadm() {
     let handle = connect().await;
     let before = handle.config().get().execute().await.unwrap();
@@ -497,6 +553,16 @@ async fn kernel_errors_are_classified() {
     let dests_of_missing = handle.destination().get(&gone).execute().await.unwrap();
     assert!(dests_of_missing.is_empty());
 
+    let missing_dest_edit = handle
+        .destination()
+        .set(&service.address, Destination::new(ip("192.168.1.99"), 80))
+        .execute()
+        .await
+        .unwrap_err();
+    assert_eq!(missing_dest_edit.errno(), Some(libc::ENOENT));
+    assert!(missing_dest_edit.is_not_found(), "{missing_dest_edit}");
+
+    // ENOENT again, but an unknown scheduler is not "already gone".
     let unknown = tcp("10.0.0.2", 80, Scheduler::Other("nosuch".into()));
     let unknown_scheduler = handle.service().add(unknown).execute().await.unwrap_err();
     assert_eq!(
@@ -504,6 +570,37 @@ async fn kernel_errors_are_classified() {
         Some(libc::ENOENT),
         "{unknown_scheduler}"
     );
+    assert!(
+        unknown_scheduler.is_unknown_scheduler(),
+        "{unknown_scheduler}"
+    );
+    assert!(!unknown_scheduler.is_not_found(), "{unknown_scheduler}");
+
+    let misspelled = Service {
+        scheduler: Scheduler::Other("wrrr".into()),
+        ..service.clone()
+    };
+    let unknown_on_edit = handle
+        .service()
+        .set(misspelled)
+        .execute()
+        .await
+        .unwrap_err();
+    assert!(unknown_on_edit.is_unknown_scheduler(), "{unknown_on_edit}");
+    assert!(!unknown_on_edit.is_not_found(), "{unknown_on_edit}");
+
+    let unknown_pe = Service {
+        pe_name: Some("nosuch".into()),
+        ..tcp("10.0.0.3", 80, Scheduler::RoundRobin).persistent(60)
+    };
+    let unknown_engine = handle
+        .service()
+        .add(unknown_pe)
+        .execute()
+        .await
+        .unwrap_err();
+    assert!(unknown_engine.is_unknown_scheduler(), "{unknown_engine}");
+    assert!(!unknown_engine.is_not_found(), "{unknown_engine}");
 
     let mut bad_mask = tcp("2001:db8::5", 80, Scheduler::RoundRobin).persistent(10);
     bad_mask.netmask = 129;

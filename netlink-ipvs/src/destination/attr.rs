@@ -7,7 +7,7 @@ use netlink_packet_core::{
 
 use crate::address::{AddressFamily, InetAddr, INET_ADDR_LEN};
 use crate::destination::{ForwardingMethod, TunnelFlags, TunnelType};
-use crate::message::parse_nlas;
+use crate::message::{parse_nlas, unflag_nest, OwnNests};
 use crate::stats::{Stats64Attr, StatsAttr};
 
 const IPVS_DEST_ATTR_ADDR: u16 = 1;
@@ -126,6 +126,14 @@ impl Nla for DestinationAttr {
             Self::TunnelType(kind) => buffer[0] = (*kind).into(),
             Self::TunnelFlags(flags) => emit_u16(buffer, flags.bits()).expect("2 bytes"),
             Self::Other(nla) => nla.emit_value(buffer),
+        }
+    }
+}
+
+impl OwnNests for DestinationAttr {
+    fn clear_nested_flags(&self, buffer: &mut [u8]) {
+        if matches!(self, Self::Stats(_) | Self::Stats64(_)) {
+            unflag_nest(buffer);
         }
     }
 }

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::config::{ConfigGetRequest, ConfigHandle};
 pub use self::daemon::{DaemonGetRequest, DaemonHandle};
-pub use self::destination::{DestinationGetRequest, DestinationHandle};
+pub use self::destination::{DestinationGetRequest, DestinationHandle, DestinationUpdateRequest};
 pub use self::operation::{BatchRequest, Operation, OperationRequest};
-pub use self::service::{ServiceGetRequest, ServiceHandle};
+pub use self::service::{ServiceGetRequest, ServiceHandle, ServiceUpdateRequest};
 
 use crate::connection::{self, serialize, ConnectionStats, Counters, Job, QueryReply};
 use crate::destination::Destination;
@@ -163,6 +163,19 @@ impl Handle {
             .ok_or(Error::ConnectionClosed)?
             .map_err(|failure| failure.into_error(request.cmd, object))?;
         Ok(reply.messages)
+    }
+}
+
+#[cfg(test)]
+impl Handle {
+    /// A handle without a connection: enough to build requests in tests.
+    pub(crate) fn detached() -> Self {
+        let (jobs, _) = mpsc::unbounded_channel();
+        Self {
+            jobs,
+            family_id: 0,
+            counters: Arc::new(Counters::default()),
+        }
     }
 }
 

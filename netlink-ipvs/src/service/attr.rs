@@ -6,7 +6,7 @@ use netlink_packet_core::{
 };
 
 use crate::address::{AddressFamily, InetAddr, Protocol, INET_ADDR_LEN};
-use crate::message::parse_nlas;
+use crate::message::{parse_nlas, unflag_nest, OwnNests};
 use crate::service::IpvsFlags;
 use crate::stats::{Stats64Attr, StatsAttr};
 
@@ -106,6 +106,14 @@ impl Nla for ServiceAttr {
             Self::Stats(attrs) => attrs.as_slice().emit(buffer),
             Self::Stats64(attrs) => attrs.as_slice().emit(buffer),
             Self::Other(nla) => nla.emit_value(buffer),
+        }
+    }
+}
+
+impl OwnNests for ServiceAttr {
+    fn clear_nested_flags(&self, buffer: &mut [u8]) {
+        if matches!(self, Self::Stats(_) | Self::Stats64(_)) {
+            unflag_nest(buffer);
         }
     }
 }
