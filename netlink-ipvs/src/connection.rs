@@ -603,7 +603,8 @@ impl State {
                         .unwrap_or(0);
                     let outcome = if code < 0 {
                         Err(Failure::Kernel {
-                            errno: -code,
+                            // i32::MIN has no negation; no real errno is that large.
+                            errno: code.saturating_neg(),
                             extack: None,
                         })
                     } else {
@@ -633,7 +634,7 @@ impl State {
             Ok(())
         } else {
             Err(Failure::Kernel {
-                errno: -code,
+                errno: code.saturating_neg(),
                 extack: extack_message(&payload[4..], flags),
             })
         };
@@ -793,6 +794,9 @@ impl fmt::Debug for State {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

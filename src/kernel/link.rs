@@ -293,8 +293,13 @@ fn answer_of(bytes: &[u8], addr: IpAddr, link: &str) -> Option<Result<(), Kernel
     };
     Some(match error.code {
         None => Ok(()),
-        Some(code) if -code.get() == libc::EEXIST => Err(KernelError::Exists),
-        Some(_) => Err(KernelError::Other(format!("{}: {}", what(), error.to_io()))),
+        Some(code) if code.get() == -libc::EEXIST => Err(KernelError::Exists),
+        // Not error.to_io(): it negates the code, which overflows on i32::MIN.
+        Some(code) => Err(KernelError::Other(format!(
+            "{}: {}",
+            what(),
+            std::io::Error::from_raw_os_error(code.get().saturating_neg())
+        ))),
     })
 }
 
@@ -423,6 +428,9 @@ fn rtnl_error(context: &str, e: &rtnetlink::Error) -> KernelError {
         other => KernelError::Other(format!("{context}: {other}")),
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

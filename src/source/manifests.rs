@@ -807,6 +807,9 @@ impl DirWatch {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

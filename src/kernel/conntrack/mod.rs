@@ -11,6 +11,8 @@
 //! pipelined batches: many acknowledged deletes per `sendmsg`, the batch
 //! sized so that their answers fit the receive buffer.
 
+#[cfg(test)]
+mod fuzz;
 mod matcher;
 mod message;
 
