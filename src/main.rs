@@ -1,13 +1,24 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use kube_ipvs_proxy::cli::{Cli, Command, LogFormat};
+use kube_ipvs_proxy::cli::{Command, LogFormat};
+use kube_ipvs_proxy::config::{self, ArgsError};
 use kube_ipvs_proxy::proxy;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.options.logging_format);
+    let (cli, applied) = match config::parse_args(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(ArgsError::Flags(e)) => e.exit(),
+        Err(ArgsError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let applied = applied.unwrap_or_default();
+    init_logging(cli.options.logging_format, applied.log_level);
+    for warning in &applied.warnings {
+        tracing::warn!("{warning}");
+    }
     // One task owns the proxy's state; a single-threaded runtime is all it
     // needs and keeps the footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -26,6 +37,7 @@ fn main() -> ExitCode {
             Command::Run => proxy::run(opts).await,
             Command::Plan => proxy::plan(opts).await.map(|text| print!("{text}")),
             Command::Cleanup => proxy::cleanup(opts).await,
+            Command::Prepare => proxy::prepare(opts),
         }
     });
     match result {
@@ -37,8 +49,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs at `RUST_LOG`'s filter, else at the configuration file's
+/// `logging.verbosity`, else at info.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,6 +1,10 @@
 //! The in-cluster source end to end: kube-runtime watchers against a test
 //! API server speaking list and watch over HTTP.
 
+#[allow(
+    dead_code,
+    reason = "this target uses only part of the shared test API server"
+)]
 mod support;
 
 use std::pin::Pin;

@@ -1,6 +1,7 @@
 //! The sysctls upstream kube-proxy sets for IPVS mode, with the same values.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One sysctl the proxy wants, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,109 @@ pub fn apply(root: &Path, wanted: &[Sysctl]) -> Result<Vec<&'static str>, Sysctl
     Ok(changed)
 }
 
+/// Upstream's conntrack settings, its `--conntrack-*` flags: each zero
+/// leaves the kernel's value alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// nf_conntrack_max is this times the CPUs, at least `min`.
+    pub max_per_core: u32,
+    pub min: u32,
+    pub tcp_timeout_established: Duration,
+    pub tcp_timeout_close_wait: Duration,
+    pub tcp_be_liberal: bool,
+    pub udp_timeout: Duration,
+    pub udp_timeout_stream: Duration,
+}
+
+/// nf_conntrack's hash table size, which upstream raises to a quarter of
+/// nf_conntrack_max.
+const CONNTRACK_HASHSIZE: &str = "module/nf_conntrack/parameters/hashsize";
+
+impl ConntrackSettings {
+    /// The sysctls (relative to /proc/sys) and values these settings ask
+    /// for on a node with `cpus` CPUs, as upstream computes them.
+    pub fn wanted(&self, cpus: usize) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(max) = self.max(cpus) {
+            out.push(("net/netfilter/nf_conntrack_max", max.to_string()));
+        }
+        let timeouts = [
+            (
+                "net/netfilter/nf_conntrack_tcp_timeout_established",
+                self.tcp_timeout_established,
+            ),
+            (
+                "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+                self.tcp_timeout_close_wait,
+            ),
+            ("net/netfilter/nf_conntrack_udp_timeout", self.udp_timeout),
+            (
+                "net/netfilter/nf_conntrack_udp_timeout_stream",
+                self.udp_timeout_stream,
+            ),
+        ];
+        for (key, timeout) in timeouts {
+            if timeout.as_secs() > 0 {
+                out.push((key, timeout.as_secs().to_string()));
+            }
+        }
+        if self.tcp_be_liberal {
+            out.push(("net/netfilter/nf_conntrack_tcp_be_liberal", "1".to_owned()));
+        }
+        out
+    }
+
+    /// nf_conntrack_max: `max_per_core` × `cpus`, at least `min`; `None`
+    /// when `max_per_core` is 0.
+    fn max(&self, cpus: usize) -> Option<u64> {
+        if self.max_per_core == 0 {
+            return None;
+        }
+        let scaled = u64::from(self.max_per_core).saturating_mul(cpus as u64);
+        Some(scaled.max(u64::from(self.min)))
+    }
+
+    /// Writes what [`ConntrackSettings::wanted`] asks for under `proc_sys`
+    /// where it differs, and raises the hash table (under `sys`) to a
+    /// quarter of nf_conntrack_max when it is smaller, as upstream does.
+    /// Returns one message per failure: a node whose /sys is read-only, or
+    /// whose conntrack module is not loaded yet, still runs.
+    pub fn apply(&self, proc_sys: &Path, sys: &Path, cpus: usize) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (key, value) in self.wanted(cpus) {
+            let path = proc_sys.join(key);
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current.trim() == value {
+                continue;
+            }
+            match std::fs::write(&path, &value) {
+                Ok(()) => tracing::info!(key, value, "set conntrack sysctl"),
+                Err(error) => failures.push(format!(
+                    "setting sysctl {key} to {value} ({}): {error}",
+                    path.display()
+                )),
+            }
+        }
+        if let Some(max) = self.max(cpus) {
+            let path = sys.join(CONNTRACK_HASHSIZE);
+            let current: Option<u64> = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            let wanted = max / 4;
+            if current.is_some_and(|c| c < wanted) {
+                match std::fs::write(&path, wanted.to_string()) {
+                    Ok(()) => tracing::info!(hashsize = wanted, "raised the conntrack hash table"),
+                    Err(error) => failures.push(format!(
+                        "raising {} to {wanted} (a quarter of nf_conntrack_max, as kube-proxy does): {error}; is /sys read-only?",
+                        path.display()
+                    )),
+                }
+            }
+        }
+        failures
+    }
+}
+
 /// Upstream's warning when the node has bridges but their traffic bypasses
 /// netfilter (br_netfilter not loaded, or `bridge-nf-call-iptables` off):
 /// replies of a pod to a pod on the same bridge then skip conntrack and
@@ -180,6 +284,78 @@ mod tests {
 
         std::fs::write(proc_sys.join("net/bridge/bridge-nf-call-iptables"), "1\n").unwrap();
         assert_eq!(bridge_netfilter_warning(&sys, &proc_sys), None, "set to 1");
+    }
+
+    #[test]
+    fn conntrack_settings_follow_upstream() {
+        let defaults = ConntrackSettings {
+            max_per_core: 32768,
+            min: 131072,
+            tcp_timeout_established: Duration::from_secs(86400),
+            tcp_timeout_close_wait: Duration::from_secs(3600),
+            ..ConntrackSettings::default()
+        };
+        assert_eq!(
+            defaults.wanted(2),
+            [
+                ("net/netfilter/nf_conntrack_max", "131072".to_owned()),
+                (
+                    "net/netfilter/nf_conntrack_tcp_timeout_established",
+                    "86400".to_owned()
+                ),
+                (
+                    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+                    "3600".to_owned()
+                ),
+            ],
+            "2 CPUs: the floor wins"
+        );
+        assert_eq!(defaults.wanted(8)[0].1, "262144", "8 CPUs: per core wins");
+        let off = ConntrackSettings {
+            tcp_be_liberal: true,
+            udp_timeout: Duration::from_secs(30),
+            udp_timeout_stream: Duration::from_secs(120),
+            ..ConntrackSettings::default()
+        };
+        assert_eq!(
+            off.wanted(4),
+            [
+                ("net/netfilter/nf_conntrack_udp_timeout", "30".to_owned()),
+                (
+                    "net/netfilter/nf_conntrack_udp_timeout_stream",
+                    "120".to_owned()
+                ),
+                ("net/netfilter/nf_conntrack_tcp_be_liberal", "1".to_owned()),
+            ],
+            "max_per_core 0 leaves nf_conntrack_max alone"
+        );
+
+        let root = tempfile::tempdir().unwrap();
+        let (proc_sys, sys) = (root.path().join("proc"), root.path().join("sys"));
+        std::fs::create_dir_all(proc_sys.join("net/netfilter")).unwrap();
+        std::fs::create_dir_all(sys.join("module/nf_conntrack/parameters")).unwrap();
+        std::fs::write(proc_sys.join("net/netfilter/nf_conntrack_max"), "65536\n").unwrap();
+        std::fs::write(sys.join(CONNTRACK_HASHSIZE), "16384\n").unwrap();
+        let failures = defaults.apply(&proc_sys, &sys, 2);
+        assert_eq!(failures, Vec::<String>::new());
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(
+            read(proc_sys.join("net/netfilter/nf_conntrack_max")),
+            "131072"
+        );
+        assert_eq!(read(sys.join(CONNTRACK_HASHSIZE)), "32768");
+
+        // A hash table already large enough is left; a failed write is named.
+        std::fs::write(sys.join(CONNTRACK_HASHSIZE), "65536").unwrap();
+        std::fs::remove_dir_all(proc_sys.join("net/netfilter")).unwrap();
+        let failures = defaults.apply(&proc_sys, &sys, 2);
+        assert_eq!(read(sys.join(CONNTRACK_HASHSIZE)), "65536");
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(
+            failures[0].contains("nf_conntrack_max to 131072"),
+            "{}",
+            failures[0]
+        );
     }
 
     #[test]

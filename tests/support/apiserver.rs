@@ -59,6 +59,53 @@ pub struct Requests {
     pub watches: usize,
 }
 
+/// One request, in the terms of an RBAC rule: what a ClusterRole must grant
+/// for it to succeed in a real cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiCall {
+    /// get, list, watch, create, update, patch or delete.
+    pub verb: String,
+    /// "" for the core group, e.g. "discovery.k8s.io".
+    pub api_group: String,
+    /// The plural, e.g. "endpointslices".
+    pub resource: String,
+}
+
+impl ApiCall {
+    /// The call a request is, as the API server's RBAC authorizer sees it;
+    /// `None` for a path that names no resource (discovery, /version).
+    fn of(method: &Method, path: &str, query: &HashMap<String, String>) -> Option<ApiCall> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (api_group, rest) = match segments.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let (resource, named) = match rest {
+            [plural] | ["namespaces", _, plural] => (*plural, false),
+            [plural, _name] | ["namespaces", _, plural, _name] => (*plural, true),
+            _ => return None,
+        };
+        let watching = query.get("watch").is_some_and(|w| w == "1" || w == "true");
+        let verb = match *method {
+            Method::GET if watching => "watch",
+            Method::GET if named => "get",
+            Method::GET => "list",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE if named => "delete",
+            Method::DELETE => "deletecollection",
+            _ => return None,
+        };
+        Some(ApiCall {
+            verb: verb.to_owned(),
+            api_group: api_group.to_owned(),
+            resource: resource.to_owned(),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
@@ -79,6 +126,8 @@ struct State {
     next_watch_id: u64,
     /// How many LIST requests to come fail with 500.
     failing_lists: usize,
+    /// Every request that named a resource, served or not, in order.
+    calls: Vec<ApiCall>,
 }
 
 /// apiVersion and plural, e.g. ("discovery.k8s.io/v1", "endpointslices").
@@ -310,6 +359,12 @@ impl TestApiServer {
         self.state().failing_lists = count;
     }
 
+    /// Every request so far that named a resource, in RBAC terms, whether
+    /// it was served or refused.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.state().calls.clone()
+    }
+
     /// How often the collection of `K` was listed and watched.
     pub fn requests<K: k8s_openapi::Resource>(&self) -> Requests {
         self.state()
@@ -521,6 +576,9 @@ async fn serve(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(call) = ApiCall::of(&method, uri.path(), &query) {
+        shared.lock().calls.push(call);
+    }
     if method != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
