@@ -33,6 +33,10 @@ pub enum Command {
     /// Remove every virtual server and address the proxy owns, and kube-ipvs0,
     /// and nothing else.
     Cleanup,
+    /// Load the kernel modules and set the sysctls `run` needs, then exit:
+    /// for a privileged init container, so that `run` itself needs only
+    /// NET_ADMIN and SYS_MODULE.
+    Prepare,
 }
 
 /// How logs are written.
@@ -60,6 +64,12 @@ pub enum DetectLocalMode {
 /// Flags shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
+    /// Read kube-proxy's configuration file: a KubeProxyConfiguration
+    /// (kubeproxy.config.k8s.io/v1alpha1), as kubeadm writes it into the
+    /// kube-proxy ConfigMap. Flags given on the command line override it.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Read Services, EndpointSlices, Endpoints and Nodes from *.yaml, *.yml
     /// and *.json files in DIR instead of an API server, and follow changes to
     /// the directory (standalone mode).
@@ -119,9 +129,10 @@ pub struct Options {
 
     /// Comma-separated CIDRs: NodePorts are served only on local addresses
     /// inside them. Empty means every local address but loopback, link-local
-    /// and kube-ipvs0's.
-    #[arg(long, value_name = "CIDRS", value_delimiter = ',', global = true)]
-    pub nodeport_addresses: Vec<IpNet>,
+    /// and kube-ipvs0's. `primary` means the Node's primary addresses (its
+    /// first InternalIP of each family), as upstream.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = parse_node_port_address, global = true)]
+    pub nodeport_addresses: Vec<NodePortAddress>,
 
     /// The NodePort range of the cluster (kube-apiserver's
     /// --service-node-port-range). Virtual servers on node addresses with a
@@ -186,6 +197,36 @@ pub struct Options {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub conntrack_cleanup: bool,
 
+    /// nf_conntrack_max is set to this times the number of CPUs (but at
+    /// least --conntrack-min), as upstream; 0 leaves it alone.
+    #[arg(long, value_name = "N", default_value_t = 32768, global = true)]
+    pub conntrack_max_per_core: u32,
+
+    /// The least nf_conntrack_max the proxy sets (with --conntrack-max-per-core).
+    #[arg(long, value_name = "N", default_value_t = 131072, global = true)]
+    pub conntrack_min: u32,
+
+    /// nf_conntrack_tcp_timeout_established; 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub conntrack_tcp_timeout_established: Duration,
+
+    /// nf_conntrack_tcp_timeout_close_wait; 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+
+    /// Set nf_conntrack_tcp_be_liberal, so that out-of-window TCP packets
+    /// are not marked INVALID.
+    #[arg(long, global = true)]
+    pub conntrack_tcp_be_liberal: bool,
+
+    /// nf_conntrack_udp_timeout; 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub conntrack_udp_timeout: Duration,
+
+    /// nf_conntrack_udp_timeout_stream; 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub conntrack_udp_timeout_stream: Duration,
+
     /// Sync once, then exit: 0 when the kernel matches the desired state.
     #[arg(long, global = true)]
     pub once: bool,
@@ -213,10 +254,34 @@ impl Options {
             .to_lowercase()
     }
 
-    /// Whether `addr` may carry NodePorts under --nodeport-addresses.
+    /// Whether `addr` may carry NodePorts under --nodeport-addresses. With
+    /// `primary`, every address may until the Node is known: see
+    /// [`Options::node_port_primary`].
     pub fn allows_node_port_address(&self, addr: IpAddr) -> bool {
         self.nodeport_addresses.is_empty()
-            || self.nodeport_addresses.iter().any(|n| n.contains(&addr))
+            || self.nodeport_addresses.iter().any(|n| match n {
+                NodePortAddress::Cidr(net) => net.contains(&addr),
+                NodePortAddress::Primary => true,
+            })
+    }
+
+    /// The `--conntrack-*` flags.
+    pub fn conntrack_settings(&self) -> crate::kernel::sysctl::ConntrackSettings {
+        crate::kernel::sysctl::ConntrackSettings {
+            max_per_core: self.conntrack_max_per_core,
+            min: self.conntrack_min,
+            tcp_timeout_established: self.conntrack_tcp_timeout_established,
+            tcp_timeout_close_wait: self.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal: self.conntrack_tcp_be_liberal,
+            udp_timeout: self.conntrack_udp_timeout,
+            udp_timeout_stream: self.conntrack_udp_timeout_stream,
+        }
+    }
+
+    /// Whether --nodeport-addresses is `primary`: NodePorts only on the
+    /// Node's primary addresses.
+    pub fn node_port_primary(&self) -> bool {
+        self.nodeport_addresses.contains(&NodePortAddress::Primary)
     }
 }
 
@@ -261,6 +326,8 @@ impl Options {
         Ok(NftRuleset {
             masquerade_all: self.masquerade_all,
             local_detect,
+            // The node's facts decide it (`proxy::run`), not a flag.
+            ipv6: false,
         })
     }
 
@@ -269,6 +336,23 @@ impl Options {
     pub fn pod_cidrs_from_node(&self) -> bool {
         self.detect_local_mode == Some(DetectLocalMode::NodeCidr)
     }
+}
+
+/// One entry of --nodeport-addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Cidr(IpNet),
+    /// The keyword `primary`: the Node's primary addresses.
+    Primary,
+}
+
+fn parse_node_port_address(s: &str) -> Result<NodePortAddress, String> {
+    if s == "primary" {
+        return Ok(NodePortAddress::Primary);
+    }
+    s.parse().map(NodePortAddress::Cidr).map_err(|_| {
+        format!("invalid value {s:?}: expected a CIDR such as 192.0.2.0/24, or primary")
+    })
 }
 
 /// An HTTP listen address, or none (the flag was given as empty).

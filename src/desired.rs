@@ -236,13 +236,15 @@ impl NftSet {
 }
 
 /// The key of one set element. Which shape a set takes is fixed per set
-/// (see [`NftSet`]); addresses are IPv4 (the `ip` family table).
+/// (see [`NftSet`]); its addresses' family, or for a NodePort key the
+/// family it names, picks the table (see [`NftKey::family`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NftKey {
-    /// `ipv4_addr . inet_proto . inet_service`
+    /// `ipv4_addr . inet_proto . inet_service` (`ipv6_addr` in `ip6`)
     AddrProtoPort(IpAddr, Protocol, u16),
-    /// `inet_proto . inet_service`
-    ProtoPort(Protocol, u16),
+    /// `inet_proto . inet_service`, in the table of the family named: a
+    /// NodePort of a dual-stack service is in both.
+    ProtoPort(NftFamily, Protocol, u16),
     /// `ipv4_addr`
     Addr(IpAddr),
     /// `ipv4_addr . inet_proto . inet_service . ipv4_addr` with an interval
@@ -252,6 +254,58 @@ pub enum NftKey {
     AddrProtoPortAddr(IpAddr, Protocol, u16, IpAddr),
     /// `ipv4_addr`, an interval (a CIDR).
     Cidr(ipnet::IpNet),
+}
+
+impl NftKey {
+    /// The table the key belongs in: its first address's family.
+    pub fn family(&self) -> NftFamily {
+        match self {
+            NftKey::ProtoPort(family, ..) => *family,
+            NftKey::AddrProtoPort(a, ..)
+            | NftKey::Addr(a)
+            | NftKey::AddrProtoPortSource(a, ..)
+            | NftKey::AddrProtoPortAddr(a, ..) => NftFamily::of(*a),
+            NftKey::Cidr(net) => NftFamily::of(net.addr()),
+        }
+    }
+}
+
+/// The family of one of the proxy's two nftables tables, `ip` and `ip6`
+/// (upstream's nftables proxy also keeps one table per family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NftFamily {
+    /// `table ip kube-ipvs-proxy`: IPv4.
+    Ip,
+    /// `table ip6 kube-ipvs-proxy`: IPv6, only on a node that has IPv6.
+    Ip6,
+}
+
+impl NftFamily {
+    /// Both families, the order tables are created, dumped and sent in.
+    pub const ALL: [NftFamily; 2] = [NftFamily::Ip, NftFamily::Ip6];
+
+    /// The family as `nft` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NftFamily::Ip => "ip",
+            NftFamily::Ip6 => "ip6",
+        }
+    }
+
+    /// The table an address's elements go in.
+    pub fn of(addr: IpAddr) -> NftFamily {
+        match addr {
+            IpAddr::V4(_) => NftFamily::Ip,
+            IpAddr::V6(_) => NftFamily::Ip6,
+        }
+    }
+}
+
+impl fmt::Display for NftFamily {
+    /// `ip` or `ip6`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl fmt::Display for NftKey {
@@ -264,7 +318,7 @@ impl fmt::Display for NftKey {
         };
         match self {
             NftKey::AddrProtoPort(a, p, port) => write!(f, "{a} . {} . {port}", proto(p)),
-            NftKey::ProtoPort(p, port) => write!(f, "{} . {port}", proto(p)),
+            NftKey::ProtoPort(_, p, port) => write!(f, "{} . {port}", proto(p)),
             NftKey::Addr(a) => write!(f, "{a}"),
             NftKey::AddrProtoPortSource(a, p, port, net) => {
                 write!(f, "{a} . {} . {port} . {net}", proto(p))
@@ -283,18 +337,27 @@ impl fmt::Display for NftElement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "add element ip {NFT_TABLE} {} {{ {} }}",
+            "add element {} {NFT_TABLE} {} {{ {} }}",
+            self.key.family(),
             self.set.name(),
             self.key
         )
     }
 }
 
-/// One element of one of the proxy's sets.
+/// One element of one of the proxy's sets, in the table of its key's
+/// family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NftElement {
     pub set: NftSet,
     pub key: NftKey,
+}
+
+impl NftElement {
+    /// The table the element is in.
+    pub fn family(&self) -> NftFamily {
+        self.key.family()
+    }
 }
 
 /// One change to the proxy's set elements; a sync sends all of its changes
@@ -313,6 +376,19 @@ pub struct NftRuleset {
     pub masquerade_all: bool,
     /// How traffic from this cluster's pods is told apart (`--detect-local-mode`).
     pub local_detect: LocalDetect,
+    /// Whether the `ip6` table exists beside the `ip` one: the node has
+    /// IPv6. A kernel with IPv6 disabled never sees an `ip6` request.
+    pub ipv6: bool,
+}
+
+impl NftRuleset {
+    /// The families whose tables this ruleset has: `ip`, and `ip6` when
+    /// [`NftRuleset::ipv6`].
+    pub fn families(&self) -> impl Iterator<Item = NftFamily> + '_ {
+        NftFamily::ALL
+            .into_iter()
+            .filter(|f| *f == NftFamily::Ip || self.ipv6)
+    }
 }
 
 /// How the rules tell a pod's traffic from anything else's
@@ -335,7 +411,7 @@ pub enum LocalDetect {
 /// The masquerade mark: the bit kube-proxy uses (`--iptables-masquerade-bit` 14).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
-/// The name of the proxy's nftables table, in family `ip`.
+/// The name of the proxy's nftables tables, one per [`NftFamily`].
 pub const NFT_TABLE: &str = "kube-ipvs-proxy";
 
 /// A conntrack flow to delete: those of `protocol` whose original

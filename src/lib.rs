@@ -6,7 +6,9 @@
 //! the kernel, and `kernel` applies the difference.
 
 pub mod cli;
+pub mod config;
 pub mod desired;
+pub mod healthcheck;
 pub mod heap;
 pub mod kernel;
 pub mod metrics;

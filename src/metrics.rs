@@ -4,11 +4,15 @@
 //!
 //! Health follows upstream `pkg/proxy/healthcheck/proxier_health.go`: the
 //! proxy is healthy while nothing is pending, and turns unhealthy once a
-//! queued change has waited `2 × --ipvs-sync-period` without a successful
-//! sync. Metric families keep kube-proxy's names (`kubeproxy_*`, from
-//! `pkg/proxy/metrics/metrics.go`) so its dashboards keep working; what is
-//! ours carries the `kube_ipvs_proxy_` prefix.
+//! queued change (or a failed sync: the kernel is then behind) has waited
+//! `2 × --ipvs-sync-period` without a successful sync. A sync succeeds only
+//! if every kernel read and write it attempted did. `/healthz` also fails
+//! while the node is being deleted; `/livez` does not. Metric families keep
+//! kube-proxy's names (`kubeproxy_*`, from `pkg/proxy/metrics/metrics.go`)
+//! so its dashboards keep working; what is ours carries the
+//! `kube_ipvs_proxy_` prefix.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -21,14 +25,18 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+use crate::desired::{Protocol, ServiceName, VirtualServerKey};
+use crate::kernel::TrafficCounters;
 
 /// The path of the proxier health endpoint (upstream's).
 pub const HEALTHZ_PATH: &str = "/healthz";
@@ -53,9 +61,15 @@ pub struct Metrics {
 
 struct Inner {
     clock: Box<Clock>,
+    /// When these metrics were created: older trigger times belong to
+    /// changes programmed before the proxy started (upstream's
+    /// `trackerStartTime`).
+    started: SystemTime,
     registry: Registry,
     health: Mutex<HealthState>,
     families: Families,
+    /// The per-virtual-server counters of the last full sync.
+    traffic: Arc<VirtualServerTraffic>,
 }
 
 /// Upstream's `proxierHealthServer` fields.
@@ -68,7 +82,23 @@ struct HealthState {
     /// False once the node is being deleted (healthz fails so that load
     /// balancers drain it; livez does not).
     node_eligible: bool,
+    /// Services changed by Service events since the last successful sync.
+    pending_services: HashSet<ServiceName>,
+    /// Services changed by EndpointSlice (or Endpoints) events since then.
+    pending_endpoints: HashSet<ServiceName>,
+    /// The last-change trigger times of the endpoint changes since then,
+    /// observed as network programming latency once a sync succeeds.
+    pending_triggers: Vec<SystemTime>,
 }
+
+/// The annotation in which the EndpointSlice controller (and the Endpoints
+/// controller) records when the change a slice carries was triggered.
+pub const LAST_CHANGE_TRIGGER_TIME_ANNOTATION: &str =
+    "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// At most this many trigger times wait for a successful sync; later ones
+/// are not observed (a kernel that keeps failing must not grow memory).
+const MAX_PENDING_TRIGGERS: usize = 10_000;
 
 /// The handles of every registered family (each is an `Arc` shared with the
 /// registry).
@@ -81,11 +111,16 @@ struct Families {
     sync_last_queued_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     service_changes: Counter,
     endpoint_changes: Counter,
+    service_changes_pending: Gauge,
+    endpoint_changes_pending: Gauge,
+    network_programming: Histogram,
+    no_local_endpoints: Family<TrafficPolicyLabels, Gauge>,
     healthz_responses: Family<CodeLabels, Counter>,
     livez_responses: Family<CodeLabels, Counter>,
     syncs_by_kind: Family<KindLabels, Histogram>,
     netlink_writes: Family<KindLabels, Counter>,
     sync_errors: Family<KindLabels, Counter>,
+    read_failures: Family<KindLabels, Counter>,
     virtual_servers_desired: Gauge,
     nft_elements: Counter,
     nft_transactions: Counter,
@@ -100,6 +135,135 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: u16,
+}
+
+/// Upstream's `traffic_policy` label: `internal` or `external`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficPolicyLabels {
+    traffic_policy: &'static str,
+}
+
+/// What one sync of the rules did to the kernel, as health and the sync
+/// families judge it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Kernel writes sent.
+    pub writes: usize,
+    /// Kernel writes that failed.
+    pub failed_writes: usize,
+    /// Kernel reads that failed (the IPVS dump, kube-ipvs0's addresses, the
+    /// nftables table): what needed them was not synced.
+    pub failed_reads: usize,
+}
+
+impl SyncOutcome {
+    /// Whether every read and write succeeded: upstream's "updated".
+    pub fn succeeded(&self) -> bool {
+        self.failed_writes == 0 && self.failed_reads == 0
+    }
+}
+
+/// The kernel's counters of one owned virtual server, with the service that
+/// owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualServerSample {
+    /// The service that claims the virtual server.
+    pub service: ServiceName,
+    /// The virtual server.
+    pub key: VirtualServerKey,
+    /// Its counters as the dump read them.
+    pub counters: TrafficCounters,
+}
+
+/// The labels of a per-virtual-server series: the owning service and the
+/// virtual server's key. The key is what makes a series unique: one service
+/// port has a virtual server per cluster IP, ExternalIP, LoadBalancer IP and
+/// node address (NodePort), and one address may serve two ports of a service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VirtualServerLabels {
+    namespace: Arc<str>,
+    service: Arc<str>,
+    protocol: &'static str,
+    address: String,
+    port: u16,
+}
+
+impl VirtualServerLabels {
+    fn new(service: &ServiceName, key: &VirtualServerKey) -> VirtualServerLabels {
+        VirtualServerLabels {
+            namespace: service.namespace.clone(),
+            service: service.name.clone(),
+            protocol: match key.protocol {
+                Protocol::Tcp => "TCP",
+                Protocol::Udp => "UDP",
+                Protocol::Sctp => "SCTP",
+            },
+            address: key.addr.to_string(),
+            port: key.port,
+        }
+    }
+}
+
+/// The IPVS counters of every owned virtual server as the last full sync
+/// dumped them, encoded at each scrape. Replaced whole at each full sync, so
+/// the series of a virtual server that went disappear with it. The kernel's
+/// counters only grow (a recreated virtual server starts again from zero,
+/// which Prometheus reads as a counter reset), so they are counters.
+#[derive(Debug, Default)]
+struct VirtualServerTraffic {
+    samples: Mutex<Vec<(VirtualServerLabels, TrafficCounters)>>,
+}
+
+/// A per-virtual-server family with a `direction` label: its name, help,
+/// and how to read its (in, out) pair from the counters.
+struct DirectedFamily {
+    name: &'static str,
+    help: &'static str,
+    read: fn(&TrafficCounters) -> (u64, u64),
+}
+
+const DIRECTED_FAMILIES: [DirectedFamily; 2] = [
+    DirectedFamily {
+        name: "virtual_server_packets",
+        help: "Packets through the IPVS virtual server since it was created (in: from clients, out: replies), read at each full sync",
+        read: |c| (c.packets_in, c.packets_out),
+    },
+    DirectedFamily {
+        name: "virtual_server_bytes",
+        help: "Bytes through the IPVS virtual server since it was created (in: from clients, out: replies), read at each full sync",
+        read: |c| (c.bytes_in, c.bytes_out),
+    },
+];
+
+impl Collector for VirtualServerTraffic {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let connections = ConstCounter::new(0u64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "virtual_server_connections",
+            "Connections the IPVS virtual server scheduled since it was created, read at each full sync",
+            None,
+            connections,
+        )?;
+        for (labels, counters) in samples.iter() {
+            ConstCounter::new(counters.connections).encode(family.encode_family(labels)?)?;
+        }
+        for directed in DIRECTED_FAMILIES {
+            let mut family =
+                encoder.encode_descriptor(directed.name, directed.help, None, connections)?;
+            for (labels, counters) in samples.iter() {
+                let (inbound, outbound) = (directed.read)(counters);
+                for (direction, value) in [("in", inbound), ("out", outbound)] {
+                    let labels = (labels.clone(), [("direction", direction)]);
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The kinds of sync the run loop reports.
@@ -153,6 +317,167 @@ fn sync_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// kube-proxy's buckets for network programming latency: 0 (upstream's
+/// bucket merge starts with one), 0.25 s and 0.5 s, every second to 59 s,
+/// every 5 s to 115 s, every 30 s to 5 min.
+fn network_programming_histogram() -> Histogram {
+    let linear =
+        |start: f64, step: f64, count: u32| (0..count).map(move |i| start + step * f64::from(i));
+    let buckets = std::iter::once(0.0)
+        .chain(linear(0.25, 0.25, 2))
+        .chain(linear(1.0, 1.0, 59))
+        .chain(linear(60.0, 5.0, 12))
+        .chain(linear(120.0, 30.0, 7));
+    Histogram::new(buckets)
+}
+
+impl Families {
+    fn new() -> Families {
+        Families {
+            sync_duration: sync_duration_histogram(),
+            sync_full_duration: sync_duration_histogram(),
+            sync_partial_duration: sync_duration_histogram(),
+            sync_last_timestamp: Gauge::default(),
+            sync_last_queued_timestamp: Gauge::default(),
+            service_changes: Counter::default(),
+            endpoint_changes: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            endpoint_changes_pending: Gauge::default(),
+            network_programming: network_programming_histogram(),
+            no_local_endpoints: Family::default(),
+            healthz_responses: Family::default(),
+            livez_responses: Family::default(),
+            syncs_by_kind: Family::new_with_constructor(sync_duration_histogram),
+            netlink_writes: Family::default(),
+            sync_errors: Family::default(),
+            read_failures: Family::default(),
+            virtual_servers_desired: Gauge::default(),
+            nft_elements: Counter::default(),
+            nft_transactions: Counter::default(),
+            conntrack_deleted: Counter::default(),
+        }
+    }
+
+    /// Registers upstream's families, under their upstream names.
+    fn register_kube_proxy(&self, kube_proxy: &mut Registry) {
+        // Counters are registered without `_total`: the encoder appends it.
+        kube_proxy.register_with_unit(
+            "sync_proxy_rules_duration",
+            "SyncProxyRules latency in seconds",
+            Unit::Seconds,
+            self.sync_duration.clone(),
+        );
+        kube_proxy.register_with_unit(
+            "sync_full_proxy_rules_duration",
+            "SyncProxyRules latency in seconds for full resyncs",
+            Unit::Seconds,
+            self.sync_full_duration.clone(),
+        );
+        kube_proxy.register_with_unit(
+            "sync_partial_proxy_rules_duration",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            Unit::Seconds,
+            self.sync_partial_duration.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            self.sync_last_timestamp.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            self.sync_last_queued_timestamp.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            self.service_changes_pending.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            self.endpoint_changes_pending.clone(),
+        );
+        kube_proxy.register_with_unit(
+            "network_programming_duration",
+            "In Cluster Network Programming Latency in seconds",
+            Unit::Seconds,
+            self.network_programming.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            self.no_local_endpoints.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            self.service_changes.clone(),
+        );
+        kube_proxy.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            self.endpoint_changes.clone(),
+        );
+        kube_proxy.register(
+            "proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            self.healthz_responses.clone(),
+        );
+        kube_proxy.register(
+            "proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            self.livez_responses.clone(),
+        );
+    }
+
+    /// Registers the families that are ours alone.
+    fn register_own(&self, ours: &mut Registry) {
+        ours.register_with_unit(
+            "sync_duration",
+            "Sync latency in seconds, by kind of sync (full, incremental, verify, cleanup)",
+            Unit::Seconds,
+            self.syncs_by_kind.clone(),
+        );
+        ours.register(
+            "netlink_writes",
+            "Netlink requests that changed the kernel (IPVS services, destinations, addresses), by kind of sync",
+            self.netlink_writes.clone(),
+        );
+        ours.register(
+            "sync_errors",
+            "Kernel writes that failed (and will be retried), by kind of sync",
+            self.sync_errors.clone(),
+        );
+        ours.register(
+            "kernel_read_failures",
+            "Kernel reads that failed (IPVS dump, kube-ipvs0 addresses, nftables table), by kind of sync; the sync then left that subsystem alone",
+            self.read_failures.clone(),
+        );
+        ours.register(
+            "nftables_element_changes",
+            "nftables set elements added or deleted",
+            self.nft_elements.clone(),
+        );
+        ours.register(
+            "nftables_transactions",
+            "nftables transactions sent (at most one per sync)",
+            self.nft_transactions.clone(),
+        );
+        ours.register(
+            "conntrack_flows_deleted",
+            "Conntrack flows of removed UDP and SCTP endpoints deleted",
+            self.conntrack_deleted.clone(),
+        );
+        ours.register(
+            "virtual_servers_desired",
+            "IPVS virtual servers the desired state holds",
+            self.virtual_servers_desired.clone(),
+        );
+    }
+}
+
 /// The result of a health check, ready to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -188,124 +513,28 @@ impl Metrics {
     /// instead of waiting for it.
     pub fn with_clock(clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Metrics {
         let mut registry = Registry::default();
-        let families = Families {
-            sync_duration: sync_duration_histogram(),
-            sync_full_duration: sync_duration_histogram(),
-            sync_partial_duration: sync_duration_histogram(),
-            sync_last_timestamp: Gauge::default(),
-            sync_last_queued_timestamp: Gauge::default(),
-            service_changes: Counter::default(),
-            endpoint_changes: Counter::default(),
-            healthz_responses: Family::default(),
-            livez_responses: Family::default(),
-            syncs_by_kind: Family::new_with_constructor(sync_duration_histogram),
-            netlink_writes: Family::default(),
-            sync_errors: Family::default(),
-            virtual_servers_desired: Gauge::default(),
-            nft_elements: Counter::default(),
-            nft_transactions: Counter::default(),
-            conntrack_deleted: Counter::default(),
-        };
-
-        // Counters are registered without `_total`: the encoder appends it.
-        let kube_proxy = registry.sub_registry_with_prefix("kubeproxy");
-        kube_proxy.register_with_unit(
-            "sync_proxy_rules_duration",
-            "SyncProxyRules latency in seconds",
-            Unit::Seconds,
-            families.sync_duration.clone(),
-        );
-        kube_proxy.register_with_unit(
-            "sync_full_proxy_rules_duration",
-            "SyncProxyRules latency in seconds for full resyncs",
-            Unit::Seconds,
-            families.sync_full_duration.clone(),
-        );
-        kube_proxy.register_with_unit(
-            "sync_partial_proxy_rules_duration",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            Unit::Seconds,
-            families.sync_partial_duration.clone(),
-        );
-        kube_proxy.register(
-            "sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            families.sync_last_timestamp.clone(),
-        );
-        kube_proxy.register(
-            "sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            families.sync_last_queued_timestamp.clone(),
-        );
-        kube_proxy.register(
-            "sync_proxy_rules_service_changes",
-            "Cumulative proxy rules Service changes",
-            families.service_changes.clone(),
-        );
-        kube_proxy.register(
-            "sync_proxy_rules_endpoint_changes",
-            "Cumulative proxy rules Endpoint changes",
-            families.endpoint_changes.clone(),
-        );
-        kube_proxy.register(
-            "proxy_healthz",
-            "Cumulative proxy healthz HTTP status",
-            families.healthz_responses.clone(),
-        );
-        kube_proxy.register(
-            "proxy_livez",
-            "Cumulative proxy livez HTTP status",
-            families.livez_responses.clone(),
-        );
-
+        let families = Families::new();
+        families.register_kube_proxy(registry.sub_registry_with_prefix("kubeproxy"));
+        let traffic = Arc::new(VirtualServerTraffic::default());
         let ours = registry.sub_registry_with_prefix("kube_ipvs_proxy");
-        ours.register_with_unit(
-            "sync_duration",
-            "Sync latency in seconds, by kind of sync (full, incremental, verify, cleanup)",
-            Unit::Seconds,
-            families.syncs_by_kind.clone(),
-        );
-        ours.register(
-            "netlink_writes",
-            "Netlink requests that changed the kernel (IPVS services, destinations, addresses), by kind of sync",
-            families.netlink_writes.clone(),
-        );
-        ours.register(
-            "sync_errors",
-            "Kernel writes that failed (and will be retried), by kind of sync",
-            families.sync_errors.clone(),
-        );
-        ours.register(
-            "nftables_element_changes",
-            "nftables set elements added or deleted",
-            families.nft_elements.clone(),
-        );
-        ours.register(
-            "nftables_transactions",
-            "nftables transactions sent (at most one per sync)",
-            families.nft_transactions.clone(),
-        );
-        ours.register(
-            "conntrack_flows_deleted",
-            "Conntrack flows of removed UDP and SCTP endpoints deleted",
-            families.conntrack_deleted.clone(),
-        );
-        ours.register(
-            "virtual_servers_desired",
-            "IPVS virtual servers the desired state holds",
-            families.virtual_servers_desired.clone(),
-        );
-
+        families.register_own(ours);
+        ours.register_collector(Box::new(traffic.clone()));
+        let started = clock();
         Metrics {
             inner: Arc::new(Inner {
                 clock: Box::new(clock),
+                started,
                 registry,
                 health: Mutex::new(HealthState {
                     last_updated: None,
                     oldest_pending: None,
                     node_eligible: true,
+                    pending_services: HashSet::new(),
+                    pending_endpoints: HashSet::new(),
+                    pending_triggers: Vec::new(),
                 }),
                 families,
+                traffic,
             }),
         }
     }
@@ -322,14 +551,6 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records one completed sync: kind `"full"`, `"incremental"`,
-    /// `"verify"` or `"cleanup"` (anything else is recorded as `"other"`).
-    ///
-    /// As upstream, the duration is observed whether or not the sync
-    /// succeeded. A sync of the rules with no failed write is the
-    /// "updated" of upstream health: it clears the pending change and sets
-    /// the last-sync timestamp. One with failed writes leaves the kernel
-    /// behind the desired state, so it counts as a pending change.
     /// Counts one sync's nftables element changes and transactions and its
     /// deleted conntrack flows.
     pub fn record_packet_path(&self, nft_elements: usize, nft_transactions: usize, flows: usize) {
@@ -339,7 +560,16 @@ impl Metrics {
         families.conntrack_deleted.inc_by(flows as u64);
     }
 
-    pub fn record_sync(&self, kind: &str, duration: Duration, writes: usize, failed: usize) {
+    /// Records one completed sync: kind `"full"`, `"incremental"`,
+    /// `"verify"` or `"cleanup"` (anything else is recorded as `"other"`).
+    ///
+    /// As upstream, the duration is observed whether or not the sync
+    /// succeeded. A sync of the rules in which every kernel read and write
+    /// succeeded is the "updated" of upstream health: it clears the pending
+    /// changes and sets the last-sync timestamp. One that failed to read or
+    /// write leaves the kernel behind the desired state, so it counts as a
+    /// pending change.
+    pub fn record_sync(&self, kind: &str, duration: Duration, outcome: SyncOutcome) {
         let kind = SyncKind::parse(kind);
         let families = &self.inner.families;
         let seconds = duration.as_secs_f64();
@@ -353,11 +583,15 @@ impl Metrics {
         families
             .netlink_writes
             .get_or_create(&labels)
-            .inc_by(writes as u64);
+            .inc_by(outcome.writes as u64);
         families
             .sync_errors
             .get_or_create(&labels)
-            .inc_by(failed as u64);
+            .inc_by(outcome.failed_writes as u64);
+        families
+            .read_failures
+            .get_or_create(&labels)
+            .inc_by(outcome.failed_reads as u64);
         if !kind.syncs_rules() {
             return;
         }
@@ -368,29 +602,107 @@ impl Metrics {
         }
         let now = self.now();
         let mut health = self.health_state();
-        if failed == 0 {
+        if outcome.succeeded() {
             health.oldest_pending = None;
             health.last_updated = Some(now);
+            health.pending_services.clear();
+            health.pending_endpoints.clear();
+            for trigger in health.pending_triggers.drain(..) {
+                families
+                    .network_programming
+                    .observe(latency_seconds(trigger, now));
+            }
+            families.service_changes_pending.set(0);
+            families.endpoint_changes_pending.set(0);
             families.sync_last_timestamp.set(unix_seconds(now));
         } else {
             health.oldest_pending.get_or_insert(now);
         }
     }
 
-    /// A source event changed these many services.
-    pub fn record_service_changes(&self, n: usize) {
-        self.inner.families.service_changes.inc_by(n as u64);
+    /// A Service event changed these services. They stay pending until a
+    /// sync succeeds; each counts once however often it changes.
+    pub fn record_service_changes<'a>(&self, services: impl IntoIterator<Item = &'a ServiceName>) {
+        let families = &self.inner.families;
+        let mut health = self.health_state();
+        for service in services {
+            families.service_changes.inc();
+            if !health.pending_services.contains(service) {
+                health.pending_services.insert(service.clone());
+            }
+        }
+        families
+            .service_changes_pending
+            .set(gauge_value(health.pending_services.len()));
     }
 
-    /// A source event changed these many endpoint slices (or Endpoints).
-    pub fn record_endpoint_changes(&self, n: usize) {
-        self.inner.families.endpoint_changes.inc_by(n as u64);
+    /// An EndpointSlice (or Endpoints) event changed these services' endpoints.
+    /// As [`Metrics::record_service_changes`].
+    pub fn record_endpoint_changes<'a>(&self, services: impl IntoIterator<Item = &'a ServiceName>) {
+        let families = &self.inner.families;
+        let mut health = self.health_state();
+        for service in services {
+            families.endpoint_changes.inc();
+            if !health.pending_endpoints.contains(service) {
+                health.pending_endpoints.insert(service.clone());
+            }
+        }
+        families
+            .endpoint_changes_pending
+            .set(gauge_value(health.pending_endpoints.len()));
+    }
+
+    /// An endpoint change triggered at `trigger` (the slice's
+    /// [`LAST_CHANGE_TRIGGER_TIME_ANNOTATION`]) is waiting to be programmed.
+    /// The next successful sync of the rules observes its network
+    /// programming latency, once, as upstream does. Changes triggered before
+    /// the proxy started are not its latency and are left out.
+    pub fn record_trigger_time(&self, trigger: SystemTime) {
+        if trigger < self.inner.started {
+            return;
+        }
+        let mut health = self.health_state();
+        if health.pending_triggers.len() < MAX_PENDING_TRIGGERS {
+            health.pending_triggers.push(trigger);
+        }
+    }
+
+    /// Service ports with a Local traffic policy whose endpoints are all on
+    /// other nodes, by policy, as the current desired state has them
+    /// (upstream's `kubeproxy_sync_proxy_rules_no_local_endpoints_total`).
+    pub fn set_no_local_endpoints(&self, internal: usize, external: usize) {
+        let family = &self.inner.families.no_local_endpoints;
+        for (traffic_policy, n) in [("internal", internal), ("external", external)] {
+            family
+                .get_or_create(&TrafficPolicyLabels { traffic_policy })
+                .set(gauge_value(n));
+        }
+    }
+
+    /// Replaces the per-virtual-server counters with those one full sync
+    /// dumped. A virtual server missing here has no series any more.
+    pub fn set_virtual_server_traffic(
+        &self,
+        samples: impl IntoIterator<Item = VirtualServerSample>,
+    ) {
+        let fresh: Vec<(VirtualServerLabels, TrafficCounters)> = samples
+            .into_iter()
+            .map(|s| (VirtualServerLabels::new(&s.service, &s.key), s.counters))
+            .collect();
+        *self
+            .inner
+            .traffic
+            .samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 
     /// The number of virtual servers in the desired state.
     pub fn set_virtual_servers(&self, n: usize) {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.inner.families.virtual_servers_desired.set(n);
+        self.inner
+            .families
+            .virtual_servers_desired
+            .set(gauge_value(n));
     }
 
     /// A change is pending (queued) since now. Only the oldest pending change
@@ -479,6 +791,30 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// Seconds from `trigger` to `now`. As upstream, a trigger time in the
+/// future (clock skew between the node and the control plane) comes out
+/// negative and lands in the lowest bucket.
+fn latency_seconds(trigger: SystemTime, now: SystemTime) -> f64 {
+    match now.duration_since(trigger) {
+        Ok(waited) => waited.as_secs_f64(),
+        Err(ahead) => -ahead.duration().as_secs_f64(),
+    }
+}
+
+/// The trigger time an EndpointSlice or Endpoints object carries in
+/// [`LAST_CHANGE_TRIGGER_TIME_ANNOTATION`] (RFC 3339), if any and valid.
+pub fn last_change_trigger_time(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<SystemTime> {
+    let value = annotations?.get(LAST_CHANGE_TRIGGER_TIME_ANNOTATION)?;
+    humantime::parse_rfc3339_weak(value).ok()
+}
+
+/// A count as a gauge's value (saturating: no count comes near `i64::MAX`).
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -720,8 +1056,29 @@ mod tests {
     #[derive(Debug, Clone, Copy)]
     enum Step {
         Pending(u64),
+        /// A sync of this kind with this many failed writes.
         Sync(u64, &'static str, usize),
+        /// A sync of this kind whose kernel read failed.
+        ReadFailed(u64, &'static str),
         NodeEligible(u64, bool),
+    }
+
+    /// A sync outcome with `failed_writes` failed writes of 3.
+    fn wrote(failed_writes: usize) -> SyncOutcome {
+        SyncOutcome {
+            writes: 3,
+            failed_writes,
+            failed_reads: 0,
+        }
+    }
+
+    /// A sync outcome whose kernel read failed, so nothing was written.
+    fn read_failed() -> SyncOutcome {
+        SyncOutcome {
+            writes: 0,
+            failed_writes: 0,
+            failed_reads: 1,
+        }
     }
     use Step::*;
 
@@ -764,6 +1121,16 @@ mod tests {
                 &[NodeEligible(0, false), NodeEligible(5, true)], 10, true, true),
             ("a clock that went backwards is not late",
                 &[Pending(100)], 0, true, true),
+            ("a failed kernel read is not a success",
+                &[Pending(0), ReadFailed(10, "full")], 60, false, false),
+            ("failed kernel reads with nothing queued start the wait",
+                &[ReadFailed(10, "full"), ReadFailed(40, "incremental")], 69, true, true),
+            ("failed kernel reads turn unhealthy 2 x sync period later",
+                &[ReadFailed(10, "full"), ReadFailed(40, "incremental")], 70, false, false),
+            ("a read that succeeds again makes the proxy healthy",
+                &[ReadFailed(10, "full"), Sync(75, "full", 0)], 100, true, true),
+            ("a deleted node with failing reads fails both",
+                &[ReadFailed(0, "full"), NodeEligible(0, false)], 60, false, false),
         ];
         for &(name, steps, checked_at, healthz, livez) in cases {
             let clock = FakeClock::new();
@@ -776,7 +1143,11 @@ mod tests {
                     }
                     Sync(t, kind, failed) => {
                         clock.set(t);
-                        metrics.record_sync(kind, Duration::from_millis(5), 3, failed);
+                        metrics.record_sync(kind, Duration::from_millis(5), wrote(failed));
+                    }
+                    ReadFailed(t, kind) => {
+                        clock.set(t);
+                        metrics.record_sync(kind, Duration::from_millis(5), read_failed());
                     }
                     NodeEligible(t, eligible) => {
                         clock.set(t);
@@ -815,7 +1186,7 @@ mod tests {
 
         // Unhealthy after a sync: lastUpdated is that sync.
         clock.set(200);
-        metrics.record_sync("full", Duration::from_millis(5), 1, 0);
+        metrics.record_sync("full", Duration::from_millis(5), wrote(0));
         clock.set(201);
         metrics.mark_pending();
         clock.set(400);
@@ -870,7 +1241,7 @@ mod tests {
                     .nth(1)?
                     .strip_suffix("\"}")?;
                 let bound: f64 = bound.parse().ok()?;
-                ((bound - le).abs() < le * 1e-9).then_some(*value)
+                ((bound - le).abs() <= le * 1e-9).then_some(*value)
             })
             .collect();
         assert_eq!(
@@ -888,16 +1259,24 @@ mod tests {
         clock.set(10);
         metrics.mark_pending();
         clock.set(11);
-        metrics.record_sync("full", Duration::from_millis(500), 10, 0);
+        let outcome = |writes, failed_writes| SyncOutcome {
+            writes,
+            failed_writes,
+            failed_reads: 0,
+        };
+        metrics.record_sync("full", Duration::from_millis(500), outcome(10, 0));
         clock.set(20);
-        metrics.record_sync("incremental", Duration::from_millis(2), 3, 1);
+        metrics.record_sync("incremental", Duration::from_millis(2), outcome(3, 1));
         clock.set(21);
-        metrics.record_sync("verify", Duration::from_millis(300), 0, 0);
+        metrics.record_sync("verify", Duration::from_millis(300), outcome(0, 0));
         clock.set(22);
-        metrics.record_sync("cleanup", Duration::from_secs(1), 4, 0);
-        metrics.record_service_changes(4);
-        metrics.record_service_changes(2);
-        metrics.record_endpoint_changes(5);
+        metrics.record_sync("cleanup", Duration::from_secs(1), outcome(4, 0));
+        metrics.record_sync("full", Duration::from_millis(1), read_failed());
+        let names = services(&["a", "b", "c", "d", "e", "f"]);
+        metrics.record_service_changes(&names[..4]);
+        metrics.record_service_changes(&names[4..]);
+        metrics.record_endpoint_changes(&names[..5]);
+        metrics.set_no_local_endpoints(2, 1);
         metrics.set_virtual_servers(7);
         metrics.record_packet_path(12, 1, 0);
         metrics.record_packet_path(2, 1, 3);
@@ -925,6 +1304,11 @@ mod tests {
             ("kube_ipvs_proxy_nftables_element_changes", "counter"),
             ("kube_ipvs_proxy_nftables_transactions", "counter"),
             ("kube_ipvs_proxy_conntrack_flows_deleted", "counter"),
+            ("kube_ipvs_proxy_kernel_read_failures", "counter"),
+            ("kubeproxy_sync_proxy_rules_service_changes_pending", "gauge"),
+            ("kubeproxy_sync_proxy_rules_endpoint_changes_pending", "gauge"),
+            ("kubeproxy_network_programming_duration_seconds", "histogram"),
+            ("kubeproxy_sync_proxy_rules_no_local_endpoints_total", "gauge"),
         ];
         for (family, kind) in families {
             assert!(
@@ -936,14 +1320,15 @@ mod tests {
         let samples = samples(&text);
         #[rustfmt::skip]
         let expected = [
-            // full, incremental and verify are syncs of the rules; cleanup is not.
-            ("kubeproxy_sync_proxy_rules_duration_seconds_count", 3.0),
-            ("kubeproxy_sync_proxy_rules_duration_seconds_sum", 0.802),
-            ("kubeproxy_sync_full_proxy_rules_duration_seconds_count", 2.0),
-            ("kubeproxy_sync_full_proxy_rules_duration_seconds_sum", 0.8),
+            // full (twice), incremental and verify are syncs of the rules; cleanup is not.
+            ("kubeproxy_sync_proxy_rules_duration_seconds_count", 4.0),
+            ("kubeproxy_sync_proxy_rules_duration_seconds_sum", 0.803),
+            ("kubeproxy_sync_full_proxy_rules_duration_seconds_count", 3.0),
+            ("kubeproxy_sync_full_proxy_rules_duration_seconds_sum", 0.801),
             ("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", 1.0),
             ("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum", 0.002),
-            // The verify at second 21 was the last sync without failures.
+            // The verify at second 21 was the last sync without failures:
+            // the full sync whose read failed, after it, does not count.
             ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", 1_700_000_021.0),
             ("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", 1_700_000_010.0),
             ("kubeproxy_sync_proxy_rules_service_changes_total", 6.0),
@@ -952,7 +1337,7 @@ mod tests {
             ("kubeproxy_proxy_healthz_total{code=\"503\"}", 1.0),
             ("kubeproxy_proxy_livez_total{code=\"200\"}", 1.0),
             ("kube_ipvs_proxy_sync_duration_seconds_count{kind=\"cleanup\"}", 1.0),
-            ("kube_ipvs_proxy_sync_duration_seconds_sum{kind=\"full\"}", 0.5),
+            ("kube_ipvs_proxy_sync_duration_seconds_sum{kind=\"full\"}", 0.501),
             ("kube_ipvs_proxy_netlink_writes_total{kind=\"full\"}", 10.0),
             ("kube_ipvs_proxy_netlink_writes_total{kind=\"incremental\"}", 3.0),
             ("kube_ipvs_proxy_netlink_writes_total{kind=\"verify\"}", 0.0),
@@ -963,6 +1348,14 @@ mod tests {
             ("kube_ipvs_proxy_nftables_element_changes_total", 14.0),
             ("kube_ipvs_proxy_nftables_transactions_total", 2.0),
             ("kube_ipvs_proxy_conntrack_flows_deleted_total", 3.0),
+            ("kube_ipvs_proxy_kernel_read_failures_total{kind=\"full\"}", 1.0),
+            ("kube_ipvs_proxy_kernel_read_failures_total{kind=\"cleanup\"}", 0.0),
+            // Six distinct services changed since the last successful sync.
+            ("kubeproxy_sync_proxy_rules_service_changes_pending", 6.0),
+            ("kubeproxy_sync_proxy_rules_endpoint_changes_pending", 5.0),
+            ("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"}", 2.0),
+            ("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"}", 1.0),
+            ("kubeproxy_network_programming_duration_seconds_count", 0.0),
         ];
         for (series, value) in expected {
             let got = samples
@@ -971,19 +1364,253 @@ mod tests {
             assert!((got - value).abs() < 1e-9, "{series}: {got} != {value}");
         }
 
-        // kube-proxy's buckets: 0.002 s lands in le=0.002, 0.3 s and 0.5 s in le=0.512.
+        // kube-proxy's buckets: 0.001 s lands in le=0.001, 0.002 s in
+        // le=0.002, 0.3 s and 0.5 s in le=0.512.
         let all = "kubeproxy_sync_proxy_rules_duration_seconds_bucket";
         let cases = [
-            (0.001, 0.0),
-            (0.002, 1.0),
-            (0.256, 1.0),
-            (0.512, 3.0),
-            (16.384, 3.0),
+            (0.001, 1.0),
+            (0.002, 2.0),
+            (0.256, 2.0),
+            (0.512, 4.0),
+            (16.384, 4.0),
         ];
         for (le, count) in cases {
             assert_eq!(bucket(&samples, all, le), count, "{all} le={le}");
         }
-        assert_eq!(samples[&format!("{all}{{le=\"+Inf\"}}")], 3.0);
+        assert_eq!(samples[&format!("{all}{{le=\"+Inf\"}}")], 4.0);
+    }
+
+    /// Service names in namespace `default`.
+    fn services(names: &[&str]) -> Vec<ServiceName> {
+        names
+            .iter()
+            .map(|n| ServiceName::new("default", n))
+            .collect()
+    }
+
+    #[test]
+    fn pending_changes_count_each_service_once_until_a_sync_succeeds() {
+        let metrics = Metrics::new();
+        let names = services(&["a", "b"]);
+        let pending = |metrics: &Metrics| {
+            let samples = samples(&metrics.encode());
+            (
+                samples["kubeproxy_sync_proxy_rules_service_changes_pending"],
+                samples["kubeproxy_sync_proxy_rules_endpoint_changes_pending"],
+                samples["kubeproxy_sync_proxy_rules_service_changes_total"],
+                samples["kubeproxy_sync_proxy_rules_endpoint_changes_total"],
+            )
+        };
+        metrics.record_service_changes(&names);
+        metrics.record_service_changes(&names[..1]);
+        metrics.record_endpoint_changes(&names[1..]);
+        assert_eq!(
+            pending(&metrics),
+            (2.0, 1.0, 3.0, 1.0),
+            "a changed twice counts once"
+        );
+        metrics.record_sync("incremental", Duration::ZERO, wrote(1));
+        assert_eq!(
+            pending(&metrics),
+            (2.0, 1.0, 3.0, 1.0),
+            "a failed write keeps them"
+        );
+        metrics.record_sync("full", Duration::ZERO, read_failed());
+        assert_eq!(
+            pending(&metrics),
+            (2.0, 1.0, 3.0, 1.0),
+            "a failed read keeps them"
+        );
+        metrics.record_sync("cleanup", Duration::ZERO, wrote(0));
+        assert_eq!(
+            pending(&metrics),
+            (2.0, 1.0, 3.0, 1.0),
+            "cleanup syncs no rules"
+        );
+        metrics.record_sync("incremental", Duration::ZERO, wrote(0));
+        assert_eq!(
+            pending(&metrics),
+            (0.0, 0.0, 3.0, 1.0),
+            "a successful sync clears them"
+        );
+        metrics.record_endpoint_changes(&names[..1]);
+        assert_eq!(
+            pending(&metrics),
+            (0.0, 1.0, 3.0, 2.0),
+            "pending again from zero"
+        );
+    }
+
+    #[test]
+    fn network_programming_is_observed_once_by_the_sync_that_succeeds() {
+        let clock = FakeClock::new();
+        let metrics = clock.metrics();
+        let programming = |metrics: &Metrics| {
+            let samples = samples(&metrics.encode());
+            let family = "kubeproxy_network_programming_duration_seconds";
+            (
+                samples[&format!("{family}_count")],
+                samples[&format!("{family}_sum")],
+            )
+        };
+        // Before the proxy started: programmed by someone else.
+        metrics.record_trigger_time(clock.at(0) - Duration::from_secs(10));
+        clock.set(5);
+        metrics.record_trigger_time(clock.at(2));
+        metrics.record_trigger_time(clock.at(4));
+        clock.set(20);
+        metrics.record_sync("full", Duration::ZERO, read_failed());
+        metrics.record_sync("incremental", Duration::ZERO, wrote(1));
+        metrics.record_sync("cleanup", Duration::ZERO, wrote(0));
+        assert_eq!(programming(&metrics), (0.0, 0.0), "nothing programmed yet");
+        clock.set(30);
+        metrics.record_sync("incremental", Duration::ZERO, wrote(0));
+        assert_eq!(
+            programming(&metrics),
+            (2.0, 28.0 + 26.0),
+            "30 - 2 and 30 - 4"
+        );
+        clock.set(40);
+        metrics.record_sync("full", Duration::ZERO, wrote(0));
+        assert_eq!(programming(&metrics), (2.0, 54.0), "each change once");
+
+        // Upstream's buckets: 26 s and 28 s both land in le=28, neither in le=25.
+        let samples = samples(&metrics.encode());
+        let buckets = "kubeproxy_network_programming_duration_seconds_bucket";
+        let cases = [
+            (0.0, 0.0),
+            (0.25, 0.0),
+            (25.0, 0.0),
+            (26.0, 1.0),
+            (28.0, 2.0),
+            (300.0, 2.0),
+        ];
+        for (le, count) in cases {
+            assert_eq!(bucket(&samples, buckets, le), count, "le={le}");
+        }
+        let bounds = samples.keys().filter(|k| k.starts_with(buckets)).count();
+        assert_eq!(
+            bounds,
+            1 + 2 + 59 + 12 + 7 + 1,
+            "upstream's buckets and +Inf"
+        );
+    }
+
+    #[test]
+    fn last_change_trigger_time_reads_the_annotation() {
+        let cases = [
+            (
+                "seconds",
+                Some("2024-05-01T10:00:00Z"),
+                Some(1_714_557_600_000),
+            ),
+            (
+                "nanoseconds",
+                Some("2024-05-01T10:00:00.250000000Z"),
+                Some(1_714_557_600_250),
+            ),
+            ("garbage", Some("yesterday"), None),
+            ("absent", None, None),
+        ];
+        for (name, value, expected_ms) in cases {
+            let annotations: std::collections::BTreeMap<String, String> = value
+                .map(|v| (LAST_CHANGE_TRIGGER_TIME_ANNOTATION.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect();
+            let got = last_change_trigger_time(Some(&annotations))
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis());
+            assert_eq!(got, expected_ms, "{name}");
+        }
+        assert_eq!(last_change_trigger_time(None), None, "no annotations");
+    }
+
+    #[test]
+    fn no_local_endpoints_is_a_gauge_by_traffic_policy() {
+        let metrics = Metrics::new();
+        metrics.set_no_local_endpoints(3, 1);
+        metrics.set_no_local_endpoints(1, 0);
+        let samples = samples(&metrics.encode());
+        let family = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+        assert_eq!(
+            samples[&format!("{family}{{traffic_policy=\"internal\"}}")],
+            1.0
+        );
+        assert_eq!(
+            samples[&format!("{family}{{traffic_policy=\"external\"}}")],
+            0.0
+        );
+    }
+
+    fn sample(
+        service: &str,
+        addr: &str,
+        port: u16,
+        counters: TrafficCounters,
+    ) -> VirtualServerSample {
+        VirtualServerSample {
+            service: ServiceName::new("default", service),
+            key: VirtualServerKey {
+                addr: addr.parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port,
+            },
+            counters,
+        }
+    }
+
+    #[test]
+    fn virtual_server_counters_are_replaced_at_each_full_sync() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        assert!(
+            !text.contains("virtual_server_"),
+            "no series before a dump:\n{text}"
+        );
+
+        let web = TrafficCounters {
+            connections: 7,
+            packets_in: 40,
+            packets_out: 30,
+            bytes_in: 4000,
+            bytes_out: 9000,
+        };
+        metrics.set_virtual_server_traffic([
+            sample("web", "10.96.0.10", 80, web),
+            sample("db", "fd00::20", 5432, TrafficCounters::default()),
+        ]);
+        let text = metrics.encode();
+        for family in [
+            "kube_ipvs_proxy_virtual_server_connections",
+            "kube_ipvs_proxy_virtual_server_packets",
+            "kube_ipvs_proxy_virtual_server_bytes",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{family}:\n{text}"
+            );
+        }
+        let samples = samples(&text);
+        let web_labels = "namespace=\"default\",service=\"web\",protocol=\"TCP\",address=\"10.96.0.10\",port=\"80\"";
+        #[rustfmt::skip]
+        let expected = [
+            (format!("kube_ipvs_proxy_virtual_server_connections_total{{{web_labels}}}"), 7.0),
+            (format!("kube_ipvs_proxy_virtual_server_packets_total{{{web_labels},direction=\"in\"}}"), 40.0),
+            (format!("kube_ipvs_proxy_virtual_server_packets_total{{{web_labels},direction=\"out\"}}"), 30.0),
+            (format!("kube_ipvs_proxy_virtual_server_bytes_total{{{web_labels},direction=\"in\"}}"), 4000.0),
+            (format!("kube_ipvs_proxy_virtual_server_bytes_total{{{web_labels},direction=\"out\"}}"), 9000.0),
+            ("kube_ipvs_proxy_virtual_server_connections_total{namespace=\"default\",service=\"db\",protocol=\"TCP\",address=\"fd00::20\",port=\"5432\"}".to_owned(), 0.0),
+        ];
+        for (series, value) in &expected {
+            assert_eq!(samples.get(series), Some(value), "{series} in:\n{text}");
+        }
+
+        // The next full sync no longer finds db: its series go.
+        metrics.set_virtual_server_traffic([sample("web", "10.96.0.10", 80, web)]);
+        let text = metrics.encode();
+        assert!(text.contains("service=\"web\""), "{text}");
+        assert!(!text.contains("service=\"db\""), "{text}");
+        metrics.set_virtual_server_traffic([]);
+        assert!(!metrics.encode().contains("virtual_server_"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write};
 use std::net::IpAddr;
 
-use crate::desired::{NftElement, ServiceDesired, ServiceName, VirtualServerKey};
+use crate::desired::{NftElement, NftFamily, ServiceDesired, ServiceName, VirtualServerKey};
 
 /// Writes the plan for `desired` (in any order; the output is sorted by
 /// service, then by virtual server and real server).
@@ -81,28 +81,29 @@ pub fn render_into<'a>(
     Ok(())
 }
 
-/// Writes the packet path's side of the plan, on `#` lines: the table's
+/// Writes the packet path's side of the plan, on `#` lines: the tables'
 /// fixed part (`table`, in `nft` syntax, as `nft list table` prints it less
-/// the elements), every element of its sets as the `nft` command that adds
-/// it, sorted by set, then translate's warnings (a refused address, a
-/// scheduler fallback).
+/// the elements), every element of their sets as the `nft` command that
+/// adds it, sorted by table (`ip`, then `ip6`) and set, then translate's
+/// warnings (a refused address, a scheduler fallback).
 pub fn render_packet_path<'a>(
     table: &str,
     elements: impl IntoIterator<Item = &'a NftElement>,
     warnings: impl IntoIterator<Item = impl fmt::Display>,
     out: &mut impl Write,
 ) -> fmt::Result {
-    let elements: BTreeSet<&NftElement> = elements.into_iter().collect();
+    let elements: BTreeSet<(NftFamily, &NftElement)> =
+        elements.into_iter().map(|e| (e.family(), e)).collect();
     writeln!(out, "# nftables: the proxy's table, without elements")?;
     for line in table.lines() {
         writeln!(out, "# {line}")?;
     }
     writeln!(
         out,
-        "# nftables: the elements of the proxy's sets (`nft list table ip {}` shows them)",
+        "# nftables: the elements of the proxy's sets (`nft list table ip {}` shows them; ip6 for IPv6)",
         crate::desired::NFT_TABLE
     )?;
-    for element in elements {
+    for (_, element) in elements {
         writeln!(out, "# nft {element}")?;
     }
     for warning in warnings {
@@ -329,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn packet_path_elements_are_nft_commands_sorted_by_set_then_warnings() {
+    fn packet_path_elements_are_nft_commands_sorted_by_table_and_set_then_warnings() {
         use crate::desired::{NftKey, NftSet};
         let vip: IpAddr = "10.96.0.10".parse().unwrap();
         let elements = [
@@ -352,7 +353,15 @@ mod tests {
             },
             NftElement {
                 set: NftSet::NodePorts,
-                key: NftKey::ProtoPort(Protocol::Sctp, 30001),
+                key: NftKey::ProtoPort(NftFamily::Ip, Protocol::Sctp, 30001),
+            },
+            NftElement {
+                set: NftSet::NodePorts,
+                key: NftKey::ProtoPort(NftFamily::Ip6, Protocol::Sctp, 30001),
+            },
+            NftElement {
+                set: NftSet::ClusterIps,
+                key: NftKey::AddrProtoPort("fd00::10".parse().unwrap(), Protocol::Udp, 53),
             },
         ];
         let mut out = String::new();
@@ -364,11 +373,13 @@ mod tests {
 # nftables: the proxy's table, without elements
 # table ip kube-ipvs-proxy {
 # }
-# nftables: the elements of the proxy's sets (`nft list table ip kube-ipvs-proxy` shows them)
+# nftables: the elements of the proxy's sets (`nft list table ip kube-ipvs-proxy` shows them; ip6 for IPv6)
 # nft add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . udp . 53 }
 # nft add element ip kube-ipvs-proxy nodeports { sctp . 30001 }
 # nft add element ip kube-ipvs-proxy service-ips { 10.96.0.10 }
 # nft add element ip kube-ipvs-proxy firewall-allow { 203.0.113.20 . tcp . 80 . 192.0.2.0/24 }
+# nft add element ip6 kube-ipvs-proxy cluster-ips { fd00::10 . udp . 53 }
+# nft add element ip6 kube-ipvs-proxy nodeports { sctp . 30001 }
 # warning: Service default/x: a warning
 "
         );

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
 use crate::desired::{NftRuleset, Protocol, ServiceName};
+use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
 use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
@@ -24,11 +25,13 @@ use crate::kernel::nftables::NetlinkNft;
 use crate::kernel::{
     modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel,
 };
-use crate::metrics::Metrics;
-use crate::model::{Changes, Model};
-use crate::reconcile::{Ownership, Reconciler, SyncReport};
-use crate::source::{self, SourceEvent};
-use crate::translate::{translate_each, NodeFacts, SctpSupport, TranslateConfig, Translation};
+use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
+use crate::model::{Changes, Model, NodeInfo};
+use crate::reconcile::{Ownership, Reconciler, SyncError, SyncReport};
+use crate::source::{self, SourceEvent, Update};
+use crate::translate::{
+    translate_each, NoLocalEndpoints, NodeFacts, SctpSupport, TranslateConfig, Translation,
+};
 
 /// Why the proxy stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,10 @@ const PACKET_PATH_MODULES: &[&str] = &[
     "nf_conntrack_netlink",
 ];
 
+/// The modules the `ip6` table's rules add, loaded only on a node with
+/// IPv6 (a kernel with IPv6 disabled may lack them).
+const PACKET_PATH_MODULES_IPV6: &[&str] = &["nft_fib_ipv6", "nft_reject_ipv6"];
+
 /// Modules and sysctls, before the first netlink request.
 fn prepare_kernel(opts: &Options) -> Result<()> {
     let scheduler_module = format!("ip_vs_{}", opts.ipvs_scheduler);
@@ -147,11 +154,25 @@ fn prepare_kernel(opts: &Options) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let wanted = sysctl::wanted(release.trim(), opts.ipvs_strict_arp);
     sysctl::apply(Path::new("/proc/sys"), &wanted)?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let conntrack = opts.conntrack_settings();
+    for failure in conntrack.apply(Path::new("/proc/sys"), Path::new("/sys"), cpus) {
+        tracing::warn!("{failure}");
+    }
     if let Some(warning) =
         sysctl::bridge_netfilter_warning(Path::new("/sys"), Path::new("/proc/sys"))
     {
         tracing::warn!("{warning}");
     }
+    Ok(())
+}
+
+/// `kube-ipvs-proxy prepare`: the modules and sysctls of `run`, alone.
+/// `run` does the same at its start, and then writes nothing that is
+/// already as it wants it.
+pub fn prepare(opts: &Options) -> Result<()> {
+    prepare_kernel(opts)?;
+    tracing::info!("kernel modules and sysctls are ready");
     Ok(())
 }
 
@@ -165,9 +186,18 @@ struct State {
     metrics: Metrics,
     /// Whether the local pod CIDRs are the Node's (`--detect-local-mode NodeCIDR`).
     pod_cidrs_from_node: bool,
+    /// `--nodeport-addresses primary`: NodePorts only on the Node's primary
+    /// addresses, narrowed at each refresh of the node's facts.
+    node_port_primary: bool,
     /// Desired virtual servers per service, so the gauge stays O(changes).
     virtual_servers: HashMap<ServiceName, usize>,
     virtual_servers_total: usize,
+    /// Ports left without a local endpoint, per service that has any, and
+    /// their sum, so the gauge stays O(changes).
+    no_local_endpoints: HashMap<ServiceName, NoLocalEndpoints>,
+    no_local_endpoints_total: NoLocalEndpoints,
+    /// The `healthCheckNodePort` servers of the services that ask for one.
+    health: ServiceHealthServers,
 }
 
 impl State {
@@ -178,16 +208,32 @@ impl State {
             event,
             SourceEvent::EndpointSlice(_) | SourceEvent::Endpoints(_)
         );
+        let trigger = last_change_trigger(&event);
+        // For a Node event: whether this node still exists (upstream's
+        // eligibility is false from the delete of its Node on).
+        let node_event = match &event {
+            SourceEvent::Node(Update::Delete(node)) => {
+                Some(node.metadata.name.as_deref() != Some(&*self.node.name))
+            }
+            SourceEvent::Node(_) => Some(true),
+            _ => None,
+        };
         let changes = self.model.apply(event);
         let synced = changes.synced;
         if !changes.is_empty() {
-            let n = changes.services.len();
             if endpoints {
-                self.metrics.record_endpoint_changes(n);
+                self.metrics.record_endpoint_changes(&changes.services);
+                if let Some(trigger) = trigger {
+                    self.metrics.record_trigger_time(trigger);
+                }
             } else {
-                self.metrics.record_service_changes(n);
+                self.metrics.record_service_changes(&changes.services);
             }
             self.metrics.mark_pending();
+        }
+        if let Some(exists) = node_event {
+            let eligible = exists && self.model.node().is_none_or(NodeInfo::eligible);
+            self.metrics.set_node_eligible(eligible);
         }
         self.absorb(changes);
         synced
@@ -260,6 +306,9 @@ impl State {
         for warning in &translation.warnings {
             tracing::warn!(service = %name, %warning, "translating service");
         }
+        if let Err(error) = self.health.set(&name, translation.health_check.as_ref()) {
+            tracing::error!(%error, "opening a health check port");
+        }
         let desired = translation.desired;
         let count = desired.virtual_servers.len();
         let previous = if count == 0 {
@@ -269,13 +318,44 @@ impl State {
         };
         self.virtual_servers_total = self.virtual_servers_total + count - previous.unwrap_or(0);
         self.metrics.set_virtual_servers(self.virtual_servers_total);
+        self.set_no_local_endpoints(&name, translation.no_local_endpoints);
         let wanted = count > 0 || !desired.bind_addrs.is_empty();
         self.reconciler.set_service(name, wanted.then_some(desired));
     }
 
+    /// Records one service's ports without a local endpoint and updates the
+    /// gauge with the new sum: O(1).
+    fn set_no_local_endpoints(&mut self, name: &ServiceName, counts: NoLocalEndpoints) {
+        let previous = if counts == NoLocalEndpoints::default() {
+            self.no_local_endpoints.remove(name)
+        } else {
+            self.no_local_endpoints.insert(name.clone(), counts)
+        }
+        .unwrap_or_default();
+        if previous == counts {
+            return;
+        }
+        let total = &mut self.no_local_endpoints_total;
+        total.internal = total.internal + counts.internal - previous.internal;
+        total.external = total.external + counts.external - previous.external;
+        self.metrics
+            .set_no_local_endpoints(total.internal, total.external);
+    }
+
+    /// Tries again the health-check ports that could not be bound.
+    fn retry_health_checks(&mut self) {
+        for error in self.health.retry_failed() {
+            tracing::error!(%error, "opening a health check port");
+        }
+    }
+
     /// Takes in fresh node addresses; every service is translated again if
     /// they changed.
-    fn set_node(&mut self, node: NodeFacts) {
+    fn set_node(&mut self, mut node: NodeFacts) {
+        if self.node_port_primary {
+            let primary = self.model.node().map(primary_addresses).unwrap_or_default();
+            node.node_addresses.retain(|a| primary.contains(a));
+        }
         if node != self.node {
             tracing::info!(addresses = ?node.node_addresses, "node addresses changed");
             self.reconciler
@@ -289,8 +369,42 @@ impl State {
     }
 }
 
+/// A Node's primary addresses, as upstream picks them for
+/// `--nodeport-addresses primary`: the first of each family among its
+/// InternalIPs, else among its ExternalIPs.
+fn primary_addresses(node: &crate::model::NodeInfo) -> Vec<IpAddr> {
+    let first = |v4: bool| {
+        node.internal_ips
+            .iter()
+            .chain(&node.external_ips)
+            .find(|a| a.is_ipv4() == v4)
+            .copied()
+    };
+    first(true).into_iter().chain(first(false)).collect()
+}
+
+/// The last-change trigger time an EndpointSlice or Endpoints update carries.
+fn last_change_trigger(event: &SourceEvent) -> Option<SystemTime> {
+    let annotations = match event {
+        SourceEvent::EndpointSlice(Update::Apply(slice)) => slice.metadata.annotations.as_ref(),
+        SourceEvent::Endpoints(Update::Apply(endpoints)) => endpoints.metadata.annotations.as_ref(),
+        _ => return None,
+    };
+    last_change_trigger_time(annotations)
+}
+
 fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: &Metrics) {
-    metrics.record_sync(kind, started.elapsed(), report.writes, report.failed);
+    let failed_reads = report
+        .errors
+        .iter()
+        .filter(|e| matches!(e, SyncError::Read { .. }))
+        .count();
+    let outcome = SyncOutcome {
+        writes: report.writes,
+        failed_writes: report.failed,
+        failed_reads,
+    };
+    metrics.record_sync(kind, started.elapsed(), outcome);
     metrics.record_packet_path(
         report.nft_elements,
         report.nft_batches,
@@ -322,18 +436,28 @@ pub async fn run(opts: &Options) -> Result<()> {
     )
     .await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?;
-    let ruleset = nft_ruleset(opts)?;
+    let node_name = opts.node_name();
+    // The node's families decide the nftables tables: `ip6` only with IPv6.
+    let node = node_facts(opts, &node_name).await?;
+    if node.ipv6 {
+        let loaded = modules::ensure_modules(PACKET_PATH_MODULES_IPV6)?;
+        if !loaded.is_empty() {
+            tracing::info!(?loaded, "loaded kernel modules");
+        }
+    }
+    let ruleset = NftRuleset {
+        ipv6: node.ipv6,
+        ..nft_ruleset(opts)?
+    };
     let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     // Fails at start, naming what the kernel lacks, rather than at every sync.
     nft.ensure_ruleset(&ruleset)
         .await
         .map_err(Error::Nftables)?;
     let mut conntrack = NetlinkConntrack::new()?;
-    let node_name = opts.node_name();
     tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
 
     let (events, source_name) = open_source(opts, &node_name).await?;
-    let node = node_facts(opts, &node_name).await?;
     let translate = translate_config(opts)?;
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -454,21 +578,30 @@ impl Loop<'_> {
         Fut: std::future::Future<Output = Result<NodeFacts>>,
     {
         let opts = self.opts;
-        let ruleset = self.ruleset;
+        let mut ruleset = self.ruleset;
         let mut reconciler = Reconciler::new(ownership(opts));
         reconciler.set_node_addresses(self.node.node_addresses.clone());
         if !opts.pod_cidrs_from_node() {
             reconciler.set_local_pod_cidrs(&opts.cluster_cidr);
         }
+        let health = ServiceHealthServers::new(
+            healthcheck::listen_addresses(!opts.nodeport_addresses.is_empty(), &self.node),
+            self.metrics.clone(),
+            opts.ipvs_sync_period,
+        );
         let mut state = State {
             model: Model::new(self.node.name.clone()),
             node: self.node,
             translate: self.translate,
             reconciler,
             pod_cidrs_from_node: opts.pod_cidrs_from_node(),
+            node_port_primary: opts.node_port_primary(),
             metrics: self.metrics,
             virtual_servers: HashMap::new(),
             virtual_servers_total: 0,
+            no_local_endpoints: HashMap::new(),
+            no_local_endpoints_total: NoLocalEndpoints::default(),
+            health,
         };
         let mut synced = false;
         let mut last_sync: Option<Instant> = None;
@@ -487,9 +620,30 @@ impl Loop<'_> {
                 () = sleep_until(wake) => {
                     let started = Instant::now();
                     if next_full.is_none_or(|t| t <= started) {
-                        state.set_node(refresh_node().await?);
+                        // A failed read keeps the last known facts: the
+                        // sync goes on, and the next full sync reads again.
+                        match refresh_node().await {
+                            Ok(node) => state.set_node(node),
+                            Err(error) => tracing::warn!(%error, "cannot read this node's addresses; keeping the last known ones until the next full sync"),
+                        }
+                        if state.node.ipv6 && !ruleset.ipv6 {
+                            // IPv6 came up after start: this full sync makes
+                            // the ip6 table, with the modules its rules need.
+                            if let Err(error) = modules::ensure_modules(PACKET_PATH_MODULES_IPV6) {
+                                tracing::warn!(%error, "the ip6 table's rules may not load");
+                            }
+                            ruleset.ipv6 = true;
+                        }
+                        state.retry_health_checks();
                         let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await;
                         log_sync("full", &report, started, &state.metrics);
+                        state.metrics.set_virtual_server_traffic(state.reconciler.traffic().map(
+                            |(service, key, counters)| VirtualServerSample {
+                                service: service.clone(),
+                                key: *key,
+                                counters: *counters,
+                            },
+                        ));
                         // The first sync and relists free far more than they keep.
                         crate::heap::release_free_memory();
                         next_full = Some(Instant::now() + opts.ipvs_sync_period);
@@ -618,12 +772,16 @@ pub async fn plan(opts: &Options) -> Result<String> {
         .flat_map(|d| &d.nft_elements)
         .chain(&pod_cidr_elements);
     // Writing into a String cannot fail.
-    let table = crate::kernel::nftables::render_ruleset(&nft_ruleset(opts)?);
+    let table = crate::kernel::nftables::render_ruleset(&NftRuleset {
+        ipv6: node.ipv6,
+        ..nft_ruleset(opts)?
+    });
     let _ = crate::plan::render_packet_path(&table, elements, &warnings, &mut out);
     Ok(out)
 }
 
-/// `kube-ipvs-proxy cleanup`: removes what the proxy owns, then kube-ipvs0.
+/// `kube-ipvs-proxy cleanup`: removes what the proxy owns, then kube-ipvs0
+/// unless addresses it does not own (inside `--ipvs-exclude-cidrs`) remain.
 pub async fn cleanup(opts: &Options) -> Result<()> {
     let mut ipvs = NetlinkIpvs::connect().await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?;
@@ -633,7 +791,15 @@ pub async fn cleanup(opts: &Options) -> Result<()> {
     let started = Instant::now();
     let report = reconciler.cleanup(&mut ipvs, &mut link).await;
     log_sync("cleanup", &report, started, &Metrics::new());
-    let deleted = link.delete().await?;
+    // kube-ipvs0 goes only when nothing is left on it: addresses inside
+    // --ipvs-exclude-cidrs are not the proxy's, and keep their interface.
+    let left = link.ensure_link().await?;
+    let deleted = if left.is_empty() {
+        link.delete().await?
+    } else {
+        tracing::info!(interface = %opts.ipvs_interface, kept = ?left, "the interface keeps addresses the proxy does not own, so it stays");
+        false
+    };
     let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     let table_deleted = nft.delete_table().await.map_err(Error::Nftables)?;
     tracing::info!(interface = %opts.ipvs_interface, deleted, table_deleted, "cleanup done");
@@ -650,12 +816,36 @@ pub async fn cleanup(opts: &Options) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::fake::{FailOn, FakeConntrack, FakeKernel, FakeNft};
+    use crate::model::TO_BE_DELETED_TAINT as TO_BE_DELETED;
     use clap::Parser;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn opts(args: &[&str]) -> Options {
         crate::cli::Cli::parse_from(std::iter::once("kube-ipvs-proxy").chain(args.iter().copied()))
             .options
+    }
+
+    #[test]
+    fn primary_addresses_are_the_first_of_each_family() {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "ExternalIP", "address": "203.0.113.7"},
+                {"type": "InternalIP", "address": "192.0.2.7"},
+                {"type": "InternalIP", "address": "192.0.2.8"},
+                {"type": "ExternalIP", "address": "2001:db8::7"},
+            ]},
+        }))
+        .unwrap();
+        let node = crate::model::NodeInfo::from_node(&node).unwrap();
+        let want: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        assert_eq!(
+            primary_addresses(&node),
+            want,
+            "InternalIPs first; an ExternalIP where a family has no InternalIP"
+        );
     }
 
     #[test]
@@ -709,6 +899,456 @@ mod tests {
         assert_eq!(
             next_wake(&reconciler, Some(last), Some(full), &opts),
             Some(last + Duration::from_secs(2))
+        );
+    }
+
+    /// One GET to 127.0.0.1:`port`: the status and the body, or why not.
+    async fn health_check_get(port: u16) -> std::io::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await?;
+        let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_owned()))
+    }
+
+    /// Asks until the answer is `status` (the loop runs beside the test).
+    async fn health_check_answer(port: u16, status: u16) -> String {
+        for _ in 0..1000 {
+            if let Ok((got, body)) = health_check_get(port).await {
+                if got == status {
+                    return body;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("127.0.0.1:{port} never answered {status}");
+    }
+
+    #[tokio::test]
+    async fn the_loop_opens_updates_and_closes_health_check_ports() {
+        use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+        use crate::source::Update;
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        use serde_json::json;
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        // --nodeport-addresses: the servers listen on the node's addresses.
+        let opts = opts(&[
+            "--nodeport-addresses",
+            "127.0.0.1/32",
+            "--ipvs-sync-period",
+            "1h",
+        ]);
+        let node = NodeFacts {
+            name: "n1".into(),
+            node_addresses: vec!["127.0.0.1".parse().unwrap()],
+            local_addresses: vec![],
+            ipv4: true,
+            ipv6: false,
+        };
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                     "externalTrafficPolicy": "Local", "healthCheckNodePort": port,
+                     "ports": [{"port": 80, "nodePort": 30080}]},
+        }))
+        .unwrap();
+        let slice = |node_name: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "default", "name": "web-1",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"port": 8080}],
+                "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node_name}],
+            }))
+            .unwrap()
+        };
+        let (send, events) = futures::channel::mpsc::unbounded();
+        let send = |event| send.unbounded_send(event).unwrap();
+        send(SourceEvent::Service(Update::Apply(service.clone())));
+        send(SourceEvent::EndpointSlice(Update::Apply(slice("n1"))));
+        send(SourceEvent::Synced);
+
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::default(), FakeConntrack::default());
+        let refresh = {
+            let node = node.clone();
+            move || std::future::ready(Ok(node.clone()))
+        };
+        let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+        let serve = Loop {
+            opts: &opts,
+            node,
+            translate: TranslateConfig::default(),
+            ruleset: NftRuleset::default(),
+            source_name: "test",
+            metrics: Metrics::new(),
+        }
+        .serve(
+            Box::pin(events),
+            Kernel {
+                ipvs: &mut ipvs,
+                link: &mut link,
+                nft: &mut nft,
+                conntrack: &mut conntrack,
+            },
+            refresh,
+            async {
+                let _ = stopped.await;
+            },
+        );
+        let client = async {
+            let body = health_check_answer(port, 200).await;
+            assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+
+            // The endpoint moves to another node: the same server says 503.
+            send(SourceEvent::EndpointSlice(Update::Apply(slice("n2"))));
+            let body = health_check_answer(port, 503).await;
+            assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+
+            // The service goes, and its port with it.
+            send(SourceEvent::Service(Update::Delete(service)));
+            // (A connection accepted just before the close is reset instead.)
+            let mut refused = false;
+            for _ in 0..1000 {
+                let answer = health_check_get(port).await;
+                if answer.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused) {
+                    refused = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(refused, "the port closes with its service");
+            let _ = stop.send(());
+        };
+        let (result, ()) = tokio::join!(serve, client);
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    /// The loop on fake kernels, with a clock for health that the test moves.
+    struct FakeRun {
+        clock: Arc<std::sync::Mutex<SystemTime>>,
+        metrics: Metrics,
+        opts: Options,
+        node: NodeFacts,
+    }
+
+    impl FakeRun {
+        fn new() -> FakeRun {
+            let clock = Arc::new(std::sync::Mutex::new(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            ));
+            let metrics = {
+                let clock = clock.clone();
+                Metrics::with_clock(move || *clock.lock().unwrap())
+            };
+            FakeRun {
+                clock,
+                metrics,
+                opts: opts(&["--ipvs-sync-period", "30s", "--ipvs-min-sync-period", "0s"]),
+                node: NodeFacts {
+                    name: "node-1".into(),
+                    node_addresses: vec![],
+                    local_addresses: vec![],
+                    ipv4: true,
+                    ipv6: false,
+                },
+            }
+        }
+
+        /// Moves the health clock on.
+        fn advance(&self, by: Duration) {
+            *self.clock.lock().unwrap() += by;
+        }
+
+        /// Runs the loop on `ipvs` with the events of `events` until `test` ends.
+        async fn run(
+            &self,
+            ipvs: &mut FakeKernel,
+            events: futures::channel::mpsc::UnboundedReceiver<SourceEvent>,
+            test: impl std::future::Future<Output = ()>,
+        ) {
+            let (mut link, mut nft, mut conntrack) =
+                (FakeKernel::new(), FakeNft::new(), FakeConntrack::default());
+            let kernel = Kernel {
+                ipvs,
+                link: &mut link,
+                nft: &mut nft,
+                conntrack: &mut conntrack,
+            };
+            let loop_ = Loop {
+                opts: &self.opts,
+                node: self.node.clone(),
+                translate: TranslateConfig::default(),
+                ruleset: NftRuleset::default(),
+                source_name: "test",
+                metrics: self.metrics.clone(),
+            };
+            let facts = self.node.clone();
+            let refresh = move || std::future::ready(Ok(facts.clone()));
+            let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+            let serve = loop_.serve(Box::pin(events), kernel, refresh, async {
+                let _ = stopped.await;
+            });
+            let test = async {
+                test.await;
+                let _ = stop.send(());
+            };
+            let (result, ()) = tokio::join!(serve, test);
+            result.unwrap();
+        }
+    }
+
+    /// Waits until the loop has recorded `series` at least `at_least` times.
+    /// The bound only turns a regression into a failure instead of a hang.
+    async fn wait_for(metrics: &Metrics, series: &str, at_least: f64) {
+        for _ in 0..1000 {
+            let text = metrics.encode();
+            let value = text
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok());
+            if value.is_some_and(|v: f64| v >= at_least) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{series} never reached {at_least}:\n{}", metrics.encode());
+    }
+
+    /// Waits until `/healthz` answers `healthy`.
+    async fn wait_for_healthz(metrics: &Metrics, period: Duration, healthy: bool) {
+        for _ in 0..1000 {
+            if metrics.health(period).healthy == healthy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("/healthz never became healthy={healthy}");
+    }
+
+    fn node(name: &str, taint: Option<&str>) -> k8s_openapi::api::core::v1::Node {
+        use k8s_openapi::api::core::v1::{Node, NodeSpec, Taint};
+        let mut node = Node::default();
+        node.metadata.name = Some(name.into());
+        node.spec = Some(NodeSpec {
+            taints: taint.map(|key| {
+                vec![Taint {
+                    key: key.into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                }]
+            }),
+            ..NodeSpec::default()
+        });
+        node
+    }
+
+    #[tokio::test]
+    async fn a_full_sync_exposes_the_dumped_counters_of_each_owned_virtual_server() {
+        use crate::desired::{Protocol, VirtualServer, VirtualServerKey};
+        use crate::kernel::{KernelVirtualServer, TrafficCounters};
+        let run = FakeRun::new();
+        let key = VirtualServerKey {
+            addr: "10.96.0.10".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        // Left by a previous run, with traffic: the first full sync adopts it.
+        let mut ipvs = FakeKernel::new();
+        ipvs.insert_virtual_server(KernelVirtualServer {
+            server: VirtualServer {
+                key,
+                scheduler: "rr".into(),
+                persistence: None,
+            },
+            real_servers: vec![],
+            connections: Default::default(),
+            counters: TrafficCounters {
+                connections: 7,
+                packets_in: 70,
+                packets_out: 50,
+                bytes_in: 7000,
+                bytes_out: 5000,
+            },
+        });
+        let service = serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]},
+        });
+        let (events, source) = futures::channel::mpsc::unbounded();
+        for event in [
+            SourceEvent::Service(Update::Replace(vec![
+                serde_json::from_value(service).unwrap()
+            ])),
+            SourceEvent::Synced,
+        ] {
+            events.unbounded_send(event).unwrap();
+        }
+        run.run(&mut ipvs, source, async {
+            let labels = r#"namespace="default",service="web",protocol="TCP",address="10.96.0.10",port="80""#;
+            #[rustfmt::skip]
+            let expected = [
+                (format!("kube_ipvs_proxy_virtual_server_connections_total{{{labels}}}"), 7.0),
+                (format!(r#"kube_ipvs_proxy_virtual_server_packets_total{{{labels},direction="in"}}"#), 70.0),
+                (format!(r#"kube_ipvs_proxy_virtual_server_bytes_total{{{labels},direction="out"}}"#), 5000.0),
+            ];
+            for (series, value) in expected {
+                wait_for(&run.metrics, &series, value).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_cannot_be_read_fails_healthz_and_livez_after_two_sync_periods() {
+        let run = FakeRun::new();
+        let period = run.opts.ipvs_sync_period;
+        let mut ipvs = FakeKernel::new();
+        ipvs.fail_always(FailOn::IpvsDump, KernelError::Other("EPERM".into()));
+        let (events, source) = futures::channel::mpsc::unbounded();
+        events.unbounded_send(SourceEvent::Synced).unwrap();
+        run.run(&mut ipvs, source, async {
+            let failures = "kube_ipvs_proxy_kernel_read_failures_total{kind=\"full\"}";
+            wait_for(&run.metrics, failures, 1.0).await;
+            let text = run.metrics.encode();
+            assert!(
+                text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 0.0"),
+                "a failed read is no successful sync:\n{text}"
+            );
+            run.advance(period * 2 - Duration::from_secs(1));
+            assert!(run.metrics.health(period).healthy, "not late yet");
+            run.advance(Duration::from_secs(1));
+            assert!(!run.metrics.health(period).healthy, "/healthz");
+            assert!(!run.metrics.liveness(period).healthy, "/livez, as upstream");
+        })
+        .await;
+        assert!(ipvs.dumps() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_node_being_deleted_fails_healthz_but_not_livez() {
+        let run = FakeRun::new();
+        let period = run.opts.ipvs_sync_period;
+        let mut ipvs = FakeKernel::new();
+        let (events, source) = futures::channel::mpsc::unbounded();
+        events.unbounded_send(SourceEvent::Synced).unwrap();
+        run.run(&mut ipvs, source, async {
+            wait_for(
+                &run.metrics,
+                "kube_ipvs_proxy_sync_duration_seconds_count{kind=\"full\"}",
+                1.0,
+            )
+            .await;
+            run.advance(period * 3);
+            assert!(
+                run.metrics.health(period).healthy,
+                "a kernel that reads is healthy"
+            );
+
+            let cases = [
+                (
+                    "tainted by the autoscaler",
+                    Update::Apply(node("node-1", Some(TO_BE_DELETED))),
+                    false,
+                ),
+                ("untainted", Update::Apply(node("node-1", None)), true),
+                (
+                    "another node deleted",
+                    Update::Delete(node("node-2", None)),
+                    true,
+                ),
+                ("deleted", Update::Delete(node("node-1", None)), false),
+            ];
+            for (name, update, eligible) in cases {
+                events.unbounded_send(SourceEvent::Node(update)).unwrap();
+                // A Node event changes no service, so nothing else marks it
+                // taken in: wait for the answer it must give.
+                wait_for_healthz(&run.metrics, period, eligible).await;
+                assert!(run.metrics.liveness(period).healthy, "{name}: /livez");
+                let body: serde_json::Value =
+                    serde_json::from_str(&run.metrics.health(period).body).unwrap();
+                assert_eq!(body["nodeEligible"], eligible, "{name}");
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+    use crate::source::Update;
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_failed_read_of_the_node_addresses_does_not_end_the_loop() {
+        let opts = crate::cli::Cli::parse_from(["kube-ipvs-proxy", "--once"]).options;
+        let node = NodeFacts {
+            name: "n1".into(),
+            node_addresses: vec!["192.0.2.1".parse().unwrap()],
+            local_addresses: vec!["192.0.2.1".parse().unwrap()],
+            ipv4: true,
+            ipv6: false,
+        };
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        let (send, events) = futures::channel::mpsc::unbounded();
+        send.unbounded_send(SourceEvent::Service(Update::Apply(service)))
+            .unwrap();
+        send.unbounded_send(SourceEvent::Synced).unwrap();
+
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::default(), FakeConntrack::default());
+        // Every read of the node's addresses fails.
+        let reads = std::cell::Cell::new(0);
+        let refresh = || {
+            reads.set(reads.get() + 1);
+            std::future::ready(Err(Error::Kernel(KernelError::Other(
+                "reading addresses: EINTR".into(),
+            ))))
+        };
+        let result = Loop {
+            opts: &opts,
+            node,
+            translate: TranslateConfig::default(),
+            ruleset: NftRuleset::default(),
+            source_name: "test",
+            metrics: Metrics::new(),
+        }
+        .serve(
+            Box::pin(events),
+            Kernel {
+                ipvs: &mut ipvs,
+                link: &mut link,
+                nft: &mut nft,
+                conntrack: &mut conntrack,
+            },
+            refresh,
+            futures::future::pending(),
+        )
+        .await;
+        // --once: the sync ran on the last known facts and verified.
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(reads.get(), 1);
+        assert_eq!(
+            ipvs.dump().await.unwrap().len(),
+            1,
+            "the service was programmed"
         );
     }
 }

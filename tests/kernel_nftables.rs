@@ -1,7 +1,8 @@
-//! The proxy's nftables table against the real kernel, read back with `nft`.
+//! The proxy's nftables tables against the real kernel, read back with `nft`.
 //! Run by the VM harness (`--include-ignored --test-threads=1`, as root, with
-//! nf_tables loaded); each test deletes `ip kube-ipvs-proxy` before and
-//! after itself, since the tests share the VM's one ruleset.
+//! nf_tables loaded), or on a host under `unshare -n`; each test deletes
+//! `ip kube-ipvs-proxy` and `ip6 kube-ipvs-proxy` before and after itself,
+//! since the tests share one ruleset.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 use kube_ipvs_proxy::desired::{
-    LocalDetect, NftChange, NftElement, NftKey, NftRuleset, NftSet, Protocol, NFT_TABLE,
+    LocalDetect, NftChange, NftElement, NftFamily, NftKey, NftRuleset, NftSet, Protocol, NFT_TABLE,
 };
 use kube_ipvs_proxy::kernel::nftables::{render_element, render_ruleset, NetlinkNft};
 use kube_ipvs_proxy::kernel::NftKernel;
@@ -109,11 +110,21 @@ impl Clean {
     fn start() -> Self {
         Clean.sweep();
         assert_eq!(table_handle("ip", NFT_TABLE), None, "the test starts clean");
+        assert_eq!(
+            table_handle("ip6", NFT_TABLE),
+            None,
+            "the test starts clean"
+        );
         Clean
     }
 
     fn sweep(&self) {
-        for (family, name) in [("ip", NFT_TABLE), ("inet", FOREIGN), ("inet", NFT_TABLE)] {
+        for (family, name) in [
+            ("ip", NFT_TABLE),
+            ("ip6", NFT_TABLE),
+            ("inet", FOREIGN),
+            ("inet", NFT_TABLE),
+        ] {
             let _ = run_nft(&["delete", "table", family, name], None);
         }
     }
@@ -129,6 +140,15 @@ fn ruleset(local_detect: LocalDetect, masquerade_all: bool) -> NftRuleset {
     NftRuleset {
         masquerade_all,
         local_detect,
+        ipv6: false,
+    }
+}
+
+/// The same ruleset on a node with IPv6: both tables.
+fn ruleset6(local_detect: LocalDetect, masquerade_all: bool) -> NftRuleset {
+    NftRuleset {
+        ipv6: true,
+        ..ruleset(local_detect, masquerade_all)
     }
 }
 
@@ -157,10 +177,15 @@ fn sorted(mut elements: Vec<NftElement>) -> Vec<NftElement> {
     elements
 }
 
-/// The set's declared type as `nft -j` shows it, and whether it holds intervals.
-fn expected_type(set: NftSet) -> (Value, bool) {
-    let addr_proto_port = serde_json::json!(["ipv4_addr", "inet_proto", "inet_service"]);
-    let with_source = serde_json::json!(["ipv4_addr", "inet_proto", "inet_service", "ipv4_addr"]);
+/// The set's declared type in the `family` table as `nft -j` shows it, and
+/// whether it holds intervals.
+fn expected_type(family: NftFamily, set: NftSet) -> (Value, bool) {
+    let addr = match family {
+        NftFamily::Ip => "ipv4_addr",
+        NftFamily::Ip6 => "ipv6_addr",
+    };
+    let addr_proto_port = serde_json::json!([addr, "inet_proto", "inet_service"]);
+    let with_source = serde_json::json!([addr, "inet_proto", "inet_service", addr]);
     match set {
         NftSet::ClusterIps
         | NftSet::ExternalIps
@@ -170,10 +195,10 @@ fn expected_type(set: NftSet) -> (Value, bool) {
         NftSet::NodePorts | NftSet::NodePortsNoLocalEndpoints => {
             (serde_json::json!(["inet_proto", "inet_service"]), false)
         }
-        NftSet::ServiceIps => (serde_json::json!("ipv4_addr"), false),
+        NftSet::ServiceIps => (serde_json::json!(addr), false),
         NftSet::FirewallAllow => (with_source, true),
         NftSet::Hairpin => (with_source, false),
-        NftSet::LocalPodCidrs => (serde_json::json!("ipv4_addr"), true),
+        NftSet::LocalPodCidrs => (serde_json::json!(addr), true),
     }
 }
 
@@ -210,8 +235,9 @@ fn json_net(v: &Value) -> ipnet::IpNet {
     }
 }
 
-/// One element of `nft -j list set`, read as the key of `set`'s shape.
-fn key_from_json(set: NftSet, value: &Value) -> NftKey {
+/// One element of `nft -j list set` of the `family` table, read as the key
+/// of `set`'s shape.
+fn key_from_json(family: NftFamily, set: NftSet, value: &Value) -> NftKey {
     let fields: Vec<&Value> = match value.get("concat") {
         Some(Value::Array(fields)) => fields.iter().collect(),
         _ => vec![value],
@@ -226,7 +252,7 @@ fn key_from_json(set: NftSet, value: &Value) -> NftKey {
             [a, p, port],
         ) => NftKey::AddrProtoPort(json_addr(a), json_proto(p), json_port(port)),
         (NftSet::NodePorts | NftSet::NodePortsNoLocalEndpoints, [p, port]) => {
-            NftKey::ProtoPort(json_proto(p), json_port(port))
+            NftKey::ProtoPort(family, json_proto(p), json_port(port))
         }
         (NftSet::ServiceIps, [a]) => NftKey::Addr(json_addr(a)),
         (NftSet::FirewallAllow, [a, p, port, source]) => NftKey::AddrProtoPortSource(
@@ -243,9 +269,9 @@ fn key_from_json(set: NftSet, value: &Value) -> NftKey {
     }
 }
 
-/// The JSON elements of `nft -j list set ip kube-ipvs-proxy SET`.
-fn nft_set_json(set: NftSet) -> Vec<Value> {
-    let listed = nft_json(&["list", "set", "ip", NFT_TABLE, set.name()]);
+/// The JSON elements of `nft -j list set FAMILY kube-ipvs-proxy SET`.
+fn nft_set_json(family: NftFamily, set: NftSet) -> Vec<Value> {
+    let listed = nft_json(&["list", "set", family.name(), NFT_TABLE, set.name()]);
     let declared = listed
         .iter()
         .find_map(|o| o.get("set"))
@@ -256,14 +282,17 @@ fn nft_set_json(set: NftSet) -> Vec<Value> {
     }
 }
 
-/// What `nft` shows in every one of the proxy's sets, parsed, sorted.
+/// What `nft` shows in every one of the proxy's sets, in both tables
+/// (where there is one), parsed, sorted.
 fn nft_elements() -> Vec<NftElement> {
-    let mut found: Vec<NftElement> = NftSet::ALL
+    let mut found: Vec<NftElement> = NftFamily::ALL
         .into_iter()
-        .flat_map(|set| {
-            nft_set_json(set)
+        .filter(|family| table_handle(family.name(), NFT_TABLE).is_some())
+        .flat_map(|family| NftSet::ALL.into_iter().map(move |set| (family, set)))
+        .flat_map(|(family, set)| {
+            nft_set_json(family, set)
                 .iter()
-                .map(|v| elem(set, key_from_json(set, v)))
+                .map(|v| elem(set, key_from_json(family, set, v)))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -298,9 +327,12 @@ fn every_shape() -> Vec<NftElement> {
             NftSet::FirewallIps,
             AddrProtoPort(ip("203.0.113.9"), Tcp, 80),
         ),
-        elem(NftSet::NodePorts, ProtoPort(Tcp, 30080)),
-        elem(NftSet::NodePorts, ProtoPort(Sctp, 30000)),
-        elem(NftSet::NodePortsNoLocalEndpoints, ProtoPort(Udp, 30053)),
+        elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Tcp, 30080)),
+        elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Sctp, 30000)),
+        elem(
+            NftSet::NodePortsNoLocalEndpoints,
+            ProtoPort(NftFamily::Ip, Udp, 30053),
+        ),
         elem(NftSet::ServiceIps, Addr(ip("10.96.0.10"))),
         elem(NftSet::ServiceIps, Addr(ip("203.0.113.7"))),
         elem(
@@ -399,7 +431,7 @@ async fn a_missing_table_is_created_with_every_set_and_the_rendered_chains() {
         let expected_names: Vec<&str> = NftSet::ALL.iter().map(|s| s.name()).collect();
         assert_eq!(names, expected_names, "{rs:?}: every set, in order");
         for (set, listed) in NftSet::ALL.iter().zip(&sets) {
-            let (ty, interval) = expected_type(*set);
+            let (ty, interval) = expected_type(NftFamily::Ip, *set);
             assert_eq!(listed["type"], ty, "{rs:?}: type of set {}", set.name());
             let flags = listed.get("flags").cloned().unwrap_or(Value::Null);
             assert_eq!(
@@ -487,9 +519,9 @@ async fn elements_of_every_key_shape_are_added_listed_and_deleted_exactly() {
     kernel.apply(&adds(&elements)).await.expect("adds applied");
     for set in NftSet::ALL {
         let listed: Vec<NftKey> = {
-            let mut keys: Vec<NftKey> = nft_set_json(set)
+            let mut keys: Vec<NftKey> = nft_set_json(NftFamily::Ip, set)
                 .iter()
-                .map(|v| key_from_json(set, v))
+                .map(|v| key_from_json(NftFamily::Ip, set, v))
                 .collect();
             keys.sort();
             keys
@@ -545,7 +577,10 @@ async fn deleting_a_missing_element_fails_the_whole_transaction_naming_it() {
     let result = kernel
         .apply(&[
             NftChange::Add(elem(NftSet::ServiceIps, Addr(ip("10.96.0.11")))),
-            NftChange::Add(elem(NftSet::NodePorts, ProtoPort(Udp, 30053))),
+            NftChange::Add(elem(
+                NftSet::NodePorts,
+                ProtoPort(NftFamily::Ip, Udp, 30053),
+            )),
             NftChange::Delete(held),
             NftChange::Delete(missing),
         ])
@@ -643,7 +678,7 @@ async fn ten_thousand_elements_land_in_one_transaction() {
         "the error names the set and its one element (an interval counts once): {error}"
     );
     assert_eq!(
-        nft_set_json(NftSet::ClusterIps).len(),
+        nft_set_json(NftFamily::Ip, NftSet::ClusterIps).len(),
         0,
         "none of the 10,000 adds before the refusal landed"
     );
@@ -654,11 +689,11 @@ async fn ten_thousand_elements_land_in_one_transaction() {
         .await
         .expect("table re-created");
     kernel.apply(&adds(&many)).await.expect("10,000 adds");
-    let listed = nft_set_json(NftSet::ClusterIps);
+    let listed = nft_set_json(NftFamily::Ip, NftSet::ClusterIps);
     assert_eq!(listed.len(), 10_000, "nft counts every element");
     let mut keys: Vec<NftKey> = listed
         .iter()
-        .map(|v| key_from_json(NftSet::ClusterIps, v))
+        .map(|v| key_from_json(NftFamily::Ip, NftSet::ClusterIps, v))
         .collect();
     keys.sort();
     let wanted: Vec<NftKey> = many.iter().map(|e| e.key).collect();
@@ -666,7 +701,7 @@ async fn ten_thousand_elements_land_in_one_transaction() {
     assert_eq!(dumped(&mut kernel).await, many);
 
     kernel.apply(&deletes(&many)).await.expect("10,000 deletes");
-    assert_eq!(nft_set_json(NftSet::ClusterIps).len(), 0);
+    assert_eq!(nft_set_json(NftFamily::Ip, NftSet::ClusterIps).len(), 0);
 }
 
 #[tokio::test]
@@ -729,4 +764,233 @@ async fn delete_table_reports_whether_there_was_one_and_leaves_foreign_tables_al
         before,
         "the foreign tables are as they were, handles and elements included"
     );
+}
+
+/// One element of every key shape for the ip6 table.
+fn every_shape6() -> Vec<NftElement> {
+    use NftKey::*;
+    use Protocol::*;
+    vec![
+        elem(
+            NftSet::ClusterIps,
+            AddrProtoPort(ip("fd00:10:96::a"), Tcp, 53),
+        ),
+        elem(
+            NftSet::ExternalIps,
+            AddrProtoPort(ip("2001:db8:1::7"), Sctp, 9),
+        ),
+        elem(
+            NftSet::ExternalIpsLocal,
+            AddrProtoPort(ip("2001:db8:1::8"), Tcp, 443),
+        ),
+        elem(
+            NftSet::NoLocalEndpoints,
+            AddrProtoPort(ip("2001:db8:1::8"), Tcp, 443),
+        ),
+        elem(
+            NftSet::FirewallIps,
+            AddrProtoPort(ip("2001:db8:1::9"), Tcp, 80),
+        ),
+        elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip6, Tcp, 30080)),
+        elem(
+            NftSet::NodePortsNoLocalEndpoints,
+            ProtoPort(NftFamily::Ip6, Udp, 30053),
+        ),
+        elem(NftSet::ServiceIps, Addr(ip("fd00:10:96::a"))),
+        elem(
+            NftSet::FirewallAllow,
+            AddrProtoPortSource(ip("2001:db8:1::9"), Tcp, 80, net("2001:db8:2::/64")),
+        ),
+        elem(
+            NftSet::FirewallAllow,
+            AddrProtoPortSource(ip("2001:db8:1::9"), Tcp, 80, net("2001:db8:3::9/128")),
+        ),
+        elem(
+            NftSet::Hairpin,
+            AddrProtoPortAddr(ip("fd00:10:244:1::5"), Tcp, 8080, ip("fd00:10:244:1::5")),
+        ),
+        elem(NftSet::LocalPodCidrs, Cidr(net("fd00:10:244::/56"))),
+        elem(NftSet::LocalPodCidrs, Cidr(net("ffff::/16"))),
+    ]
+}
+
+/// The `ip6` table's part of a rendered ruleset.
+fn rendered_ip6(rendered: &str) -> &str {
+    let at = rendered
+        .find("table ip6 ")
+        .expect("the rendered ruleset has an ip6 table");
+    &rendered[at..]
+}
+
+#[tokio::test]
+#[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
+async fn the_ip6_table_is_made_only_with_ipv6_beside_the_ip_one_as_rendered() {
+    let _clean = Clean::start();
+    let mut kernel = NetlinkNft::new().expect("netfilter socket");
+    let v4_only = ruleset(LocalDetect::Cidrs, false);
+    assert_eq!(kernel.ensure_ruleset(&v4_only).await, Ok(vec![]));
+    assert_eq!(
+        table_handle("ip6", NFT_TABLE),
+        None,
+        "no ip6 table without IPv6"
+    );
+    assert!(!render_ruleset(&v4_only).contains("table ip6 "));
+    let ip_table = table_handle("ip", NFT_TABLE).expect("the ip table");
+
+    for rs in [
+        ruleset6(LocalDetect::Cidrs, false),
+        ruleset6(LocalDetect::None, false),
+        ruleset6(LocalDetect::Cidrs, true),
+        ruleset6(LocalDetect::BridgeInterface("cni0".into()), false),
+        ruleset6(LocalDetect::InterfaceNamePrefix("veth".into()), false),
+    ] {
+        delete_table_by_hand("ip6", NFT_TABLE);
+        let rendered = render_ruleset(&rs);
+        let rendered6 = rendered_ip6(&rendered);
+        nft_script(&["-c"], rendered6);
+        assert_eq!(kernel.ensure_ruleset(&rs).await, Ok(vec![]), "{rs:?}");
+        let table = nft_json(&["list", "table", "ip6", NFT_TABLE]);
+        let sets: Vec<&Value> = table.iter().filter_map(|o| o.get("set")).collect();
+        assert_eq!(sets.len(), NftSet::ALL.len(), "{rs:?}: every set");
+        for (set, listed) in NftSet::ALL.iter().zip(&sets) {
+            assert_eq!(listed["name"], set.name(), "{rs:?}: sets in order");
+            let (ty, _) = expected_type(NftFamily::Ip6, *set);
+            assert_eq!(listed["type"], ty, "{rs:?}: type of set {}", set.name());
+        }
+        let written = nft(&["list", "table", "ip6", NFT_TABLE]);
+        nft(&["delete", "table", "ip6", NFT_TABLE]);
+        nft_script(&[], rendered6);
+        assert_eq!(
+            written,
+            nft(&["list", "table", "ip6", NFT_TABLE]),
+            "{rs:?}: the proxy's ip6 table (left) against `nft -f` of its rendering (right)"
+        );
+    }
+    // Back to the first ruleset: its ip table is adopted again as it was
+    // made, whatever the ip6 table went through meanwhile.
+    let rs = ruleset6(LocalDetect::Cidrs, false);
+    kernel.ensure_ruleset(&rs).await.expect("adopted");
+    kernel.ensure_ruleset(&v4_only).await.expect("adopted");
+    assert_ne!(
+        table_handle("ip", NFT_TABLE),
+        Some(ip_table),
+        "re-created for the other rulesets"
+    );
+    let again = table_handle("ip", NFT_TABLE);
+    kernel.ensure_ruleset(&rs).await.expect("adopted");
+    assert_eq!(
+        table_handle("ip", NFT_TABLE),
+        again,
+        "ipv6 alone does not touch the ip table"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
+async fn ip6_elements_go_in_one_transaction_with_ip_ones_and_are_adopted_with_zero_writes() {
+    let _clean = Clean::start();
+    let rs = ruleset6(LocalDetect::Cidrs, false);
+    let mut kernel = NetlinkNft::new().expect("netfilter socket");
+    assert_eq!(kernel.ensure_ruleset(&rs).await, Ok(vec![]));
+    let handles = || {
+        (
+            table_handle("ip", NFT_TABLE).expect("the ip table"),
+            table_handle("ip6", NFT_TABLE).expect("the ip6 table"),
+        )
+    };
+    let created = handles();
+
+    let both: Vec<NftElement> = every_shape().into_iter().chain(every_shape6()).collect();
+    kernel.apply(&adds(&both)).await.expect("one transaction");
+    assert_eq!(
+        nft_elements(),
+        sorted(both.clone()),
+        "nft shows every element"
+    );
+    for family in NftFamily::ALL {
+        for set in NftSet::ALL {
+            let mut listed: Vec<NftKey> = nft_set_json(family, set)
+                .iter()
+                .map(|v| key_from_json(family, set, v))
+                .collect();
+            listed.sort();
+            let wanted: Vec<NftKey> = sorted(both.clone())
+                .iter()
+                .filter(|e| e.set == set && e.family() == family)
+                .map(|e| e.key)
+                .collect();
+            assert_eq!(listed, wanted, "`nft list set {family} {}`", set.name());
+        }
+    }
+    assert_eq!(dumped(&mut kernel).await, sorted(both.clone()));
+
+    // A restart: a new socket adopts both tables as they are.
+    let before = nft(&["list", "ruleset"]);
+    let mut restarted = NetlinkNft::new().expect("netfilter socket");
+    let adopted = restarted.ensure_ruleset(&rs).await.expect("adopted");
+    assert_eq!(sorted(adopted), sorted(both.clone()), "adoption reads both");
+    assert_eq!(handles(), created, "neither table was re-created");
+    assert_eq!(nft(&["list", "ruleset"]), before, "adoption wrote nothing");
+
+    // Deletes across both tables, in one transaction.
+    let gone: Vec<NftElement> = both.iter().copied().step_by(2).collect();
+    let kept: Vec<NftElement> = both.iter().copied().skip(1).step_by(2).collect();
+    restarted
+        .apply(&deletes(&gone))
+        .await
+        .expect("deletes applied");
+    assert_eq!(nft_elements(), sorted(kept.clone()));
+    assert_eq!(dumped(&mut restarted).await, sorted(kept));
+
+    // A missing ip6 element fails the whole transaction, named with its table.
+    let missing = elem(NftSet::ServiceIps, NftKey::Addr(ip("fd00:10:96::ff")));
+    let added = elem(NftSet::ServiceIps, NftKey::Addr(ip("10.96.0.99")));
+    let error = restarted
+        .apply(&[NftChange::Add(added), NftChange::Delete(missing)])
+        .await
+        .expect_err("a delete of a missing element fails")
+        .to_string();
+    assert!(
+        error.starts_with("set ip6 service-ips: delete fd00:10:96::ff: "),
+        "{error}"
+    );
+    assert!(!nft_elements().contains(&added), "nothing was applied");
+}
+
+#[tokio::test]
+#[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
+async fn delete_table_deletes_both_tables_and_nothing_else() {
+    let _clean = Clean::start();
+    nft_script(
+        &[],
+        &format!(
+            "table ip6 {FOREIGN} {{\n\tset s {{ type ipv6_addr; elements = {{ fd00::1 }} }}\n}}\n"
+        ),
+    );
+    let foreign = nft_json(&["list", "table", "ip6", FOREIGN]);
+    let mut kernel = NetlinkNft::new().expect("netfilter socket");
+    kernel
+        .ensure_ruleset(&ruleset6(LocalDetect::Cidrs, false))
+        .await
+        .expect("both tables");
+    kernel.apply(&adds(&every_shape6())).await.expect("adds");
+    assert_eq!(kernel.delete_table().await, Ok(true));
+    assert_eq!(table_handle("ip", NFT_TABLE), None);
+    assert_eq!(table_handle("ip6", NFT_TABLE), None);
+    assert_eq!(kernel.delete_table().await, Ok(false), "nothing left");
+    assert_eq!(
+        nft_json(&["list", "table", "ip6", FOREIGN]),
+        foreign,
+        "the foreign ip6 table is as it was"
+    );
+    nft(&["delete", "table", "ip6", FOREIGN]);
+
+    // Only the ip6 table there (the ip one deleted by hand): still found.
+    kernel
+        .ensure_ruleset(&ruleset6(LocalDetect::None, false))
+        .await
+        .expect("both tables");
+    nft(&["delete", "table", "ip", NFT_TABLE]);
+    assert_eq!(kernel.delete_table().await, Ok(true));
+    assert_eq!(table_handle("ip6", NFT_TABLE), None);
 }

@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::desired::{
-    FlowFilter, NftChange, NftElement, NftRuleset, Op, RealServer, RealServerKey, VirtualServer,
-    VirtualServerKey,
+    FlowFilter, NftChange, NftElement, NftFamily, NftRuleset, Op, RealServer, RealServerKey,
+    VirtualServer, VirtualServerKey,
 };
 use crate::kernel::{
     AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+    TrafficCounters,
 };
 
 /// What an injected failure hits.
@@ -53,6 +54,8 @@ struct FakeVirtualServer {
     /// Open connections of real servers that have any (see
     /// [`FakeKernel::set_connections`]).
     connections: BTreeMap<RealServerKey, u32>,
+    /// What dumps report as its traffic (see [`FakeKernel::set_counters`]).
+    counters: TrafficCounters,
 }
 
 /// A map-backed [`IpvsKernel`] and [`AddressKernel`].
@@ -161,6 +164,7 @@ impl FakeKernel {
                 server: vs.server,
                 real_servers,
                 connections: vs.connections.into_iter().collect(),
+                counters: vs.counters,
             },
         );
     }
@@ -216,6 +220,16 @@ impl FakeKernel {
         true
     }
 
+    /// Traffic: the virtual server's counters are now `counters`, as a dump
+    /// will report. Returns false if the virtual server is missing. Not counted.
+    pub fn set_counters(&mut self, key: &VirtualServerKey, counters: TrafficCounters) -> bool {
+        let Some(vs) = self.virtual_servers.get_mut(key) else {
+            return false;
+        };
+        vs.counters = counters;
+        true
+    }
+
     /// Drift: someone else adds an address to kube-ipvs0 (creating it). Not counted.
     pub fn insert_address(&mut self, addr: IpAddr) {
         self.link_exists = true;
@@ -256,6 +270,7 @@ impl FakeKernel {
                         server: server.clone(),
                         real_servers: BTreeMap::new(),
                         connections: BTreeMap::new(),
+                        counters: TrafficCounters::default(),
                     },
                 );
             }
@@ -320,6 +335,7 @@ impl FakeVirtualServer {
                 .iter()
                 .map(|(&key, &count)| (key, count))
                 .collect(),
+            counters: self.counters,
         }
     }
 }
@@ -387,16 +403,19 @@ impl AddressKernel for FakeKernel {
     }
 }
 
-/// A set-backed [`NftKernel`]: the table's ruleset and its elements, with
-/// the kernel's transaction semantics (a failing change aborts the whole
-/// transaction; adding an element twice is accepted, deleting a missing one
-/// is `NotFound`).
+/// A set-backed [`NftKernel`]: the tables' ruleset and their elements,
+/// with the kernel's transaction semantics (a failing change aborts the
+/// whole transaction; adding an element twice is accepted, deleting a
+/// missing one, or touching a table that does not exist, is `NotFound`).
 #[derive(Clone, Debug, Default)]
 pub struct FakeNft {
-    /// The ruleset the table was made for; `None`: no table.
+    /// The ruleset last ensured; `None`: none yet, or deleted.
     ruleset: Option<NftRuleset>,
+    /// Per family, the ruleset its table was made for: each table is
+    /// adopted or re-created on its own, as the real ones are.
+    tables: BTreeMap<NftFamily, NftRuleset>,
     elements: BTreeSet<NftElement>,
-    /// Tables created (or re-created for another ruleset).
+    /// Tables created (or re-created for another ruleset), both families.
     pub tables_created: usize,
     /// Transactions of element changes received, failed ones included.
     pub transactions: usize,
@@ -416,8 +435,14 @@ impl FakeNft {
         self.elements.iter().copied().collect()
     }
 
+    /// The ruleset last ensured.
     pub fn ruleset(&self) -> Option<&NftRuleset> {
         self.ruleset.as_ref()
+    }
+
+    /// The families that have a table.
+    pub fn families(&self) -> Vec<NftFamily> {
+        self.tables.keys().copied().collect()
     }
 
     /// Drift: removes an element behind the proxy's back.
@@ -436,19 +461,33 @@ impl NftKernel for FakeNft {
         &mut self,
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
-        if self.ruleset.as_ref() != Some(ruleset) {
-            self.ruleset = Some(ruleset.clone());
-            self.elements.clear();
-            self.tables_created += 1;
+        // What shapes a table's rules; `ipv6` only says which tables exist.
+        let same_rules = |made: &NftRuleset| {
+            made.masquerade_all == ruleset.masquerade_all
+                && made.local_detect == ruleset.local_detect
+        };
+        for family in ruleset.families() {
+            if !self.tables.get(&family).is_some_and(same_rules) {
+                self.tables.insert(family, ruleset.clone());
+                self.elements.retain(|e| e.family() != family);
+                self.tables_created += 1;
+            }
         }
-        Ok(self.elements())
+        self.ruleset = Some(ruleset.clone());
+        self.dump_elements().await
     }
 
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
-        match self.ruleset {
-            Some(_) => Ok(self.elements()),
-            None => Err(KernelError::NotFound),
-        }
+        let Some(ruleset) = &self.ruleset else {
+            return Err(KernelError::NotFound);
+        };
+        let families: Vec<NftFamily> = ruleset.families().collect();
+        Ok(self
+            .elements
+            .iter()
+            .filter(|e| families.contains(&e.family()))
+            .copied()
+            .collect())
     }
 
     async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
@@ -465,6 +504,10 @@ impl NftKernel for FakeNft {
         }
         let mut next = self.elements.clone();
         for change in changes {
+            let (NftChange::Add(e) | NftChange::Delete(e)) = change;
+            if !self.tables.contains_key(&e.family()) {
+                return Err(KernelError::NotFound);
+            }
             match change {
                 NftChange::Add(e) => {
                     next.insert(*e);
@@ -482,7 +525,10 @@ impl NftKernel for FakeNft {
 
     async fn delete_table(&mut self) -> Result<bool, KernelError> {
         self.elements.clear();
-        Ok(self.ruleset.take().is_some())
+        self.ruleset = None;
+        let had = !self.tables.is_empty();
+        self.tables.clear();
+        Ok(had)
     }
 }
 

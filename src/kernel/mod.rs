@@ -29,6 +29,25 @@ pub struct KernelVirtualServer {
     /// so that comparing real servers compares only what the proxy writes.
     /// Graceful termination deletes a draining real server once it is idle.
     pub connections: HashMap<RealServerKey, u32>,
+    /// The virtual server's traffic since it was created, from the same dump.
+    pub counters: TrafficCounters,
+}
+
+/// The kernel's traffic counters of one virtual server (`ipvsadm -Ln
+/// --stats`): they only grow, and start again from zero when the virtual
+/// server is recreated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Connections scheduled.
+    pub connections: u64,
+    /// Packets from clients.
+    pub packets_in: u64,
+    /// Packets of the replies.
+    pub packets_out: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes of the replies.
+    pub bytes_out: u64,
 }
 
 /// Why one kernel operation failed.
@@ -69,8 +88,9 @@ pub trait AddressKernel {
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError>;
 }
 
-/// The proxy's own nftables table (`ip kube-ipvs-proxy`): fixed chains and
-/// rules, and sets that hold everything per service.
+/// The proxy's own nftables tables (`ip kube-ipvs-proxy`, and `ip6
+/// kube-ipvs-proxy` when the ruleset has IPv6): fixed chains and rules, and
+/// sets that hold everything per service.
 #[allow(async_fn_in_trait)]
 pub trait NftKernel {
     /// Makes sure the table exists with exactly the chains, rules and sets of
@@ -88,7 +108,7 @@ pub trait NftKernel {
     /// Adds and deletes elements in one transaction: all or nothing.
     async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError>;
 
-    /// Deletes the table and everything in it; `false` when there was none.
+    /// Deletes both tables and everything in them; `false` when there was none.
     async fn delete_table(&mut self) -> Result<bool, KernelError>;
 }
 

@@ -8,7 +8,7 @@ use netlink_ipvs::{
 };
 use tokio::task::JoinHandle;
 
-use super::{IpvsKernel, KernelError, KernelVirtualServer};
+use super::{IpvsKernel, KernelError, KernelVirtualServer, TrafficCounters};
 use crate::desired::{Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 
 /// The IPVS table over one generic-netlink socket.
@@ -98,6 +98,7 @@ impl IpvsKernel for NetlinkIpvs {
                 server,
                 real_servers,
                 connections,
+                counters: traffic_counters(&service),
             });
         }
         Ok(out)
@@ -193,12 +194,38 @@ fn virtual_server(service: &Service) -> Option<VirtualServer> {
     })
 }
 
+/// A dumped service's counters: the 64-bit ones (kernels since 4.1 send
+/// them), else the 32-bit ones, else zeros.
+fn traffic_counters(service: &Service) -> TrafficCounters {
+    if let Some(s) = &service.stats64 {
+        return TrafficCounters {
+            connections: s.conns,
+            packets_in: s.in_packets,
+            packets_out: s.out_packets,
+            bytes_in: s.in_bytes,
+            bytes_out: s.out_bytes,
+        };
+    }
+    service
+        .stats
+        .as_ref()
+        .map_or_else(TrafficCounters::default, |s| TrafficCounters {
+            connections: s.conns.into(),
+            packets_in: s.in_packets.into(),
+            packets_out: s.out_packets.into(),
+            bytes_in: s.in_bytes,
+            bytes_out: s.out_bytes,
+        })
+}
+
 fn kernel_error(e: netlink_ipvs::Error) -> KernelError {
     if e.is_exists() {
         KernelError::Exists
     } else if e.is_not_found() {
         KernelError::NotFound
-    } else if e.is_invalid() {
+    } else if e.is_invalid() || e.is_unknown_scheduler() {
+        // An unknown scheduler is ENOENT from the kernel: not a missing
+        // object, but a value this kernel cannot take.
         KernelError::Invalid(e.to_string())
     } else {
         KernelError::Other(e.to_string())

@@ -2,6 +2,7 @@
 //! mirrored into the same form.
 
 use std::net::IpAddr;
+use std::num::NonZeroU16;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
@@ -49,9 +50,30 @@ pub struct EndpointInfo {
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
     pub node_name: Option<Arc<str>>,
-    /// `hints`, when they name at least one zone or node. Endpoints of a
-    /// slice with the same hints share one allocation.
-    pub hints: Option<Arc<EndpointHints>>,
+    /// `hints`, when they name at least one zone or node: which of the
+    /// slice's [`EndpointSliceInfo::hints`] (read with
+    /// [`EndpointSliceInfo::hints_of`]). Two bytes, where a pointer per
+    /// endpoint would take eight.
+    pub hints: Option<HintsId>,
+}
+
+/// Which entry of its slice's [`EndpointSliceInfo::hints`] an endpoint has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HintsId(NonZeroU16);
+
+impl HintsId {
+    /// The id of entry `index`, if a slice can hold that many.
+    fn new(index: usize) -> Option<HintsId> {
+        u16::try_from(index + 1)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .map(HintsId)
+    }
+
+    /// The entry this id names.
+    fn index(self) -> usize {
+        usize::from(self.0.get()) - 1
+    }
 }
 
 /// `hints` of one endpoint: where the EndpointSlice controller wants its
@@ -96,9 +118,17 @@ pub struct EndpointSliceInfo {
     /// Sorted, so that a reordering by the API is not a change.
     pub endpoints: Vec<EndpointInfo>,
     pub ports: Vec<EndpointPortInfo>,
+    /// The distinct `hints` of the endpoints, sorted: endpoints in one zone
+    /// share one entry.
+    pub hints: Box<[EndpointHints]>,
 }
 
 impl EndpointSliceInfo {
+    /// The hints of `ep`, one of this slice's endpoints.
+    pub fn hints_of(&self, ep: &EndpointInfo) -> Option<&EndpointHints> {
+        ep.hints.and_then(|id| self.hints.get(id.index()))
+    }
+
     /// Converts a slice. `Ok(None)` for a slice that belongs to no Service
     /// (no `kubernetes.io/service-name` label), which proxies ignore.
     pub fn from_slice(slice: &EndpointSlice) -> Result<Option<EndpointSliceInfo>, ModelError> {
@@ -126,6 +156,7 @@ impl EndpointSliceInfo {
             address_type,
             endpoints: Vec::new(),
             ports: Vec::new(),
+            hints: Box::default(),
         };
         if address_type == AddressType::Fqdn {
             return Ok(Some(info));
@@ -149,7 +180,7 @@ impl EndpointSliceInfo {
         // Endpoints of a slice share few node names and few hint sets: one
         // allocation per distinct value.
         let mut node_names: Vec<Arc<str>> = Vec::new();
-        let mut hint_sets: Vec<Arc<EndpointHints>> = Vec::new();
+        let mut hint_sets: Vec<EndpointHints> = Vec::new();
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let mut address = None;
             for (j, value) in ep.addresses.iter().enumerate() {
@@ -174,12 +205,20 @@ impl EndpointSliceInfo {
                     .node_name
                     .as_deref()
                     .map(|n| shared_name(&mut node_names, n)),
-                hints: ep
-                    .hints
-                    .as_ref()
-                    .and_then(|h| shared_hints(&mut hint_sets, &mut node_names, h)),
+                hints: match ep.hints.as_ref() {
+                    Some(h) => {
+                        shared_hints(&mut hint_sets, &mut node_names, h).ok_or_else(|| {
+                            obj.error(
+                                format!("endpoints[{i}].hints"),
+                                Problem::OutOfRange(i64::from(u16::MAX)),
+                            )
+                        })?
+                    }
+                    None => None,
+                },
             });
         }
+        info.hints = sorted_hints(hint_sets, &mut info.endpoints);
         info.endpoints.sort_unstable();
         Ok(Some(info))
     }
@@ -258,6 +297,8 @@ impl EndpointSliceInfo {
                     address_type,
                     endpoints,
                     ports: ports.clone(),
+                    // core/v1 Endpoints carry no hints.
+                    hints: Box::default(),
                 });
             }
         }
@@ -275,14 +316,14 @@ fn shared_name(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     new
 }
 
-/// The hints `hints` as an Arc already in `sets`, or a new one added there;
-/// `None` when they name no zone and no node (upstream treats that as no
-/// hint). Zone and node names are shared through `names`.
+/// The id of `hints` in `sets`, added there if new: `Ok(None)` when they
+/// name no zone and no node (upstream treats that as no hint), `None` when
+/// `sets` is full. Zone and node names are shared through `names`.
 fn shared_hints(
-    sets: &mut Vec<Arc<EndpointHints>>,
+    sets: &mut Vec<EndpointHints>,
     names: &mut Vec<Arc<str>>,
     hints: &k8s_openapi::api::discovery::v1::EndpointHints,
-) -> Option<Arc<EndpointHints>> {
+) -> Option<Option<HintsId>> {
     let mut collect = |list: &mut dyn Iterator<Item = &str>| -> Box<[Arc<str>]> {
         let mut out: Vec<Arc<str>> = list.map(|n| shared_name(names, n)).collect();
         out.sort_unstable();
@@ -292,15 +333,36 @@ fn shared_hints(
     let zones = collect(&mut hints.for_zones.iter().flatten().map(|z| z.name.as_str()));
     let nodes = collect(&mut hints.for_nodes.iter().flatten().map(|n| n.name.as_str()));
     if zones.is_empty() && nodes.is_empty() {
-        return None;
+        return Some(None);
     }
     let wanted = EndpointHints { zones, nodes };
-    if let Some(existing) = sets.iter().find(|h| ***h == wanted) {
-        return Some(existing.clone());
+    let index = match sets.iter().position(|h| *h == wanted) {
+        Some(index) => index,
+        None => {
+            sets.push(wanted);
+            sets.len() - 1
+        }
+    };
+    HintsId::new(index).map(Some)
+}
+
+/// `sets` sorted, with the ids of `endpoints` renumbered to match, so that
+/// the API's order of endpoints is no change.
+fn sorted_hints(sets: Vec<EndpointHints>, endpoints: &mut [EndpointInfo]) -> Box<[EndpointHints]> {
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_unstable_by(|a, b| sets[*a].cmp(&sets[*b]));
+    // `renumbered[old]` is the new id of entry `old`.
+    let mut renumbered = vec![None; sets.len()];
+    for (new, old) in order.iter().enumerate() {
+        renumbered[*old] = HintsId::new(new);
     }
-    let new = Arc::new(wanted);
-    sets.push(new.clone());
-    Some(new)
+    for ep in endpoints.iter_mut() {
+        ep.hints = ep
+            .hints
+            .and_then(|id| renumbered.get(id.index()).copied().flatten());
+    }
+    let mut sets: Vec<Option<EndpointHints>> = sets.into_iter().map(Some).collect();
+    order.iter().filter_map(|old| sets[*old].take()).collect()
 }
 
 fn mirror_address(

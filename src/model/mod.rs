@@ -28,11 +28,11 @@ mod service;
 mod tests;
 
 pub use endpoints::{
-    AddressType, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, SERVICE_NAME_LABEL,
-    SKIP_MIRROR_LABEL,
+    AddressType, EndpointHints, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, HintsId,
+    SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL,
 };
 pub use error::{ModelError, ObjectKind, Problem};
-pub use node::NodeInfo;
+pub use node::{NodeInfo, TO_BE_DELETED_TAINT, ZONE_LABEL};
 pub use service::{
     ServiceInfo, ServicePortInfo, ServiceType, SkipReason, TargetPort,
     DEFAULT_AFFINITY_TIMEOUT_SECONDS, SCHEDULER_ANNOTATION, SERVICE_PROXY_NAME_LABEL,

@@ -95,6 +95,10 @@ pub struct ServiceInfo {
     pub session_affinity: Option<u32>,
     /// externalTrafficPolicy Local.
     pub external_traffic_local: bool,
+    /// `spec.healthCheckNodePort`, read only for a LoadBalancer with
+    /// externalTrafficPolicy Local (the one kind it means anything for):
+    /// where every node answers load balancers' health checks.
+    pub health_check_node_port: Option<u16>,
     /// internalTrafficPolicy Local.
     pub internal_traffic_local: bool,
     /// The raw value of [`SCHEDULER_ANNOTATION`]; translate validates it.
@@ -137,6 +141,7 @@ impl ServiceInfo {
             load_balancer_source_ranges: Vec::new(),
             session_affinity: None,
             external_traffic_local: false,
+            health_check_node_port: None,
             internal_traffic_local: false,
             scheduler: None,
             has_selector,
@@ -280,6 +285,12 @@ impl ServiceInfo {
             "spec.externalTrafficPolicy",
             spec.external_traffic_policy.as_deref(),
         )?;
+        if type_ == ServiceType::LoadBalancer && info.external_traffic_local {
+            info.health_check_node_port = spec
+                .health_check_node_port
+                .map(|p| field::port(&obj, || "spec.healthCheckNodePort".to_owned(), p))
+                .transpose()?;
+        }
         info.internal_traffic_local = traffic_policy_local(
             &obj,
             "spec.internalTrafficPolicy",

@@ -355,6 +355,7 @@ fn slice_conditions_follow_the_api_defaults() {
                 serving,
                 terminating,
                 node_name: Some("n1".into()),
+                hints: None,
             }],
             "{case}"
         );
@@ -483,6 +484,7 @@ fn endpoints_mirror_as_the_mirroring_controller_does() {
         serving: ready,
         terminating: false,
         node_name: node.map(Into::into),
+        hints: None,
     };
     assert_eq!(
         mirrored,
@@ -496,6 +498,7 @@ fn endpoints_mirror_as_the_mirroring_controller_does() {
                     endpoint("192.0.2.11", false, None),
                 ],
                 ports: ports.clone(),
+                hints: Box::default(),
             },
             EndpointSliceInfo {
                 service: name("default/ext"),
@@ -503,6 +506,7 @@ fn endpoints_mirror_as_the_mirroring_controller_does() {
                 address_type: AddressType::Ipv6,
                 endpoints: vec![endpoint("2001:db8::10", true, None)],
                 ports,
+                hints: Box::default(),
             },
         ]
     );
@@ -1017,4 +1021,211 @@ fn source_ranges_and_pod_cidrs() {
         NodeInfo::from_node(&bad).unwrap_err().to_string(),
         r#"Node n1: spec.podCIDRs[0]: invalid CIDR "10.244.1.0/99""#
     );
+}
+
+// ---- healthCheckNodePort ----------------------------------------------------
+
+#[test]
+fn health_check_node_port_is_read_for_load_balancers_with_local_traffic_only() {
+    // (case, type, externalTrafficPolicy, healthCheckNodePort, expected)
+    let cases = [
+        (
+            "LoadBalancer, Local",
+            "LoadBalancer",
+            "Local",
+            json!(32000),
+            Some(32000),
+        ),
+        (
+            "LoadBalancer, Local, unset",
+            "LoadBalancer",
+            "Local",
+            Value::Null,
+            None,
+        ),
+        (
+            "LoadBalancer, Cluster",
+            "LoadBalancer",
+            "Cluster",
+            json!(32000),
+            None,
+        ),
+        ("NodePort, Local", "NodePort", "Local", json!(32000), None),
+    ];
+    for (case, type_, policy, port, want) in cases {
+        let mut spec = json!({"type": type_, "clusterIP": "10.96.0.1",
+                              "externalTrafficPolicy": policy,
+                              "ports": [{"port": 80, "nodePort": 30080}]});
+        if !port.is_null() {
+            spec["healthCheckNodePort"] = port;
+        }
+        let svc =
+            service(json!({"metadata": {"namespace": "default", "name": "web"}, "spec": spec}));
+        let info = ServiceInfo::from_service(&svc).expect(case);
+        assert_eq!(info.health_check_node_port, want, "{case}");
+    }
+}
+
+#[test]
+fn health_check_node_port_out_of_range_names_the_field_and_value() {
+    for value in [0, -1, 65536] {
+        let svc = service(json!({"metadata": {"namespace": "default", "name": "web"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1",
+                     "externalTrafficPolicy": "Local", "healthCheckNodePort": value,
+                     "ports": [{"port": 80, "nodePort": 30080}]}}));
+        let err = ServiceInfo::from_service(&svc).expect_err("out of range");
+        assert_eq!(
+            err.to_string(),
+            format!("Service default/web: spec.healthCheckNodePort: value {value} out of range")
+        );
+    }
+}
+
+// --- Topology hints -------------------------------------------------------------
+
+#[test]
+fn slice_endpoint_hints_are_kept_sorted_and_shared() {
+    let s = slice(json!({
+        "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.0.5"], "nodeName": "n1",
+             "hints": {"forZones": [{"name": "zone-b"}, {"name": "zone-a"}, {"name": "zone-b"}]}},
+            {"addresses": ["10.244.0.6"], "nodeName": "n2",
+             "hints": {"forZones": [{"name": "zone-a"}, {"name": "zone-b"}]}},
+            {"addresses": ["10.244.0.7"], "nodeName": "n3",
+             "hints": {"forZones": [{"name": "zone-c"}], "forNodes": [{"name": "n3"}]}},
+            {"addresses": ["10.244.0.8"], "nodeName": "n4", "hints": {"forZones": [], "forNodes": []}},
+            {"addresses": ["10.244.0.9"], "nodeName": "n5", "hints": {}},
+            {"addresses": ["10.244.0.10"], "nodeName": "n6"},
+        ],
+    }));
+    let info = EndpointSliceInfo::from_slice(&s).unwrap().unwrap();
+    let hints: Vec<Option<(Vec<&str>, Vec<&str>)>> = info
+        .endpoints
+        .iter()
+        .map(|e| {
+            info.hints_of(e).map(|h| {
+                (
+                    h.zones.iter().map(|z| &**z).collect(),
+                    h.nodes.iter().map(|n| &**n).collect(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        hints,
+        vec![
+            Some((vec!["zone-a", "zone-b"], vec![])),
+            Some((vec!["zone-a", "zone-b"], vec![])),
+            Some((vec!["zone-c"], vec!["n3"])),
+            None,
+            None,
+            None,
+        ]
+    );
+    assert_eq!(info.hints.len(), 2, "equal hints share one entry");
+    let h = info.hints_of(&info.endpoints[2]).unwrap();
+    assert!(h.for_zone("zone-c") && !h.for_zone("zone-a"));
+    assert!(h.for_node("n3") && !h.for_node("n1"));
+}
+
+#[test]
+fn reordered_hints_are_no_change() {
+    let hinted = |zones: Value| {
+        slice(json!({
+            "metadata": {"namespace": "default", "name": "web-abc",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "hints": {"forZones": zones}}],
+        }))
+    };
+    let mut model = Model::new("n1");
+    let first = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+        json!([{"name": "zone-a"}, {"name": "zone-b"}]),
+    ))));
+    assert_eq!(first.services, names(&["default/web"]));
+    let reordered = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+        json!([{"name": "zone-b"}, {"name": "zone-a"}]),
+    ))));
+    assert!(reordered.is_empty(), "{reordered:?}");
+    let changed = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+        json!([{"name": "zone-b"}]),
+    ))));
+    assert_eq!(
+        changed.services,
+        names(&["default/web"]),
+        "a new hint is a change"
+    );
+}
+
+#[test]
+fn node_zone_is_its_zone_label_unless_empty() {
+    let zone = |labels: Value| {
+        NodeInfo::from_node(&node(json!({"metadata": {"name": "n1", "labels": labels}})))
+            .unwrap()
+            .zone()
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        zone(json!({ZONE_LABEL: "zone-a"})),
+        Some("zone-a".to_owned())
+    );
+    assert_eq!(zone(json!({ZONE_LABEL: ""})), None);
+    assert_eq!(
+        zone(json!({"failure-domain.beta.kubernetes.io/zone": "zone-a"})),
+        None
+    );
+    assert_eq!(zone(json!(null)), None);
+}
+
+#[test]
+fn node_zone_change_translates_every_service_again() {
+    let labelled =
+        |zone: &str| node(json!({"metadata": {"name": "n1", "labels": {ZONE_LABEL: zone}}}));
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::Node(Update::Apply(labelled("zone-a"))));
+    assert!(
+        model
+            .apply(SourceEvent::Node(Update::Apply(labelled("zone-b"))))
+            .all
+    );
+    assert!(model
+        .apply(SourceEvent::Node(Update::Apply(labelled("zone-b"))))
+        .is_empty());
+}
+
+#[test]
+fn traffic_distribution_and_topology_annotations_never_reject_a_service() {
+    // Upstream's proxy reads neither; an unknown value is not an error.
+    for (spec_extra, annotations) in [
+        (json!({"trafficDistribution": "SomethingNew"}), json!({})),
+        (json!({"trafficDistribution": "PreferSameNode"}), json!({})),
+        (
+            json!({}),
+            json!({"service.kubernetes.io/topology-mode": "bogus"}),
+        ),
+        (
+            json!({}),
+            json!({"service.kubernetes.io/topology-aware-hints": "Auto"}),
+        ),
+    ] {
+        let mut spec = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
+        for (k, v) in spec_extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let with = service(json!({
+            "metadata": {"namespace": "default", "name": "web", "annotations": annotations},
+            "spec": spec,
+        }));
+        let without = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+        }));
+        assert_eq!(
+            ServiceInfo::from_service(&with).unwrap(),
+            ServiceInfo::from_service(&without).unwrap(),
+            "{spec_extra} {annotations}"
+        );
+    }
 }

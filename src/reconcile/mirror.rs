@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};
-use crate::kernel::KernelVirtualServer;
+use crate::kernel::{KernelVirtualServer, TrafficCounters};
 
 /// One owned virtual server as the kernel holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,10 @@ pub(crate) struct Mirror {
     /// removed once nothing uses it, or a failed delete would leave a virtual
     /// server the proxy no longer owns after a restart.
     users: HashMap<IpAddr, usize>,
+    /// The traffic counters of each mirrored virtual server the last dump
+    /// found (one added since has none yet). Apart from
+    /// [`MirroredVirtualServer`], which diffing compares.
+    counters: HashMap<VirtualServerKey, TrafficCounters>,
 }
 
 impl Mirror {
@@ -66,9 +70,16 @@ impl Mirror {
         self.addresses.remove(&addr);
     }
 
-    /// Records a dumped virtual server with its real servers.
+    /// The traffic counters of every mirrored virtual server as the last
+    /// dump found them.
+    pub fn counters(&self) -> impl Iterator<Item = (&VirtualServerKey, &TrafficCounters)> {
+        self.counters.iter()
+    }
+
+    /// Records a dumped virtual server with its real servers and counters.
     pub fn adopt(&mut self, dumped: KernelVirtualServer) {
         let key = dumped.server.key;
+        self.counters.insert(key, dumped.counters);
         let real_servers = dumped
             .real_servers
             .iter()
@@ -116,6 +127,7 @@ impl Mirror {
     /// if this left the address unused.
     pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> Option<IpAddr> {
         self.virtual_servers.remove(key)?;
+        self.counters.remove(key);
         let users = self.users.get_mut(&key.addr)?;
         *users -= 1;
         if *users == 0 {
@@ -186,5 +198,28 @@ mod tests {
         );
         assert_eq!(mirror.remove_virtual_server(&server(443).key), Some(addr));
         assert_eq!(mirror.users_of(addr), 0);
+    }
+
+    #[test]
+    fn counters_follow_the_dumps_and_go_with_their_virtual_server() {
+        let mut mirror = Mirror::default();
+        let counters = TrafficCounters {
+            connections: 3,
+            packets_in: 9,
+            packets_out: 6,
+            bytes_in: 900,
+            bytes_out: 600,
+        };
+        mirror.adopt(KernelVirtualServer {
+            server: server(80),
+            real_servers: vec![],
+            connections: HashMap::default(),
+            counters,
+        });
+        mirror.add_virtual_server(server(443));
+        let got: Vec<_> = mirror.counters().map(|(k, c)| (k.port, *c)).collect();
+        assert_eq!(got, [(80, counters)], "dumped ones only");
+        mirror.remove_virtual_server(&server(80).key);
+        assert_eq!(mirror.counters().count(), 0, "gone with its virtual server");
     }
 }

@@ -21,7 +21,9 @@ use crate::desired::{
     DesiredVirtualServer, FlowFilter, NftRuleset, Op, Protocol, ServiceDesired, ServiceName,
     VirtualServerKey,
 };
-use crate::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel};
+use crate::kernel::{
+    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel, TrafficCounters,
+};
 
 mod backoff;
 mod claims;
@@ -619,6 +621,17 @@ impl Reconciler {
         self.services
             .iter()
             .map(|(name, entry)| (name, &entry.desired))
+    }
+
+    /// The kernel's traffic counters of every owned virtual server a service
+    /// claims, with that service, as the last full sync dumped them (one
+    /// added since has none yet; one deleted since is gone). No kernel read.
+    pub fn traffic(
+        &self,
+    ) -> impl Iterator<Item = (&ServiceName, &VirtualServerKey, &TrafficCounters)> {
+        self.mirror
+            .counters()
+            .filter_map(|(key, counters)| Some((self.claims.owner(key)?, key, counters)))
     }
 
     /// Full sync: reads kube-ipvs0's addresses and the IPVS table, adopts

@@ -179,8 +179,8 @@ impl NftState {
     }
 }
 
-/// The local pod CIDRs as elements of [`NftSet::LocalPodCidrs`] (IPv4 only:
-/// the table is of family `ip`).
+/// The local pod CIDRs as elements of [`NftSet::LocalPodCidrs`], each in
+/// the table of its family (IPv4 in `ip`, IPv6 in `ip6`).
 pub fn pod_cidr_elements(cidrs: &[ipnet::IpNet]) -> Vec<NftElement> {
     // An interval set refuses overlapping elements: merge them first.
     let v4: Vec<ipnet::Ipv4Net> = cidrs
@@ -190,11 +190,57 @@ pub fn pod_cidr_elements(cidrs: &[ipnet::IpNet]) -> Vec<NftElement> {
             ipnet::IpNet::V6(_) => None,
         })
         .collect();
-    ipnet::Ipv4Net::aggregate(&v4)
+    let v6: Vec<ipnet::Ipv6Net> = cidrs
+        .iter()
+        .filter_map(|net| match net {
+            ipnet::IpNet::V6(v6) => Some(*v6),
+            ipnet::IpNet::V4(_) => None,
+        })
+        .collect();
+    let merged = ipnet::Ipv4Net::aggregate(&v4)
         .into_iter()
+        .map(ipnet::IpNet::from)
+        .chain(
+            ipnet::Ipv6Net::aggregate(&v6)
+                .into_iter()
+                .map(ipnet::IpNet::from),
+        );
+    merged
         .map(|net| NftElement {
             set: NftSet::LocalPodCidrs,
-            key: NftKey::Cidr(net.into()),
+            key: NftKey::Cidr(net),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::NftFamily;
+
+    #[test]
+    fn pod_cidrs_of_each_family_go_to_its_table_merged() {
+        let cidrs: Vec<ipnet::IpNet> = [
+            "10.244.0.0/17",
+            "fd00:10:244::/57",
+            "10.244.128.0/17",
+            "fd00:10:244:80::/57",
+            "fd00:99::/64",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let got: Vec<(NftFamily, String)> = pod_cidr_elements(&cidrs)
+            .iter()
+            .map(|e| (e.family(), e.key.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (NftFamily::Ip, "10.244.0.0/16".to_owned()),
+                (NftFamily::Ip6, "fd00:10:244::/56".to_owned()),
+                (NftFamily::Ip6, "fd00:99::/64".to_owned()),
+            ]
+        );
+    }
 }

@@ -146,6 +146,7 @@ impl Node {
                     server: dvs.server.clone(),
                     real_servers,
                     connections: HashMap::new(),
+                    counters: Default::default(),
                 }
             })
             .chain(foreign.iter().cloned())
@@ -238,6 +239,7 @@ fn foreign(key: VirtualServerKey) -> KernelVirtualServer {
         },
         real_servers: vec![rs("192.168.7.7", 80)],
         connections: HashMap::new(),
+        counters: Default::default(),
     }
 }
 
@@ -830,6 +832,7 @@ async fn already_there_and_already_gone_are_success() {
         server: c.virtual_servers[0].server.clone(),
         real_servers: c.virtual_servers[0].real_servers.clone(),
         connections: HashMap::new(),
+        counters: Default::default(),
     });
     node.kernel().remove_virtual_server(&tcp("10.96.0.11", 80));
     node.kernel().remove_address(ip("10.96.0.11"));

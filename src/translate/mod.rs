@@ -27,7 +27,8 @@ use crate::desired::{
     VirtualServer, VirtualServerKey,
 };
 use crate::model::{
-    AddressType, EndpointSliceInfo, Model, ServiceInfo, ServicePortInfo, SCHEDULER_ANNOTATION,
+    AddressType, EndpointHints, EndpointSliceInfo, Model, NodeInfo, ServiceInfo, ServicePortInfo,
+    SCHEDULER_ANNOTATION,
 };
 use crate::parallel;
 
@@ -253,18 +254,58 @@ impl RefusedAddress {
 pub struct Translation {
     pub desired: ServiceDesired,
     pub warnings: Vec<TranslateError>,
+    /// The `healthCheckNodePort` server this node runs for the service.
+    pub health_check: Option<HealthCheck>,
+    /// Ports whose Local traffic policy leaves them no endpoint here.
+    pub no_local_endpoints: NoLocalEndpoints,
 }
 
-/// Translates one service given the slices that feed it.
+/// Service ports (per address family) that have endpoints, but none on this
+/// node for a Local traffic policy: upstream's
+/// `kubeproxy_sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    /// internalTrafficPolicy Local: the cluster IP drops traffic.
+    pub internal: usize,
+    /// externalTrafficPolicy Local on an externally reachable port: node
+    /// ports, ExternalIPs and LoadBalancer IPs drop outside traffic.
+    pub external: usize,
+}
+
+/// What a LoadBalancer with externalTrafficPolicy Local asks of every node:
+/// an HTTP server on `port` that says how many of its endpoints run here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// This node's ready endpoints, counted once per address however many
+    /// ports list it (upstream's `LocalReadyEndpoints`).
+    pub local_endpoints: usize,
+}
+
+/// Translates one service given the slices that feed it, as on a node with
+/// no zone: [`translate_service_in_zone`] with `None`.
+pub fn translate_service<'a>(
+    svc: &ServiceInfo,
+    slices: impl IntoIterator<Item = &'a EndpointSliceInfo>,
+    node: &NodeFacts,
+    cfg: &TranslateConfig,
+) -> Translation {
+    translate_service_in_zone(svc, slices, node, None, cfg)
+}
+
+/// Translates one service given the slices that feed it, on a node in
+/// `zone` (its `topology.kubernetes.io/zone` label, `None` if it has none).
 ///
 /// The output is sorted (virtual servers by key, real servers by key, bind
 /// addresses by value). Where two of the service's addresses coincide (a
 /// cluster IP also listed as an external IP), the first rule above wins:
 /// cluster IP, then external IP, then LoadBalancer IP, then node address.
-pub fn translate_service<'a>(
+pub fn translate_service_in_zone<'a>(
     svc: &ServiceInfo,
     slices: impl IntoIterator<Item = &'a EndpointSliceInfo>,
     node: &NodeFacts,
+    zone: Option<&str>,
     cfg: &TranslateConfig,
 ) -> Translation {
     let mut translation = Translation::default();
@@ -314,9 +355,24 @@ pub fn translate_service<'a>(
                 continue;
             }
             let in_family = |ip: &&IpAddr| family.matches(**ip);
-            let endpoints = PortEndpoints::select(&slices, port, family, &node.name);
+            let endpoints = PortEndpoints::select(&slices, port, family, &node.name, zone);
             let internal = endpoints.for_policy(svc.internal_traffic_local);
             let external_endpoints = endpoints.for_policy(svc.external_traffic_local);
+            // Counted as upstream's proxiers count them, per port and family.
+            let has_endpoints = !endpoints.for_policy(false).is_empty();
+            let externally_reachable =
+                !external.is_empty() || (svc.type_.has_node_ports() && port.node_port.is_some());
+            let no_local = &mut translation.no_local_endpoints;
+            if has_endpoints && svc.internal_traffic_local && internal.is_empty() {
+                no_local.internal += 1;
+            }
+            if has_endpoints
+                && svc.external_traffic_local
+                && externally_reachable
+                && external_endpoints.is_empty()
+            {
+                no_local.external += 1;
+            }
 
             let mut add = |addr: IpAddr, port_number: u16, real_servers: &[RealServerKey]| {
                 let key = VirtualServerKey {
@@ -360,9 +416,8 @@ pub fn translate_service<'a>(
                 for &ip in node.node_addresses.iter().filter(in_family) {
                     add(ip, node_port, external_endpoints);
                 }
-                if family == AddressType::Ipv4 {
-                    nft.node_port(port.protocol, node_port, svc, external_endpoints.is_empty());
-                }
+                let no_endpoints = external_endpoints.is_empty();
+                nft.node_port(family, port.protocol, node_port, svc, no_endpoints);
             }
             nft.hairpin(&endpoints.local, port.protocol);
         }
@@ -373,7 +428,43 @@ pub fn translate_service<'a>(
         served_node_addrs: served_node_addrs.into_iter().collect(),
         nft_elements: nft.finish(),
     };
+    translation.health_check = health_check(svc, &slices, node);
     translation
+}
+
+/// The service's health check on this node, if it asks for one: it is
+/// served wherever the service is (a cluster IP of a family the node runs),
+/// and counts the node's ready endpoints of those families. Endpoints of a
+/// slice without ports serve nothing, as upstream's endpoints map leaves
+/// them out.
+fn health_check(
+    svc: &ServiceInfo,
+    slices: &[&EndpointSliceInfo],
+    node: &NodeFacts,
+) -> Option<HealthCheck> {
+    let port = svc.health_check_node_port?;
+    let serves_family = |ip: IpAddr| {
+        node.runs_family_of(ip) && svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
+    };
+    if !svc.cluster_ips.iter().any(|ip| serves_family(*ip)) {
+        return None;
+    }
+    let local: BTreeSet<IpAddr> = slices
+        .iter()
+        .filter(|s| !s.ports.is_empty())
+        .flat_map(|s| {
+            s.endpoints
+                .iter()
+                .filter(|ep| s.address_type.matches(ep.address))
+        })
+        .filter(|ep| ep.ready && ep.node_name.as_deref() == Some(&*node.name))
+        .map(|ep| ep.address)
+        .filter(|ip| serves_family(*ip))
+        .collect();
+    Some(HealthCheck {
+        port,
+        local_endpoints: local.len(),
+    })
 }
 
 /// One ExternalIP or LoadBalancer IP that the service may use on this node.
@@ -448,7 +539,13 @@ pub fn translate_named(
     cfg: &TranslateConfig,
 ) -> Translation {
     match model.service(name) {
-        Some(svc) => translate_service(svc, model.endpoint_slices(name), node, cfg),
+        Some(svc) => translate_service_in_zone(
+            svc,
+            model.endpoint_slices(name),
+            node,
+            model.node().and_then(NodeInfo::zone),
+            cfg,
+        ),
         None => Translation::default(),
     }
 }
@@ -477,8 +574,9 @@ pub fn translate_model(
 ) -> (HashMap<ServiceName, ServiceDesired>, Vec<TranslateError>) {
     let mut desired = HashMap::with_capacity(model.service_count());
     let mut warnings = Vec::new();
+    let zone = model.node().and_then(NodeInfo::zone);
     for svc in model.services() {
-        let t = translate_service(svc, model.endpoint_slices(&svc.name), node, cfg);
+        let t = translate_service_in_zone(svc, model.endpoint_slices(&svc.name), node, zone, cfg);
         warnings.extend(t.warnings);
         if !t.desired.virtual_servers.is_empty() || !t.desired.bind_addrs.is_empty() {
             desired.insert(svc.name.clone(), t.desired);
@@ -498,10 +596,73 @@ struct PortEndpoints {
 
 /// What is known of one endpoint address and port, merged across slices.
 #[derive(Clone, Copy, Debug, Default)]
-struct Candidate {
+struct Candidate<'a> {
     ready: bool,
     serving_terminating: bool,
     local: bool,
+    /// The first hints a slice gives it.
+    hints: Option<&'a EndpointHints>,
+}
+
+/// Which ready endpoints Cluster traffic policy uses on this node, chosen
+/// from the endpoints' hints as upstream's `topologyModeFromHints` does
+/// with its feature gates at their defaults (PreferSameTrafficDistribution
+/// is GA). The Service's `trafficDistribution` and
+/// `service.kubernetes.io/topology-mode` are not read: they tell the
+/// EndpointSlice controller whether to write hints, and the hints are the
+/// proxy's only input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology<'a> {
+    /// Every ready endpoint.
+    Any,
+    /// Those hinted for this node (`hints.forNodes`).
+    SameNode(&'a str),
+    /// Those hinted for this node's zone (`hints.forZones`).
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    /// Same node if every ready endpoint has node hints and one names this
+    /// node; else same zone if every ready endpoint has zone hints and one
+    /// names this node's zone; else any. Falling back to any endpoint when
+    /// hints are partial (a rollout to or from hints) or miss this node or
+    /// zone keeps the service reachable.
+    fn from_hints<'h>(
+        ready: impl Iterator<Item = Option<&'h EndpointHints>>,
+        node_name: &'a str,
+        zone: Option<&'a str>,
+    ) -> Topology<'a> {
+        let (mut all_node_hints, mut for_node) = (true, false);
+        let (mut all_zone_hints, mut for_zone) = (true, false);
+        for hints in ready {
+            let (nodes, zones) = hints.map_or((&[][..], &[][..]), |h| (&*h.nodes, &*h.zones));
+            if nodes.is_empty() {
+                all_node_hints = false;
+            } else if nodes.iter().any(|n| **n == *node_name) {
+                for_node = true;
+            }
+            if zones.is_empty() {
+                all_zone_hints = false;
+            } else if zone.is_some_and(|z| zones.iter().any(|h| **h == *z)) {
+                for_zone = true;
+            }
+        }
+        // No ready endpoint leaves every flag false: any endpoint.
+        match zone {
+            _ if all_node_hints && for_node => Topology::SameNode(node_name),
+            Some(zone) if all_zone_hints && for_zone => Topology::SameZone(zone),
+            _ => Topology::Any,
+        }
+    }
+
+    /// Whether an endpoint with `hints` may take this node's traffic.
+    fn admits(self, hints: Option<&EndpointHints>) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode(node) => hints.is_some_and(|h| h.for_node(node)),
+            Topology::SameZone(zone) => hints.is_some_and(|h| h.for_zone(zone)),
+        }
+    }
 }
 
 impl PortEndpoints {
@@ -510,6 +671,7 @@ impl PortEndpoints {
         port: &ServicePortInfo,
         family: AddressType,
         node_name: &str,
+        zone: Option<&str>,
     ) -> PortEndpoints {
         // An endpoint listed by two slices (mid-update) counts once, with the
         // best conditions either gives it.
@@ -534,18 +696,26 @@ impl PortEndpoints {
                 c.ready |= ep.ready;
                 c.serving_terminating |= ep.serving && ep.terminating;
                 c.local |= ep.node_name.as_deref() == Some(node_name);
+                c.hints = c.hints.or(slice.hints_of(ep));
             }
         }
+        // Hints narrow the ready endpoints of Cluster policy only; Local
+        // policy and the serving-and-terminating fallback ignore them.
+        let topology = Topology::from_hints(
+            candidates.values().filter(|c| c.ready).map(|c| c.hints),
+            node_name,
+            zone,
+        );
         // Ready endpoints, else serving-and-terminating ones, decided apart for
         // Cluster and Local (upstream's CategorizeEndpoints).
-        let pick = |local_only: bool| {
+        let pick = |local_only: bool, topology: Topology<'_>| {
             let eligible = || {
                 candidates
                     .iter()
                     .filter(move |(_, c)| !local_only || c.local)
             };
             let ready: Vec<RealServerKey> = eligible()
-                .filter(|(_, c)| c.ready)
+                .filter(|(_, c)| c.ready && topology.admits(c.hints))
                 .map(|(k, _)| *k)
                 .collect();
             if !ready.is_empty() {
@@ -557,8 +727,8 @@ impl PortEndpoints {
                 .collect()
         };
         PortEndpoints {
-            cluster: pick(false),
-            local: pick(true),
+            cluster: pick(false, topology),
+            local: pick(true, Topology::Any),
         }
     }
 

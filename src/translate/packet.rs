@@ -1,13 +1,14 @@
 //! The packet path's share of a service: the elements it puts in the
 //! proxy's nftables sets (see [`NftSet`] for what each set does).
 //!
-//! The sets are of family `ip`: IPv6 addresses add nothing here yet.
+//! An element goes in the table of its addresses' family (`ip` or `ip6`);
+//! a NodePort in the table of each family the service is served in.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::desired::{NftElement, NftKey, NftSet, Protocol, RealServerKey};
-use crate::model::{ServiceInfo, ServicePortInfo};
+use crate::desired::{NftElement, NftFamily, NftKey, NftSet, Protocol, RealServerKey};
+use crate::model::{AddressType, ServiceInfo, ServicePortInfo};
 
 use super::ExternalAddress;
 
@@ -23,9 +24,6 @@ impl Elements {
     /// A ClusterIP port: masqueraded from outside the pods, and its address
     /// guarded against ports no service serves.
     pub(super) fn cluster_ip(&mut self, ip: IpAddr, port: &ServicePortInfo) {
-        if !ip.is_ipv4() {
-            return;
-        }
         self.insert(
             NftSet::ClusterIps,
             NftKey::AddrProtoPort(ip, port.protocol, port.port),
@@ -45,9 +43,6 @@ impl Elements {
         no_endpoints: bool,
     ) {
         let ip = ext.ip;
-        if !ip.is_ipv4() {
-            return;
-        }
         let key = NftKey::AddrProtoPort(ip, port.protocol, port.port);
         if svc.external_traffic_local {
             self.insert(NftSet::ExternalIpsLocal, key);
@@ -60,19 +55,8 @@ impl Elements {
         if !ext.node_owned {
             self.insert(NftSet::ServiceIps, NftKey::Addr(ip));
         }
-        // An interval set refuses overlapping elements: merge them first.
-        let v4: Vec<ipnet::Ipv4Net> = svc
-            .load_balancer_source_ranges
-            .iter()
-            .filter_map(|net| match net {
-                ipnet::IpNet::V4(v4) => Some(*v4),
-                ipnet::IpNet::V6(_) => None,
-            })
-            .collect();
-        let ranges: Vec<ipnet::IpNet> = ipnet::Ipv4Net::aggregate(&v4)
-            .into_iter()
-            .map(ipnet::IpNet::from)
-            .collect();
+        // Only the ranges of the address's family can hold its clients.
+        let ranges = merged_of_family(&svc.load_balancer_source_ranges, NftFamily::of(ip));
         if ext.load_balancer && !ranges.is_empty() {
             self.insert(NftSet::FirewallIps, key);
             for &net in &ranges {
@@ -94,16 +78,24 @@ impl Elements {
         }
     }
 
-    /// A NodePort: masqueraded unless the policy is Local, where it is
-    /// dropped when this node has no endpoint.
+    /// A NodePort in the table of `family`: masqueraded unless the policy
+    /// is Local, where it is dropped when this node has no endpoint of
+    /// that family.
     pub(super) fn node_port(
         &mut self,
+        family: AddressType,
         protocol: Protocol,
         node_port: u16,
         svc: &ServiceInfo,
         no_endpoints: bool,
     ) {
-        let key = NftKey::ProtoPort(protocol, node_port);
+        let family = match family {
+            AddressType::Ipv4 => NftFamily::Ip,
+            AddressType::Ipv6 => NftFamily::Ip6,
+            // No slice of this type keeps endpoints, and no table serves it.
+            AddressType::Fqdn => return,
+        };
+        let key = NftKey::ProtoPort(family, protocol, node_port);
         if !svc.external_traffic_local {
             self.insert(NftSet::NodePorts, key);
         } else if no_endpoints {
@@ -113,7 +105,7 @@ impl Elements {
 
     /// This node's endpoints, which may reach themselves through the service.
     pub(super) fn hairpin(&mut self, local: &[RealServerKey], protocol: Protocol) {
-        for ep in local.iter().filter(|ep| ep.addr.is_ipv4()) {
+        for ep in local {
             let key = NftKey::AddrProtoPortAddr(ep.addr, protocol, ep.port, ep.addr);
             self.insert(NftSet::Hairpin, key);
         }
@@ -121,5 +113,38 @@ impl Elements {
 
     pub(super) fn finish(self) -> Vec<NftElement> {
         self.0.into_iter().collect()
+    }
+}
+
+/// The CIDRs of `family` among `nets`, overlapping ones merged: an interval
+/// set refuses overlapping elements.
+fn merged_of_family(nets: &[ipnet::IpNet], family: NftFamily) -> Vec<ipnet::IpNet> {
+    match family {
+        NftFamily::Ip => {
+            let v4: Vec<ipnet::Ipv4Net> = nets
+                .iter()
+                .filter_map(|net| match net {
+                    ipnet::IpNet::V4(v4) => Some(*v4),
+                    ipnet::IpNet::V6(_) => None,
+                })
+                .collect();
+            ipnet::Ipv4Net::aggregate(&v4)
+                .into_iter()
+                .map(ipnet::IpNet::from)
+                .collect()
+        }
+        NftFamily::Ip6 => {
+            let v6: Vec<ipnet::Ipv6Net> = nets
+                .iter()
+                .filter_map(|net| match net {
+                    ipnet::IpNet::V6(v6) => Some(*v6),
+                    ipnet::IpNet::V4(_) => None,
+                })
+                .collect();
+            ipnet::Ipv6Net::aggregate(&v6)
+                .into_iter()
+                .map(ipnet::IpNet::from)
+                .collect()
+        }
     }
 }

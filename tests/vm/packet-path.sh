@@ -26,13 +26,15 @@ source "$here/cluster.sh"
 proxy=${KIP_PROXY_BIN:-}
 table=kube-ipvs-proxy  # in family ip
 common=(--manifests "$manifests" --hostname-override node-a
-    --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 --nodeport-addresses 192.0.2.0/24,2001:db8::/64)
+    --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 --nodeport-addresses 192.0.2.0/24,2001:db8::/64
+    --ipvs-exclude-cidrs 10.96.200.0/24)
 min_sync=1
 sync_period=5
 setup_error=  # when set, every scenario fails with it
 
 # shellcheck source=tests/vm/proxy.sh
 source "$here/proxy.sh"
+source "$here/zone.sh"
 
 # --- checks -----------------------------------------------------------------
 
@@ -684,18 +686,50 @@ check_cleanup_leaves_foreign_tables() {
         fail "$name" "the proxy never made table ip $table, nothing to clean up: $tables"
         return
     fi
+    # Handback: an address and a virtual server inside --ipvs-exclude-cidrs
+    # are not the proxy's; cleanup keeps both, and kube-ipvs0 for the address.
+    local excluded_error=
+    { ip addr add 10.96.200.1/32 dev kube-ipvs0 &&
+        ipvsadm -A -t 10.96.200.1:80 -s rr; } 2>"$work/excluded.err" ||
+        excluded_error=$(paste -sd'|' "$work/excluded.err")
     "$proxy" cleanup "${common[@]}" >"$work/cleanup.log" 2>&1
     rc=$?
     tables=$(nft list tables 2>&1 | paste -sd'|')
     foreign_after=$(nft list table inet foreign 2>&1)
+    local held vs
+    held=$(ip -o addr show dev kube-ipvs0 2>&1 | awk '{print $4}' | paste -sd' ')
+    vs=$(ipvsadm -Sn | paste -sd'|')
     if ((rc != 0)); then
         fail "$name" "cleanup exited $rc: $(tail -n 3 "$work/cleanup.log" | paste -sd'|')"
     elif [[ $tables == *"table ip $table"* ]]; then
         fail "$name" "table ip $table is still there: $tables"
     elif [[ $foreign_after != "$foreign_before" ]]; then
         fail "$name" "the foreign table changed: $(diff <(printf '%s\n' "$foreign_before") <(printf '%s\n' "$foreign_after") | grep '^[<>]' | paste -sd'|')"
+    elif [[ -n $excluded_error ]]; then
+        fail "$name" "could not add the excluded address and virtual server: $excluded_error"
+    elif [[ $held != 10.96.200.1/32 || $vs != "-A -t 10.96.200.1:80 -s rr" ]]; then
+        fail "$name" "expected only the excluded 10.96.200.1 left on kube-ipvs0 and in IPVS; kube-ipvs0: '$held', ipvsadm -Sn: '$vs'"
     else
-        pass "$name" "tables left: $tables"
+        pass "$name" "tables left: $tables; kube-ipvs0 kept with only the excluded $held; IPVS: $vs"
+    fi
+    ipvsadm -D -t 10.96.200.1:80 2>/dev/null
+    ip link del kube-ipvs0 2>/dev/null
+}
+
+# The proxy runs with only NET_ADMIN and SYS_MODULE, and /proc/sys read-only
+# in its mount namespace: deploy/'s DaemonSet, where `prepare` did the rest.
+check_capabilities() {
+    local name=capabilities-only effective sysmount
+    ready "$name" || return
+    effective=$(awk '$1 == "CapEff:" {print $2}' "/proc/$proxy_pid/status")
+    sysmount=$(nsenter -t "$proxy_pid" -m awk '$2 == "/proc/sys" {print $4}' /proc/mounts | tail -n 1)
+    # CAP_NET_ADMIN is bit 12, CAP_SYS_MODULE bit 16.
+    if [[ $effective != 0000000000011000 ]]; then
+        fail "$name" "CapEff of the proxy is $effective, expected 0000000000011000 (NET_ADMIN, SYS_MODULE)"
+    elif [[ $sysmount != ro* ]]; then
+        fail "$name" "/proc/sys is not read-only for the proxy: '$sysmount'"
+    else
+        pass "$name" "CapEff $effective; /proc/sys $sysmount"
     fi
 }
 
@@ -735,8 +769,10 @@ check_dual_stack_traffic() {
     ready "ipv6-external-nodeport" || return
     expect_answer "ipv6-external-nodeport" "pod-b1 $CLUSTER_NODE_A_IP6" \
         http_from outside "http://[$CLUSTER_NODE_A_IP6]:30090/"
+    # From outside's first address: its source ranges admit only that one
+    # (the kernel would pick the newer ::101 by itself).
     expect_answer "ipv6-external-loadbalancer" "pod-b1 $CLUSTER_NODE_A_IP6" \
-        http_from outside "http://[2001:db8:203::40]/"
+        http_from outside "http://[2001:db8:203::40]/" --interface "$CLUSTER_OUTSIDE_IP6"
     expect_answer "ipv6-pod-to-clusterip-remote-pod" "pod-b1 $(pod_ip6 pod-a2)" \
         http_from pod-a2 "http://[fd00:10:96::40]/"
     expect_answer "ipv6-node-to-clusterip-remote-pod" "pod-b1 *" \
@@ -755,7 +791,8 @@ check_dual_stack_traffic() {
 check_ipv6_source_ranges() {
     local name=ipv6-source-ranges denied forwarded
     ready "$name" || return
-    if ! matches "pod-b1 $CLUSTER_NODE_A_IP6" http_from outside "http://[2001:db8:203::40]/"; then
+    if ! matches "pod-b1 $CLUSTER_NODE_A_IP6" http_from outside "http://[2001:db8:203::40]/" \
+        --interface "$CLUSTER_OUTSIDE_IP6"; then
         fail "$name" "from $CLUSTER_OUTSIDE_IP6: expected 'pod-b1 $CLUSTER_NODE_A_IP6', got '$answer'"
         return
     fi
@@ -830,7 +867,18 @@ main() {
     make_foreign_table
     if [[ -d /sys/module/sctp ]]; then sctp_before=yes; else sctp_before=no; fi
     if [[ -z $setup_error ]]; then
-        local why
+        # As deploy/ runs it: `prepare` with every privilege, then `run`
+        # with NET_ADMIN and SYS_MODULE alone and a read-only /proc/sys, as
+        # in an unprivileged container.
+        local why prepared
+        if prepared=$("$proxy" prepare "${common[@]}" 2>&1); then
+            pass "prepare" "$(tail -n 1 <<<"$prepared")"
+        else
+            fail "prepare" "$(tail -n 3 <<<"$prepared" | paste -sd'|')"
+        fi
+        # shellcheck disable=SC2016 # expanded by the inner sh
+        proxy_wrap=(unshare -m sh -c 'mount -o bind,ro /proc/sys /proc/sys &&
+            exec setpriv --inh-caps=-all --bounding-set=-all,+net_admin,+sys_module "$0" "$@"')
         proxy_start run
         if why=$(wait_syncs 1); then
             pass "first-sync" "$(syncs "$proxy_log" | head -n 1)"
@@ -839,6 +887,7 @@ main() {
         fi
     fi
 
+    check_capabilities
     check_ruleset_present
     check_external_etp_cluster
     check_external_etp_local
@@ -853,6 +902,7 @@ main() {
     check_ipv6_source_ranges
     check_sctp_module_loaded
     check_sctp_traffic
+    check_zone_routing
     check_udp_endpoint_replaced
     check_udp_stale_flow_deleted
     check_tcp_survives_nft_change

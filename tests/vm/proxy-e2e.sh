@@ -5,6 +5,9 @@
 #   a  traffic: ClusterIP from the node and from a client, round-robin; NodePort;
 #      UDP; multi-port; mirrored Endpoints; ClientIP affinity; exact IPVS state
 #   b  manifest edits converge within --ipvs-min-sync-period + 1 s
+#   h  a LoadBalancer with externalTrafficPolicy Local answers on its
+#      healthCheckNodePort: 200 with its local endpoint count, 503 with none,
+#      and the port closes when the service goes (leaves no state behind)
 #   c  a restart makes zero writes and a long-lived connection survives it
 #   d  a virtual server deleted behind the proxy's back returns within --ipvs-sync-period
 #   g  graceful termination: a removed TCP endpoint drains at weight 0, keeps
@@ -93,6 +96,13 @@ expect() { # NAME EXPECTED ACTUAL
 
 client_get() { in_client curl -sf --max-time 3 "$1"; }
 
+# scrape SERIES: the value of one series of /metrics (empty if absent).
+scrape() { curl -s http://127.0.0.1:10249/metrics | grep -F -- "$1 " | awk '{print $NF}' | head -n 1; }
+full_sync_count() { syncs "$proxy_log" | grep -c '^full '; }
+full_syncs_above() { (($(full_sync_count) > $1)); }
+# The per-virtual-server series of web's cluster IP (read at each full sync).
+web_vs='namespace="default",service="web",protocol="TCP",address="10.96.0.10",port="80"'
+
 # web's port: 8000 once scenario b changed it, else 80, so that a failure in b
 # does not cascade into c and d.
 current_web_port() {
@@ -177,6 +187,35 @@ scenario_a() {
     else
         fail "a-client-ip-affinity" "expected one backend 4 times, got '$sticky'"
     fi
+    scenario_a_traffic_metrics
+}
+
+# The 12 requests to 10.96.0.10:80 above (6 from the node, 6 from the client)
+# show in web's IPVS counters once a full sync has dumped them.
+scenario_a_traffic_metrics() {
+    local fulls conns packets_in bytes_out
+    fulls=$(full_sync_count)
+    if ! converge_within $((sync_period + 2)) full_syncs_above "$fulls"; then
+        fail "a-vs-counters" "no full sync within $((sync_period + 2)) s ($converge_note)"
+        return 1
+    fi
+    conns=$(scrape "kube_ipvs_proxy_virtual_server_connections_total{$web_vs}")
+    packets_in=$(scrape "kube_ipvs_proxy_virtual_server_packets_total{$web_vs,direction=\"in\"}")
+    bytes_out=$(scrape "kube_ipvs_proxy_virtual_server_bytes_total{$web_vs,direction=\"out\"}")
+    if [[ $conns =~ ^[0-9]+$ && $packets_in =~ ^[0-9]+$ && $bytes_out =~ ^[0-9]+$ ]] &&
+        ((conns >= 12 && packets_in > conns && bytes_out > 0)); then
+        pass "a-vs-counters" "web 10.96.0.10:80: $conns connections, $packets_in packets in, $bytes_out bytes out"
+    else
+        fail "a-vs-counters" "expected >= 12 connections and packets and bytes for web, got connections='$conns' packets_in='$packets_in' bytes_out='$bytes_out'"
+    fi
+    local healthz livez
+    healthz=$(curl -s -w ' %{http_code}' http://127.0.0.1:10256/healthz)
+    livez=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/livez)
+    if [[ $healthz == *'"nodeEligible":true'*' 200' && $livez == 200 ]]; then
+        pass "a-healthz-livez" "healthz 200 with nodeEligible true, livez 200"
+    else
+        fail "a-healthz-livez" "healthz '$healthz', livez '$livez'"
+    fi
 }
 
 append_web_d() {
@@ -241,8 +280,86 @@ scenario_b() {
     rm "$manifests/sticky.yaml"
     if converge sticky_gone; then
         pass "b-delete-service" "10.96.0.30 gone from IPVS and kube-ipvs0"
+        local fulls
+        fulls=$(full_sync_count)
+        if converge_within $((sync_period + 2)) full_syncs_above "$fulls" &&
+            ! curl -s http://127.0.0.1:10249/metrics | grep -qF 'address="10.96.0.30"'; then
+            pass "b-delete-service-series" "no virtual_server series of 10.96.0.30 after the next full sync"
+        else
+            fail "b-delete-service-series" "10.96.0.30 still has series: $(curl -s http://127.0.0.1:10249/metrics | grep -F 'address="10.96.0.30"' | head -n 2 | paste -sd'|')"
+        fi
     else
         fail "b-delete-service" "10.96.0.30 still present after $((min_sync + 1)) s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.30 | paste -sd'|') / $(kube_ipvs0_addresses)"
+    fi
+}
+
+# --- h: healthCheckNodePort --------------------------------------------------
+
+hc_port=32100
+hc_url=http://$NETNS_NODE_IP:$hc_port/
+
+write_lb_local() {
+    cat >"$1" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: lb-local, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  clusterIPs: [10.96.0.40]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  selector: {app: web}
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-local-x7k2p
+  namespace: default
+  labels: {kubernetes.io/service-name: lb-local}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+- addresses: [10.244.1.11]
+  conditions: {ready: true}
+  nodeName: vm-node
+- addresses: [10.244.1.12]
+  conditions: {ready: true}
+  nodeName: vm-node
+- addresses: [10.244.2.11]
+  conditions: {ready: true}
+  nodeName: other-node
+YAML
+}
+
+# hc_reply: the health check's body, content type and status on one line.
+hc_reply() { curl -s --max-time 2 -w ' %{content_type} %{http_code}' "$hc_url" | tr -d '\n\t'; }
+# hc_answers STATUS COUNT
+hc_answers() { [[ $(hc_reply) == *"\"localEndpoints\": $2,"*" application/json $1" ]]; }
+hc_closed() { curl -s --max-time 2 -o /dev/null "$hc_url"; (($? == 7)); }
+
+scenario_h() {
+    proxy_alive || { fail "h-health-check" "the proxy is not running"; return 1; }
+    write_lb_local "$work/edit.tmp" && mv "$work/edit.tmp" "$manifests/lb-local.yaml"
+    if converge hc_answers 200 2; then
+        pass "h-health-check-local-endpoints" "200 with localEndpoints 2 (the third endpoint is another node's): $(hc_reply)"
+    else
+        fail "h-health-check-local-endpoints" "expected 200 with localEndpoints 2 within $((min_sync + 1)) s ($converge_note): '$(hc_reply)'"
+    fi
+    edit_manifest lb-local.yaml sed -i 's/nodeName: vm-node/nodeName: other-node/'
+    if converge hc_answers 503 0; then
+        pass "h-health-check-no-local-endpoint" "503 with localEndpoints 0: $(hc_reply)"
+    else
+        fail "h-health-check-no-local-endpoint" "expected 503 with localEndpoints 0 within $((min_sync + 1)) s ($converge_note): '$(hc_reply)'"
+    fi
+    rm "$manifests/lb-local.yaml"
+    if converge hc_closed; then
+        pass "h-health-check-closed" "port $hc_port refuses connections once the service is gone"
+    else
+        fail "h-health-check-closed" "port $hc_port still open $((min_sync + 1)) s after the service went ($converge_note): '$(hc_reply)'"
     fi
 }
 
@@ -490,6 +607,7 @@ main() {
     fi
     scenario_a
     scenario_b
+    scenario_h
     scenario_c
     scenario_d
     scenario_g

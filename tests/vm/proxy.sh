@@ -8,15 +8,18 @@
 #   min_sync     --ipvs-min-sync-period, in seconds
 #   sync_period  --ipvs-sync-period, in seconds
 # KIP_PROXY_EXTRA_ARGS, from the host, adds flags to every run, for example
-# --conntrack-cleanup=false to see the check that needs it fail.
+# --conntrack-cleanup=false to see the check that needs it fail. A script
+# may set proxy_wrap (an array) to a command that runs the proxy, such as a
+# capability-limited one.
 
 proxy_pid=
 proxy_log=
+proxy_wrap=()
 
 proxy_start() { # NAME: starts `run` in the background, logging to $work/NAME.log
     proxy_log=$work/$1.log
     # shellcheck disable=SC2086 # KIP_PROXY_EXTRA_ARGS is split on purpose
-    "$proxy" run "${common[@]}" --ipvs-min-sync-period "${min_sync}s" \
+    "${proxy_wrap[@]}" "$proxy" run "${common[@]}" --ipvs-min-sync-period "${min_sync}s" \
         --ipvs-sync-period "${sync_period}s" --log-format json ${KIP_PROXY_EXTRA_ARGS:-} \
         >"$proxy_log" 2>&1 &
     proxy_pid=$!

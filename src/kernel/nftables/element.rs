@@ -1,35 +1,40 @@
 //! Set element keys: [`NftKey`] to the bytes a set holds and back.
 //!
 //! Every field of a key is padded to 4 bytes (nft's register layout):
-//! `addr . proto . port` is 12 bytes. Addresses and ports are big-endian,
-//! the protocol one byte.
+//! `addr . proto . port` is 12 bytes in `ip`, 24 in `ip6`. Addresses and
+//! ports are big-endian, the protocol one byte.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementFlags,
     SetElementList, SetElementMessage,
 };
 
-use super::ruleset::{self, Field, Request, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IPADDR};
+use super::ruleset::{
+    self, Field, Request, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+};
 use super::KernelError;
-use crate::desired::{NftElement, NftKey, NftSet, Protocol, NFT_TABLE};
+use crate::desired::{NftElement, NftFamily, NftKey, NftSet, Protocol, NFT_TABLE};
 
 /// One field's type in a set key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FieldKind {
     Ipv4Addr,
+    Ipv6Addr,
     InetProto,
     InetService,
 }
 
 impl FieldKind {
-    /// nft's type number for the field (`ipv4_addr`, `inet_proto`, `inet_service`).
+    /// nft's type number for the field (`ipv4_addr`, `ipv6_addr`,
+    /// `inet_proto`, `inet_service`).
     pub fn nft_type(self) -> u32 {
         match self {
             FieldKind::Ipv4Addr => TYPE_IPADDR,
+            FieldKind::Ipv6Addr => TYPE_IP6ADDR,
             FieldKind::InetProto => TYPE_INET_PROTOCOL,
             FieldKind::InetService => TYPE_INET_SERVICE,
         }
@@ -39,19 +44,22 @@ impl FieldKind {
     pub fn len(self) -> u32 {
         match self {
             FieldKind::Ipv4Addr => 4,
+            FieldKind::Ipv6Addr => 16,
             FieldKind::InetProto => 1,
             FieldKind::InetService => 2,
         }
     }
 
-    /// The field's length in the key: padded to a 32-bit register.
+    /// The field's length in the key: padded to whole 32-bit registers.
     pub fn padded_len(self) -> u32 {
-        4
+        self.len().div_ceil(4) * 4
     }
 
+    /// The field's type as `nft` writes it.
     pub fn name(self) -> &'static str {
         match self {
             FieldKind::Ipv4Addr => "ipv4_addr",
+            FieldKind::Ipv6Addr => "ipv6_addr",
             FieldKind::InetProto => "inet_proto",
             FieldKind::InetService => "inet_service",
         }
@@ -97,14 +105,20 @@ impl Shape {
         }
     }
 
-    pub fn fields(self) -> &'static [FieldKind] {
+    /// The key's fields in the table of `family`.
+    pub fn fields(self, family: NftFamily) -> &'static [FieldKind] {
         use FieldKind::*;
-        match self {
-            Shape::AddrProtoPort => &[Ipv4Addr, InetProto, InetService],
-            Shape::ProtoPort => &[InetProto, InetService],
-            Shape::Addr | Shape::Cidr => &[Ipv4Addr],
-            Shape::AddrProtoPortSource | Shape::AddrProtoPortAddr => {
+        match (self, family) {
+            (Shape::AddrProtoPort, NftFamily::Ip) => &[Ipv4Addr, InetProto, InetService],
+            (Shape::AddrProtoPort, NftFamily::Ip6) => &[Ipv6Addr, InetProto, InetService],
+            (Shape::ProtoPort, _) => &[InetProto, InetService],
+            (Shape::Addr | Shape::Cidr, NftFamily::Ip) => &[Ipv4Addr],
+            (Shape::Addr | Shape::Cidr, NftFamily::Ip6) => &[Ipv6Addr],
+            (Shape::AddrProtoPortSource | Shape::AddrProtoPortAddr, NftFamily::Ip) => {
                 &[Ipv4Addr, InetProto, InetService, Ipv4Addr]
+            }
+            (Shape::AddrProtoPortSource | Shape::AddrProtoPortAddr, NftFamily::Ip6) => {
+                &[Ipv6Addr, InetProto, InetService, Ipv6Addr]
             }
         }
     }
@@ -114,22 +128,26 @@ impl Shape {
     }
 
     /// The `nft` type of the set: `ipv4_addr . inet_proto . inet_service`.
-    pub fn nft_type(self) -> String {
-        let names: Vec<&str> = self.fields().iter().map(|f| f.name()).collect();
+    pub fn nft_type(self, family: NftFamily) -> String {
+        let names: Vec<&str> = self.fields(family).iter().map(|f| f.name()).collect();
         names.join(" . ")
     }
 
-    /// The key field a rule's field loads.
-    pub fn field_of(field: Field) -> FieldKind {
-        match field {
-            Field::Daddr | Field::Saddr => FieldKind::Ipv4Addr,
-            Field::L4proto => FieldKind::InetProto,
-            Field::Dport => FieldKind::InetService,
+    /// The key field a rule's field loads in the table of `family`.
+    pub fn field_of(field: Field, family: NftFamily) -> FieldKind {
+        match (field, family) {
+            (Field::Daddr | Field::Saddr, NftFamily::Ip) => FieldKind::Ipv4Addr,
+            (Field::Daddr | Field::Saddr, NftFamily::Ip6) => FieldKind::Ipv6Addr,
+            (Field::L4proto, _) => FieldKind::InetProto,
+            (Field::Dport, _) => FieldKind::InetService,
         }
     }
 
-    fn key_len(self) -> usize {
-        self.fields().len() * 4
+    fn key_len(self, family: NftFamily) -> usize {
+        self.fields(family)
+            .iter()
+            .map(|f| f.padded_len() as usize)
+            .sum()
     }
 }
 
@@ -137,7 +155,7 @@ impl Shape {
 pub(super) fn describe(e: &NftElement) -> String {
     match e.key {
         NftKey::AddrProtoPort(a, p, port) => format!("{a} . {} . {port}", proto_name(p)),
-        NftKey::ProtoPort(p, port) => format!("{} . {port}", proto_name(p)),
+        NftKey::ProtoPort(_, p, port) => format!("{} . {port}", proto_name(p)),
         NftKey::Addr(a) => a.to_string(),
         NftKey::AddrProtoPortSource(a, p, port, net) => {
             format!("{a} . {} . {port} . {}", proto_name(p), cidr_text(net))
@@ -192,7 +210,7 @@ pub(super) enum Encoded {
         key_end: Option<Vec<u8>>,
     },
     /// An rbtree interval: the start, and the first address after it (none
-    /// when the range runs to 255.255.255.255).
+    /// when the range runs to the family's last address).
     Range {
         start: Vec<u8>,
         end: Option<Vec<u8>>,
@@ -209,66 +227,85 @@ pub(super) fn encode(e: &NftElement) -> Result<Encoded, KernelError> {
             describe(e)
         ))
     };
+    let family = e.family();
     if Shape::of_key(&e.key) != shape {
-        return Err(invalid(&format!("the set's type is {}", shape.nft_type())));
+        return Err(invalid(&format!(
+            "the set's type is {}",
+            shape.nft_type(family)
+        )));
     }
-    let v4 = |addr: IpAddr| match addr {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(invalid("IPv6 in an ip-family table")),
+    // Every address of a key is of the family of its first (the table's).
+    let addr = |addr: IpAddr| {
+        if NftFamily::of(addr) == family {
+            Ok(octets(addr))
+        } else {
+            Err(invalid(&format!(
+                "{addr} is not of family {family}, as the key's first address is"
+            )))
+        }
     };
-    let net4 = |net: IpNet| match net {
-        IpNet::V4(n) => Ok(n.trunc()),
-        IpNet::V6(_) => Err(invalid("IPv6 in an ip-family table")),
-    };
-    let mut key = Vec::with_capacity(16);
+    let mut key = Vec::with_capacity(40);
     Ok(match e.key {
         NftKey::AddrProtoPort(a, p, port) => {
-            push_addr(&mut key, v4(a)?);
+            key.extend(addr(a)?);
             push_proto_port(&mut key, p, port);
             Encoded::Single { key, key_end: None }
         }
-        NftKey::ProtoPort(p, port) => {
+        NftKey::ProtoPort(_, p, port) => {
             push_proto_port(&mut key, p, port);
             Encoded::Single { key, key_end: None }
         }
         NftKey::Addr(a) => {
-            push_addr(&mut key, v4(a)?);
+            key.extend(addr(a)?);
             Encoded::Single { key, key_end: None }
         }
         NftKey::AddrProtoPortAddr(a, p, port, b) => {
-            push_addr(&mut key, v4(a)?);
+            key.extend(addr(a)?);
             push_proto_port(&mut key, p, port);
-            push_addr(&mut key, v4(b)?);
+            key.extend(addr(b)?);
             Encoded::Single { key, key_end: None }
         }
         NftKey::AddrProtoPortSource(a, p, port, net) => {
             // pipapo: the start of every field, then the end of every field.
-            let net = net4(net)?;
-            push_addr(&mut key, v4(a)?);
+            key.extend(addr(a)?);
             push_proto_port(&mut key, p, port);
             let mut key_end = key.clone();
-            push_addr(&mut key, net.network());
-            push_addr(&mut key_end, net.broadcast());
+            key.extend(addr(net.network())?);
+            key_end.extend(addr(net.broadcast())?);
             Encoded::Single {
                 key,
                 key_end: Some(key_end),
             }
         }
         NftKey::Cidr(net) => {
-            let net = net4(net)?;
-            let end = u32::from(net.broadcast())
-                .checked_add(1)
-                .map(|e| Ipv4Addr::from(e).octets().to_vec());
+            let start = addr(net.network())?;
+            let end = next_address(net.broadcast());
             Encoded::Range {
-                start: net.network().octets().to_vec(),
-                end,
+                start,
+                end: end.map(octets),
             }
         }
     })
 }
 
-fn push_addr(key: &mut Vec<u8>, addr: Ipv4Addr) {
-    key.extend_from_slice(&addr.octets());
+/// An address's bytes, network order.
+fn octets(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The address after `addr`; none after the family's last.
+fn next_address(addr: IpAddr) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+    }
 }
 
 fn push_proto_port(key: &mut Vec<u8>, p: Protocol, port: u16) {
@@ -323,6 +360,7 @@ pub(super) enum Op {
 /// exists is not an error without NLM_F_EXCL), a delete neither.
 pub(super) fn message(
     op: Op,
+    family: NftFamily,
     set: NftSet,
     elements: Vec<ListAttribute<SetElementAttribute>>,
 ) -> Request {
@@ -337,10 +375,12 @@ pub(super) fn message(
     let message = SetElementMessage { attributes };
     match op {
         Op::Add => Request {
+            family,
             message: NfTablesMessage::NewSetElement(message),
             flags: NLM_F_CREATE,
         },
         Op::Delete => Request {
+            family,
             message: NfTablesMessage::DeleteSetElement(message),
             flags: 0,
         },
@@ -376,15 +416,21 @@ struct Dumped {
     interval_end: bool,
 }
 
-/// The keys of one set from its GETSETELEM dump. Interval elements come
-/// back as CIDRs; interval-end markers are folded into them.
+/// The keys of one set of the `family` table from its GETSETELEM dump.
+/// Interval elements come back as CIDRs; interval-end markers are folded
+/// into them.
 pub(super) fn decode(
+    family: NftFamily,
     set: NftSet,
     messages: &[SetElementMessage],
 ) -> Result<Vec<NftElement>, KernelError> {
     let shape = Shape::of(set);
-    let bad =
-        |why: String| KernelError::Other(format!("set {}: unreadable element: {why}", set.name()));
+    let bad = |why: String| {
+        KernelError::Other(format!(
+            "set {} of table {family} {NFT_TABLE}: unreadable element: {why}",
+            set.name()
+        ))
+    };
     let mut dumped = Vec::new();
     for message in messages {
         for attr in &message.attributes {
@@ -400,11 +446,11 @@ pub(super) fn decode(
         }
     }
     let keys = if shape == Shape::Cidr {
-        pair_ranges(&dumped).map_err(&bad)?
+        pair_ranges(family, &dumped).map_err(&bad)?
     } else {
         let mut keys = Vec::with_capacity(dumped.len());
         for d in dumped.iter().filter(|d| !d.interval_end) {
-            keys.push(decode_key(shape, d).map_err(&bad)?);
+            keys.push(decode_key(family, shape, d).map_err(&bad)?);
         }
         keys
     };
@@ -442,124 +488,166 @@ fn dumped_of(attrs: &[SetElementAttribute]) -> Result<Dumped, String> {
     })
 }
 
-fn decode_key(shape: Shape, d: &Dumped) -> Result<NftKey, String> {
+fn decode_key(family: NftFamily, shape: Shape, d: &Dumped) -> Result<NftKey, String> {
     let key = &d.key;
-    if key.len() != shape.key_len() {
+    let key_len = shape.key_len(family);
+    if key.len() != key_len {
         return Err(format!(
-            "key of {} bytes ({}), the set's type {} has {}",
+            "key of {} bytes ({}), the set's type {} has {key_len}",
             key.len(),
             hex(key),
-            shape.nft_type(),
-            shape.key_len()
+            shape.nft_type(family),
         ));
     }
-    let addr = |at: usize| {
-        IpAddr::V4(Ipv4Addr::new(
-            key[at],
-            key[at + 1],
-            key[at + 2],
-            key[at + 3],
-        ))
-    };
+    // The length check above keeps every slice below in bounds.
+    let width = addr_width(family);
+    let addr = |at: usize| address(family, &key[at..at + width]);
     let proto = |at: usize| {
         proto_of(key[at]).ok_or_else(|| format!("unknown protocol {} in {}", key[at], hex(key)))
     };
     let port = |at: usize| u16::from_be_bytes([key[at], key[at + 1]]);
+    // After an address: the protocol, the port, then maybe another address.
+    let (p, pt, second) = (width, width + 4, width + 8);
     Ok(match shape {
-        Shape::AddrProtoPort => NftKey::AddrProtoPort(addr(0), proto(4)?, port(8)),
-        Shape::ProtoPort => NftKey::ProtoPort(proto(0)?, port(4)),
+        Shape::AddrProtoPort => NftKey::AddrProtoPort(addr(0), proto(p)?, port(pt)),
+        Shape::ProtoPort => NftKey::ProtoPort(family, proto(0)?, port(4)),
         Shape::Addr => NftKey::Addr(addr(0)),
         Shape::AddrProtoPortAddr => {
-            NftKey::AddrProtoPortAddr(addr(0), proto(4)?, port(8), addr(12))
+            NftKey::AddrProtoPortAddr(addr(0), proto(p)?, port(pt), addr(second))
         }
         Shape::AddrProtoPortSource => {
             let end = d
                 .key_end
                 .as_ref()
                 .ok_or_else(|| format!("interval {} without NFTA_SET_ELEM_KEY_END", hex(key)))?;
-            if end.len() != key.len() || end[..12] != key[..12] {
+            if end.len() != key.len() || end[..second] != key[..second] {
                 return Err(format!(
                     "interval {} - {} is not one service and a CIDR",
                     hex(key),
                     hex(end)
                 ));
             }
-            let first = u32::from_be_bytes([key[12], key[13], key[14], key[15]]);
-            let last = u32::from_be_bytes([end[12], end[13], end[14], end[15]]);
-            let net = cidr(first, u64::from(last) + 1)
+            let first = as_number(&key[second..]);
+            let last = as_number(&end[second..]);
+            let net = cidr(family, first, last)
                 .ok_or_else(|| format!("interval {} - {} is not a CIDR", hex(key), hex(end)))?;
-            NftKey::AddrProtoPortSource(addr(0), proto(4)?, port(8), net)
+            NftKey::AddrProtoPortSource(addr(0), proto(p)?, port(pt), net)
         }
         Shape::Cidr => return Err("an rbtree element outside its interval".to_owned()),
     })
 }
 
+/// An address's length in a key of `family`.
+fn addr_width(family: NftFamily) -> usize {
+    match family {
+        NftFamily::Ip => 4,
+        NftFamily::Ip6 => 16,
+    }
+}
+
+/// The address in `bytes`, of `family`'s width (callers check the length).
+fn address(family: NftFamily, bytes: &[u8]) -> IpAddr {
+    let n = as_number(bytes);
+    match family {
+        NftFamily::Ip => IpAddr::V4(Ipv4Addr::from(n as u32)),
+        NftFamily::Ip6 => IpAddr::V6(Ipv6Addr::from(n)),
+    }
+}
+
+/// Big-endian bytes (at most 16) as a number.
+fn as_number(bytes: &[u8]) -> u128 {
+    bytes
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+}
+
+/// The family's last address as a number.
+fn last_address(family: NftFamily) -> u128 {
+    match family {
+        NftFamily::Ip => u128::from(u32::MAX),
+        NftFamily::Ip6 => u128::MAX,
+    }
+}
+
 /// Pairs an rbtree dump's starts with the interval-end elements that close
 /// them. The dump comes in any order; intervals never overlap, so sorted
 /// starts and ends alternate. An end with no start before it (nft's
-/// leading `0.0.0.0` marker) is skipped; a last start without an end runs
-/// to 255.255.255.255.
-fn pair_ranges(dumped: &[Dumped]) -> Result<Vec<NftKey>, String> {
+/// leading `0.0.0.0` or `::` marker) is skipped; a last start without an
+/// end runs to the family's last address.
+fn pair_ranges(family: NftFamily, dumped: &[Dumped]) -> Result<Vec<NftKey>, String> {
+    let width = addr_width(family);
     let mut points = Vec::with_capacity(dumped.len());
     for d in dumped {
-        let bytes: [u8; 4] = d.key.as_slice().try_into().map_err(|_| {
-            format!(
-                "key of {} bytes ({}), ipv4_addr has 4",
+        if d.key.len() != width {
+            return Err(format!(
+                "key of {} bytes ({}), {} has {width}",
                 d.key.len(),
-                hex(&d.key)
-            )
-        })?;
-        points.push((u32::from_be_bytes(bytes), !d.interval_end));
+                hex(&d.key),
+                Shape::Cidr.nft_type(family)
+            ));
+        }
+        points.push((as_number(&d.key), !d.interval_end));
     }
     // Ends sort before starts at the same address: [a, b) then [b, c).
     points.sort_unstable();
     let mut keys = Vec::new();
-    let mut open: Option<u32> = None;
+    let mut open: Option<u128> = None;
     for (at, is_start) in points {
         match (open, is_start) {
             (None, true) => open = Some(at),
             (None, false) => {}
             (Some(start), false) => {
-                keys.push(range_key(start, u64::from(at))?);
+                keys.push(range_key(family, start, at.saturating_sub(1))?);
                 open = None;
             }
             (Some(start), true) => {
                 return Err(format!(
                     "interval starting at {} has no end before {}",
-                    Ipv4Addr::from(start),
-                    Ipv4Addr::from(at)
+                    address_text(family, start),
+                    address_text(family, at)
                 ))
             }
         }
     }
     if let Some(start) = open {
-        keys.push(range_key(start, 1 << 32)?);
+        keys.push(range_key(family, start, last_address(family))?);
     }
     Ok(keys)
 }
 
-fn range_key(start: u32, end: u64) -> Result<NftKey, String> {
-    cidr(start, end).map(NftKey::Cidr).ok_or_else(|| {
+fn address_text(family: NftFamily, n: u128) -> String {
+    let bytes = n.to_be_bytes();
+    address(family, &bytes[16 - addr_width(family)..]).to_string()
+}
+
+/// The CIDR key of the interval `[first, last]`.
+fn range_key(family: NftFamily, first: u128, last: u128) -> Result<NftKey, String> {
+    cidr(family, first, last).map(NftKey::Cidr).ok_or_else(|| {
         format!(
             "interval {} - {} is not a CIDR",
-            Ipv4Addr::from(start),
-            Ipv4Addr::from((end - 1) as u32)
+            address_text(family, first),
+            address_text(family, last)
         )
     })
 }
 
-/// The CIDR covering exactly `[start, end)`, if there is one.
-fn cidr(start: u32, end: u64) -> Option<IpNet> {
-    let size = end
-        .checked_sub(u64::from(start))
-        .filter(|s| s.is_power_of_two())?;
-    if u64::from(start) % size != 0 {
+/// The CIDR covering exactly `[first, last]`, if there is one.
+fn cidr(family: NftFamily, first: u128, last: u128) -> Option<IpNet> {
+    // A CIDR's span is all ones below its prefix, and its start is aligned.
+    let span = last.checked_sub(first)?;
+    if span & span.wrapping_add(1) != 0 || first & span != 0 || last > last_address(family) {
         return None;
     }
-    let prefix = 32 - size.trailing_zeros() as u8;
-    Ipv4Net::new(Ipv4Addr::from(start), prefix)
-        .ok()
-        .map(IpNet::V4)
+    let host_bits = span.count_ones() as u8;
+    let bytes = first.to_be_bytes();
+    match family {
+        NftFamily::Ip => Ipv4Net::new(Ipv4Addr::from(first as u32), 32u8.checked_sub(host_bits)?)
+            .ok()
+            .map(IpNet::V4),
+        NftFamily::Ip6 => Ipv6Net::new(Ipv6Addr::from(bytes), 128u8.checked_sub(host_bits)?)
+            .ok()
+            .map(IpNet::V6),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

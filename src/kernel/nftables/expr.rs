@@ -38,6 +38,8 @@ pub(super) const NFT_BYTEORDER_HTON: u32 = 1;
 pub(super) const NFT_REJECT_ICMP_UNREACH: u32 = 0;
 /// ICMP_PORT_UNREACH (include/uapi/linux/icmp.h).
 pub(super) const ICMP_PORT_UNREACH: u8 = 3;
+/// ICMPV6_PORT_UNREACH (include/uapi/linux/icmpv6.h).
+pub(super) const ICMPV6_PORT_UNREACH: u8 = 4;
 /// RTN_LOCAL (include/uapi/linux/rtnetlink.h): what `fib daddr type local` compares to.
 pub(super) const RTN_LOCAL: u32 = 2;
 /// `enum nft_lookup_flags`: NFT_LOOKUP_F_INV.

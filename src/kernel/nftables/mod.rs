@@ -1,15 +1,16 @@
-//! The proxy's nftables table (`table ip kube-ipvs-proxy`) over netlink,
-//! with no `nft` binary at run time.
+//! The proxy's nftables tables (`table ip kube-ipvs-proxy`, and `table ip6
+//! kube-ipvs-proxy` on a node with IPv6) over netlink, with no `nft` binary
+//! at run time.
 //!
-//! The table's chains and rules are fixed per [`NftRuleset`]; everything per
-//! service lives in its sets. [`render_ruleset`] prints the table as `nft`
-//! would list it:
+//! The tables' chains and rules are fixed per [`NftRuleset`]; everything per
+//! service lives in their sets. [`render_ruleset`] prints the tables as
+//! `nft` would list them:
 //!
 //! ```text
-//! ensure_ruleset  ~ nft -f <(render_ruleset)   (adopted as is when it matches)
-//! apply           ~ nft -f <(render_element for each change)   (one transaction)
-//! dump_elements   ~ nft list set ip kube-ipvs-proxy SET   (for every set)
-//! delete_table    ~ nft delete table ip kube-ipvs-proxy
+//! ensure_ruleset  ~ nft -f <(render_ruleset)   (each table adopted as is when it matches)
+//! apply           ~ nft -f <(render_element for each change)   (one transaction, both tables)
+//! dump_elements   ~ nft list set FAMILY kube-ipvs-proxy SET   (for every set of every table)
+//! delete_table    ~ nft delete table ip kube-ipvs-proxy; nft delete table ip6 kube-ipvs-proxy
 //! ```
 //!
 //! Every message is what `nft` 1.0.6 sends for the same command, pinned
@@ -23,30 +24,31 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
+pub use self::render::{render_element, render_ruleset};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute,
     SetElementList, SetElementMessage, SetMessage, TableAttribute, TableMessage,
 };
-use netlink_packet_netfilter::NetfilterProtoFamily;
-
-pub use self::render::{render_element, render_ruleset};
 
 use self::element::Op;
 use self::ruleset::{Request, Skeleton, Subject};
-use self::socket::{BatchError, NftSocket, Refusal};
+use self::socket::{proto_family, BatchError, NftSocket, Refusal};
 use super::{KernelError, NftKernel};
-use crate::desired::{NftChange, NftElement, NftRuleset, NftSet, NFT_TABLE};
+use crate::desired::{NftChange, NftElement, NftFamily, NftRuleset, NftSet, NFT_TABLE};
 
 /// The byte budget of one NEWSETELEM/DELSETELEM's element list: its
 /// NFTA_SET_ELEM_LIST_ELEMENTS must stay under the 64 KiB an attribute's
 /// 16-bit length allows.
 const ELEMENTS_PER_MESSAGE_BYTES: usize = 32 * 1024;
 
-/// The proxy's nftables table over a NETLINK_NETFILTER socket. Blocking
+/// The proxy's nftables tables over a NETLINK_NETFILTER socket. Blocking
 /// I/O runs on tokio's blocking pool; it is called once per sync.
 #[derive(Debug)]
 pub struct NetlinkNft {
     socket: Option<NftSocket>,
+    /// The tables the last [`NftKernel::ensure_ruleset`] made or adopted,
+    /// which [`NftKernel::dump_elements`] reads: `ip` until then.
+    families: Vec<NftFamily>,
 }
 
 impl NetlinkNft {
@@ -60,6 +62,7 @@ impl NetlinkNft {
         })?;
         Ok(NetlinkNft {
             socket: Some(socket),
+            families: vec![NftFamily::Ip],
         })
     }
 
@@ -83,19 +86,43 @@ impl NetlinkNft {
 }
 
 impl NftKernel for NetlinkNft {
+    /// One table per family of the ruleset, each adopted or (re)created
+    /// on its own: the `ip` table is never rewritten for the `ip6` one's
+    /// sake. The `ip6` table is not touched when the ruleset has none.
     #[tracing::instrument(skip_all)]
     async fn ensure_ruleset(
         &mut self,
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
-        let skeleton = Skeleton::new(ruleset);
-        self.with_socket(move |socket| ensure(socket, &skeleton))
-            .await
+        let families: Vec<NftFamily> = ruleset.families().collect();
+        let skeletons: Vec<Skeleton> = families
+            .iter()
+            .map(|family| Skeleton::new(ruleset, *family))
+            .collect();
+        let held = self
+            .with_socket(move |socket| {
+                let mut held = Vec::new();
+                for skeleton in &skeletons {
+                    held.extend(ensure(socket, skeleton)?);
+                }
+                Ok(held)
+            })
+            .await?;
+        self.families = families;
+        Ok(held)
     }
 
     #[tracing::instrument(skip_all)]
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
-        self.with_socket(dump_all).await
+        let families = self.families.clone();
+        self.with_socket(move |socket| {
+            let mut held = Vec::new();
+            for family in families {
+                held.extend(dump_all(socket, family)?);
+            }
+            Ok(held)
+        })
+        .await
     }
 
     /// All or nothing. An add of an element that exists succeeds; a delete
@@ -115,24 +142,42 @@ impl NftKernel for NetlinkNft {
         .await
     }
 
+    /// Both tables, each in a transaction of its own (a missing one must
+    /// not stop the other's deletion); `true` when either was there.
     #[tracing::instrument(skip_all)]
     async fn delete_table(&mut self) -> Result<bool, KernelError> {
         self.with_socket(|socket| {
-            let request = Request {
-                message: NfTablesMessage::DeleteTable(table_by_name()),
-                flags: 0,
-            };
-            match socket.transact(&[request]) {
-                Ok(()) => Ok(true),
-                Err(BatchError::Message(_, r)) if r.errno == libc::ENOENT => Ok(false),
-                Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r)) => {
-                    Err(missing_nf_tables(&r).unwrap_or_else(|| {
-                        KernelError::Other(format!("deleting table ip {NFT_TABLE}: {}", r.text()))
-                    }))
-                }
+            let mut deleted = false;
+            for family in NftFamily::ALL {
+                deleted |= delete(socket, family)?;
             }
+            Ok(deleted)
         })
         .await
+    }
+}
+
+/// Deletes the table of `family`; `false` when there was none (or, for
+/// `ip6`, when the kernel has no IPv6 nf_tables, so none can exist).
+fn delete(socket: &mut NftSocket, family: NftFamily) -> Result<bool, KernelError> {
+    let request = Request {
+        family,
+        message: NfTablesMessage::DeleteTable(table_by_name()),
+        flags: 0,
+    };
+    match socket.transact(&[request]) {
+        Ok(()) => Ok(true),
+        Err(BatchError::Message(_, r)) if r.errno == libc::ENOENT => Ok(false),
+        Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r))
+            if family == NftFamily::Ip6 && r.errno == libc::EAFNOSUPPORT =>
+        {
+            Ok(false)
+        }
+        Err(BatchError::Message(_, r)) | Err(BatchError::Whole(r)) => {
+            Err(missing_nf_tables(family, &r).unwrap_or_else(|| {
+                KernelError::Other(format!("deleting table {family} {NFT_TABLE}: {}", r.text()))
+            }))
+        }
     }
 }
 
@@ -142,12 +187,12 @@ fn table_by_name() -> TableMessage {
     }
 }
 
-/// The errors that mean the kernel has no nf_tables at all.
-fn missing_nf_tables(r: &Refusal) -> Option<KernelError> {
+/// The errors that mean the kernel has no nf_tables for `family` at all.
+fn missing_nf_tables(family: NftFamily, r: &Refusal) -> Option<KernelError> {
     match r.errno {
         libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EINVAL => {
             Some(KernelError::Other(format!(
-                "the kernel has no nf_tables for family ip (modules nf_tables, nfnetlink): {}",
+                "the kernel has no nf_tables for family {family} (modules nf_tables, nfnetlink): {}",
                 r.text()
             )))
         }
@@ -155,32 +200,38 @@ fn missing_nf_tables(r: &Refusal) -> Option<KernelError> {
     }
 }
 
-/// Adopts the table when it matches `skeleton`, else (re)creates it empty.
+/// Adopts the table of the skeleton's family when it matches `skeleton`,
+/// else (re)creates it empty.
 fn ensure(socket: &mut NftSocket, skeleton: &Skeleton) -> Result<Vec<NftElement>, KernelError> {
+    let family = skeleton.family;
     let existing = match socket.get(
         NfTablesMessage::GetTable(table_by_name()),
-        NetfilterProtoFamily::IPv4,
+        proto_family(family),
     ) {
         Ok(NfTablesMessage::NewTable(table)) => Some(table),
         Ok(_) => None,
         Err(r) if r.errno == libc::ENOENT => None,
         Err(r) => {
-            return Err(missing_nf_tables(&r).unwrap_or_else(|| {
-                KernelError::Other(format!("looking up table ip {NFT_TABLE}: {}", r.text()))
+            return Err(missing_nf_tables(family, &r).unwrap_or_else(|| {
+                KernelError::Other(format!(
+                    "looking up table {family} {NFT_TABLE}: {}",
+                    r.text()
+                ))
             }))
         }
     };
     if let Some(table) = &existing {
         if matches(socket, table, skeleton)? {
-            tracing::debug!("adopting the existing nftables table");
-            return dump_all(socket);
+            tracing::debug!(%family, "adopting the existing nftables table");
+            return dump_all(socket, family);
         }
-        tracing::info!("the nftables table was made for another ruleset: recreating it");
+        tracing::info!(%family, "the nftables table was made for another ruleset: recreating it");
     }
     let mut requests: Vec<(Request, Subject)> = Vec::new();
     if existing.is_some() {
         requests.push((
             Request {
+                family,
                 message: NfTablesMessage::DeleteTable(table_by_name()),
                 flags: 0,
             },
@@ -191,16 +242,16 @@ fn ensure(socket: &mut NftSocket, skeleton: &Skeleton) -> Result<Vec<NftElement>
     let (batch, subjects): (Vec<Request>, Vec<Subject>) = requests.into_iter().unzip();
     match socket.transact(&batch) {
         Ok(()) => Ok(Vec::new()),
-        Err(BatchError::Whole(r)) => Err(missing_nf_tables(&r).unwrap_or_else(|| {
-            KernelError::Other(format!("creating table ip {NFT_TABLE}: {}", r.text()))
+        Err(BatchError::Whole(r)) => Err(missing_nf_tables(family, &r).unwrap_or_else(|| {
+            KernelError::Other(format!("creating table {family} {NFT_TABLE}: {}", r.text()))
         })),
-        Err(BatchError::Message(index, r)) => Err(skeleton_error(subjects.get(index), &r)),
+        Err(BatchError::Message(index, r)) => Err(skeleton_error(family, subjects.get(index), &r)),
     }
 }
 
 /// One clear error for a refused skeleton message: what is missing when the
 /// kernel lacks a module, else what was being created.
-fn skeleton_error(subject: Option<&Subject>, r: &Refusal) -> KernelError {
+fn skeleton_error(family: NftFamily, subject: Option<&Subject>, r: &Refusal) -> KernelError {
     let missing = matches!(r.errno, libc::ENOENT | libc::EOPNOTSUPP);
     let text = match subject {
         Some(Subject::Rule {
@@ -223,7 +274,7 @@ fn skeleton_error(subject: Option<&Subject>, r: &Refusal) -> KernelError {
         Some(Subject::Set(set)) if missing => format!(
             "the kernel's nf_tables has no set backend for set {} (type {}{}): {}",
             set.name(),
-            element::Shape::of(*set).nft_type(),
+            element::Shape::of(*set).nft_type(family),
             if element::Shape::of(*set).is_interval() {
                 ", flags interval; pipapo needs kernel 5.6"
             } else {
@@ -232,27 +283,30 @@ fn skeleton_error(subject: Option<&Subject>, r: &Refusal) -> KernelError {
             r.text()
         ),
         Some(Subject::Table) => {
-            return missing_nf_tables(r).unwrap_or_else(|| {
-                KernelError::Other(format!("creating table ip {NFT_TABLE}: {}", r.text()))
+            return missing_nf_tables(family, r).unwrap_or_else(|| {
+                KernelError::Other(format!("creating table {family} {NFT_TABLE}: {}", r.text()))
             })
         }
         Some(Subject::Rule { chain, text, .. }) => {
             format!(
-                "creating table ip {NFT_TABLE}: adding `{text}` to chain {chain}: {}",
+                "creating table {family} {NFT_TABLE}: adding `{text}` to chain {chain}: {}",
                 r.text()
             )
         }
         Some(Subject::Chain { name, .. }) => {
-            format!("creating table ip {NFT_TABLE}: chain {name}: {}", r.text())
+            format!(
+                "creating table {family} {NFT_TABLE}: chain {name}: {}",
+                r.text()
+            )
         }
         Some(Subject::Set(set)) => {
             format!(
-                "creating table ip {NFT_TABLE}: set {}: {}",
+                "creating table {family} {NFT_TABLE}: set {}: {}",
                 set.name(),
                 r.text()
             )
         }
-        None => format!("creating table ip {NFT_TABLE}: {}", r.text()),
+        None => format!("creating table {family} {NFT_TABLE}: {}", r.text()),
     };
     KernelError::Other(text)
 }
@@ -273,7 +327,8 @@ fn matches(
     }
     let dump_error = |what: &str, r: Refusal| {
         KernelError::Other(format!(
-            "listing {what} of table ip {NFT_TABLE}: {}",
+            "listing {what} of table {} {NFT_TABLE}: {}",
+            skeleton.family,
             r.text()
         ))
     };
@@ -282,7 +337,7 @@ fn matches(
             NfTablesMessage::GetChain(ChainMessage {
                 attributes: vec![ChainAttribute::Table(NFT_TABLE.to_owned())],
             }),
-            NetfilterProtoFamily::IPv4,
+            proto_family(skeleton.family),
         )
         .map_err(|r| dump_error("chains", r))?
         .into_iter()
@@ -299,7 +354,7 @@ fn matches(
             NfTablesMessage::GetRule(RuleMessage {
                 attributes: vec![RuleAttribute::Table(NFT_TABLE.to_owned())],
             }),
-            NetfilterProtoFamily::IPv4,
+            proto_family(skeleton.family),
         )
         .map_err(|r| dump_error("rules", r))?
         .into_iter()
@@ -316,7 +371,7 @@ fn matches(
             NfTablesMessage::GetSet(SetMessage {
                 attributes: vec![SetAttribute::Table(NFT_TABLE.to_owned())],
             }),
-            NetfilterProtoFamily::IPv4,
+            proto_family(skeleton.family),
         )
         .map_err(|r| dump_error("sets", r))?
         .into_iter()
@@ -343,8 +398,8 @@ fn attribute<A, T>(attributes: &[A], pick: impl Fn(&A) -> Option<T>) -> Option<T
     attributes.iter().find_map(pick)
 }
 
-/// Every element of every set.
-fn dump_all(socket: &mut NftSocket) -> Result<Vec<NftElement>, KernelError> {
+/// Every element of every set of the table of `family`.
+fn dump_all(socket: &mut NftSocket, family: NftFamily) -> Result<Vec<NftElement>, KernelError> {
     let mut out = Vec::new();
     for set in NftSet::ALL {
         let request = NfTablesMessage::GetSetElement(SetElementMessage {
@@ -354,13 +409,17 @@ fn dump_all(socket: &mut NftSocket) -> Result<Vec<NftElement>, KernelError> {
             ],
         });
         let messages: Vec<SetElementMessage> = socket
-            .dump(request, NetfilterProtoFamily::IPv4)
+            .dump(request, proto_family(family))
             .map_err(|r| match r.errno {
                 libc::ENOENT => KernelError::Other(format!(
-                    "set {} of table ip {NFT_TABLE} does not exist (ensure_ruleset creates it)",
+                    "set {} of table {family} {NFT_TABLE} does not exist (ensure_ruleset creates it)",
                     set.name()
                 )),
-                _ => KernelError::Other(format!("listing set {}: {}", set.name(), r.text())),
+                _ => KernelError::Other(format!(
+                    "listing set {} of table {family} {NFT_TABLE}: {}",
+                    set.name(),
+                    r.text()
+                )),
             })?
             .into_iter()
             .filter_map(|m| match m {
@@ -368,7 +427,7 @@ fn dump_all(socket: &mut NftSocket) -> Result<Vec<NftElement>, KernelError> {
                 _ => None,
             })
             .collect();
-        out.extend(element::decode(set, &messages)?);
+        out.extend(element::decode(family, set, &messages)?);
     }
     Ok(out)
 }
@@ -378,29 +437,33 @@ fn dump_all(socket: &mut NftSocket) -> Result<Vec<NftElement>, KernelError> {
 #[derive(Debug)]
 struct ElementBatch {
     requests: Vec<Request>,
-    /// Per message: its op, set, and the change of each NFTA_LIST_ELEM in order.
-    contents: Vec<(Op, NftSet, Vec<NftElement>)>,
+    /// Per message: its op, table, set, and the change of each
+    /// NFTA_LIST_ELEM in order.
+    contents: Vec<(Op, NftFamily, NftSet, Vec<NftElement>)>,
 }
 
 impl ElementBatch {
     /// Deletes first (an interval freed may be re-added as a wider one),
-    /// then adds, each grouped per set in [`NftSet::ALL`] order.
+    /// then adds, each grouped per table, then per set in [`NftSet::ALL`]
+    /// order.
     fn new(changes: &[NftChange]) -> Result<Self, KernelError> {
         let mut batch = ElementBatch {
             requests: Vec::new(),
             contents: Vec::new(),
         };
         for op in [Op::Delete, Op::Add] {
-            for set in NftSet::ALL {
-                let elements = changes.iter().filter_map(|c| match (op, c) {
-                    (Op::Delete, NftChange::Delete(e)) | (Op::Add, NftChange::Add(e))
-                        if e.set == set =>
-                    {
-                        Some(e)
-                    }
-                    _ => None,
-                });
-                batch.push_set(op, set, elements)?;
+            for family in NftFamily::ALL {
+                for set in NftSet::ALL {
+                    let elements = changes.iter().filter_map(|c| match (op, c) {
+                        (Op::Delete, NftChange::Delete(e)) | (Op::Add, NftChange::Add(e))
+                            if e.set == set && e.family() == family =>
+                        {
+                            Some(e)
+                        }
+                        _ => None,
+                    });
+                    batch.push_set(op, family, set, elements)?;
+                }
             }
         }
         Ok(batch)
@@ -409,6 +472,7 @@ impl ElementBatch {
     fn push_set<'a>(
         &mut self,
         op: Op,
+        family: NftFamily,
         set: NftSet,
         elements: impl Iterator<Item = &'a NftElement>,
     ) -> Result<(), KernelError> {
@@ -423,7 +487,7 @@ impl ElementBatch {
                 .map(netlink_packet_core::Emitable::buffer_len)
                 .sum();
             if bytes + size > ELEMENTS_PER_MESSAGE_BYTES && !attrs.is_empty() {
-                self.flush(op, set, &mut attrs, &mut owners);
+                self.flush(op, family, set, &mut attrs, &mut owners);
                 bytes = 0;
             }
             bytes += size;
@@ -431,7 +495,7 @@ impl ElementBatch {
             attrs.extend(element_attrs);
         }
         if !attrs.is_empty() {
-            self.flush(op, set, &mut attrs, &mut owners);
+            self.flush(op, family, set, &mut attrs, &mut owners);
         }
         Ok(())
     }
@@ -439,6 +503,7 @@ impl ElementBatch {
     fn flush(
         &mut self,
         op: Op,
+        family: NftFamily,
         set: NftSet,
         attrs: &mut Vec<
             netlink_packet_netfilter::nftables::ListAttribute<
@@ -448,25 +513,32 @@ impl ElementBatch {
         owners: &mut Vec<NftElement>,
     ) {
         self.requests
-            .push(element::message(op, set, std::mem::take(attrs)));
-        self.contents.push((op, set, std::mem::take(owners)));
+            .push(element::message(op, family, set, std::mem::take(attrs)));
+        self.contents
+            .push((op, family, set, std::mem::take(owners)));
     }
 
-    /// The refusal as `set SET: add KEY: REASON`, naming the element the
-    /// kernel pointed at (extended ACK offset), else the message's first.
+    /// The refusal as `set SET: add KEY: REASON` (`set ip6 SET` in the
+    /// `ip6` table), naming the element the kernel pointed at (extended ACK
+    /// offset), else the message's first.
     fn error(&self, e: BatchError) -> KernelError {
         let (index, r) = match e {
             BatchError::Whole(r) => {
-                return missing_nf_tables(&r).unwrap_or_else(|| {
+                return missing_nf_tables(NftFamily::Ip, &r).unwrap_or_else(|| {
                     KernelError::Other(format!("changing set elements: {}", r.text()))
                 })
             }
             BatchError::Message(index, r) => (index, r),
         };
-        let (Some(request), Some((op, set, owners))) =
+        let (Some(request), Some((op, family, set, owners))) =
             (self.requests.get(index), self.contents.get(index))
         else {
             return KernelError::Other(format!("changing set elements: {}", r.text()));
+        };
+        // The ip table's sets keep their bare names, as before there were two.
+        let set = match family {
+            NftFamily::Ip => set.name().to_owned(),
+            NftFamily::Ip6 => format!("{family} {}", set.name()),
         };
         let verb = match op {
             Op::Add => "add",
@@ -481,28 +553,18 @@ impl ElementBatch {
         let mut elements = owners.clone();
         elements.dedup();
         let text = match (pointed, elements.first()) {
-            (Some(e), _) => format!(
-                "set {}: {verb} {}: {}",
-                set.name(),
-                element::describe(e),
-                r.text()
-            ),
+            (Some(e), _) => format!("set {}: {verb} {}: {}", set, element::describe(e), r.text()),
             (None, Some(e)) if elements.len() == 1 => {
-                format!(
-                    "set {}: {verb} {}: {}",
-                    set.name(),
-                    element::describe(e),
-                    r.text()
-                )
+                format!("set {}: {verb} {}: {}", set, element::describe(e), r.text())
             }
             (None, Some(e)) => format!(
                 "set {}: {verb} {} or one of the {} other elements sent with it: {}",
-                set.name(),
+                set,
                 element::describe(e),
                 elements.len() - 1,
                 r.text()
             ),
-            (None, None) => format!("set {}: {verb}: {}", set.name(), r.text()),
+            (None, None) => format!("set {}: {verb}: {}", set, r.text()),
         };
         KernelError::Other(text)
     }

@@ -15,15 +15,17 @@ use netlink_packet_netfilter::nftables::{
 
 use super::element::Shape;
 use super::expr::{self, Byteorder, Ct, Fib, Reject};
-use crate::desired::{LocalDetect, NftRuleset, NftSet, MASQUERADE_MARK, NFT_TABLE};
+use crate::desired::{LocalDetect, NftFamily, NftRuleset, NftSet, MASQUERADE_MARK, NFT_TABLE};
 
 // Defined in Linux kernel: include/uapi/linux/netfilter/nf_tables.h
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_FIELD_LEN: u16 = 1;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 
-/// nft's key types (src/datatype.h): TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE.
+/// nft's key types (src/datatype.h): TYPE_IPADDR, TYPE_IP6ADDR,
+/// TYPE_INET_PROTOCOL, TYPE_INET_SERVICE.
 pub(super) const TYPE_IPADDR: u32 = 7;
+pub(super) const TYPE_IP6ADDR: u32 = 8;
 pub(super) const TYPE_INET_PROTOCOL: u32 = 12;
 pub(super) const TYPE_INET_SERVICE: u32 = 13;
 /// nft's TYPE_BITS: a concatenation's type is its fields' types, 6 bits each.
@@ -57,10 +59,12 @@ pub(super) enum Subject {
     },
 }
 
-/// One message of a transaction and the NLM_F_* flags it needs besides
-/// REQUEST (and the ACK the socket adds).
+/// One message of a transaction, the family of the table it is for (its
+/// nfgenmsg), and the NLM_F_* flags it needs besides REQUEST (and the ACK
+/// the socket adds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Request {
+    pub family: NftFamily,
     pub message: NfTablesMessage,
     pub flags: u16,
 }
@@ -88,14 +92,18 @@ pub(super) struct Rule {
     needs: Option<(&'static str, &'static str)>,
 }
 
-/// The proxy's chains and rules for one ruleset, in declaration order.
+/// The proxy's chains and rules for one ruleset in the table of one
+/// family, in declaration order. Both tables have the same chains and
+/// rules; only the address fields differ (`ip daddr`, `ip6 daddr`).
 #[derive(Debug, Clone)]
 pub(super) struct Skeleton {
+    pub family: NftFamily,
     pub chains: Vec<Chain>,
 }
 
 impl Skeleton {
-    pub fn new(ruleset: &NftRuleset) -> Self {
+    pub fn new(ruleset: &NftRuleset, family: NftFamily) -> Self {
+        let rule = || RuleBuilder::new(family);
         let nat = |hook, hook_name, priority| BaseChain {
             kind: "nat",
             hook,
@@ -112,22 +120,22 @@ impl Skeleton {
             chain(
                 "nat-prerouting",
                 Some(nat(InetHookNumber::PreRouting, "prerouting", -100)),
-                vec![RuleBuilder::new().jump("services")],
+                vec![rule().jump("services")],
             ),
             chain(
                 "nat-output",
                 Some(nat(InetHookNumber::LocalOut, "output", -100)),
-                vec![RuleBuilder::new().jump("services")],
+                vec![rule().jump("services")],
             ),
             chain(
                 "nat-postrouting",
                 Some(nat(InetHookNumber::PostRouting, "postrouting", 100)),
                 vec![
-                    RuleBuilder::new().mark_is_set().mark_clear().masquerade(),
-                    RuleBuilder::new()
+                    rule().mark_is_set().mark_clear().masquerade(),
+                    rule()
                         .lookup(&[Field::Saddr], NftSet::ServiceIps, false)
                         .masquerade(),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT_SADDR, NftSet::Hairpin, false)
                         .masquerade(),
                 ],
@@ -136,50 +144,46 @@ impl Skeleton {
                 "services",
                 None,
                 vec![
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::ClusterIps, false)
                         .jump("cluster-ip"),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::ExternalIps, false)
                         .jump("mark-for-masquerade"),
-                    RuleBuilder::new()
+                    rule()
                         .fib_daddr_local()
                         .lookup(&Field::PROTO_PORT, NftSet::NodePorts, false)
                         .jump("mark-for-masquerade"),
                 ],
             ),
-            chain("cluster-ip", None, cluster_ip_rules(ruleset)),
-            chain(
-                "mark-for-masquerade",
-                None,
-                vec![RuleBuilder::new().mark_set().done()],
-            ),
+            chain("cluster-ip", None, cluster_ip_rules(ruleset, family)),
+            chain("mark-for-masquerade", None, vec![rule().mark_set().done()]),
             chain(
                 "filter-input",
                 Some(filter(InetHookNumber::LocalIn, "input", 0)),
-                vec![RuleBuilder::new().ct_state_new().jump("service-checks")],
+                vec![rule().ct_state_new().jump("service-checks")],
             ),
             // -110: before IPVS's LOCAL_OUT hook (-99), which rewrites the destination.
             chain(
                 "filter-output",
                 Some(filter(InetHookNumber::LocalOut, "output", -110)),
-                vec![RuleBuilder::new().ct_state_new().jump("service-checks")],
+                vec![rule().ct_state_new().jump("service-checks")],
             ),
             chain(
                 "service-checks",
                 None,
                 vec![
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::FirewallIps, false)
                         .jump("firewall"),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::NoLocalEndpoints, false)
                         .drop(),
-                    RuleBuilder::new()
+                    rule()
                         .fib_daddr_local()
                         .lookup(&Field::PROTO_PORT, NftSet::NodePortsNoLocalEndpoints, false)
                         .drop(),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&[Field::Daddr], NftSet::ServiceIps, false)
                         .jump("service-ip-ports"),
                 ],
@@ -188,10 +192,10 @@ impl Skeleton {
                 "firewall",
                 None,
                 vec![
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT_SADDR, NftSet::FirewallAllow, false)
                         .ret(),
-                    RuleBuilder::new().drop(),
+                    rule().drop(),
                 ],
             ),
             // Ping and other protocols to a service address are left alone.
@@ -199,25 +203,25 @@ impl Skeleton {
                 "service-ip-ports",
                 None,
                 vec![
-                    RuleBuilder::new()
+                    rule()
                         .l4proto_is_not("tcp", libc::IPPROTO_TCP)
                         .l4proto_is_not("udp", libc::IPPROTO_UDP)
                         .l4proto_is_not("sctp", libc::IPPROTO_SCTP)
                         .ret(),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::ClusterIps, false)
                         .ret(),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::ExternalIps, false)
                         .ret(),
-                    RuleBuilder::new()
+                    rule()
                         .lookup(&Field::ADDR_PROTO_PORT, NftSet::ExternalIpsLocal, false)
                         .ret(),
-                    RuleBuilder::new().reject(),
+                    rule().reject(),
                 ],
             ),
         ];
-        Skeleton { chains }
+        Skeleton { family, chains }
     }
 
     /// Every message that creates the table, in the order `nft -f` sends
@@ -226,6 +230,7 @@ impl Skeleton {
         let body = self.body();
         let table = (
             Request {
+                family: self.family,
                 message: new_table(fingerprint(&body)),
                 flags: 0,
             },
@@ -254,11 +259,11 @@ impl Skeleton {
                 name: c.name,
                 kind: c.base.map(|b| b.kind),
             };
-            (new_chain(c), subject)
+            (new_chain(self.family, c), subject)
         });
         let sets = NftSet::ALL
             .into_iter()
-            .map(|set| (new_set(set), Subject::Set(set)));
+            .map(|set| (new_set(self.family, set), Subject::Set(set)));
         let rules = self.chains.iter().flat_map(|c| {
             c.rules.iter().map(|r| {
                 let subject = Subject::Rule {
@@ -266,7 +271,7 @@ impl Skeleton {
                     text: r.text.clone(),
                     needs: r.needs,
                 };
-                (new_rule(c.name, r), subject)
+                (new_rule(self.family, c.name, r), subject)
             })
         });
         chains.chain(sets).chain(rules).collect()
@@ -343,7 +348,7 @@ fn fingerprint(body: &[(Request, Subject)]) -> u64 {
     hash
 }
 
-fn new_chain(c: &Chain) -> Request {
+fn new_chain(family: NftFamily, c: &Chain) -> Request {
     let mut attributes = vec![
         ChainAttribute::Table(NFT_TABLE.to_owned()),
         ChainAttribute::Name(c.name.to_owned()),
@@ -360,6 +365,7 @@ fn new_chain(c: &Chain) -> Request {
         ]);
     }
     Request {
+        family,
         message: NfTablesMessage::NewChain(ChainMessage { attributes }),
         flags: NLM_F_CREATE,
     }
@@ -374,9 +380,9 @@ pub(super) fn set_id(set: NftSet) -> u32 {
         .map_or(0, |i| i as u32 + 1)
 }
 
-fn new_set(set: NftSet) -> Request {
+fn new_set(family: NftFamily, set: NftSet) -> Request {
     let shape = Shape::of(set);
-    let fields = shape.fields();
+    let fields = shape.fields(family);
     let key_type = fields
         .iter()
         .fold(0, |acc, f| (acc << TYPE_BITS) | f.nft_type());
@@ -424,12 +430,13 @@ fn new_set(set: NftSet) -> Request {
     };
     attributes.push(SetAttribute::UserData(userdata));
     Request {
+        family,
         message: NfTablesMessage::NewSet(SetMessage { attributes }),
         flags: NLM_F_CREATE,
     }
 }
 
-fn new_rule(chain: &str, rule: &Rule) -> Request {
+fn new_rule(family: NftFamily, chain: &str, rule: &Rule) -> Request {
     let expressions = rule
         .expressions
         .iter()
@@ -437,6 +444,7 @@ fn new_rule(chain: &str, rule: &Rule) -> Request {
         .map(ListAttribute::from)
         .collect();
     Request {
+        family,
         message: NfTablesMessage::NewRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(NFT_TABLE.to_owned()),
@@ -453,8 +461,8 @@ fn chain(name: &'static str, base: Option<BaseChain>, rules: Vec<Rule>) -> Chain
 }
 
 /// The local-traffic rule and the mark, by `--detect-local-mode`.
-fn cluster_ip_rules(ruleset: &NftRuleset) -> Vec<Rule> {
-    let mark = || RuleBuilder::new().jump("mark-for-masquerade");
+fn cluster_ip_rules(ruleset: &NftRuleset, family: NftFamily) -> Vec<Rule> {
+    let mark = || RuleBuilder::new(family).jump("mark-for-masquerade");
     if ruleset.masquerade_all {
         return vec![mark()];
     }
@@ -462,10 +470,10 @@ fn cluster_ip_rules(ruleset: &NftRuleset) -> Vec<Rule> {
         // Nothing tells pods apart: nothing is marked.
         LocalDetect::None => return Vec::new(),
         LocalDetect::Cidrs => {
-            RuleBuilder::new().lookup(&[Field::Saddr], NftSet::LocalPodCidrs, false)
+            RuleBuilder::new(family).lookup(&[Field::Saddr], NftSet::LocalPodCidrs, false)
         }
-        LocalDetect::BridgeInterface(name) => RuleBuilder::new().iifname(name),
-        LocalDetect::InterfaceNamePrefix(prefix) => RuleBuilder::new().iifname_prefix(prefix),
+        LocalDetect::BridgeInterface(name) => RuleBuilder::new(family).iifname(name),
+        LocalDetect::InterfaceNamePrefix(prefix) => RuleBuilder::new(family).iifname_prefix(prefix),
     };
     vec![local.ret(), mark()]
 }
@@ -485,16 +493,20 @@ impl Field {
         [Field::Daddr, Field::L4proto, Field::Dport, Field::Saddr];
     const PROTO_PORT: [Field; 2] = [Field::L4proto, Field::Dport];
 
-    fn text(self) -> &'static str {
-        match self {
-            Field::Daddr => "ip daddr",
-            Field::Saddr => "ip saddr",
-            Field::L4proto => "meta l4proto",
-            Field::Dport => "th dport",
+    fn text(self, family: NftFamily) -> &'static str {
+        match (self, family) {
+            (Field::Daddr, NftFamily::Ip) => "ip daddr",
+            (Field::Saddr, NftFamily::Ip) => "ip saddr",
+            (Field::Daddr, NftFamily::Ip6) => "ip6 daddr",
+            (Field::Saddr, NftFamily::Ip6) => "ip6 saddr",
+            (Field::L4proto, _) => "meta l4proto",
+            (Field::Dport, _) => "th dport",
         }
     }
 
-    fn load(self, register: Register) -> Expressions {
+    /// Loads the field: the addresses at their offsets in the IPv4 header
+    /// (12, 16) or the IPv6 header (8, 24).
+    fn load(self, register: Register, family: NftFamily) -> Expressions {
         let payload = |base, offset, len| {
             Expressions::Payload(vec![
                 Payload::DestinationRegister(register),
@@ -503,11 +515,13 @@ impl Field {
                 Payload::Len(len),
             ])
         };
-        match self {
-            Field::Daddr => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
-            Field::Saddr => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
-            Field::L4proto => meta_load(MetaKey::L4Proto, register),
-            Field::Dport => payload(expr::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
+        match (self, family) {
+            (Field::Daddr, NftFamily::Ip) => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
+            (Field::Saddr, NftFamily::Ip) => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+            (Field::Daddr, NftFamily::Ip6) => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 24, 16),
+            (Field::Saddr, NftFamily::Ip6) => payload(expr::NFT_PAYLOAD_NETWORK_HEADER, 8, 16),
+            (Field::L4proto, _) => meta_load(MetaKey::L4Proto, register),
+            (Field::Dport, _) => payload(expr::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
         }
     }
 }
@@ -524,27 +538,36 @@ fn cmp(op: Operator, data: Vec<u8>) -> Expressions {
     ])
 }
 
-/// The register of a concatenation's field at 32-bit word `word`: nft puts
-/// the first in NFT_REG_1 and the rest in the NFT_REG32_* that follow it.
+/// The register of a concatenation's field at 32-bit word `word`, numbered
+/// as nft numbers it (netlink_put_register): a word on a 16-byte boundary
+/// by its 128-bit register (NFT_REG_1, NFT_REG_2...), any other by its
+/// NFT_REG32_* (NFT_REG32_00 is 8).
 fn register_at(word: u32) -> Register {
-    if word == 0 {
-        Register::Reg1
+    if word.is_multiple_of(4) {
+        Register::from(1 + word / 4)
     } else {
         Register::from(8 + word)
     }
 }
 
-/// Builds a rule's expressions and its `nft` text side by side.
-#[derive(Debug, Default)]
+/// Builds a rule's expressions and its `nft` text side by side, for the
+/// table of one family.
+#[derive(Debug)]
 struct RuleBuilder {
+    family: NftFamily,
     text: Vec<String>,
     expressions: Vec<Expressions>,
     needs: Option<(&'static str, &'static str)>,
 }
 
 impl RuleBuilder {
-    fn new() -> Self {
-        Self::default()
+    fn new(family: NftFamily) -> Self {
+        RuleBuilder {
+            family,
+            text: Vec::new(),
+            expressions: Vec::new(),
+            needs: None,
+        }
     }
 
     fn push(
@@ -563,7 +586,7 @@ impl RuleBuilder {
         let mut word = 0;
         for field in fields {
             let register = register_at(word);
-            loads.push(field.load(register));
+            loads.push(field.load(register, self.family));
             // nft converts host-order fields to network order for interval
             // lookups. On the one-byte protocol with 2-byte units it swaps
             // nothing (len / size = 0 units); it is kept to send what nft does.
@@ -576,7 +599,7 @@ impl RuleBuilder {
                     Byteorder::Size(2),
                 ]));
             }
-            word += Shape::field_of(*field).padded_len() / 4;
+            word += Shape::field_of(*field, self.family).padded_len() / 4;
         }
         let mut attributes = vec![
             Lookup::SourceRegister(Register::Reg1),
@@ -587,14 +610,14 @@ impl RuleBuilder {
             attributes.push(Lookup::Flags(expr::NFT_LOOKUP_F_INV));
         }
         loads.push(Expressions::Lookup(attributes));
-        let key: Vec<&str> = fields.iter().map(|f| f.text()).collect();
+        let key: Vec<&str> = fields.iter().map(|f| f.text(self.family)).collect();
         let op = if invert { "!= " } else { "" };
         self.push(format!("{} {op}@{}", key.join(" . "), set.name()), loads)
     }
 
     /// `fib daddr type local`
     fn fib_daddr_local(mut self) -> Self {
-        self.needs = Some(("fib", "nft_fib_ipv4"));
+        self.needs = Some(("fib", fib_module(self.family)));
         self.push(
             "fib daddr type local",
             [
@@ -704,13 +727,18 @@ impl RuleBuilder {
         self.push("masquerade", [expr::masq()]).done()
     }
 
+    /// `reject`: ICMP port unreachable, or ICMPv6 port unreachable in `ip6`.
     fn reject(mut self) -> Rule {
-        self.needs = Some(("reject", "nft_reject_ipv4"));
+        let (module, code) = match self.family {
+            NftFamily::Ip => ("nft_reject_ipv4", expr::ICMP_PORT_UNREACH),
+            NftFamily::Ip6 => ("nft_reject_ipv6", expr::ICMPV6_PORT_UNREACH),
+        };
+        self.needs = Some(("reject", module));
         self.push(
             "reject",
             [expr::reject(&[
                 Reject::Type(expr::NFT_REJECT_ICMP_UNREACH),
-                Reject::IcmpCode(expr::ICMP_PORT_UNREACH),
+                Reject::IcmpCode(code),
             ])],
         )
         .done()
@@ -747,6 +775,14 @@ impl RuleBuilder {
             expressions: self.expressions,
             needs: self.needs,
         }
+    }
+}
+
+/// The module of the `fib` expression in the table of `family`.
+fn fib_module(family: NftFamily) -> &'static str {
+    match family {
+        NftFamily::Ip => "nft_fib_ipv4",
+        NftFamily::Ip6 => "nft_fib_ipv6",
     }
 }
 

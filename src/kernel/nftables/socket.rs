@@ -20,6 +20,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use super::ruleset::Request;
+use crate::desired::NftFamily;
 
 /// NFNL_SUBSYS_NFTABLES (include/uapi/linux/netfilter/nfnetlink.h): the
 /// res_id of an nf_tables batch.
@@ -129,6 +130,7 @@ impl NftSocket {
         for request in requests {
             let sequence = self.next_sequence();
             let message = netfilter_message(
+                request.family,
                 request.message.clone(),
                 NLM_F_REQUEST | NLM_F_ACK | request.flags,
                 sequence,
@@ -312,8 +314,19 @@ fn parse_reply(bytes: &[u8]) -> Result<Reply, Refusal> {
             Ok(Reply::Error(error_of(bytes, code, flags)))
         }
         _ => {
-            let message = NetlinkMessage::<NetfilterMessage>::deserialize(bytes)
-                .map_err(|e| bad(format!("undecodable nf_tables reply: {e}")))?;
+            // netlink-packet-netfilter 0.4 reads some nested values (set
+            // element keys, expressions) with unchecked buffers and panics
+            // on a length that overruns its attribute: a malformed reply
+            // must be an error here, not the end of the proxy.
+            let decoded =
+                std::panic::catch_unwind(|| NetlinkMessage::<NetfilterMessage>::deserialize(bytes))
+                    .map_err(|_| {
+                        bad(
+                            "undecodable nf_tables reply: an attribute overruns its parent"
+                                .to_owned(),
+                        )
+                    })?;
+            let message = decoded.map_err(|e| bad(format!("undecodable nf_tables reply: {e}")))?;
             match message.payload {
                 NetlinkPayload::InnerMessage(NetfilterMessage {
                     inner: NetfilterMessageInner::NfTables(m),
@@ -328,7 +341,8 @@ fn parse_reply(bytes: &[u8]) -> Result<Reply, Refusal> {
 /// A refusal and its extended-ACK attributes.
 fn error_of(bytes: &[u8], code: i32, flags: u16) -> Refusal {
     let mut refusal = Refusal {
-        errno: -code,
+        // i32::MIN has no negation; no real errno is that large.
+        errno: code.saturating_neg(),
         message: None,
         offset: None,
     };
@@ -381,14 +395,23 @@ fn control(kind: u16, sequence: u32) -> Vec<u8> {
     bytes
 }
 
-/// The netlink message of one nf_tables request in family `ip`.
+/// The nfgenmsg family of a table's requests.
+pub(super) fn proto_family(family: NftFamily) -> NetfilterProtoFamily {
+    match family {
+        NftFamily::Ip => NetfilterProtoFamily::IPv4,
+        NftFamily::Ip6 => NetfilterProtoFamily::IPv6,
+    }
+}
+
+/// The netlink message of one nf_tables request for the table of `family`.
 pub(super) fn netfilter_message(
+    family: NftFamily,
     message: NfTablesMessage,
     flags: u16,
     sequence: u32,
 ) -> NetlinkMessage<NetfilterMessage> {
     let mut netlink = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+        NetfilterHeader::new(proto_family(family), 0, 0),
         message,
     ));
     netlink.header.flags = flags;
@@ -420,3 +443,6 @@ impl Serialized for Vec<u8> {
         bytes.extend_from_slice(self);
     }
 }
+
+#[cfg(test)]
+mod fuzz;

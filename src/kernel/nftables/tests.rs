@@ -13,7 +13,7 @@ use super::element::{self, Op};
 use super::ruleset::Skeleton;
 use super::socket::netfilter_message;
 use super::*;
-use crate::desired::{LocalDetect, NftKey, Protocol};
+use crate::desired::{LocalDetect, NftFamily, NftKey, Protocol};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -45,6 +45,7 @@ fn capture(text: &str) -> Vec<(String, Vec<u8>)> {
 /// proxy adds NLM_F_ACK on top), sequence `sequence`, port id 0.
 fn as_nft_sends(request: &ruleset::Request, sequence: u32) -> Vec<u8> {
     let message = netfilter_message(
+        request.family,
         request.message.clone(),
         NLM_F_REQUEST | request.flags,
         sequence,
@@ -69,44 +70,43 @@ fn ruleset(local_detect: LocalDetect, masquerade_all: bool) -> NftRuleset {
     NftRuleset {
         masquerade_all,
         local_detect,
+        ipv6: false,
     }
 }
 
 #[test]
 fn skeleton_is_what_nft_sends_for_the_rendered_table() {
+    use NftFamily::{Ip, Ip6};
+    let cidrs = || ruleset(LocalDetect::Cidrs, false);
+    let none = || ruleset(LocalDetect::None, false);
+    let bridge = || ruleset(LocalDetect::BridgeInterface("cni0".into()), false);
+    let prefix = || ruleset(LocalDetect::InterfaceNamePrefix("veth".into()), false);
+    let all = || ruleset(LocalDetect::Cidrs, true);
+    // The ip captures predate the ip6 table: the ip table a running node
+    // holds must stay byte for byte (and fingerprint) what it was.
     let cases = [
-        (
-            ruleset(LocalDetect::Cidrs, false),
-            include_str!("testdata/skeleton-cidrs.txt"),
-        ),
-        (
-            ruleset(LocalDetect::None, false),
-            include_str!("testdata/skeleton-none.txt"),
-        ),
-        (
-            ruleset(LocalDetect::BridgeInterface("cni0".into()), false),
-            include_str!("testdata/skeleton-bridge.txt"),
-        ),
-        (
-            ruleset(LocalDetect::InterfaceNamePrefix("veth".into()), false),
-            include_str!("testdata/skeleton-prefix.txt"),
-        ),
-        (
-            ruleset(LocalDetect::Cidrs, true),
-            include_str!("testdata/skeleton-all.txt"),
-        ),
+        (cidrs(), Ip, include_str!("testdata/skeleton-cidrs.txt")),
+        (none(), Ip, include_str!("testdata/skeleton-none.txt")),
+        (bridge(), Ip, include_str!("testdata/skeleton-bridge.txt")),
+        (prefix(), Ip, include_str!("testdata/skeleton-prefix.txt")),
+        (all(), Ip, include_str!("testdata/skeleton-all.txt")),
+        (cidrs(), Ip6, include_str!("testdata/skeleton6-cidrs.txt")),
+        (none(), Ip6, include_str!("testdata/skeleton6-none.txt")),
+        (bridge(), Ip6, include_str!("testdata/skeleton6-bridge.txt")),
+        (prefix(), Ip6, include_str!("testdata/skeleton6-prefix.txt")),
+        (all(), Ip6, include_str!("testdata/skeleton6-all.txt")),
     ];
-    for (rs, text) in cases {
+    for (rs, family, text) in cases {
         let captured = capture(text);
-        let requests = Skeleton::new(&rs).requests();
+        let requests = Skeleton::new(&rs, family).requests();
         // BATCH_BEGIN, the skeleton, BATCH_END.
-        assert_eq!(captured.len(), requests.len() + 2, "{rs:?}");
+        assert_eq!(captured.len(), requests.len() + 2, "{family} {rs:?}");
         for (i, (request, subject)) in requests.iter().enumerate() {
             let (kind, bytes) = &captured[i + 1];
             assert_eq!(
                 hex(&as_nft_sends(request, i as u32 + 1)),
                 hex(bytes),
-                "{rs:?}: message {} ({kind}, {subject:?})",
+                "{family} {rs:?}: message {} ({kind}, {subject:?})",
                 i + 1
             );
             // The crate reads NFTA_SET_DESC_CONCAT back into its own variant,
@@ -116,13 +116,14 @@ fn skeleton_is_what_nft_sends_for_the_rendered_table() {
                 continue;
             }
             let reparsed = ruleset::Request {
+                family: request.family,
                 message: parse(bytes),
                 flags: request.flags,
             };
             assert_eq!(
                 as_nft_sends(&reparsed, i as u32 + 1),
                 *bytes,
-                "{rs:?}: message {}",
+                "{family} {rs:?}: message {}",
                 i + 1
             );
         }
@@ -140,7 +141,7 @@ fn elem(set: NftSet, key: NftKey) -> NftElement {
 /// The one message `apply` sends for a single change, framed as nft does.
 fn element_message(op: Op, e: &NftElement) -> Vec<u8> {
     let encoded = element::encode(e).unwrap();
-    let request = element::message(op, e.set, element::element_attributes(&encoded));
+    let request = element::message(op, e.family(), e.set, element::element_attributes(&encoded));
     as_nft_sends(&request, 1)
 }
 
@@ -161,7 +162,7 @@ fn element_messages_are_what_nft_sends() {
         (Op::Add, elem(NftSet::ClusterIps, AddrProtoPort(ip("10.96.0.10"), Tcp, 53)),
          "5c0000000c0a0104010000000000000002000000140001006b7562652d697076732d70726f78790010000200636c75737465722d6970730008000400000000011c0003801800018014000180100001000a60000a0600000000350000"),
         // add element ip kube-ipvs-proxy nodeports { tcp . 30080 }
-        (Op::Add, elem(NftSet::NodePorts, ProtoPort(Tcp, 30080)),
+        (Op::Add, elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Tcp, 30080)),
          "580000000c0a0104010000000000000002000000140001006b7562652d697076732d70726f7879000e0002006e6f6465706f72747300000008000400000000051800038014000180100001800c0001000600000075800000"),
         // add element ip kube-ipvs-proxy service-ips { 10.96.0.10 }
         (Op::Add, elem(NftSet::ServiceIps, Addr(ip("10.96.0.10"))),
@@ -190,6 +191,115 @@ fn element_messages_are_what_nft_sends() {
     }
 }
 
+// The same for the ip6 table (local-pod-cidrs already holding fd00:1::/64),
+// captured as above: 16-byte addresses, the protocol and port after them.
+#[test]
+fn ip6_element_messages_are_what_nft_sends() {
+    use NftKey::*;
+    use Protocol::*;
+    let cases: &[(Op, NftElement, &str)] = &[
+        // add element ip6 kube-ipvs-proxy local-pod-cidrs { fd00:10:244::/56 }
+        // start fd00:10:244::, then an interval end at fd00:10:244:100::
+        (Op::Add, elem(NftSet::LocalPodCidrs, Cidr(net("fd00:10:244::/56"))),
+         "880000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f787900140002006c6f63616c2d706f642d636964727300080004000000000b440003801c0001801800018014000100fd0000100244000000000000000000002400028008000300000000011800018014000100fd000010024401000000000000000000"),
+        // add element ip6 kube-ipvs-proxy cluster-ips { fd00:10:96::a . tcp . 53 }
+        (Op::Add, elem(NftSet::ClusterIps, AddrProtoPort(ip("fd00:10:96::a"), Tcp, 53)),
+         "680000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f78790010000200636c75737465722d6970730008000400000000012800038024000180200001801c000100fd00001000960000000000000000000a0600000000350000"),
+        // add element ip6 kube-ipvs-proxy nodeports { tcp . 30080 }: the ip
+        // message but for its nfgenmsg family
+        (Op::Add, elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip6, Tcp, 30080)),
+         "580000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f7879000e0002006e6f6465706f72747300000008000400000000051800038014000180100001800c0001000600000075800000"),
+        // add element ip6 kube-ipvs-proxy service-ips { fd00:10:96::a }
+        (Op::Add, elem(NftSet::ServiceIps, Addr(ip("fd00:10:96::a"))),
+         "600000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f78790010000200736572766963652d697073000800040000000007200003801c0001801800018014000100fd00001000960000000000000000000a"),
+        // add element ip6 kube-ipvs-proxy hairpin { fd00:10:244:1::5 . tcp . 8080 . fd00:10:244:1::5 }
+        (Op::Add, elem(NftSet::Hairpin, AddrProtoPortAddr(ip("fd00:10:244:1::5"), Tcp, 8080, ip("fd00:10:244:1::5"))),
+         "740000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f7879000c0002006861697270696e00080004000000000a3800038034000180300001802c000100fd000010024400010000000000000005060000001f900000fd000010024400010000000000000005"),
+        // add element ip6 kube-ipvs-proxy firewall-allow { 2001:db8:1::7 . tcp . 80 . 2001:db8:2::/64 }
+        (Op::Add, elem(NftSet::FirewallAllow, AddrProtoPortSource(ip("2001:db8:1::7"), Tcp, 80, net("2001:db8:2::/64"))),
+         "ac0000000c0a010401000000000000000a000000140001006b7562652d697076732d70726f787900130002006669726577616c6c2d616c6c6f77000008000400000000096800038064000180300001802c00010020010db8000100000000000000000007060000000050000020010db800020000000000000000000030000a802c00010020010db8000100000000000000000007060000000050000020010db800020000ffffffffffffffff"),
+        // delete element ip6 kube-ipvs-proxy local-pod-cidrs { fd00:10:244::/56 }
+        (Op::Delete, elem(NftSet::LocalPodCidrs, Cidr(net("fd00:10:244::/56"))),
+         "800000000e0a010001000000000000000a000000140001006b7562652d697076732d70726f787900140002006c6f63616c2d706f642d636964727300440003801c0001801800018014000100fd0000100244000000000000000000002400028008000300000000011800018014000100fd000010024401000000000000000000"),
+        // delete element ip6 kube-ipvs-proxy cluster-ips { fd00:10:96::a . tcp . 53 }
+        (Op::Delete, elem(NftSet::ClusterIps, AddrProtoPort(ip("fd00:10:96::a"), Tcp, 53)),
+         "600000000e0a010001000000000000000a000000140001006b7562652d697076732d70726f78790010000200636c75737465722d697073002800038024000180200001801c000100fd00001000960000000000000000000a0600000000350000"),
+    ];
+    for (op, e, captured) in cases {
+        assert_eq!(
+            hex(&element_message(*op, e)),
+            *captured,
+            "{op:?} {}",
+            render_element(e)
+        );
+    }
+}
+
+/// The NEWSETELEM replies of a GETSETELEM dump of the ip6 table, parsed.
+fn dumped6(set: NftSet, replies: &[&str]) -> Vec<NftElement> {
+    let messages: Vec<_> = replies
+        .iter()
+        .map(|r| match parse(&unhex(r)) {
+            NfTablesMessage::NewSetElement(m) => m,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut elements = element::decode(NftFamily::Ip6, set, &messages).unwrap();
+    elements.sort();
+    elements
+}
+
+// Kernel replies to `nft list set ip6 kube-ipvs-proxy SET` (Linux 6.18).
+#[test]
+fn ip6_dumps_parse_back_into_elements() {
+    use NftKey::*;
+    use Protocol::*;
+    // rbtree: ffff:: (open to the last address, nft's userdata says so),
+    // fd00:10:244:100:: end, fd00:10:244::, fd00:1:0:1:: end, fd00:1::,
+    // and nft's :: end marker.
+    let cidrs = dumped6(NftSet::LocalPodCidrs, &[
+        "0c0100000c0a020000000000784d00000a00000d140001006b7562652d697076732d70726f787900140002006c6f63616c2d706f642d636964727300d0000300280001001800010014000100ffff00000000000000000000000000000a0006000104010000000000240001001800010014000100fd00001002440100000000000000000008000300000000011c0001001800010014000100fd000010024400000000000000000000240001001800010014000100fd00000100000001000000000000000008000300000000011c0001001800010014000100fd000001000000000000000000000000240001001800010014000100000000000000000000000000000000000800030000000001",
+        "400000000c0a020000000000784d00000a00000d140001006b7562652d697076732d70726f787900140002006c6f63616c2d706f642d63696472730004000300",
+    ]);
+    assert_eq!(
+        cidrs,
+        vec![
+            elem(NftSet::LocalPodCidrs, Cidr(net("fd00:1::/64"))),
+            elem(NftSet::LocalPodCidrs, Cidr(net("fd00:10:244::/56"))),
+            elem(NftSet::LocalPodCidrs, Cidr(net("ffff::/16"))),
+        ]
+    );
+    // pipapo: a lone address is a /128.
+    let allow = dumped6(NftSet::FirewallAllow, &[
+        "080100000c0a0200000000007c4d00000a00000d140001006b7562652d697076732d70726f787900130002006669726577616c6c2d616c6c6f770000cc00030064000100300001002c00010020010db8000100000000000000000007060000000050000020010db800020000000000000000000030000a002c00010020010db8000100000000000000000007060000000050000020010db800020000ffffffffffffffff64000100300001002c00010020010db8000100000000000000000007060000000050000020010db800030000000000000000000930000a002c00010020010db8000100000000000000000007060000000050000020010db8000300000000000000000009",
+        "400000000c0a0200000000007c4d00000a00000d140001006b7562652d697076732d70726f787900130002006669726577616c6c2d616c6c6f77000004000300",
+    ]);
+    assert_eq!(
+        allow,
+        vec![
+            elem(
+                NftSet::FirewallAllow,
+                AddrProtoPortSource(ip("2001:db8:1::7"), Tcp, 80, net("2001:db8:2::/64"))
+            ),
+            elem(
+                NftSet::FirewallAllow,
+                AddrProtoPortSource(ip("2001:db8:1::7"), Tcp, 80, net("2001:db8:3::9/128"))
+            ),
+        ]
+    );
+    let hairpin = dumped6(NftSet::Hairpin, &[
+        "6c0000000c0a020000000000804d00000a00000d140001006b7562652d697076732d70726f7879000c0002006861697270696e003800030034000100300001002c000100fd000010024400010000000000000005060000001f900000fd000010024400010000000000000005",
+        "380000000c0a020000000000804d00000a00000d140001006b7562652d697076732d70726f7879000c0002006861697270696e0004000300",
+    ]);
+    assert_eq!(
+        hairpin,
+        vec![elem(
+            NftSet::Hairpin,
+            AddrProtoPortAddr(ip("fd00:10:244:1::5"), Tcp, 8080, ip("fd00:10:244:1::5"))
+        )]
+    );
+}
+
 /// The NEWSETELEM replies of a GETSETELEM dump (`nft list set`), parsed.
 fn dumped(set: NftSet, replies: &[&str]) -> Vec<NftElement> {
     let messages: Vec<_> = replies
@@ -199,7 +309,7 @@ fn dumped(set: NftSet, replies: &[&str]) -> Vec<NftElement> {
             other => panic!("{other:?}"),
         })
         .collect();
-    let mut elements = element::decode(set, &messages).unwrap();
+    let mut elements = element::decode(NftFamily::Ip, set, &messages).unwrap();
     elements.sort();
     elements
 }
@@ -242,8 +352,8 @@ fn dumps_parse_back_into_elements() {
     assert_eq!(
         nodeports,
         vec![
-            elem(NftSet::NodePorts, ProtoPort(Tcp, 30080)),
-            elem(NftSet::NodePorts, ProtoPort(Sctp, 30000)),
+            elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Tcp, 30080)),
+            elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Sctp, 30000)),
         ]
     );
 
@@ -290,7 +400,7 @@ fn unreadable_elements_are_errors_naming_the_set() {
             ]))],
         )])],
     };
-    let error = element::decode(NftSet::ClusterIps, &[message]).unwrap_err();
+    let error = element::decode(NftFamily::Ip, NftSet::ClusterIps, &[message]).unwrap_err();
     assert!(error.to_string().contains("set cluster-ips"), "{error}");
     assert!(error.to_string().contains("8 bytes"), "{error}");
 }
@@ -307,10 +417,14 @@ fn fingerprint_is_stable_and_tells_rulesets_apart() {
     ];
     let prints: Vec<u64> = rulesets
         .iter()
-        .map(|r| Skeleton::new(r).fingerprint())
+        .map(|r| Skeleton::new(r, NftFamily::Ip).fingerprint())
         .collect();
     for (r, print) in rulesets.iter().zip(&prints) {
-        assert_eq!(Skeleton::new(&r.clone()).fingerprint(), *print, "{r:?}");
+        assert_eq!(
+            Skeleton::new(&r.clone(), NftFamily::Ip).fingerprint(),
+            *print,
+            "{r:?}"
+        );
     }
     let mut distinct = prints.clone();
     distinct.sort_unstable();
@@ -330,8 +444,9 @@ fn keys_that_do_not_fit_the_set_are_named_errors() {
     use NftKey::*;
     use Protocol::*;
     let cases = [
-        (elem(NftSet::ClusterIps, ProtoPort(Tcp, 80)), "set cluster-ips: element tcp . 80: the set's type is ipv4_addr . inet_proto . inet_service"),
-        (elem(NftSet::ServiceIps, Addr(ip("2001:db8::1"))), "set service-ips: element 2001:db8::1: IPv6 in an ip-family table"),
+        (elem(NftSet::ClusterIps, ProtoPort(NftFamily::Ip, Tcp, 80)), "set cluster-ips: element tcp . 80: the set's type is ipv4_addr . inet_proto . inet_service"),
+        (elem(NftSet::Hairpin, AddrProtoPortAddr(ip("fd00::1"), Tcp, 80, ip("10.0.0.1"))), "set hairpin: element fd00::1 . tcp . 80 . 10.0.0.1: 10.0.0.1 is not of family ip6, as the key's first address is"),
+        (elem(NftSet::FirewallAllow, AddrProtoPortSource(ip("10.0.0.7"), Tcp, 80, net("2001:db8::/64"))), "set firewall-allow: element 10.0.0.7 . tcp . 80 . 2001:db8::/64: 2001:db8:: is not of family ip, as the key's first address is"),
         (elem(NftSet::LocalPodCidrs, Addr(ip("10.0.0.1"))), "set local-pod-cidrs: element 10.0.0.1: the set's type is ipv4_addr"),
     ];
     for (e, message) in cases {
@@ -350,7 +465,9 @@ fn elements_render_in_nft_syntax() {
         (elem(NftSet::ClusterIps, AddrProtoPort(ip("10.96.0.10"), Tcp, 53)), "add element ip kube-ipvs-proxy cluster-ips { 10.96.0.10 . tcp . 53 }"),
         (elem(NftSet::LocalPodCidrs, Cidr(net("10.96.0.0/12"))), "add element ip kube-ipvs-proxy local-pod-cidrs { 10.96.0.0/12 }"),
         (elem(NftSet::FirewallAllow, AddrProtoPortSource(ip("203.0.113.7"), Tcp, 80, net("192.0.2.0/24"))), "add element ip kube-ipvs-proxy firewall-allow { 203.0.113.7 . tcp . 80 . 192.0.2.0/24 }"),
-        (elem(NftSet::NodePorts, ProtoPort(Sctp, 30000)), "add element ip kube-ipvs-proxy nodeports { sctp . 30000 }"),
+        (elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Sctp, 30000)), "add element ip kube-ipvs-proxy nodeports { sctp . 30000 }"),
+        (elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip6, Sctp, 30000)), "add element ip6 kube-ipvs-proxy nodeports { sctp . 30000 }"),
+        (elem(NftSet::LocalPodCidrs, Cidr(net("fd00:10:244::/56"))), "add element ip6 kube-ipvs-proxy local-pod-cidrs { fd00:10:244::/56 }"),
     ];
     for (e, text) in cases {
         assert_eq!(render_element(&e), text);
@@ -359,6 +476,13 @@ fn elements_render_in_nft_syntax() {
 
 #[test]
 fn a_cidr_reaching_the_last_address_has_no_end_element() {
+    let e = elem(NftSet::LocalPodCidrs, NftKey::Cidr(net("ffff::/16")));
+    let mut start = vec![0; 16];
+    start[..2].copy_from_slice(&[0xff, 0xff]);
+    assert_eq!(
+        element::encode(&e).unwrap(),
+        element::Encoded::Range { start, end: None }
+    );
     let e = elem(NftSet::LocalPodCidrs, NftKey::Cidr(net("240.0.0.0/4")));
     assert_eq!(
         element::encode(&e).unwrap(),
@@ -381,7 +505,7 @@ async fn live_kernel() {
     assert_eq!(nft.ensure_ruleset(&rs).await.unwrap(), vec![]);
     let elements = vec![
         elem(NftSet::ClusterIps, AddrProtoPort(ip("10.96.0.10"), Tcp, 53)),
-        elem(NftSet::NodePorts, ProtoPort(Udp, 30053)),
+        elem(NftSet::NodePorts, ProtoPort(NftFamily::Ip, Udp, 30053)),
         elem(NftSet::ServiceIps, Addr(ip("10.96.0.10"))),
         elem(
             NftSet::FirewallAllow,
