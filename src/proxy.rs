@@ -547,6 +547,14 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         } else {
             reconciler.sync_dirty(self.ipvs, self.link).await
         };
+        if ipvs
+            .errors
+            .iter()
+            .any(|e| matches!(e.kernel_error(), KernelError::ConnectionLost(_)))
+        {
+            // The socket is rebuilt; what it was doing is unknown.
+            reconciler.require_full_sync();
+        }
         report.absorb(ipvs);
         if conntrack_cleanup {
             reconciler
@@ -1291,6 +1299,67 @@ mod fault_tests {
     use clap::Parser;
     use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
+
+    fn web(key: crate::desired::VirtualServerKey) -> crate::desired::ServiceDesired {
+        use crate::desired::*;
+        ServiceDesired {
+            virtual_servers: vec![DesiredVirtualServer {
+                server: VirtualServer {
+                    key,
+                    scheduler: "rr".into(),
+                    persistence: None,
+                },
+                real_servers: vec![],
+            }],
+            bind_addrs: vec![key.addr],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_netlink_connection_makes_the_next_sync_a_full_one() {
+        use crate::desired::{Protocol, ServiceName, VirtualServerKey};
+        use crate::kernel::fake::FailOn;
+        let key = |last: u8| VirtualServerKey {
+            addr: std::net::IpAddr::from([10, 96, 0, last]),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::default(), FakeConntrack::default());
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let ruleset = NftRuleset::default();
+        reconciler.set_service(ServiceName::new("default", "a"), Some(web(key(1))));
+        let first = kernel.sync(&mut reconciler, &ruleset, true, true).await;
+        assert!(first.is_clean(), "{:?}", first.errors);
+        assert_eq!(kernel.ipvs.dumps(), 1);
+
+        // An incremental sync whose socket fails mid-batch.
+        kernel.ipvs.fail_next(
+            FailOn::VirtualServer(key(2)),
+            KernelError::ConnectionLost("netlink socket: EPIPE".into()),
+        );
+        reconciler.set_service(ServiceName::new("default", "b"), Some(web(key(2))));
+        let lost = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(!lost.is_clean());
+        assert_eq!(kernel.ipvs.dumps(), 1, "an incremental sync reads nothing");
+
+        // The next sync, though incremental, reads the kernel again first.
+        let next = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(next.is_clean(), "{:?}", next.errors);
+        assert_eq!(
+            kernel.ipvs.dumps(),
+            2,
+            "the sync after a lost connection is a full one"
+        );
+        assert_eq!(kernel.ipvs.dump().await.unwrap().len(), 2);
+    }
 
     #[tokio::test]
     async fn a_failed_read_of_the_node_addresses_does_not_end_the_loop() {

@@ -59,6 +59,11 @@ pub enum KernelError {
     NotFound,
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The netlink socket failed: what was in flight may or may not have
+    /// been applied, so the next sync must read the kernel again. The
+    /// connection is rebuilt before the next request.
+    #[error("the netlink connection was lost: {0}")]
+    ConnectionLost(String),
     #[error("{0}")]
     Other(String),
 }

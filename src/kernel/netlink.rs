@@ -34,6 +34,27 @@ impl NetlinkIpvs {
         })
     }
 
+    /// Rebuilds the connection after a socket failure, so that the next
+    /// request goes out on a working socket. A failure to reconnect is
+    /// logged; the next failed request tries again.
+    async fn reconnect_if_lost<T>(&mut self, results: &[Result<T, KernelError>]) {
+        if !results
+            .iter()
+            .any(|r| matches!(r, Err(KernelError::ConnectionLost(_))))
+        {
+            return;
+        }
+        match Self::connect().await {
+            Ok(fresh) => {
+                tracing::warn!("the IPVS netlink connection failed; reconnected, and the next sync reads the whole table");
+                *self = fresh;
+            }
+            Err(error) => {
+                tracing::error!(%error, "the IPVS netlink connection failed and cannot be rebuilt yet");
+            }
+        }
+    }
+
     /// The handle, for counters and for what the trait does not cover.
     pub fn handle(&self) -> &Handle {
         &self.handle
@@ -67,7 +88,14 @@ impl NetlinkIpvs {
 impl IpvsKernel for NetlinkIpvs {
     #[tracing::instrument(skip(self))]
     async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
-        let table = self.handle.dump().execute().await.map_err(kernel_error)?;
+        let table = self.handle.dump().execute().await.map_err(kernel_error);
+        let table = match table {
+            Ok(table) => table,
+            Err(error) => {
+                self.reconnect_if_lost(&[Err::<(), _>(error.clone())]).await;
+                return Err(error);
+            }
+        };
         let mut out = Vec::with_capacity(table.len());
         for (service, dests) in table {
             let Some(server) = virtual_server(&service) else {
@@ -110,13 +138,16 @@ impl IpvsKernel for NetlinkIpvs {
             return Vec::new();
         }
         let operations: Vec<Operation> = ops.iter().map(operation).collect();
-        self.handle
+        let results: Vec<Result<(), KernelError>> = self
+            .handle
             .batch(operations)
             .execute()
             .await
             .into_iter()
             .map(|r| r.map_err(kernel_error))
-            .collect()
+            .collect();
+        self.reconnect_if_lost(&results).await;
+        results
     }
 }
 
@@ -219,7 +250,16 @@ fn traffic_counters(service: &Service) -> TrafficCounters {
 }
 
 fn kernel_error(e: netlink_ipvs::Error) -> KernelError {
-    if e.is_exists() {
+    if matches!(
+        e,
+        netlink_ipvs::Error::ConnectionClosed
+            | netlink_ipvs::Error::Io(_)
+            | netlink_ipvs::Error::Overrun { .. }
+    ) {
+        // Replies were lost with the socket or its buffer: the outcome of
+        // what was in flight is unknown.
+        KernelError::ConnectionLost(e.to_string())
+    } else if e.is_exists() {
         KernelError::Exists
     } else if e.is_not_found() {
         KernelError::NotFound

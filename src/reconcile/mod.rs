@@ -104,6 +104,19 @@ pub enum AddressAction {
     Remove,
 }
 
+impl SyncError {
+    /// The kernel error behind this failure.
+    pub fn kernel_error(&self) -> &KernelError {
+        match self {
+            SyncError::Read { error, .. }
+            | SyncError::Operation { error, .. }
+            | SyncError::Address { error, .. }
+            | SyncError::Nftables { error, .. }
+            | SyncError::Conntrack { error, .. } => error,
+        }
+    }
+}
+
 /// One failure during a sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncError {
@@ -496,6 +509,13 @@ impl Reconciler {
         self.nft.set_node_elements(nft::pod_cidr_elements(cidrs));
     }
 
+    /// Forgets that the mirror matches the kernel: the next sync, whether
+    /// full or incremental, reads the kernel first. For when replies were
+    /// lost with a failed socket and what was applied is unknown.
+    pub fn require_full_sync(&mut self) {
+        self.adopted = false;
+    }
+
     /// Whether [`Reconciler::sync_dirty`] has work now: dirty services,
     /// addresses or set elements, or a retry that is due.
     pub fn has_dirty(&self) -> bool {
@@ -554,6 +574,11 @@ impl Reconciler {
         report.writes += changes.len();
         report.nft_elements += changes.len();
         report.nft_batches += 1;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for change in &changes {
+                tracing::debug!(?change, "nftables write");
+            }
+        }
         match nft.apply(&changes).await {
             Ok(()) => {
                 self.nft.applied(&changes);
@@ -864,6 +889,14 @@ impl Reconciler {
             }
 
             report.writes += to_add.len() + ops.len();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for addr in &to_add {
+                    tracing::debug!(%addr, "address write: add");
+                }
+                for op in &ops {
+                    tracing::debug!(?op, "IPVS write");
+                }
+            }
             // The IPVS answers are recorded while the additions may still run.
             let ((), failed_services) = futures::join!(additions.as_mut(), async {
                 let applied = if ops.is_empty() {
@@ -1046,6 +1079,7 @@ impl Reconciler {
         report: &mut SyncReport,
     ) {
         report.writes += 1;
+        tracing::debug!(%addr, "address write: remove");
         match addrs.del_address(addr).await {
             Ok(()) | Err(KernelError::NotFound) => {
                 self.mirror.remove_address(addr);

@@ -34,6 +34,9 @@ setup_error=  # when set, every scenario fails with it
 
 # shellcheck source=tests/vm/proxy.sh
 source "$here/proxy.sh"
+# Every kernel write in the logs, so that a check that counts writes can say
+# which they were.
+export RUST_LOG=kube_ipvs_proxy=debug
 source "$here/zone.sh"
 
 # --- checks -----------------------------------------------------------------
@@ -646,7 +649,9 @@ check_restart_adopts_table() {
     after=$(nft list table ip "$table" 2>&1)
     handle_after=$(table_handle)
     if [[ $first != "full 0" ]]; then
-        fail "$name" "the first sync after the restart was '$first', expected 'full 0' (table handle $handle_before before, $handle_after after)"
+        local writes
+        writes=$(grep -E '"(IPVS|address|nftables) write' "$proxy_log" | head -n 4 | cut -c1-300 | paste -sd'|')
+        fail "$name" "the first sync after the restart was '$first', expected 'full 0' (table handle $handle_before before, $handle_after after): $writes"
     elif [[ $handle_before != "$handle_after" ]]; then
         fail "$name" "the table was made again: handle $handle_before before the restart, $handle_after after"
     elif [[ $before != "$after" ]]; then
