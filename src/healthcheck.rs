@@ -16,7 +16,6 @@
 //! sync or when the service changes.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -26,12 +25,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::desired::ServiceName;
 use crate::metrics::Metrics;
@@ -252,40 +249,11 @@ impl Answer {
     }
 }
 
-/// Accepts connections until aborted. Connections live in a `JoinSet`
-/// owned here, so aborting the loop ends them too.
+/// Serves `answer` until aborted, or until `Listener::drop` shuts the
+/// socket down.
 async fn accept_loop(listener: Arc<TcpListener>, answer: Answer) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let answer = answer.clone();
-                    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                        let response = answer.respond();
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    connections.spawn(async move {
-                        let served = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(error) = served {
-                            tracing::debug!(%error, %peer, "health check connection ended with an error");
-                        }
-                    });
-                }
-                // Shut down by `Listener::drop`: the abort follows.
-                Err(error) if error.kind() == io::ErrorKind::InvalidInput => return,
-                Err(error) => {
-                    // EMFILE and friends pass; back off instead of spinning.
-                    tracing::warn!(%error, service = %answer.service, "accepting a health check connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    let what = format!("the health check of {}", answer.service);
+    crate::metrics::serve_http(&listener, move |_| answer.respond(), &what).await;
 }
 
 /// Upstream's answer: 200 when the node has a ready endpoint and the

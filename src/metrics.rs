@@ -923,8 +923,7 @@ async fn serve_listeners(
 
 type AcceptLoop = std::pin::Pin<Box<dyn std::future::Future<Output = Infallible> + Send>>;
 
-/// Accepts connections until dropped. Connections live in a `JoinSet` owned
-/// here, so dropping the loop aborts them too.
+/// Accepts connections until dropped.
 fn accept_loop(
     listener: TcpListener,
     routes: Routes,
@@ -934,37 +933,62 @@ fn accept_loop(
     Box::pin(async move {
         let local = listener.local_addr().ok();
         tracing::info!(address = ?local, ?routes, "serving HTTP");
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let metrics = metrics.clone();
-                        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                            let response = respond(&metrics, routes, sync_period, request.method(), request.uri().path());
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        connections.spawn(async move {
-                            let served = hyper::server::conn::http1::Builder::new()
-                                // Lets hyper's header-read timeout drop clients that never finish a request.
-                                .timer(TokioTimer::new())
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                            if let Err(error) = served {
-                                tracing::debug!(%error, %peer, "HTTP connection ended with an error");
-                            }
-                        });
-                    }
-                    Err(error) => {
-                        // EMFILE and friends pass; back off instead of spinning.
-                        tracing::warn!(%error, address = ?local, "accepting an HTTP connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
+        let respond = move |request: &Request<Incoming>| {
+            respond(
+                &metrics,
+                routes,
+                sync_period,
+                request.method(),
+                request.uri().path(),
+            )
+        };
+        serve_http(&listener, respond, "/healthz and /metrics").await;
+        // Only a shut-down socket ends the loop; nothing here shuts it.
+        futures::future::pending().await
     })
+}
+
+/// Accepts HTTP/1 connections on `listener` and answers every request with
+/// `respond`, until dropped (the connections live in a `JoinSet` owned
+/// here, so dropping the future ends them too) or until the socket is shut
+/// down. `what` names the server in logs. Shared by `/healthz` and
+/// `/metrics` and by the health-check node ports.
+pub(crate) async fn serve_http<F>(listener: &TcpListener, respond: F, what: &str)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let respond = respond.clone();
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let response = respond(&request);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    connections.spawn(async move {
+                        let served = hyper::server::conn::http1::Builder::new()
+                            // Lets hyper's header-read timeout drop clients that never finish a request.
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        if let Err(error) = served {
+                            tracing::debug!(%error, %peer, "HTTP connection ended with an error");
+                        }
+                    });
+                }
+                // The socket was shut down (a health-check port closing).
+                Err(error) if error.kind() == io::ErrorKind::InvalidInput => return,
+                Err(error) => {
+                    // EMFILE and friends pass; back off instead of spinning.
+                    tracing::warn!(%error, server = what, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
 }
 
 /// The response to one request: pure apart from the response counters.

@@ -803,7 +803,8 @@ check_ipv6_source_ranges() {
     fi
     denied=$(CLUSTER_HTTP_TIMEOUT=2 http_from outside "http://[2001:db8:203::40]/" \
         --interface "$CLUSTER_OUTSIDE_IP6_2" 2>&1 | paste -sd'|')
-    forwarded=$(ipvsadm -Lnc 2>/dev/null | grep -F "[$CLUSTER_OUTSIDE_IP6_2]" | paste -sd'|')
+    forwarded=$(ipvsadm -Lnc 2>/dev/null | grep -F "[$CLUSTER_OUTSIDE_IP6_2]" |
+        grep -F "[2001:db8:203::40]:80" | paste -sd'|')
     if [[ $denied == pod-* ]]; then
         fail "$name" "$CLUSTER_OUTSIDE_IP6_2 was served: '$denied'"
     elif [[ -n $forwarded ]]; then
