@@ -120,9 +120,24 @@ fn ownership(opts: &Options) -> Ownership {
     }
 }
 
-/// The nftables rules the flags ask for.
-fn nft_ruleset(opts: &Options) -> Result<NftRuleset> {
-    opts.nft_ruleset().map_err(Error::Flags)
+/// The nftables rules the flags ask for, with the `ip6` table only on a
+/// node that runs IPv6.
+fn nft_ruleset(opts: &Options, node: &NodeFacts) -> Result<NftRuleset> {
+    let ruleset = opts.nft_ruleset().map_err(Error::Flags)?;
+    Ok(NftRuleset {
+        ipv6: node.ipv6,
+        ..ruleset
+    })
+}
+
+/// Loads the modules the `ip6` table's rules need; the names of those it
+/// loaded.
+fn load_ipv6_packet_path_modules() -> Result<Vec<String>, modules::ModuleError> {
+    let loaded = modules::ensure_modules(PACKET_PATH_MODULES_IPV6)?;
+    if !loaded.is_empty() {
+        tracing::info!(?loaded, "loaded kernel modules for the ip6 table");
+    }
+    Ok(loaded)
 }
 
 /// The kernel modules of the packet path: nf_tables and the expressions the
@@ -440,15 +455,9 @@ pub async fn run(opts: &Options) -> Result<()> {
     // The node's families decide the nftables tables: `ip6` only with IPv6.
     let node = node_facts(opts, &node_name).await?;
     if node.ipv6 {
-        let loaded = modules::ensure_modules(PACKET_PATH_MODULES_IPV6)?;
-        if !loaded.is_empty() {
-            tracing::info!(?loaded, "loaded kernel modules");
-        }
+        load_ipv6_packet_path_modules()?;
     }
-    let ruleset = NftRuleset {
-        ipv6: node.ipv6,
-        ..nft_ruleset(opts)?
-    };
+    let ruleset = nft_ruleset(opts, &node)?;
     let mut nft = NetlinkNft::new().map_err(Error::Nftables)?;
     // Fails at start, naming what the kernel lacks, rather than at every sync.
     nft.ensure_ruleset(&ruleset)
@@ -637,7 +646,7 @@ impl Loop<'_> {
                         if state.node.ipv6 && !ruleset.ipv6 {
                             // IPv6 came up after start: this full sync makes
                             // the ip6 table, with the modules its rules need.
-                            if let Err(error) = modules::ensure_modules(PACKET_PATH_MODULES_IPV6) {
+                            if let Err(error) = load_ipv6_packet_path_modules() {
                                 tracing::warn!(%error, "the ip6 table's rules may not load");
                             }
                             ruleset.ipv6 = true;
@@ -780,10 +789,7 @@ pub async fn plan(opts: &Options) -> Result<String> {
         .flat_map(|d| &d.nft_elements)
         .chain(&pod_cidr_elements);
     // Writing into a String cannot fail.
-    let table = crate::kernel::nftables::render_ruleset(&NftRuleset {
-        ipv6: node.ipv6,
-        ..nft_ruleset(opts)?
-    });
+    let table = crate::kernel::nftables::render_ruleset(&nft_ruleset(opts, &node)?);
     let _ = crate::plan::render_packet_path(&table, elements, &warnings, &mut out);
     Ok(out)
 }
