@@ -788,7 +788,7 @@ check_dual_stack_traffic() {
         http_from pod-b1 "http://[$CLUSTER_NODE_A_IP6]:30090/"
     # The same service's IPv4 side, through the same node.
     expect_answer "dual-stack-ipv4-loadbalancer" "pod-b1 $CLUSTER_NODE_A_IP" \
-        http_from outside "http://203.0.113.40/"
+        http_from outside "http://203.0.113.41/"
 }
 
 # loadBalancerSourceRanges with an IPv6 range: outside's second IPv6 address
