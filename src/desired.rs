@@ -30,6 +30,29 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// How a Service ranks among those that want one virtual server: the kernel
+/// can hold it once, and the older Service (`metadata.creationTimestamp`)
+/// keeps it, ties broken by namespace/name; one without a timestamp (a
+/// manifest) ranks after every one with. A pure function of the state, so a
+/// restart picks the winner the running proxy had, whatever the claim order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimRank {
+    undated: bool,
+    created: i64,
+    pub name: ServiceName,
+}
+
+impl ClaimRank {
+    /// `created`: the Service's creation time, in seconds since the Unix epoch.
+    pub fn new(name: &ServiceName, created: Option<i64>) -> ClaimRank {
+        ClaimRank {
+            undated: created.is_none(),
+            created: created.unwrap_or_default(),
+            name: name.clone(),
+        }
+    }
+}
+
 /// The transport protocol of a virtual server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -132,6 +155,9 @@ pub struct ServiceDesired {
     pub served_node_addrs: Vec<IpAddr>,
     /// The elements this service puts in the proxy's nftables sets, sorted.
     pub nft_elements: Vec<NftElement>,
+    /// The Service's `metadata.creationTimestamp` in seconds since the Unix
+    /// epoch: its [`ClaimRank`] for a virtual server another service wants.
+    pub created: Option<i64>,
 }
 
 /// One change to the kernel's IPVS table, as the reconciler orders them.

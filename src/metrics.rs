@@ -125,6 +125,14 @@ struct Families {
     nft_elements: Counter,
     nft_transactions: Counter,
     conntrack_deleted: Counter,
+    events_posted: Counter,
+    events_dropped: Family<DropLabels, Counter>,
+}
+
+/// Why an Event was not posted: `queue_full`, `rate_limited` or `api_error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -355,6 +363,15 @@ impl Families {
             nft_elements: Counter::default(),
             nft_transactions: Counter::default(),
             conntrack_deleted: Counter::default(),
+            events_posted: Counter::default(),
+            events_dropped: {
+                // Each reason from the start, at 0, so that a rate is defined.
+                let family = Family::default();
+                for reason in ["queue_full", "rate_limited", "api_error"] {
+                    drop(family.get_or_create(&DropLabels { reason }));
+                }
+                family
+            },
         }
     }
 
@@ -471,6 +488,16 @@ impl Families {
             self.conntrack_deleted.clone(),
         );
         ours.register(
+            "events_posted",
+            "Kubernetes Events created or updated about services the proxy cannot program as asked",
+            self.events_posted.clone(),
+        );
+        ours.register(
+            "events_dropped",
+            "Kubernetes Events not posted, by reason (queue_full, rate_limited, api_error)",
+            self.events_dropped.clone(),
+        );
+        ours.register(
             "virtual_servers_desired",
             "IPVS virtual servers the desired state holds",
             self.virtual_servers_desired.clone(),
@@ -549,6 +576,20 @@ impl Metrics {
             .health
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one Event created or updated in the API.
+    pub fn record_event_posted(&self) {
+        self.inner.families.events_posted.inc();
+    }
+
+    /// Counts one Event not posted: `queue_full`, `rate_limited` or `api_error`.
+    pub fn record_event_dropped(&self, reason: &'static str) {
+        self.inner
+            .families
+            .events_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc();
     }
 
     /// Counts one sync's nftables element changes and transactions and its
@@ -1329,6 +1370,8 @@ mod tests {
             ("kube_ipvs_proxy_nftables_transactions", "counter"),
             ("kube_ipvs_proxy_conntrack_flows_deleted", "counter"),
             ("kube_ipvs_proxy_kernel_read_failures", "counter"),
+            ("kube_ipvs_proxy_events_posted", "counter"),
+            ("kube_ipvs_proxy_events_dropped", "counter"),
             ("kubeproxy_sync_proxy_rules_service_changes_pending", "gauge"),
             ("kubeproxy_sync_proxy_rules_endpoint_changes_pending", "gauge"),
             ("kubeproxy_network_programming_duration_seconds", "histogram"),

@@ -29,20 +29,23 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write};
 use std::net::IpAddr;
 
-use crate::desired::{NftElement, NftFamily, ServiceDesired, ServiceName, VirtualServerKey};
+use crate::desired::{
+    ClaimRank, NftElement, NftFamily, ServiceDesired, ServiceName, VirtualServerKey,
+};
 
 /// Writes the plan for `desired` (in any order; the output is sorted by
-/// service, then by virtual server and real server).
+/// service rank (see [`ClaimRank`]), then by virtual server and real server).
 ///
-/// A virtual server wanted by two services is printed for the first by name
-/// and noted as a conflict under the second: the kernel can hold it once.
+/// A virtual server wanted by two services is printed for the one that
+/// ranks first (the older, see [`ClaimRank`]) and noted as a conflict under
+/// the other: the kernel can hold it once.
 pub fn render_into<'a>(
     desired: impl IntoIterator<Item = (&'a ServiceName, &'a ServiceDesired)>,
     interface: &str,
     out: &mut impl Write,
 ) -> fmt::Result {
     let mut services: Vec<(&ServiceName, &ServiceDesired)> = desired.into_iter().collect();
-    services.sort_by(|a, b| a.0.cmp(b.0));
+    services.sort_by_cached_key(|(name, svc)| ClaimRank::new(name, svc.created));
 
     writeln!(
         out,
@@ -324,6 +327,31 @@ mod tests {
 -a -u 203.0.113.7:53 -r 10.244.1.1:53 -m -w 1
 # service default/b
 # conflict: UDP/203.0.113.7:53 is already default/a's
+# ipvs-test 203.0.113.7
+"
+        );
+
+        // Dated, the older holds it whatever its name, as in the kernel.
+        let (svc_a, svc_b) = (
+            ServiceDesired {
+                created: Some(2_000),
+                ..svc_a
+            },
+            ServiceDesired {
+                created: Some(1_000),
+                ..svc_b
+            },
+        );
+        let plan = render([(&a, &svc_a), (&b, &svc_b)], "ipvs-test");
+        assert_eq!(
+            plan,
+            "\
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on ipvs-test
+# service default/b
+-A -u 203.0.113.7:53 -s rr
+-a -u 203.0.113.7:53 -r 10.244.2.2:53 -m -w 1
+# service default/a
+# conflict: UDP/203.0.113.7:53 is already default/b's
 # ipvs-test 203.0.113.7
 "
         );

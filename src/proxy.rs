@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
 use crate::desired::{NftRuleset, Protocol, ServiceName};
+use crate::events::{EventSink, Problem};
 use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
 use crate::kernel::link::{local_addresses, DummyLink};
@@ -26,7 +27,7 @@ use crate::kernel::{
     modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel,
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
-use crate::model::{Changes, Model, NodeInfo};
+use crate::model::{Changes, Model, NodeInfo, Uid};
 use crate::reconcile::{Ownership, Reconciler, SyncError, SyncReport};
 use crate::source::{self, SourceEvent, Update};
 use crate::translate::{
@@ -65,18 +66,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A source's events, boxed so that either source fits.
 pub type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
 
-/// Opens the source the flags name: a manifests directory, or the API server.
-async fn open_source(opts: &Options, node_name: &str) -> Result<(Events, &'static str)> {
+/// Opens the source the flags name: a manifests directory, or the API server
+/// (whose client is returned too, for Events).
+async fn open_source(
+    opts: &Options,
+    node_name: &str,
+) -> Result<(Events, &'static str, Option<kube::Client>)> {
     if let Some(dir) = &opts.manifests {
         return Ok((
             Box::pin(source::manifests::watch_dir(dir.clone())),
             "manifests",
+            None,
         ));
     }
     let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref())
         .await
         .map_err(|e| Error::Kube(e.to_string()))?;
-    Ok((Box::pin(source::kube::watch(client, node_name)), "kube"))
+    let events = Box::pin(source::kube::watch(client.clone(), node_name));
+    Ok((events, "kube", Some(client)))
 }
 
 /// The translate settings: the default scheduler, checked against what the
@@ -213,6 +220,8 @@ struct State {
     no_local_endpoints_total: NoLocalEndpoints,
     /// The `healthCheckNodePort` servers of the services that ask for one.
     health: ServiceHealthServers,
+    /// Where problems with a Service go to become Events on it.
+    events: EventSink,
 }
 
 impl State {
@@ -258,6 +267,9 @@ impl State {
     fn absorb(&mut self, changes: Changes) {
         for error in &changes.errors {
             tracing::error!(%error, "rejected object; its last good version stays in force");
+            if let Some(problem) = Problem::from_model_error(error, |name| self.uid_of(name)) {
+                self.events.report(problem);
+            }
         }
         if changes.all && self.pod_cidrs_from_node {
             let cidrs = self
@@ -320,6 +332,8 @@ impl State {
     fn hand_over(&mut self, name: ServiceName, translation: Translation) {
         for warning in &translation.warnings {
             tracing::warn!(service = %name, %warning, "translating service");
+            let uid = self.uid_of(&name);
+            self.events.report(Problem::from_translate(warning, uid));
         }
         if let Err(error) = self.health.set(&name, translation.health_check.as_ref()) {
             tracing::error!(%error, "opening a health check port");
@@ -335,7 +349,31 @@ impl State {
         self.metrics.set_virtual_servers(self.virtual_servers_total);
         self.set_no_local_endpoints(&name, translation.no_local_endpoints);
         let wanted = count > 0 || !desired.bind_addrs.is_empty();
-        self.reconciler.set_service(name, wanted.then_some(desired));
+        for notice in self.reconciler.set_service(name, wanted.then_some(desired)) {
+            let uid = self.uid_of(notice.service());
+            self.events.report(Problem::from_claim(&notice, uid));
+        }
+    }
+
+    /// The `metadata.uid` of a Service the model holds, for its Events.
+    fn uid_of(&self, name: &ServiceName) -> Option<Uid> {
+        self.model.service(name).and_then(|s| s.uid)
+    }
+
+    /// Reports the kernel's refusals of a Service's virtual servers.
+    fn report_sync_errors(&self, report: &SyncReport) {
+        for error in &report.errors {
+            let SyncError::Operation {
+                service: Some(name),
+                ..
+            } = error
+            else {
+                continue;
+            };
+            if let Some(problem) = Problem::from_sync_error(error, self.uid_of(name)) {
+                self.events.report(problem);
+            }
+        }
     }
 
     /// Records one service's ports without a local endpoint and updates the
@@ -466,7 +504,7 @@ pub async fn run(opts: &Options) -> Result<()> {
     let mut conntrack = NetlinkConntrack::new()?;
     tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
 
-    let (events, source_name) = open_source(opts, &node_name).await?;
+    let (events, source_name, client) = open_source(opts, &node_name).await?;
     let translate = translate_config(opts)?;
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -479,6 +517,11 @@ pub async fn run(opts: &Options) -> Result<()> {
         }
     };
     let metrics = Metrics::new();
+    // Only in-cluster: standalone, the log is the only report.
+    let event_sink = match client {
+        Some(client) => crate::events::spawn(client, &node_name, metrics.clone()),
+        None => EventSink::disabled(),
+    };
     let http = crate::metrics::serve(
         opts.healthz_bind_address.0,
         opts.metrics_bind_address.0,
@@ -492,6 +535,7 @@ pub async fn run(opts: &Options) -> Result<()> {
         ruleset,
         source_name,
         metrics,
+        events: event_sink,
     };
     let kernel = Kernel {
         ipvs: &mut ipvs,
@@ -522,6 +566,9 @@ pub struct Loop<'a> {
     pub source_name: &'static str,
     /// Where syncs and changes are counted (served on /metrics and /healthz).
     pub metrics: Metrics,
+    /// Where problems with a Service go to become Events on it
+    /// ([`EventSink::disabled`] posts none).
+    pub events: EventSink,
 }
 
 /// The kernel subsystems the run loop programs, each behind its trait.
@@ -619,6 +666,7 @@ impl Loop<'_> {
             no_local_endpoints: HashMap::new(),
             no_local_endpoints_total: NoLocalEndpoints::default(),
             health,
+            events: self.events,
         };
         let mut synced = false;
         let mut last_sync: Option<Instant> = None;
@@ -654,6 +702,7 @@ impl Loop<'_> {
                         state.retry_health_checks();
                         let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await;
                         log_sync("full", &report, started, &state.metrics);
+                        state.report_sync_errors(&report);
                         state.metrics.set_virtual_server_traffic(state.reconciler.traffic().map(
                             |(service, key, counters)| VirtualServerSample {
                                 service: service.clone(),
@@ -670,6 +719,7 @@ impl Loop<'_> {
                     } else {
                         let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, false).await;
                         log_sync("incremental", &report, started, &state.metrics);
+                        state.report_sync_errors(&report);
                     }
                     last_sync = Some(Instant::now());
                 }
@@ -747,7 +797,7 @@ async fn load_model(opts: &Options, node_name: &str) -> Result<Model> {
         }
         return Ok(model);
     }
-    let (mut events, name) = open_source(opts, node_name).await?;
+    let (mut events, name, _) = open_source(opts, node_name).await?;
     while let Some(event) = events.next().await {
         let changes = model.apply(event);
         log_rejected(&changes);
@@ -1006,6 +1056,7 @@ mod tests {
             ruleset: NftRuleset::default(),
             source_name: "test",
             metrics: Metrics::new(),
+            events: EventSink::disabled(),
         }
         .serve(
             Box::pin(events),
@@ -1106,6 +1157,7 @@ mod tests {
                 ruleset: NftRuleset::default(),
                 source_name: "test",
                 metrics: self.metrics.clone(),
+                events: EventSink::disabled(),
             };
             let facts = self.node.clone();
             let refresh = move || std::future::ready(Ok(facts.clone()));
@@ -1404,6 +1456,7 @@ mod fault_tests {
             ruleset: NftRuleset::default(),
             source_name: "test",
             metrics: Metrics::new(),
+            events: EventSink::disabled(),
         }
         .serve(
             Box::pin(events),

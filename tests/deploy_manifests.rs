@@ -2,8 +2,8 @@
 //! into its k8s-openapi type, the DaemonSet's arguments and configuration
 //! parse with the proxy's own command line, it runs with capabilities rather
 //! than privileged, its image tag is the release, and the ClusterRole grants
-//! exactly the API calls the in-cluster source makes (recorded by the test
-//! API server, not listed by hand).
+//! exactly the API calls the in-cluster source and the Event poster make
+//! (recorded by the test API server, not listed by hand).
 
 #[allow(
     dead_code,
@@ -264,6 +264,52 @@ fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// Drives the Event poster through everything it can call: one Event
+/// created, then, a window later, the same problem updating it.
+async fn post_and_update_an_event(server: &TestApiServer) {
+    use kube_ipvs_proxy::desired::ServiceName;
+    use kube_ipvs_proxy::events::{self, Limits, Problem, Reason};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let now = Arc::new(Mutex::new(Instant::now()));
+    let clock = {
+        let now = now.clone();
+        Box::new(move || *now.lock().unwrap())
+    };
+    let limits = Limits::default();
+    let kube = client(None, Some(&server.url())).await.unwrap();
+    let sink = events::spawn_with(kube, "node-1", Default::default(), limits, clock);
+    let problem = Problem {
+        service: ServiceName::new("default", "web"),
+        uid: None,
+        reason: Reason::InvalidField,
+        note: "Service default/web: spec.type: unsupported value \"Foo\"".to_owned(),
+    };
+    let called = |verb: &str| {
+        server
+            .calls()
+            .iter()
+            .any(|c| c.resource == "events" && c.verb == verb)
+    };
+    sink.report(problem.clone());
+    wait_until(|| called("create")).await;
+    *now.lock().unwrap() += limits.window;
+    sink.report(problem);
+    wait_until(|| called("patch")).await;
+}
+
+/// Polls `done`; the bound only turns a hang into a failure.
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the condition never held");
+}
+
 #[tokio::test]
 async fn the_cluster_role_grants_exactly_what_the_source_calls() {
     let applied = applied();
@@ -298,6 +344,7 @@ async fn the_cluster_role_grants_exactly_what_the_source_calls() {
     })
     .await
     .expect("the source lists and watches everything within 20 s");
+    post_and_update_an_event(&server).await;
 
     let calls: BTreeSet<ApiCall> = server.calls().into_iter().collect();
     assert!(!calls.is_empty());

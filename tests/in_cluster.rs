@@ -24,6 +24,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::{NftRuleset, Op, Protocol, RealServerKey, VirtualServerKey};
+use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft, Write};
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
 use kube_ipvs_proxy::metrics::Metrics;
@@ -225,6 +226,7 @@ async fn start() -> Running {
             ruleset: NftRuleset::default(),
             source_name: "kube",
             metrics: loop_metrics,
+            events: EventSink::disabled(),
         }
         .serve(events, kernel_handles, refresh, async {
             let _ = stopped.await;

@@ -59,6 +59,10 @@ pub enum KernelError {
     NotFound,
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The kernel has no such scheduler (no module `ip_vs_<name>`): a value
+    /// of the service this node cannot take, reported on the Service.
+    #[error("unknown scheduler: {0}")]
+    UnknownScheduler(String),
     /// The netlink socket failed: what was in flight may or may not have
     /// been applied, so the next sync must read the kernel again. The
     /// connection is rebuilt before the next request.

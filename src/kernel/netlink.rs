@@ -263,11 +263,48 @@ fn kernel_error(e: netlink_ipvs::Error) -> KernelError {
         KernelError::Exists
     } else if e.is_not_found() {
         KernelError::NotFound
-    } else if e.is_invalid() || e.is_unknown_scheduler() {
-        // An unknown scheduler is ENOENT from the kernel: not a missing
-        // object, but a value this kernel cannot take.
+    } else if e.is_unknown_scheduler() {
+        // ENOENT from the kernel: not a missing object, but a value this
+        // kernel cannot take.
+        KernelError::UnknownScheduler(e.to_string())
+    } else if e.is_invalid() {
         KernelError::Invalid(e.to_string())
     } else {
         KernelError::Other(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_ipvs::IpvsCmd;
+
+    fn refused(cmd: IpvsCmd, errno: i32) -> KernelError {
+        kernel_error(netlink_ipvs::Error::Kernel {
+            errno,
+            cmd,
+            object: "TCP 10.96.0.10:80".into(),
+            extack: None,
+        })
+    }
+
+    #[test]
+    fn enoent_is_an_unknown_scheduler_only_when_adding_or_setting_a_service() {
+        let cases = [
+            (IpvsCmd::NewService, libc::ENOENT, "unknown scheduler"),
+            (IpvsCmd::SetService, libc::ENOENT, "unknown scheduler"),
+            (IpvsCmd::DelDest, libc::ENOENT, "not found"),
+            (IpvsCmd::NewService, libc::EINVAL, "invalid"),
+        ];
+        for (cmd, errno, want) in cases {
+            let got = refused(cmd, errno);
+            let kind = match got {
+                KernelError::UnknownScheduler(_) => "unknown scheduler",
+                KernelError::NotFound => "not found",
+                KernelError::Invalid(_) => "invalid",
+                _ => "other",
+            };
+            assert_eq!(kind, want, "{cmd:?} errno {errno}: {got}");
+        }
     }
 }

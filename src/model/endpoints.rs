@@ -132,7 +132,7 @@ impl EndpointSliceInfo {
     /// Converts a slice. `Ok(None)` for a slice that belongs to no Service
     /// (no `kubernetes.io/service-name` label), which proxies ignore.
     pub fn from_slice(slice: &EndpointSlice) -> Result<Option<EndpointSliceInfo>, ModelError> {
-        let obj = field::namespaced(ObjectKind::EndpointSlice, &slice.metadata)?;
+        let mut obj = field::namespaced(ObjectKind::EndpointSlice, &slice.metadata)?;
         let Some(service) = slice
             .metadata
             .labels
@@ -142,6 +142,7 @@ impl EndpointSliceInfo {
         else {
             return Ok(None);
         };
+        obj.service = Some(service);
         let address_type = match slice.address_type.as_str() {
             "IPv4" => AddressType::Ipv4,
             "IPv6" => AddressType::Ipv6,

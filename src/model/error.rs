@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::desired::ServiceName;
+
 /// The kind of API object an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ObjectKind {
@@ -65,6 +67,19 @@ pub struct ModelError {
     /// The field path as in the API, e.g. `spec.ports[1].protocol`.
     pub field: String,
     pub problem: Problem,
+    /// The Service the object belongs to: itself, the Service an Endpoints
+    /// shares its name with, or an EndpointSlice's
+    /// `kubernetes.io/service-name`. `None` for a Node, or when unknown.
+    /// Boxed: errors are rare, and results carrying one stay small.
+    pub service: Option<Box<ServiceOf>>,
+}
+
+/// The Service a rejected object belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceOf {
+    pub name: ServiceName,
+    /// Its `metadata.uid`, when the object is the Service.
+    pub uid: Option<super::Uid>,
 }
 
 /// Builds errors about one object without repeating its identity.
@@ -73,6 +88,10 @@ pub(crate) struct ObjectRef<'a> {
     pub kind: ObjectKind,
     pub namespace: Option<&'a str>,
     pub name: &'a str,
+    /// The name of the Service the object belongs to, in its namespace.
+    pub service: Option<&'a str>,
+    /// The object's own `metadata.uid`.
+    pub uid: Option<&'a str>,
 }
 
 impl ObjectRef<'_> {
@@ -81,11 +100,19 @@ impl ObjectRef<'_> {
             Some(ns) => format!("{ns}/{}", self.name),
             None => self.name.to_owned(),
         };
+        let own_uid = self.kind == ObjectKind::Service;
+        let service = self.service.map(|name| {
+            Box::new(ServiceOf {
+                name: ServiceName::new(self.namespace.unwrap_or_default(), name),
+                uid: self.uid.filter(|_| own_uid).and_then(super::Uid::parse),
+            })
+        });
         ModelError {
             kind: self.kind,
             object,
             field: field.into(),
             problem,
+            service,
         }
     }
 }

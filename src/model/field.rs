@@ -21,16 +21,23 @@ pub(crate) fn namespaced<'a>(
         .as_deref()
         .filter(|ns| !ns.is_empty())
         .unwrap_or(DEFAULT_NAMESPACE);
+    // A Service, and the Endpoints that share its name, belong to it; a
+    // slice names its Service in a label, which the caller reads.
+    let own_service = matches!(kind, ObjectKind::Service | ObjectKind::Endpoints);
     match meta.name.as_deref() {
         Some(name) if !name.is_empty() => Ok(ObjectRef {
             kind,
             namespace: Some(namespace),
             name,
+            service: own_service.then_some(name),
+            uid: meta.uid.as_deref(),
         }),
         _ => Err(ObjectRef {
             kind,
             namespace: Some(namespace),
             name: "<unnamed>",
+            service: None,
+            uid: None,
         }
         .error("metadata.name", Problem::Missing)),
     }

@@ -31,10 +31,10 @@ pub use endpoints::{
     AddressType, EndpointHints, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, HintsId,
     SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL,
 };
-pub use error::{ModelError, ObjectKind, Problem};
+pub use error::{ModelError, ObjectKind, Problem, ServiceOf};
 pub use node::{NodeInfo, TO_BE_DELETED_TAINT, ZONE_LABEL};
 pub use service::{
-    ServiceInfo, ServicePortInfo, ServiceType, SkipReason, TargetPort,
+    ServiceInfo, ServicePortInfo, ServiceType, SkipReason, TargetPort, Uid,
     DEFAULT_AFFINITY_TIMEOUT_SECONDS, SCHEDULER_ANNOTATION, SERVICE_PROXY_NAME_LABEL,
 };
 
@@ -71,16 +71,15 @@ impl Changes {
     }
 }
 
-/// A listed Service in compact form, or why it was rejected and, if it has
-/// one, its name (whose last good version then stays).
-type ListedService = Result<ServiceInfo, (ModelError, Option<ServiceName>)>;
+/// A listed Service in compact form, or why it was rejected (naming the
+/// Service, when it has a name, whose last good version then stays).
+type ListedService = Result<ServiceInfo, ModelError>;
 
 /// Converts one listed Service. A relist converts on every core and files
 /// the results in order on the caller's thread, which also frees the API
 /// objects: freed on the workers instead, glibc's arenas made it slower.
 fn convert_service(svc: &Service) -> ListedService {
     ServiceInfo::from_service(svc)
-        .map_err(|e| (e, object_name(ObjectKind::Service, &svc.metadata).ok()))
 }
 
 /// A listed EndpointSlice: its key and compact form (`None` for a slice of
@@ -305,11 +304,12 @@ impl Model {
             Ok(info) => {
                 next.insert(info.name.clone(), info);
             }
-            Err((e, name)) => {
-                changes.errors.push(e);
-                if let Some(last_good) = name.and_then(|name| self.services.get(&name)) {
+            Err(e) => {
+                let name = e.service.as_deref().map(|s| &s.name);
+                if let Some(last_good) = name.and_then(|name| self.services.get(name)) {
                     next.insert(last_good.name.clone(), last_good.clone());
                 }
+                changes.errors.push(e);
             }
         }
     }

@@ -41,6 +41,8 @@ impl NodeInfo {
             kind: ObjectKind::Node,
             namespace: None,
             name: if name.is_empty() { "<unnamed>" } else { name },
+            service: None,
+            uid: None,
         };
         if name.is_empty() {
             return Err(obj.error("metadata.name", Problem::Missing));

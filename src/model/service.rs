@@ -27,6 +27,46 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
 /// The largest timeout the API accepts for ClientIP affinity (one day).
 const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86400;
 
+/// An object's `metadata.uid` in 16 bytes rather than a 36-byte string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Uid(u128);
+
+impl Uid {
+    /// A UUID in the API server's form (lowercase, hyphenated); `None` for
+    /// anything else, which then goes unnamed rather than misspelt.
+    pub fn parse(value: &str) -> Option<Uid> {
+        let hyphens = [8, 13, 18, 23];
+        let well_formed = value.len() == 36
+            && value.char_indices().all(|(i, c)| {
+                if hyphens.contains(&i) {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit() || ('a'..='f').contains(&c)
+                }
+            });
+        if !well_formed {
+            return None;
+        }
+        let hex: String = value.chars().filter(|c| *c != '-').collect();
+        u128::from_str_radix(&hex, 16).ok().map(Uid)
+    }
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+}
+
 /// `spec.type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceType {
@@ -79,6 +119,11 @@ pub struct ServicePortInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub name: ServiceName,
+    /// `metadata.uid`, when it is a UUID (as the API server makes them).
+    pub uid: Option<Uid>,
+    /// `metadata.creationTimestamp` in seconds since the Unix epoch: of two
+    /// services wanting one virtual server, the older keeps it.
+    pub created: Option<i64>,
     pub type_: ServiceType,
     /// `spec.clusterIPs`, falling back to `spec.clusterIP`.
     pub cluster_ips: Vec<IpAddr>,
@@ -133,6 +178,12 @@ impl ServiceInfo {
             .is_some_and(|sel| !sel.is_empty());
         let mut info = ServiceInfo {
             name,
+            uid: svc.metadata.uid.as_deref().and_then(Uid::parse),
+            created: svc
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
             type_,
             cluster_ips: Vec::new(),
             external_ips: Vec::new(),

@@ -450,7 +450,46 @@ fn slice_errors_name_object_field_and_value() {
     for (case, s, want) in cases {
         let err = EndpointSliceInfo::from_slice(&slice(s)).expect_err(case);
         assert_eq!(err.to_string(), want, "{case}");
+        assert_eq!(
+            err.service.map(|s| s.name),
+            Some(name("default/web")),
+            "{case}: the error belongs to the slice's Service"
+        );
     }
+}
+
+#[test]
+fn a_service_keeps_its_age_and_uid_and_its_errors_name_it() {
+    let uid = "4f9d7a8e-0c1b-4d2e-9f3a-5b6c7d8e9f01";
+    let meta = |extra: Value| {
+        let mut m = json!({"namespace": "default", "name": "web"});
+        m.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        m
+    };
+    let info = ServiceInfo::from_service(&service(json!({
+        "metadata": meta(json!({"uid": uid, "creationTimestamp": "2024-05-01T00:00:00Z"})),
+        "spec": {"clusterIP": "10.96.0.1"},
+    })))
+    .unwrap();
+    assert_eq!(info.created, Some(1_714_521_600));
+    assert_eq!(info.uid.map(|u| u.to_string()).as_deref(), Some(uid));
+    let manifest = ServiceInfo::from_service(&service(json!({
+        "metadata": meta(json!({})),
+        "spec": {"clusterIP": "10.96.0.1"},
+    })))
+    .unwrap();
+    assert_eq!((manifest.created, manifest.uid), (None, None));
+
+    let err = ServiceInfo::from_service(&service(json!({
+        "metadata": meta(json!({"uid": uid})),
+        "spec": {"clusterIP": "10.96.0.1", "type": "Weird"},
+    })))
+    .unwrap_err();
+    let of = err.service.expect("a Service's error names it");
+    assert_eq!(of.name, name("default/web"));
+    assert_eq!(of.uid, Uid::parse(uid));
 }
 
 // ---- Endpoints mirroring -------------------------------------------------

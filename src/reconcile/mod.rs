@@ -18,8 +18,8 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::future;
 
 use crate::desired::{
-    DesiredVirtualServer, FlowFilter, NftRuleset, Op, Protocol, ServiceDesired, ServiceName,
-    VirtualServerKey,
+    ClaimRank, DesiredVirtualServer, FlowFilter, NftRuleset, Op, Protocol, ServiceDesired,
+    ServiceName, VirtualServerKey,
 };
 use crate::kernel::{
     AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel, TrafficCounters,
@@ -83,6 +83,32 @@ impl SyncReport {
         self.conntrack_deleted += other.conntrack_deleted;
         self.services_synced = self.services_synced.max(other.services_synced);
         self.errors.extend(other.errors);
+    }
+}
+
+/// A change in who holds a virtual server that two services want.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimNotice {
+    /// `service` wants `key`, but `owner` outranks it and holds it.
+    Lost {
+        service: ServiceName,
+        key: VirtualServerKey,
+        owner: ServiceName,
+    },
+    /// `service` now holds `key`, which `from`, ranked above it, let go.
+    HandedOver {
+        service: ServiceName,
+        key: VirtualServerKey,
+        from: ServiceName,
+    },
+}
+
+impl ClaimNotice {
+    /// The Service the notice is for.
+    pub fn service(&self) -> &ServiceName {
+        match self {
+            ClaimNotice::Lost { service, .. } | ClaimNotice::HandedOver { service, .. } => service,
+        }
     }
 }
 
@@ -326,7 +352,7 @@ pub struct Reconciler {
     ownership: Ownership,
     clock: Clock,
     services: HashMap<ServiceName, ServiceEntry>,
-    /// Who owns each desired key; conflicts resolve to the first claimant.
+    /// Who owns each desired key; conflicts resolve by [`ClaimRank`].
     claims: Claims,
     /// Keys no service claims any more that may still be in the kernel.
     orphans: Orphans,
@@ -398,11 +424,17 @@ impl Reconciler {
 
     /// Records what one service wants now (`None`: the service is gone) and
     /// marks it dirty, unless nothing changed. O(size of that service).
-    pub fn set_service(&mut self, name: ServiceName, desired: Option<ServiceDesired>) {
+    /// Returns the changes in who holds a virtual server that two services
+    /// want (see [`ClaimRank`]).
+    pub fn set_service(
+        &mut self,
+        name: ServiceName,
+        desired: Option<ServiceDesired>,
+    ) -> Vec<ClaimNotice> {
         // A change tracker's first duty: drop no-op updates.
         if let (Some(entry), Some(new)) = (self.services.get(&name), &desired) {
             if entry.desired == *new {
-                return;
+                return Vec::new();
             }
         }
         let old = self.services.remove(&name);
@@ -416,6 +448,7 @@ impl Reconciler {
             (&e.virtual_servers, &e.bind_addrs)
         });
 
+        let mut notices = Vec::new();
         for key in old_keys.keys().filter(|k| !new_keys.contains_key(*k)) {
             match self.claims.release(key, &name) {
                 Released::NotOwner => {}
@@ -423,16 +456,53 @@ impl Reconciler {
                     tracing::info!(virtual_server = %key, from = %name, to = %next,
                         "virtual server passes to the next service claiming it");
                     self.dirty.insert(next.clone());
+                    notices.push(ClaimNotice::HandedOver {
+                        service: next.clone(),
+                        key: *key,
+                        from: name.clone(),
+                    });
                 }
                 Released::Unclaimed => self.orphans.insert(*key, &name),
             }
         }
-        for key in new_keys.keys().filter(|k| !old_keys.contains_key(*k)) {
-            match self.claims.claim(*key, &name) {
+        // A recreated service (a new creation time) claims its keys again.
+        let old_created = old.as_ref().map(|e| e.desired.created);
+        let new_created = new.as_ref().map(|e| e.desired.created);
+        let reranked = old_created.is_some() && old_created != new_created;
+        let claimed = new_keys
+            .keys()
+            .filter(|k| reranked || !old_keys.contains_key(*k));
+        let rank = ClaimRank::new(&name, new_created.flatten());
+        for key in claimed {
+            match self.claims.claim(*key, rank.clone()) {
                 Claimed::Owner => self.orphans.remove(key),
+                Claimed::TookOver(previous) => {
+                    tracing::warn!(virtual_server = %key, owner = %name, previous = %previous,
+                        "two services claim one virtual server; it passes to the older");
+                    notices.push(ClaimNotice::Lost {
+                        service: previous.clone(),
+                        key: *key,
+                        owner: name.clone(),
+                    });
+                }
                 Claimed::Conflict(owner) => {
                     tracing::warn!(virtual_server = %key, owner = %owner, service = %name,
-                        "two services claim one virtual server; the first keeps it");
+                        "two services claim one virtual server; the older keeps it");
+                    notices.push(ClaimNotice::Lost {
+                        service: name.clone(),
+                        key: *key,
+                        owner: owner.clone(),
+                    });
+                }
+                Claimed::Yielded(owner) => {
+                    tracing::warn!(virtual_server = %key, owner = %owner, service = %name,
+                        "a recreated service yields a virtual server to an older one");
+                    self.dirty.insert(owner.clone());
+                    notices.push(ClaimNotice::Lost {
+                        service: name.clone(),
+                        key: *key,
+                        owner: owner.clone(),
+                    });
                 }
             }
         }
@@ -491,6 +561,7 @@ impl Reconciler {
             }
         }
         self.dirty.insert(name);
+        notices
     }
 
     /// Records the node's addresses. Virtual servers on them with a NodePort

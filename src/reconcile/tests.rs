@@ -972,7 +972,7 @@ async fn a_failed_address_is_retried_with_backoff() {
 }
 
 #[tokio::test]
-async fn two_services_claiming_one_key_resolve_to_the_first() {
+async fn two_undated_services_claiming_one_key_resolve_by_name() {
     let mut node = Node::new();
     let key = tcp("203.0.113.7", 80);
     let first = cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.1", 80)]);
@@ -985,7 +985,7 @@ async fn two_services_claiming_one_key_resolve_to_the_first() {
     assert_eq!(
         node.sync_dirty().await.writes,
         0,
-        "the first claimant keeps it"
+        "the first by name keeps it"
     );
     assert_eq!(node.full_sync().await.writes, 0, "also on a full sync");
     node.assert_kernel_is(&[&first], &[]);
@@ -1002,6 +1002,120 @@ async fn two_services_claiming_one_key_resolve_to_the_first() {
     );
     node.full_sync().await;
     node.assert_kernel_is(&[&second], &[]);
+}
+
+#[tokio::test]
+async fn an_older_service_takes_a_virtual_server_over_and_a_restart_keeps_it() {
+    let mut node = Node::new();
+    let key = tcp("203.0.113.7", 80);
+    let dated = |desired: ServiceDesired, created: i64| ServiceDesired {
+        created: Some(created),
+        ..desired
+    };
+    let young = dated(
+        cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.1", 80)]),
+        2_000,
+    );
+    let old = dated(
+        cluster_ip("203.0.113.7", &[80], &[rs("10.244.0.2", 80)]),
+        1_000,
+    );
+    // "a-young" sorts first by name: only the age decides.
+    let notices = node
+        .reconciler
+        .set_service(svc("a-young"), Some(young.clone()));
+    assert_eq!(notices, vec![]);
+    node.full_sync().await;
+    node.take_writes();
+
+    let notices = node.reconciler.set_service(svc("z-old"), Some(old.clone()));
+    assert_eq!(
+        notices,
+        vec![ClaimNotice::Lost {
+            service: svc("a-young"),
+            key,
+            owner: svc("z-old"),
+        }],
+        "the younger owner is told it lost the virtual server"
+    );
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::Ipvs(Op::UpdateRealServer(key, weight(rs("10.244.0.1", 80), 0))),
+            Write::Ipvs(Op::AddRealServer(key, rs("10.244.0.2", 80))),
+        ],
+        "taken over in place, as a handover is"
+    );
+    node.full_sync().await;
+    node.assert_kernel_is(&[&old], &[]);
+
+    // A restart claims in either order and writes nothing.
+    for order in [["a-young", "z-old"], ["z-old", "a-young"]] {
+        let mut restarted = node.restart(Ownership::default());
+        for name in order {
+            let desired = if name == "z-old" { &old } else { &young };
+            restarted
+                .reconciler
+                .set_service(svc(name), Some(desired.clone()));
+        }
+        assert_eq!(
+            restarted.full_sync().await.writes,
+            0,
+            "claimed in {order:?}"
+        );
+    }
+
+    let notices = node.reconciler.set_service(svc("z-old"), None);
+    assert_eq!(
+        notices,
+        vec![ClaimNotice::HandedOver {
+            service: svc("a-young"),
+            key,
+            from: svc("z-old"),
+        }]
+    );
+    node.sync_dirty().await;
+    node.full_sync().await;
+    node.assert_kernel_is(&[&young], &[]);
+}
+
+#[tokio::test]
+async fn a_recreated_owner_yields_to_the_older_service_waiting() {
+    let mut node = Node::new();
+    let key = tcp("203.0.113.7", 80);
+    let dated = |real: &str, created: i64| ServiceDesired {
+        created: Some(created),
+        ..cluster_ip("203.0.113.7", &[80], &[rs(real, 80)])
+    };
+    node.reconciler
+        .set_service(svc("a"), Some(dated("10.244.0.1", 1_000)));
+    node.reconciler
+        .set_service(svc("c"), Some(dated("10.244.0.3", 3_000)));
+    node.full_sync().await;
+    node.take_writes();
+
+    // Deleted and created again while its watch was down: only the
+    // creation time differs, and it is now the younger.
+    let notices = node
+        .reconciler
+        .set_service(svc("a"), Some(dated("10.244.0.1", 9_000)));
+    assert_eq!(
+        notices,
+        vec![ClaimNotice::Lost {
+            service: svc("a"),
+            key,
+            owner: svc("c"),
+        }]
+    );
+    node.sync_dirty().await;
+    assert_eq!(
+        node.take_writes(),
+        vec![
+            Write::Ipvs(Op::UpdateRealServer(key, weight(rs("10.244.0.1", 80), 0))),
+            Write::Ipvs(Op::AddRealServer(key, rs("10.244.0.3", 80))),
+        ]
+    );
 }
 
 #[tokio::test]

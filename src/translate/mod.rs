@@ -427,6 +427,7 @@ pub fn translate_service_in_zone<'a>(
         bind_addrs: bind_addrs.into_iter().collect(),
         served_node_addrs: served_node_addrs.into_iter().collect(),
         nft_elements: nft.finish(),
+        created: svc.created,
     };
     translation.health_check = health_check(svc, &slices, node);
     translation

@@ -21,6 +21,10 @@
 //! matching a watch's selector is DELETED from it and one that starts
 //! matching is ADDED.
 //!
+//! It also takes POST (create) and PATCH (JSON merge patch) of objects in a
+//! registered collection, as the proxy posts Events; a test reads them back
+//! with [`TestApiServer::objects`].
+//!
 //! The test drives it through [`TestApiServer`]: create, update and delete
 //! objects, send bookmarks, compact the history, cut, end or hold watches,
 //! and count requests. It
@@ -195,6 +199,7 @@ impl TestApiServer {
         server.register::<k8s_openapi::api::discovery::v1::EndpointSlice>();
         server.register::<k8s_openapi::api::core::v1::Endpoints>();
         server.register::<k8s_openapi::api::core::v1::Node>();
+        server.register::<k8s_openapi::api::events::v1::Event>();
         server
     }
 
@@ -224,27 +229,21 @@ impl TestApiServer {
         let mut value = serde_json::to_value(object).expect("a k8s-openapi object serializes");
         value["apiVersion"] = json!(K::API_VERSION);
         value["kind"] = json!(K::KIND);
-        let key = object_key(&value);
-        let mut state = self.state();
-        state.resource_version += 1;
-        let resource_version = state.resource_version;
-        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
         let collection_key = collection_key::<K>();
-        let collection = state
-            .collections
-            .get_mut(&collection_key)
-            .expect("registered above");
-        let old = collection.objects.insert(key, value.clone());
-        collection.changed_at = resource_version;
-        let change = Change {
-            resource_version,
-            old,
-            new: value,
-            deleted: false,
+        self.state().store(&collection_key, &mut value)
+    }
+
+    /// The objects of `K`'s collection now, e.g. the Events posted to it.
+    pub fn objects<K: k8s_openapi::Resource + serde::de::DeserializeOwned>(&self) -> Vec<K> {
+        let state = self.state();
+        let Some(collection) = state.collections.get(&collection_key::<K>()) else {
+            return Vec::new();
         };
-        collection.history.push(change.clone());
-        state.publish(&collection_key, &change);
-        resource_version
+        collection
+            .objects
+            .values()
+            .map(|v| serde_json::from_value(v.clone()).expect("stored objects are K"))
+            .collect()
     }
 
     /// Deletes an object (DELETED to watches); false if there was none.
@@ -395,6 +394,30 @@ impl Shared {
 }
 
 impl State {
+    /// Creates or replaces `value` in a registered collection, stamped with
+    /// a new resourceVersion (which it returns), and tells the watches.
+    fn store(&mut self, collection_key: &CollectionKey, value: &mut Value) -> u64 {
+        let key = object_key(value);
+        self.resource_version += 1;
+        let resource_version = self.resource_version;
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        let collection = self
+            .collections
+            .get_mut(collection_key)
+            .expect("a registered collection");
+        let old = collection.objects.insert(key, value.clone());
+        collection.changed_at = resource_version;
+        let change = Change {
+            resource_version,
+            old,
+            new: value.clone(),
+            deleted: false,
+        };
+        collection.history.push(change.clone());
+        self.publish(collection_key, &change);
+        resource_version
+    }
+
     /// Sends a change to the watches of its collection whose selectors it
     /// concerns, as the event type each of them sees.
     fn publish(&mut self, collection: &CollectionKey, change: &Change) {
@@ -575,9 +598,16 @@ async fn serve(
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     if let Some(call) = ApiCall::of(&method, uri.path(), &query) {
         shared.lock().calls.push(call);
+    }
+    if method == Method::POST {
+        return create_object(&shared, uri.path(), &body);
+    }
+    if method == Method::PATCH {
+        return patch_object(&shared, uri.path(), &body);
     }
     if method != Method::GET {
         return status(
@@ -617,6 +647,121 @@ async fn serve(
             Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
         };
         list_collection(&shared, &key, &filter, page)
+    }
+}
+
+/// POST to a collection: stores the object, 409 if its name is taken.
+fn create_object(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let Some((key, namespace)) = parse_path(path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} is not a collection"),
+        );
+    };
+    let mut object: Value = match serde_json::from_slice(body) {
+        Ok(object) => object,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let mut state = shared.lock();
+    let Some(collection) = state.collections.get(&key) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find {path}"),
+        );
+    };
+    if let Some(namespace) = namespace {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
+    if object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: Required value".to_owned(),
+        );
+    }
+    if collection.objects.contains_key(&object_key(&object)) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{path}: {} already exists", object["metadata"]["name"]),
+        );
+    }
+    object["apiVersion"] = json!(key.0);
+    object["kind"] = json!(collection.kind);
+    state.store(&key, &mut object);
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        object.to_string(),
+    )
+        .into_response()
+}
+
+/// PATCH of one object with a JSON merge patch (RFC 7386); 404 if absent.
+fn patch_object(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let found = path
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .and_then(|(collection, name)| Some((parse_path(collection)?, name.to_owned())));
+    let Some(((key, namespace), name)) = found else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} is not an object"),
+        );
+    };
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(patch) => patch,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let mut state = shared.lock();
+    let object_key = (namespace.unwrap_or_default(), name);
+    let Some(mut object) = state
+        .collections
+        .get(&key)
+        .and_then(|c| c.objects.get(&object_key))
+        .cloned()
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} not found"),
+        );
+    };
+    merge_patch(&mut object, &patch);
+    state.store(&key, &mut object);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        object.to_string(),
+    )
+        .into_response()
+}
+
+/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let Value::Object(target) = target else {
+        return;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
     }
 }
 
