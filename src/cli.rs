@@ -37,6 +37,14 @@ pub enum Command {
     /// for a privileged init container, so that `run` itself needs only
     /// NET_ADMIN and SYS_MODULE.
     Prepare,
+    /// Remove what kube-proxy's IPVS mode left in netfilter (its iptables
+    /// chains, the rules that jump to them, its ipsets) and print it;
+    /// never IPVS, kube-ipvs0 or this proxy's own table.
+    CleanupUpstream {
+        /// List what would be removed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// How logs are written.
@@ -438,6 +446,16 @@ mod tests {
         assert_eq!(cli.command, Some(Command::Run));
         assert_eq!(cli.options.ipvs_min_sync_period, Duration::from_millis(250));
         assert_eq!(cli.options.logging_format, LogFormat::Json);
+        let cli = parse(&["cleanup-upstream", "--dry-run"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::CleanupUpstream { dry_run: true })
+        );
+        let cli = parse(&["cleanup-upstream"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::CleanupUpstream { dry_run: false })
+        );
     }
 
     #[test]

@@ -38,6 +38,11 @@ fn main() -> ExitCode {
             Command::Plan => proxy::plan(opts).await.map(|text| print!("{text}")),
             Command::Cleanup => proxy::cleanup(opts).await,
             Command::Prepare => proxy::prepare(opts),
+            Command::CleanupUpstream { dry_run } => {
+                kube_ipvs_proxy::kernel::upstream::cleanup_command(dry_run)
+                    .map(|text| print!("{text}"))
+                    .map_err(proxy::Error::from)
+            }
         }
     });
     match result {

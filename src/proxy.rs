@@ -59,6 +59,8 @@ pub enum Error {
     Http(String),
     #[error("listening for signals: {0}")]
     Signal(std::io::Error),
+    #[error("kube-proxy's leftovers: {0}")]
+    Upstream(#[from] crate::kernel::upstream::UpstreamError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -481,6 +483,7 @@ fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: 
 /// `kube-ipvs-proxy run`.
 pub async fn run(opts: &Options) -> Result<()> {
     prepare_kernel(opts)?;
+    crate::kernel::upstream::warn_if_present();
     let mut ipvs = NetlinkIpvs::connect().await?;
     ipvs.set_timeouts(
         opts.ipvs_tcp_timeout,

@@ -23,7 +23,9 @@ set -uo pipefail
 #   proxy-e2e     the proxy end to end on deploy/examples (tests/vm/proxy-e2e.sh)
 #   packet-path   a two-node network with an outside client: masquerade, traffic
 #                 policy, source ranges, stale flows (tests/vm/packet-path.sh)
-VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e packet-path"}
+#   takeover      a node seeded as kube-proxy's IPVS mode leaves it: adopted with
+#                 zero IPVS writes, cleanup-upstream, handback (tests/vm/takeover.sh)
+VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e packet-path takeover"}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -169,6 +171,13 @@ for group in $VM_GROUPS; do
             continue
         fi
         KIP_PROXY_BIN=$proxy_bin run_group "$group" packet-path.sh
+        ;;
+    takeover)
+        if ((proxy_build != 0)); then
+            record FAIL "$group" "not run: the proxy binary did not build"
+            continue
+        fi
+        KIP_PROXY_BIN=$proxy_bin run_group "$group" takeover.sh
         ;;
     *) record FAIL "$group" "unknown VM group (VM_GROUPS=$VM_GROUPS)" ;;
     esac

@@ -18,6 +18,7 @@ pub mod modules;
 pub mod netlink;
 pub mod nftables;
 pub mod sysctl;
+pub mod upstream;
 
 /// A virtual server as dumped from the kernel, with its real servers.
 #[derive(Clone, Debug, PartialEq, Eq)]

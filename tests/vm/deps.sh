@@ -13,8 +13,10 @@
 #   python3-venv      the virtualenv that holds virtme-ng
 #   nftables conntrack the guest reads state with `nft -j` and `conntrack -L`
 #                     (tests only; the proxy speaks netlink itself)
+#   iptables ipset    the takeover group seeds kube-proxy's IPVS-mode rules and
+#                     sets with them (tests/vm/upstream-seed.sh)
 KIP_APT_PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static kmod udev procps python3
-    ipvsadm iproute2 strace curl python3-venv nftables conntrack)
+    ipvsadm iproute2 strace curl python3-venv nftables conntrack iptables ipset)
 
 # virtme-ng boots the host's own root filesystem read-only in the guest. 1.42
 # is the version this test bed was verified with.
