@@ -469,7 +469,7 @@ impl Families {
         );
         ours.register(
             "kernel_read_failures",
-            "Kernel reads that failed (IPVS dump, kube-ipvs0 addresses, nftables table), by kind of sync; the sync then left that subsystem alone",
+            "Kernel reads that failed (IPVS dump, kube-ipvs0 addresses, nftables table, the node's addresses), by kind of sync; the sync then left that subsystem alone (or kept the last known node addresses)",
             self.read_failures.clone(),
         );
         ours.register(
@@ -599,6 +599,19 @@ impl Metrics {
         families.nft_elements.inc_by(nft_elements as u64);
         families.nft_transactions.inc_by(nft_transactions as u64);
         families.conntrack_deleted.inc_by(flows as u64);
+    }
+
+    /// Records a failed read of the node's addresses, a read of the full
+    /// sync (which went on with the last known addresses).
+    pub fn record_node_address_read_failure(&self) {
+        let labels = KindLabels {
+            kind: SyncKind::Full.as_str(),
+        };
+        self.inner
+            .families
+            .read_failures
+            .get_or_create(&labels)
+            .inc();
     }
 
     /// Records one completed sync: kind `"full"`, `"incremental"`,

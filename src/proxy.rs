@@ -28,7 +28,7 @@ use crate::kernel::{
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
-use crate::reconcile::{Ownership, Reconciler, SyncError, SyncReport};
+use crate::reconcile::{Backoff, Ownership, Reconciler, SyncError, SyncReport};
 use crate::source::{self, SourceEvent, Update};
 use crate::translate::{
     translate_each, NoLocalEndpoints, NodeFacts, SctpSupport, TranslateConfig, Translation,
@@ -674,6 +674,8 @@ impl Loop<'_> {
         let mut synced = false;
         let mut last_sync: Option<Instant> = None;
         let mut next_full: Option<Instant> = None;
+        // Consecutive failed reads of the node's addresses.
+        let mut node_read: Option<Backoff> = None;
         let mut shutdown = std::pin::pin!(shutdown);
 
         loop {
@@ -689,10 +691,18 @@ impl Loop<'_> {
                     let started = Instant::now();
                     if next_full.is_none_or(|t| t <= started) {
                         // A failed read keeps the last known facts: the
-                        // sync goes on, and the next full sync reads again.
+                        // sync goes on, and the next full sync, brought
+                        // forward by the read's backoff, reads again.
                         match refresh_node().await {
-                            Ok(node) => state.set_node(node),
-                            Err(error) => tracing::warn!(%error, "cannot read this node's addresses; keeping the last known ones until the next full sync"),
+                            Ok(node) => {
+                                node_read = None;
+                                state.set_node(node);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot read this node's addresses; keeping the last known ones and reading again with backoff");
+                                state.metrics.record_node_address_read_failure();
+                                node_read = Some(Backoff::after_failure(node_read, started));
+                            }
                         }
                         if state.node.ipv6 && !ruleset.ipv6 {
                             // IPv6 came up after start: this full sync makes
@@ -715,7 +725,7 @@ impl Loop<'_> {
                         ));
                         // The first sync and relists free far more than they keep.
                         crate::heap::release_free_memory();
-                        next_full = Some(Instant::now() + opts.ipvs_sync_period);
+                        next_full = Some(next_full_sync(Instant::now(), opts.ipvs_sync_period, node_read));
                         if opts.once {
                             return verify(&mut state.reconciler, &mut kernel, opts, &ruleset, report, &state.metrics).await;
                         }
@@ -778,6 +788,17 @@ fn next_wake(
     let dirty = reconciler.has_dirty().then_some(earliest);
     let retry = reconciler.next_retry().map(|t| t.max(earliest));
     [Some(next_full), dirty, retry].into_iter().flatten().min()
+}
+
+/// When the next full sync is due: a sync period from `now`, or sooner when
+/// the node's addresses could not be read (the full sync reads them again).
+fn next_full_sync(
+    now: Instant,
+    period: std::time::Duration,
+    node_read: Option<Backoff>,
+) -> Instant {
+    let due = now + period;
+    node_read.map_or(due, |b| b.retry_at.min(due))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -1422,6 +1443,25 @@ mod fault_tests {
         assert_eq!(kernel.ipvs.dump().await.unwrap().len(), 2);
     }
 
+    #[test]
+    fn a_failed_read_of_the_node_addresses_brings_the_next_full_sync_forward() {
+        let now = Instant::now();
+        let period = std::time::Duration::from_secs(30);
+        assert_eq!(next_full_sync(now, period, None), now + period);
+        let mut backoff = None;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let next = Backoff::after_failure(backoff, now);
+            waits.push((next_full_sync(now, period, Some(next)) - now).as_secs());
+            backoff = Some(next);
+        }
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 30, 30],
+            "backoff, capped by the period"
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_read_of_the_node_addresses_does_not_end_the_loop() {
         let opts = crate::cli::Cli::parse_from(["kube-ipvs-proxy", "--once"]).options;
@@ -1452,13 +1492,14 @@ mod fault_tests {
                 "reading addresses: EINTR".into(),
             ))))
         };
+        let metrics = Metrics::new();
         let result = Loop {
             opts: &opts,
             node,
             translate: TranslateConfig::default(),
             ruleset: NftRuleset::default(),
             source_name: "test",
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
             events: EventSink::disabled(),
         }
         .serve(
@@ -1476,6 +1517,11 @@ mod fault_tests {
         // --once: the sync ran on the last known facts and verified.
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(reads.get(), 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("kube_ipvs_proxy_kernel_read_failures_total{kind=\"full\"} 1"),
+            "the failed read is counted:\n{text}"
+        );
         assert_eq!(
             ipvs.dump().await.unwrap().len(),
             1,

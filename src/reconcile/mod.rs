@@ -39,7 +39,7 @@ mod tests;
 pub use nft::pod_cidr_elements;
 pub use ownership::Ownership;
 
-use backoff::Backoff;
+pub(crate) use backoff::Backoff;
 use claims::{Claimed, Claims, Orphans, Released};
 use mirror::Mirror;
 use nft::NftState;
@@ -372,6 +372,9 @@ pub struct Reconciler {
     /// Whether a full sync has filled the mirror; until then there is
     /// nothing to diff against.
     adopted: bool,
+    /// Consecutive failed reads of the kernel (kube-ipvs0's addresses or the
+    /// IPVS dump) and when to read again; None after a good read.
+    read_failed: Option<Backoff>,
     dirty: HashSet<ServiceName>,
     failed: HashMap<ServiceName, Backoff>,
     dirty_addrs: HashSet<IpAddr>,
@@ -415,6 +418,7 @@ impl Reconciler {
             node_port_services: HashSet::new(),
             mirror: Mirror::default(),
             adopted: false,
+            read_failed: None,
             dirty: HashSet::new(),
             failed: HashMap::new(),
             dirty_addrs: HashSet::new(),
@@ -590,6 +594,16 @@ impl Reconciler {
     /// Whether [`Reconciler::sync_dirty`] has work now: dirty services,
     /// addresses or set elements, or a retry that is due.
     pub fn has_dirty(&self) -> bool {
+        if let Some(read) = &self.read_failed {
+            if read.is_due((self.clock)()) {
+                return true;
+            }
+            if !self.adopted {
+                // Nothing can be synced before the kernel is read: dirty
+                // work waits for the read's backoff, not the min period.
+                return false;
+            }
+        }
         !self.dirty.is_empty()
             || !self.dirty_addrs.is_empty()
             || self.nft.has_dirty()
@@ -602,7 +616,8 @@ impl Reconciler {
         let services = self.failed.values().map(|b| b.retry_at);
         let addrs = self.failed_addrs.values().map(|b| b.retry_at);
         let nft = self.nft_failed.iter().map(|b| b.retry_at);
-        services.chain(addrs).chain(nft).min()
+        let read = self.read_failed.iter().map(|b| b.retry_at);
+        services.chain(addrs).chain(nft).chain(read).min()
     }
 
     /// Brings the proxy's nftables sets to what is desired, in at most one
@@ -768,10 +783,10 @@ impl Reconciler {
         ipvs: &mut K,
         addrs: &mut A,
     ) -> SyncReport {
-        if !self.adopted {
+        let now = (self.clock)();
+        if !self.adopted || self.read_failed.is_some_and(|b| b.is_due(now)) {
             return self.full_sync(ipvs, addrs).await;
         }
-        let now = (self.clock)();
         let mut work = Work::default();
         work.services.extend(self.dirty.drain());
         let due = self.failed.iter().filter(|(_, b)| b.is_due(now));
@@ -843,7 +858,8 @@ impl Reconciler {
         let held = match addrs.ensure_link().await {
             Ok(held) => held,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped");
+                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped, reading again with backoff");
+                self.read_failed();
                 let what = KernelRead::Link;
                 report.errors.push(SyncError::Read { what, error });
                 return false;
@@ -852,7 +868,8 @@ impl Reconciler {
         let dumped = match ipvs.dump().await {
             Ok(dumped) => dumped,
             Err(error) => {
-                tracing::warn!(%error, "cannot dump the IPVS table; sync skipped");
+                tracing::warn!(%error, "cannot dump the IPVS table; sync skipped, reading again with backoff");
+                self.read_failed();
                 let what = KernelRead::IpvsDump;
                 report.errors.push(SyncError::Read { what, error });
                 return false;
@@ -878,7 +895,13 @@ impl Reconciler {
             "read the IPVS table"
         );
         self.adopted = true;
+        self.read_failed = None;
         true
+    }
+
+    /// Schedules the next read of the kernel after one more failed read.
+    fn read_failed(&mut self) {
+        self.read_failed = Some(Backoff::after_failure(self.read_failed, (self.clock)()));
     }
 
     /// Whether the proxy owns (or, for a missing one, would own) the virtual

@@ -1211,11 +1211,66 @@ async fn a_failed_read_writes_nothing() {
             "{name}"
         );
         assert_eq!(node.writes(), 0, "{name}");
+        assert!(
+            !node.reconciler.has_dirty(),
+            "{name}: nothing is due before the read's backoff"
+        );
+        node.clock.advance(Duration::from_secs(1));
         assert!(node.reconciler.has_dirty(), "{name}: still to do");
         // Before any full sync succeeded, an incremental sync is a full one.
         assert!(node.sync_dirty().await.is_clean(), "{name}");
         assert_eq!(node.kernel().virtual_servers().len(), 1, "{name}");
     }
+}
+
+#[tokio::test]
+async fn failed_reads_are_retried_with_backoff_and_dirty_work_waits_for_them() {
+    let mut node = Node::new();
+    node.set("a", Some(cluster_ip("10.96.0.10", &[80], &[])));
+    node.kernel()
+        .fail_always(FailOn::IpvsDump, KernelError::Other("EPERM".into()));
+    let mut retries = Vec::new();
+    for _ in 0..8 {
+        let report = node.sync_dirty().await;
+        assert!(!report.is_clean());
+        let retry = node.reconciler.next_retry().expect("a read to retry");
+        retries.push((retry - node.clock.now()).as_secs());
+        assert!(
+            !node.reconciler.has_dirty(),
+            "dirty work waits for the read"
+        );
+        node.clock.advance(retry - node.clock.now());
+        assert!(node.reconciler.has_dirty(), "the read is due");
+    }
+    assert_eq!(retries, [1, 2, 4, 8, 16, 32, 60, 60]);
+    // The fake counts both reads of a full sync: kube-ipvs0 and the dump.
+    assert_eq!(node.kernel().dumps(), 2 * 8, "one read per due retry");
+
+    node.kernel().clear_failures();
+    assert!(node.sync_dirty().await.is_clean());
+    assert_eq!(node.reconciler.next_retry(), None, "a good read resets it");
+    assert_eq!(node.kernel().virtual_servers().len(), 1);
+
+    // After a good read, a failed one (a periodic full sync) lets
+    // incremental syncs go on, and the read is retried when due.
+    node.kernel()
+        .fail_next(FailOn::IpvsDump, KernelError::Other("EINTR".into()));
+    assert!(!node.full_sync().await.is_clean());
+    node.set("b", Some(cluster_ip("10.96.0.11", &[80], &[])));
+    assert!(node.reconciler.has_dirty());
+    let dumps = node.kernel().dumps();
+    assert!(node.sync_dirty().await.is_clean());
+    assert_eq!(node.kernel().dumps(), dumps, "incremental: no read yet");
+    node.clock.advance(Duration::from_secs(1));
+    assert!(node.reconciler.has_dirty(), "the read is due");
+    assert!(node.sync_dirty().await.is_clean());
+    assert_eq!(
+        node.kernel().dumps(),
+        dumps + 2,
+        "the due read is a full sync"
+    );
+    assert_eq!(node.reconciler.next_retry(), None);
+    assert_eq!(node.kernel().virtual_servers().len(), 2);
 }
 
 #[tokio::test]
