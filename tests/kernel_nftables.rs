@@ -123,6 +123,8 @@ impl Clean {
             ("ip", NFT_TABLE),
             ("ip6", NFT_TABLE),
             ("inet", FOREIGN),
+            ("ip", FOREIGN),
+            ("ip6", FOREIGN),
             ("inet", NFT_TABLE),
         ] {
             let _ = run_nft(&["delete", "table", family, name], None);
@@ -509,6 +511,56 @@ async fn a_matching_table_is_adopted_with_its_elements_and_another_ruleset_recre
         "and is adopted in turn"
     );
     assert_eq!(table_handle("ip", NFT_TABLE), Some(recreated));
+}
+
+#[tokio::test]
+#[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
+async fn other_tables_of_the_same_family_do_not_stop_adoption() {
+    let _clean = Clean::start();
+    // As iptables-nft leaves them on most nodes (kubelet's canary chains),
+    // in both families, with a chain, a rule and a set named as ours.
+    for family in ["ip", "ip6"] {
+        nft_script(
+            &[],
+            &format!(
+                "table {family} {FOREIGN} {{\n\
+                 \tset cluster-ips {{ type inet_proto . inet_service; }}\n\
+                 \tchain PREROUTING {{\n\
+                 \t\ttype nat hook prerouting priority -100; policy accept;\n\
+                 \t\tjump services\n\
+                 \t}}\n\
+                 \tchain services {{\n\
+                 \t\tcounter\n\
+                 \t}}\n\
+                 \tchain KUBE-KUBELET-CANARY {{\n\
+                 \t}}\n\
+                 }}\n"
+            ),
+        );
+    }
+    let rs = ruleset6(LocalDetect::Cidrs, false);
+    let mut kernel = NetlinkNft::new().expect("netfilter socket");
+    assert_eq!(kernel.ensure_ruleset(&rs).await, Ok(vec![]));
+    let created = (
+        table_handle("ip", NFT_TABLE).expect("the ip table exists"),
+        table_handle("ip6", NFT_TABLE).expect("the ip6 table exists"),
+    );
+    kernel.apply(&adds(&every_shape())).await.expect("adds");
+
+    let adopted = kernel.ensure_ruleset(&rs).await.expect("adopted");
+    assert_eq!(
+        (
+            table_handle("ip", NFT_TABLE),
+            table_handle("ip6", NFT_TABLE)
+        ),
+        (Some(created.0), Some(created.1)),
+        "both tables are adopted, not re-created, beside the foreign ones"
+    );
+    assert_eq!(
+        sorted(adopted),
+        sorted(every_shape()),
+        "with their elements"
+    );
 }
 
 #[tokio::test]

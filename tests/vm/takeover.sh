@@ -176,6 +176,16 @@ step_takeover() {
     else
         fail takeover-zero-address-writes "$addr_writes address writes: $(grep 'address write' "$proxy_log" | head -n 4 | paste -sd'|')"
     fi
+    # The first sync creates the proxy's nftables table beside iptables-nft's
+    # and fills its sets; every later one must adopt it and write nothing.
+    local later_writes recreated
+    later_writes=$(syncs "$proxy_log" | tail -n +2 | awk '{s += $2} END {print s + 0}')
+    recreated=$(grep -c 'made for another ruleset' "$proxy_log")
+    if ((later_writes == 0 && recreated == 0)); then
+        pass takeover-nft-adopted "the syncs after the first wrote nothing; the table was made once ($(syncs "$proxy_log" | paste -sd','))"
+    else
+        fail takeover-nft-adopted "writes after the first sync: $later_writes; table re-created $recreated time(s) ($(syncs "$proxy_log" | paste -sd','))"
+    fi
     expect_same takeover-ipvs-unchanged "ipvsadm -Ln" "$ipvs_before" "$(ipvsadm -Ln)"
     expect_same takeover-kube-ipvs0-unchanged "ip addr show kube-ipvs0" "$addr_before" "$(kube_ipvs0)"
     held_check takeover-held-connection h1 "$h1_pid" 'web-[ab]:8080'

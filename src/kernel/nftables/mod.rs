@@ -332,6 +332,11 @@ fn matches(
             r.text()
         ))
     };
+    // Each answer is checked for our table's name: the kernel (6.1 at least)
+    // ignores the table in a chain dump request and answers with every chain
+    // of the family, such as iptables-nft's `nat` and `filter` chains, which
+    // most nodes have (kubelet's canaries alone). Rules and sets are checked
+    // the same way rather than trusting the kernel's filter.
     let chains: Vec<String> = socket
         .dump(
             NfTablesMessage::GetChain(ChainMessage {
@@ -342,10 +347,17 @@ fn matches(
         .map_err(|r| dump_error("chains", r))?
         .into_iter()
         .filter_map(|m| match m {
-            NfTablesMessage::NewChain(c) => attribute(&c.attributes, |a| match a {
-                ChainAttribute::Name(n) => Some(n.clone()),
-                _ => None,
-            }),
+            NfTablesMessage::NewChain(c) => {
+                let ours = c
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, ChainAttribute::Table(t) if t == NFT_TABLE));
+                ours.then_some(())?;
+                attribute(&c.attributes, |a| match a {
+                    ChainAttribute::Name(n) => Some(n.clone()),
+                    _ => None,
+                })
+            }
             _ => None,
         })
         .collect();
@@ -359,10 +371,17 @@ fn matches(
         .map_err(|r| dump_error("rules", r))?
         .into_iter()
         .filter_map(|m| match m {
-            NfTablesMessage::NewRule(r) => attribute(&r.attributes, |a| match a {
-                RuleAttribute::Chain(n) => Some(n.clone()),
-                _ => None,
-            }),
+            NfTablesMessage::NewRule(r) => {
+                let ours = r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Table(t) if t == NFT_TABLE));
+                ours.then_some(())?;
+                attribute(&r.attributes, |a| match a {
+                    RuleAttribute::Chain(n) => Some(n.clone()),
+                    _ => None,
+                })
+            }
             _ => None,
         })
         .collect();
@@ -376,10 +395,17 @@ fn matches(
         .map_err(|r| dump_error("sets", r))?
         .into_iter()
         .filter_map(|m| match m {
-            NfTablesMessage::NewSet(s) => attribute(&s.attributes, |a| match a {
-                SetAttribute::Name(n) => Some(n.clone()),
-                _ => None,
-            }),
+            NfTablesMessage::NewSet(s) => {
+                let ours = s
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, SetAttribute::Table(t) if t == NFT_TABLE));
+                ours.then_some(())?;
+                attribute(&s.attributes, |a| match a {
+                    SetAttribute::Name(n) => Some(n.clone()),
+                    _ => None,
+                })
+            }
             _ => None,
         })
         .collect();
