@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::cli::Cli;
-use kube_ipvs_proxy::desired::{NftRuleset, Op, Protocol, RealServerKey, VirtualServerKey};
+use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey};
 use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft, Write};
 use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
@@ -32,6 +31,7 @@ use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 use support::apiserver::TestApiServer;
+use support::objects::{key, meta, service};
 use tokio::sync::{oneshot, Mutex};
 
 /// One fake kernel, shared between the loop (as both kernel traits) and the
@@ -63,38 +63,6 @@ impl AddressKernel for SharedKernel {
     }
 }
 
-fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    ObjectMeta {
-        namespace: namespace.map(str::to_owned),
-        name: Some(name.to_owned()),
-        labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..ObjectMeta::default()
-    }
-}
-
-fn service(name: &str, cluster_ip: &str) -> Service {
-    Service {
-        metadata: meta(Some("default"), name, &[]),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip.to_owned()),
-            cluster_ips: Some(vec![cluster_ip.to_owned()]),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: 80,
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
 fn slice(service: &str, addresses: &[&str]) -> EndpointSlice {
     EndpointSlice {
         metadata: meta(
@@ -120,14 +88,6 @@ fn slice(service: &str, addresses: &[&str]) -> EndpointSlice {
             protocol: Some("TCP".to_owned()),
             ..EndpointPort::default()
         }]),
-    }
-}
-
-fn key(addr: &str) -> VirtualServerKey {
-    VirtualServerKey {
-        addr: addr.parse().unwrap(),
-        protocol: Protocol::Tcp,
-        port: 80,
     }
 }
 

@@ -27,13 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::cli::{Cli, Options};
-use kube_ipvs_proxy::desired::{
-    NftRuleset, Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey,
-};
+use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServer, RealServerKey, VirtualServer};
 use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::DummyLink;
@@ -47,6 +44,7 @@ use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 use support::apiserver::TestApiServer;
+use support::objects::{key, meta, service};
 use tokio::sync::oneshot;
 
 const LINK: &str = "kube-ipvs0";
@@ -510,38 +508,6 @@ fn table(services: &[(&str, &str, &[&str])]) -> BTreeMap<String, (String, Vec<St
         .collect()
 }
 
-fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    ObjectMeta {
-        namespace: namespace.map(str::to_owned),
-        name: Some(name.to_owned()),
-        labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..ObjectMeta::default()
-    }
-}
-
-fn service(name: &str, cluster_ip: &str) -> Service {
-    Service {
-        metadata: meta(Some("default"), name, &[]),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip.to_owned()),
-            cluster_ips: Some(vec![cluster_ip.to_owned()]),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: 80,
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
 fn node_port_service(name: &str, cluster_ip: &str, node_port: i32) -> Service {
     let mut svc = service(name, cluster_ip);
     let spec = svc.spec.as_mut().expect("spec");
@@ -592,14 +558,6 @@ async fn api_server(services: &BTreeMap<String, (String, Vec<String>)>) -> TestA
         ..Node::default()
     });
     server
-}
-
-fn key(addr: &str) -> VirtualServerKey {
-    VirtualServerKey {
-        addr: addr.parse().unwrap(),
-        protocol: Protocol::Tcp,
-        port: 80,
-    }
 }
 
 fn real_server(addr: &str) -> RealServerKey {

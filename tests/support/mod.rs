@@ -1,3 +1,5 @@
-//! Shared test support: a Kubernetes API server for the in-cluster source.
+//! Shared test support: a Kubernetes API server for the in-cluster source,
+//! and the API objects its tests build.
 
 pub mod apiserver;
+pub mod objects;
