@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey};
 use kube_ipvs_proxy::events::EventSink;
@@ -31,7 +31,7 @@ use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 use support::apiserver::TestApiServer;
-use support::objects::{key, meta, service};
+use support::objects::{key, meta, service, slice};
 use tokio::sync::{oneshot, Mutex};
 
 /// One fake kernel, shared between the loop (as both kernel traits) and the
@@ -60,34 +60,6 @@ impl AddressKernel for SharedKernel {
     }
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         self.0.lock().await.del_address(addr).await
-    }
-}
-
-fn slice(service: &str, addresses: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: meta(
-            Some("default"),
-            &format!("{service}-1"),
-            &[("kubernetes.io/service-name", service)],
-        ),
-        address_type: "IPv4".to_owned(),
-        endpoints: addresses
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![(*a).to_owned()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    ..EndpointConditions::default()
-                }),
-                ..Endpoint::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".to_owned()),
-            port: Some(8080),
-            protocol: Some("TCP".to_owned()),
-            ..EndpointPort::default()
-        }]),
     }
 }
 

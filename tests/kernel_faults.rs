@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_ipvs_proxy::cli::{Cli, Options};
 use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServer, RealServerKey, VirtualServer};
 use kube_ipvs_proxy::events::EventSink;
@@ -44,7 +44,7 @@ use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 use support::apiserver::TestApiServer;
-use support::objects::{key, meta, service};
+use support::objects::{key, meta, service, slice};
 use tokio::sync::oneshot;
 
 const LINK: &str = "kube-ipvs0";
@@ -518,34 +518,6 @@ fn node_port_service(name: &str, cluster_ip: &str, node_port: i32) -> Service {
     svc
 }
 
-fn slice(service: &str, addresses: &[String]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: meta(
-            Some("default"),
-            &format!("{service}-1"),
-            &[("kubernetes.io/service-name", service)],
-        ),
-        address_type: "IPv4".to_owned(),
-        endpoints: addresses
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![a.clone()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    ..EndpointConditions::default()
-                }),
-                ..Endpoint::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".to_owned()),
-            port: Some(8080),
-            protocol: Some("TCP".to_owned()),
-            ..EndpointPort::default()
-        }]),
-    }
-}
-
 /// A test API server holding `services` and this node.
 async fn api_server(services: &BTreeMap<String, (String, Vec<String>)>) -> TestApiServer {
     let server = TestApiServer::start().await;
@@ -779,7 +751,7 @@ fn a_failing_ipvs_dump_is_logged_counted_and_retried_with_backoff() {
         );
 
         // The proxy lives on: a change after the fault is programmed.
-        server.apply(&slice("api", &["10.244.1.13".into(), "10.244.1.14".into()]));
+        server.apply(&slice("api", &["10.244.1.13", "10.244.1.14"]));
         let mut want = want;
         want.get_mut("api").unwrap().1.push("10.244.1.14".into());
         reader.converge(&desired(&want)).await;
@@ -796,7 +768,7 @@ fn a_failing_read_of_the_node_addresses_is_logged_counted_and_retried_with_backo
         let mut reader = Reader::new().await;
         let server = TestApiServer::start().await;
         server.apply(&node_port_service("np", "10.96.0.30", 30080));
-        server.apply(&slice("np", &["10.244.1.21".into()]));
+        server.apply(&slice("np", &["10.244.1.21"]));
         server.apply(&Node {
             metadata: meta(None, "node-1", &[]),
             ..Node::default()
@@ -881,7 +853,7 @@ fn a_broken_netlink_socket_is_rebuilt_and_the_next_sync_is_full() {
             )])
             .await;
         assert!(drift.iter().all(Result::is_ok), "{drift:?}");
-        server.apply(&slice("api", &["10.244.1.13".into(), "10.244.1.15".into()]));
+        server.apply(&slice("api", &["10.244.1.13", "10.244.1.15"]));
         want.get_mut("api").unwrap().1.push("10.244.1.15".into());
 
         // The change's write fails on the broken socket, the connection is
@@ -907,7 +879,7 @@ fn a_broken_netlink_socket_is_rebuilt_and_the_next_sync_is_full() {
         assert_eq!(fresh.len(), 1, "one new IPVS socket: {now:?}");
 
         // And it works: another change goes out on the new socket.
-        server.apply(&slice("web", &["10.244.1.11".into()]));
+        server.apply(&slice("web", &["10.244.1.11"]));
         want.get_mut("web").unwrap().1 = vec!["10.244.1.11".into(), "10.244.1.12 w0".into()];
         reader.converge(&desired(&want)).await;
         assert_eq!(proxy.probe.dumps(), dumps + 1, "incremental again");

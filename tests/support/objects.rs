@@ -1,6 +1,7 @@
 //! API objects and keys the in-cluster tests build again and again.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::desired::{Protocol, VirtualServerKey};
 
@@ -35,6 +36,36 @@ pub fn service(name: &str, cluster_ip: &str) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// `service`'s EndpointSlice: each address a ready endpoint on TCP port
+/// 8080 named `http`.
+pub fn slice(service: &str, addresses: &[impl AsRef<str>]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(
+            Some("default"),
+            &format!("{service}-1"),
+            &[("kubernetes.io/service-name", service)],
+        ),
+        address_type: "IPv4".to_owned(),
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![a.as_ref().to_owned()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..EndpointConditions::default()
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".to_owned()),
+            port: Some(8080),
+            protocol: Some("TCP".to_owned()),
+            ..EndpointPort::default()
+        }]),
     }
 }
 
