@@ -491,7 +491,8 @@ pub async fn run(opts: &Options) -> Result<()> {
         opts.ipvs_udp_timeout,
     )
     .await?;
-    let mut link = DummyLink::new(&opts.ipvs_interface)?;
+    let mut link = DummyLink::new(&opts.ipvs_interface)?
+        .with_mode(opts.ipvs_vip_mode, &opts.ipvs_exclude_cidrs);
     let node_name = opts.node_name();
     // The node's families decide the nftables tables: `ip6` only with IPv6.
     let node = node_facts(opts, &node_name).await?;
@@ -872,7 +873,8 @@ pub async fn plan(opts: &Options) -> Result<String> {
 /// unless addresses it does not own (inside `--ipvs-exclude-cidrs`) remain.
 pub async fn cleanup(opts: &Options) -> Result<()> {
     let mut ipvs = NetlinkIpvs::connect().await?;
-    let mut link = DummyLink::new(&opts.ipvs_interface)?;
+    let mut link = DummyLink::new(&opts.ipvs_interface)?
+        .with_mode(opts.ipvs_vip_mode, &opts.ipvs_exclude_cidrs);
     let node = node_facts(opts, &opts.node_name()).await?;
     let mut reconciler = Reconciler::new(ownership(opts));
     reconciler.set_node_addresses(node.node_addresses);

@@ -22,10 +22,12 @@ set -uo pipefail
 #   fixture       the network fixture of tests/vm/netns.sh, proven with ipvsadm alone
 #   proxy-e2e     the proxy end to end on deploy/examples (tests/vm/proxy-e2e.sh)
 #   packet-path   a two-node network with an outside client: masquerade, traffic
-#                 policy, source ranges, stale flows (tests/vm/packet-path.sh)
+#                 policy, source ranges, stale flows, ARP, switching VIP modes
+#                 (tests/vm/packet-path.sh), with VIPs as addresses on kube-ipvs0
+#   packet-path-routes  the same with VIPs as local routes (--ipvs-vip-mode route)
 #   takeover      a node seeded as kube-proxy's IPVS mode leaves it: adopted with
 #                 zero IPVS writes, cleanup-upstream, handback (tests/vm/takeover.sh)
-VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e packet-path takeover"}
+VM_GROUPS=${KIP_VM_GROUPS:-"netlink-ipvs fixture proxy-e2e packet-path packet-path-routes takeover"}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -170,7 +172,15 @@ for group in $VM_GROUPS; do
             record FAIL "$group" "not run: the proxy binary did not build"
             continue
         fi
-        KIP_PROXY_BIN=$proxy_bin run_group "$group" packet-path.sh
+        KIP_PROXY_BIN=$proxy_bin KIP_VIP_MODE=address run_group "$group" packet-path.sh
+        ;;
+    packet-path-routes)
+        # The same checks with VIPs bound as local routes (--ipvs-vip-mode route).
+        if ((proxy_build != 0)); then
+            record FAIL "$group" "not run: the proxy binary did not build"
+            continue
+        fi
+        KIP_PROXY_BIN=$proxy_bin KIP_VIP_MODE=route run_group "$group" packet-path.sh
         ;;
     takeover)
         if ((proxy_build != 0)); then

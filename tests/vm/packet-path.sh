@@ -12,6 +12,10 @@
 # the topology checks it shows, with ipvsadm and nft by hand, that the test
 # bed tells a masqueraded NodePort from an unmasqueraded one.
 #
+# KIP_VIP_MODE (address or route, default address) is the proxy's
+# --ipvs-vip-mode: tests/run.sh runs this script once in each mode (groups
+# packet-path and packet-path-routes), and every check holds in both.
+#
 # Needs KIP_PROXY_BIN (tests/run.sh builds it and passes it in).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +32,9 @@ table=kube-ipvs-proxy  # in family ip
 common=(--manifests "$manifests" --hostname-override node-a
     --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 --nodeport-addresses 192.0.2.0/24,2001:db8::/64
     --ipvs-exclude-cidrs 10.96.200.0/24)
+vip_mode=${KIP_VIP_MODE:-address}
+# Last, so that check_vip_mode_switch can change it in place.
+common+=(--ipvs-vip-mode "$vip_mode")
 min_sync=1
 sync_period=5
 setup_error=  # when set, every scenario fails with it
@@ -96,6 +103,21 @@ ipvs_connections() { ipvsadm -Lnc 2>/dev/null | awk -v vip="$1" '$5 == vip' | pa
 
 # table_handle: the kernel's handle of the proxy's table; a table deleted and
 # made again gets a new one. Empty when there is no table.
+# vips_bound MODE FAMILY: the VIPs bound the MODE way (address: on
+# kube-ipvs0; route: the proxy's local routes, protocol 75), as sorted
+# ADDR/PREFIX words.
+vips_bound() {
+    local mode=$1 family=$2 prefix=32
+    [[ $family == 6 ]] && prefix=128
+    if [[ $mode == address ]]; then
+        ip -o "-$family" addr show dev kube-ipvs0 2>/dev/null | awk '{print $4}'
+    else
+        ip "-$family" route show table local proto 75 | awk -v p="$prefix" '$1 == "local" {print $2 "/" p}'
+    fi | sort -V | paste -sd' '
+}
+
+other_mode() { if [[ $1 == address ]]; then echo route; else echo address; fi; }
+
 table_handle() {
     nft -j list tables 2>/dev/null | python3 -c '
 import json, sys
@@ -214,6 +236,53 @@ sys.exit(1 if missing else 0)') && break
         sleep 1
     done
     if [[ $found == sets:* ]]; then pass "ruleset-present" "$found"; else fail "ruleset-present" "$found"; fi
+}
+
+# Needs the VIPs bound the configured way and only that way: every VIP of
+# both families, and nothing left of the other kind.
+check_vip_binding() {
+    local name="vip-binding-$vip_mode" v4 v6 stray other problems=()
+    ready "$name" || return
+    other=$(other_mode "$vip_mode")
+    v4=$(vips_bound "$vip_mode" 4)
+    v6=$(vips_bound "$vip_mode" 6)
+    stray="$(vips_bound "$other" 4) $(vips_bound "$other" 6)"
+    for want in 10.96.1.10/32 10.96.1.11/32 203.0.113.10/32 203.0.113.20/32; do
+        [[ " $v4 " == *" $want "* ]] || problems+=("$want not bound")
+    done
+    for want in fd00:10:96::40/128 2001:db8:203::40/128; do
+        [[ " $v6 " == *" $want "* ]] || problems+=("$want not bound")
+    done
+    [[ -z ${stray// /} ]] || problems+=("bound the $other way too: $stray")
+    if ((${#problems[@]} == 0)); then
+        pass "$name" "$(wc -w <<<"$v4") IPv4 and $(wc -w <<<"$v6") IPv6 VIPs, none the $other way"
+    else
+        fail "$name" "$(printf '%s; ' "${problems[@]}")"
+    fi
+}
+
+# ARP as upstream: without --ipvs-strict-arp node A answers who-has for a VIP
+# it holds (arp_ignore 0: any local address), and with strict ARP's sysctls
+# (arp_ignore 1, arp_announce 2) it does not, since a VIP is no address of
+# the interface asked on. 203.0.113.10 (an ExternalIP) is node A's alone;
+# node B holds only ClusterIPs.
+check_arp() {
+    local name="arp-$vip_mode" mac answered strict ignore_before announce_before
+    ready "$name" || return
+    mac=$(cat /sys/class/net/eth-lan/address)
+    answered=$(ip netns exec outside python3 "$here/arp_probe.py" eth0 203.0.113.10 2>&1 | paste -sd' ')
+    ignore_before=$(sysctl -n net.ipv4.conf.all.arp_ignore)
+    announce_before=$(sysctl -n net.ipv4.conf.all.arp_announce)
+    sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+    strict=$(ip netns exec outside python3 "$here/arp_probe.py" eth0 203.0.113.10 2>&1 | paste -sd' ')
+    sysctl -qw net.ipv4.conf.all.arp_ignore="$ignore_before" net.ipv4.conf.all.arp_announce="$announce_before"
+    if [[ " $answered " != *" $mac "* ]]; then
+        fail "$name" "node A ($mac) did not answer who-has 203.0.113.10 with arp_ignore $ignore_before: '$answered'"
+    elif [[ " $strict " == *" $mac "* ]]; then
+        fail "$name" "node A ($mac) answered who-has 203.0.113.10 under strict ARP: '$strict'"
+    else
+        pass "$name" "answered by $answered with arp_ignore $ignore_before; by '${strict:-nobody}' under strict ARP"
+    fi
 }
 
 # Needs the masquerade of external traffic with externalTrafficPolicy Cluster
@@ -564,10 +633,10 @@ check_external_ips_safe() {
     # Outputs are captured before they are searched: `cmd | grep -q` under
     # pipefail fails when grep stops reading before cmd has written all.
     local bound vs warned table_now
-    bound=$(ip -o -4 addr show dev kube-ipvs0 | awk '{print $4}' | paste -sd' ')
+    bound=$(vips_bound "$vip_mode" 4)
     table_now=$(ipvsadm -Sn)
     for addr in 127.0.0.1 0.0.0.0 255.255.255.255 169.254.7.7 224.0.0.9 192.0.2.1; do
-        [[ " $bound " == *" $addr/32 "* ]] && problems+=("$addr bound on kube-ipvs0")
+        [[ " $bound " == *" $addr/32 "* ]] && problems+=("$addr bound ($vip_mode)")
         [[ $table_now == *"-A -t $addr:8088 "* && $addr != 192.0.2.1 ]] &&
             problems+=("a virtual server on $addr:8088")
     done
@@ -661,6 +730,80 @@ check_restart_adopts_table() {
     fi
 }
 
+# held_from NS HOST TAG: a held connection (held_client.py) from NS to
+# HOST:80, in the background; its PID is left in $held_pid. False, with the
+# reason in $held_error, when it got no first answer.
+held_pid=
+held_error=
+held_from() {
+    in_ns "$1" python3 "$here/held_client.py" "$2" 80 "$work" "$3" >"$work/$3.out" 2>&1 &
+    held_pid=$!
+    for _ in $(seq 100); do
+        [[ -e $work/$3-ready ]] && return 0
+        kill -0 "$held_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    held_error="$3 to $2: no first answer: $(paste -sd'|' "$work/$3.out")"
+    return 1
+}
+
+# held_after TAG PID: releases a held connection and prints its second
+# answer, on the same socket.
+held_after() {
+    touch "$work/$1-go"
+    wait "$2"
+    grep '^after ' "$work/$1.out" || paste -sd'|' "$work/$1.out"
+}
+
+# switch_to MODE STEP: restarts the proxy with --ipvs-vip-mode MODE while a
+# pod and outside hold connections through a ClusterIP and an ExternalIP;
+# appends to $problems what went wrong, and to $moved what the proxy said.
+switch_to() {
+    local mode=$1 step=$2 before4 before6 after4 after6 stray why pod_pid outside_pid answer
+    before4=$(vips_bound "$(other_mode "$mode")" 4)
+    before6=$(vips_bound "$(other_mode "$mode")" 6)
+    held_from pod-a2 10.96.1.10 "switch-$step-pod" || { problems+=("$held_error"); return; }
+    pod_pid=$held_pid
+    held_from outside 203.0.113.10 "switch-$step-outside" || { problems+=("$held_error"); return; }
+    outside_pid=$held_pid
+    proxy_stop || { problems+=("$step: $stop_error"); return; }
+    common[-1]=$mode
+    proxy_start "switch-$step"
+    why=$(wait_syncs 1) || { problems+=("$step: $why"); return; }
+    after4=$(vips_bound "$mode" 4)
+    after6=$(vips_bound "$mode" 6)
+    stray="$(vips_bound "$(other_mode "$mode")" 4) $(vips_bound "$(other_mode "$mode")" 6)"
+    [[ $after4 == "$before4" && $after6 == "$before6" ]] ||
+        problems+=("$step: bound $mode-wise '$after4 $after6', the other way before '$before4 $before6'")
+    [[ -z ${stray// /} ]] || problems+=("$step: still bound the other way: $stray")
+    answer=$(held_after "switch-$step-pod" "$pod_pid")
+    [[ $answer == "after pod-b1 10.244.1.12" ]] || problems+=("$step: pod-a2's held connection: '$answer'")
+    answer=$(held_after "switch-$step-outside" "$outside_pid")
+    [[ $answer == "after pod-b1 $CLUSTER_NODE_A_IP" ]] || problems+=("$step: outside's held connection: '$answer'")
+    matches "pod-b1 10.244.1.12" http_from pod-a2 http://10.96.1.10/ ||
+        problems+=("$step: a new connection from pod-a2: '$answer'")
+    matches "pod-b1 *" http_from node-a http://10.96.1.10/ ||
+        problems+=("$step: a new connection from node A: '$answer'")
+    moved+=("$step: $(grep -m1 'moved VIPs to the configured mode' "$proxy_log" |
+        python3 -c 'import json,sys; f=json.loads(sys.stdin.read() or "{}").get("fields",{}); print(f.get("moved"), "moved,", f.get("failed"), "failed")' 2>&1)")
+}
+
+# Switching a running node's --ipvs-vip-mode, both ways: every VIP moves,
+# connections held through a ClusterIP (from a pod) and an ExternalIP (from
+# outside) carry on on the same socket, new ones work, and nothing of the
+# old kind is left. Ends in the mode the script runs in.
+check_vip_mode_switch() {
+    local name="vip-mode-switch-from-$vip_mode" problems=() moved=()
+    ready "$name" || return
+    switch_to "$(other_mode "$vip_mode")" there
+    ((${#problems[@]} == 0)) && switch_to "$vip_mode" back
+    if ((${#problems[@]} == 0)); then
+        pass "$name" "$(printf '%s; ' "${moved[@]}")both held connections carried on each way"
+    else
+        fail "$name" "$(printf '%s; ' "${problems[@]}")"
+    fi
+}
+
 # The foreign table is made before the proxy starts (see main).
 foreign_before=
 foreign_error=
@@ -704,6 +847,8 @@ check_cleanup_leaves_foreign_tables() {
     local held vs
     held=$(ip -o addr show dev kube-ipvs0 2>&1 | awk '{print $4}' | paste -sd' ')
     vs=$(ipvsadm -Sn | paste -sd'|')
+    local routes_left
+    routes_left=$({ ip route show table local proto 75; ip -6 route show table local proto 75; } | paste -sd'|')
     if ((rc != 0)); then
         fail "$name" "cleanup exited $rc: $(tail -n 3 "$work/cleanup.log" | paste -sd'|')"
     elif [[ $tables == *"table ip $table"* ]]; then
@@ -712,10 +857,12 @@ check_cleanup_leaves_foreign_tables() {
         fail "$name" "the foreign table changed: $(diff <(printf '%s\n' "$foreign_before") <(printf '%s\n' "$foreign_after") | grep '^[<>]' | paste -sd'|')"
     elif [[ -n $excluded_error ]]; then
         fail "$name" "could not add the excluded address and virtual server: $excluded_error"
+    elif [[ -n $routes_left ]]; then
+        fail "$name" "the proxy's local routes are still there: $routes_left"
     elif [[ $held != 10.96.200.1/32 || $vs != "-A -t 10.96.200.1:80 -s rr" ]]; then
         fail "$name" "expected only the excluded 10.96.200.1 left on kube-ipvs0 and in IPVS; kube-ipvs0: '$held', ipvsadm -Sn: '$vs'"
     else
-        pass "$name" "tables left: $tables; kube-ipvs0 kept with only the excluded $held; IPVS: $vs"
+        pass "$name" "tables left: $tables; kube-ipvs0 kept with only the excluded $held; no local route of the proxy; IPVS: $vs"
     fi
     ipvsadm -D -t 10.96.200.1:80 2>/dev/null
     ip link del kube-ipvs0 2>/dev/null
@@ -747,10 +894,10 @@ check_dual_stack_programmed() {
     ready "$name" || return
     for _ in $(seq 10); do
         missing=()
-        held=$(ip -6 -o addr show dev kube-ipvs0 | awk '{print $4}' | paste -sd' ')
+        held=$(vips_bound "$vip_mode" 6)
         vs=$(ipvsadm -Ln | paste -sd'|')
         for want in fd00:10:96::40/128 2001:db8:203::40/128; do
-            [[ " $held " == *" $want "* ]] || missing+=("kube-ipvs0 $want")
+            [[ " $held " == *" $want "* ]] || missing+=("VIP $want ($vip_mode)")
         done
         for want in "TCP  10.96.1.40:80" "TCP  [fd00:10:96::40]:80" "TCP  [2001:db8::1]:30090" \
             "TCP  [2001:db8:203::40]:80" "-> [fd00:10:244:2::11]:8080" "-> 10.244.2.11:8080"; do
@@ -760,9 +907,9 @@ check_dual_stack_programmed() {
         sleep 1
     done
     if ((${#missing[@]} == 0)); then
-        pass "$name" "kube-ipvs0 IPv6: $held"
+        pass "$name" "IPv6 VIPs ($vip_mode): $held"
     else
-        fail "$name" "missing: ${missing[*]}; kube-ipvs0 IPv6: $held"
+        fail "$name" "missing: ${missing[*]}; IPv6 VIPs ($vip_mode): $held"
     fi
 }
 
@@ -868,7 +1015,8 @@ main() {
         # Reported, and the run goes on without the flag so that the other
         # scenarios still say what they can.
         fail "proxy-flags" "the proxy has no --cluster-cidr; running without it"
-        common=(--manifests "$manifests" --hostname-override node-a --nodeport-addresses 192.0.2.0/24)
+        common=(--manifests "$manifests" --hostname-override node-a --nodeport-addresses 192.0.2.0/24
+            --ipvs-vip-mode "$vip_mode")
     fi
     make_foreign_table
     if [[ -d /sys/module/sctp ]]; then sctp_before=yes; else sctp_before=no; fi
@@ -895,6 +1043,8 @@ main() {
 
     check_capabilities
     check_ruleset_present
+    check_vip_binding
+    check_arp
     check_external_etp_cluster
     check_external_etp_local
     check_external_etp_local_no_endpoint
@@ -915,6 +1065,7 @@ main() {
     check_external_ips_safe
     check_drift_repaired
     check_restart_adopts_table
+    check_vip_mode_switch
     check_cleanup_leaves_foreign_tables
 }
 

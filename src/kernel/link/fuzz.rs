@@ -1,6 +1,7 @@
 //! Fuzzing of the rtnetlink replies the proxy decodes: the answers to its
-//! batched RTM_NEWADDR (`answer_of`), and the RTM_NEWADDR and RTM_NEWLINK
-//! messages of its queries (netlink-packet-route, then `address_of`).
+//! batched writes (`answer_of`), and the RTM_NEWADDR, RTM_NEWROUTE and
+//! RTM_NEWLINK messages of its queries (netlink-packet-route, then
+//! `address_of` and `vip_of_route`).
 //! Seeds: `tests/fuzz/corpus/rtnetlink`, captured in a network namespace.
 //!
 //! More cases: `PROPTEST_CASES=100000 cargo test --lib kernel::link::fuzz`.
@@ -42,12 +43,18 @@ fn check_datagram(datagram: &[u8]) {
         let seq = buffer.sequence_number();
         let bytes = &datagram[at..(at + length).min(datagram.len())];
         at = (at + ((length + 3) & !3)).min(datagram.len());
-        let _ = answer_of(bytes, addrs[seq as usize % 2], "kube-ipvs0");
+        let addr = addrs[seq as usize % 2];
+        let _ = answer_of(bytes, || format!("binding {addr}"));
         if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
             if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address)) =
                 &message.payload
             {
                 address_of(address);
+            }
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) =
+                &message.payload
+            {
+                vip_of_route(route);
             }
         }
     }
