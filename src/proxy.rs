@@ -482,6 +482,7 @@ fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: 
 
 /// `kube-ipvs-proxy run`.
 pub async fn run(opts: &Options) -> Result<()> {
+    let started = Instant::now();
     prepare_kernel(opts)?;
     crate::kernel::upstream::warn_if_present();
     let mut ipvs = NetlinkIpvs::connect().await?;
@@ -547,6 +548,11 @@ pub async fn run(opts: &Options) -> Result<()> {
         nft: &mut nft,
         conntrack: &mut conntrack,
     };
+    // The first part of the start-up breakdown; the loop logs the rest.
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "kernel prepared and sources opened"
+    );
     let serve = loop_.serve(events, kernel, || node_facts(opts, &node_name), shutdown);
     tokio::select! {
         result = serve => result?,
@@ -673,6 +679,7 @@ impl Loop<'_> {
             events: self.events,
         };
         let mut synced = false;
+        let mut startup = Startup::new();
         let mut last_sync: Option<Instant> = None;
         let mut next_full: Option<Instant> = None;
         // Consecutive failed reads of the node's addresses.
@@ -686,7 +693,10 @@ impl Loop<'_> {
             tokio::select! {
                 event = events.next() => {
                     let Some(event) = event else { return Err(Error::SourceEnded(self.source_name)) };
-                    synced |= state.apply(event);
+                    let applying = Instant::now();
+                    let now_synced = state.apply(event);
+                    startup.applied(applying, now_synced && !synced);
+                    synced |= now_synced;
                 }
                 () = sleep_until(wake) => {
                     let started = Instant::now();
@@ -715,6 +725,7 @@ impl Loop<'_> {
                         }
                         state.retry_health_checks();
                         let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await;
+                        startup.first_sync_done(started);
                         log_sync("full", &report, started, &state.metrics);
                         state.report_sync_errors(&report);
                         state.metrics.set_virtual_server_traffic(state.reconciler.traffic().map(
@@ -740,6 +751,59 @@ impl Loop<'_> {
                 () = &mut shutdown => return Ok(()),
             }
         }
+    }
+}
+
+/// Where the run loop's start-up went, logged once at the end of the first
+/// full sync: the time waiting for the sources' initial lists (the API's
+/// answers and their decoding), the time in the model and translation, and
+/// the first sync itself. `run` logs the time before the loop.
+#[derive(Debug)]
+struct Startup {
+    serving: Instant,
+    /// Time spent applying events to the model, until the lists were in.
+    applying: std::time::Duration,
+    /// When the last initial list was in, after `serving`.
+    lists_in: Option<std::time::Duration>,
+    logged: bool,
+}
+
+impl Startup {
+    fn new() -> Self {
+        Startup {
+            serving: Instant::now(),
+            applying: std::time::Duration::ZERO,
+            lists_in: None,
+            logged: false,
+        }
+    }
+
+    /// One event applied since `since`; `lists_in` when it completed the
+    /// initial lists.
+    fn applied(&mut self, since: Instant, lists_in: bool) {
+        if self.lists_in.is_none() {
+            self.applying += since.elapsed();
+            if lists_in {
+                self.lists_in = Some(self.serving.elapsed());
+            }
+        }
+    }
+
+    /// A full sync that began at `sync_started` is done: the first after
+    /// the lists logs the breakdown.
+    fn first_sync_done(&mut self, sync_started: Instant) {
+        let Some(lists_in) = self.lists_in.filter(|_| !self.logged) else {
+            return;
+        };
+        self.logged = true;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            waiting_for_lists_ms = ms(lists_in.saturating_sub(self.applying)),
+            model_ms = ms(self.applying),
+            first_sync_ms = ms(sync_started.elapsed()),
+            elapsed_ms = ms(self.serving.elapsed()),
+            "first sync after start"
+        );
     }
 }
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark command (issues 4 and 10):
 #
-#   tests/bench.sh [--scale default|full|NxE[,NxE...]]
+#   tests/bench.sh [--scale default|full|huge|NxE[,NxE...]] [--vip-mode address|route]
 #
 # Builds the proxy and the benchmark driver (release), boots the stock Debian
 # kernel once in a VM (tests/vm/boot.sh) and measures, per scale of N
 # synthetic ClusterIP services with E ready endpoints each:
 #   - ipvsadm -R loading the state from a file of -A/-a lines;
 #   - the raw floor: netlink-ipvs alone, the same operations in one batch;
-#   - kube-ipvs0's addresses added as the proxy batches them, alone and at
-#     the same time as that batch;
+#   - the VIPs bound as the proxy batches them (addresses on kube-ipvs0, or
+#     local routes with --vip-mode route), alone and at the same time as
+#     that batch;
 #   - the floor of the whole kernel state, in the order a cold sync sends it:
 #     the state's nftables set elements in one transaction (also timed
 #     alone), then the IPVS batch and the addresses at the same time;
@@ -24,14 +25,19 @@
 # target/bench-results/<date>/ (bench.jsonl, table.txt, console.log).
 #
 # Scales: default = 100x10 and 1000x10 (CI: about 15 minutes under TCG with
-# the build cached); full = 100x10, 1000x10, 10000x10 and 50000x2.
+# the build cached); full = 100x10, 1000x10, 10000x10 and 50000x2; huge =
+# 50000x2 and 100000x2, the scales of issue 12's goals (with --vip-mode route).
+#
+# --vip-mode is the proxy's --ipvs-vip-mode in every phase that binds VIPs
+# (default address); the table says which mode a run used.
 #
 # Exits 0 when every phase ran (goals missed are reported, not failed),
 # 1 when a phase failed, 125 when the VM did not start.
 #
 # Environment: KIP_VM_KVM=1 uses KVM instead of TCG; KIP_VM_MEMORY (default
 # 4G, 8G for full), KIP_VM_CPUS (2), KIP_VM_TIMEOUT (seconds) as in
-# tests/vm/boot.sh; KIP_BENCH_TRIALS (100) single-change trials per scale.
+# tests/vm/boot.sh; KIP_BENCH_TRIALS (100) single-change trials per scale;
+# KIP_BENCH_IDLE_RUNS (3) idle resyncs per scale.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +51,7 @@ usage() {
 }
 
 scale=default
+vip_mode=address
 while (($# > 0)); do
     case $1 in
     --scale)
@@ -54,6 +61,15 @@ while (($# > 0)); do
         ;;
     --scale=*)
         scale=${1#--scale=}
+        shift
+        ;;
+    --vip-mode)
+        (($# >= 2)) || usage
+        vip_mode=$2
+        shift 2
+        ;;
+    --vip-mode=*)
+        vip_mode=${1#--vip-mode=}
         shift
         ;;
     -h | --help) usage ;;
@@ -75,6 +91,11 @@ full)
     memory=8G
     timeout=14400
     ;;
+huge)
+    scales="50000x2 100000x2"
+    memory=12G
+    timeout=21600
+    ;;
 *)
     scales=${scale//,/ }
     memory=8G
@@ -85,8 +106,17 @@ esac
 export KIP_VM_MEMORY=${KIP_VM_MEMORY:-$memory}
 export KIP_VM_CPUS=${KIP_VM_CPUS:-2}
 export KIP_VM_TIMEOUT=${KIP_VM_TIMEOUT:-$timeout}
+case $vip_mode in
+address | route) ;;
+*)
+    printf 'ERROR: --vip-mode must be address or route, not %q\n' "$vip_mode" >&2
+    usage
+    ;;
+esac
 export KIP_BENCH_SCALES=$scales
+export KIP_BENCH_VIP_MODE=$vip_mode
 export KIP_BENCH_TRIALS=${KIP_BENCH_TRIALS:-100}
+export KIP_BENCH_IDLE_RUNS=${KIP_BENCH_IDLE_RUNS:-3}
 if [[ ${KIP_VM_KVM:-0} == 1 ]]; then
     export KIP_BENCH_CPU_MODE=KVM
 else
@@ -139,7 +169,7 @@ if ! flock -n 9; then
     flock 9
 fi
 
-kip_log "scales: $scales; VM: $KIP_BENCH_CPU_MODE, $KIP_VM_CPUS CPUs, $KIP_VM_MEMORY; results in $out"
+kip_log "scales: $scales; VIPs: $vip_mode; VM: $KIP_BENCH_CPU_MODE, $KIP_VM_CPUS CPUs, $KIP_VM_MEMORY; results in $out"
 set +e
 "$repo/tests/vm/boot.sh" --out "$out" "$repo/tests/bench/guest.sh"
 vm_rc=$?

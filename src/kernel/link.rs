@@ -143,6 +143,11 @@ impl DummyLink {
         &self.name
     }
 
+    /// How this link binds VIPs.
+    pub fn mode(&self) -> VipMode {
+        self.mode
+    }
+
     async fn find(&self, name: &str) -> Result<Option<u32>, KernelError> {
         let mut links = self.handle.link().get().match_name(name).execute();
         match links.try_next().await {

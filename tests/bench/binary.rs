@@ -9,12 +9,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube_ipvs_proxy::kernel::link::VipMode;
 use tokio::sync::mpsc;
 
 use crate::apiserver::TestApiServer;
 use crate::kernel_state::{self, Ipvs};
-use crate::observe::{status_kib, SyncDone};
-use crate::record::{RssRun, SourceMode};
+use crate::observe::{status_kib, StartupLog, SyncDone};
+use crate::record::{RssRun, SourceMode, Startup};
 use crate::synthetic::{self, Scale};
 
 /// How long the binary may take to converge before the run is a failure.
@@ -39,6 +40,7 @@ impl Drop for Running {
 pub async fn rss(
     scale: Scale,
     mode: SourceMode,
+    vip_mode: VipMode,
     proxy_bin: &Path,
     workdir: &Path,
     log: &Path,
@@ -54,6 +56,8 @@ pub async fn rss(
         synthetic::NODE_NAME.into(),
         "--logging-format".into(),
         "json".into(),
+        "--ipvs-vip-mode".into(),
+        vip_mode.to_string(),
     ];
     // Kept alive until the run ends: the binary watches it.
     let mut apiserver = None;
@@ -109,6 +113,7 @@ pub async fn rss(
     let mut child = Running(child);
 
     let mut tail = VecDeque::with_capacity(TAIL);
+    let mut startup = StartupLog::default();
     let synced = loop {
         let remaining = SYNC_DEADLINE.saturating_sub(started.elapsed());
         let line = match tokio::time::timeout(remaining, lines.recv()).await {
@@ -132,6 +137,7 @@ pub async fn rss(
             }
         };
         let _ = writeln!(log, "{line}");
+        startup.read(&line);
         if let Some(sync) = SyncDone::parse(&line) {
             if sync.kind == "full" {
                 break sync;
@@ -169,12 +175,26 @@ pub async fn rss(
     drain.abort();
     drop(apiserver);
     kernel_state::reset(&ipvs).await?;
+    let breakdown = (|| {
+        Some(Startup {
+            prepare_seconds: startup.prepare_ms? / 1e3,
+            lists_seconds: startup.waiting_for_lists_ms? / 1e3,
+            model_seconds: startup.model_ms? / 1e3,
+            first_sync_seconds: startup.first_sync_ms? / 1e3,
+        })
+    })();
+    if breakdown.is_none() {
+        return Err(format!(
+            "the binary's log lacks its start-up breakdown before its first full sync: {startup:?}"
+        ));
+    }
     Ok(RssRun {
         scale,
         mode,
         start_to_synced_seconds,
         peak_kib,
         steady_kib,
+        startup: breakdown,
     })
 }
 

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kube_ipvs_proxy::kernel::link::VipMode;
 
 use record::{Environment, Failure, Record, SourceMode};
 use synthetic::Scale;
@@ -37,6 +38,10 @@ use synthetic::Scale;
 struct Cli {
     #[command(subcommand)]
     phase: Option<Phase>,
+    /// How the proxy binds VIPs in every phase that binds them (the raw
+    /// floors of the VIPs and of the whole state, the pipeline, the binary).
+    #[arg(long, value_enum, global = true, default_value_t = VipMode::Address)]
+    vip_mode: VipMode,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -65,13 +70,13 @@ enum Phase {
         #[arg(long)]
         scale: Scale,
     },
-    /// Times the scale's kube-ipvs0 additions, alone and beside the IPVS batch.
+    /// Times the scale's VIP bindings, alone and beside the IPVS batch.
     RawAddresses {
         #[arg(long)]
         scale: Scale,
     },
     /// Times the whole kernel state: the scale's nftables set elements in one
-    /// transaction, then the IPVS batch and the kube-ipvs0 additions at once.
+    /// transaction, then the IPVS batch and the VIP bindings at once.
     RawState {
         #[arg(long)]
         scale: Scale,
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
     };
     let (scale, what) = phase.describe();
     let record = runtime
-        .block_on(measure(phase))
+        .block_on(measure(phase, cli.vip_mode))
         .unwrap_or_else(|error| Record::Failed(Failure { scale, what, error }));
     let failed = matches!(record, Record::Failed(_));
     match serde_json::to_string(&record) {
@@ -158,7 +163,7 @@ impl Phase {
             Phase::Env { .. } => (None, "environment".into()),
             Phase::Ipvsadm { scale, .. } => (Some(*scale), "ipvsadm -R".into()),
             Phase::Raw { scale } => (Some(*scale), "raw floor".into()),
-            Phase::RawAddresses { scale } => (Some(*scale), "raw floor, kube-ipvs0".into()),
+            Phase::RawAddresses { scale } => (Some(*scale), "raw floor, VIPs".into()),
             Phase::RawState { scale } => (Some(*scale), "raw floor, whole state".into()),
             Phase::Proxy { scale, .. } => (Some(*scale), "proxy in-process".into()),
             Phase::Rss { scale, mode, .. } => (
@@ -179,32 +184,40 @@ impl From<Mode> for SourceMode {
     }
 }
 
-async fn measure(phase: Phase) -> Result<Record, String> {
+async fn measure(phase: Phase, vip_mode: VipMode) -> Result<Record, String> {
     Ok(match phase {
-        Phase::Env { cpu_mode, date } => Record::Environment(environment(cpu_mode, date)?),
+        Phase::Env { cpu_mode, date } => {
+            Record::Environment(environment(cpu_mode, date, vip_mode)?)
+        }
         Phase::Ipvsadm { scale, rules } => {
             Record::Ipvsadm(phases::ipvsadm_restore(scale, &rules).await?)
         }
         Phase::Raw { scale } => Record::RawFloor(phases::raw_floor(scale).await?),
-        Phase::RawAddresses { scale } => Record::AddressFloor(phases::address_floor(scale).await?),
-        Phase::RawState { scale } => Record::StateFloor(phases::state_floor(scale).await?),
+        Phase::RawAddresses { scale } => {
+            Record::AddressFloor(phases::address_floor(scale, vip_mode).await?)
+        }
+        Phase::RawState { scale } => {
+            Record::StateFloor(phases::state_floor(scale, vip_mode).await?)
+        }
         Phase::Proxy {
             scale,
             trials,
             idle_runs,
-        } => Record::Proxy(phases::proxy(scale, trials, idle_runs).await?),
+        } => Record::Proxy(phases::proxy(scale, trials, idle_runs, vip_mode).await?),
         Phase::Rss {
             scale,
             mode,
             proxy_bin,
             workdir,
             log,
-        } => Record::Rss(binary::rss(scale, mode.into(), &proxy_bin, &workdir, &log).await?),
+        } => Record::Rss(
+            binary::rss(scale, mode.into(), vip_mode, &proxy_bin, &workdir, &log).await?,
+        ),
         Phase::Table { .. } => return Err("table is not a measurement".into()),
     })
 }
 
-fn environment(cpu_mode: String, date: String) -> Result<Environment, String> {
+fn environment(cpu_mode: String, date: String, vip_mode: VipMode) -> Result<Environment, String> {
     let read =
         |path: &str| std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"));
     let kernel = read("/proc/sys/kernel/osrelease")?.trim().to_owned();
@@ -217,6 +230,7 @@ fn environment(cpu_mode: String, date: String) -> Result<Environment, String> {
         cpus,
         memory_mib,
         date,
+        vip_mode: vip_mode.to_string(),
     })
 }
 

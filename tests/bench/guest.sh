@@ -14,6 +14,7 @@ mkdir -p "$work"
 : >"$results"
 : >"$log"
 failures=0
+vip_mode=${KIP_BENCH_VIP_MODE:-address}
 
 # The proxy learns which families the node runs from its addresses, and the
 # VM has no network: give it one address, as every node has.
@@ -35,6 +36,8 @@ fresh_ipvs() {
     # keep the modules in use and fail every phase after it.
     ipvsadm -C 2>/dev/null
     ip link del kube-ipvs0 2>/dev/null
+    ip -4 route flush table local proto 75 2>/dev/null
+    ip -6 route flush table local proto 75 2>/dev/null
     modprobe -r "${schedulers[@]}" ip_vs && modprobe -a ip_vs "${schedulers[@]}"
 }
 
@@ -46,7 +49,7 @@ phase() {
     before=$(wc -l <"$results")
     printf '\n### %s %s: %s\n' "$what" "$scale" "$*" >>"$log"
     if fresh_ipvs >>"$log" 2>&1; then
-        "$KIP_BENCH_BIN" "$@" >>"$results" 2>>"$log"
+        "$KIP_BENCH_BIN" --vip-mode "$vip_mode" "$@" >>"$results" 2>>"$log"
         rc=$?
     else
         printf 'reloading ip_vs failed: the phase would not start from a fresh kernel\n' >>"$log"
@@ -64,16 +67,17 @@ phase() {
     printf '    %s s\n' "$((SECONDS - start))"
 }
 
-"$KIP_BENCH_BIN" env --cpu-mode "${KIP_BENCH_CPU_MODE:-TCG}" --date "${KIP_BENCH_DATE:-unknown}" \
+"$KIP_BENCH_BIN" --vip-mode "$vip_mode" env --cpu-mode "${KIP_BENCH_CPU_MODE:-TCG}" --date "${KIP_BENCH_DATE:-unknown}" \
     >>"$results" 2>>"$log" || failures=$((failures + 1))
 
 for scale in $KIP_BENCH_SCALES; do
     phase "$scale" "ipvsadm -R" ipvsadm --scale "$scale" --rules "$work/rules-$scale"
     rm -f "$work/rules-$scale"
     phase "$scale" "raw floor" raw --scale "$scale"
-    phase "$scale" "raw floor, kube-ipvs0" raw-addresses --scale "$scale"
+    phase "$scale" "raw floor, VIPs" raw-addresses --scale "$scale"
     phase "$scale" "raw floor, whole state" raw-state --scale "$scale"
-    phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}"
+    phase "$scale" "proxy in-process" proxy --scale "$scale" --trials "${KIP_BENCH_TRIALS:-100}" \
+        --idle-runs "${KIP_BENCH_IDLE_RUNS:-3}"
     phase "$scale" "binary RSS, standalone" \
         rss --scale "$scale" --mode manifests --proxy-bin "$KIP_PROXY_BIN" --workdir "$work" \
         --log "$KIP_OUT/proxy-manifests-$scale.log"

@@ -41,8 +41,8 @@ impl Ipvs {
     }
 }
 
-/// Empties the IPVS table, deletes kube-ipvs0 (with its addresses) and the
-/// proxy's nftables table (with its set elements).
+/// Empties the IPVS table, deletes kube-ipvs0 (with its addresses), the
+/// proxy's local routes and its nftables table (with its set elements).
 pub async fn reset(ipvs: &Ipvs) -> Result<(), String> {
     ipvs.handle
         .flush()
@@ -53,10 +53,30 @@ pub async fn reset(ipvs: &Ipvs) -> Result<(), String> {
     link.delete()
         .await
         .map_err(|e| format!("deleting {INTERFACE}: {e}"))?;
+    flush_local_routes()?;
     let mut nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
     nft.delete_table()
         .await
         .map_err(|e| format!("deleting the nftables table: {e}"))?;
+    Ok(())
+}
+
+/// Deletes every local route of the proxy (route protocol 75), both
+/// families, as `ip route flush` does it in one dump-and-delete pass.
+fn flush_local_routes() -> Result<(), String> {
+    for family in ["-4", "-6"] {
+        let protocol = kube_ipvs_proxy::kernel::link::ROUTE_PROTOCOL.to_string();
+        let args = [
+            family, "route", "flush", "table", "local", "proto", &protocol,
+        ];
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        if !status.success() {
+            return Err(format!("ip {}: {status}", args.join(" ")));
+        }
+    }
     Ok(())
 }
 

@@ -31,6 +31,43 @@ impl SyncDone {
     }
 }
 
+/// The proxy's start-up breakdown (see `proxy::run` and `proxy::Startup`):
+/// its two log lines, each read into the fields it carries.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StartupLog {
+    /// From `run` to the loop: modules, sysctls, netlink sockets, the
+    /// nftables table, the sources opened.
+    pub prepare_ms: Option<f64>,
+    /// Waiting for the sources' initial lists (the answers and decoding).
+    pub waiting_for_lists_ms: Option<f64>,
+    /// Applying the lists to the model.
+    pub model_ms: Option<f64>,
+    /// The first full sync.
+    pub first_sync_ms: Option<f64>,
+}
+
+impl StartupLog {
+    /// Takes in one JSON log line; other lines change nothing.
+    pub fn read(&mut self, line: &str) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            return;
+        };
+        let Some(fields) = value.get("fields") else {
+            return;
+        };
+        let ms = |name: &str| fields.get(name).and_then(serde_json::Value::as_f64);
+        match fields.get("message").and_then(serde_json::Value::as_str) {
+            Some("kernel prepared and sources opened") => self.prepare_ms = ms("elapsed_ms"),
+            Some("first sync after start") => {
+                self.waiting_for_lists_ms = ms("waiting_for_lists_ms");
+                self.model_ms = ms("model_ms");
+                self.first_sync_ms = ms("first_sync_ms");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A `/proc/PID/status` size line (`VmRSS:   12345 kB`) in KiB.
 pub fn status_kib(status: &str, field: &str) -> Result<u64, String> {
     status

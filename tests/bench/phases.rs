@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op};
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
-use kube_ipvs_proxy::kernel::link::DummyLink;
+use kube_ipvs_proxy::kernel::link::{DummyLink, VipMode};
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
@@ -87,22 +87,22 @@ pub async fn raw_floor(scale: Scale) -> Result<RawFloor, String> {
     })
 }
 
-/// kube-ipvs0's share of the scale: every cluster IP added as the proxy adds
-/// them (batched on one rtnetlink socket), alone; then again at the same time
-/// as the IPVS batch, as a cold sync sends them. None of it translates or
-/// diffs anything.
+/// The VIPs' share of the scale: every cluster IP bound as the proxy binds
+/// them in `mode` (batched on one rtnetlink socket), alone; then again at
+/// the same time as the IPVS batch, as a cold sync sends them. None of it
+/// translates or diffs anything.
 ///
 /// A phase of its own, run on a freshly loaded ip_vs: after a flush, every
 /// real-server add scans the kernel's destination trash, so an IPVS batch
 /// that followed [`raw_floor`]'s would be timed on a slower kernel (it took
 /// 147 s instead of about 4 at 10,000 × 10). The additions alone touch no
 /// IPVS, so they go first.
-pub async fn address_floor(scale: Scale) -> Result<AddressFloor, String> {
+pub async fn address_floor(scale: Scale, mode: VipMode) -> Result<AddressFloor, String> {
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
     let addresses: Vec<IpAddr> = (0..scale.services).map(synthetic::cluster_ip).collect();
 
-    let mut link = empty_link().await?;
+    let mut link = empty_link(mode).await?;
     let started = Instant::now();
     let added = link.add_addresses(&addresses).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -110,7 +110,7 @@ pub async fn address_floor(scale: Scale) -> Result<AddressFloor, String> {
     drop(link);
     kernel_state::reset(&ipvs).await?;
 
-    let mut link = empty_link().await?;
+    let mut link = empty_link(mode).await?;
     let operations = synthetic::operations(scale);
     let started = Instant::now();
     let (results, added) = futures::join!(
@@ -139,7 +139,7 @@ pub async fn address_floor(scale: Scale) -> Result<AddressFloor, String> {
 ///
 /// A phase of its own, on a freshly loaded ip_vs, for the reason
 /// [`address_floor`] gives.
-pub async fn state_floor(scale: Scale) -> Result<StateFloor, String> {
+pub async fn state_floor(scale: Scale, mode: VipMode) -> Result<StateFloor, String> {
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
     let elements = synthetic::nft_elements(scale);
@@ -160,7 +160,7 @@ pub async fn state_floor(scale: Scale) -> Result<StateFloor, String> {
             held.len()
         ));
     }
-    let mut link = empty_link().await?;
+    let mut link = empty_link(mode).await?;
 
     let started = Instant::now();
     let applied = nft.apply(&changes).await;
@@ -224,9 +224,11 @@ fn ipvs_batch_succeeded<E: std::fmt::Display>(results: &[Result<(), E>]) -> Resu
     }
 }
 
-/// kube-ipvs0, created and holding no address (not timed).
-async fn empty_link() -> Result<DummyLink, String> {
-    let mut link = DummyLink::new(INTERFACE).map_err(|e| format!("opening rtnetlink: {e}"))?;
+/// kube-ipvs0, created, with no VIP bound either way (not timed).
+async fn empty_link(mode: VipMode) -> Result<DummyLink, String> {
+    let mut link = DummyLink::new(INTERFACE)
+        .map_err(|e| format!("opening rtnetlink: {e}"))?
+        .with_mode(mode, &[]);
     let held = link
         .ensure_link()
         .await
@@ -259,18 +261,27 @@ async fn addresses_succeeded(
             "{failed} address additions failed, first {addr}: {error}"
         ));
     }
-    let mut held = link
+    let addresses = link
         .current_addresses()
         .await
         .map_err(|e| format!("listing the addresses of {INTERFACE}: {e}"))?;
+    let routes = link
+        .local_routes()
+        .await
+        .map_err(|e| format!("listing the proxy's local routes: {e}"))?;
+    let (mut held, other, what) = match link.mode() {
+        VipMode::Address => (addresses, routes, format!("{INTERFACE} holds")),
+        VipMode::Route => (routes, addresses, "table local holds".to_owned()),
+    };
     held.sort_unstable();
     let mut wanted = wanted.to_vec();
     wanted.sort_unstable();
-    if held != wanted {
+    if held != wanted || !other.is_empty() {
         return Err(format!(
-            "{INTERFACE} holds {} addresses after adding {}; they differ",
+            "{what} {} VIPs after binding {} ({} bound the other way); they differ",
             held.len(),
-            wanted.len()
+            wanted.len(),
+            other.len()
         ));
     }
     Ok(())
@@ -404,11 +415,13 @@ struct Sample {
 /// The pipeline over the real kernel, timed per edge.
 type RealPipeline = Pipeline<TimedIpvs, TimedLink, TimedNft, NetlinkConntrack>;
 
-async fn real_pipeline() -> Result<RealPipeline, String> {
+async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
     let ipvs = NetlinkIpvs::connect()
         .await
         .map_err(|e| format!("connecting NetlinkIpvs: {e}"))?;
-    let link = DummyLink::new(INTERFACE).map_err(|e| format!("opening rtnetlink: {e}"))?;
+    let link = DummyLink::new(INTERFACE)
+        .map_err(|e| format!("opening rtnetlink: {e}"))?
+        .with_mode(mode, &[]);
     let nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
     let conntrack = NetlinkConntrack::new().map_err(|e| format!("opening ctnetlink: {e}"))?;
     Ok(Pipeline::new(
@@ -437,10 +450,15 @@ fn ipvs_stats(pipeline: &RealPipeline) -> netlink_ipvs::ConnectionStats {
 }
 
 /// Cold sync, `trials` single changes, then `idle_runs` idle resyncs.
-pub async fn proxy(scale: Scale, trials: usize, idle_runs: usize) -> Result<ProxyRun, String> {
+pub async fn proxy(
+    scale: Scale,
+    trials: usize,
+    idle_runs: usize,
+    mode: VipMode,
+) -> Result<ProxyRun, String> {
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
-    let mut pipeline = real_pipeline().await?;
+    let mut pipeline = real_pipeline(mode).await?;
 
     // The objects exist before the clock starts, as after a source's list.
     let events = RealPipeline::initial_list(scale);

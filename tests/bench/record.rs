@@ -15,7 +15,8 @@ pub enum Record {
     Ipvsadm(IpvsadmRestore),
     /// netlink-ipvs alone: one pipelined batch of the same operations.
     RawFloor(RawFloor),
-    /// The same state's kube-ipvs0 addresses, alone and beside the IPVS batch.
+    /// The same state's VIPs (kube-ipvs0 addresses or local routes), alone
+    /// and beside the IPVS batch.
     AddressFloor(AddressFloor),
     /// The whole kernel state: set elements, then IPVS and addresses at once.
     StateFloor(StateFloor),
@@ -40,6 +41,14 @@ pub struct Environment {
     pub memory_mib: u64,
     /// UTC, `YYYY-MM-DD HH:MM`.
     pub date: String,
+    /// `--ipvs-vip-mode` of every phase of the run: `address` or `route`.
+    /// Runs from before the flag bound VIPs as addresses.
+    #[serde(default = "address_mode")]
+    pub vip_mode: String,
+}
+
+fn address_mode() -> String {
+    "address".to_owned()
 }
 
 /// `ipvsadm -R < rules`.
@@ -215,6 +224,23 @@ pub struct RssRun {
     pub peak_kib: u64,
     /// VmRSS a few seconds after the first sync.
     pub steady_kib: u64,
+    /// Where the time to the first sync went, from the binary's log; absent
+    /// in runs from before the binary logged it.
+    #[serde(default)]
+    pub startup: Option<Startup>,
+}
+
+/// The binary's start-up, in the parts it logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Startup {
+    /// Modules, sysctls, netlink sockets, the nftables table, the sources.
+    pub prepare_seconds: f64,
+    /// Waiting for the initial lists: the API's answers and their decoding.
+    pub lists_seconds: f64,
+    /// Applying the lists to the model.
+    pub model_seconds: f64,
+    /// The first full sync.
+    pub first_sync_seconds: f64,
 }
 
 /// A phase that failed; the table shows the error in its place.

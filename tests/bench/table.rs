@@ -116,6 +116,12 @@ impl Results {
                     "kube-ipvs-proxy benchmark: kernel {}, CPU mode {} ({} vCPUs, {} MiB), {} UTC",
                     env.kernel, env.cpu_mode, env.cpus, env.memory_mib, env.date
                 );
+                let _ = writeln!(
+                    out,
+                    "VIPs bound as {} (--ipvs-vip-mode {})",
+                    vips_as(&env.vip_mode),
+                    env.vip_mode
+                );
             }
             None => out.push_str("kube-ipvs-proxy benchmark: environment not recorded\n"),
         }
@@ -123,6 +129,8 @@ impl Results {
         out.push_str(&self.table());
         out.push('\n');
         out.push_str(&self.goals());
+        out.push('\n');
+        out.push_str(&self.large_goals());
         let failures: Vec<&Failure> = self
             .failures
             .iter()
@@ -163,7 +171,7 @@ impl Results {
         row("  dumping the empty table", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_dump_seconds))
         });
-        row("  on kube-ipvs0 (link + addresses)", &|c| {
+        row("  binding VIPs (kube-ipvs0 + addresses or routes)", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.address_seconds))
         });
         row("    creating and reading kube-ipvs0", &|c| {
@@ -184,7 +192,7 @@ impl Results {
                 )
             })
         });
-        row("  rtnetlink address writes", &|c| {
+        row("  rtnetlink VIP writes", &|c| {
             c.proxy
                 .as_ref()
                 .map(|p| thousands(p.cold.address_writes as usize))
@@ -212,6 +220,32 @@ impl Results {
             c.rss(SourceMode::Cluster)
                 .map(|r| seconds(r.start_to_synced_seconds))
         });
+        row("    prepare (modules, sockets, table, sources)", &|c| {
+            Some(seconds(
+                c.rss(SourceMode::Cluster)?
+                    .startup
+                    .as_ref()?
+                    .prepare_seconds,
+            ))
+        });
+        row("    waiting for the lists (API + decoding)", &|c| {
+            Some(seconds(
+                c.rss(SourceMode::Cluster)?.startup.as_ref()?.lists_seconds,
+            ))
+        });
+        row("    the model", &|c| {
+            Some(seconds(
+                c.rss(SourceMode::Cluster)?.startup.as_ref()?.model_seconds,
+            ))
+        });
+        row("    the first full sync", &|c| {
+            Some(seconds(
+                c.rss(SourceMode::Cluster)?
+                    .startup
+                    .as_ref()?
+                    .first_sync_seconds,
+            ))
+        });
         row("ipvsadm -R, same state", &|c| c.ipvsadm.map(seconds));
         row("Raw floor, netlink-ipvs batch", &|c| {
             c.raw.as_ref().map(|r| seconds(r.seconds))
@@ -224,10 +258,10 @@ impl Results {
         row("  pipelined dump of the table", &|c| {
             c.raw.as_ref().map(|r| seconds(r.dump_seconds))
         });
-        row("Raw floor, kube-ipvs0 addresses (batched)", &|c| {
+        row("Raw floor, VIPs (batched)", &|c| {
             c.addresses.as_ref().map(|r| seconds(r.seconds))
         });
-        row("Raw floor, IPVS batch and addresses at once", &|c| {
+        row("Raw floor, IPVS batch and VIPs at once", &|c| {
             c.addresses.as_ref().map(|r| seconds(r.with_ipvs_seconds))
         });
         row("Raw floor, nftables set elements (1 transaction)", &|c| {
@@ -239,11 +273,10 @@ impl Results {
         row("  creating the empty table (not in the floor)", &|c| {
             c.state.as_ref().map(|r| seconds(r.table_seconds))
         });
-        row(
-            "Raw floor, whole state (nft, then IPVS + addresses)",
-            &|c| c.state.as_ref().map(|r| seconds(r.seconds)),
-        );
-        row("  IPVS batch and addresses at once, after nft", &|c| {
+        row("Raw floor, whole state (nft, then IPVS + VIPs)", &|c| {
+            c.state.as_ref().map(|r| seconds(r.seconds))
+        });
+        row("  IPVS batch and VIPs at once, after nft", &|c| {
             c.state
                 .as_ref()
                 .map(|r| seconds(r.ipvs_and_addresses_seconds))
@@ -257,7 +290,7 @@ impl Results {
                 c.raw.as_ref()?.seconds,
             ))
         });
-        row("cold sync ÷ IPVS-and-addresses floor", &|c| {
+        row("cold sync ÷ IPVS-and-VIPs floor", &|c| {
             Some(ratio(
                 c.proxy.as_ref()?.cold.seconds,
                 c.addresses.as_ref()?.with_ipvs_seconds,
@@ -501,6 +534,32 @@ impl Results {
             }),
         );
         goal(
+            "in-cluster start to synced within 1.5× of the in-process cold sync",
+            (|| {
+                let run = column.rss(SourceMode::Cluster)?;
+                let cold = proxy?.cold.seconds;
+                let r = run.start_to_synced_seconds / cold;
+                let parts = run.startup.as_ref().map_or_else(String::new, |s| {
+                    format!(
+                        "; prepare {}, lists {}, model {}, first sync {}",
+                        seconds(s.prepare_seconds),
+                        seconds(s.lists_seconds),
+                        seconds(s.model_seconds),
+                        seconds(s.first_sync_seconds)
+                    )
+                });
+                Some((
+                    r <= 1.5,
+                    format!(
+                        "{:.2}× ({} vs {}{parts})",
+                        r,
+                        seconds(run.start_to_synced_seconds),
+                        seconds(cold)
+                    ),
+                ))
+            })(),
+        );
+        goal(
             "steady RSS ≤ 64 MiB with in-cluster watchers",
             column.rss(SourceMode::Cluster).map(|r| {
                 let used = r.steady_kib as f64 / 1024.0;
@@ -511,6 +570,87 @@ impl Results {
             }),
         );
         out
+    }
+}
+
+impl Results {
+    /// Issue 12's goals at each of [`LARGE_SCALES`] measured, set for VIPs
+    /// as local routes.
+    fn large_goals(&self) -> String {
+        let mut out = String::from(
+            "Goals (issue 12), at 50,000 × 2 and 100,000 × 2 with --ipvs-vip-mode route:\n",
+        );
+        let mode = self.environment.as_ref().map(|e| e.vip_mode.as_str());
+        let measured: Vec<&Column> = LARGE_SCALES
+            .iter()
+            .filter_map(|scale| self.columns.get(scale))
+            .collect();
+        if measured.is_empty() {
+            out.push_str("  not evaluated: run tests/bench.sh --scale huge --vip-mode route\n");
+            return out;
+        }
+        if mode != Some("route") {
+            let _ = writeln!(
+                out,
+                "  (this run bound VIPs as {}: the goals are set for local routes)",
+                mode.map_or("unknown", vips_as)
+            );
+        }
+        for column in measured {
+            let proxy = column.proxy.as_ref();
+            let mut goal = |name: &str, verdict: Option<(bool, String)>| {
+                let (mark, detail) = match verdict {
+                    Some((true, detail)) => ("met   ", detail),
+                    Some((false, detail)) => ("MISSED", detail),
+                    None => ("n/a   ", "not measured in this run".to_owned()),
+                };
+                let _ = writeln!(out, "  [{mark}] {}: {name}: {detail}", column.scale);
+            };
+            goal(
+                "cold sync ≥ 10× faster than ipvsadm -R",
+                (|| {
+                    let (cold, restore) = (proxy?.cold.seconds, column.ipvsadm?);
+                    let r = restore / cold;
+                    Some((
+                        r >= 10.0,
+                        format!("{:.2}× ({} vs {})", r, seconds(cold), seconds(restore)),
+                    ))
+                })(),
+            );
+            goal(
+                "cold sync within 1.3× of the raw floor of the whole kernel state",
+                (|| {
+                    let (cold, state) = (proxy?.cold.seconds, column.state.as_ref()?.seconds);
+                    let r = cold / state;
+                    Some((
+                        r <= 1.3,
+                        format!("{:.2}× ({} vs {})", r, seconds(cold), seconds(state)),
+                    ))
+                })(),
+            );
+        }
+        out
+    }
+}
+
+/// The scales of issue 12's goals.
+const LARGE_SCALES: [Scale; 2] = [
+    Scale {
+        services: 50_000,
+        endpoints: 2,
+    },
+    Scale {
+        services: 100_000,
+        endpoints: 2,
+    },
+];
+
+/// How a run's `--ipvs-vip-mode` binds VIPs, in words.
+fn vips_as(mode: &str) -> &'static str {
+    match mode {
+        "route" => "local routes in table local",
+        "address" => "addresses on kube-ipvs0",
+        _ => "unknown",
     }
 }
 
