@@ -434,12 +434,7 @@ impl Results {
         let column = &self.columns[&scale];
         let proxy = column.proxy.as_ref();
         let mut goal = |name: &str, verdict: Option<(bool, String)>| {
-            let (mark, detail) = match verdict {
-                Some((true, detail)) => ("met   ", detail),
-                Some((false, detail)) => ("MISSED", detail),
-                None => ("n/a   ", "not measured in this run".to_owned()),
-            };
-            let _ = writeln!(out, "  [{mark}] {name}: {detail}");
+            goal_line(&mut out, name, verdict);
         };
         goal(
             "cold sync ≥ 5× faster than ipvsadm -R",
@@ -599,12 +594,7 @@ impl Results {
         for column in measured {
             let proxy = column.proxy.as_ref();
             let mut goal = |name: &str, verdict: Option<(bool, String)>| {
-                let (mark, detail) = match verdict {
-                    Some((true, detail)) => ("met   ", detail),
-                    Some((false, detail)) => ("MISSED", detail),
-                    None => ("n/a   ", "not measured in this run".to_owned()),
-                };
-                let _ = writeln!(out, "  [{mark}] {}: {name}: {detail}", column.scale);
+                goal_line(&mut out, &format!("{}: {name}", column.scale), verdict);
             };
             goal(
                 "cold sync ≥ 10× faster than ipvsadm -R",
@@ -631,6 +621,16 @@ impl Results {
         }
         out
     }
+}
+
+/// One goal's line: met, missed, or not measured, with its numbers.
+fn goal_line(out: &mut String, name: &str, verdict: Option<(bool, String)>) {
+    let (mark, detail) = match verdict {
+        Some((true, detail)) => ("met   ", detail),
+        Some((false, detail)) => ("MISSED", detail),
+        None => ("n/a   ", "not measured in this run".to_owned()),
+    };
+    let _ = writeln!(out, "  [{mark}] {name}: {detail}");
 }
 
 /// The scales of issue 12's goals.

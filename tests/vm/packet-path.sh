@@ -41,6 +41,8 @@ setup_error=  # when set, every scenario fails with it
 
 # shellcheck source=tests/vm/proxy.sh
 source "$here/proxy.sh"
+# shellcheck source=tests/vm/held.sh
+source "$here/held.sh"
 # Every kernel write in the logs, so that a check that counts writes can say
 # which they were.
 export RUST_LOG=kube_ipvs_proxy=debug
@@ -730,31 +732,6 @@ check_restart_adopts_table() {
     fi
 }
 
-# held_from NS HOST TAG: a held connection (held_client.py) from NS to
-# HOST:80, in the background; its PID is left in $held_pid. False, with the
-# reason in $held_error, when it got no first answer.
-held_pid=
-held_error=
-held_from() {
-    in_ns "$1" python3 "$here/held_client.py" "$2" 80 "$work" "$3" >"$work/$3.out" 2>&1 &
-    held_pid=$!
-    for _ in $(seq 100); do
-        [[ -e $work/$3-ready ]] && return 0
-        kill -0 "$held_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    held_error="$3 to $2: no first answer: $(paste -sd'|' "$work/$3.out")"
-    return 1
-}
-
-# held_after TAG PID: releases a held connection and prints its second
-# answer, on the same socket.
-held_after() {
-    touch "$work/$1-go"
-    wait "$2"
-    grep '^after ' "$work/$1.out" || paste -sd'|' "$work/$1.out"
-}
-
 # switch_to MODE STEP: restarts the proxy with --ipvs-vip-mode MODE while a
 # pod and outside hold connections through a ClusterIP and an ExternalIP;
 # appends to $problems what went wrong, and to $moved what the proxy said.
@@ -762,9 +739,9 @@ switch_to() {
     local mode=$1 step=$2 before4 before6 after4 after6 stray why pod_pid outside_pid answer
     before4=$(vips_bound "$(other_mode "$mode")" 4)
     before6=$(vips_bound "$(other_mode "$mode")" 6)
-    held_from pod-a2 10.96.1.10 "switch-$step-pod" || { problems+=("$held_error"); return; }
+    held_open "switch-$step-pod" 10.96.1.10 in_ns pod-a2 || { problems+=("$held_error"); return; }
     pod_pid=$held_pid
-    held_from outside 203.0.113.10 "switch-$step-outside" || { problems+=("$held_error"); return; }
+    held_open "switch-$step-outside" 203.0.113.10 in_ns outside || { problems+=("$held_error"); return; }
     outside_pid=$held_pid
     proxy_stop || { problems+=("$step: $stop_error"); return; }
     common[-1]=$mode
@@ -776,10 +753,12 @@ switch_to() {
     [[ $after4 == "$before4" && $after6 == "$before6" ]] ||
         problems+=("$step: bound $mode-wise '$after4 $after6', the other way before '$before4 $before6'")
     [[ -z ${stray// /} ]] || problems+=("$step: still bound the other way: $stray")
-    answer=$(held_after "switch-$step-pod" "$pod_pid")
-    [[ $answer == "after pod-b1 10.244.1.12" ]] || problems+=("$step: pod-a2's held connection: '$answer'")
-    answer=$(held_after "switch-$step-outside" "$outside_pid")
-    [[ $answer == "after pod-b1 $CLUSTER_NODE_A_IP" ]] || problems+=("$step: outside's held connection: '$answer'")
+    held_release "switch-$step-pod" "$pod_pid"
+    held_release "switch-$step-outside" "$outside_pid"
+    answer=$(paste -sd'|' "$work/switch-$step-pod.out")
+    [[ $answer == *"|after pod-b1 10.244.1.12" ]] || problems+=("$step: pod-a2's held connection: '$answer'")
+    answer=$(paste -sd'|' "$work/switch-$step-outside.out")
+    [[ $answer == *"|after pod-b1 $CLUSTER_NODE_A_IP" ]] || problems+=("$step: outside's held connection: '$answer'")
     matches "pod-b1 10.244.1.12" http_from pod-a2 http://10.96.1.10/ ||
         problems+=("$step: a new connection from pod-a2: '$answer'")
     matches "pod-b1 *" http_from node-a http://10.96.1.10/ ||

@@ -35,6 +35,8 @@ common=(--manifests "$here/takeover" --hostname-override vm-node --nodeport-addr
     --cluster-cidr 10.244.0.0/16 --ipvs-exclude-cidrs "$excluded")
 # shellcheck source=tests/vm/proxy.sh
 source "$here/proxy.sh"
+# shellcheck source=tests/vm/held.sh
+source "$here/held.sh"
 # Every kernel write in the log ("IPVS write", "address write: ...").
 export RUST_LOG=kube_ipvs_proxy=debug
 
@@ -90,29 +92,10 @@ expect_same() { # NAME WHAT BEFORE AFTER
     fi
 }
 
-# held_open TAG VIP: a held connection from the client, its pid in
-# held_pid. Runs in this shell (never in $(...), which could not wait for
-# it); on failure it leaves the reason in held_error.
-held_pid=
-held_error=
-held_open() {
-    in_client python3 "$here/held_client.py" "$2" 80 "$work" "$1" >"$work/$1.out" 2>&1 &
-    held_pid=$!
-    local _
-    for _ in $(seq 100); do
-        [[ -e $work/$1-ready ]] && return 0
-        kill -0 "$held_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    held_error="$1 to $2: no first answer: $(paste -sd'|' "$work/$1.out")"
-    return 1
-}
-
 # held_check NAME TAG PID PATTERN: releases the held connection and passes
 # when its second answer, on the same socket, matches PATTERN.
 held_check() {
-    touch "$work/$2-go"
-    wait "$3"
+    held_release "$2" "$3"
     local out
     out=$(paste -sd'|' "$work/$2.out")
     if [[ $out == *"after "$4* ]]; then
@@ -143,9 +126,9 @@ step_seed() {
     else
         fail seed-serves "expected web-a or web-b from 10.96.0.10:80, got '$answer'"
     fi
-    held_open h1 10.96.0.10 || { setup_error=$held_error; fail seed-held-connections "$setup_error"; return 1; }
+    held_open h1 10.96.0.10 in_client || { setup_error=$held_error; fail seed-held-connections "$setup_error"; return 1; }
     h1_pid=$held_pid
-    held_open h2 10.96.0.11 || { setup_error=$held_error; fail seed-held-connections "$setup_error"; return 1; }
+    held_open h2 10.96.0.11 in_client || { setup_error=$held_error; fail seed-held-connections "$setup_error"; return 1; }
     h2_pid=$held_pid
     pass seed-held-connections "$(paste -sd' ' "$work/h1.out"), $(paste -sd' ' "$work/h2.out")"
 }
