@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use kube_ipvs_proxy::source::manifests::{read_dir, watch_dir, Kinds, ManifestDir, Manifests};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_ipvs_proxy::source::manifests::{
+    read_dir, watch_dir, Kinds, ManifestDir, Manifests, Rescan,
+};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
 
 fn service(name: &str, port: u16) -> String {
@@ -68,12 +71,48 @@ fn names(manifests: &Manifests) -> Vec<String> {
     names
 }
 
-fn ns(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+fn ns(meta: &ObjectMeta) -> &str {
     meta.namespace.as_deref().unwrap_or("-")
 }
 
-fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+fn name(meta: &ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or("-")
+}
+
+/// Folds a source's events into lists, as a consumer would see the state:
+/// a list replaces a kind, `Apply` replaces an object in place or adds it,
+/// `Delete` removes it.
+fn fold(state: &mut Manifests, event: SourceEvent) {
+    fn put<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(list: &mut Vec<K>, update: Update<K>) {
+        let same = |a: &K, b: &K| {
+            let (a, b) = (a.metadata(), b.metadata());
+            (&a.namespace, &a.name) == (&b.namespace, &b.name)
+        };
+        match update {
+            Update::ListStart => list.clear(),
+            Update::Listed(object) | Update::Apply(object) => {
+                match list.iter_mut().find(|o| same(o, &object)) {
+                    Some(at) => *at = object,
+                    None => list.push(object),
+                }
+            }
+            Update::Delete(object) => list.retain(|o| !same(o, &object)),
+            Update::Replace(objects) => *list = objects,
+            Update::ListDone => {}
+        }
+    }
+    match event {
+        SourceEvent::Service(u) => put(&mut state.services, u),
+        SourceEvent::EndpointSlice(u) => put(&mut state.endpoint_slices, u),
+        SourceEvent::Endpoints(u) => put(&mut state.endpoints, u),
+        SourceEvent::Node(u) => put(&mut state.nodes, u),
+        SourceEvent::Synced => {}
+    }
+}
+
+/// A rescan whose events are folded into `state`.
+fn folded_rescan(dir: &mut ManifestDir, state: &mut Manifests) -> Rescan {
+    dir.rescan(&mut |event| fold(state, event))
 }
 
 #[test]
@@ -237,7 +276,8 @@ fn a_broken_document_keeps_its_last_good_objects_until_fixed() {
     };
     write(dir.path(), "x.yaml", &file("81"));
     let mut state = ManifestDir::new(dir.path().to_path_buf());
-    assert!(state.rescan().errors.is_empty());
+    let mut seen = Manifests::default();
+    assert!(folded_rescan(&mut state, &mut seen).errors.is_empty());
 
     // The first document changes, the second breaks.
     write(
@@ -245,7 +285,7 @@ fn a_broken_document_keeps_its_last_good_objects_until_fixed() {
         "x.yaml",
         &file("eighty-one").replace("port: 80", "port: 90"),
     );
-    let rescan = state.rescan();
+    let rescan = folded_rescan(&mut state, &mut seen);
     assert_eq!(rescan.errors.len(), 1);
     assert_eq!(rescan.errors[0].document, Some(2));
     assert_eq!(
@@ -256,27 +296,27 @@ fn a_broken_document_keeps_its_last_good_objects_until_fixed() {
         }
     );
     assert_eq!(
-        names(&state.manifests()),
+        names(&seen),
         ["Service web/first [90]", "Service web/second [81]"]
     );
 
     // Content that cannot be read at all keeps the whole file's objects.
     std::fs::write(dir.path().join("x.yaml"), b"\xff\xfe not UTF-8").unwrap();
-    let rescan = state.rescan();
+    let rescan = folded_rescan(&mut state, &mut seen);
     assert_eq!(rescan.errors.len(), 1);
     assert_eq!(rescan.errors[0].document, None);
     assert!(rescan.changed.is_empty());
     assert_eq!(
-        names(&state.manifests()),
+        names(&seen),
         ["Service web/first [90]", "Service web/second [81]"]
     );
 
     // Fixed.
     write(dir.path(), "x.yaml", &file("82"));
-    let rescan = state.rescan();
+    let rescan = folded_rescan(&mut state, &mut seen);
     assert!(rescan.errors.is_empty());
     assert_eq!(
-        names(&state.manifests()),
+        names(&seen),
         ["Service web/first [80]", "Service web/second [82]"]
     );
 }
@@ -288,8 +328,9 @@ fn a_rescan_reports_only_the_kinds_that_changed() {
     write(dir.path(), "slice.yaml", &slice("a", "10.0.0.1"));
     write(dir.path(), "node.yaml", NODE);
     let mut state = ManifestDir::new(dir.path().to_path_buf());
+    let mut seen = Manifests::default();
     assert_eq!(
-        state.rescan().changed,
+        folded_rescan(&mut state, &mut seen).changed,
         Kinds {
             services: true,
             endpoint_slices: true,
@@ -344,7 +385,7 @@ fn a_rescan_reports_only_the_kinds_that_changed() {
     ];
     for step in steps {
         (step.change)(dir.path());
-        let rescan = state.rescan();
+        let rescan = folded_rescan(&mut state, &mut seen);
         assert!(
             rescan.errors.is_empty(),
             "{}: {:?}",
@@ -363,12 +404,19 @@ async fn next(events: &mut (impl Stream<Item = SourceEvent> + Unpin)) -> SourceE
         .expect("the stream never ends")
 }
 
-/// The services of the next `Replace` of services, as names.
-async fn next_services(events: &mut (impl Stream<Item = SourceEvent> + Unpin)) -> Vec<String> {
+/// The services once the next event about services is folded into
+/// `state`, as names.
+async fn next_services(
+    events: &mut (impl Stream<Item = SourceEvent> + Unpin),
+    state: &mut Manifests,
+) -> Vec<String> {
     loop {
-        if let SourceEvent::Service(Update::Replace(services)) = next(events).await {
+        let event = next(events).await;
+        let services = matches!(event, SourceEvent::Service(_));
+        fold(state, event);
+        if services {
             return names(&Manifests {
-                services,
+                services: state.services.clone(),
                 ..Manifests::default()
             });
         }
@@ -379,13 +427,44 @@ async fn next_services(events: &mut (impl Stream<Item = SourceEvent> + Unpin)) -
 /// half done and show an intermediate state first.
 async fn services_become(
     events: &mut (impl Stream<Item = SourceEvent> + Unpin),
+    state: &mut Manifests,
     expected: &[&str],
 ) {
     loop {
-        if next_services(events).await == expected {
+        if next_services(events, state).await == expected {
             return;
         }
     }
+}
+
+/// Folds events into `state` up to `Synced`; returns the list markers seen,
+/// sorted.
+async fn initial_read(
+    events: &mut (impl Stream<Item = SourceEvent> + Unpin),
+    state: &mut Manifests,
+) -> Vec<String> {
+    fn marker<K>(kind: &str, update: &Update<K>) -> Option<String> {
+        match update {
+            Update::ListStart => Some(format!("{kind} ListStart")),
+            Update::ListDone => Some(format!("{kind} ListDone")),
+            Update::Replace(_) => Some(format!("{kind} Replace")),
+            _ => None,
+        }
+    }
+    let mut markers = Vec::new();
+    loop {
+        let event = next(events).await;
+        markers.extend(match &event {
+            SourceEvent::Service(u) => marker("Service", u),
+            SourceEvent::EndpointSlice(u) => marker("EndpointSlice", u),
+            SourceEvent::Endpoints(u) => marker("Endpoints", u),
+            SourceEvent::Node(u) => marker("Node", u),
+            SourceEvent::Synced => break,
+        });
+        fold(state, event);
+    }
+    markers.sort();
+    markers
 }
 
 fn replace_atomically(dir: &Path, name: &str, content: &str) {
@@ -402,42 +481,33 @@ async fn watch_dir_follows_files_added_edited_renamed_and_removed() {
     write(dir.path(), "node.yaml", NODE);
     let mut events = Box::pin(watch_dir(dir.path().to_path_buf()));
 
-    // The initial read: every kind, then Synced.
-    let mut initial = Vec::new();
-    for _ in 0..5 {
-        initial.push(match next(&mut events).await {
-            SourceEvent::Service(Update::Replace(v)) => format!("Service Replace {}", v.len()),
-            SourceEvent::EndpointSlice(Update::Replace(v)) => {
-                format!("EndpointSlice Replace {}", v.len())
-            }
-            SourceEvent::Endpoints(Update::Replace(v)) => format!("Endpoints Replace {}", v.len()),
-            SourceEvent::Node(Update::Replace(v)) => format!("Node Replace {}", v.len()),
-            SourceEvent::Synced => "Synced".to_owned(),
-            other => panic!("unexpected initial event {other:?}"),
-        });
-    }
-    initial.sort();
+    // The initial read: a list of every kind, then Synced.
+    let mut state = Manifests::default();
     assert_eq!(
-        initial,
+        initial_read(&mut events, &mut state).await,
         [
-            "EndpointSlice Replace 0",
-            "Endpoints Replace 0",
-            "Node Replace 1",
-            "Service Replace 1",
-            "Synced"
+            "EndpointSlice ListDone",
+            "EndpointSlice ListStart",
+            "Endpoints ListDone",
+            "Endpoints ListStart",
+            "Node ListDone",
+            "Node ListStart",
+            "Service ListDone",
+            "Service ListStart",
         ]
     );
+    assert_eq!(names(&state), ["Service web/a [80]", "Node node-1"]);
 
     replace_atomically(dir.path(), "b.yaml", &service("b", 443));
     assert_eq!(
-        next_services(&mut events).await,
+        next_services(&mut events, &mut state).await,
         ["Service web/a [80]", "Service web/b [443]"],
         "added"
     );
 
     replace_atomically(dir.path(), "a.yaml", &service("a", 8080));
     assert_eq!(
-        next_services(&mut events).await,
+        next_services(&mut events, &mut state).await,
         ["Service web/a [8080]", "Service web/b [443]"],
         "edited by rename"
     );
@@ -445,20 +515,21 @@ async fn watch_dir_follows_files_added_edited_renamed_and_removed() {
     write(dir.path(), "a.yaml", &service("a", 9090));
     services_become(
         &mut events,
+        &mut state,
         &["Service web/a [9090]", "Service web/b [443]"],
     )
     .await;
 
     std::fs::rename(dir.path().join("b.yaml"), dir.path().join("c.yaml")).unwrap();
     assert_eq!(
-        next_services(&mut events).await,
+        next_services(&mut events, &mut state).await,
         ["Service web/a [9090]", "Service web/b [443]"],
         "renamed"
     );
 
     std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
     assert_eq!(
-        next_services(&mut events).await,
+        next_services(&mut events, &mut state).await,
         ["Service web/b [443]"],
         "removed"
     );
@@ -472,7 +543,7 @@ async fn watch_dir_follows_files_added_edited_renamed_and_removed() {
     );
     replace_atomically(dir.path(), "d.yaml", &service("d", 53));
     assert_eq!(
-        next_services(&mut events).await,
+        next_services(&mut events, &mut state).await,
         ["Service web/b [443]", "Service web/d [53]"],
         "broken kept"
     );
@@ -489,24 +560,21 @@ async fn watch_dir_waits_for_a_missing_directory_before_syncing() {
 
     // Nothing is synced from a directory that could not be read (that would
     // withdraw every service); once it exists, its content is the first state.
-    let mut services = None;
-    loop {
-        match next(&mut events).await {
-            SourceEvent::Service(Update::Replace(v)) => services = Some(v),
-            SourceEvent::Synced => break,
-            _ => {}
-        }
-    }
-    let services = services.expect("a Replace of services before Synced");
-    let services = names(&Manifests {
-        services,
-        ..Manifests::default()
-    });
+    let mut state = Manifests::default();
+    let markers = initial_read(&mut events, &mut state).await;
+    assert!(
+        markers.contains(&"Service ListDone".to_owned()),
+        "a list of services before Synced: {markers:?}"
+    );
+    let services = names(&state);
     assert!(
         services.is_empty() || services == ["Service web/a [80]"],
         "{services:?}"
     );
     if services.is_empty() {
-        assert_eq!(next_services(&mut events).await, ["Service web/a [80]"]);
+        assert_eq!(
+            next_services(&mut events, &mut state).await,
+            ["Service web/a [80]"]
+        );
     }
 }

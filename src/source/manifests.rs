@@ -11,11 +11,17 @@
 //! A document that cannot be read is reported with its file and index, and
 //! the objects last read from that same document are kept, so a typo in one
 //! file never withdraws a service that was working.
+//!
+//! The objects themselves are not kept: they go to the model as they are
+//! parsed, and the model holds them in compact form, as in-cluster. What is
+//! kept is what a rescan needs to emit only the changes: per document, a
+//! hash of its text and the key and content hash of each object it defined.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -64,7 +70,9 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-/// The objects of a manifests directory, one list per kind, in file order.
+/// The objects of a manifests directory, one list per kind, in file order:
+/// what [`read_dir`] returns. The proxy itself never holds them all; it
+/// streams them into its model (see [`ManifestDir::rescan`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Manifests {
     /// v1 Services.
@@ -81,28 +89,46 @@ impl Manifests {
     /// The events of a source that has just read these objects: one
     /// `Replace` per kind, then `Synced`.
     pub fn into_events(self) -> Vec<SourceEvent> {
-        let mut events = self.into_replace_events(Kinds::ALL);
-        events.push(SourceEvent::Synced);
-        events
+        vec![
+            SourceEvent::Service(Update::Replace(self.services)),
+            SourceEvent::EndpointSlice(Update::Replace(self.endpoint_slices)),
+            SourceEvent::Endpoints(Update::Replace(self.endpoints)),
+            SourceEvent::Node(Update::Replace(self.nodes)),
+            SourceEvent::Synced,
+        ]
     }
 
-    fn into_replace_events(self, kinds: Kinds) -> Vec<SourceEvent> {
-        let mut events = Vec::new();
-        if kinds.services {
-            events.push(SourceEvent::Service(Update::Replace(self.services)));
+    /// Files the object a first read emits; a later definition of the same
+    /// object replaces the earlier one in place.
+    fn add(&mut self, event: SourceEvent, index: &mut HashMap<ObjectKey, usize>) {
+        fn put<K>(list: &mut Vec<K>, at: Option<usize>, object: K) -> usize {
+            match at {
+                Some(at) => {
+                    list[at] = object;
+                    at
+                }
+                None => {
+                    list.push(object);
+                    list.len() - 1
+                }
+            }
         }
-        if kinds.endpoint_slices {
-            events.push(SourceEvent::EndpointSlice(Update::Replace(
-                self.endpoint_slices,
-            )));
-        }
-        if kinds.endpoints {
-            events.push(SourceEvent::Endpoints(Update::Replace(self.endpoints)));
-        }
-        if kinds.nodes {
-            events.push(SourceEvent::Node(Update::Replace(self.nodes)));
-        }
-        events
+        let object = match event {
+            SourceEvent::Service(Update::Listed(o)) => Object::Service(o),
+            SourceEvent::EndpointSlice(Update::Listed(o)) => Object::EndpointSlice(o),
+            SourceEvent::Endpoints(Update::Listed(o)) => Object::Endpoints(o),
+            SourceEvent::Node(Update::Listed(o)) => Object::Node(Box::new(o)),
+            _ => return,
+        };
+        let key = object.key();
+        let at = index.get(&key).copied();
+        let at = match object {
+            Object::Service(o) => put(&mut self.services, at, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, at, o),
+            Object::Endpoints(o) => put(&mut self.endpoints, at, o),
+            Object::Node(o) => put(&mut self.nodes, at, *o),
+        };
+        index.insert(key, at);
     }
 }
 
@@ -133,29 +159,36 @@ impl Kinds {
         self == Kinds::default()
     }
 
-    fn add(&mut self, object: &Object) {
-        match object {
-            Object::Service(_) => self.services = true,
-            Object::EndpointSlice(_) => self.endpoint_slices = true,
-            Object::Endpoints(_) => self.endpoints = true,
-            Object::Node(_) => self.nodes = true,
+    fn add(&mut self, kind: Kind) {
+        match kind {
+            Kind::Service => self.services = true,
+            Kind::EndpointSlice => self.endpoint_slices = true,
+            Kind::Endpoints => self.endpoints = true,
+            Kind::Node => self.nodes = true,
         }
-    }
-
-    fn add_documents(&mut self, documents: &[Vec<Object>]) {
-        documents
-            .iter()
-            .flatten()
-            .for_each(|object| self.add(object));
     }
 }
 
-/// Reads a manifests directory once: `plan --manifests DIR` and `--once`.
-/// Documents in the errors are skipped; everything else is returned.
+/// Reads a manifests directory once into lists of objects. Documents in
+/// the errors are skipped; everything else is returned.
 pub fn read_dir(dir: &Path) -> (Manifests, Vec<ManifestError>) {
-    let mut state = ManifestDir::new(dir.to_path_buf());
-    let rescan = state.rescan();
-    (state.manifests(), rescan.errors)
+    let mut manifests = Manifests::default();
+    let mut index = HashMap::new();
+    let rescan = ManifestDir::new(dir.to_path_buf()).rescan(&mut |event| {
+        manifests.add(event, &mut index);
+    });
+    (manifests, rescan.errors)
+}
+
+/// Reads a manifests directory once, as `plan --manifests DIR` and `--once`
+/// do: its objects are handed to `emit` one at a time as they are parsed
+/// (`ListStart`, `Listed`…, `ListDone` per kind, then `Synced`), so that the
+/// model keeps them in compact form and no list of objects is ever held.
+/// Returns the files and documents that could not be read (skipped).
+pub fn read_events(dir: &Path, mut emit: impl FnMut(SourceEvent)) -> Vec<ManifestError> {
+    let rescan = ManifestDir::new(dir.to_path_buf()).rescan(&mut emit);
+    emit(SourceEvent::Synced);
+    rescan.errors
 }
 
 /// The outcome of one read of a manifests directory.
@@ -163,28 +196,88 @@ pub fn read_dir(dir: &Path) -> (Manifests, Vec<ManifestError>) {
 pub struct Rescan {
     /// Whether the directory itself could be listed.
     pub listed: bool,
-    /// The kinds whose objects differ from the previous read.
+    /// The kinds of the objects emitted: those that differ from the
+    /// previous read.
     pub changed: Kinds,
     /// Files and documents that could not be read (their last good objects
     /// are kept).
     pub errors: Vec<ManifestError>,
 }
 
-/// A manifests directory as last read, file by file and document by
-/// document, so that a broken document can keep its last good objects.
+/// A manifests directory as last read. Only what a rescan needs to emit
+/// the changes is kept, never the objects themselves (the model holds them
+/// in compact form): per document, a fingerprint of its text and the key
+/// and content hash of each object it last produced; per key, the
+/// documents that define it, the last of which is in force.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// Every document defining each object, in file order: the last wins,
+    /// as with `kubectl apply -f DIR`.
+    holders: HashMap<Arc<ObjectKey>, Vec<DocumentId>>,
+    /// Whether a first read has listed the directory: it emits lists, later
+    /// reads changes.
+    listed: bool,
 }
 
 #[derive(Debug)]
 struct FileState {
-    /// Hash of the content last parsed: an unchanged file is not parsed again.
-    digest: u64,
-    /// The last good objects of each document.
-    documents: Vec<Vec<Object>>,
+    /// Hash of the content last parsed: an unchanged file is not parsed
+    /// again. `None` forces a parse.
+    digest: Option<u64>,
+    documents: Vec<DocumentState>,
 }
+
+#[derive(Debug, Default)]
+struct DocumentState {
+    /// Hash of the text whose objects are in force: an unchanged document
+    /// is not parsed again. A broken document keeps the hash of its last
+    /// good text, so it is parsed (and reported) again at every change of
+    /// its file; `None` forces a parse and the emission of every object.
+    fingerprint: Option<u64>,
+    /// The key and content hash of each object last read from it.
+    objects: Vec<(Arc<ObjectKey>, u64)>,
+}
+
+/// A document: its file and its index there, ordered as they are read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct DocumentId {
+    path: Arc<Path>,
+    index: usize,
+}
+
+/// Documents to parse again, by file: they define an object whose later
+/// definition was withdrawn, so theirs is in force again.
+type Reinstate = BTreeMap<Arc<Path>, Vec<usize>>;
+
+/// Where the events of a rescan go, and what they touched.
+struct Emitter<'a> {
+    /// The first read: objects go out as `Listed`, and there is nothing to
+    /// delete.
+    listing: bool,
+    send: &'a mut dyn FnMut(SourceEvent),
+    changed: Kinds,
+}
+
+impl Emitter<'_> {
+    fn object(&mut self, object: Object) {
+        self.changed.add(object.kind());
+        (self.send)(object.into_event(self.listing));
+    }
+
+    fn delete(&mut self, key: &ObjectKey) {
+        if !self.listing {
+            self.changed.add(key.kind);
+            (self.send)(key.delete_event());
+        }
+    }
+}
+
+/// A bound on the documents reinstated in one rescan: each re-read of a
+/// file can only find more work if the file changed again meanwhile, and
+/// what is left over is read at the next rescan.
+const REINSTATE_ROUNDS: usize = 64;
 
 impl ManifestDir {
     /// A directory not read yet.
@@ -192,6 +285,8 @@ impl ManifestDir {
         ManifestDir {
             dir,
             files: BTreeMap::new(),
+            holders: HashMap::new(),
+            listed: false,
         }
     }
 
@@ -200,10 +295,14 @@ impl ManifestDir {
         &self.dir
     }
 
-    /// Reads the directory again. Files whose content changed are parsed,
-    /// files no longer listed are forgotten, and a file or document that
-    /// cannot be read keeps the objects last read from it.
-    pub fn rescan(&mut self) -> Rescan {
+    /// Reads the directory again and hands `emit` the events that bring a
+    /// model up to date, one object at a time as it is parsed. The first
+    /// read that lists the directory emits `ListStart`, a `Listed` per
+    /// object and `ListDone`, for every kind; later reads emit an `Apply`
+    /// per object added or changed and a `Delete` per object withdrawn.
+    /// Files no longer listed are forgotten, and a file or document that
+    /// cannot be read keeps the objects last read from it in force.
+    pub fn rescan(&mut self, emit: &mut dyn FnMut(SourceEvent)) -> Rescan {
         let mut rescan = Rescan::default();
         let listed = match list_manifest_files(&self.dir) {
             Ok(listed) => listed,
@@ -217,130 +316,306 @@ impl ManifestDir {
             }
         };
         rescan.listed = true;
+        let listing = !self.listed;
+        if listing {
+            list_marker(emit, || Update::ListStart);
+        }
+        let mut out = Emitter {
+            listing,
+            send: emit,
+            changed: Kinds::default(),
+        };
+        let mut reinstate = Reinstate::new();
 
-        self.files.retain(|path, state| {
-            let keep = listed.contains(path);
-            if !keep {
-                rescan.changed.add_documents(&state.documents);
-            }
-            keep
-        });
-
-        for path in listed {
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    rescan
-                        .errors
-                        .push(file_error(&path, format!("cannot read: {error}")));
-                    continue;
-                }
-            };
-            let digest = digest(&bytes);
-            if self
-                .files
-                .get(&path)
-                .is_some_and(|state| state.digest == digest)
-            {
+        for path in &listed {
+            self.read_file(path, &mut out, &mut rescan.errors, &mut reinstate);
+        }
+        // After the files read: a file renamed is then read under its new
+        // name first, and its objects never withdrawn in between.
+        let gone: Vec<Arc<Path>> = (self.files.keys())
+            .filter(|path| !listed.contains(&***path))
+            .cloned()
+            .collect();
+        for path in gone {
+            let Some(state) = self.files.remove(&path) else {
                 continue;
-            }
-            let text = match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(error) => {
-                    rescan
-                        .errors
-                        .push(file_error(&path, format!("not UTF-8: {error}")));
-                    continue;
-                }
             };
+            for (index, document) in state.documents.into_iter().enumerate() {
+                let id = DocumentId {
+                    path: path.clone(),
+                    index,
+                };
+                let keys = document.objects.into_iter().map(|(key, _)| key);
+                self.withdraw(&id, keys, &mut out, &mut reinstate);
+            }
+        }
+        for _ in 0..REINSTATE_ROUNDS {
+            let Some((path, indices)) = reinstate.pop_first() else {
+                break;
+            };
+            if self.force_parse(&path, &indices) {
+                self.read_file(&path, &mut out, &mut rescan.errors, &mut reinstate);
+            }
+        }
+        // Left over: parsed at the next rescan.
+        while let Some((path, indices)) = reinstate.pop_first() {
+            self.force_parse(&path, &indices);
+        }
 
-            let previous = self.files.remove(&path).map(|state| state.documents);
-            let previous = previous.unwrap_or_default();
-            let mut documents = Vec::new();
-            for (index, parsed) in parse_file(&path, &text).into_iter().enumerate() {
-                match parsed {
-                    Ok(objects) => documents.push(objects),
-                    Err(error) => {
-                        rescan.errors.push(error);
-                        documents.push(previous.get(index).cloned().unwrap_or_default());
-                    }
-                }
-            }
-            if documents != previous {
-                rescan.changed.add_documents(&previous);
-                rescan.changed.add_documents(&documents);
-            }
-            self.files.insert(path, FileState { digest, documents });
+        rescan.changed = out.changed;
+        if listing {
+            list_marker(emit, || Update::ListDone);
+            self.listed = true;
         }
         rescan
     }
 
-    /// Every object, in file and document order. When two documents define
-    /// the same object, the later one wins, as with `kubectl apply -f DIR`.
-    pub fn manifests(&self) -> Manifests {
-        let mut manifests = Manifests::default();
-        let mut seen = Seen::default();
-        for (path, state) in &self.files {
-            for object in state.documents.iter().flatten() {
-                match object.clone() {
-                    Object::Service(o) => {
-                        seen.push("Service", &mut manifests.services, o, path);
-                    }
-                    Object::EndpointSlice(o) => {
-                        let list = &mut manifests.endpoint_slices;
-                        seen.push("EndpointSlice", list, o, path);
-                    }
-                    Object::Endpoints(o) => {
-                        seen.push("Endpoints", &mut manifests.endpoints, o, path);
-                    }
-                    Object::Node(o) => seen.push("Node", &mut manifests.nodes, *o, path),
+    /// Marks documents of `path` to be parsed, and their objects emitted,
+    /// at the next read of the file. False if the file is not known.
+    fn force_parse(&mut self, path: &Path, indices: &[usize]) -> bool {
+        let Some(state) = self.files.get_mut(path) else {
+            return false;
+        };
+        state.digest = None;
+        for &index in indices {
+            if let Some(document) = state.documents.get_mut(index) {
+                document.fingerprint = None;
+            }
+        }
+        true
+    }
+
+    /// Reads one file and emits what changed in it.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        out: &mut Emitter<'_>,
+        errors: &mut Vec<ManifestError>,
+        reinstate: &mut Reinstate,
+    ) {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                errors.push(file_error(path, format!("cannot read: {error}")));
+                return;
+            }
+        };
+        let file_digest = digest(&bytes);
+        let known = self.files.get_key_value(path);
+        if known.is_some_and(|(_, state)| state.digest == Some(file_digest)) {
+            return;
+        }
+        let path: Arc<Path> = known.map_or_else(|| Arc::from(path), |(path, _)| path.clone());
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                errors.push(file_error(&path, format!("not UTF-8: {error}")));
+                return;
+            }
+        };
+
+        let previous = self.files.remove(&path).map(|state| state.documents);
+        let mut previous = previous.unwrap_or_default().into_iter();
+        let mut documents = Vec::new();
+        for (index, (first_line, document)) in split_file(&path, &text).into_iter().enumerate() {
+            let last = previous.next();
+            let fingerprint = digest(document.as_bytes());
+            if let Some(last) = last.as_ref().filter(|d| d.fingerprint == Some(fingerprint)) {
+                documents.push(DocumentState {
+                    fingerprint: last.fingerprint,
+                    objects: last.objects.clone(),
+                });
+                continue;
+            }
+            let id = DocumentId {
+                path: path.clone(),
+                index,
+            };
+            match parse_document(&path, index, first_line, document) {
+                Ok(objects) => {
+                    let state = self.settle(&id, last, objects, out, reinstate);
+                    documents.push(DocumentState {
+                        fingerprint: Some(fingerprint),
+                        objects: state,
+                    });
+                }
+                Err(error) => {
+                    errors.push(error);
+                    documents.push(last.unwrap_or_default());
                 }
             }
         }
-        manifests
+        for (index, document) in previous.enumerate() {
+            let id = DocumentId {
+                path: path.clone(),
+                index: documents.len() + index,
+            };
+            let keys = document.objects.into_iter().map(|(key, _)| key);
+            self.withdraw(&id, keys, out, reinstate);
+        }
+        self.files.insert(
+            path,
+            FileState {
+                digest: Some(file_digest),
+                documents,
+            },
+        );
     }
 
-    /// A `Replace` of every object of each of `kinds`.
-    pub fn replace_events(&self, kinds: Kinds) -> Vec<SourceEvent> {
-        self.manifests().into_replace_events(kinds)
+    /// Puts the objects just parsed from document `id` in force where it
+    /// is their last definition, emitting those that differ from what it
+    /// last produced, and withdraws the objects it no longer defines.
+    /// Returns its new keys and content hashes.
+    fn settle(
+        &mut self,
+        id: &DocumentId,
+        last: Option<DocumentState>,
+        objects: Vec<Object>,
+        out: &mut Emitter<'_>,
+        reinstate: &mut Reinstate,
+    ) -> Vec<(Arc<ObjectKey>, u64)> {
+        // Hashes last emitted, unless the document must be emitted afresh.
+        let last = last.unwrap_or_default();
+        let trusted = last.fingerprint.is_some();
+        let mut last_hashes: HashMap<Arc<ObjectKey>, u64> = last.objects.into_iter().collect();
+        let mut now = Vec::with_capacity(objects.len());
+        for object in objects {
+            let hash = object.content_hash();
+            let key = self.hold(object.key(), id);
+            let unchanged = trusted && last_hashes.get(&key) == Some(&hash);
+            let in_force = self.holders.get(&key).and_then(|h| h.last()) == Some(id);
+            if in_force && !unchanged {
+                out.object(object);
+            }
+            now.push((key, hash));
+        }
+        for (key, _) in &now {
+            last_hashes.remove(key);
+        }
+        self.withdraw(id, last_hashes.into_keys(), out, reinstate);
+        now
     }
+
+    /// Records that document `id` defines the object `key`; returns the
+    /// key as shared by every document defining it.
+    fn hold(&mut self, key: ObjectKey, id: &DocumentId) -> Arc<ObjectKey> {
+        let shared = match self.holders.get_key_value(&key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(key),
+        };
+        let holders = self.holders.entry(shared.clone()).or_default();
+        if let Err(at) = holders.binary_search(id) {
+            holders.insert(at, id.clone());
+            if let [first, .., last] = &holders[..] {
+                tracing::warn!(
+                    kind = ?shared.kind,
+                    namespace = &*shared.namespace,
+                    name = &*shared.name,
+                    first = %first.path.display(),
+                    first_document = first.index + 1,
+                    again = %last.path.display(),
+                    again_document = last.index + 1,
+                    "object defined twice in the manifests; the later definition wins"
+                );
+            }
+        }
+        shared
+    }
+
+    /// Withdraws document `id`'s definition of each of `keys`: an object
+    /// no other document defines is deleted, and where the withdrawn one
+    /// was in force, the definition before it is reinstated.
+    fn withdraw(
+        &mut self,
+        id: &DocumentId,
+        keys: impl IntoIterator<Item = impl std::borrow::Borrow<ObjectKey>>,
+        out: &mut Emitter<'_>,
+        reinstate: &mut Reinstate,
+    ) {
+        for key in keys {
+            let key = key.borrow();
+            let Some(holders) = self.holders.get_mut(key) else {
+                continue;
+            };
+            let was_in_force = holders.last() == Some(id);
+            holders.retain(|holder| holder != id);
+            match holders.last() {
+                None => {
+                    self.holders.remove(key);
+                    if was_in_force {
+                        out.delete(key);
+                    }
+                }
+                // Not deleted meanwhile, so that a move between files never
+                // withdraws the object; should the earlier definition no
+                // longer parse, the withdrawn one stays until it does.
+                Some(earlier) if was_in_force => {
+                    let indices = reinstate.entry(earlier.path.clone()).or_default();
+                    indices.push(earlier.index);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Emits a list marker for every kind.
+fn list_marker(emit: &mut dyn FnMut(SourceEvent), marker: fn() -> Update<()>) {
+    fn cast<K>(update: Update<()>) -> Update<K> {
+        match update {
+            Update::ListStart => Update::ListStart,
+            _ => Update::ListDone,
+        }
+    }
+    emit(SourceEvent::Service(cast(marker())));
+    emit(SourceEvent::EndpointSlice(cast(marker())));
+    emit(SourceEvent::Endpoints(cast(marker())));
+    emit(SourceEvent::Node(cast(marker())));
+}
+
+/// The kinds the proxy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Node,
 }
 
 /// Kind, namespace and name: what makes an object the same object.
-type ObjectKey = (&'static str, Option<String>, Option<String>);
-
-/// Where each object was first seen, to replace duplicates in place.
-#[derive(Default)]
-struct Seen {
-    index: HashMap<ObjectKey, (usize, PathBuf)>,
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ObjectKey {
+    kind: Kind,
+    /// Empty for a Node.
+    namespace: Box<str>,
+    name: Box<str>,
 }
 
-impl Seen {
-    fn push<K: Metadata<Ty = ObjectMeta>>(
-        &mut self,
-        kind: &'static str,
-        list: &mut Vec<K>,
-        object: K,
-        path: &Path,
-    ) {
-        let meta = object.metadata();
-        let key = (kind, meta.namespace.clone(), meta.name.clone());
-        match self.index.get(&key) {
-            Some((at, first)) => {
-                tracing::warn!(
-                    kind,
-                    namespace = key.1.as_deref().unwrap_or_default(),
-                    name = key.2.as_deref().unwrap_or_default(),
-                    first = %first.display(),
-                    again = %path.display(),
-                    "object defined twice in the manifests; the later definition wins"
-                );
-                list[*at] = object;
-            }
-            None => {
-                self.index.insert(key, (list.len(), path.to_path_buf()));
-                list.push(object);
-            }
+impl ObjectKey {
+    /// The `Delete` of this object: the model reads only the key.
+    fn delete_event(&self) -> SourceEvent {
+        let metadata = ObjectMeta {
+            namespace: (!self.namespace.is_empty()).then(|| self.namespace.to_string()),
+            name: Some(self.name.to_string()),
+            ..ObjectMeta::default()
+        };
+        match self.kind {
+            Kind::Service => SourceEvent::Service(Update::Delete(Service {
+                metadata,
+                ..Service::default()
+            })),
+            Kind::EndpointSlice => SourceEvent::EndpointSlice(Update::Delete(EndpointSlice {
+                metadata,
+                ..EndpointSlice::default()
+            })),
+            Kind::Endpoints => SourceEvent::Endpoints(Update::Delete(Endpoints {
+                metadata,
+                ..Endpoints::default()
+            })),
+            Kind::Node => SourceEvent::Node(Update::Delete(Node {
+                metadata,
+                ..Node::default()
+            })),
         }
     }
 }
@@ -357,6 +632,79 @@ enum Object {
     Endpoints(Endpoints),
     /// Boxed: a Node is twice the size of the others and rare.
     Node(Box<Node>),
+}
+
+impl Object {
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Node(_) => Kind::Node,
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Service(o) => o.metadata(),
+            Object::EndpointSlice(o) => o.metadata(),
+            Object::Endpoints(o) => o.metadata(),
+            Object::Node(o) => o.metadata(),
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+        }
+    }
+
+    /// A hash of the object as decoded: a change of comments, layout or
+    /// key order leaves it as it was.
+    fn content_hash(&self) -> u64 {
+        let mut hasher = HashWriter(std::collections::hash_map::DefaultHasher::new());
+        // Writing to a hasher cannot fail, nor can serializing these types.
+        let _ = match self {
+            Object::Service(o) => serde_json::to_writer(&mut hasher, o),
+            Object::EndpointSlice(o) => serde_json::to_writer(&mut hasher, o),
+            Object::Endpoints(o) => serde_json::to_writer(&mut hasher, o),
+            Object::Node(o) => serde_json::to_writer(&mut hasher, o),
+        };
+        hasher.0.finish()
+    }
+
+    fn into_event(self, listing: bool) -> SourceEvent {
+        fn update<K>(object: K, listing: bool) -> Update<K> {
+            if listing {
+                Update::Listed(object)
+            } else {
+                Update::Apply(object)
+            }
+        }
+        match self {
+            Object::Service(o) => SourceEvent::Service(update(o, listing)),
+            Object::EndpointSlice(o) => SourceEvent::EndpointSlice(update(o, listing)),
+            Object::Endpoints(o) => SourceEvent::Endpoints(update(o, listing)),
+            Object::Node(o) => SourceEvent::Node(update(*o, listing)),
+        }
+    }
+}
+
+/// Feeds what is written to a hasher.
+struct HashWriter<H>(H);
+
+impl<H: Hasher> std::io::Write for HashWriter<H> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn file_error(path: &Path, message: String) -> ManifestError {
@@ -405,29 +753,47 @@ fn is_json(path: &Path) -> bool {
 }
 
 /// Each document of a file: its objects, or why it cannot be read.
+#[cfg(test)]
 fn parse_file(path: &Path, text: &str) -> Vec<Result<Vec<Object>, ManifestError>> {
-    let document_error = |index: usize, message: String| ManifestError {
+    split_file(path, text)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (first_line, document))| parse_document(path, index, first_line, document))
+        .collect()
+}
+
+/// The documents of a file: (index of the document's first line, text).
+/// A JSON file is one document.
+fn split_file<'a>(path: &Path, text: &'a str) -> Vec<(usize, &'a str)> {
+    if is_json(path) {
+        vec![(0, text)]
+    } else {
+        yaml_documents(text)
+    }
+}
+
+/// The objects of document `index` (from 0) of a file, which starts on
+/// line `first_line` of it.
+fn parse_document(
+    path: &Path,
+    index: usize,
+    first_line: usize,
+    document: &str,
+) -> Result<Vec<Object>, ManifestError> {
+    let parsed = if is_json(path) {
+        serde_json::from_str::<serde_json::Value>(document)
+            .map_err(|error| error.to_string())
+            .and_then(|value| decode_document(path, index + 1, value).map_err(|e| e.to_string()))
+    } else {
+        serde_yaml_ng::from_str::<serde_json::Value>(document)
+            .map_err(|_| yaml_error_at(first_line, document))
+            .and_then(|value| decode_document(path, index + 1, value).map_err(|e| e.to_string()))
+    };
+    parsed.map_err(|message| ManifestError {
         path: path.to_path_buf(),
         document: Some(index + 1),
         message,
-    };
-    if is_json(path) {
-        let parsed = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|error| error.to_string())
-            .and_then(|value| decode_document(path, 1, value).map_err(|e| e.to_string()));
-        return vec![parsed.map_err(|message| document_error(0, message))];
-    }
-    yaml_documents(text)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first_line, document))| {
-            let value = serde_yaml_ng::from_str::<serde_json::Value>(document)
-                .map_err(|_| yaml_error_at(first_line, document))?;
-            decode_document(path, index + 1, value).map_err(|e| e.to_string())
-        })
-        .enumerate()
-        .map(|(index, parsed)| parsed.map_err(|message| document_error(index, message)))
-        .collect()
+    })
 }
 
 /// A YAML error whose line numbers count from the start of the file, not of
@@ -654,9 +1020,12 @@ where
     Ok(object)
 }
 
-/// Follows a manifests directory: one `Replace` per kind and `Synced` once
-/// the directory has been read, then a `Replace` of each kind a change of
-/// the files touched. Errors are logged and never end the stream.
+/// Follows a manifests directory: once it has been read, every object as
+/// a list per kind (`ListStart`, `Listed`…, `ListDone`) and `Synced`; then
+/// an `Apply` or `Delete` per object a change of the files touched. Objects
+/// stream through as they are parsed (the reading thread waits for the
+/// consumer), so no list of them is ever held. Errors are logged and never
+/// end the stream.
 ///
 /// The directory is watched from this call on, so no change between the
 /// call and the first read is lost. Must be called inside a Tokio runtime.
@@ -664,32 +1033,38 @@ pub fn watch_dir(dir: PathBuf) -> impl Stream<Item = SourceEvent> + Send {
     let (sender, receiver) = mpsc::unbounded_channel();
     let watcher = start_watching(&dir, sender.clone());
     let state = DirWatch {
+        path: dir.clone(),
         dir: Some(ManifestDir::new(dir)),
         watcher,
         sender,
         receiver,
-        pending: VecDeque::new(),
+        reading: None,
         synced: false,
         first_read: true,
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {
-            if let Some(event) = state.pending.pop_front() {
+            if let Some(event) = state.next_read_event().await {
                 return Some((event, state));
             }
             if !state.first_read {
                 state.wait_for_change().await;
             }
             state.first_read = false;
-            state.read().await;
+            state.start_read();
         }
     })
 }
 
 type NotifySender = mpsc::UnboundedSender<notify::Result<notify::Event>>;
 
+/// Events a read passes on while it runs; a few are buffered, then the
+/// reading thread waits.
+const READ_BUFFER: usize = 256;
+
 /// The state behind [`watch_dir`]'s stream.
 struct DirWatch {
+    path: PathBuf,
     /// `None` only while a rescan runs on the blocking pool.
     dir: Option<ManifestDir>,
     /// Dropping it stops the notifications; `None` while the directory
@@ -697,9 +1072,16 @@ struct DirWatch {
     watcher: Option<notify::RecommendedWatcher>,
     sender: NotifySender,
     receiver: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    pending: VecDeque<SourceEvent>,
+    /// The read in progress.
+    reading: Option<Reading>,
     synced: bool,
     first_read: bool,
+}
+
+/// A rescan running on the blocking pool, and the events it emits.
+struct Reading {
+    events: mpsc::Receiver<SourceEvent>,
+    task: tokio::task::JoinHandle<(ManifestDir, Rescan)>,
 }
 
 fn start_watching(dir: &Path, sender: NotifySender) -> Option<notify::RecommendedWatcher> {
@@ -750,8 +1132,7 @@ impl DirWatch {
     async fn wait_for_change(&mut self) {
         if self.watcher.is_none() {
             tokio::time::sleep(WATCH_RETRY).await;
-            let dir = self.dir.as_ref().map(|d| d.dir().to_path_buf());
-            self.watcher = dir.and_then(|dir| start_watching(&dir, self.sender.clone()));
+            self.watcher = start_watching(&self.path, self.sender.clone());
             return;
         }
         loop {
@@ -773,24 +1154,41 @@ impl DirWatch {
         }
     }
 
-    /// Reads the directory and queues the events for what changed.
-    async fn read(&mut self) {
+    /// Starts reading the directory on the blocking pool: file reads block.
+    fn start_read(&mut self) {
         let Some(mut dir) = self.dir.take() else {
             return;
         };
-        // File reads block; keep them off the runtime's workers.
-        let path = dir.dir().to_path_buf();
-        let (dir, rescan) = match tokio::task::spawn_blocking(move || {
-            let rescan = dir.rescan();
+        let (sender, events) = mpsc::channel(READ_BUFFER);
+        let task = tokio::task::spawn_blocking(move || {
+            let rescan = dir.rescan(&mut |event| {
+                // The receiver is gone only when the stream was dropped.
+                let _ = sender.blocking_send(event);
+            });
             (dir, rescan)
-        })
-        .await
-        {
-            Ok(done) => done,
+        });
+        self.reading = Some(Reading { events, task });
+    }
+
+    /// The next event of the read in progress; `None` once there is none
+    /// (no read, or the read is done).
+    async fn next_read_event(&mut self) -> Option<SourceEvent> {
+        let reading = self.reading.as_mut()?;
+        if let Some(event) = reading.events.recv().await {
+            return Some(event);
+        }
+        let reading = self.reading.take()?;
+        let rescan = match reading.task.await {
+            Ok((dir, rescan)) => {
+                self.dir = Some(dir);
+                rescan
+            }
             Err(error) => {
-                // Parsing never panics; should it, start over from an empty state.
+                // Parsing never panics; should it, start over from an empty
+                // state, whose first read lists every object again.
                 tracing::error!(%error, "reading the manifests directory failed");
-                (ManifestDir::new(path), Rescan::default())
+                self.dir = Some(ManifestDir::new(self.path.clone()));
+                Rescan::default()
             }
         };
         for error in &rescan.errors {
@@ -798,11 +1196,9 @@ impl DirWatch {
         }
         if rescan.listed && !self.synced {
             self.synced = true;
-            self.pending.extend(dir.manifests().into_events());
-        } else if self.synced && !rescan.changed.is_empty() {
-            self.pending.extend(dir.replace_events(rescan.changed));
+            return Some(SourceEvent::Synced);
         }
-        self.dir = Some(dir);
+        None
     }
 }
 
