@@ -168,32 +168,39 @@ fn read_dir_reports_the_file_and_document_of_each_bad_document() {
         name: &'static str,
         document: String,
         error: &'static str,
+        /// What the bad document still yields: a list's good items.
+        loaded: &'static [&'static str],
     }
     let cases = [
         Case {
             name: "field of the wrong type",
             document: service("x", 80).replace("port: 80", "port: eighty"),
             error: "document 2: spec.ports[0].port: invalid type: string \"eighty\", expected i32",
+            loaded: &[],
         },
         Case {
             name: "no kind",
             document: "apiVersion: v1\nmetadata:\n  name: x\n".to_owned(),
             error: "document 2: kind: missing",
+            loaded: &[],
         },
         Case {
             name: "kind not a string",
             document: "apiVersion: v1\nkind: [Service]\n".to_owned(),
             error: "document 2: kind: expected a string, found a sequence",
+            loaded: &[],
         },
         Case {
             name: "no name",
             document: "apiVersion: v1\nkind: Service\nmetadata: {}\n".to_owned(),
             error: "document 2: metadata.name: missing",
+            loaded: &[],
         },
         Case {
             name: "not a mapping",
             document: "- just\n- a list\n".to_owned(),
             error: "document 2: expected an object with apiVersion and kind, found a sequence",
+            loaded: &[],
         },
         Case {
             name: "bad item of a list",
@@ -201,8 +208,9 @@ fn read_dir_reports_the_file_and_document_of_each_bad_document() {
                        metadata: {name: n}\n- apiVersion: v1\n  kind: Service\n  \
                        metadata: {name: s}\n  spec: {ports: [{port: x}]}\n"
                 .to_owned(),
-            error:
-                "document 2: items[1].spec.ports[0].port: invalid type: string \"x\", expected i32",
+            error: "document 2: items[1] (Service default/s): spec.ports[0].port: \
+                    invalid type: string \"x\", expected i32",
+            loaded: &["Node n"],
         },
         Case {
             // Document 2 starts at the `---` on line 11 of the file; the
@@ -211,6 +219,7 @@ fn read_dir_reports_the_file_and_document_of_each_bad_document() {
             document: "apiVersion: v1\nkind: [Service\n".to_owned(),
             error: "document 2: did not find expected ',' or ']' at line 14 column 1, \
                     while parsing a flow sequence at line 13 column 7",
+            loaded: &[],
         },
     ];
     for case in cases {
@@ -230,9 +239,11 @@ fn read_dir_reports_the_file_and_document_of_each_bad_document() {
             messages[0]
         );
         assert_eq!(errors[0].document, Some(2), "{}", case.name);
+        let mut expected = vec!["Service web/good-1 [80]", "Service web/good-3 [82]"];
+        expected.extend(case.loaded);
         assert_eq!(
             names(&manifests),
-            ["Service web/good-1 [80]", "Service web/good-3 [82]"],
+            expected,
             "{}: the other documents are applied",
             case.name
         );
@@ -576,5 +587,373 @@ async fn watch_dir_waits_for_a_missing_directory_before_syncing() {
             next_services(&mut events, &mut state).await,
             ["Service web/a [80]"]
         );
+    }
+}
+
+/// An object event as the rescan tests compare it: `Apply Service web/a
+/// [80]`, `Delete Service web/a`. List markers are left out.
+fn describe(event: &SourceEvent) -> Option<String> {
+    fn object<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(
+        kind: &str,
+        update: &Update<K>,
+        detail: impl Fn(&K) -> String,
+    ) -> Option<String> {
+        let (verb, object) = match update {
+            Update::Listed(o) => ("Listed", o),
+            Update::Apply(o) => ("Apply", o),
+            Update::Delete(o) => {
+                let meta = o.metadata();
+                return Some(format!("Delete {kind} {}/{}", ns(meta), name(meta)));
+            }
+            Update::Replace(_) => return Some(format!("Replace {kind}")),
+            Update::ListStart | Update::ListDone => return None,
+        };
+        let meta = object.metadata();
+        Some(format!(
+            "{verb} {kind} {}/{}{}",
+            ns(meta),
+            name(meta),
+            detail(object)
+        ))
+    }
+    match event {
+        SourceEvent::Service(u) => object("Service", u, |s| {
+            let ports: Vec<i32> = (s.spec.iter())
+                .flat_map(|spec| spec.ports.iter().flatten())
+                .map(|p| p.port)
+                .collect();
+            format!(" {ports:?}")
+        }),
+        SourceEvent::EndpointSlice(u) => object("EndpointSlice", u, |_| String::new()),
+        SourceEvent::Endpoints(u) => object("Endpoints", u, |_| String::new()),
+        SourceEvent::Node(u) => object("Node", u, |_| String::new()),
+        SourceEvent::Synced => Some("Synced".to_owned()),
+    }
+}
+
+/// A rescan's object events, in order, and its errors.
+fn rescan_events(dir: &mut ManifestDir) -> (Vec<String>, Vec<String>) {
+    let mut events = Vec::new();
+    let rescan = dir.rescan(&mut |event| events.extend(describe(&event)));
+    let errors = rescan.errors.iter().map(ToString::to_string).collect();
+    (events, errors)
+}
+
+/// How a test lays its services out in the directory.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// One YAML file, one document per service.
+    Documents,
+    /// One file per service.
+    Files,
+    /// One YAML `List`, its items at the column of `items:`.
+    YamlList,
+    /// One YAML `List`, its items indented under `items:`.
+    YamlListIndented,
+    /// One JSON `List`, keys sorted as serde_json writes them.
+    JsonList,
+}
+
+/// A service as a JSON value, for JSON lists.
+fn service_json(name: &str, port: u16) -> serde_json::Value {
+    serde_yaml_ng::from_str(&service(name, port)).unwrap()
+}
+
+/// A YAML `List` of `items` (YAML documents), its `-` at column `indent`.
+fn yaml_list(items: &[String], indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut text = "apiVersion: v1\nkind: List\nitems:\n".to_owned();
+    for item in items {
+        for (index, line) in item.lines().enumerate() {
+            let marker = if index == 0 { "- " } else { "  " };
+            text.push_str(&format!("{pad}{marker}{line}\n"));
+        }
+        text.push_str(&format!("{pad}# end of an item\n"));
+    }
+    text.push_str("metadata:\n  resourceVersion: \"\"\n");
+    text
+}
+
+/// Makes the directory hold exactly `services` in `layout`.
+fn lay_out(dir: &Path, layout: Layout, services: &[(&str, u16)]) {
+    let mut files: Vec<(String, String)> = Vec::new();
+    let texts = || {
+        services
+            .iter()
+            .map(|(n, p)| service(n, *p))
+            .collect::<Vec<_>>()
+    };
+    match layout {
+        Layout::Documents => files.push(("all.yaml".into(), texts().join("---\n"))),
+        Layout::Files => {
+            for (name, port) in services {
+                files.push((format!("svc-{name}.yaml"), service(name, *port)));
+            }
+        }
+        Layout::YamlList => files.push(("list.yaml".into(), yaml_list(&texts(), 0))),
+        Layout::YamlListIndented => files.push(("list.yaml".into(), yaml_list(&texts(), 2))),
+        Layout::JsonList => {
+            let items: Vec<_> = services.iter().map(|(n, p)| service_json(n, *p)).collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            files.push((
+                "list.json".into(),
+                serde_json::to_string_pretty(&list).unwrap(),
+            ));
+        }
+    }
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !files.iter().any(|(file, _)| *file == name) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    for (name, text) in files {
+        write(dir, &name, &text);
+    }
+}
+
+#[test]
+fn a_rescan_emits_exactly_the_objects_that_changed_in_every_layout() {
+    for layout in [
+        Layout::Documents,
+        Layout::Files,
+        Layout::YamlList,
+        Layout::YamlListIndented,
+        Layout::JsonList,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        lay_out(dir.path(), layout, &[("a", 80), ("b", 81), ("c", 82)]);
+        let mut state = ManifestDir::new(dir.path().to_path_buf());
+        assert_eq!(
+            rescan_events(&mut state),
+            (
+                vec![
+                    "Listed Service web/a [80]".to_owned(),
+                    "Listed Service web/b [81]".to_owned(),
+                    "Listed Service web/c [82]".to_owned(),
+                ],
+                vec![]
+            ),
+            "{layout:?}: the first read lists every object"
+        );
+
+        struct Step {
+            name: &'static str,
+            services: &'static [(&'static str, u16)],
+            events: &'static [&'static str],
+        }
+        let steps = [
+            Step {
+                name: "one object edited",
+                services: &[("a", 80), ("b", 8081), ("c", 82)],
+                events: &["Apply Service web/b [8081]"],
+            },
+            Step {
+                name: "one object removed",
+                services: &[("a", 80), ("b", 8081)],
+                events: &["Delete Service web/c"],
+            },
+            Step {
+                name: "one object added",
+                services: &[("a", 80), ("b", 8081), ("d", 83)],
+                events: &["Apply Service web/d [83]"],
+            },
+            Step {
+                name: "the same content written again",
+                services: &[("a", 80), ("b", 8081), ("d", 83)],
+                events: &[],
+            },
+            Step {
+                name: "one edited and one removed at once",
+                services: &[("a", 90), ("d", 83)],
+                events: &["Apply Service web/a [90]", "Delete Service web/b"],
+            },
+        ];
+        for step in steps {
+            lay_out(dir.path(), layout, step.services);
+            let (events, errors) = rescan_events(&mut state);
+            assert_eq!(errors, Vec::<String>::new(), "{layout:?}: {}", step.name);
+            assert_eq!(events, step.events, "{layout:?}: {}", step.name);
+        }
+    }
+}
+
+#[test]
+fn an_object_defined_twice_comes_back_from_the_other_copy_when_one_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = |dup_port: Option<u16>| {
+        let mut documents = vec![service("x", 1)];
+        documents.extend(dup_port.map(|port| service("dup", port)));
+        write(dir.path(), "10-a.yaml", &documents.join("---\n"));
+    };
+    let b = |items: &[(&str, u16)]| {
+        let items: Vec<_> = items.iter().map(|(n, p)| service_json(n, *p)).collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        write(dir.path(), "20-b.json", &list.to_string());
+    };
+    let remove_b = || std::fs::remove_file(dir.path().join("20-b.json")).unwrap();
+    a(Some(80));
+    b(&[("dup", 8080), ("y", 2)]);
+    let mut state = ManifestDir::new(dir.path().to_path_buf());
+    let (events, errors) = rescan_events(&mut state);
+    assert_eq!(errors, Vec::<String>::new());
+    // Read in file order; the later definition is the one left in force.
+    assert_eq!(
+        events,
+        [
+            "Listed Service web/x [1]",
+            "Listed Service web/dup [80]",
+            "Listed Service web/dup [8080]",
+            "Listed Service web/y [2]",
+        ]
+    );
+
+    struct Step<'a> {
+        name: &'static str,
+        change: Box<dyn Fn() + 'a>,
+        events: &'static [&'static str],
+    }
+    let steps = [
+        Step {
+            name: "the copy not in force edited",
+            change: Box::new(|| a(Some(90))),
+            events: &[],
+        },
+        Step {
+            name: "the copy in force goes: the other one is applied, and nothing else",
+            change: Box::new(remove_b),
+            events: &["Delete Service web/y", "Apply Service web/dup [90]"],
+        },
+        Step {
+            name: "a later copy comes back",
+            change: Box::new(|| b(&[("dup", 8080)])),
+            events: &["Apply Service web/dup [8080]"],
+        },
+        Step {
+            name: "the earlier copy goes",
+            change: Box::new(|| a(None)),
+            events: &[],
+        },
+        Step {
+            name: "the last copy goes",
+            change: Box::new(remove_b),
+            events: &["Delete Service web/dup"],
+        },
+        Step {
+            name: "twice in one list: the later item wins",
+            change: Box::new(|| b(&[("dup", 1), ("dup", 2)])),
+            events: &["Apply Service web/dup [1]", "Apply Service web/dup [2]"],
+        },
+        Step {
+            name: "the later item goes: the earlier is applied",
+            change: Box::new(|| b(&[("dup", 1)])),
+            events: &["Apply Service web/dup [1]"],
+        },
+    ];
+    for step in steps {
+        (step.change)();
+        let (events, errors) = rescan_events(&mut state);
+        assert_eq!(errors, Vec::<String>::new(), "{}", step.name);
+        assert_eq!(events, step.events, "{}", step.name);
+    }
+}
+
+#[test]
+fn a_bad_list_item_is_named_and_keeps_its_last_good_definition() {
+    for layout in [Layout::YamlList, Layout::JsonList] {
+        let dir = tempfile::tempdir().unwrap();
+        lay_out(dir.path(), layout, &[("a", 80), ("b", 81), ("c", 82)]);
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap();
+        let file = file.unwrap().path();
+        let mut state = ManifestDir::new(dir.path().to_path_buf());
+        assert_eq!(rescan_events(&mut state).0.len(), 3, "{layout:?}");
+
+        // a breaks, b changes and c goes, all at once.
+        lay_out(dir.path(), layout, &[("a", 80), ("b", 91)]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        write(
+            dir.path(),
+            file.file_name().unwrap().to_str().unwrap(),
+            &text.replacen("80", "\"eighty\"", 1),
+        );
+        let (events, errors) = rescan_events(&mut state);
+        assert_eq!(events, ["Apply Service web/b [91]"], "{layout:?}");
+        assert_eq!(
+            errors,
+            [format!(
+                "{}: document 1: items[0] (Service web/a): spec.ports[0].port: \
+                 invalid type: string \"eighty\", expected i32",
+                file.display()
+            )],
+            "{layout:?}"
+        );
+        // While the list has an error, what it no longer defines may be the
+        // broken item itself: c stays until the list reads in full.
+        lay_out(dir.path(), layout, &[("a", 90), ("b", 91)]);
+        let (events, errors) = rescan_events(&mut state);
+        assert_eq!(errors, Vec::<String>::new(), "{layout:?}");
+        assert_eq!(
+            events,
+            ["Apply Service web/a [90]", "Delete Service web/c"],
+            "{layout:?}"
+        );
+    }
+}
+
+#[test]
+fn an_object_defined_twice_in_one_file_follows_its_last_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |documents: &[(&str, u16)]| {
+        let texts: Vec<_> = documents.iter().map(|(n, p)| service(n, *p)).collect();
+        write(dir.path(), "a.yaml", &texts.join("---\n"));
+    };
+    file(&[("dup", 1), ("x", 5), ("dup", 2)]);
+    let mut state = ManifestDir::new(dir.path().to_path_buf());
+    assert_eq!(
+        rescan_events(&mut state).0,
+        [
+            "Listed Service web/dup [1]",
+            "Listed Service web/x [5]",
+            "Listed Service web/dup [2]",
+        ]
+    );
+    struct Step {
+        name: &'static str,
+        documents: &'static [(&'static str, u16)],
+        events: &'static [&'static str],
+    }
+    let steps = [
+        Step {
+            name: "another object edited: the copies are not emitted",
+            documents: &[("dup", 1), ("x", 6), ("dup", 2)],
+            events: &["Apply Service web/x [6]"],
+        },
+        Step {
+            name: "the later copy edited",
+            documents: &[("dup", 1), ("x", 6), ("dup", 3)],
+            events: &["Apply Service web/dup [3]"],
+        },
+        Step {
+            name: "the earlier copy edited: the later is still in force",
+            documents: &[("dup", 4), ("x", 6), ("dup", 3)],
+            events: &[],
+        },
+        Step {
+            name: "the later copy's document removed: the earlier comes back",
+            documents: &[("dup", 4), ("x", 6)],
+            events: &["Apply Service web/dup [4]"],
+        },
+        Step {
+            name: "a document inserted before the others: nothing else emitted",
+            documents: &[("y", 7), ("dup", 4), ("x", 6)],
+            events: &["Apply Service web/y [7]"],
+        },
+    ];
+    for step in steps {
+        file(step.documents);
+        let (events, errors) = rescan_events(&mut state);
+        assert_eq!(errors, Vec::<String>::new(), "{}", step.name);
+        assert_eq!(events, step.events, "{}", step.name);
     }
 }

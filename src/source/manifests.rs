@@ -8,16 +8,20 @@
 //! (discovery.k8s.io/v1), Endpoints and Node; other kinds are logged and
 //! ignored.
 //!
-//! A document that cannot be read is reported with its file and index, and
-//! the objects last read from that same document are kept, so a typo in one
-//! file never withdraws a service that was working.
+//! A document that cannot be read is reported with its file and index, a
+//! bad item of a list also with its index, kind, name and field, and the
+//! other items still load. While a file has such errors, the objects it
+//! defined before and no longer yields are kept, so a typo in one file
+//! never withdraws a service that was working.
 //!
 //! The objects themselves are not kept: they go to the model as they are
-//! parsed, and the model holds them in compact form, as in-cluster. What is
-//! kept is what a rescan needs to emit only the changes: per document, a
-//! hash of its text and the key and content hash of each object it defined.
+//! parsed (a `List`'s items one at a time, see `decode`), and the model
+//! holds them in compact form, as in-cluster. What is kept is what a rescan
+//! needs to emit only the changes: per document, a hash of its text and the
+//! key and content hash of each object it defined; per object, the files
+//! that define it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -29,9 +33,11 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+#[cfg(test)]
+use self::decode::yaml_documents;
+use self::decode::{parse_document, split_file};
 use super::{SourceEvent, Update};
 
 /// How long the directory must be quiet before a burst of file events is
@@ -207,49 +213,71 @@ pub struct Rescan {
 /// A manifests directory as last read. Only what a rescan needs to emit
 /// the changes is kept, never the objects themselves (the model holds them
 /// in compact form): per document, a fingerprint of its text and the key
-/// and content hash of each object it last produced; per key, the
-/// documents that define it, the last of which is in force.
+/// and content hash of each object it last produced; per key, the files
+/// that define it, the last of which is in force.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<Arc<Path>, FileState>,
-    /// Every document defining each object, in file order: the last wins,
-    /// as with `kubectl apply -f DIR`.
-    holders: HashMap<Arc<ObjectKey>, Vec<DocumentId>>,
+    /// Every file defining each object, in name order: the last wins, as
+    /// with `kubectl apply -f DIR` (and within a file, the last document).
+    holders: HashMap<Arc<ObjectKey>, Vec<Arc<Path>>>,
     /// Whether a first read has listed the directory: it emits lists, later
     /// reads changes.
     listed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FileState {
     /// Hash of the content last parsed: an unchanged file is not parsed
     /// again. `None` forces a parse.
     digest: Option<u64>,
     documents: Vec<DocumentState>,
+    /// Objects read before that a read with errors did not find: the error
+    /// may be in them, so they stay in force until the file reads in full.
+    kept: Vec<(Arc<ObjectKey>, u64)>,
+    /// Objects to emit at its next read even if unchanged: a later
+    /// definition of them was withdrawn, so this one is in force again.
+    reinstate: HashSet<Arc<ObjectKey>>,
+}
+
+impl FileState {
+    /// The key and content hash of every object it defines.
+    fn objects(&self) -> impl Iterator<Item = &(Arc<ObjectKey>, u64)> {
+        let documents = self.documents.iter().flat_map(|d| &d.objects);
+        documents.chain(&self.kept)
+    }
 }
 
 #[derive(Debug, Default)]
 struct DocumentState {
-    /// Hash of the text whose objects are in force: an unchanged document
-    /// is not parsed again. A broken document keeps the hash of its last
-    /// good text, so it is parsed (and reported) again at every change of
-    /// its file; `None` forces a parse and the emission of every object.
+    /// Hash of the text last read without error: an unchanged document is
+    /// not parsed again. `None` for a document with errors, so that it is
+    /// parsed (and reported) again at every change of its file.
     fingerprint: Option<u64>,
     /// The key and content hash of each object last read from it.
     objects: Vec<(Arc<ObjectKey>, u64)>,
 }
 
-/// A document: its file and its index there, ordered as they are read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct DocumentId {
+/// A file being read again: what it last produced, against which each
+/// object read now is compared. Documents are not matched one to one, so
+/// that a document removed or inserted leaves the others' objects alone.
+struct Settling {
     path: Arc<Path>,
-    index: usize,
+    /// The content hash in force of each object before this read (for an
+    /// object defined twice in the file, the later definition's).
+    last: HashMap<Arc<ObjectKey>, u64>,
+    /// Objects the file defined twice before this read: which definition
+    /// is the last is only known at its end, so they are emitted then.
+    twice: HashSet<Arc<ObjectKey>>,
+    /// The last definition read so far of each object in `twice`.
+    pending: HashMap<Arc<ObjectKey>, (Object, u64)>,
+    reinstate: HashSet<Arc<ObjectKey>>,
 }
 
-/// Documents to parse again, by file: they define an object whose later
-/// definition was withdrawn, so theirs is in force again.
-type Reinstate = BTreeMap<Arc<Path>, Vec<usize>>;
+/// Files to read again, and their objects whose later definition was
+/// withdrawn, so that theirs is in force again.
+type Reinstate = BTreeMap<Arc<Path>, Vec<Arc<ObjectKey>>>;
 
 /// Where the events of a rescan go, and what they touched.
 struct Emitter<'a> {
@@ -340,26 +368,23 @@ impl ManifestDir {
             let Some(state) = self.files.remove(&path) else {
                 continue;
             };
-            for (index, document) in state.documents.into_iter().enumerate() {
-                let id = DocumentId {
-                    path: path.clone(),
-                    index,
-                };
-                let keys = document.objects.into_iter().map(|(key, _)| key);
-                self.withdraw(&id, keys, &mut out, &mut reinstate);
-            }
+            let keys = state
+                .objects()
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
+            self.withdraw(&path, keys, &mut out, &mut reinstate);
         }
         for _ in 0..REINSTATE_ROUNDS {
-            let Some((path, indices)) = reinstate.pop_first() else {
+            let Some((path, objects)) = reinstate.pop_first() else {
                 break;
             };
-            if self.force_parse(&path, &indices) {
+            if self.force_parse(&path, objects) {
                 self.read_file(&path, &mut out, &mut rescan.errors, &mut reinstate);
             }
         }
         // Left over: parsed at the next rescan.
-        while let Some((path, indices)) = reinstate.pop_first() {
-            self.force_parse(&path, &indices);
+        while let Some((path, objects)) = reinstate.pop_first() {
+            self.force_parse(&path, objects);
         }
 
         rescan.changed = out.changed;
@@ -370,18 +395,15 @@ impl ManifestDir {
         rescan
     }
 
-    /// Marks documents of `path` to be parsed, and their objects emitted,
-    /// at the next read of the file. False if the file is not known.
-    fn force_parse(&mut self, path: &Path, indices: &[usize]) -> bool {
+    /// Marks objects of `path` to be emitted at the next read of the file,
+    /// which then parses the documents defining them. False if the file is
+    /// not known.
+    fn force_parse(&mut self, path: &Path, objects: Vec<Arc<ObjectKey>>) -> bool {
         let Some(state) = self.files.get_mut(path) else {
             return false;
         };
         state.digest = None;
-        for &index in indices {
-            if let Some(document) = state.documents.get_mut(index) {
-                document.fingerprint = None;
-            }
-        }
+        state.reinstate.extend(objects);
         true
     }
 
@@ -414,147 +436,180 @@ impl ManifestDir {
             }
         };
 
-        let previous = self.files.remove(&path).map(|state| state.documents);
-        let mut previous = previous.unwrap_or_default().into_iter();
+        let previous = self.files.remove(&path).unwrap_or_default();
+        let mut settling = Settling {
+            path: path.clone(),
+            last: HashMap::new(),
+            twice: HashSet::new(),
+            pending: HashMap::new(),
+            reinstate: previous.reinstate,
+        };
+        for (key, hash) in previous.documents.iter().flat_map(|d| &d.objects) {
+            if settling.last.insert(key.clone(), *hash).is_some() {
+                settling.twice.insert(key.clone());
+            }
+        }
+        settling.last.extend(previous.kept);
+        let mut previous = previous.documents.into_iter();
         let mut documents = Vec::new();
+        let mut complete = true;
         for (index, (first_line, document)) in split_file(&path, &text).into_iter().enumerate() {
-            let last = previous.next();
             let fingerprint = digest(document.as_bytes());
-            if let Some(last) = last.as_ref().filter(|d| d.fingerprint == Some(fingerprint)) {
-                documents.push(DocumentState {
-                    fingerprint: last.fingerprint,
-                    objects: last.objects.clone(),
-                });
+            // Parsed even if unchanged: a document with an object to emit
+            // anyway, or one the file defines twice.
+            let unchanged = previous.next().filter(|last| {
+                last.fingerprint == Some(fingerprint)
+                    && !(last.objects.iter()).any(|(key, _)| {
+                        settling.reinstate.contains(key) || settling.twice.contains(key)
+                    })
+            });
+            if let Some(last) = unchanged {
+                documents.push(last);
                 continue;
             }
-            let id = DocumentId {
-                path: path.clone(),
-                index,
-            };
-            match parse_document(&path, index, first_line, document) {
-                Ok(objects) => {
-                    let state = self.settle(&id, last, objects, out, reinstate);
-                    documents.push(DocumentState {
-                        fingerprint: Some(fingerprint),
-                        objects: state,
-                    });
-                }
-                Err(error) => {
-                    errors.push(error);
-                    documents.push(last.unwrap_or_default());
-                }
-            }
+            let mut objects = Vec::new();
+            let document_errors =
+                parse_document(&path, index, first_line, document, &mut |object| {
+                    objects.push(self.settle(&mut settling, object, out));
+                });
+            complete &= document_errors.is_empty();
+            documents.push(DocumentState {
+                fingerprint: document_errors.is_empty().then_some(fingerprint),
+                objects,
+            });
+            errors.extend(document_errors);
         }
-        for (index, document) in previous.enumerate() {
-            let id = DocumentId {
-                path: path.clone(),
-                index: documents.len() + index,
-            };
-            let keys = document.objects.into_iter().map(|(key, _)| key);
-            self.withdraw(&id, keys, out, reinstate);
-        }
-        self.files.insert(
-            path,
-            FileState {
-                digest: Some(file_digest),
-                documents,
-            },
-        );
+        let mut state = self.finish(settling, documents, complete, out, reinstate);
+        state.digest = Some(file_digest);
+        self.files.insert(path, state);
     }
 
-    /// Puts the objects just parsed from document `id` in force where it
-    /// is their last definition, emitting those that differ from what it
-    /// last produced, and withdraws the objects it no longer defines.
-    /// Returns its new keys and content hashes.
+    /// Puts an object just read from the file being read in force where
+    /// that file is its last definition, and emits it if it differs from
+    /// what the file last produced. Returns its key and content hash.
     fn settle(
         &mut self,
-        id: &DocumentId,
-        last: Option<DocumentState>,
-        objects: Vec<Object>,
+        settling: &mut Settling,
+        object: Object,
         out: &mut Emitter<'_>,
-        reinstate: &mut Reinstate,
-    ) -> Vec<(Arc<ObjectKey>, u64)> {
-        // Hashes last emitted, unless the document must be emitted afresh.
-        let last = last.unwrap_or_default();
-        let trusted = last.fingerprint.is_some();
-        let mut last_hashes: HashMap<Arc<ObjectKey>, u64> = last.objects.into_iter().collect();
-        let mut now = Vec::with_capacity(objects.len());
-        for object in objects {
-            let hash = object.content_hash();
-            let key = self.hold(object.key(), id);
-            let unchanged = trusted && last_hashes.get(&key) == Some(&hash);
-            let in_force = self.holders.get(&key).and_then(|h| h.last()) == Some(id);
-            if in_force && !unchanged {
-                out.object(object);
-            }
-            now.push((key, hash));
+    ) -> (Arc<ObjectKey>, u64) {
+        let hash = object.content_hash();
+        let key = self.hold(object.key(), &settling.path);
+        if settling.twice.contains(&key) {
+            settling.pending.insert(key.clone(), (object, hash));
+            return (key, hash);
         }
-        for (key, _) in &now {
-            last_hashes.remove(key);
+        let forced = settling.reinstate.remove(&key);
+        let unchanged = !forced && settling.last.get(&key) == Some(&hash);
+        if !unchanged && self.in_force(&key, &settling.path) {
+            out.object(object);
         }
-        self.withdraw(id, last_hashes.into_keys(), out, reinstate);
-        now
+        (key, hash)
     }
 
-    /// Records that document `id` defines the object `key`; returns the
-    /// key as shared by every document defining it.
-    fn hold(&mut self, key: ObjectKey, id: &DocumentId) -> Arc<ObjectKey> {
+    /// Whether `path` holds the definition of `key` in force.
+    fn in_force(&self, key: &ObjectKey, path: &Arc<Path>) -> bool {
+        self.holders.get(key).and_then(|h| h.last()) == Some(path)
+    }
+
+    /// Ends the read of a file: emits the objects it defines twice, and,
+    /// read in full, withdraws those it no longer defines; read with
+    /// errors, they stay in force, as the error may be in them.
+    fn finish(
+        &mut self,
+        settling: Settling,
+        documents: Vec<DocumentState>,
+        complete: bool,
+        out: &mut Emitter<'_>,
+        reinstate: &mut Reinstate,
+    ) -> FileState {
+        let Settling {
+            path,
+            mut last,
+            pending,
+            reinstate: mut unread,
+            ..
+        } = settling;
+        for (key, (object, hash)) in pending {
+            let forced = unread.remove(&key);
+            if (forced || last.get(&key) != Some(&hash)) && self.in_force(&key, &path) {
+                out.object(object);
+            }
+        }
+        for (key, _) in documents.iter().flat_map(|d| &d.objects) {
+            last.remove(key);
+        }
+        let mut state = FileState {
+            documents,
+            ..FileState::default()
+        };
+        if complete {
+            self.withdraw(&path, last.into_keys(), out, reinstate);
+        } else {
+            unread.retain(|key| last.contains_key(key));
+            state.kept = last.into_iter().collect();
+            state.reinstate = unread;
+        }
+        state
+    }
+
+    /// Records that file `path` defines the object `key`; returns the key
+    /// as shared by every file defining it.
+    fn hold(&mut self, key: ObjectKey, path: &Arc<Path>) -> Arc<ObjectKey> {
         let shared = match self.holders.get_key_value(&key) {
             Some((shared, _)) => shared.clone(),
             None => Arc::new(key),
         };
         let holders = self.holders.entry(shared.clone()).or_default();
-        if let Err(at) = holders.binary_search(id) {
-            holders.insert(at, id.clone());
+        if let Err(at) = holders.binary_search(path) {
+            holders.insert(at, path.clone());
             if let [first, .., last] = &holders[..] {
                 tracing::warn!(
                     kind = ?shared.kind,
                     namespace = &*shared.namespace,
                     name = &*shared.name,
-                    first = %first.path.display(),
-                    first_document = first.index + 1,
-                    again = %last.path.display(),
-                    again_document = last.index + 1,
-                    "object defined twice in the manifests; the later definition wins"
+                    first = %first.display(),
+                    again = %last.display(),
+                    "object defined in two files; the later file wins"
                 );
             }
         }
         shared
     }
 
-    /// Withdraws document `id`'s definition of each of `keys`: an object
-    /// no other document defines is deleted, and where the withdrawn one
-    /// was in force, the definition before it is reinstated.
+    /// Withdraws file `path`'s definition of each of `keys`: an object no
+    /// other file defines is deleted, and where the withdrawn one was in
+    /// force, the definition before it is reinstated.
     fn withdraw(
         &mut self,
-        id: &DocumentId,
-        keys: impl IntoIterator<Item = impl std::borrow::Borrow<ObjectKey>>,
+        path: &Arc<Path>,
+        keys: impl IntoIterator<Item = Arc<ObjectKey>>,
         out: &mut Emitter<'_>,
         reinstate: &mut Reinstate,
     ) {
         for key in keys {
-            let key = key.borrow();
-            let Some(holders) = self.holders.get_mut(key) else {
+            let Some((shared, mut holders)) = self.holders.remove_entry(&key) else {
                 continue;
             };
-            let was_in_force = holders.last() == Some(id);
-            holders.retain(|holder| holder != id);
+            let was_in_force = holders.last() == Some(path);
+            holders.retain(|holder| holder != path);
             match holders.last() {
                 None => {
-                    self.holders.remove(key);
                     if was_in_force {
-                        out.delete(key);
+                        out.delete(&key);
                     }
+                    continue;
                 }
                 // Not deleted meanwhile, so that a move between files never
                 // withdraws the object; should the earlier definition no
                 // longer parse, the withdrawn one stays until it does.
                 Some(earlier) if was_in_force => {
-                    let indices = reinstate.entry(earlier.path.clone()).or_default();
-                    indices.push(earlier.index);
+                    let objects = reinstate.entry(earlier.clone()).or_default();
+                    objects.push(shared.clone());
                 }
                 Some(_) => {}
             }
+            self.holders.insert(shared, holders);
         }
     }
 }
@@ -746,280 +801,6 @@ fn is_manifest_name(path: &Path) -> bool {
         })
 }
 
-fn is_json(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-}
-
-/// Each document of a file: its objects, or why it cannot be read.
-#[cfg(test)]
-fn parse_file(path: &Path, text: &str) -> Vec<Result<Vec<Object>, ManifestError>> {
-    split_file(path, text)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first_line, document))| parse_document(path, index, first_line, document))
-        .collect()
-}
-
-/// The documents of a file: (index of the document's first line, text).
-/// A JSON file is one document.
-fn split_file<'a>(path: &Path, text: &'a str) -> Vec<(usize, &'a str)> {
-    if is_json(path) {
-        vec![(0, text)]
-    } else {
-        yaml_documents(text)
-    }
-}
-
-/// The objects of document `index` (from 0) of a file, which starts on
-/// line `first_line` of it.
-fn parse_document(
-    path: &Path,
-    index: usize,
-    first_line: usize,
-    document: &str,
-) -> Result<Vec<Object>, ManifestError> {
-    let parsed = if is_json(path) {
-        serde_json::from_str::<serde_json::Value>(document)
-            .map_err(|error| error.to_string())
-            .and_then(|value| decode_document(path, index + 1, value).map_err(|e| e.to_string()))
-    } else {
-        serde_yaml_ng::from_str::<serde_json::Value>(document)
-            .map_err(|_| yaml_error_at(first_line, document))
-            .and_then(|value| decode_document(path, index + 1, value).map_err(|e| e.to_string()))
-    };
-    parsed.map_err(|message| ManifestError {
-        path: path.to_path_buf(),
-        document: Some(index + 1),
-        message,
-    })
-}
-
-/// A YAML error whose line numbers count from the start of the file, not of
-/// the document: the document is parsed again behind as many empty lines as
-/// precede it (only on error, so the copy costs nothing in the common case).
-fn yaml_error_at(first_line: usize, document: &str) -> String {
-    let mut padded = "\n".repeat(first_line);
-    padded.push_str(document);
-    match serde_yaml_ng::from_str::<serde_json::Value>(&padded) {
-        Err(error) => error.to_string(),
-        Ok(_) => "invalid YAML".to_owned(),
-    }
-}
-
-/// Splits a YAML stream at its `---` document markers into (index of the
-/// document's first line, text). Comments and directives before the first
-/// marker belong to the first document instead of forming an empty one.
-fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
-    let mut documents = Vec::new();
-    let (mut start, mut start_line) = (0, 0);
-    let mut offset = 0;
-    for (line_index, line) in text.split_inclusive('\n').enumerate() {
-        if is_document_marker(line) && offset > 0 {
-            let previous = &text[start..offset];
-            if start > 0 || has_content(previous) {
-                documents.push((start_line, previous));
-                (start, start_line) = (offset, line_index);
-            }
-        }
-        offset += line.len();
-    }
-    let last = &text[start..];
-    if start > 0 || has_content(last) {
-        documents.push((start_line, last));
-    }
-    documents
-}
-
-fn is_document_marker(line: &str) -> bool {
-    line.strip_prefix("---")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
-}
-
-/// Whether YAML text holds more than blank lines, comments and directives.
-fn has_content(text: &str) -> bool {
-    text.lines().any(|line| {
-        let line = line.trim();
-        !line.is_empty() && !line.starts_with('#') && !line.starts_with('%')
-    })
-}
-
-/// Why a document could not be decoded: the field and what is wrong with it.
-#[derive(Debug)]
-struct DecodeError {
-    /// Dotted path of the field, empty for the document itself.
-    field: String,
-    message: String,
-}
-
-impl DecodeError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        DecodeError {
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error, inside `items[index]` of a list.
-    fn in_item(mut self, index: usize) -> Self {
-        self.field = if self.field.is_empty() {
-            format!("items[{index}]")
-        } else {
-            format!("items[{index}].{}", self.field)
-        };
-        self
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-/// The objects of one document: none (empty document), one, or a list's.
-fn decode_document(
-    path: &Path,
-    document: usize,
-    value: serde_json::Value,
-) -> Result<Vec<Object>, DecodeError> {
-    if value.is_null() {
-        return Ok(Vec::new());
-    }
-    let (api_version, kind) = type_of(&value)?;
-    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        let serde_json::Value::Object(mut list) = value else {
-            unreachable!("type_of accepts only objects");
-        };
-        let items = match list.remove("items") {
-            Some(serde_json::Value::Array(items)) => items,
-            Some(serde_json::Value::Null) | None => Vec::new(),
-            Some(other) => {
-                return Err(DecodeError::new(
-                    "items",
-                    format!("expected a sequence, found {}", json_type(&other)),
-                ))
-            }
-        };
-        let mut objects = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            let (api_version, kind) = type_of(&item).map_err(|e| e.in_item(index))?;
-            let object = decode_object(&api_version, &kind, item).map_err(|e| e.in_item(index))?;
-            match object {
-                Some(object) => objects.push(object),
-                None => ignore_kind(path, document, &api_version, &kind),
-            }
-        }
-        return Ok(objects);
-    }
-    match decode_object(&api_version, &kind, value)? {
-        Some(object) => Ok(vec![object]),
-        None => {
-            ignore_kind(path, document, &api_version, &kind);
-            Ok(Vec::new())
-        }
-    }
-}
-
-fn ignore_kind(path: &Path, document: usize, api_version: &str, kind: &str) {
-    tracing::warn!(
-        file = %path.display(),
-        document,
-        api_version,
-        kind,
-        "manifest of a kind the proxy does not read; ignored"
-    );
-}
-
-/// The apiVersion and kind of an object, both required.
-fn type_of(value: &serde_json::Value) -> Result<(String, String), DecodeError> {
-    let serde_json::Value::Object(object) = value else {
-        return Err(DecodeError::new(
-            "",
-            format!(
-                "expected an object with apiVersion and kind, found {}",
-                json_type(value)
-            ),
-        ));
-    };
-    let field = |name: &str| match object.get(name) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        None | Some(serde_json::Value::Null) => Err(DecodeError::new(name, "missing")),
-        Some(serde_json::Value::String(_)) => Err(DecodeError::new(name, "empty")),
-        Some(other) => Err(DecodeError::new(
-            name,
-            format!("expected a string, found {}", json_type(other)),
-        )),
-    };
-    Ok((field("apiVersion")?, field("kind")?))
-}
-
-fn json_type(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a sequence",
-        serde_json::Value::Object(_) => "a mapping",
-    }
-}
-
-/// One object of a kind the proxy reads, or `None` for any other kind.
-fn decode_object(
-    api_version: &str,
-    kind: &str,
-    value: serde_json::Value,
-) -> Result<Option<Object>, DecodeError> {
-    let object = match (api_version, kind) {
-        ("v1", "Service") => Object::Service(decode_namespaced(value)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(decode_namespaced(value)?)
-        }
-        ("v1", "Endpoints") => Object::Endpoints(decode_namespaced(value)?),
-        ("v1", "Node") => Object::Node(Box::new(decode(value)?)),
-        _ => return Ok(None),
-    };
-    Ok(Some(object))
-}
-
-/// A namespaced object; without a namespace it lands in `default`, as with
-/// `kubectl apply`.
-fn decode_namespaced<K>(value: serde_json::Value) -> Result<K, DecodeError>
-where
-    K: DeserializeOwned + Metadata<Ty = ObjectMeta>,
-{
-    let mut object: K = decode(value)?;
-    let namespace = &mut object.metadata_mut().namespace;
-    if namespace.as_deref().is_none_or(str::is_empty) {
-        *namespace = Some("default".to_owned());
-    }
-    Ok(object)
-}
-
-fn decode<K>(value: serde_json::Value) -> Result<K, DecodeError>
-where
-    K: DeserializeOwned + Metadata<Ty = ObjectMeta>,
-{
-    let object: K = serde_path_to_error::deserialize(value).map_err(|error| {
-        let field = error.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        DecodeError {
-            field,
-            message: error.into_inner().to_string(),
-        }
-    })?;
-    if object.metadata().name.as_deref().is_none_or(str::is_empty) {
-        return Err(DecodeError::new("metadata.name", "missing"));
-    }
-    Ok(object)
-}
-
 /// Follows a manifests directory: once it has been read, every object as
 /// a list per kind (`ListStart`, `Listed`…, `ListDone`) and `Synced`; then
 /// an `Apply` or `Delete` per object a change of the files touched. Objects
@@ -1204,6 +985,8 @@ impl DirWatch {
 
 #[cfg(test)]
 mod fuzz;
+
+mod decode;
 
 #[cfg(test)]
 mod tests {
