@@ -877,12 +877,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn load_model(opts: &Options, node_name: &str) -> Result<Model> {
     let mut model = Model::new(node_name);
     if let Some(dir) = &opts.manifests {
-        let (manifests, errors) = source::manifests::read_dir(dir);
+        let errors = source::manifests::read_events(dir, |event| {
+            log_rejected(&model.apply(event));
+        });
         for error in &errors {
             tracing::error!(%error, "skipping document");
-        }
-        for event in manifests.into_events() {
-            log_rejected(&model.apply(event));
         }
         return Ok(model);
     }

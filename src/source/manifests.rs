@@ -8,14 +8,24 @@
 //! (discovery.k8s.io/v1), Endpoints and Node; other kinds are logged and
 //! ignored.
 //!
-//! A document that cannot be read is reported with its file and index, and
-//! the objects last read from that same document are kept, so a typo in one
-//! file never withdraws a service that was working.
+//! A document that cannot be read is reported with its file and index, a
+//! bad item of a list also with its index, kind, name and field, and the
+//! other items still load. While a file has such errors, the objects it
+//! defined before and no longer yields are kept, so a typo in one file
+//! never withdraws a service that was working.
+//!
+//! The objects themselves are not kept: they go to the model as they are
+//! parsed (a `List`'s items one at a time, see `decode`), and the model
+//! holds them in compact form, as in-cluster. What is kept is what a rescan
+//! needs to emit only the changes: per document, a hash of its text and the
+//! key and content hash of each object it defined; per object, the files
+//! that define it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -23,9 +33,11 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+#[cfg(test)]
+use self::decode::yaml_documents;
+use self::decode::{parse_document, split_file};
 use super::{SourceEvent, Update};
 
 /// How long the directory must be quiet before a burst of file events is
@@ -64,7 +76,9 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-/// The objects of a manifests directory, one list per kind, in file order.
+/// The objects of a manifests directory, one list per kind, in file order:
+/// what [`read_dir`] returns. The proxy itself never holds them all; it
+/// streams them into its model (see [`ManifestDir::rescan`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Manifests {
     /// v1 Services.
@@ -81,28 +95,46 @@ impl Manifests {
     /// The events of a source that has just read these objects: one
     /// `Replace` per kind, then `Synced`.
     pub fn into_events(self) -> Vec<SourceEvent> {
-        let mut events = self.into_replace_events(Kinds::ALL);
-        events.push(SourceEvent::Synced);
-        events
+        vec![
+            SourceEvent::Service(Update::Replace(self.services)),
+            SourceEvent::EndpointSlice(Update::Replace(self.endpoint_slices)),
+            SourceEvent::Endpoints(Update::Replace(self.endpoints)),
+            SourceEvent::Node(Update::Replace(self.nodes)),
+            SourceEvent::Synced,
+        ]
     }
 
-    fn into_replace_events(self, kinds: Kinds) -> Vec<SourceEvent> {
-        let mut events = Vec::new();
-        if kinds.services {
-            events.push(SourceEvent::Service(Update::Replace(self.services)));
+    /// Files the object a first read emits; a later definition of the same
+    /// object replaces the earlier one in place.
+    fn add(&mut self, event: SourceEvent, index: &mut HashMap<ObjectKey, usize>) {
+        fn put<K>(list: &mut Vec<K>, at: Option<usize>, object: K) -> usize {
+            match at {
+                Some(at) => {
+                    list[at] = object;
+                    at
+                }
+                None => {
+                    list.push(object);
+                    list.len() - 1
+                }
+            }
         }
-        if kinds.endpoint_slices {
-            events.push(SourceEvent::EndpointSlice(Update::Replace(
-                self.endpoint_slices,
-            )));
-        }
-        if kinds.endpoints {
-            events.push(SourceEvent::Endpoints(Update::Replace(self.endpoints)));
-        }
-        if kinds.nodes {
-            events.push(SourceEvent::Node(Update::Replace(self.nodes)));
-        }
-        events
+        let object = match event {
+            SourceEvent::Service(Update::Listed(o)) => Object::Service(o),
+            SourceEvent::EndpointSlice(Update::Listed(o)) => Object::EndpointSlice(o),
+            SourceEvent::Endpoints(Update::Listed(o)) => Object::Endpoints(o),
+            SourceEvent::Node(Update::Listed(o)) => Object::Node(Box::new(o)),
+            _ => return,
+        };
+        let key = object.key();
+        let at = index.get(&key).copied();
+        let at = match object {
+            Object::Service(o) => put(&mut self.services, at, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, at, o),
+            Object::Endpoints(o) => put(&mut self.endpoints, at, o),
+            Object::Node(o) => put(&mut self.nodes, at, *o),
+        };
+        index.insert(key, at);
     }
 }
 
@@ -133,29 +165,36 @@ impl Kinds {
         self == Kinds::default()
     }
 
-    fn add(&mut self, object: &Object) {
-        match object {
-            Object::Service(_) => self.services = true,
-            Object::EndpointSlice(_) => self.endpoint_slices = true,
-            Object::Endpoints(_) => self.endpoints = true,
-            Object::Node(_) => self.nodes = true,
+    fn add(&mut self, kind: Kind) {
+        match kind {
+            Kind::Service => self.services = true,
+            Kind::EndpointSlice => self.endpoint_slices = true,
+            Kind::Endpoints => self.endpoints = true,
+            Kind::Node => self.nodes = true,
         }
-    }
-
-    fn add_documents(&mut self, documents: &[Vec<Object>]) {
-        documents
-            .iter()
-            .flatten()
-            .for_each(|object| self.add(object));
     }
 }
 
-/// Reads a manifests directory once: `plan --manifests DIR` and `--once`.
-/// Documents in the errors are skipped; everything else is returned.
+/// Reads a manifests directory once into lists of objects. Documents in
+/// the errors are skipped; everything else is returned.
 pub fn read_dir(dir: &Path) -> (Manifests, Vec<ManifestError>) {
-    let mut state = ManifestDir::new(dir.to_path_buf());
-    let rescan = state.rescan();
-    (state.manifests(), rescan.errors)
+    let mut manifests = Manifests::default();
+    let mut index = HashMap::new();
+    let rescan = ManifestDir::new(dir.to_path_buf()).rescan(&mut |event| {
+        manifests.add(event, &mut index);
+    });
+    (manifests, rescan.errors)
+}
+
+/// Reads a manifests directory once, as `plan --manifests DIR` and `--once`
+/// do: its objects are handed to `emit` one at a time as they are parsed
+/// (`ListStart`, `Listed`…, `ListDone` per kind, then `Synced`), so that the
+/// model keeps them in compact form and no list of objects is ever held.
+/// Returns the files and documents that could not be read (skipped).
+pub fn read_events(dir: &Path, mut emit: impl FnMut(SourceEvent)) -> Vec<ManifestError> {
+    let rescan = ManifestDir::new(dir.to_path_buf()).rescan(&mut emit);
+    emit(SourceEvent::Synced);
+    rescan.errors
 }
 
 /// The outcome of one read of a manifests directory.
@@ -163,28 +202,110 @@ pub fn read_dir(dir: &Path) -> (Manifests, Vec<ManifestError>) {
 pub struct Rescan {
     /// Whether the directory itself could be listed.
     pub listed: bool,
-    /// The kinds whose objects differ from the previous read.
+    /// The kinds of the objects emitted: those that differ from the
+    /// previous read.
     pub changed: Kinds,
     /// Files and documents that could not be read (their last good objects
     /// are kept).
     pub errors: Vec<ManifestError>,
 }
 
-/// A manifests directory as last read, file by file and document by
-/// document, so that a broken document can keep its last good objects.
+/// A manifests directory as last read. Only what a rescan needs to emit
+/// the changes is kept, never the objects themselves (the model holds them
+/// in compact form): per document, a fingerprint of its text and the key
+/// and content hash of each object it last produced; per key, the files
+/// that define it, the last of which is in force.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// Every file defining each object, in name order: the last wins, as
+    /// with `kubectl apply -f DIR` (and within a file, the last document).
+    holders: HashMap<Arc<ObjectKey>, Vec<Arc<Path>>>,
+    /// Whether a first read has listed the directory: it emits lists, later
+    /// reads changes.
+    listed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FileState {
-    /// Hash of the content last parsed: an unchanged file is not parsed again.
-    digest: u64,
-    /// The last good objects of each document.
-    documents: Vec<Vec<Object>>,
+    /// Hash of the content last parsed: an unchanged file is not parsed
+    /// again. `None` forces a parse.
+    digest: Option<u64>,
+    documents: Vec<DocumentState>,
+    /// Objects read before that a read with errors did not find: the error
+    /// may be in them, so they stay in force until the file reads in full.
+    kept: Vec<(Arc<ObjectKey>, u64)>,
+    /// Objects to emit at its next read even if unchanged: a later
+    /// definition of them was withdrawn, so this one is in force again.
+    reinstate: HashSet<Arc<ObjectKey>>,
 }
+
+impl FileState {
+    /// The key and content hash of every object it defines.
+    fn objects(&self) -> impl Iterator<Item = &(Arc<ObjectKey>, u64)> {
+        let documents = self.documents.iter().flat_map(|d| &d.objects);
+        documents.chain(&self.kept)
+    }
+}
+
+#[derive(Debug, Default)]
+struct DocumentState {
+    /// Hash of the text last read without error: an unchanged document is
+    /// not parsed again. `None` for a document with errors, so that it is
+    /// parsed (and reported) again at every change of its file.
+    fingerprint: Option<u64>,
+    /// The key and content hash of each object last read from it.
+    objects: Vec<(Arc<ObjectKey>, u64)>,
+}
+
+/// A file being read again: what it last produced, against which each
+/// object read now is compared. Documents are not matched one to one, so
+/// that a document removed or inserted leaves the others' objects alone.
+struct Settling {
+    path: Arc<Path>,
+    /// The content hash in force of each object before this read (for an
+    /// object defined twice in the file, the later definition's).
+    last: HashMap<Arc<ObjectKey>, u64>,
+    /// Objects the file defined twice before this read: which definition
+    /// is the last is only known at its end, so they are emitted then.
+    twice: HashSet<Arc<ObjectKey>>,
+    /// The last definition read so far of each object in `twice`.
+    pending: HashMap<Arc<ObjectKey>, (Object, u64)>,
+    reinstate: HashSet<Arc<ObjectKey>>,
+}
+
+/// Files to read again, and their objects whose later definition was
+/// withdrawn, so that theirs is in force again.
+type Reinstate = BTreeMap<Arc<Path>, Vec<Arc<ObjectKey>>>;
+
+/// Where the events of a rescan go, and what they touched.
+struct Emitter<'a> {
+    /// The first read: objects go out as `Listed`, and there is nothing to
+    /// delete.
+    listing: bool,
+    send: &'a mut dyn FnMut(SourceEvent),
+    changed: Kinds,
+}
+
+impl Emitter<'_> {
+    fn object(&mut self, object: Object) {
+        self.changed.add(object.kind());
+        (self.send)(object.into_event(self.listing));
+    }
+
+    fn delete(&mut self, key: &ObjectKey) {
+        if !self.listing {
+            self.changed.add(key.kind);
+            (self.send)(key.delete_event());
+        }
+    }
+}
+
+/// A bound on the documents reinstated in one rescan: each re-read of a
+/// file can only find more work if the file changed again meanwhile, and
+/// what is left over is read at the next rescan.
+const REINSTATE_ROUNDS: usize = 64;
 
 impl ManifestDir {
     /// A directory not read yet.
@@ -192,6 +313,8 @@ impl ManifestDir {
         ManifestDir {
             dir,
             files: BTreeMap::new(),
+            holders: HashMap::new(),
+            listed: false,
         }
     }
 
@@ -200,10 +323,14 @@ impl ManifestDir {
         &self.dir
     }
 
-    /// Reads the directory again. Files whose content changed are parsed,
-    /// files no longer listed are forgotten, and a file or document that
-    /// cannot be read keeps the objects last read from it.
-    pub fn rescan(&mut self) -> Rescan {
+    /// Reads the directory again and hands `emit` the events that bring a
+    /// model up to date, one object at a time as it is parsed. The first
+    /// read that lists the directory emits `ListStart`, a `Listed` per
+    /// object and `ListDone`, for every kind; later reads emit an `Apply`
+    /// per object added or changed and a `Delete` per object withdrawn.
+    /// Files no longer listed are forgotten, and a file or document that
+    /// cannot be read keeps the objects last read from it in force.
+    pub fn rescan(&mut self, emit: &mut dyn FnMut(SourceEvent)) -> Rescan {
         let mut rescan = Rescan::default();
         let listed = match list_manifest_files(&self.dir) {
             Ok(listed) => listed,
@@ -217,130 +344,333 @@ impl ManifestDir {
             }
         };
         rescan.listed = true;
+        let listing = !self.listed;
+        if listing {
+            list_marker(emit, || Update::ListStart);
+        }
+        let mut out = Emitter {
+            listing,
+            send: emit,
+            changed: Kinds::default(),
+        };
+        let mut reinstate = Reinstate::new();
 
-        self.files.retain(|path, state| {
-            let keep = listed.contains(path);
-            if !keep {
-                rescan.changed.add_documents(&state.documents);
-            }
-            keep
-        });
-
-        for path in listed {
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    rescan
-                        .errors
-                        .push(file_error(&path, format!("cannot read: {error}")));
-                    continue;
-                }
-            };
-            let digest = digest(&bytes);
-            if self
-                .files
-                .get(&path)
-                .is_some_and(|state| state.digest == digest)
-            {
+        for path in &listed {
+            self.read_file(path, &mut out, &mut rescan.errors, &mut reinstate);
+        }
+        // After the files read: a file renamed is then read under its new
+        // name first, and its objects never withdrawn in between.
+        let gone: Vec<Arc<Path>> = (self.files.keys())
+            .filter(|path| !listed.contains(&***path))
+            .cloned()
+            .collect();
+        for path in gone {
+            let Some(state) = self.files.remove(&path) else {
                 continue;
-            }
-            let text = match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(error) => {
-                    rescan
-                        .errors
-                        .push(file_error(&path, format!("not UTF-8: {error}")));
-                    continue;
-                }
             };
+            let keys = state
+                .objects()
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
+            self.withdraw(&path, keys, &mut out, &mut reinstate);
+        }
+        for _ in 0..REINSTATE_ROUNDS {
+            let Some((path, objects)) = reinstate.pop_first() else {
+                break;
+            };
+            if self.force_parse(&path, objects) {
+                self.read_file(&path, &mut out, &mut rescan.errors, &mut reinstate);
+            }
+        }
+        // Left over: parsed at the next rescan.
+        while let Some((path, objects)) = reinstate.pop_first() {
+            self.force_parse(&path, objects);
+        }
 
-            let previous = self.files.remove(&path).map(|state| state.documents);
-            let previous = previous.unwrap_or_default();
-            let mut documents = Vec::new();
-            for (index, parsed) in parse_file(&path, &text).into_iter().enumerate() {
-                match parsed {
-                    Ok(objects) => documents.push(objects),
-                    Err(error) => {
-                        rescan.errors.push(error);
-                        documents.push(previous.get(index).cloned().unwrap_or_default());
-                    }
-                }
-            }
-            if documents != previous {
-                rescan.changed.add_documents(&previous);
-                rescan.changed.add_documents(&documents);
-            }
-            self.files.insert(path, FileState { digest, documents });
+        rescan.changed = out.changed;
+        if listing {
+            list_marker(emit, || Update::ListDone);
+            self.listed = true;
         }
         rescan
     }
 
-    /// Every object, in file and document order. When two documents define
-    /// the same object, the later one wins, as with `kubectl apply -f DIR`.
-    pub fn manifests(&self) -> Manifests {
-        let mut manifests = Manifests::default();
-        let mut seen = Seen::default();
-        for (path, state) in &self.files {
-            for object in state.documents.iter().flatten() {
-                match object.clone() {
-                    Object::Service(o) => {
-                        seen.push("Service", &mut manifests.services, o, path);
-                    }
-                    Object::EndpointSlice(o) => {
-                        let list = &mut manifests.endpoint_slices;
-                        seen.push("EndpointSlice", list, o, path);
-                    }
-                    Object::Endpoints(o) => {
-                        seen.push("Endpoints", &mut manifests.endpoints, o, path);
-                    }
-                    Object::Node(o) => seen.push("Node", &mut manifests.nodes, *o, path),
-                }
-            }
-        }
-        manifests
+    /// Marks objects of `path` to be emitted at the next read of the file,
+    /// which then parses the documents defining them. False if the file is
+    /// not known.
+    fn force_parse(&mut self, path: &Path, objects: Vec<Arc<ObjectKey>>) -> bool {
+        let Some(state) = self.files.get_mut(path) else {
+            return false;
+        };
+        state.digest = None;
+        state.reinstate.extend(objects);
+        true
     }
 
-    /// A `Replace` of every object of each of `kinds`.
-    pub fn replace_events(&self, kinds: Kinds) -> Vec<SourceEvent> {
-        self.manifests().into_replace_events(kinds)
+    /// Reads one file and emits what changed in it.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        out: &mut Emitter<'_>,
+        errors: &mut Vec<ManifestError>,
+        reinstate: &mut Reinstate,
+    ) {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                errors.push(file_error(path, format!("cannot read: {error}")));
+                return;
+            }
+        };
+        let file_digest = digest(&bytes);
+        let known = self.files.get_key_value(path);
+        if known.is_some_and(|(_, state)| state.digest == Some(file_digest)) {
+            return;
+        }
+        let path: Arc<Path> = known.map_or_else(|| Arc::from(path), |(path, _)| path.clone());
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                errors.push(file_error(&path, format!("not UTF-8: {error}")));
+                return;
+            }
+        };
+
+        let previous = self.files.remove(&path).unwrap_or_default();
+        let mut settling = Settling {
+            path: path.clone(),
+            last: HashMap::new(),
+            twice: HashSet::new(),
+            pending: HashMap::new(),
+            reinstate: previous.reinstate,
+        };
+        for (key, hash) in previous.documents.iter().flat_map(|d| &d.objects) {
+            if settling.last.insert(key.clone(), *hash).is_some() {
+                settling.twice.insert(key.clone());
+            }
+        }
+        settling.last.extend(previous.kept);
+        let mut previous = previous.documents.into_iter();
+        let mut documents = Vec::new();
+        let mut complete = true;
+        for (index, (first_line, document)) in split_file(&path, &text).into_iter().enumerate() {
+            let fingerprint = digest(document.as_bytes());
+            // Parsed even if unchanged: a document with an object to emit
+            // anyway, or one the file defines twice.
+            let unchanged = previous.next().filter(|last| {
+                last.fingerprint == Some(fingerprint)
+                    && !(last.objects.iter()).any(|(key, _)| {
+                        settling.reinstate.contains(key) || settling.twice.contains(key)
+                    })
+            });
+            if let Some(last) = unchanged {
+                documents.push(last);
+                continue;
+            }
+            let mut objects = Vec::new();
+            let document_errors =
+                parse_document(&path, index, first_line, document, &mut |object| {
+                    objects.push(self.settle(&mut settling, object, out));
+                });
+            complete &= document_errors.is_empty();
+            documents.push(DocumentState {
+                fingerprint: document_errors.is_empty().then_some(fingerprint),
+                objects,
+            });
+            errors.extend(document_errors);
+        }
+        let mut state = self.finish(settling, documents, complete, out, reinstate);
+        state.digest = Some(file_digest);
+        self.files.insert(path, state);
     }
+
+    /// Puts an object just read from the file being read in force where
+    /// that file is its last definition, and emits it if it differs from
+    /// what the file last produced. Returns its key and content hash.
+    fn settle(
+        &mut self,
+        settling: &mut Settling,
+        object: Object,
+        out: &mut Emitter<'_>,
+    ) -> (Arc<ObjectKey>, u64) {
+        let hash = object.content_hash();
+        let key = self.hold(object.key(), &settling.path);
+        if settling.twice.contains(&key) {
+            settling.pending.insert(key.clone(), (object, hash));
+            return (key, hash);
+        }
+        let forced = settling.reinstate.remove(&key);
+        let unchanged = !forced && settling.last.get(&key) == Some(&hash);
+        if !unchanged && self.in_force(&key, &settling.path) {
+            out.object(object);
+        }
+        (key, hash)
+    }
+
+    /// Whether `path` holds the definition of `key` in force.
+    fn in_force(&self, key: &ObjectKey, path: &Arc<Path>) -> bool {
+        self.holders.get(key).and_then(|h| h.last()) == Some(path)
+    }
+
+    /// Ends the read of a file: emits the objects it defines twice, and,
+    /// read in full, withdraws those it no longer defines; read with
+    /// errors, they stay in force, as the error may be in them.
+    fn finish(
+        &mut self,
+        settling: Settling,
+        documents: Vec<DocumentState>,
+        complete: bool,
+        out: &mut Emitter<'_>,
+        reinstate: &mut Reinstate,
+    ) -> FileState {
+        let Settling {
+            path,
+            mut last,
+            pending,
+            reinstate: mut unread,
+            ..
+        } = settling;
+        for (key, (object, hash)) in pending {
+            let forced = unread.remove(&key);
+            if (forced || last.get(&key) != Some(&hash)) && self.in_force(&key, &path) {
+                out.object(object);
+            }
+        }
+        for (key, _) in documents.iter().flat_map(|d| &d.objects) {
+            last.remove(key);
+        }
+        let mut state = FileState {
+            documents,
+            ..FileState::default()
+        };
+        if complete {
+            self.withdraw(&path, last.into_keys(), out, reinstate);
+        } else {
+            unread.retain(|key| last.contains_key(key));
+            state.kept = last.into_iter().collect();
+            state.reinstate = unread;
+        }
+        state
+    }
+
+    /// Records that file `path` defines the object `key`; returns the key
+    /// as shared by every file defining it.
+    fn hold(&mut self, key: ObjectKey, path: &Arc<Path>) -> Arc<ObjectKey> {
+        let shared = match self.holders.get_key_value(&key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(key),
+        };
+        let holders = self.holders.entry(shared.clone()).or_default();
+        if let Err(at) = holders.binary_search(path) {
+            holders.insert(at, path.clone());
+            if let [first, .., last] = &holders[..] {
+                tracing::warn!(
+                    kind = ?shared.kind,
+                    namespace = &*shared.namespace,
+                    name = &*shared.name,
+                    first = %first.display(),
+                    again = %last.display(),
+                    "object defined in two files; the later file wins"
+                );
+            }
+        }
+        shared
+    }
+
+    /// Withdraws file `path`'s definition of each of `keys`: an object no
+    /// other file defines is deleted, and where the withdrawn one was in
+    /// force, the definition before it is reinstated.
+    fn withdraw(
+        &mut self,
+        path: &Arc<Path>,
+        keys: impl IntoIterator<Item = Arc<ObjectKey>>,
+        out: &mut Emitter<'_>,
+        reinstate: &mut Reinstate,
+    ) {
+        for key in keys {
+            let Some((shared, mut holders)) = self.holders.remove_entry(&key) else {
+                continue;
+            };
+            let was_in_force = holders.last() == Some(path);
+            holders.retain(|holder| holder != path);
+            match holders.last() {
+                None => {
+                    if was_in_force {
+                        out.delete(&key);
+                    }
+                    continue;
+                }
+                // Not deleted meanwhile, so that a move between files never
+                // withdraws the object; should the earlier definition no
+                // longer parse, the withdrawn one stays until it does.
+                Some(earlier) if was_in_force => {
+                    let objects = reinstate.entry(earlier.clone()).or_default();
+                    objects.push(shared.clone());
+                }
+                Some(_) => {}
+            }
+            self.holders.insert(shared, holders);
+        }
+    }
+}
+
+/// Emits a list marker for every kind.
+fn list_marker(emit: &mut dyn FnMut(SourceEvent), marker: fn() -> Update<()>) {
+    fn cast<K>(update: Update<()>) -> Update<K> {
+        match update {
+            Update::ListStart => Update::ListStart,
+            _ => Update::ListDone,
+        }
+    }
+    emit(SourceEvent::Service(cast(marker())));
+    emit(SourceEvent::EndpointSlice(cast(marker())));
+    emit(SourceEvent::Endpoints(cast(marker())));
+    emit(SourceEvent::Node(cast(marker())));
+}
+
+/// The kinds the proxy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Node,
 }
 
 /// Kind, namespace and name: what makes an object the same object.
-type ObjectKey = (&'static str, Option<String>, Option<String>);
-
-/// Where each object was first seen, to replace duplicates in place.
-#[derive(Default)]
-struct Seen {
-    index: HashMap<ObjectKey, (usize, PathBuf)>,
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ObjectKey {
+    kind: Kind,
+    /// Empty for a Node.
+    namespace: Box<str>,
+    name: Box<str>,
 }
 
-impl Seen {
-    fn push<K: Metadata<Ty = ObjectMeta>>(
-        &mut self,
-        kind: &'static str,
-        list: &mut Vec<K>,
-        object: K,
-        path: &Path,
-    ) {
-        let meta = object.metadata();
-        let key = (kind, meta.namespace.clone(), meta.name.clone());
-        match self.index.get(&key) {
-            Some((at, first)) => {
-                tracing::warn!(
-                    kind,
-                    namespace = key.1.as_deref().unwrap_or_default(),
-                    name = key.2.as_deref().unwrap_or_default(),
-                    first = %first.display(),
-                    again = %path.display(),
-                    "object defined twice in the manifests; the later definition wins"
-                );
-                list[*at] = object;
-            }
-            None => {
-                self.index.insert(key, (list.len(), path.to_path_buf()));
-                list.push(object);
-            }
+impl ObjectKey {
+    /// The `Delete` of this object: the model reads only the key.
+    fn delete_event(&self) -> SourceEvent {
+        let metadata = ObjectMeta {
+            namespace: (!self.namespace.is_empty()).then(|| self.namespace.to_string()),
+            name: Some(self.name.to_string()),
+            ..ObjectMeta::default()
+        };
+        match self.kind {
+            Kind::Service => SourceEvent::Service(Update::Delete(Service {
+                metadata,
+                ..Service::default()
+            })),
+            Kind::EndpointSlice => SourceEvent::EndpointSlice(Update::Delete(EndpointSlice {
+                metadata,
+                ..EndpointSlice::default()
+            })),
+            Kind::Endpoints => SourceEvent::Endpoints(Update::Delete(Endpoints {
+                metadata,
+                ..Endpoints::default()
+            })),
+            Kind::Node => SourceEvent::Node(Update::Delete(Node {
+                metadata,
+                ..Node::default()
+            })),
         }
     }
 }
@@ -357,6 +687,79 @@ enum Object {
     Endpoints(Endpoints),
     /// Boxed: a Node is twice the size of the others and rare.
     Node(Box<Node>),
+}
+
+impl Object {
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Node(_) => Kind::Node,
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Service(o) => o.metadata(),
+            Object::EndpointSlice(o) => o.metadata(),
+            Object::Endpoints(o) => o.metadata(),
+            Object::Node(o) => o.metadata(),
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+        }
+    }
+
+    /// A hash of the object as decoded: a change of comments, layout or
+    /// key order leaves it as it was.
+    fn content_hash(&self) -> u64 {
+        let mut hasher = HashWriter(std::collections::hash_map::DefaultHasher::new());
+        // Writing to a hasher cannot fail, nor can serializing these types.
+        let _ = match self {
+            Object::Service(o) => serde_json::to_writer(&mut hasher, o),
+            Object::EndpointSlice(o) => serde_json::to_writer(&mut hasher, o),
+            Object::Endpoints(o) => serde_json::to_writer(&mut hasher, o),
+            Object::Node(o) => serde_json::to_writer(&mut hasher, o),
+        };
+        hasher.0.finish()
+    }
+
+    fn into_event(self, listing: bool) -> SourceEvent {
+        fn update<K>(object: K, listing: bool) -> Update<K> {
+            if listing {
+                Update::Listed(object)
+            } else {
+                Update::Apply(object)
+            }
+        }
+        match self {
+            Object::Service(o) => SourceEvent::Service(update(o, listing)),
+            Object::EndpointSlice(o) => SourceEvent::EndpointSlice(update(o, listing)),
+            Object::Endpoints(o) => SourceEvent::Endpoints(update(o, listing)),
+            Object::Node(o) => SourceEvent::Node(update(*o, listing)),
+        }
+    }
+}
+
+/// Feeds what is written to a hasher.
+struct HashWriter<H>(H);
+
+impl<H: Hasher> std::io::Write for HashWriter<H> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn file_error(path: &Path, message: String) -> ManifestError {
@@ -398,265 +801,12 @@ fn is_manifest_name(path: &Path) -> bool {
         })
 }
 
-fn is_json(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-}
-
-/// Each document of a file: its objects, or why it cannot be read.
-fn parse_file(path: &Path, text: &str) -> Vec<Result<Vec<Object>, ManifestError>> {
-    let document_error = |index: usize, message: String| ManifestError {
-        path: path.to_path_buf(),
-        document: Some(index + 1),
-        message,
-    };
-    if is_json(path) {
-        let parsed = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|error| error.to_string())
-            .and_then(|value| decode_document(path, 1, value).map_err(|e| e.to_string()));
-        return vec![parsed.map_err(|message| document_error(0, message))];
-    }
-    yaml_documents(text)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first_line, document))| {
-            let value = serde_yaml_ng::from_str::<serde_json::Value>(document)
-                .map_err(|_| yaml_error_at(first_line, document))?;
-            decode_document(path, index + 1, value).map_err(|e| e.to_string())
-        })
-        .enumerate()
-        .map(|(index, parsed)| parsed.map_err(|message| document_error(index, message)))
-        .collect()
-}
-
-/// A YAML error whose line numbers count from the start of the file, not of
-/// the document: the document is parsed again behind as many empty lines as
-/// precede it (only on error, so the copy costs nothing in the common case).
-fn yaml_error_at(first_line: usize, document: &str) -> String {
-    let mut padded = "\n".repeat(first_line);
-    padded.push_str(document);
-    match serde_yaml_ng::from_str::<serde_json::Value>(&padded) {
-        Err(error) => error.to_string(),
-        Ok(_) => "invalid YAML".to_owned(),
-    }
-}
-
-/// Splits a YAML stream at its `---` document markers into (index of the
-/// document's first line, text). Comments and directives before the first
-/// marker belong to the first document instead of forming an empty one.
-fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
-    let mut documents = Vec::new();
-    let (mut start, mut start_line) = (0, 0);
-    let mut offset = 0;
-    for (line_index, line) in text.split_inclusive('\n').enumerate() {
-        if is_document_marker(line) && offset > 0 {
-            let previous = &text[start..offset];
-            if start > 0 || has_content(previous) {
-                documents.push((start_line, previous));
-                (start, start_line) = (offset, line_index);
-            }
-        }
-        offset += line.len();
-    }
-    let last = &text[start..];
-    if start > 0 || has_content(last) {
-        documents.push((start_line, last));
-    }
-    documents
-}
-
-fn is_document_marker(line: &str) -> bool {
-    line.strip_prefix("---")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
-}
-
-/// Whether YAML text holds more than blank lines, comments and directives.
-fn has_content(text: &str) -> bool {
-    text.lines().any(|line| {
-        let line = line.trim();
-        !line.is_empty() && !line.starts_with('#') && !line.starts_with('%')
-    })
-}
-
-/// Why a document could not be decoded: the field and what is wrong with it.
-#[derive(Debug)]
-struct DecodeError {
-    /// Dotted path of the field, empty for the document itself.
-    field: String,
-    message: String,
-}
-
-impl DecodeError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        DecodeError {
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error, inside `items[index]` of a list.
-    fn in_item(mut self, index: usize) -> Self {
-        self.field = if self.field.is_empty() {
-            format!("items[{index}]")
-        } else {
-            format!("items[{index}].{}", self.field)
-        };
-        self
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-/// The objects of one document: none (empty document), one, or a list's.
-fn decode_document(
-    path: &Path,
-    document: usize,
-    value: serde_json::Value,
-) -> Result<Vec<Object>, DecodeError> {
-    if value.is_null() {
-        return Ok(Vec::new());
-    }
-    let (api_version, kind) = type_of(&value)?;
-    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        let serde_json::Value::Object(mut list) = value else {
-            unreachable!("type_of accepts only objects");
-        };
-        let items = match list.remove("items") {
-            Some(serde_json::Value::Array(items)) => items,
-            Some(serde_json::Value::Null) | None => Vec::new(),
-            Some(other) => {
-                return Err(DecodeError::new(
-                    "items",
-                    format!("expected a sequence, found {}", json_type(&other)),
-                ))
-            }
-        };
-        let mut objects = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            let (api_version, kind) = type_of(&item).map_err(|e| e.in_item(index))?;
-            let object = decode_object(&api_version, &kind, item).map_err(|e| e.in_item(index))?;
-            match object {
-                Some(object) => objects.push(object),
-                None => ignore_kind(path, document, &api_version, &kind),
-            }
-        }
-        return Ok(objects);
-    }
-    match decode_object(&api_version, &kind, value)? {
-        Some(object) => Ok(vec![object]),
-        None => {
-            ignore_kind(path, document, &api_version, &kind);
-            Ok(Vec::new())
-        }
-    }
-}
-
-fn ignore_kind(path: &Path, document: usize, api_version: &str, kind: &str) {
-    tracing::warn!(
-        file = %path.display(),
-        document,
-        api_version,
-        kind,
-        "manifest of a kind the proxy does not read; ignored"
-    );
-}
-
-/// The apiVersion and kind of an object, both required.
-fn type_of(value: &serde_json::Value) -> Result<(String, String), DecodeError> {
-    let serde_json::Value::Object(object) = value else {
-        return Err(DecodeError::new(
-            "",
-            format!(
-                "expected an object with apiVersion and kind, found {}",
-                json_type(value)
-            ),
-        ));
-    };
-    let field = |name: &str| match object.get(name) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        None | Some(serde_json::Value::Null) => Err(DecodeError::new(name, "missing")),
-        Some(serde_json::Value::String(_)) => Err(DecodeError::new(name, "empty")),
-        Some(other) => Err(DecodeError::new(
-            name,
-            format!("expected a string, found {}", json_type(other)),
-        )),
-    };
-    Ok((field("apiVersion")?, field("kind")?))
-}
-
-fn json_type(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a sequence",
-        serde_json::Value::Object(_) => "a mapping",
-    }
-}
-
-/// One object of a kind the proxy reads, or `None` for any other kind.
-fn decode_object(
-    api_version: &str,
-    kind: &str,
-    value: serde_json::Value,
-) -> Result<Option<Object>, DecodeError> {
-    let object = match (api_version, kind) {
-        ("v1", "Service") => Object::Service(decode_namespaced(value)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(decode_namespaced(value)?)
-        }
-        ("v1", "Endpoints") => Object::Endpoints(decode_namespaced(value)?),
-        ("v1", "Node") => Object::Node(Box::new(decode(value)?)),
-        _ => return Ok(None),
-    };
-    Ok(Some(object))
-}
-
-/// A namespaced object; without a namespace it lands in `default`, as with
-/// `kubectl apply`.
-fn decode_namespaced<K>(value: serde_json::Value) -> Result<K, DecodeError>
-where
-    K: DeserializeOwned + Metadata<Ty = ObjectMeta>,
-{
-    let mut object: K = decode(value)?;
-    let namespace = &mut object.metadata_mut().namespace;
-    if namespace.as_deref().is_none_or(str::is_empty) {
-        *namespace = Some("default".to_owned());
-    }
-    Ok(object)
-}
-
-fn decode<K>(value: serde_json::Value) -> Result<K, DecodeError>
-where
-    K: DeserializeOwned + Metadata<Ty = ObjectMeta>,
-{
-    let object: K = serde_path_to_error::deserialize(value).map_err(|error| {
-        let field = error.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        DecodeError {
-            field,
-            message: error.into_inner().to_string(),
-        }
-    })?;
-    if object.metadata().name.as_deref().is_none_or(str::is_empty) {
-        return Err(DecodeError::new("metadata.name", "missing"));
-    }
-    Ok(object)
-}
-
-/// Follows a manifests directory: one `Replace` per kind and `Synced` once
-/// the directory has been read, then a `Replace` of each kind a change of
-/// the files touched. Errors are logged and never end the stream.
+/// Follows a manifests directory: once it has been read, every object as
+/// a list per kind (`ListStart`, `Listed`…, `ListDone`) and `Synced`; then
+/// an `Apply` or `Delete` per object a change of the files touched. Objects
+/// stream through as they are parsed (the reading thread waits for the
+/// consumer), so no list of them is ever held. Errors are logged and never
+/// end the stream.
 ///
 /// The directory is watched from this call on, so no change between the
 /// call and the first read is lost. Must be called inside a Tokio runtime.
@@ -664,32 +814,38 @@ pub fn watch_dir(dir: PathBuf) -> impl Stream<Item = SourceEvent> + Send {
     let (sender, receiver) = mpsc::unbounded_channel();
     let watcher = start_watching(&dir, sender.clone());
     let state = DirWatch {
+        path: dir.clone(),
         dir: Some(ManifestDir::new(dir)),
         watcher,
         sender,
         receiver,
-        pending: VecDeque::new(),
+        reading: None,
         synced: false,
         first_read: true,
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {
-            if let Some(event) = state.pending.pop_front() {
+            if let Some(event) = state.next_read_event().await {
                 return Some((event, state));
             }
             if !state.first_read {
                 state.wait_for_change().await;
             }
             state.first_read = false;
-            state.read().await;
+            state.start_read();
         }
     })
 }
 
 type NotifySender = mpsc::UnboundedSender<notify::Result<notify::Event>>;
 
+/// Events a read passes on while it runs; a few are buffered, then the
+/// reading thread waits.
+const READ_BUFFER: usize = 256;
+
 /// The state behind [`watch_dir`]'s stream.
 struct DirWatch {
+    path: PathBuf,
     /// `None` only while a rescan runs on the blocking pool.
     dir: Option<ManifestDir>,
     /// Dropping it stops the notifications; `None` while the directory
@@ -697,9 +853,16 @@ struct DirWatch {
     watcher: Option<notify::RecommendedWatcher>,
     sender: NotifySender,
     receiver: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    pending: VecDeque<SourceEvent>,
+    /// The read in progress.
+    reading: Option<Reading>,
     synced: bool,
     first_read: bool,
+}
+
+/// A rescan running on the blocking pool, and the events it emits.
+struct Reading {
+    events: mpsc::Receiver<SourceEvent>,
+    task: tokio::task::JoinHandle<(ManifestDir, Rescan)>,
 }
 
 fn start_watching(dir: &Path, sender: NotifySender) -> Option<notify::RecommendedWatcher> {
@@ -750,8 +913,7 @@ impl DirWatch {
     async fn wait_for_change(&mut self) {
         if self.watcher.is_none() {
             tokio::time::sleep(WATCH_RETRY).await;
-            let dir = self.dir.as_ref().map(|d| d.dir().to_path_buf());
-            self.watcher = dir.and_then(|dir| start_watching(&dir, self.sender.clone()));
+            self.watcher = start_watching(&self.path, self.sender.clone());
             return;
         }
         loop {
@@ -773,24 +935,41 @@ impl DirWatch {
         }
     }
 
-    /// Reads the directory and queues the events for what changed.
-    async fn read(&mut self) {
+    /// Starts reading the directory on the blocking pool: file reads block.
+    fn start_read(&mut self) {
         let Some(mut dir) = self.dir.take() else {
             return;
         };
-        // File reads block; keep them off the runtime's workers.
-        let path = dir.dir().to_path_buf();
-        let (dir, rescan) = match tokio::task::spawn_blocking(move || {
-            let rescan = dir.rescan();
+        let (sender, events) = mpsc::channel(READ_BUFFER);
+        let task = tokio::task::spawn_blocking(move || {
+            let rescan = dir.rescan(&mut |event| {
+                // The receiver is gone only when the stream was dropped.
+                let _ = sender.blocking_send(event);
+            });
             (dir, rescan)
-        })
-        .await
-        {
-            Ok(done) => done,
+        });
+        self.reading = Some(Reading { events, task });
+    }
+
+    /// The next event of the read in progress; `None` once there is none
+    /// (no read, or the read is done).
+    async fn next_read_event(&mut self) -> Option<SourceEvent> {
+        let reading = self.reading.as_mut()?;
+        if let Some(event) = reading.events.recv().await {
+            return Some(event);
+        }
+        let reading = self.reading.take()?;
+        let rescan = match reading.task.await {
+            Ok((dir, rescan)) => {
+                self.dir = Some(dir);
+                rescan
+            }
             Err(error) => {
-                // Parsing never panics; should it, start over from an empty state.
+                // Parsing never panics; should it, start over from an empty
+                // state, whose first read lists every object again.
                 tracing::error!(%error, "reading the manifests directory failed");
-                (ManifestDir::new(path), Rescan::default())
+                self.dir = Some(ManifestDir::new(self.path.clone()));
+                Rescan::default()
             }
         };
         for error in &rescan.errors {
@@ -798,16 +977,16 @@ impl DirWatch {
         }
         if rescan.listed && !self.synced {
             self.synced = true;
-            self.pending.extend(dir.manifests().into_events());
-        } else if self.synced && !rescan.changed.is_empty() {
-            self.pending.extend(dir.replace_events(rescan.changed));
+            return Some(SourceEvent::Synced);
         }
-        self.dir = Some(dir);
+        None
     }
 }
 
 #[cfg(test)]
 mod fuzz;
+
+mod decode;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,12 @@
-//! Fuzzing of the manifest decoder (`parse_file`): YAML multi-document and
-//! JSON files into objects. Seeds are the manifests in the repository
-//! (deploy/examples, tests/vm/packet-path) and `tests/fuzz/corpus/manifests`;
+//! Fuzzing of the manifest decoder (`parse_document`): YAML multi-document
+//! and JSON files into objects, a `List`'s items streamed one at a time and
+//! checked against the same document decoded whole. Seeds are the manifests
+//! in the repository (deploy/examples, tests/vm/packet-path) and
+//! `tests/fuzz/corpus/manifests`;
 //! the mutations are structure-aware (lines deleted, duplicated, swapped or
 //! re-indented, scalars replaced by other types, huge numbers, anchors,
 //! document markers) as well as byte-level. Files that are not UTF-8 never
-//! reach `parse_file` (the reader rejects them), so bytes are read lossily.
+//! reach `parse_document` (the reader rejects them), so bytes are read lossily.
 //!
 //! More cases: `PROPTEST_CASES=20000 cargo test --lib manifests::fuzz`.
 
@@ -182,14 +184,24 @@ fn mutated_manifests(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Input> {
     })
 }
 
-/// Decodes `bytes` as a YAML file and as a JSON file.
+/// Decodes `bytes` as a YAML file and as a JSON file; a document that
+/// parses as a whole yields the same objects and errors when streamed.
 fn check(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     for name in ["fuzz.yaml", "fuzz.json"] {
-        for document in parse_file(Path::new(name), &text) {
-            match document {
-                Ok(objects) => drop(objects),
-                Err(error) => drop(error.to_string()),
+        let path = Path::new(name);
+        for (index, (first_line, document)) in split_file(path, &text).into_iter().enumerate() {
+            let mut objects = Vec::new();
+            let errors = parse_document(path, index, first_line, document, &mut |object| {
+                objects.push(object);
+            });
+            errors.iter().for_each(|error| drop(error.to_string()));
+            if let Some(whole) = decode::parse_whole(path, index, document) {
+                assert_eq!(
+                    (objects, errors),
+                    whole,
+                    "{name} document {index}: {document}"
+                );
             }
         }
     }
