@@ -8,20 +8,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op};
+use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op, VirtualServerKey};
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::DummyLink;
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
-    AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+    AddressKernel, IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, NftKernel,
 };
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
 use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
-    median, quantile, AddressFloor, ChangeLatency, ColdSync, IdleResync, IpvsadmRestore, ProxyRun,
-    RawFloor, ServiceChurn, StateFloor,
+    median, quantile, AddressFloor, ChangeLatency, ColdSync, CompleteRead, IdleResync,
+    IpvsadmRestore, ProxyRun, RawFloor, ServiceChurn, StateFloor, Verification,
 };
 use crate::synthetic::{self, Scale};
 
@@ -285,9 +285,19 @@ struct TimedIpvs {
 }
 
 impl IpvsKernel for TimedIpvs {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
         let started = Instant::now();
-        let result = self.inner.dump().await;
+        let result = self.inner.list_virtual_servers().await;
+        self.dump += started.elapsed();
+        result
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        let started = Instant::now();
+        let result = self.inner.list_real_servers(keys).await;
         self.dump += started.elapsed();
         result
     }
@@ -599,6 +609,18 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
         nft_writes = nft_writes.max(resynced.report.nft_elements);
         messages = ipvs_stats(pipeline).messages_sent - messages_before;
     }
+    // The same, reading every real server: what each run cost before the
+    // rolling window, measured on the same kernel in the same run.
+    pipeline.reconciler.require_full_sync();
+    let messages_before = ipvs_stats(pipeline).messages_sent;
+    let cpu_before = process_cpu_time()?;
+    let resynced = pipeline.resync().await?;
+    let complete = CompleteRead {
+        cpu_seconds: (process_cpu_time()? - cpu_before).as_secs_f64(),
+        wall_seconds: resynced.elapsed.as_secs_f64(),
+        writes: resynced.report.writes,
+        ipvs_messages: ipvs_stats(pipeline).messages_sent - messages_before,
+    };
     Ok(IdleResync {
         runs,
         cpu_seconds: median(&cpu),
@@ -606,27 +628,32 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
         writes,
         nft_writes,
         ipvs_messages: messages,
+        verification: Some(Box::new(Verification {
+            rounds: crate::pipeline::verify_rounds(),
+            complete,
+        })),
     })
 }
 
-/// CPU time of every thread of this process, from the scheduler's
-/// nanosecond accounting (`/proc/self/task/*/schedstat`, first field).
+/// CPU time of this process, user and system, threads that have exited
+/// included (`/proc/self/stat` utime + stime, in USER_HZ = 100 ticks): the
+/// runtime's blocking threads come and go during a long sync, and a sum
+/// over the live threads' schedstat lost the time of those that exited.
 pub fn process_cpu_time() -> Result<Duration, String> {
-    let tasks = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| format!("reading /proc/self/task: {e}"))?;
-    let mut total = 0u64;
-    for task in tasks.flatten() {
-        let path = task.path().join("schedstat");
-        // A thread that exited meanwhile has no file any more.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let on_cpu = text
-            .split_whitespace()
-            .next()
-            .and_then(|field| field.parse::<u64>().ok())
-            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
-        total += on_cpu;
-    }
-    Ok(Duration::from_nanos(total))
+    let text = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| format!("/proc/self/stat: unexpected content {text:?}"))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(total * 10))
 }

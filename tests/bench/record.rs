@@ -182,6 +182,33 @@ pub struct IdleResync {
     pub nft_writes: usize,
     /// IPVS netlink messages sent by one run (dump requests).
     pub ipvs_messages: u64,
+    /// The rolling verification of real servers, and what reading them all
+    /// costs. Absent in results from before it existed.
+    #[serde(default)]
+    pub verification: Option<Box<Verification>>,
+}
+
+/// How much of the table an idle resync reads, against reading it all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// `--ipvs-verify-period` over `--ipvs-sync-period` at their defaults:
+    /// each run reads the real servers of about 1/`rounds` of the virtual
+    /// servers.
+    pub rounds: u64,
+    /// One more full sync with nothing changed that reads every real
+    /// server, as the first sync and one after a lost connection do (and
+    /// as every full sync did before the rolling window).
+    pub complete: CompleteRead,
+}
+
+/// One idle full sync that reads every virtual server's real servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRead {
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub writes: usize,
+    /// IPVS dump requests: 1 + one per virtual server.
+    pub ipvs_messages: u64,
 }
 
 /// Where the binary read its objects from.

@@ -338,6 +338,27 @@ impl Results {
                 .as_ref()
                 .map(|p| thousands(p.idle.ipvs_messages as usize))
         });
+        row("  real servers read (rolling window)", &|c| {
+            let p = c.proxy.as_ref()?;
+            let rounds = usize::try_from(p.idle.verification.as_ref()?.rounds).ok()?;
+            Some(format!(
+                "{} of {}, 1/{rounds}",
+                thousands(p.scale.services.div_ceil(rounds)),
+                thousands(p.scale.services)
+            ))
+        });
+        row("  reading every real server: CPU / wall", &|c| {
+            let complete = &c.proxy.as_ref()?.idle.verification.as_ref()?.complete;
+            Some(format!(
+                "{} / {}",
+                millis(complete.cpu_seconds),
+                millis(complete.wall_seconds)
+            ))
+        });
+        row("    IPVS messages (dump requests)", &|c| {
+            let complete = &c.proxy.as_ref()?.idle.verification.as_ref()?.complete;
+            Some(thousands(complete.ipvs_messages as usize))
+        });
         row("Steady RSS, standalone (manifests)", &|c| {
             c.rss(SourceMode::Manifests).map(|r| mib(r.steady_kib))
         });
@@ -378,7 +399,7 @@ impl Results {
     /// Each goal at [`GOAL_SCALE`], or at the largest scale measured when
     /// the run did not include it (said so on the line).
     fn goals(&self) -> String {
-        let mut out = String::from("Goals (issues 4 and 10), at 10,000 × 10:\n");
+        let mut out = String::from("Goals (issues 4, 10 and 12), at 10,000 × 10:\n");
         let goal_scale = if self.columns.contains_key(&GOAL_SCALE) {
             Some(GOAL_SCALE)
         } else {
@@ -498,6 +519,24 @@ impl Results {
                         millis(p.idle.cpu_seconds)
                     ),
                 )
+            }),
+        );
+        goal(
+            "an idle resync costs ≤ 1/10 the CPU of reading every real server (issue 12)",
+            proxy.and_then(|p| {
+                let complete = &p.idle.verification.as_ref()?.complete;
+                let r = p.idle.cpu_seconds / complete.cpu_seconds;
+                Some((
+                    r <= 0.1,
+                    format!(
+                        "{:.3}× ({} vs {}; {} vs {} dump requests)",
+                        r,
+                        millis(p.idle.cpu_seconds),
+                        millis(complete.cpu_seconds),
+                        thousands(p.idle.ipvs_messages as usize),
+                        thousands(complete.ipvs_messages as usize)
+                    ),
+                ))
             }),
         );
         goal(
