@@ -22,7 +22,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_ipvs_proxy::cli::Cli;
-use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey};
+use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey, VirtualServerKey};
 use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft, Write};
 use kube_ipvs_proxy::kernel::{

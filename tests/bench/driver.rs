@@ -192,7 +192,7 @@ async fn measure(phase: Phase) -> Result<Record, String> {
             scale,
             trials,
             idle_runs,
-        } => Record::Proxy(phases::proxy(scale, trials, idle_runs).await?),
+        } => Record::Proxy(Box::new(phases::proxy(scale, trials, idle_runs).await?)),
         Phase::Rss {
             scale,
             mode,
