@@ -109,6 +109,16 @@ pub struct Options {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, global = true)]
     pub ipvs_sync_period: Duration,
 
+    /// How long a drifted real server may go unnoticed: every full sync
+    /// lists all virtual servers, but reads the real servers of only a share
+    /// of them, so that each is read at least once per this period (e.g.
+    /// '10m'). Virtual servers with draining real servers, or a failed
+    /// write, are read at every full sync. Defaults to 20 ×
+    /// --ipvs-sync-period; a value no longer than --ipvs-sync-period reads
+    /// every real server at every full sync.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub ipvs_verify_period: Option<Duration>,
+
     /// The minimum time between two incremental syncs: changes arriving
     /// closer together are applied together (e.g. '1s', '250ms').
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
@@ -260,7 +270,34 @@ pub struct Options {
     pub logging_format: LogFormat,
 }
 
+/// Full syncs per verify period when `--ipvs-verify-period` is not given.
+/// An idle full sync then reads the real servers of a twentieth of the
+/// virtual servers: with the one listing of every virtual server, at 10,000
+/// services that is under a tenth of the CPU of reading them all (one
+/// request per virtual server), and at the default 30s sync period a
+/// drifted real server is still repaired within 10 minutes.
+pub const DEFAULT_VERIFY_ROUNDS: u32 = 20;
+
 impl Options {
+    /// `--ipvs-verify-period`, or its default of [`DEFAULT_VERIFY_ROUNDS`]
+    /// sync periods.
+    pub fn verify_period(&self) -> Duration {
+        self.ipvs_verify_period
+            .unwrap_or_else(|| self.ipvs_sync_period.saturating_mul(DEFAULT_VERIFY_ROUNDS))
+    }
+
+    /// How many full syncs the verify period spans, rounded up: every owned
+    /// virtual server's real servers are read at least once in that many
+    /// (see `Reconciler::set_verify_rounds`). At least 1.
+    pub fn verify_rounds(&self) -> u64 {
+        let sync = self.ipvs_sync_period.as_nanos();
+        if sync == 0 {
+            return 1;
+        }
+        let rounds = self.verify_period().as_nanos().div_ceil(sync);
+        u64::try_from(rounds).unwrap_or(u64::MAX).max(1)
+    }
+
     /// The node's name: --hostname-override, else $NODE_NAME, else the hostname.
     pub fn node_name(&self) -> String {
         self.hostname_override
@@ -428,6 +465,42 @@ mod tests {
             cli.options.metrics_bind_address,
             BindAddress(Some("127.0.0.1:10249".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn the_verify_period_is_whole_sync_periods_twenty_by_default() {
+        let cases: &[(&str, &[&str], Duration, u64)] = &[
+            ("default", &[], Duration::from_secs(600), 20),
+            (
+                "follows the sync period",
+                &["--ipvs-sync-period", "1m"],
+                Duration::from_secs(1200),
+                20,
+            ),
+            (
+                "rounded up to whole periods",
+                &["--ipvs-verify-period", "95s"],
+                Duration::from_secs(95),
+                4,
+            ),
+            (
+                "no longer than a period: everything every time",
+                &["--ipvs-verify-period", "10s"],
+                Duration::from_secs(10),
+                1,
+            ),
+            (
+                "zero: everything every time",
+                &["--ipvs-verify-period", "0s"],
+                Duration::ZERO,
+                1,
+            ),
+        ];
+        for (name, args, period, rounds) in cases {
+            let options = parse(args).unwrap().options;
+            assert_eq!(options.verify_period(), *period, "{name}");
+            assert_eq!(options.verify_rounds(), *rounds, "{name}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! translated again at once (pure and per service) and handed to the
 //! reconciler, which syncs them no sooner than `--ipvs-min-sync-period` after
 //! the previous sync, so bursts coalesce. Every `--ipvs-sync-period` a full
-//! sync dumps the kernel and repairs drift.
+//! sync reads the kernel and repairs drift: every virtual server, and the
+//! real servers of each at least once per `--ipvs-verify-period`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -507,7 +508,9 @@ pub async fn run(opts: &Options) -> Result<()> {
         .await
         .map_err(Error::Nftables)?;
     let mut conntrack = NetlinkConntrack::new()?;
-    tracing::info!(node = %node_name, interface = %opts.ipvs_interface, "starting");
+    tracing::info!(node = %node_name, interface = %opts.ipvs_interface,
+        sync_period = ?opts.ipvs_sync_period, verify_period = ?opts.verify_period(),
+        "starting");
 
     let (events, source_name, client) = open_source(opts, &node_name).await?;
     let translate = translate_config(opts)?;
@@ -654,6 +657,7 @@ impl Loop<'_> {
         let opts = self.opts;
         let mut ruleset = self.ruleset;
         let mut reconciler = Reconciler::new(ownership(opts));
+        reconciler.set_verify_rounds(opts.verify_rounds());
         reconciler.set_node_addresses(self.node.node_addresses.clone());
         if !opts.pod_cidrs_from_node() {
             reconciler.set_local_pod_cidrs(&opts.cluster_cidr);
@@ -817,6 +821,8 @@ async fn verify<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKerne
     metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
+    // Every real server, not a window of them.
+    reconciler.require_full_sync();
     let second = kernel
         .sync(reconciler, ruleset, opts.conntrack_cleanup, true)
         .await;
@@ -1435,6 +1441,137 @@ mod tests {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+    use crate::desired::{DesiredVirtualServer, ServiceDesired, VirtualServer, VirtualServerKey};
+    use crate::kernel::fake::{FailOn, FakeConntrack, FakeKernel, FakeNft};
+    use crate::source::Update;
+    use clap::Parser;
+
+    fn key(i: u8) -> VirtualServerKey {
+        VirtualServerKey {
+            addr: IpAddr::from([10, 96, 0, i]),
+            protocol: Protocol::Tcp,
+            port: 80,
+        }
+    }
+
+    fn web(i: u8) -> ServiceDesired {
+        ServiceDesired {
+            virtual_servers: vec![DesiredVirtualServer {
+                server: VirtualServer {
+                    key: key(i),
+                    scheduler: "rr".into(),
+                    persistence: None,
+                },
+                real_servers: vec![],
+            }],
+            bind_addrs: vec![key(i).addr],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_lost_connection_the_next_sync_reads_every_real_server() {
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::default(), FakeConntrack::default());
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        reconciler.set_verify_rounds(10);
+        let ruleset = NftRuleset::default();
+        for i in 1..=20 {
+            reconciler.set_service(ServiceName::new("default", &format!("s{i}")), Some(web(i)));
+        }
+        kernel.sync(&mut reconciler, &ruleset, true, true).await;
+        let idle = kernel.ipvs.dump_requests();
+        let report = kernel.sync(&mut reconciler, &ruleset, true, true).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(
+            kernel.ipvs.dump_requests() - idle,
+            1 + 2,
+            "a window of 20 / 10"
+        );
+
+        kernel.ipvs.fail_next(
+            FailOn::VirtualServer(key(21)),
+            KernelError::ConnectionLost("netlink socket: EPIPE".into()),
+        );
+        reconciler.set_service(ServiceName::new("default", "s21"), Some(web(21)));
+        kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        let before = kernel.ipvs.dump_requests();
+        let report = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(
+            kernel.ipvs.dump_requests() - before,
+            1 + 20,
+            "every virtual server's real servers (the lost add never reached the kernel)"
+        );
+    }
+
+    #[tokio::test]
+    async fn once_verifies_every_real_server() {
+        let opts = crate::cli::Cli::parse_from(["kube-ipvs-proxy", "--once"]).options;
+        assert_eq!(opts.verify_rounds(), 20, "the default window");
+        let (send, events) = futures::channel::mpsc::unbounded();
+        let services = (1..=30).map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "default", "name": format!("s{i}")},
+                "spec": {"clusterIP": format!("10.96.0.{i}"), "ports": [{"port": 80}]},
+            }))
+            .unwrap()
+        });
+        send.unbounded_send(SourceEvent::Service(Update::Replace(services.collect())))
+            .unwrap();
+        send.unbounded_send(SourceEvent::Synced).unwrap();
+        let node = NodeFacts {
+            name: "n1".into(),
+            node_addresses: vec![],
+            local_addresses: vec![],
+            ipv4: true,
+            ipv6: false,
+        };
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::default(), FakeConntrack::default());
+        let refresh = {
+            let node = node.clone();
+            move || std::future::ready(Ok(node.clone()))
+        };
+        let result = Loop {
+            opts: &opts,
+            node,
+            translate: TranslateConfig::default(),
+            ruleset: NftRuleset::default(),
+            source_name: "test",
+            metrics: Metrics::new(),
+            events: EventSink::disabled(),
+        }
+        .serve(
+            Box::pin(events),
+            Kernel {
+                ipvs: &mut ipvs,
+                link: &mut link,
+                nft: &mut nft,
+                conntrack: &mut conntrack,
+            },
+            refresh,
+            futures::future::pending(),
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            ipvs.dump_requests(),
+            1 + (1 + 30),
+            "the first sync lists the empty table; the verification reads all 30"
+        );
     }
 }
 

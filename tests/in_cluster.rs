@@ -22,10 +22,12 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_ipvs_proxy::cli::Cli;
-use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey};
+use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServerKey, VirtualServerKey};
 use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft, Write};
-use kube_ipvs_proxy::kernel::{AddressKernel, IpvsKernel, KernelError, KernelVirtualServer};
+use kube_ipvs_proxy::kernel::{
+    AddressKernel, IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer,
+};
 use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
 use kube_ipvs_proxy::source::kube::{client, watch};
@@ -40,8 +42,14 @@ use tokio::sync::{oneshot, Mutex};
 struct SharedKernel(Arc<Mutex<FakeKernel>>);
 
 impl IpvsKernel for SharedKernel {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
-        self.0.lock().await.dump().await
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        self.0.lock().await.list_virtual_servers().await
+    }
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.0.lock().await.list_real_servers(keys).await
     }
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         self.0.lock().await.apply(ops).await

@@ -30,14 +30,17 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_ipvs_proxy::cli::{Cli, Options};
-use kube_ipvs_proxy::desired::{NftRuleset, Op, RealServer, RealServerKey, VirtualServer};
+use kube_ipvs_proxy::desired::{
+    NftRuleset, Op, RealServer, RealServerKey, VirtualServer, VirtualServerKey,
+};
 use kube_ipvs_proxy::events::EventSink;
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::DummyLink;
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
-    modules, AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+    modules, AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, ListedRealServers,
+    ListedVirtualServer, NftKernel,
 };
 use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
@@ -198,7 +201,9 @@ struct CountedIpvs {
 }
 
 impl IpvsKernel for CountedIpvs {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+    /// Every full sync starts with this listing, whether it reads all real
+    /// servers (through the trait's `dump`) or some.
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
         let fail = {
             let mut reads = self.probe.lock();
             let fail = reads.fail_next > 0;
@@ -211,7 +216,14 @@ impl IpvsKernel for CountedIpvs {
                 "injected: EINTR while dumping the IPVS table".into(),
             ));
         }
-        self.inner.dump().await
+        self.inner.list_virtual_servers().await
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.inner.list_real_servers(keys).await
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {

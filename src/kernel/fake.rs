@@ -14,8 +14,8 @@ use crate::desired::{
     VirtualServer, VirtualServerKey,
 };
 use crate::kernel::{
-    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
-    TrafficCounters,
+    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer,
+    ListedRealServers, ListedVirtualServer, NftKernel, TrafficCounters,
 };
 
 /// What an injected failure hits.
@@ -25,8 +25,10 @@ pub enum FailOn {
     VirtualServer(VirtualServerKey),
     /// Adding or removing this address on kube-ipvs0.
     Address(IpAddr),
-    /// [`IpvsKernel::dump`].
+    /// [`IpvsKernel::list_virtual_servers`] (and so [`IpvsKernel::dump`]).
     IpvsDump,
+    /// [`IpvsKernel::list_real_servers`].
+    RealServerDump,
     /// [`AddressKernel::ensure_link`].
     Link,
 }
@@ -71,6 +73,8 @@ pub struct FakeKernel {
     journal: Vec<Write>,
     writes: usize,
     dumps: usize,
+    dump_requests: usize,
+    real_server_reads: BTreeMap<VirtualServerKey, usize>,
     apply_calls: usize,
 }
 
@@ -86,9 +90,23 @@ impl FakeKernel {
         self.writes
     }
 
-    /// Reads received so far: `dump` and `ensure_link` calls.
+    /// Reads received so far: listings of the virtual servers (every
+    /// `dump` makes one) and `ensure_link` calls.
     pub fn dumps(&self) -> usize {
         self.dumps
+    }
+
+    /// IPVS dump requests received so far, as the real kernel counts them:
+    /// one per listing of the virtual servers and one per virtual server
+    /// whose real servers were listed. A whole-table `dump` of N virtual
+    /// servers is 1 + N.
+    pub fn dump_requests(&self) -> usize {
+        self.dump_requests
+    }
+
+    /// How many times the real servers of each virtual server were listed.
+    pub fn real_server_reads(&self) -> &BTreeMap<VirtualServerKey, usize> {
+        &self.real_server_reads
     }
 
     /// How many times `apply` was called (the reconciler batches one sync
@@ -341,12 +359,48 @@ impl FakeVirtualServer {
 }
 
 impl IpvsKernel for FakeKernel {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
         self.dumps += 1;
+        self.dump_requests += 1;
         if let Some(error) = self.injected(FailOn::IpvsDump) {
             return Err(error);
         }
-        Ok(self.virtual_servers())
+        Ok(self
+            .virtual_servers
+            .values()
+            .map(|vs| ListedVirtualServer {
+                server: vs.server.clone(),
+                counters: vs.counters,
+            })
+            .collect())
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.dump_requests += keys.len();
+        for key in keys {
+            *self.real_server_reads.entry(*key).or_default() += 1;
+        }
+        if let Some(error) = self.injected(FailOn::RealServerDump) {
+            return Err(error);
+        }
+        Ok(keys
+            .iter()
+            .map(|key| {
+                // As the kernel: a missing virtual server has no real servers.
+                self.virtual_servers
+                    .get(key)
+                    .map_or_else(Default::default, |vs| {
+                        let dumped = vs.to_kernel();
+                        ListedRealServers {
+                            real_servers: dumped.real_servers,
+                            connections: dumped.connections,
+                        }
+                    })
+            })
+            .collect())
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {

@@ -9,6 +9,7 @@ use foldhash::HashMap;
 
 use crate::desired::{
     FlowFilter, NftChange, NftElement, NftRuleset, Op, RealServer, RealServerKey, VirtualServer,
+    VirtualServerKey,
 };
 
 pub mod conntrack;
@@ -32,6 +33,22 @@ pub struct KernelVirtualServer {
     pub connections: HashMap<RealServerKey, u32>,
     /// The virtual server's traffic since it was created, from the same dump.
     pub counters: TrafficCounters,
+}
+
+/// A virtual server as the services dump lists it: its settings and
+/// counters, without its real servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedVirtualServer {
+    pub server: VirtualServer,
+    pub counters: TrafficCounters,
+}
+
+/// One virtual server's real servers, as its destinations dump lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListedRealServers {
+    pub real_servers: Vec<RealServer>,
+    /// As [`KernelVirtualServer::connections`].
+    pub connections: HashMap<RealServerKey, u32>,
 }
 
 /// The kernel's traffic counters of one virtual server (`ipvsadm -Ln
@@ -74,11 +91,51 @@ pub enum KernelError {
 }
 
 /// The IPVS table, as the reconciler sees it.
+///
+/// The kernel lists virtual servers in one dump request, but real servers
+/// only per virtual server: one request each. Reading the whole table is
+/// therefore 1 + N requests, and a full sync that needs only some virtual
+/// servers' real servers asks for just those. Neither read has a default,
+/// so that a wrapper cannot silently fall back to reading everything.
 #[allow(async_fn_in_trait)]
 pub trait IpvsKernel {
-    /// Every virtual server the kernel holds (owned or not) with its real
-    /// servers. Fwmark services and others the proxy cannot express are left out.
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError>;
+    /// Every virtual server the kernel holds (owned or not), without real
+    /// servers: one dump request. Fwmark services and others the proxy
+    /// cannot express are left out.
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError>;
+
+    /// The real servers of each of `keys`, in order, one dump request per
+    /// key (pipelined). A virtual server missing from the kernel has none.
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError>;
+
+    /// Every virtual server the kernel holds with its real servers:
+    /// [`IpvsKernel::list_virtual_servers`], then the real servers of all
+    /// of them.
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        let listed = self.list_virtual_servers().await?;
+        let keys: Vec<VirtualServerKey> = listed.iter().map(|vs| vs.server.key).collect();
+        let real_servers = self.list_real_servers(&keys).await?;
+        if real_servers.len() != listed.len() {
+            return Err(KernelError::Other(format!(
+                "the kernel layer listed the real servers of {} virtual servers, {} asked for",
+                real_servers.len(),
+                listed.len()
+            )));
+        }
+        Ok(listed
+            .into_iter()
+            .zip(real_servers)
+            .map(|(vs, rs)| KernelVirtualServer {
+                server: vs.server,
+                real_servers: rs.real_servers,
+                connections: rs.connections,
+                counters: vs.counters,
+            })
+            .collect())
+    }
 
     /// Applies `ops` in order, pipelined, and returns one result per op.
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>>;

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
 use netlink_ipvs::{
     Destination, ForwardingMethod, Handle, Operation, Protocol as NlProtocol, Scheduler, Service,
     ServiceAddress, ServiceFlags, Timeouts,
 };
 use tokio::task::JoinHandle;
 
-use super::{IpvsKernel, KernelError, KernelVirtualServer, TrafficCounters};
+use super::{IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, TrafficCounters};
 use crate::desired::{Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 
 /// The IPVS table over one generic-netlink socket.
@@ -87,47 +88,54 @@ impl NetlinkIpvs {
 
 impl IpvsKernel for NetlinkIpvs {
     #[tracing::instrument(skip(self))]
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
-        let table = self.handle.dump().execute().await.map_err(kernel_error);
-        let table = match table {
-            Ok(table) => table,
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        let services = self.handle.service().get().execute().await;
+        let services = match services.map_err(kernel_error) {
+            Ok(services) => services,
             Err(error) => {
                 self.reconnect_if_lost(&[Err::<(), _>(error.clone())]).await;
                 return Err(error);
             }
         };
-        let mut out = Vec::with_capacity(table.len());
-        for (service, dests) in table {
-            let Some(server) = virtual_server(&service) else {
-                continue;
-            };
-            let real_servers = dests
-                .iter()
-                .map(|d| RealServer {
-                    key: RealServerKey {
-                        addr: d.addr,
-                        port: d.port,
-                    },
-                    weight: d.weight,
+        Ok(services
+            .iter()
+            .filter_map(|service| {
+                Some(ListedVirtualServer {
+                    server: virtual_server(service)?,
+                    counters: traffic_counters(service),
                 })
-                .collect();
-            let connections = dests
-                .iter()
-                .map(|d| {
-                    let key = RealServerKey {
-                        addr: d.addr,
-                        port: d.port,
-                    };
-                    (key, d.active_conns.saturating_add(d.inactive_conns))
-                })
-                .filter(|&(_, count)| count > 0)
-                .collect();
-            out.push(KernelVirtualServer {
-                server,
-                real_servers,
-                connections,
-                counters: traffic_counters(&service),
-            });
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(virtual_servers = keys.len()))]
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        // Queued together: the connection runs the dumps back to back.
+        let handle = &self.handle;
+        let dumps = join_all(keys.iter().map(|key| {
+            let address = service_address(key);
+            async move { handle.destination().get(&address).execute().await }
+        }))
+        .await;
+        let mut out = Vec::with_capacity(dumps.len());
+        let mut failed = None;
+        for dump in dumps {
+            match dump.map_err(kernel_error) {
+                Ok(dests) => out.push(real_servers(&dests)),
+                // Deleted since it was listed: it has none.
+                Err(KernelError::NotFound) => out.push(ListedRealServers::default()),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            self.reconnect_if_lost(&[Err::<(), _>(error.clone())]).await;
+            return Err(error);
         }
         Ok(out)
     }
@@ -223,6 +231,29 @@ fn virtual_server(service: &Service) -> Option<VirtualServer> {
         scheduler: service.scheduler.as_str().into(),
         persistence: persistent.then_some(service.timeout),
     })
+}
+
+/// A destinations dump as the proxy sees it: keys and weights, and the
+/// connections of those that have any.
+fn real_servers(dests: &[Destination]) -> ListedRealServers {
+    let key = |d: &Destination| RealServerKey {
+        addr: d.addr,
+        port: d.port,
+    };
+    ListedRealServers {
+        real_servers: dests
+            .iter()
+            .map(|d| RealServer {
+                key: key(d),
+                weight: d.weight,
+            })
+            .collect(),
+        connections: dests
+            .iter()
+            .map(|d| (key(d), d.active_conns.saturating_add(d.inactive_conns)))
+            .filter(|&(_, count)| count > 0)
+            .collect(),
+    }
 }
 
 /// A dumped service's counters: the 64-bit ones (kernels since 4.1 send

@@ -4,9 +4,10 @@
 //! [`Reconciler::set_service`] records what one service wants and marks it
 //! dirty; [`Reconciler::sync_dirty`] diffs only dirty services against the
 //! mirror (no kernel reads), and [`Reconciler::full_sync`] re-reads the kernel
-//! to adopt what the proxy owns and repair drift. Every sync sends its IPVS
-//! operations in one [`IpvsKernel::apply`] batch, with kube-ipvs0 addresses
-//! added alongside it and removed after it.
+//! to adopt what the proxy owns and repair drift: every virtual server, and
+//! real servers in a rolling window (see [`Reconciler::set_verify_rounds`]).
+//! Every sync sends its IPVS operations in one [`IpvsKernel::apply`] batch,
+//! with kube-ipvs0 addresses added alongside it and removed after it.
 
 use std::collections::hash_map::Entry;
 use std::fmt;
@@ -22,7 +23,8 @@ use crate::desired::{
     ServiceName, VirtualServerKey,
 };
 use crate::kernel::{
-    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel, TrafficCounters,
+    AddressKernel, ConntrackKernel, IpvsKernel, KernelError, ListedVirtualServer, NftKernel,
+    TrafficCounters,
 };
 
 mod backoff;
@@ -375,6 +377,9 @@ pub struct Reconciler {
     /// Consecutive failed reads of the kernel (kube-ipvs0's addresses or the
     /// IPVS dump) and when to read again; None after a good read.
     read_failed: Option<Backoff>,
+    /// Every owned virtual server's real servers are read at least once
+    /// every this many full syncs (see [`Reconciler::set_verify_rounds`]).
+    verify_rounds: u64,
     dirty: HashSet<ServiceName>,
     failed: HashMap<ServiceName, Backoff>,
     dirty_addrs: HashSet<IpAddr>,
@@ -419,6 +424,7 @@ impl Reconciler {
             mirror: Mirror::default(),
             adopted: false,
             read_failed: None,
+            verify_rounds: 1,
             dirty: HashSet::new(),
             failed: HashMap::new(),
             dirty_addrs: HashSet::new(),
@@ -582,6 +588,32 @@ impl Reconciler {
     /// `--detect-local-mode` ClusterCIDR and NodeCIDR.
     pub fn set_local_pod_cidrs(&mut self, cidrs: &[ipnet::IpNet]) {
         self.nft.set_node_elements(nft::pod_cidr_elements(cidrs));
+    }
+
+    /// Spreads the reading of real servers over `rounds` full syncs
+    /// (`--ipvs-verify-period` over `--ipvs-sync-period`); 1, the default,
+    /// reads every virtual server's real servers at every full sync.
+    ///
+    /// The kernel lists virtual servers in one request but real servers in
+    /// one request per virtual server, so at 10,000 services reading them
+    /// all was nearly the whole cost of an idle full sync. With `rounds`
+    /// above 1, a full sync after the first still lists every virtual
+    /// server (repairing deleted or changed ones and refreshing the traffic
+    /// counters), kube-ipvs0's addresses and the nftables sets, but reads
+    /// real servers only for:
+    /// - a rolling window of about 1/`rounds` of the owned virtual servers,
+    ///   the longest unread first, so that each is read at least once every
+    ///   `rounds` full syncs: real-server drift is repaired within that;
+    /// - those with a real server at weight 0, whose connection counts
+    ///   decide when it is deleted;
+    /// - those the listing shows new or changed, and those the mirror marks
+    ///   suspect (a write refused, or answered "exists" or "not found"),
+    ///   including every virtual server of a failed service.
+    ///
+    /// The first full sync, and the one after [`Reconciler::require_full_sync`],
+    /// read everything.
+    pub fn set_verify_rounds(&mut self, rounds: u64) {
+        self.verify_rounds = rounds.max(1);
     }
 
     /// Forgets that the mirror matches the kernel: the next sync, whether
@@ -748,19 +780,47 @@ impl Reconciler {
     /// Full sync: reads kube-ipvs0's addresses and the IPVS table, adopts
     /// what the proxy owns into the mirror, diffs everything desired against
     /// it and applies only the difference. Repairs drift; never flushes and
-    /// never touches what the proxy does not own.
+    /// never touches what the proxy does not own. With verify rounds above
+    /// 1, a full sync after the first reads only some real servers and
+    /// diffs only what may differ (see [`Reconciler::set_verify_rounds`]).
     pub async fn full_sync<K: IpvsKernel, A: AddressKernel>(
         &mut self,
         ipvs: &mut K,
         addrs: &mut A,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        if !self.adopt(ipvs, addrs, &mut report).await {
-            return report;
-        }
         let mut work = Work::default();
-        for key in self.mirror.keys().chain(self.claims.keys()) {
-            work.keys.insert(*key, self.answerable_for(key));
+        if self.adopted && self.verify_rounds > 1 {
+            let Some(read) = self.refresh(ipvs, addrs, &mut report).await else {
+                return report;
+            };
+            // What the reads changed, and everything else the mirror may
+            // hold differently from what is desired: it matches for every
+            // key whose service is neither dirty nor failed.
+            let mut keys: HashSet<VirtualServerKey> = read.into_iter().collect();
+            let missing = self.claims.keys().filter(|k| !self.mirror.contains(k));
+            keys.extend(missing);
+            let unclaimed = self
+                .mirror
+                .keys()
+                .filter(|k| self.claims.owner(k).is_none());
+            keys.extend(unclaimed);
+            for name in self.dirty.iter().chain(self.failed.keys()) {
+                keys.extend(self.owned_keys(name));
+            }
+            for name in self.orphans.services() {
+                keys.extend(self.orphans.of(name));
+            }
+            for key in keys {
+                work.keys.insert(key, self.answerable_for(&key));
+            }
+        } else {
+            if !self.adopt(ipvs, addrs, &mut report).await {
+                return report;
+            }
+            for key in self.mirror.keys().chain(self.claims.keys()) {
+                work.keys.insert(*key, self.answerable_for(key));
+            }
         }
         work.services.extend(self.services.keys().cloned());
         work.services.extend(self.failed.keys().cloned());
@@ -772,6 +832,135 @@ impl Reconciler {
         self.dirty_addrs.clear();
         self.run(work, ipvs, addrs, &mut report).await;
         report
+    }
+
+    /// The keys `name` wants and holds the claim to.
+    fn owned_keys<'a>(
+        &'a self,
+        name: &'a ServiceName,
+    ) -> impl Iterator<Item = VirtualServerKey> + 'a {
+        self.services
+            .get(name)
+            .into_iter()
+            .flat_map(|entry| entry.virtual_servers.keys())
+            .filter(move |key| self.claims.owner(key) == Some(name))
+            .copied()
+    }
+
+    /// A full sync's reads when the mirror is already filled: kube-ipvs0's
+    /// addresses and the listing of the virtual servers in full, then the
+    /// real servers of those due this round (see
+    /// [`Reconciler::set_verify_rounds`]). Returns the keys whose mirror
+    /// entry the reads may have changed, or `None` (with the error
+    /// reported) if a read failed.
+    async fn refresh<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+        report: &mut SyncReport,
+    ) -> Option<Vec<VirtualServerKey>> {
+        let held = match addrs.ensure_link().await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped, reading again with backoff");
+                self.read_failed();
+                let what = KernelRead::Link;
+                report.errors.push(SyncError::Read { what, error });
+                return None;
+            }
+        };
+        let listed = match ipvs.list_virtual_servers().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the IPVS virtual servers; sync skipped, reading again with backoff");
+                self.read_failed();
+                let what = KernelRead::IpvsDump;
+                report.errors.push(SyncError::Read { what, error });
+                return None;
+            }
+        };
+        let ownership = &self.ownership;
+        let held = held.into_iter().filter(|a| !ownership.is_excluded(*a));
+        self.mirror.set_addresses(held);
+
+        // New or changed virtual servers have their real servers read.
+        let mut to_read: HashSet<VirtualServerKey> = HashSet::new();
+        let mut listed_keys = HashSet::with_capacity(listed.len());
+        for ListedVirtualServer { server, counters } in listed {
+            let key = server.key;
+            if !self.owns(&key) {
+                continue;
+            }
+            listed_keys.insert(key);
+            match self.mirror.get(&key) {
+                Some(vs) if vs.server == server => {}
+                Some(_) => {
+                    self.mirror.update_virtual_server(server);
+                    to_read.insert(key);
+                }
+                None => {
+                    self.mirror.add_virtual_server(server);
+                    to_read.insert(key);
+                }
+            }
+            self.mirror.set_counters(key, counters);
+        }
+        // Deleted behind the proxy's back, or no longer the proxy's.
+        let gone: Vec<VirtualServerKey> = self
+            .mirror
+            .keys()
+            .filter(|key| !listed_keys.contains(key))
+            .copied()
+            .collect();
+        for key in &gone {
+            self.mirror.remove_virtual_server(key);
+        }
+
+        let due = self.mirror.next_round(self.verify_rounds);
+        let window = due.len();
+        to_read.extend(due);
+        to_read.extend(self.mirror.draining().copied());
+        to_read.extend(self.mirror.suspects().copied());
+        for name in self.failed.keys() {
+            let held = self.owned_keys(name).filter(|k| self.mirror.contains(k));
+            to_read.extend(held);
+        }
+        let mut to_read: Vec<VirtualServerKey> = to_read.into_iter().collect();
+        to_read.sort_unstable();
+        let listed = match ipvs.list_real_servers(&to_read).await {
+            Ok(listed) if listed.len() == to_read.len() => Ok(listed),
+            Ok(listed) => Err(KernelError::Other(format!(
+                "the kernel layer listed the real servers of {} virtual servers, {} asked for",
+                listed.len(),
+                to_read.len()
+            ))),
+            Err(error) => Err(error),
+        };
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the real servers of the IPVS virtual servers; sync skipped, and the next reads everything");
+                let what = KernelRead::IpvsDump;
+                report.errors.push(SyncError::Read { what, error });
+                // The rotation has moved on without these reads.
+                self.adopted = false;
+                self.read_failed();
+                return None;
+            }
+        };
+        for (key, real_servers) in to_read.iter().zip(listed) {
+            self.mirror.set_real_servers(key, real_servers);
+        }
+        self.read_failed = None;
+        tracing::debug!(
+            owned = listed_keys.len(),
+            window,
+            read = to_read.len(),
+            gone = gone.len(),
+            "listed the IPVS virtual servers and read the real servers due"
+        );
+        to_read.extend(gone);
+        Some(to_read)
     }
 
     /// Incremental sync: dirty services, and failed ones whose backoff has
@@ -1099,10 +1288,25 @@ impl Reconciler {
         op: &Op,
         result: Result<(), KernelError>,
     ) -> (Result<(), KernelError>, Option<IpAddr>) {
-        use KernelError::{Exists, NotFound};
-        if result.is_ok() || result == Err(NotFound) {
+        if result.is_ok() || result == Err(KernelError::NotFound) {
             self.note_stale_flows(op);
         }
+        // Any answer but a plain success means the kernel was not as the
+        // mirror said: the next full sync reads this virtual server.
+        let suspect = result.is_err().then(|| op.virtual_server());
+        let outcome = self.record_in_mirror(op, result);
+        if let Some(key) = suspect {
+            self.mirror.mark_suspect(key);
+        }
+        outcome
+    }
+
+    fn record_in_mirror(
+        &mut self,
+        op: &Op,
+        result: Result<(), KernelError>,
+    ) -> (Result<(), KernelError>, Option<IpAddr>) {
+        use KernelError::{Exists, NotFound};
         let mirror = &mut self.mirror;
         match (op, result) {
             (Op::AddVirtualServer(vs), Ok(()) | Err(Exists)) => {

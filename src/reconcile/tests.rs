@@ -12,7 +12,7 @@ use futures::executor::block_on;
 use super::*;
 use crate::desired::{Protocol, RealServer, RealServerKey, VirtualServer};
 use crate::kernel::fake::{FailOn, FakeKernel, Write};
-use crate::kernel::KernelVirtualServer;
+use crate::kernel::{KernelVirtualServer, ListedRealServers};
 
 /// A clock the test moves by hand.
 #[derive(Clone)]
@@ -44,8 +44,15 @@ impl ManualClock {
 struct SharedKernel(Rc<RefCell<FakeKernel>>);
 
 impl IpvsKernel for SharedKernel {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
-        block_on(self.0.borrow_mut().dump())
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        block_on(self.0.borrow_mut().list_virtual_servers())
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        block_on(self.0.borrow_mut().list_real_servers(keys))
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
@@ -1512,8 +1519,15 @@ struct LoggedIpvs {
 }
 
 impl IpvsKernel for LoggedIpvs {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
-        self.kernel.dump().await
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        self.kernel.list_virtual_servers().await
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.kernel.list_real_servers(keys).await
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
@@ -1556,4 +1570,304 @@ async fn address_additions_are_under_way_while_the_ipvs_batch_goes_out() {
         0,
         "the late additions were recorded as held"
     );
+}
+
+/// A node whose full syncs read real servers in a rolling window over
+/// `rounds`, holding `count` ClusterIP services of one port and two real
+/// servers each, after its first (complete) full sync.
+async fn windowed_node(count: usize, rounds: u64) -> (Node, Vec<ServiceDesired>) {
+    let mut node = Node::new();
+    node.reconciler.set_verify_rounds(rounds);
+    let services: Vec<ServiceDesired> = (0..count)
+        .map(|i| {
+            let vip = format!("10.96.{}.{}", i / 256, i % 256);
+            cluster_ip(
+                &vip,
+                &[80],
+                &[rs("10.244.0.1", 8080), rs("10.244.0.2", 8080)],
+            )
+        })
+        .collect();
+    for (i, desired) in services.iter().enumerate() {
+        node.set(&format!("s{i}"), Some(desired.clone()));
+    }
+    let first = node.full_sync().await;
+    assert!(first.is_clean(), "{:?}", first.errors);
+    assert_eq!(
+        node.kernel().dump_requests(),
+        1,
+        "the first full sync lists the empty table once: nothing to read real servers of"
+    );
+    (node, services)
+}
+
+/// How many times each virtual server's real servers have been read.
+fn reads_of(node: &Node) -> std::collections::BTreeMap<VirtualServerKey, usize> {
+    node.kernel().real_server_reads().clone()
+}
+
+#[tokio::test]
+async fn an_idle_full_sync_lists_every_virtual_server_but_reads_a_window_of_real_servers() {
+    let cases = [(100, 10, 10), (37, 5, 8), (5, 20, 1), (12, 1, 12)];
+    for (count, rounds, window) in cases {
+        let (mut node, _) = windowed_node(count, rounds).await;
+        for sync in 0..3 {
+            let before = node.kernel().dump_requests();
+            let report = node.full_sync().await;
+            let what = format!("{count} virtual servers over {rounds} rounds, idle sync {sync}");
+            assert!(report.is_clean(), "{what}: {:?}", report.errors);
+            assert_eq!(report.writes, 0, "{what}: writes");
+            assert_eq!(
+                node.kernel().dump_requests() - before,
+                1 + window,
+                "{what}: one listing of the virtual servers and {window} of real servers"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_virtual_server_is_read_at_least_once_per_verify_bound() {
+    let (count, rounds) = (37, 5);
+    let (mut node, _) = windowed_node(count, rounds).await;
+    // Each virtual server was read (created) in round 0.
+    let keys: Vec<VirtualServerKey> = node
+        .kernel()
+        .virtual_servers()
+        .iter()
+        .map(|vs| vs.server.key)
+        .collect();
+    assert_eq!(keys.len(), count);
+    let mut last_read: HashMap<VirtualServerKey, u64> = keys.iter().map(|k| (*k, 0)).collect();
+    let mut reads = reads_of(&node);
+    for round in 1..=4 * rounds {
+        node.full_sync().await;
+        let now = reads_of(&node);
+        for key in &keys {
+            if now.get(key) != reads.get(key) {
+                last_read.insert(*key, round);
+            }
+            let age = round - last_read[key];
+            assert!(
+                age < rounds,
+                "{key}: unread for {age} full syncs in round {round}; the bound is {rounds}"
+            );
+        }
+        reads = now;
+    }
+    // The window is ceil(37 / 5) = 8, so 160 reads over 20 rounds: each
+    // virtual server read 4 or 5 times, evenly, never bunched up.
+    for key in &keys {
+        let n = reads.get(key).copied().unwrap_or(0);
+        assert!((4..=5).contains(&n), "{key}: read {n} times in 20 rounds");
+    }
+}
+
+#[tokio::test]
+async fn a_real_server_deleted_behind_the_proxys_back_is_repaired_within_the_verify_bound() {
+    let rounds = 4;
+    let (mut node, services) = windowed_node(10, rounds).await;
+    // Take one just read, so the repair waits out the whole bound.
+    let before = reads_of(&node);
+    node.full_sync().await;
+    let after = reads_of(&node);
+    let key = *after
+        .iter()
+        .find(|(key, n)| before.get(*key) != Some(*n))
+        .map(|(key, _)| key)
+        .expect("a full sync reads some real servers");
+    let gone = rs("10.244.0.2", 8080);
+    assert!(node.kernel().set_real_server(&key, gone.key, None));
+    node.take_writes();
+
+    let mut repaired_in = None;
+    for round in 1..=rounds {
+        let report = node.full_sync().await;
+        if report.writes > 0 {
+            assert_eq!(
+                ipvs_ops(&node.take_writes()),
+                [Op::AddRealServer(key, gone)],
+                "only the missing real server is written"
+            );
+            repaired_in = Some(round);
+            break;
+        }
+    }
+    // Read in a later round (it waited for its turn) but within the bound.
+    let repaired_in = repaired_in.expect("repaired within the bound");
+    assert!(
+        (2..=rounds).contains(&repaired_in),
+        "repaired after {repaired_in} full syncs"
+    );
+    let refs: Vec<&ServiceDesired> = services.iter().collect();
+    node.assert_kernel_is(&refs, &[]);
+}
+
+#[tokio::test]
+async fn a_deleted_or_changed_virtual_server_is_repaired_at_the_next_full_sync() {
+    let (mut node, services) = windowed_node(10, 20).await;
+    let deleted = tcp("10.96.0.3", 80);
+    let changed = tcp("10.96.0.7", 80);
+    assert!(node.kernel().remove_virtual_server(&deleted));
+    let mut other = node.kernel().virtual_server(&changed).unwrap();
+    other.server.scheduler = "wlc".into();
+    other.real_servers.pop();
+    node.kernel().insert_virtual_server(other);
+    node.take_writes();
+
+    let report = node.full_sync().await;
+
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let mut ops = ipvs_ops(&node.take_writes());
+    ops.sort_by_key(|op| format!("{op:?}"));
+    let mut want = vec![
+        Op::AddVirtualServer(vs(deleted, &[]).server),
+        Op::AddRealServer(deleted, rs("10.244.0.1", 8080)),
+        Op::AddRealServer(deleted, rs("10.244.0.2", 8080)),
+        Op::UpdateVirtualServer(vs(changed, &[]).server),
+        Op::AddRealServer(changed, rs("10.244.0.2", 8080)),
+    ];
+    want.sort_by_key(|op| format!("{op:?}"));
+    assert_eq!(ops, want, "the changed one's real servers are read with it");
+    let refs: Vec<&ServiceDesired> = services.iter().collect();
+    node.assert_kernel_is(&refs, &[]);
+}
+
+#[tokio::test]
+async fn draining_real_servers_are_read_at_every_full_sync() {
+    let (mut node, services) = windowed_node(10, 20).await;
+    let key = tcp("10.96.0.4", 80);
+    let leaving = rs("10.244.0.2", 8080);
+    node.set(
+        "s4",
+        Some(cluster_ip("10.96.0.4", &[80], &[rs("10.244.0.1", 8080)])),
+    );
+    node.sync_dirty().await;
+    assert!(node.kernel().set_connections(&key, leaving.key, 3));
+
+    for sync in 0..3 {
+        let before = reads_of(&node).get(&key).copied();
+        let report = node.full_sync().await;
+        assert_eq!(report.writes, 0, "sync {sync}: still draining");
+        assert_eq!(
+            reads_of(&node).get(&key).copied(),
+            Some(before.unwrap_or(0) + 1),
+            "sync {sync}: its connections are read"
+        );
+    }
+    assert!(node.kernel().set_connections(&key, leaving.key, 0));
+    node.take_writes();
+    node.full_sync().await;
+    assert_eq!(
+        ipvs_ops(&node.take_writes()),
+        [Op::DeleteRealServer(key, leaving.key)],
+        "deleted at the first full sync that sees it idle"
+    );
+    let mut services = services;
+    services[4] = cluster_ip("10.96.0.4", &[80], &[rs("10.244.0.1", 8080)]);
+    let refs: Vec<&ServiceDesired> = services.iter().collect();
+    node.assert_kernel_is(&refs, &[]);
+}
+
+#[tokio::test]
+async fn a_virtual_server_with_a_refused_write_is_read_at_the_next_full_sync() {
+    let (mut node, _) = windowed_node(10, 20).await;
+    let key = tcp("10.96.0.6", 80);
+    // Someone else added the real server the service now wants.
+    let added = rs("10.244.0.3", 8080);
+    assert!(node.kernel().set_real_server(&key, added.key, Some(5)));
+    let mut wanted = cluster_ip(
+        "10.96.0.6",
+        &[80],
+        &[rs("10.244.0.1", 8080), rs("10.244.0.2", 8080)],
+    );
+    wanted.virtual_servers[0].real_servers.push(added);
+    node.set("s6", Some(wanted));
+    let report = node.sync_dirty().await;
+    assert_eq!(report.writes, 1, "the add, answered \"exists\"");
+    assert_eq!(
+        node.kernel().virtual_server(&key).unwrap().real_servers[2].weight,
+        5,
+        "the kernel keeps its weight; the mirror cannot know it"
+    );
+
+    let before = reads_of(&node).get(&key).copied().unwrap_or(0);
+    node.take_writes();
+    node.full_sync().await;
+    assert_eq!(reads_of(&node).get(&key), Some(&(before + 1)), "read");
+    assert_eq!(
+        ipvs_ops(&node.take_writes()),
+        [Op::UpdateRealServer(key, added)],
+        "and repaired at once, not within the bound"
+    );
+}
+
+#[tokio::test]
+async fn after_require_full_sync_a_full_sync_reads_every_real_server() {
+    let (mut node, _) = windowed_node(30, 10).await;
+    let idle = node.kernel().dump_requests();
+    node.full_sync().await;
+    assert_eq!(node.kernel().dump_requests() - idle, 1 + 3, "a window");
+
+    // As after a rebuilt netlink connection.
+    node.reconciler.require_full_sync();
+    let before = node.kernel().dump_requests();
+    let report = node.full_sync().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(report.writes, 0);
+    assert_eq!(node.kernel().dump_requests() - before, 1 + 30, "everything");
+
+    // A failed read of the real servers leaves the next to read everything.
+    node.kernel()
+        .fail_next(FailOn::RealServerDump, KernelError::Other("EINTR".into()));
+    let failed = node.full_sync().await;
+    assert!(!failed.is_clean(), "the failed read is reported");
+    let before = node.kernel().dump_requests();
+    node.full_sync().await;
+    assert_eq!(
+        node.kernel().dump_requests() - before,
+        1 + 30,
+        "everything again"
+    );
+}
+
+/// How long real-server drift lasts: one real server deleted behind the
+/// proxy's back from every virtual server at once is repaired a window at a
+/// time, all of it within the bound. So drift that starts at a random moment
+/// waits half the verify period on average, and the whole period at worst.
+#[tokio::test]
+async fn real_server_drift_everywhere_is_repaired_a_window_at_a_time_within_the_bound() {
+    let (count, rounds) = (37, 5);
+    let (mut node, services) = windowed_node(count, rounds).await;
+    let gone = rs("10.244.0.2", 8080);
+    let keys: Vec<VirtualServerKey> = node
+        .kernel()
+        .virtual_servers()
+        .iter()
+        .map(|vs| vs.server.key)
+        .collect();
+    for key in &keys {
+        assert!(node.kernel().set_real_server(key, gone.key, None));
+    }
+    node.take_writes();
+
+    let mut repaired_per_sync = Vec::new();
+    for _ in 0..rounds {
+        let report = node.full_sync().await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        let ops = ipvs_ops(&node.take_writes());
+        assert!(
+            ops.iter()
+                .all(|op| matches!(op, Op::AddRealServer(_, rs) if *rs == gone)),
+            "only the missing real servers are written: {ops:?}"
+        );
+        repaired_per_sync.push(ops.len());
+    }
+    assert_eq!(
+        repaired_per_sync,
+        [8, 8, 8, 8, 5],
+        "ceil(37 / 5) = 8 per full sync, the last round taking the rest"
+    );
+    let refs: Vec<&ServiceDesired> = services.iter().collect();
+    node.assert_kernel_is(&refs, &[]);
 }

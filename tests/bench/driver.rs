@@ -203,7 +203,9 @@ async fn measure(phase: Phase, vip_mode: VipMode) -> Result<Record, String> {
             scale,
             trials,
             idle_runs,
-        } => Record::Proxy(phases::proxy(scale, trials, idle_runs, vip_mode).await?),
+        } => Record::Proxy(Box::new(
+            phases::proxy(scale, trials, idle_runs, vip_mode).await?,
+        )),
         Phase::Rss {
             scale,
             mode,

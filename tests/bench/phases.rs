@@ -8,20 +8,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op};
+use kube_ipvs_proxy::desired::{NftChange, NftElement, NftRuleset, Op, VirtualServerKey};
 use kube_ipvs_proxy::kernel::conntrack::NetlinkConntrack;
 use kube_ipvs_proxy::kernel::link::{DummyLink, VipMode};
 use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
-    AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
+    AddressKernel, IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, NftKernel,
 };
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
 use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
-    median, quantile, AddressFloor, ChangeLatency, ColdSync, IdleResync, IpvsadmRestore, ProxyRun,
-    RawFloor, ServiceChurn, StateFloor,
+    median, quantile, AddressFloor, ChangeLatency, ColdSync, CompleteRead, CpuSplit, IdleResync,
+    IdleStages, IpvsadmRestore, ProxyRun, RawFloor, ServiceChurn, StateFloor, Verification,
 };
 use crate::synthetic::{self, Scale};
 
@@ -293,12 +293,30 @@ struct TimedIpvs {
     inner: NetlinkIpvs,
     apply: Duration,
     dump: Duration,
+    /// The process's CPU time in `list_virtual_servers`.
+    list_cpu: CpuTime,
+    /// The process's CPU time in `list_real_servers`.
+    real_servers_cpu: CpuTime,
 }
 
 impl IpvsKernel for TimedIpvs {
-    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
         let started = Instant::now();
-        let result = self.inner.dump().await;
+        let cpu = CpuTime::now();
+        let result = self.inner.list_virtual_servers().await;
+        self.list_cpu += CpuTime::now() - cpu;
+        self.dump += started.elapsed();
+        result
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        let started = Instant::now();
+        let cpu = CpuTime::now();
+        let result = self.inner.list_real_servers(keys).await;
+        self.real_servers_cpu += CpuTime::now() - cpu;
         self.dump += started.elapsed();
         result
     }
@@ -318,13 +336,17 @@ struct TimedLink {
     time: Duration,
     /// Of `time`, in `ensure_link`.
     link_time: Duration,
+    /// The process's CPU time in `ensure_link`.
+    link_cpu: CpuTime,
     writes: u64,
 }
 
 impl AddressKernel for TimedLink {
     async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
         let started = Instant::now();
+        let cpu = CpuTime::now();
         let result = self.inner.ensure_link().await;
+        self.link_cpu += CpuTime::now() - cpu;
         let spent = started.elapsed();
         self.time += spent;
         self.link_time += spent;
@@ -365,6 +387,8 @@ struct TimedNft {
     time: Duration,
     /// Of `time`, in `ensure_ruleset`.
     table_time: Duration,
+    /// The process's CPU time in `ensure_ruleset`.
+    table_cpu: CpuTime,
 }
 
 impl NftKernel for TimedNft {
@@ -373,7 +397,9 @@ impl NftKernel for TimedNft {
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
         let started = Instant::now();
+        let cpu = CpuTime::now();
         let result = self.inner.ensure_ruleset(ruleset).await;
+        self.table_cpu += CpuTime::now() - cpu;
         let spent = started.elapsed();
         self.time += spent;
         self.table_time += spent;
@@ -429,17 +455,21 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
             inner: ipvs,
             apply: Duration::ZERO,
             dump: Duration::ZERO,
+            list_cpu: CpuTime::default(),
+            real_servers_cpu: CpuTime::default(),
         },
         TimedLink {
             inner: link,
             time: Duration::ZERO,
             link_time: Duration::ZERO,
+            link_cpu: CpuTime::default(),
             writes: 0,
         },
         TimedNft {
             inner: nft,
             time: Duration::ZERO,
             table_time: Duration::ZERO,
+            table_cpu: CpuTime::default(),
         },
         conntrack,
     ))
@@ -607,16 +637,32 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
     let mut writes = 0;
     let mut nft_writes = 0;
     let mut messages = 0;
+    let mut stages = StageCpu::default();
     for _ in 0..runs {
         let messages_before = ipvs_stats(pipeline).messages_sent;
-        let cpu_before = process_cpu_time()?;
+        let stages_before = StageCpu::of(pipeline);
+        let cpu_before = CpuTime::read()?;
         let resynced = pipeline.resync().await?;
-        cpu.push((process_cpu_time()? - cpu_before).as_secs_f64());
+        let spent = CpuTime::read()? - cpu_before;
+        stages.add(StageCpu::of(pipeline) - stages_before, spent);
+        cpu.push(spent.total().as_secs_f64());
         wall.push(resynced.elapsed.as_secs_f64());
         writes = writes.max(resynced.report.writes);
         nft_writes = nft_writes.max(resynced.report.nft_elements);
         messages = ipvs_stats(pipeline).messages_sent - messages_before;
     }
+    // The same, reading every real server: what each run cost before the
+    // rolling window, measured on the same kernel in the same run.
+    pipeline.reconciler.require_full_sync();
+    let messages_before = ipvs_stats(pipeline).messages_sent;
+    let cpu_before = CpuTime::read()?;
+    let resynced = pipeline.resync().await?;
+    let complete = CompleteRead {
+        cpu_seconds: (CpuTime::read()? - cpu_before).total().as_secs_f64(),
+        wall_seconds: resynced.elapsed.as_secs_f64(),
+        writes: resynced.report.writes,
+        ipvs_messages: ipvs_stats(pipeline).messages_sent - messages_before,
+    };
     Ok(IdleResync {
         runs,
         cpu_seconds: median(&cpu),
@@ -624,27 +670,152 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
         writes,
         nft_writes,
         ipvs_messages: messages,
+        verification: Some(Box::new(Verification {
+            rounds: crate::pipeline::verify_rounds(),
+            complete,
+        })),
+        stages: Some(Box::new(stages.mean(runs))),
     })
 }
 
-/// CPU time of every thread of this process, from the scheduler's
-/// nanosecond accounting (`/proc/self/task/*/schedstat`, first field).
-pub fn process_cpu_time() -> Result<Duration, String> {
-    let tasks = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| format!("reading /proc/self/task: {e}"))?;
-    let mut total = 0u64;
-    for task in tasks.flatten() {
-        let path = task.path().join("schedstat");
-        // A thread that exited meanwhile has no file any more.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
+/// CPU time of this process, user and system apart, threads that have
+/// exited included (`/proc/self/stat` utime and stime, in USER_HZ = 100
+/// ticks): the runtime's blocking threads come and go during a long sync.
+/// System time is the kernel's work on the proxy's behalf (netlink dumps
+/// and transactions); user time is parsing, diffing and bookkeeping. Both
+/// are sampled at the tick, so short steps and the split between the two
+/// are coarse, under TCG especially.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn read() -> Result<CpuTime, String> {
+        let text = std::fs::read_to_string("/proc/self/stat")
+            .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+        // Fields after the command name, which may hold spaces: state is
+        // the first, utime the 12th and stime the 13th.
+        let fields: Vec<&str> = text
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .map(|t| Duration::from_millis(t * 10))
+                .ok_or_else(|| format!("/proc/self/stat: unexpected content {text:?}"))
         };
-        let on_cpu = text
-            .split_whitespace()
-            .next()
-            .and_then(|field| field.parse::<u64>().ok())
-            .ok_or_else(|| format!("{}: unexpected content {text:?}", path.display()))?;
-        total += on_cpu;
+        Ok(CpuTime {
+            user: ticks(11)?,
+            system: ticks(12)?,
+        })
     }
-    Ok(Duration::from_nanos(total))
+
+    /// As [`CpuTime::read`], inside the timing wrappers: the phases read it
+    /// once first, so a failure here means /proc went away mid-run.
+    fn now() -> CpuTime {
+        CpuTime::read().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    fn split(self) -> CpuSplit {
+        CpuSplit {
+            user_seconds: self.user.as_secs_f64(),
+            system_seconds: self.system.as_secs_f64(),
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(other.user),
+            system: self.system.saturating_sub(other.system),
+        }
+    }
+}
+
+impl std::ops::AddAssign for CpuTime {
+    fn add_assign(&mut self, other: CpuTime) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// CPU time of the process in each kernel read of a sync, and the rest
+/// (the reconciler's diff and bookkeeping, and the nftables diff).
+#[derive(Clone, Copy, Debug, Default)]
+struct StageCpu {
+    nft_read: CpuTime,
+    link_read: CpuTime,
+    ipvs_list: CpuTime,
+    real_servers: CpuTime,
+    rest: CpuTime,
+}
+
+impl StageCpu {
+    /// What the pipeline's wrappers have counted so far (`rest` is zero).
+    fn of(pipeline: &RealPipeline) -> StageCpu {
+        StageCpu {
+            nft_read: pipeline.nft.table_cpu,
+            link_read: pipeline.link.link_cpu,
+            ipvs_list: pipeline.ipvs.list_cpu,
+            real_servers: pipeline.ipvs.real_servers_cpu,
+            rest: CpuTime::default(),
+        }
+    }
+
+    /// Adds one sync's stages, whose whole cost was `total`.
+    fn add(&mut self, stages: StageCpu, total: CpuTime) {
+        let reads = [
+            stages.nft_read,
+            stages.link_read,
+            stages.ipvs_list,
+            stages.real_servers,
+        ];
+        let mut read = CpuTime::default();
+        for stage in reads {
+            read += stage;
+        }
+        self.nft_read += stages.nft_read;
+        self.link_read += stages.link_read;
+        self.ipvs_list += stages.ipvs_list;
+        self.real_servers += stages.real_servers;
+        self.rest += total - read;
+    }
+
+    fn mean(self, runs: usize) -> IdleStages {
+        let runs = u32::try_from(runs.max(1)).unwrap_or(u32::MAX);
+        let mean = |c: CpuTime| CpuTime {
+            user: c.user / runs,
+            system: c.system / runs,
+        };
+        IdleStages {
+            nft_read: mean(self.nft_read).split(),
+            link_read: mean(self.link_read).split(),
+            ipvs_list: mean(self.ipvs_list).split(),
+            real_servers: mean(self.real_servers).split(),
+            rest: mean(self.rest).split(),
+        }
+    }
+}
+
+impl std::ops::Sub for StageCpu {
+    type Output = StageCpu;
+    fn sub(self, other: StageCpu) -> StageCpu {
+        StageCpu {
+            nft_read: self.nft_read - other.nft_read,
+            link_read: self.link_read - other.link_read,
+            ipvs_list: self.ipvs_list - other.ipvs_list,
+            real_servers: self.real_servers - other.real_servers,
+            rest: self.rest - other.rest,
+        }
+    }
 }

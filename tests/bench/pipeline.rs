@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::NftRuleset;
 use kube_ipvs_proxy::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, NftKernel};
 use kube_ipvs_proxy::model::{Changes, Model};
@@ -44,7 +46,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
             },
             translate: TranslateConfig::default(),
             ruleset: NftRuleset::default(),
-            reconciler: Reconciler::new(Ownership::default()),
+            reconciler: default_reconciler(),
             ipvs,
             link,
             nft,
@@ -124,6 +126,19 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         let report = self.sync(true).await;
         clean(Timed::since(started, Duration::ZERO, report), "full resync")
     }
+}
+
+/// A reconciler as the binary sets one up with its default flags: real
+/// servers verified in a rolling window over `--ipvs-verify-period`.
+fn default_reconciler() -> Reconciler {
+    let mut reconciler = Reconciler::new(Ownership::default());
+    reconciler.set_verify_rounds(verify_rounds());
+    reconciler
+}
+
+/// The full syncs per verify period of the binary's default flags.
+pub fn verify_rounds() -> u64 {
+    Cli::parse_from(["kube-ipvs-proxy"]).options.verify_rounds()
 }
 
 /// The event that gives service `i` its extra endpoint (or takes it away).

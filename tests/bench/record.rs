@@ -21,7 +21,7 @@ pub enum Record {
     /// The whole kernel state: set elements, then IPVS and addresses at once.
     StateFloor(StateFloor),
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
-    Proxy(ProxyRun),
+    Proxy(Box<ProxyRun>),
     /// The `kube-ipvs-proxy` binary's memory.
     Rss(RssRun),
     /// A phase that could not be measured, and why.
@@ -190,6 +190,59 @@ pub struct IdleResync {
     /// Of those, most nftables set element writes over the runs.
     pub nft_writes: usize,
     /// IPVS netlink messages sent by one run (dump requests).
+    pub ipvs_messages: u64,
+    /// The rolling verification of real servers, and what reading them all
+    /// costs. Absent in results from before it existed.
+    #[serde(default)]
+    pub verification: Option<Box<Verification>>,
+    /// Where the CPU of a run went, the mean over the runs. Absent in
+    /// results from before it was measured.
+    #[serde(default)]
+    pub stages: Option<Box<IdleStages>>,
+}
+
+/// An idle resync's CPU time per step, user and system apart.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdleStages {
+    /// Making sure of the nftables table and reading its set elements.
+    pub nft_read: CpuSplit,
+    /// Reading kube-ipvs0 and its addresses.
+    pub link_read: CpuSplit,
+    /// Listing the IPVS virtual servers.
+    pub ipvs_list: CpuSplit,
+    /// Reading the real servers of the virtual servers due.
+    pub real_servers: CpuSplit,
+    /// Everything else: diffing and bookkeeping.
+    pub rest: CpuSplit,
+}
+
+/// CPU seconds in user space and in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuSplit {
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+}
+
+/// How much of the table an idle resync reads, against reading it all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// `--ipvs-verify-period` over `--ipvs-sync-period` at their defaults:
+    /// each run reads the real servers of about 1/`rounds` of the virtual
+    /// servers.
+    pub rounds: u64,
+    /// One more full sync with nothing changed that reads every real
+    /// server, as the first sync and one after a lost connection do (and
+    /// as every full sync did before the rolling window).
+    pub complete: CompleteRead,
+}
+
+/// One idle full sync that reads every virtual server's real servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRead {
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub writes: usize,
+    /// IPVS dump requests: 1 + one per virtual server.
     pub ipvs_messages: u64,
 }
 

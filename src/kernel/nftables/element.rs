@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_CREATE};
+use netlink_packet_core::{
+    DefaultNla, Emitable, NlasIterator, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_CREATE,
+};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementFlags,
     SetElementList, SetElementMessage,
@@ -18,6 +20,20 @@ use super::ruleset::{
 };
 use super::KernelError;
 use crate::desired::{NftElement, NftFamily, NftKey, NftSet, Protocol, NFT_TABLE};
+
+/// The attributes of a NEWSETELEM reply that a dump's reading needs
+/// (include/uapi/linux/netfilter/nf_tables.h).
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+/// struct nlmsghdr and struct nfgenmsg, before the attributes.
+const HEADERS_LEN: usize = 16 + 4;
+/// nlmsg_type of a NEWSETELEM: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM.
+const NEWSETELEM_TYPE: u16 = 10 << 8 | 12;
 
 /// One field's type in a set key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +360,6 @@ pub(super) fn element_attributes(encoded: &Encoded) -> Vec<ListAttribute<SetElem
 
 /// NFTA_SET_ELEM_KEY_END's NFTA_DATA_VALUE (the crate carries KeyEnd raw).
 fn end_nla(bytes: &[u8]) -> DefaultNla {
-    const NFTA_DATA_VALUE: u16 = 1;
     DefaultNla::new(NFTA_DATA_VALUE, bytes.to_vec())
 }
 
@@ -416,13 +431,16 @@ struct Dumped {
     interval_end: bool,
 }
 
-/// The keys of one set of the `family` table from its GETSETELEM dump.
-/// Interval elements come back as CIDRs; interval-end markers are folded
-/// into them.
-pub(super) fn decode(
+/// The keys of one set of the `family` table from its GETSETELEM dump:
+/// each reply as the bytes of its netlink message. Interval elements come
+/// back as CIDRs; interval-end markers are folded into them.
+///
+/// Read here rather than through netlink-packet-netfilter, whose parsing
+/// of an element list formats the whole list once per element.
+pub(super) fn decode<M: AsRef<[u8]>>(
     family: NftFamily,
     set: NftSet,
-    messages: &[SetElementMessage],
+    messages: &[M],
 ) -> Result<Vec<NftElement>, KernelError> {
     let shape = Shape::of(set);
     let bad = |why: String| {
@@ -433,17 +451,7 @@ pub(super) fn decode(
     };
     let mut dumped = Vec::new();
     for message in messages {
-        for attr in &message.attributes {
-            let SetElementList::Elements(elements) = attr else {
-                continue;
-            };
-            for element in elements {
-                let ListAttribute::Element(attrs) = element else {
-                    continue;
-                };
-                dumped.push(dumped_of(attrs).map_err(&bad)?);
-            }
-        }
+        elements_of(message.as_ref(), &mut dumped).map_err(&bad)?;
     }
     let keys = if shape == Shape::Cidr {
         pair_ranges(family, &dumped).map_err(&bad)?
@@ -460,22 +468,47 @@ pub(super) fn decode(
         .collect())
 }
 
-fn dumped_of(attrs: &[SetElementAttribute]) -> Result<Dumped, String> {
+/// Appends the elements of one NEWSETELEM message to `out`.
+fn elements_of(message: &[u8], out: &mut Vec<Dumped>) -> Result<(), String> {
+    let attributes = message
+        .get(HEADERS_LEN..)
+        .ok_or_else(|| format!("a reply of {} bytes", message.len()))?;
+    if u16::from_ne_bytes([message[4], message[5]]) != NEWSETELEM_TYPE {
+        return Ok(());
+    }
+    for attr in NlasIterator::new(attributes) {
+        let attr = attr.map_err(|e| format!("NFTA_SET_ELEM_LIST attribute: {e}"))?;
+        if attr.kind() != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for element in NlasIterator::new(attr.value()) {
+            let element = element.map_err(|e| format!("NFTA_LIST_ELEM: {e}"))?;
+            if element.kind() == NFTA_LIST_ELEM {
+                out.push(dumped_of(element.value())?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One NFTA_LIST_ELEM's key, key end and interval-end flag.
+fn dumped_of(element: &[u8]) -> Result<Dumped, String> {
     let mut key = None;
     let mut key_end = None;
     let mut interval_end = false;
-    for attr in attrs {
-        match attr {
-            SetElementAttribute::Key(DataAttribute::Value(bytes)) => key = Some(bytes.clone()),
-            SetElementAttribute::KeyEnd(nlas) => {
-                key_end = nlas.first().map(|nla| {
-                    let mut value = vec![0; netlink_packet_core::Nla::value_len(nla)];
-                    netlink_packet_core::Nla::emit_value(nla, &mut value);
-                    value
-                })
+    for attr in NlasIterator::new(element) {
+        let attr = attr.map_err(|e| format!("NFTA_SET_ELEM attribute: {e}"))?;
+        match attr.kind() {
+            NFTA_SET_ELEM_KEY => key = Some(data_value(attr.value(), "NFTA_SET_ELEM_KEY")?),
+            NFTA_SET_ELEM_KEY_END => {
+                key_end = Some(data_value(attr.value(), "NFTA_SET_ELEM_KEY_END")?);
             }
-            SetElementAttribute::Flags(flags) => {
-                interval_end = flags.contains(SetElementFlags::IntervalEnd)
+            NFTA_SET_ELEM_FLAGS => {
+                let flags: [u8; 4] = attr
+                    .value()
+                    .try_into()
+                    .map_err(|_| format!("NFTA_SET_ELEM_FLAGS of {} bytes", attr.value().len()))?;
+                interval_end = u32::from_be_bytes(flags) & NFT_SET_ELEM_INTERVAL_END != 0;
             }
             _ => {}
         }
@@ -486,6 +519,17 @@ fn dumped_of(attrs: &[SetElementAttribute]) -> Result<Dumped, String> {
         key_end,
         interval_end,
     })
+}
+
+/// The NFTA_DATA_VALUE nested in `what`.
+fn data_value(nested: &[u8], what: &str) -> Result<Vec<u8>, String> {
+    for attr in NlasIterator::new(nested) {
+        let attr = attr.map_err(|e| format!("{what}: {e}"))?;
+        if attr.kind() == NFTA_DATA_VALUE {
+            return Ok(attr.value().to_vec());
+        }
+    }
+    Err(format!("{what} without NFTA_DATA_VALUE"))
 }
 
 fn decode_key(family: NftFamily, shape: Shape, d: &Dumped) -> Result<NftKey, String> {

@@ -434,8 +434,8 @@ fn dump_all(socket: &mut NftSocket, family: NftFamily) -> Result<Vec<NftElement>
                 SetElementList::Set(set.name().to_owned()),
             ],
         });
-        let messages: Vec<SetElementMessage> = socket
-            .dump(request, proto_family(family))
+        let messages = socket
+            .dump_raw(request, proto_family(family))
             .map_err(|r| match r.errno {
                 libc::ENOENT => KernelError::Other(format!(
                     "set {} of table {family} {NFT_TABLE} does not exist (ensure_ruleset creates it)",
@@ -446,13 +446,7 @@ fn dump_all(socket: &mut NftSocket, family: NftFamily) -> Result<Vec<NftElement>
                     set.name(),
                     r.text()
                 )),
-            })?
-            .into_iter()
-            .filter_map(|m| match m {
-                NfTablesMessage::NewSetElement(m) => Some(m),
-                _ => None,
-            })
-            .collect();
+            })?;
         out.extend(element::decode(family, set, &messages)?);
     }
     Ok(out)

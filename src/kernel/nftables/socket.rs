@@ -152,7 +152,7 @@ impl NftSocket {
 
         let mut first_error: Option<(u32, Refusal)> = None;
         let mut whole: Option<Refusal> = None;
-        self.read_until(barrier, |sequence, reply| {
+        self.read_until(barrier, Decode::Parsed, |sequence, reply| {
             if let Reply::Error(refusal) = reply {
                 if sequence == begin || sequence == end {
                     whole.get_or_insert(refusal);
@@ -183,8 +183,12 @@ impl NftSocket {
         message: NfTablesMessage,
         family: NetfilterProtoFamily,
     ) -> Result<NfTablesMessage, Refusal> {
-        let answers = self.request(message, family, NLM_F_REQUEST | NLM_F_ACK)?;
-        answers.into_iter().next().ok_or(Refusal {
+        let answers = self.request(message, family, NLM_F_REQUEST | NLM_F_ACK, Decode::Parsed)?;
+        let parsed = answers.into_iter().find_map(|answer| match answer {
+            Answer::Parsed(m) => Some(m),
+            Answer::Raw(_) => None,
+        });
+        parsed.ok_or(Refusal {
             errno: libc::ENOENT,
             message: Some("no answer".to_owned()),
             offset: None,
@@ -197,7 +201,33 @@ impl NftSocket {
         message: NfTablesMessage,
         family: NetfilterProtoFamily,
     ) -> Result<Vec<NfTablesMessage>, Refusal> {
-        self.request(message, family, NLM_F_REQUEST | NLM_F_DUMP)
+        let answers = self.request(message, family, NLM_F_REQUEST | NLM_F_DUMP, Decode::Parsed)?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Answer::Parsed(m) => Some(m),
+                Answer::Raw(_) => None,
+            })
+            .collect())
+    }
+
+    /// Dumps, handing back each answer as the bytes of its netlink message,
+    /// unparsed: for set elements, whose parsing in netlink-packet-netfilter
+    /// formats the whole message once per element (quadratic; 20,000
+    /// elements took seconds of CPU).
+    pub fn dump_raw(
+        &mut self,
+        message: NfTablesMessage,
+        family: NetfilterProtoFamily,
+    ) -> Result<Vec<Vec<u8>>, Refusal> {
+        let answers = self.request(message, family, NLM_F_REQUEST | NLM_F_DUMP, Decode::Raw)?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Answer::Raw(bytes) => Some(bytes),
+                Answer::Parsed(_) => None,
+            })
+            .collect())
     }
 
     fn request(
@@ -205,7 +235,8 @@ impl NftSocket {
         message: NfTablesMessage,
         family: NetfilterProtoFamily,
         flags: u16,
-    ) -> Result<Vec<NfTablesMessage>, Refusal> {
+        decode: Decode,
+    ) -> Result<Vec<Answer>, Refusal> {
         let sequence = self.next_sequence();
         let mut netlink = NetlinkMessage::from(NetfilterMessage::new(
             NetfilterHeader::new(family, 0, 0),
@@ -222,12 +253,13 @@ impl NftSocket {
         // fills the rest of a dump as it is read.)
         let mut answers = Vec::new();
         let mut refusal = None;
-        self.read_until(sequence, |seq, reply| {
+        self.read_until(sequence, decode, |seq, reply| {
             if seq != sequence {
                 return Ok(());
             }
             match reply {
-                Reply::Message(m) => answers.push(m),
+                Reply::Message(m) => answers.push(Answer::Parsed(m)),
+                Reply::Raw(bytes) => answers.push(Answer::Raw(bytes)),
                 Reply::Error(r) => refusal = Some(r),
                 Reply::Done | Reply::Ack => {}
             }
@@ -257,6 +289,7 @@ impl NftSocket {
     fn read_until(
         &mut self,
         last: u32,
+        decode: Decode,
         mut each: impl FnMut(u32, Reply) -> Result<(), Refusal>,
     ) -> Result<(), Refusal> {
         loop {
@@ -274,8 +307,11 @@ impl NftSocket {
                 let sequence = buffer.sequence_number();
                 let bytes = &datagram[at..at + length];
                 at += (length + 3) & !3;
-                let reply = parse_reply(bytes)?;
-                let ends = sequence == last && !matches!(reply, Reply::Message(_));
+                let reply = match decode {
+                    Decode::Parsed => parse_reply(bytes)?,
+                    Decode::Raw => raw_reply(bytes)?,
+                };
+                let ends = sequence == last && !matches!(reply, Reply::Message(_) | Reply::Raw(_));
                 each(sequence, reply)?;
                 if ends {
                     return Ok(());
@@ -289,9 +325,34 @@ impl NftSocket {
 #[derive(Debug)]
 enum Reply {
     Message(NfTablesMessage),
+    /// A message left unparsed ([`Decode::Raw`]): its bytes, header included.
+    Raw(Vec<u8>),
     Ack,
     Done,
     Error(Refusal),
+}
+
+/// Whether a request's answers are parsed into [`NfTablesMessage`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    Parsed,
+    Raw,
+}
+
+/// One answer to a get or dump.
+#[derive(Debug)]
+enum Answer {
+    Parsed(NfTablesMessage),
+    Raw(Vec<u8>),
+}
+
+/// As [`parse_reply`], leaving messages other than ACKs, errors and
+/// NLMSG_DONE as bytes.
+fn raw_reply(bytes: &[u8]) -> Result<Reply, Refusal> {
+    match u16::from_ne_bytes([bytes[4], bytes[5]]) {
+        NLMSG_DONE | NLMSG_ERROR => parse_reply(bytes),
+        _ => Ok(Reply::Raw(bytes.to_vec())),
+    }
 }
 
 fn parse_reply(bytes: &[u8]) -> Result<Reply, Refusal> {

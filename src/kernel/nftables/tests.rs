@@ -237,13 +237,13 @@ fn ip6_element_messages_are_what_nft_sends() {
 
 /// The NEWSETELEM replies of a GETSETELEM dump of the ip6 table, parsed.
 fn dumped6(set: NftSet, replies: &[&str]) -> Vec<NftElement> {
-    let messages: Vec<_> = replies
-        .iter()
-        .map(|r| match parse(&unhex(r)) {
-            NfTablesMessage::NewSetElement(m) => m,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let messages: Vec<Vec<u8>> = replies.iter().map(|r| unhex(r)).collect();
+    for message in &messages {
+        assert!(
+            matches!(parse(message), NfTablesMessage::NewSetElement(_)),
+            "a NEWSETELEM reply"
+        );
+    }
     let mut elements = element::decode(NftFamily::Ip6, set, &messages).unwrap();
     elements.sort();
     elements
@@ -302,13 +302,13 @@ fn ip6_dumps_parse_back_into_elements() {
 
 /// The NEWSETELEM replies of a GETSETELEM dump (`nft list set`), parsed.
 fn dumped(set: NftSet, replies: &[&str]) -> Vec<NftElement> {
-    let messages: Vec<_> = replies
-        .iter()
-        .map(|r| match parse(&unhex(r)) {
-            NfTablesMessage::NewSetElement(m) => m,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let messages: Vec<Vec<u8>> = replies.iter().map(|r| unhex(r)).collect();
+    for message in &messages {
+        assert!(
+            matches!(parse(message), NfTablesMessage::NewSetElement(_)),
+            "a NEWSETELEM reply"
+        );
+    }
     let mut elements = element::decode(NftFamily::Ip, set, &messages).unwrap();
     elements.sort();
     elements
@@ -400,7 +400,10 @@ fn unreadable_elements_are_errors_naming_the_set() {
             ]))],
         )])],
     };
-    let error = element::decode(NftFamily::Ip, NftSet::ClusterIps, &[message]).unwrap_err();
+    let netlink = netfilter_message(NftFamily::Ip, NfTablesMessage::NewSetElement(message), 0, 1);
+    let mut bytes = vec![0; netlink.buffer_len()];
+    netlink.serialize(&mut bytes);
+    let error = element::decode(NftFamily::Ip, NftSet::ClusterIps, &[bytes]).unwrap_err();
     assert!(error.to_string().contains("set cluster-ips"), "{error}");
     assert!(error.to_string().contains("8 bytes"), "{error}");
 }
@@ -580,4 +583,47 @@ async fn live_kernel() {
     assert_eq!(nft.dump_elements().await.unwrap(), vec![]);
     assert!(nft.delete_table().await.unwrap());
     assert!(!nft.delete_table().await.unwrap());
+}
+
+/// A dump reply of a thousand elements (more than the kernel puts in one)
+/// reads back every element, in both families, for a concatenated key and
+/// a plain one.
+#[test]
+fn a_reply_of_a_thousand_elements_reads_back_whole() {
+    use netlink_packet_netfilter::nftables::{SetElementList, SetElementMessage};
+    type KeyOf = fn(u32) -> NftKey;
+    let cases: [(NftFamily, NftSet, KeyOf); 3] = [
+        (NftFamily::Ip, NftSet::ClusterIps, |i| {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a60_0000 + i));
+            NftKey::AddrProtoPort(addr, Protocol::Tcp, 80)
+        }),
+        (NftFamily::Ip, NftSet::ServiceIps, |i| {
+            NftKey::Addr(IpAddr::from(std::net::Ipv4Addr::from(0x0a60_0000 + i)))
+        }),
+        (NftFamily::Ip6, NftSet::ClusterIps, |i| {
+            let addr = IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)));
+            NftKey::AddrProtoPort(addr, Protocol::Udp, 53)
+        }),
+    ];
+    for (family, set, key) in cases {
+        let mut wanted: Vec<NftElement> = (1..=1000).map(|i| elem(set, key(i))).collect();
+        let mut list = Vec::new();
+        for e in &wanted {
+            list.extend(element::element_attributes(&element::encode(e).unwrap()));
+        }
+        let reply = NfTablesMessage::NewSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(crate::desired::NFT_TABLE.to_owned()),
+                SetElementList::Set(set.name().to_owned()),
+                SetElementList::Elements(list),
+            ],
+        });
+        let netlink = netfilter_message(family, reply, 0, 7);
+        let mut bytes = vec![0; netlink.buffer_len()];
+        netlink.serialize(&mut bytes);
+        let mut read = element::decode(family, set, &[bytes]).unwrap();
+        read.sort();
+        wanted.sort();
+        assert_eq!(read, wanted, "{family} {}", set.name());
+    }
 }

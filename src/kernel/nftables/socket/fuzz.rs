@@ -1,7 +1,8 @@
 //! Fuzzing of the nf_tables replies: a datagram split as `read_until`
 //! splits it, each message read by `parse_reply` (acks, errors with their
 //! extended ACK, and NfTablesMessage through netlink-packet-netfilter),
-//! every NEWSETELEM decoded into elements of every set of both families,
+//! every message also read raw, as set elements are, and decoded into
+//! elements of every set of both families,
 //! and every NEWTABLE's userdata read for its fingerprint. Seeds:
 //! `tests/fuzz/corpus/nftables`, captured replies and nft's requests.
 //!
@@ -51,14 +52,14 @@ fn check_datagram(datagram: &[u8]) {
         let length = buffer.length() as usize;
         let bytes = &datagram[at..at + length];
         at += (length + 3) & !3;
-        match parse_reply(bytes) {
-            Ok(Reply::Message(NfTablesMessage::NewSetElement(message))) => {
-                for family in NftFamily::ALL {
-                    for set in NftSet::ALL {
-                        let _ = element::decode(family, set, std::slice::from_ref(&message));
-                    }
+        if let Ok(Reply::Raw(raw)) = raw_reply(bytes) {
+            for family in NftFamily::ALL {
+                for set in NftSet::ALL {
+                    let _ = element::decode(family, set, std::slice::from_ref(&raw));
                 }
             }
+        }
+        match parse_reply(bytes) {
             Ok(Reply::Message(NfTablesMessage::NewTable(table))) => {
                 for attr in &table.attributes {
                     if let TableAttribute::UserData(userdata) = attr {
