@@ -706,7 +706,7 @@ fn large_records(vip_mode: &str) -> Vec<Record> {
     for (services, cold, restore, state) in [(50_000, 8.0, 90.0, 7.0), (100_000, 30.0, 200.0, 20.0)]
     {
         let at = scale(services, 2);
-        records.push(Record::Proxy(proxy_run(at, cold, 0.002, 1, 0)));
+        records.push(Record::Proxy(Box::new(proxy_run(at, cold, 0.002, 1, 0))));
         records.push(Record::Ipvsadm(IpvsadmRestore {
             scale: at,
             seconds: restore,
