@@ -113,6 +113,19 @@ impl IpvsKernel for NullKernel {
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         ops.iter().map(|_| Ok(())).collect()
     }
+
+    async fn list_virtual_servers(
+        &mut self,
+    ) -> Result<Vec<kube_ipvs_proxy::kernel::ListedVirtualServer>, KernelError> {
+        Ok(Vec::new())
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[kube_ipvs_proxy::desired::VirtualServerKey],
+    ) -> Result<Vec<kube_ipvs_proxy::kernel::ListedRealServers>, KernelError> {
+        Ok(keys.iter().map(|_| Default::default()).collect())
+    }
 }
 
 impl AddressKernel for NullKernel {
