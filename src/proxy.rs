@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
-use crate::desired::{NftRuleset, Protocol, ServiceName};
+use crate::desired::{NftRuleset, Op, Protocol, ServiceName, VirtualServerKey};
 use crate::events::{EventSink, Problem};
 use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
@@ -25,7 +25,8 @@ use crate::kernel::link::{local_addresses, DummyLink};
 use crate::kernel::netlink::NetlinkIpvs;
 use crate::kernel::nftables::NetlinkNft;
 use crate::kernel::{
-    modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, NftKernel,
+    modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer,
+    ListedRealServers, ListedVirtualServer, NftKernel,
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
@@ -597,7 +598,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// One sync of every subsystem: the nftables sets first (so that a new
     /// service's masquerade and filters are in place before its virtual
     /// servers take traffic), then IPVS and kube-ipvs0, then the conntrack
-    /// flows of the real servers that went.
+    /// flows of the real servers that went. Only the writes wait for the
+    /// nftables transaction: the IPVS and kube-ipvs0 reads and the diff run
+    /// beside it (see [`AfterNft`]).
     /// `full` re-reads every subsystem and repairs drift; otherwise only
     /// what changed is sent. `conntrack_cleanup` is `--conntrack-cleanup`.
     pub async fn sync(
@@ -608,14 +611,34 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         full: bool,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        reconciler
-            .sync_nft(self.nft, ruleset, full, &mut report)
+        let changes = reconciler
+            .nft_changes(self.nft, ruleset, full, &mut report)
             .await;
-        let ipvs = if full {
-            reconciler.full_sync(self.ipvs, self.link).await
-        } else {
-            reconciler.sync_dirty(self.ipvs, self.link).await
+        let (answered, nft_answered) = tokio::sync::watch::channel(false);
+        let nft = &mut *self.nft;
+        let transaction = async {
+            let result = if changes.is_empty() {
+                None
+            } else {
+                Some(nft.apply(&changes).await)
+            };
+            // Nobody waiting is fine: the IPVS leg may be done already.
+            let _ = answered.send(true);
+            result
         };
+        let mut ipvs = AfterNft::new(&mut *self.ipvs, nft_answered.clone());
+        let mut link = AfterNft::new(&mut *self.link, nft_answered);
+        let ipvs_sync = async {
+            if full {
+                reconciler.full_sync(&mut ipvs, &mut link).await
+            } else {
+                reconciler.sync_dirty(&mut ipvs, &mut link).await
+            }
+        };
+        let (result, ipvs) = futures::join!(transaction, ipvs_sync);
+        if let Some(result) = result {
+            reconciler.nft_applied(&changes, result, &mut report);
+        }
         if ipvs
             .errors
             .iter()
@@ -633,6 +656,71 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             reconciler.forget_stale_flows();
         }
         report
+    }
+}
+
+/// An IPVS or kube-ipvs0 kernel whose writes wait until the sync's
+/// nftables transaction has been answered, and whose reads do not: a sync
+/// reads the kernel and works out its IPVS diff while the transaction
+/// runs on its blocking thread, and still writes nothing before the sets
+/// it depends on are in place.
+struct AfterNft<'k, T> {
+    kernel: &'k mut T,
+    answered: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<'k, T> AfterNft<'k, T> {
+    fn new(kernel: &'k mut T, answered: tokio::sync::watch::Receiver<bool>) -> Self {
+        AfterNft { kernel, answered }
+    }
+
+    /// Returns once the transaction has been answered (or was never sent).
+    async fn answered(&mut self) {
+        // An error means the sender is gone: nothing is left to wait for.
+        let _ = self.answered.wait_for(|answered| *answered).await;
+    }
+}
+
+impl<K: IpvsKernel> IpvsKernel for AfterNft<'_, K> {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        self.kernel.list_virtual_servers().await
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.kernel.list_real_servers(keys).await
+    }
+
+    async fn dump(&mut self) -> Result<Vec<KernelVirtualServer>, KernelError> {
+        self.kernel.dump().await
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.answered().await;
+        self.kernel.apply(ops).await
+    }
+}
+
+impl<A: AddressKernel> AddressKernel for AfterNft<'_, A> {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        self.kernel.ensure_link().await
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.answered().await;
+        self.kernel.add_address(addr).await
+    }
+
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        self.answered().await;
+        self.kernel.add_addresses(addrs).await
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.answered().await;
+        self.kernel.del_address(addr).await
     }
 }
 
@@ -1729,5 +1817,204 @@ mod fault_tests {
             1,
             "the service was programmed"
         );
+    }
+}
+
+#[cfg(test)]
+mod after_nft_tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::desired::{
+        DesiredVirtualServer, NftChange, NftElement, NftKey, NftSet, RealServer, RealServerKey,
+        ServiceDesired, VirtualServer,
+    };
+    use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+
+    type Journal = Rc<RefCell<Vec<&'static str>>>;
+
+    /// A kernel that notes every call in a journal shared by all three.
+    struct Noted<T> {
+        inner: T,
+        journal: Journal,
+    }
+
+    impl<T> Noted<T> {
+        fn note(&self, what: &'static str) {
+            self.journal.borrow_mut().push(what);
+        }
+    }
+
+    impl IpvsKernel for Noted<FakeKernel> {
+        async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+            self.note("IPVS read");
+            self.inner.list_virtual_servers().await
+        }
+
+        async fn list_real_servers(
+            &mut self,
+            keys: &[VirtualServerKey],
+        ) -> Result<Vec<ListedRealServers>, KernelError> {
+            self.note("IPVS read");
+            self.inner.list_real_servers(keys).await
+        }
+
+        async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+            self.note("IPVS write");
+            self.inner.apply(ops).await
+        }
+    }
+
+    impl AddressKernel for Noted<FakeKernel> {
+        async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+            self.note("link read");
+            self.inner.ensure_link().await
+        }
+
+        async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+            self.note("address add");
+            self.inner.add_address(addr).await
+        }
+
+        async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+            self.note("address add");
+            self.inner.add_addresses(addrs).await
+        }
+
+        async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+            self.note("address delete");
+            self.inner.del_address(addr).await
+        }
+    }
+
+    /// Its transaction takes a few turns of the executor, as the real one
+    /// does on its blocking thread, and is noted when answered.
+    impl NftKernel for Noted<FakeNft> {
+        async fn ensure_ruleset(
+            &mut self,
+            ruleset: &NftRuleset,
+        ) -> Result<Vec<NftElement>, KernelError> {
+            self.inner.ensure_ruleset(ruleset).await
+        }
+
+        async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+            self.inner.dump_elements().await
+        }
+
+        async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            let result = self.inner.apply(changes).await;
+            self.note("nft answered");
+            result
+        }
+
+        async fn delete_table(&mut self) -> Result<bool, KernelError> {
+            self.inner.delete_table().await
+        }
+    }
+
+    fn web(last: u8) -> ServiceDesired {
+        let key = VirtualServerKey {
+            addr: IpAddr::from([10, 96, 0, last]),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        ServiceDesired {
+            virtual_servers: vec![DesiredVirtualServer {
+                server: VirtualServer {
+                    key,
+                    scheduler: "rr".into(),
+                    persistence: None,
+                },
+                real_servers: vec![RealServer {
+                    key: RealServerKey {
+                        addr: IpAddr::from([10, 128, 0, last]),
+                        port: 8080,
+                    },
+                    weight: 1,
+                }],
+            }],
+            bind_addrs: vec![key.addr],
+            nft_elements: vec![NftElement {
+                set: NftSet::ClusterIps,
+                key: NftKey::AddrProtoPort(key.addr, Protocol::Tcp, 80),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The journal from the first note of the transaction's answer on.
+    fn split(journal: &Journal) -> (Vec<&'static str>, Vec<&'static str>) {
+        let notes = journal.borrow_mut().split_off(0);
+        let answered = notes
+            .iter()
+            .position(|n| *n == "nft answered")
+            .expect("the sync sent a transaction");
+        let (before, after) = notes.split_at(answered);
+        (before.to_vec(), after[1..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_the_nft_transaction_and_reads_do_not() {
+        let journal = Journal::default();
+        let noted = |inner| Noted {
+            inner,
+            journal: journal.clone(),
+        };
+        let (mut ipvs, mut link) = (noted(FakeKernel::new()), noted(FakeKernel::new()));
+        let mut nft = Noted {
+            inner: FakeNft::default(),
+            journal: journal.clone(),
+        };
+        let mut conntrack = FakeConntrack::default();
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let ruleset = NftRuleset::default();
+        reconciler.set_service(ServiceName::new("default", "a"), Some(web(1)));
+
+        let report = kernel.sync(&mut reconciler, &ruleset, true, true).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!((report.nft_batches, report.nft_elements), (1, 1));
+        let (before, after) = split(&journal);
+        assert!(
+            before.contains(&"IPVS read") && before.contains(&"link read"),
+            "the reads run beside the transaction: {before:?}"
+        );
+        assert!(
+            !before
+                .iter()
+                .any(|n| n.ends_with("write") || n.ends_with("add")),
+            "no write before the transaction is answered: {before:?}"
+        );
+        assert!(after.contains(&"IPVS write") && after.contains(&"address add"));
+
+        // An incremental sync: one service goes, another comes.
+        reconciler.set_service(ServiceName::new("default", "a"), None);
+        reconciler.set_service(ServiceName::new("default", "b"), Some(web(2)));
+        let report = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!((report.nft_batches, report.nft_elements), (1, 2));
+        let (before, after) = split(&journal);
+        assert!(before.is_empty(), "nothing before the answer: {before:?}");
+        for write in ["IPVS write", "address add", "address delete"] {
+            assert!(after.contains(&write), "{write} in {after:?}");
+        }
+        assert_eq!(
+            kernel.nft.inner.elements(),
+            web(2).nft_elements,
+            "the answer was recorded"
+        );
+        assert_eq!(kernel.link.inner.addresses(), web(2).bind_addrs);
+        let held: Vec<_> = kernel.ipvs.inner.virtual_servers();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].server.key.addr, IpAddr::from([10, 96, 0, 2]));
     }
 }

@@ -19,8 +19,8 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::future;
 
 use crate::desired::{
-    ClaimRank, DesiredVirtualServer, FlowFilter, NftRuleset, Op, Protocol, ServiceDesired,
-    ServiceName, VirtualServerKey,
+    ClaimRank, DesiredVirtualServer, FlowFilter, NftChange, NftRuleset, Op, Protocol,
+    ServiceDesired, ServiceName, VirtualServerKey,
 };
 use crate::kernel::{
     AddressKernel, ConntrackKernel, IpvsKernel, KernelError, ListedVirtualServer, NftKernel,
@@ -664,12 +664,31 @@ impl Reconciler {
         full: bool,
         report: &mut SyncReport,
     ) {
+        let changes = self.nft_changes(nft, ruleset, full, report).await;
+        if !changes.is_empty() {
+            let result = nft.apply(&changes).await;
+            self.nft_applied(&changes, result, report);
+        }
+    }
+
+    /// The first half of [`Reconciler::sync_nft`]: makes sure of the table
+    /// and reads it when the sync needs that, and returns the changes to
+    /// send in one transaction (none: nothing to send, or not due yet).
+    /// Their answer goes to [`Reconciler::nft_applied`]; nothing else may
+    /// touch the nftables state in between, apart from IPVS syncs.
+    pub async fn nft_changes<N: NftKernel>(
+        &mut self,
+        nft: &mut N,
+        ruleset: &NftRuleset,
+        full: bool,
+        report: &mut SyncReport,
+    ) -> Vec<NftChange> {
         let now = (self.clock)();
         if !full && self.nft.adopted && !self.nft.has_dirty() {
-            return;
+            return Vec::new();
         }
         if !full && self.nft_failed.is_some_and(|b| !b.is_due(now)) {
-            return;
+            return Vec::new();
         }
         let all = full || !self.nft.adopted;
         if all {
@@ -680,33 +699,44 @@ impl Reconciler {
                     let what = KernelRead::Nftables;
                     report.errors.push(SyncError::Read { what, error });
                     self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
-                    return;
+                    return Vec::new();
                 }
             }
         }
         let changes = self.nft.changes(all);
         if changes.is_empty() {
             self.nft_failed = None;
-            return;
         }
+        changes
+    }
+
+    /// The second half of [`Reconciler::sync_nft`]: records the kernel's
+    /// answer to the transaction of `changes`.
+    pub fn nft_applied(
+        &mut self,
+        changes: &[NftChange],
+        result: Result<(), KernelError>,
+        report: &mut SyncReport,
+    ) {
         report.writes += changes.len();
         report.nft_elements += changes.len();
         report.nft_batches += 1;
         if tracing::enabled!(tracing::Level::DEBUG) {
-            for change in &changes {
+            for change in changes {
                 tracing::debug!(?change, "nftables write");
             }
         }
-        match nft.apply(&changes).await {
+        match result {
             Ok(()) => {
-                self.nft.applied(&changes);
+                self.nft.applied(changes);
                 self.nft_failed = None;
             }
             Err(error) => {
                 tracing::warn!(%error, changes = changes.len(),
                     "nftables transaction failed; retrying with backoff after reading the sets again");
                 report.failed += changes.len();
-                self.nft.failed(&changes);
+                self.nft.failed(changes);
+                let now = (self.clock)();
                 self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
                 report.errors.push(SyncError::Nftables {
                     changes: changes.len(),
