@@ -226,6 +226,9 @@ struct State {
     health: ServiceHealthServers,
     /// Where problems with a Service go to become Events on it.
     events: EventSink,
+    /// Translations handed over since start, counted for tests.
+    #[cfg(test)]
+    translated: usize,
 }
 
 impl State {
@@ -268,13 +271,21 @@ impl State {
     }
 
     /// Translates again what `changes` touched and hands it to the reconciler.
-    fn absorb(&mut self, changes: Changes) {
+    /// Until the sources' initial lists are in, nothing is translated: no
+    /// sync runs before them, and each list's end would translate every
+    /// service again. The event that completes them translates every
+    /// service once.
+    fn absorb(&mut self, mut changes: Changes) {
         for error in &changes.errors {
             tracing::error!(%error, "rejected object; its last good version stays in force");
             if let Some(problem) = Problem::from_model_error(error, |name| self.uid_of(name)) {
                 self.events.report(problem);
             }
         }
+        if !self.model.is_synced() {
+            return;
+        }
+        changes.all |= changes.synced;
         if changes.all && self.pod_cidrs_from_node {
             let cidrs = self
                 .model
@@ -334,6 +345,10 @@ impl State {
 
     /// Passes one service's fresh translation to the reconciler.
     fn hand_over(&mut self, name: ServiceName, translation: Translation) {
+        #[cfg(test)]
+        {
+            self.translated += 1;
+        }
         for warning in &translation.warnings {
             tracing::warn!(service = %name, %warning, "translating service");
             let uid = self.uid_of(&name);
@@ -769,6 +784,8 @@ impl Loop<'_> {
             no_local_endpoints_total: NoLocalEndpoints::default(),
             health,
             events: self.events,
+            #[cfg(test)]
+            translated: 0,
         };
         let mut synced = false;
         let mut startup = Startup::new();
@@ -1817,6 +1834,95 @@ mod fault_tests {
             1,
             "the service was programmed"
         );
+    }
+}
+
+#[cfg(test)]
+mod initial_list_tests {
+    use super::*;
+    use crate::source::Update;
+
+    fn state() -> State {
+        let metrics = Metrics::new();
+        State {
+            model: Model::new("n1"),
+            node: NodeFacts {
+                name: "n1".into(),
+                node_addresses: vec![],
+                local_addresses: vec![],
+                ipv4: true,
+                ipv6: false,
+            },
+            translate: TranslateConfig::default(),
+            reconciler: Reconciler::new(Ownership::default()),
+            metrics: metrics.clone(),
+            pod_cidrs_from_node: false,
+            node_port_primary: false,
+            virtual_servers: HashMap::new(),
+            virtual_servers_total: 0,
+            no_local_endpoints: HashMap::new(),
+            no_local_endpoints_total: NoLocalEndpoints::default(),
+            health: ServiceHealthServers::new(vec![], metrics, std::time::Duration::from_secs(30)),
+            events: EventSink::disabled(),
+            translated: 0,
+        }
+    }
+
+    fn service(i: usize) -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": format!("s{i}")},
+            "spec": {"clusterIP": format!("10.96.0.{i}"), "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    }
+
+    fn slice(i: usize) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": format!("s{i}-x"),
+                "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [format!("10.128.0.{i}")], "conditions": {"ready": true}}],
+            "ports": [{"port": 8080}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_initial_lists_translate_each_service_once() {
+        let mut state = state();
+        let node: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap();
+        let mut events = vec![SourceEvent::Service(Update::ListStart)];
+        events.extend((1..=5).map(|i| SourceEvent::Service(Update::Listed(service(i)))));
+        events.push(SourceEvent::Service(Update::ListDone));
+        events.push(SourceEvent::EndpointSlice(Update::ListStart));
+        events.extend((1..=5).map(|i| SourceEvent::EndpointSlice(Update::Listed(slice(i)))));
+        events.push(SourceEvent::EndpointSlice(Update::ListDone));
+        events.push(SourceEvent::Node(Update::ListStart));
+        events.push(SourceEvent::Node(Update::Listed(node)));
+        events.push(SourceEvent::Node(Update::ListDone));
+        for event in events {
+            assert!(!state.apply(event), "not synced before the lists are in");
+        }
+        assert_eq!(
+            state.translated, 0,
+            "nothing translated before the lists are in"
+        );
+
+        assert!(state.apply(SourceEvent::Synced));
+        assert_eq!(state.translated, 5, "each service once");
+        let desired: Vec<_> = state.reconciler.desired().collect();
+        assert_eq!(desired.len(), 5);
+        assert!(
+            desired
+                .iter()
+                .all(|(_, d)| d.virtual_servers[0].real_servers.len() == 1),
+            "translated with their endpoints"
+        );
+
+        // After the lists, a change translates what it touched.
+        state.apply(SourceEvent::EndpointSlice(Update::Delete(slice(3))));
+        assert_eq!(state.translated, 6);
     }
 }
 
