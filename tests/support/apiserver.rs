@@ -142,6 +142,10 @@ struct Collection {
     kind: String,
     /// Current objects by (namespace, name).
     objects: BTreeMap<(String, String), Value>,
+    /// Each of `objects` as a list item (without apiVersion and kind),
+    /// serialized once when stored: a page of a LIST is these joined, so
+    /// a big list costs the server little beside the client it serves.
+    items: BTreeMap<(String, String), String>,
     /// Every change still retained, oldest first.
     history: Vec<Change>,
     /// The resourceVersion of the last change (continue tokens older than
@@ -216,6 +220,7 @@ impl TestApiServer {
             .or_insert_with(|| Collection {
                 kind: K::KIND.to_owned(),
                 objects: BTreeMap::new(),
+                items: BTreeMap::new(),
                 history: Vec::new(),
                 changed_at: 0,
                 requests: Requests::default(),
@@ -251,11 +256,10 @@ impl TestApiServer {
         let collection_key = collection_key::<K>();
         let mut state = self.state();
         let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
-        let Some(mut value) = state
-            .collections
-            .get_mut(&collection_key)
-            .and_then(|c| c.objects.remove(&key))
-        else {
+        let Some(mut value) = state.collections.get_mut(&collection_key).and_then(|c| {
+            c.items.remove(&key);
+            c.objects.remove(&key)
+        }) else {
             return false;
         };
         state.resource_version += 1;
@@ -405,6 +409,7 @@ impl State {
             .collections
             .get_mut(collection_key)
             .expect("a registered collection");
+        collection.items.insert(key.clone(), list_item(value));
         let old = collection.objects.insert(key, value.clone());
         collection.changed_at = resource_version;
         let change = Change {
@@ -845,33 +850,39 @@ fn list_collection(shared: &Shared, key: &CollectionKey, filter: &Filter, page: 
         .objects
         .range((start, Bound::Unbounded))
         .filter(|(_, object)| filter.matches(object));
-    let mut items = Vec::new();
+    let mut items = String::new();
     let mut last_key = None;
-    for (object_key, object) in matching.by_ref().take(limit) {
-        // As the real server: list items carry no apiVersion and kind.
-        let mut item = object.clone();
-        if let Value::Object(fields) = &mut item {
-            fields.remove("apiVersion");
-            fields.remove("kind");
+    for (object_key, _) in matching.by_ref().take(limit) {
+        if last_key.is_some() {
+            items.push(',');
         }
-        items.push(item);
+        items.push_str(&collection.items[object_key]);
         last_key = Some(object_key);
     }
     let mut metadata = json!({"resourceVersion": resource_version.to_string()});
     if let (Some((namespace, name)), Some(_)) = (last_key, matching.next()) {
         metadata["continue"] = json!(format!("{resource_version}/{namespace}/{name}"));
     }
-    let list = json!({
+    let head = json!({
         "kind": format!("{}List", collection.kind),
         "apiVersion": key.0,
         "metadata": metadata,
-        "items": items,
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        list.to_string(),
-    )
-        .into_response()
+    })
+    .to_string();
+    // `head` is an object: its closing brace gives way to the items.
+    let list = format!("{},\"items\":[{items}]}}", &head[..head.len() - 1]);
+    ([(header::CONTENT_TYPE, "application/json")], list).into_response()
+}
+
+/// An object as an item of a list: as the real server, without apiVersion
+/// and kind.
+fn list_item(object: &Value) -> String {
+    let mut item = object.clone();
+    if let Value::Object(fields) = &mut item {
+        fields.remove("apiVersion");
+        fields.remove("kind");
+    }
+    item.to_string()
 }
 
 async fn watch_collection(
