@@ -594,6 +594,8 @@ fn goals_say_met_or_missed_with_their_numbers() {
         "[met   ] an idle resync makes 0 writes: 0 writes",
         "[met   ] an idle resync costs ≤ 1/10 of its CPU before issue 12 (40.8 s under TCG): 0.001× (50.0 ms; reading every real server now 1.00 s; 501 vs 10,001 dump requests)",
         "[met   ] steady RSS ≤ 64 MiB with in-cluster watchers: 40.0 MiB (peak 90.0 MiB)",
+        "[MISSED] in-cluster steady RSS ≤ 48 MiB and peak RSS ≤ 64 MiB: steady 40.0 MiB, peak 90.0 MiB",
+        "[n/a   ] standalone steady RSS ≤ 64 MiB: not measured in this run",
         "[MISSED] in-cluster start to synced within 1.5× of the in-process cold sync: 4.50× (9.00 s vs 2.00 s; prepare 500 ms, lists 4.00 s, model 2.50 s, first sync 2.00 s)",
         "binary RSS, standalone (manifests) at 10,000 × 10: the proxy exited (exit status: 1)",
     ];
@@ -608,6 +610,30 @@ fn goals_say_met_or_missed_with_their_numbers() {
 
     let over = table::Results::new(run_records(table::GOAL_SCALE, 65)).render();
     assert!(over.contains("[MISSED] steady RSS ≤ 64 MiB"), "{over}");
+
+    // Issue 12's memory goals: in-cluster within both bounds, standalone
+    // measured this time.
+    let mut records = run_records(table::GOAL_SCALE, 40);
+    for record in &mut records {
+        if let Record::Rss(run) = record {
+            run.peak_kib = 60 * 1024;
+        }
+    }
+    records.push(Record::Rss(RssRun {
+        scale: table::GOAL_SCALE,
+        mode: SourceMode::Manifests,
+        start_to_synced_seconds: 8.0,
+        peak_kib: 100 * 1024,
+        steady_kib: 70 * 1024,
+        startup: None,
+    }));
+    let text = table::Results::new(records).render();
+    for line in [
+        "[met   ] in-cluster steady RSS ≤ 48 MiB and peak RSS ≤ 64 MiB: steady 40.0 MiB, peak 60.0 MiB",
+        "[MISSED] standalone steady RSS ≤ 64 MiB: 70.0 MiB (peak 100.0 MiB)",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }
 
 #[test]
