@@ -90,6 +90,17 @@ async fn open_source(
     Ok((events, "kube", Some(client)))
 }
 
+/// Drives `events` on a task of its own and hands them on in order, so that
+/// the source reads and decodes whenever the run loop's task is waiting,
+/// before the loop starts as after.
+fn read_ahead(events: Events) -> Events {
+    let (send, receive) = futures::channel::mpsc::unbounded();
+    // Ends when the source does (the receiver then ends too, and the loop
+    // says so) or when the receiver is gone.
+    tokio::spawn(events.map(Ok).forward(send));
+    Box::pin(receive)
+}
+
 /// The translate settings: the default scheduler, checked against what the
 /// kernel offers.
 fn translate_config(opts: &Options) -> Result<TranslateConfig> {
@@ -500,7 +511,24 @@ fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: 
 /// `kube-ipvs-proxy run`.
 pub async fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
-    prepare_kernel(opts)?;
+    let node_name = opts.node_name();
+    // The source opens first and reads ahead: its initial lists (the API's
+    // answers, or the manifests, and their decoding) are the longest wait
+    // at start, and they come in while the kernel is prepared.
+    let (events, source_name, client) = open_source(opts, &node_name).await?;
+    let events = read_ahead(events);
+    let prepared = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || prepare_kernel(&opts))
+    };
+    match prepared.await {
+        Ok(prepared) => prepared?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            let error = format!("preparing the kernel: {e}");
+            return Err(Error::Kernel(KernelError::Other(error)));
+        }
+    }
     crate::kernel::upstream::warn_if_present();
     let mut ipvs = NetlinkIpvs::connect().await?;
     ipvs.set_timeouts(
@@ -511,7 +539,6 @@ pub async fn run(opts: &Options) -> Result<()> {
     .await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?
         .with_mode(opts.ipvs_vip_mode, &opts.ipvs_exclude_cidrs);
-    let node_name = opts.node_name();
     // The node's families decide the nftables tables: `ip6` only with IPv6.
     let node = node_facts(opts, &node_name).await?;
     if node.ipv6 {
@@ -528,7 +555,6 @@ pub async fn run(opts: &Options) -> Result<()> {
         sync_period = ?opts.ipvs_sync_period, verify_period = ?opts.verify_period(),
         "starting");
 
-    let (events, source_name, client) = open_source(opts, &node_name).await?;
     let translate = translate_config(opts)?;
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -1839,6 +1865,8 @@ mod fault_tests {
 
 #[cfg(test)]
 mod initial_list_tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::source::Update;
 
@@ -1923,6 +1951,38 @@ mod initial_list_tests {
         // After the lists, a change translates what it touched.
         state.apply(SourceEvent::EndpointSlice(Update::Delete(slice(3))));
         assert_eq!(state.translated, 6);
+    }
+
+    #[tokio::test]
+    async fn the_source_reads_ahead_while_the_loop_is_busy_and_keeps_its_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
+        let source = futures::stream::iter(
+            (1..=5).map(|i| SourceEvent::Service(Update::Delete(service(i)))),
+        )
+        .chain(futures::stream::iter([SourceEvent::Synced]))
+        .inspect(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut events = read_ahead(Box::pin(source));
+        // The loop's task is busy elsewhere: the source is read meanwhile.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(read.load(Ordering::SeqCst), 6, "read before anyone asked");
+
+        let mut names = Vec::new();
+        while let Some(event) = events.next().await {
+            match event {
+                SourceEvent::Service(Update::Delete(svc)) => {
+                    names.push(svc.metadata.name.unwrap_or_default());
+                }
+                SourceEvent::Synced => names.push("synced".to_owned()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(names, ["s1", "s2", "s3", "s4", "s5", "synced"]);
     }
 }
 
