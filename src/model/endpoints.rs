@@ -163,6 +163,8 @@ impl EndpointSliceInfo {
             return Ok(Some(info));
         }
 
+        info.ports
+            .reserve_exact(slice.ports.as_ref().map_or(0, Vec::len));
         for (i, p) in slice.ports.iter().flatten().enumerate() {
             // A port without a number means "all ports"; proxies cannot use it.
             let Some(number) = p.port else { continue };

@@ -126,7 +126,11 @@ impl ServiceSlices {
     fn insert(&mut self, info: EndpointSliceInfo) {
         match self.position(&info.name) {
             Ok(i) => self.0[i] = info,
-            Err(i) => self.0.insert(i, info),
+            Err(i) => {
+                // Most services have one slice: no room for four.
+                self.0.reserve_exact(1);
+                self.0.insert(i, info);
+            }
         }
     }
 
@@ -145,18 +149,65 @@ impl ServiceSlices {
     }
 }
 
+/// Services by name. Boxed: a map keeps a third of its slots empty, and an
+/// empty slot of a [`ServiceInfo`]'s size would cost more than the box.
+type Services = HashMap<ServiceName, Box<ServiceInfo>>;
+
+/// Names that many objects repeat, one allocation per value: node names
+/// (every endpoint names its node, and a cluster has far fewer nodes than
+/// endpoints; a slice shares its own endpoints' names already, but not with
+/// other slices) and namespaces (every Service and slice names one).
+#[derive(Debug, Default)]
+struct SharedNames {
+    names: HashSet<Arc<str>>,
+    /// How many names the last sweep left: the next sweep comes once there
+    /// are twice as many, so that names nothing uses any more go.
+    swept: usize,
+}
+
+impl SharedNames {
+    /// Points `name` at the shared allocation of its value.
+    fn share(&mut self, name: &mut Arc<str>) {
+        match self.names.get(&**name) {
+            Some(shared) => *name = shared.clone(),
+            None => {
+                self.names.insert(name.clone());
+            }
+        }
+        if self.names.len() > 2 * self.swept.max(64) {
+            // Held only here: nothing names it any more.
+            self.names.retain(|name| Arc::strong_count(name) > 1);
+            self.swept = self.names.len();
+        }
+    }
+
+    /// Shares the namespace of `info`'s service and its endpoints' node names.
+    fn share_slice(&mut self, info: &mut EndpointSliceInfo) {
+        self.share(&mut info.service.namespace);
+        let node_names = info
+            .endpoints
+            .iter_mut()
+            .filter_map(|ep| ep.node_name.as_mut());
+        for node_name in node_names {
+            self.share(node_name);
+        }
+    }
+}
+
 /// The compact cluster state one node's proxy works from.
 #[derive(Debug)]
 pub struct Model {
     node_name: Arc<str>,
     node: Option<NodeInfo>,
-    services: HashMap<ServiceName, ServiceInfo>,
+    services: Services,
     slices: HashMap<ServiceName, ServiceSlices>,
     /// Which service each slice was last filed under, so that a delete or a
     /// relabel finds it without a scan.
     slice_owners: HashMap<SliceKey, ServiceName>,
     /// Mirrored core/v1 Endpoints, by the name they share with their Service.
     mirrored: HashMap<ServiceName, Vec<EndpointSliceInfo>>,
+    /// Node names and namespaces, one allocation per value.
+    names: SharedNames,
     /// Streamed lists in progress, not yet in force.
     listing: Listing,
     synced: bool,
@@ -168,7 +219,7 @@ pub struct Model {
 /// few, and kept as they came.
 #[derive(Debug, Default)]
 struct Listing {
-    services: Option<HashMap<ServiceName, ServiceInfo>>,
+    services: Option<Services>,
     slices: Option<ListedSlices>,
     endpoints: Option<Vec<Endpoints>>,
     nodes: Option<Vec<Node>>,
@@ -191,6 +242,7 @@ impl Model {
             services: HashMap::new(),
             slices: HashMap::new(),
             slice_owners: HashMap::new(),
+            names: SharedNames::default(),
             mirrored: HashMap::new(),
             listing: Listing::default(),
             synced: false,
@@ -209,7 +261,7 @@ impl Model {
 
     /// Every Service, in no particular order.
     pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> + '_ {
-        self.services.values()
+        self.services.values().map(Box::as_ref)
     }
 
     /// Number of Services held.
@@ -219,7 +271,7 @@ impl Model {
 
     /// The Service called `name`, if the model holds it.
     pub fn service(&self, name: &ServiceName) -> Option<&ServiceInfo> {
-        self.services.get(name)
+        self.services.get(name).map(Box::as_ref)
     }
 
     /// The endpoint slices that feed a Service: its EndpointSlices and, if it
@@ -256,10 +308,11 @@ impl Model {
     fn apply_services(&mut self, update: Update<Service>, changes: &mut Changes) {
         match update {
             Update::Apply(svc) => match ServiceInfo::from_service(&svc) {
-                Ok(info) => {
-                    if self.services.get(&info.name) != Some(&info) {
+                Ok(mut info) => {
+                    self.names.share(&mut info.name.namespace);
+                    if self.services.get(&info.name).map(Box::as_ref) != Some(&info) {
                         changes.services.insert(info.name.clone());
-                        self.services.insert(info.name.clone(), info);
+                        self.services.insert(info.name.clone(), Box::new(info));
                     }
                 }
                 Err(e) => changes.errors.push(e),
@@ -294,15 +347,11 @@ impl Model {
 
     /// Files one Service of a list into `next`; a rejected one keeps the
     /// version in force.
-    fn list_service(
-        &self,
-        next: &mut HashMap<ServiceName, ServiceInfo>,
-        listed: ListedService,
-        changes: &mut Changes,
-    ) {
+    fn list_service(&mut self, next: &mut Services, listed: ListedService, changes: &mut Changes) {
         match listed {
-            Ok(info) => {
-                next.insert(info.name.clone(), info);
+            Ok(mut info) => {
+                self.names.share(&mut info.name.namespace);
+                next.insert(info.name.clone(), Box::new(info));
             }
             Err(e) => {
                 let name = e.service.as_deref().map(|s| &s.name);
@@ -314,7 +363,7 @@ impl Model {
         }
     }
 
-    fn commit_services(&mut self, next: HashMap<ServiceName, ServiceInfo>, changes: &mut Changes) {
+    fn commit_services(&mut self, next: Services, changes: &mut Changes) {
         diff_keys(&self.services, &next, &mut changes.services);
         self.services = next;
     }
@@ -355,8 +404,8 @@ impl Model {
 
     /// Files one EndpointSlice of a list into `next`; a rejected one keeps
     /// the version in force.
-    fn list_slice(&self, next: &mut ListedSlices, listed: ListedSlice, changes: &mut Changes) {
-        let info = match listed {
+    fn list_slice(&mut self, next: &mut ListedSlices, listed: ListedSlice, changes: &mut Changes) {
+        let mut info = match listed {
             Err(e) => {
                 changes.errors.push(e);
                 return;
@@ -371,6 +420,7 @@ impl Model {
                 }
             }
         };
+        self.names.share_slice(&mut info);
         next.owners
             .insert(SliceKey::sharing(&info), info.service.clone());
         next.slices
@@ -406,7 +456,8 @@ impl Model {
             }
         }
         match info {
-            Some(info) => {
+            Some(mut info) => {
+                self.names.share_slice(&mut info);
                 let owner = info.service.clone();
                 match self.slice_owners.get_mut(&key) {
                     Some(filed_under) => *filed_under = owner.clone(),

@@ -353,6 +353,13 @@ impl ServiceInfo {
             .as_ref()
             .and_then(|a| a.get(SCHEDULER_ANNOTATION))
             .map(|s| s.as_str().into());
+        // The model holds every Service for as long as it lives: no spare
+        // capacity (a vector that grew by pushes holds room for four).
+        info.cluster_ips.shrink_to_fit();
+        info.external_ips.shrink_to_fit();
+        info.load_balancer_ips.shrink_to_fit();
+        info.ports.shrink_to_fit();
+        info.load_balancer_source_ranges.shrink_to_fit();
         Ok(info)
     }
 }

@@ -1003,6 +1003,68 @@ fn endpoints_on_one_node_share_its_name() {
     assert_eq!((&**names[1], &**names[2]), ("n1", "n2"));
 }
 
+/// A slice of `default/<svc>` named `n` with one endpoint per node in `nodes`.
+fn slice_on_nodes(n: &str, svc: &str, nodes: &[String]) -> EndpointSlice {
+    let eps: Vec<Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| json!({"addresses": [format!("10.244.0.{i}")], "nodeName": node}))
+        .collect();
+    slice(json!({
+        "metadata": {"namespace": "default", "name": n,
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+    }))
+}
+
+#[test]
+fn names_are_shared_across_objects_and_forgotten_once_unused() {
+    let node_name_of = |model: &Model, svc: &str| -> Arc<str> {
+        let slice = model.endpoint_slices(&name(svc)).next().expect("a slice");
+        slice.endpoints[0].node_name.clone().expect("a node name")
+    };
+    let mut model = Model::new("n1");
+    let n1 = ["n1".to_owned()];
+    for svc in ["a", "b"] {
+        let s = slice_on_nodes(&format!("{svc}-1"), svc, &n1);
+        model.apply(SourceEvent::EndpointSlice(Update::Apply(s)));
+    }
+    let listed = vec![slice_on_nodes("c-1", "c", &n1)];
+    model.apply(SourceEvent::EndpointSlice(Update::Replace(listed)));
+    model.apply(SourceEvent::EndpointSlice(Update::Apply(slice_on_nodes(
+        "a-1", "a", &n1,
+    ))));
+    let shared = node_name_of(&model, "default/c");
+    assert!(
+        Arc::ptr_eq(&shared, &node_name_of(&model, "default/a")),
+        "applied after a list, still one allocation"
+    );
+    model.apply(SourceEvent::Service(Update::Apply(web("a", "10.96.0.1"))));
+    let service = &model.service(&name("default/a")).expect("filed").name;
+    let slice = model.endpoint_slices(&name("default/a")).next().unwrap();
+    assert!(
+        Arc::ptr_eq(&service.namespace, &slice.service.namespace),
+        "one namespace for the Service and its slice"
+    );
+
+    // Nodes come and go: the names of the gone ones do not pile up.
+    for round in 0..20 {
+        let nodes: Vec<String> = (0..50).map(|i| format!("node-{round}-{i}")).collect();
+        model.apply(SourceEvent::EndpointSlice(Update::Apply(slice_on_nodes(
+            "b-1", "b", &nodes,
+        ))));
+    }
+    // At most twice the names in use at the last sweep (the slice being
+    // replaced still held its own then), plus one slice's: not the 1,001 made.
+    let held = model.names.names.len();
+    assert!(
+        held <= 2 * 101 + 50,
+        "{held} names held for 51 nodes in use"
+    );
+    assert!(model.names.names.contains("n1"), "still in use");
+}
+
 #[test]
 fn source_ranges_and_pod_cidrs() {
     let lb = |extra: Value| {

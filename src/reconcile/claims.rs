@@ -57,6 +57,8 @@ impl Claims {
         let previous_owner = claimants.first().map(|r| r.name.clone());
         claimants.retain(|r| r.name != rank.name);
         let position = claimants.partition_point(|r| *r < rank);
+        // Nearly every key has one claimant: no room for four.
+        claimants.reserve_exact(1);
         claimants.insert(position, rank);
         let was_owner = previous_owner.as_ref() == Some(&claimants[0].name);
         match previous_owner {

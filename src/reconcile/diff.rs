@@ -1,11 +1,7 @@
 //! The pure heart of reconciliation: the ops that turn one mirrored virtual
 //! server into the desired one.
 
-use foldhash::HashMap;
-
-use crate::desired::{
-    DesiredVirtualServer, Op, Protocol, RealServer, RealServerKey, VirtualServerKey,
-};
+use crate::desired::{DesiredVirtualServer, Op, Protocol, RealServer, VirtualServerKey};
 
 use super::mirror::MirroredVirtualServer;
 
@@ -42,30 +38,30 @@ pub(crate) fn diff_virtual_server(
                 ops.push(Op::UpdateVirtualServer(want.server.clone()));
             }
             let wanted = wanted_real_servers(want);
-            let wanted_keys: HashMap<RealServerKey, u32> =
-                wanted.iter().map(|rs| (rs.key, rs.weight)).collect();
-            let mut extra: Vec<(RealServerKey, u32)> = have
-                .real_servers
-                .iter()
-                .filter(|(rs, _)| !wanted_keys.contains_key(rs))
-                .map(|(&rs, &weight)| (rs, weight))
-                .collect();
-            extra.sort_unstable();
-            for (rs, weight) in extra {
+            // Both in key order: one merge walk finds the extra ones.
+            let mut wanted_keys = wanted.iter().map(|rs| rs.key).peekable();
+            for rs in have.real_servers() {
+                while wanted_keys.next_if(|wanted| *wanted < rs.key).is_some() {}
+                if wanted_keys.peek() == Some(&rs.key) {
+                    continue;
+                }
                 if !drains(key) {
-                    ops.push(Op::DeleteRealServer(key, rs));
-                } else if weight > 0 {
-                    let draining = RealServer { key: rs, weight: 0 };
+                    ops.push(Op::DeleteRealServer(key, rs.key));
+                } else if rs.weight > 0 {
+                    let draining = RealServer {
+                        key: rs.key,
+                        weight: 0,
+                    };
                     ops.push(Op::UpdateRealServer(key, draining));
-                } else if have.connections.get(&rs) == Some(&0) {
-                    ops.push(Op::DeleteRealServer(key, rs));
+                } else if rs.connections == Some(0) {
+                    ops.push(Op::DeleteRealServer(key, rs.key));
                 }
                 // Otherwise still draining, or not dumped since it began.
             }
             for real_server in wanted {
-                match have.real_servers.get(&real_server.key) {
+                match have.real_server(&real_server.key) {
                     None => ops.push(Op::AddRealServer(key, real_server)),
-                    Some(&weight) if weight != real_server.weight => {
+                    Some(rs) if rs.weight != real_server.weight => {
                         ops.push(Op::UpdateRealServer(key, real_server))
                     }
                     Some(_) => {}
@@ -95,7 +91,8 @@ fn wanted_real_servers(want: &DesiredVirtualServer) -> Vec<RealServer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{Protocol, VirtualServer};
+    use crate::desired::{Protocol, RealServerKey, VirtualServer};
+    use crate::reconcile::mirror::MirroredRealServer;
 
     fn key() -> VirtualServerKey {
         key_on(Protocol::Tcp)
@@ -140,23 +137,22 @@ mod tests {
 
     /// Mirrored after writes: connections unknown.
     fn mirrored(server: VirtualServer, real_servers: &[RealServer]) -> MirroredVirtualServer {
-        MirroredVirtualServer {
-            server,
-            real_servers: real_servers.iter().map(|r| (r.key, r.weight)).collect(),
-            connections: HashMap::default(),
-        }
+        let real_servers = real_servers.iter().map(|r| MirroredRealServer {
+            key: r.key,
+            weight: r.weight,
+            connections: None,
+        });
+        MirroredVirtualServer::new(server, real_servers)
     }
 
     /// Mirrored from a dump: each real server with its connection count.
     fn dumped(server: VirtualServer, real_servers: &[(RealServer, u32)]) -> MirroredVirtualServer {
-        MirroredVirtualServer {
-            server,
-            real_servers: real_servers
-                .iter()
-                .map(|(r, _)| (r.key, r.weight))
-                .collect(),
-            connections: real_servers.iter().map(|&(r, n)| (r.key, n)).collect(),
-        }
+        let real_servers = real_servers.iter().map(|&(r, n)| MirroredRealServer {
+            key: r.key,
+            weight: r.weight,
+            connections: Some(n),
+        });
+        MirroredVirtualServer::new(server, real_servers)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 use crate::kernel::{KernelVirtualServer, ListedRealServers, TrafficCounters};
@@ -13,13 +13,80 @@ use crate::kernel::{KernelVirtualServer, ListedRealServers, TrafficCounters};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct MirroredVirtualServer {
     pub server: VirtualServer,
-    /// Real server → weight.
-    pub real_servers: HashMap<RealServerKey, u32>,
-    /// Real server → its connections (active plus inactive) as the last dump
-    /// counted them. Missing: unknown, because the proxy has written the real
-    /// server since, or never dumped it. Only a known 0 lets a draining real
-    /// server go.
-    pub connections: HashMap<RealServerKey, u32>,
+    /// Sorted by key, one per key. A sorted vector takes a fraction of the
+    /// memory of a map per virtual server, and the diff walks it in order.
+    real_servers: Vec<MirroredRealServer>,
+}
+
+/// One real server of a [`MirroredVirtualServer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MirroredRealServer {
+    pub key: RealServerKey,
+    pub weight: u32,
+    /// Its connections (active plus inactive) as the last dump counted
+    /// them. `None`: unknown, because the proxy has written the real server
+    /// since, or never dumped it. Only a known 0 lets a draining real server
+    /// go.
+    pub connections: Option<u32>,
+}
+
+impl MirroredVirtualServer {
+    /// A virtual server with `real_servers`, in any order; of duplicates the
+    /// last wins.
+    pub fn new(
+        server: VirtualServer,
+        real_servers: impl IntoIterator<Item = MirroredRealServer>,
+    ) -> Self {
+        let mut real_servers: Vec<MirroredRealServer> = real_servers.into_iter().collect();
+        real_servers.sort_by_key(|rs| rs.key);
+        real_servers.dedup_by(|later, kept| {
+            let same = later.key == kept.key;
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+        real_servers.shrink_to_fit();
+        MirroredVirtualServer {
+            server,
+            real_servers,
+        }
+    }
+
+    /// The real servers, in key order.
+    pub fn real_servers(&self) -> &[MirroredRealServer] {
+        &self.real_servers
+    }
+
+    /// The real server `key`, if the kernel holds it.
+    pub fn real_server(&self, key: &RealServerKey) -> Option<&MirroredRealServer> {
+        let index = self.position(key).ok()?;
+        Some(&self.real_servers[index])
+    }
+
+    fn position(&self, key: &RealServerKey) -> Result<usize, usize> {
+        self.real_servers.binary_search_by_key(key, |rs| rs.key)
+    }
+
+    /// Records a real server added or reweighted, its connections unknown.
+    fn set(&mut self, real_server: RealServer) {
+        let mirrored = MirroredRealServer {
+            key: real_server.key,
+            weight: real_server.weight,
+            connections: None,
+        };
+        match self.position(&real_server.key) {
+            Ok(index) => self.real_servers[index] = mirrored,
+            // The diff adds in key order: nearly always a push at the end.
+            Err(index) => self.real_servers.insert(index, mirrored),
+        }
+    }
+
+    fn remove(&mut self, key: &RealServerKey) {
+        if let Ok(index) = self.position(key) {
+            self.real_servers.remove(index);
+        }
+    }
 }
 
 /// Owned virtual servers and owned kube-ipvs0 addresses.
@@ -143,25 +210,18 @@ impl Mirror {
     pub fn adopt(&mut self, dumped: KernelVirtualServer) {
         let key = dumped.server.key;
         self.counters.insert(key, dumped.counters);
-        let (real_servers, connections) = mirrored_real_servers(ListedRealServers {
+        let real_servers = mirrored_real_servers(ListedRealServers {
             real_servers: dumped.real_servers,
             connections: dumped.connections,
         });
-        self.insert(
-            key,
-            MirroredVirtualServer {
-                server: dumped.server,
-                real_servers,
-                connections,
-            },
-        );
+        self.insert(key, MirroredVirtualServer::new(dumped.server, real_servers));
     }
 
     /// Replaces the real servers of a mirrored virtual server with what its
     /// destinations dump listed, and notes it as read this round.
     pub fn set_real_servers(&mut self, key: &VirtualServerKey, listed: ListedRealServers) {
         if let Some(vs) = self.virtual_servers.get_mut(key) {
-            (vs.real_servers, vs.connections) = mirrored_real_servers(listed);
+            *vs = MirroredVirtualServer::new(vs.server.clone(), mirrored_real_servers(listed));
             self.freshness.read(*key);
             self.suspect.remove(key);
         }
@@ -192,7 +252,7 @@ impl Mirror {
     pub fn draining(&self) -> impl Iterator<Item = &VirtualServerKey> {
         self.virtual_servers
             .iter()
-            .filter(|(_, vs)| vs.real_servers.values().any(|&weight| weight == 0))
+            .filter(|(_, vs)| vs.real_servers.iter().any(|rs| rs.weight == 0))
             .map(|(key, _)| key)
     }
 
@@ -212,14 +272,7 @@ impl Mirror {
     /// counts as read.
     pub fn add_virtual_server(&mut self, server: VirtualServer) {
         let key = server.key;
-        self.insert(
-            key,
-            MirroredVirtualServer {
-                server,
-                real_servers: HashMap::new(),
-                connections: HashMap::new(),
-            },
-        );
+        self.insert(key, MirroredVirtualServer::new(server, []));
     }
 
     /// Records new settings of a virtual server, if mirrored.
@@ -250,15 +303,21 @@ impl Mirror {
     /// since the last dump may still be open.
     pub fn set_real_server(&mut self, key: &VirtualServerKey, real_server: RealServer) {
         if let Some(vs) = self.virtual_servers.get_mut(key) {
-            vs.real_servers.insert(real_server.key, real_server.weight);
-            vs.connections.remove(&real_server.key);
+            vs.set(real_server);
         }
     }
 
     pub fn remove_real_server(&mut self, key: &VirtualServerKey, real_server: &RealServerKey) {
         if let Some(vs) = self.virtual_servers.get_mut(key) {
-            vs.real_servers.remove(real_server);
-            vs.connections.remove(real_server);
+            vs.remove(real_server);
+        }
+    }
+
+    /// Gives back the spare capacity a sync's writes left in `key`'s real
+    /// servers: the mirror outlives the sync, and holds every owned one.
+    pub fn shrink(&mut self, key: &VirtualServerKey) {
+        if let Some(vs) = self.virtual_servers.get_mut(key) {
+            vs.real_servers.shrink_to_fit();
         }
     }
 
@@ -271,25 +330,18 @@ impl Mirror {
     }
 }
 
-/// Real server → weight, and real server → connections (0 for those the
+/// The listed real servers, each with its connections (0 for those the
 /// dump lists without any).
-fn mirrored_real_servers(
-    listed: ListedRealServers,
-) -> (HashMap<RealServerKey, u32>, HashMap<RealServerKey, u32>) {
-    let weights = listed
-        .real_servers
-        .iter()
-        .map(|rs| (rs.key, rs.weight))
-        .collect();
-    let connections = listed
-        .real_servers
-        .iter()
-        .map(|rs| {
-            let count = listed.connections.get(&rs.key).copied().unwrap_or(0);
-            (rs.key, count)
-        })
-        .collect();
-    (weights, connections)
+fn mirrored_real_servers(listed: ListedRealServers) -> impl Iterator<Item = MirroredRealServer> {
+    let ListedRealServers {
+        real_servers,
+        connections,
+    } = listed;
+    real_servers.into_iter().map(move |rs| MirroredRealServer {
+        key: rs.key,
+        weight: rs.weight,
+        connections: Some(connections.get(&rs.key).copied().unwrap_or(0)),
+    })
 }
 
 #[cfg(test)]
@@ -381,5 +433,79 @@ mod tests {
         assert_eq!(got, [(80, counters)], "dumped ones only");
         mirror.remove_virtual_server(&server(80).key);
         assert_eq!(mirror.counters().count(), 0, "gone with its virtual server");
+    }
+
+    fn real_server(last_octet: u8, weight: u32) -> RealServer {
+        RealServer {
+            key: RealServerKey {
+                addr: format!("10.244.0.{last_octet}").parse().unwrap(),
+                port: 8080,
+            },
+            weight,
+        }
+    }
+
+    /// (last octet, weight, connections) of each mirrored real server.
+    fn held(mirror: &Mirror, port: u16) -> Vec<(u8, u32, Option<u32>)> {
+        let vs = mirror.get(&server(port).key).expect("mirrored");
+        vs.real_servers()
+            .iter()
+            .map(|rs| {
+                let IpAddr::V4(addr) = rs.key.addr else {
+                    panic!("IPv4")
+                };
+                (addr.octets()[3], rs.weight, rs.connections)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn real_servers_stay_sorted_with_connections_known_only_from_dumps() {
+        let mut mirror = Mirror::default();
+        let dumped = ListedRealServers {
+            real_servers: vec![real_server(3, 1), real_server(1, 1), real_server(2, 0)],
+            connections: [(real_server(2, 0).key, 5)].into_iter().collect(),
+        };
+        mirror.add_virtual_server(server(80));
+        mirror.set_real_servers(&server(80).key, dumped);
+        assert_eq!(
+            held(&mirror, 80),
+            [(1, 1, Some(0)), (2, 0, Some(5)), (3, 1, Some(0))],
+            "in key order; listed without connections is a known 0"
+        );
+        assert_eq!(mirror.draining().collect::<Vec<_>>(), [&server(80).key]);
+
+        mirror.set_real_server(&server(80).key, real_server(2, 1));
+        mirror.set_real_server(&server(80).key, real_server(4, 1));
+        mirror.set_real_server(&server(80).key, real_server(0, 1));
+        mirror.remove_real_server(&server(80).key, &real_server(3, 1).key);
+        mirror.remove_real_server(&server(80).key, &real_server(9, 1).key);
+        assert_eq!(
+            held(&mirror, 80),
+            [(0, 1, None), (1, 1, Some(0)), (2, 1, None), (4, 1, None)],
+            "a write makes its connections unknown; a missing one is no change"
+        );
+        assert_eq!(mirror.draining().count(), 0);
+        let vs = mirror.get(&server(80).key).unwrap();
+        assert_eq!(
+            vs.real_server(&real_server(2, 0).key).map(|rs| rs.weight),
+            Some(1)
+        );
+        assert_eq!(vs.real_server(&real_server(3, 0).key), None);
+
+        mirror.set_real_server(&server(443).key, real_server(1, 1));
+        assert!(!mirror.contains(&server(443).key), "not mirrored: ignored");
+    }
+
+    #[test]
+    fn a_dump_listing_a_real_server_twice_keeps_the_last() {
+        let mut mirror = Mirror::default();
+        mirror.adopt(KernelVirtualServer {
+            server: server(80),
+            real_servers: vec![real_server(1, 1), real_server(2, 1), real_server(1, 7)],
+            connections: HashMap::default(),
+            counters: TrafficCounters::default(),
+        });
+        assert_eq!(held(&mirror, 80), [(1, 7, Some(0)), (2, 1, Some(0))]);
     }
 }

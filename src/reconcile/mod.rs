@@ -6,8 +6,9 @@
 //! mirror (no kernel reads), and [`Reconciler::full_sync`] re-reads the kernel
 //! to adopt what the proxy owns and repair drift: every virtual server, and
 //! real servers in a rolling window (see [`Reconciler::set_verify_rounds`]).
-//! Every sync sends its IPVS operations in one [`IpvsKernel::apply`] batch,
-//! with kube-ipvs0 addresses added alongside it and removed after it.
+//! Every sync sends its IPVS operations in [`IpvsKernel::apply`] batches of
+//! at most about [`APPLY_CHUNK`] (one batch unless it is a large one), with
+//! kube-ipvs0 addresses added alongside them and removed after them.
 
 use std::collections::hash_map::Entry;
 use std::fmt;
@@ -45,6 +46,13 @@ pub(crate) use backoff::Backoff;
 use claims::{Claimed, Claims, Orphans, Released};
 use mirror::Mirror;
 use nft::NftState;
+
+/// How many IPVS operations a sync hands to [`IpvsKernel::apply`] at a
+/// time (a virtual server's own operations are never split): the window of
+/// requests netlink-ipvs keeps in flight. A cold sync at 10,000 services
+/// has over 100,000 operations; in chunks, its operations, their answers
+/// and their serialized messages stay a few hundred KiB.
+pub const APPLY_CHUNK: usize = 4096;
 
 /// Where the reconciler reads the time, for retry backoff.
 pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
@@ -278,24 +286,27 @@ impl fmt::Display for OpDescription<'_> {
     }
 }
 
-/// One service's desired state, indexed.
+/// One service's desired state, indexed. The reconciler holds one per
+/// service for as long as the service lives, so the indexes are sorted
+/// boxed slices, a fraction of the size of maps for a service's few keys.
 #[derive(Debug)]
 struct ServiceEntry {
     desired: ServiceDesired,
-    /// Virtual server key → index in `desired.virtual_servers`. Excluded keys
-    /// are left out; of duplicates the first wins.
-    virtual_servers: HashMap<VirtualServerKey, usize>,
-    /// `desired.bind_addrs` without duplicates and excluded addresses.
-    bind_addrs: HashSet<IpAddr>,
+    /// Virtual server keys, sorted, each with its index in
+    /// `desired.virtual_servers`. Excluded keys are left out; of duplicates
+    /// the first wins.
+    virtual_servers: Box<[(VirtualServerKey, usize)]>,
+    /// `desired.bind_addrs`, sorted, without duplicates and excluded addresses.
+    bind_addrs: Box<[IpAddr]>,
     /// Whether any virtual server is on a NodePort, so that node address
     /// changes (which change what the proxy may own) revisit it.
     uses_node_ports: bool,
 }
 
 impl ServiceEntry {
-    fn new(name: &ServiceName, desired: ServiceDesired, ownership: &Ownership) -> Self {
-        let mut virtual_servers = HashMap::with_capacity(desired.virtual_servers.len());
-        let mut uses_node_ports = false;
+    fn new(name: &ServiceName, mut desired: ServiceDesired, ownership: &Ownership) -> Self {
+        shrink_desired(&mut desired);
+        let mut virtual_servers = Vec::with_capacity(desired.virtual_servers.len());
         for (index, dvs) in desired.virtual_servers.iter().enumerate() {
             let key = dvs.server.key;
             if ownership.is_excluded(key.addr) {
@@ -303,40 +314,72 @@ impl ServiceEntry {
                     "virtual server inside --ipvs-exclude-cidrs; not programming it");
                 continue;
             }
-            match virtual_servers.entry(key) {
-                Entry::Vacant(vacant) => {
-                    vacant.insert(index);
-                }
-                // Keep the first, as the diff does for real servers.
-                Entry::Occupied(_) => {
-                    tracing::warn!(service = %name, virtual_server = %key,
-                        "virtual server listed twice; using the first");
-                    continue;
-                }
-            }
-            uses_node_ports |= ownership.is_node_port(key.port);
+            virtual_servers.push((key, index));
         }
-        let mut bind_addrs = HashSet::with_capacity(desired.bind_addrs.len());
+        // A stable sort keeps the first of duplicates first, as the diff
+        // does for real servers.
+        virtual_servers.sort_by_key(|(key, _)| *key);
+        virtual_servers.dedup_by(|(later, _), (first, _)| {
+            let duplicate = later == first;
+            if duplicate {
+                tracing::warn!(service = %name, virtual_server = %later,
+                    "virtual server listed twice; using the first");
+            }
+            duplicate
+        });
+        let uses_node_ports = virtual_servers
+            .iter()
+            .any(|(key, _)| ownership.is_node_port(key.port));
+        let mut bind_addrs = Vec::with_capacity(desired.bind_addrs.len());
         for &addr in &desired.bind_addrs {
             if ownership.is_excluded(addr) {
                 tracing::warn!(service = %name, address = %addr,
                     "address inside --ipvs-exclude-cidrs; not binding it on kube-ipvs0");
             } else {
-                bind_addrs.insert(addr);
+                bind_addrs.push(addr);
             }
         }
+        bind_addrs.sort_unstable();
+        bind_addrs.dedup();
         ServiceEntry {
             desired,
-            virtual_servers,
-            bind_addrs,
+            virtual_servers: virtual_servers.into_boxed_slice(),
+            bind_addrs: bind_addrs.into_boxed_slice(),
             uses_node_ports,
         }
     }
 
-    fn get(&self, key: &VirtualServerKey) -> Option<&DesiredVirtualServer> {
-        let &index = self.virtual_servers.get(key)?;
-        self.desired.virtual_servers.get(index)
+    /// The virtual server keys this service wants, in key order.
+    fn keys(&self) -> impl Iterator<Item = &VirtualServerKey> {
+        self.virtual_servers.iter().map(|(key, _)| key)
     }
+
+    fn get(&self, key: &VirtualServerKey) -> Option<&DesiredVirtualServer> {
+        let position = self
+            .virtual_servers
+            .binary_search_by_key(key, |(key, _)| *key)
+            .ok()?;
+        self.desired
+            .virtual_servers
+            .get(self.virtual_servers[position].1)
+    }
+}
+
+/// Drops the spare capacity of what translate built: the reconciler keeps
+/// every service's desired state.
+fn shrink_desired(desired: &mut ServiceDesired) {
+    desired.virtual_servers.shrink_to_fit();
+    for dvs in &mut desired.virtual_servers {
+        dvs.real_servers.shrink_to_fit();
+    }
+    desired.bind_addrs.shrink_to_fit();
+    desired.served_node_addrs.shrink_to_fit();
+    desired.nft_elements.shrink_to_fit();
+}
+
+/// Whether the sorted `items` hold `item`.
+fn holds<T: Ord>(items: &[T], item: &T) -> bool {
+    items.binary_search(item).is_ok()
 }
 
 /// What one sync looks at.
@@ -353,7 +396,9 @@ struct Work {
 pub struct Reconciler {
     ownership: Ownership,
     clock: Clock,
-    services: HashMap<ServiceName, ServiceEntry>,
+    /// Boxed: a map keeps a third of its slots empty, and an empty slot of
+    /// a [`ServiceEntry`]'s size would cost more than the box.
+    services: HashMap<ServiceName, Box<ServiceEntry>>,
     /// Who owns each desired key; conflicts resolve by [`ClaimRank`].
     claims: Claims,
     /// Keys no service claims any more that may still be in the kernel.
@@ -449,17 +494,21 @@ impl Reconciler {
         }
         let old = self.services.remove(&name);
         let new = desired.map(|d| ServiceEntry::new(&name, d, &self.ownership));
-        let empty_keys = HashMap::new();
-        let empty_addrs = HashSet::new();
-        let (old_keys, old_addrs) = old.as_ref().map_or((&empty_keys, &empty_addrs), |e| {
+        let no_keys = Box::default();
+        let no_addrs = Box::default();
+        let (old_keys, old_addrs) = old.as_ref().map_or((&no_keys, &no_addrs), |e| {
             (&e.virtual_servers, &e.bind_addrs)
         });
-        let (new_keys, new_addrs) = new.as_ref().map_or((&empty_keys, &empty_addrs), |e| {
+        let (new_keys, new_addrs) = new.as_ref().map_or((&no_keys, &no_addrs), |e| {
             (&e.virtual_servers, &e.bind_addrs)
         });
+        let wants = |keys: &[(VirtualServerKey, usize)], key: &VirtualServerKey| {
+            keys.binary_search_by_key(key, |(key, _)| *key).is_ok()
+        };
 
         let mut notices = Vec::new();
-        for key in old_keys.keys().filter(|k| !new_keys.contains_key(*k)) {
+        let released = old_keys.iter().map(|(key, _)| key);
+        for key in released.filter(|k| !wants(new_keys, k)) {
             match self.claims.release(key, &name) {
                 Released::NotOwner => {}
                 Released::HandedOver(next) => {
@@ -480,8 +529,9 @@ impl Reconciler {
         let new_created = new.as_ref().map(|e| e.desired.created);
         let reranked = old_created.is_some() && old_created != new_created;
         let claimed = new_keys
-            .keys()
-            .filter(|k| reranked || !old_keys.contains_key(*k));
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|k| reranked || !wants(old_keys, k));
         let rank = ClaimRank::new(&name, new_created.flatten());
         for key in claimed {
             match self.claims.claim(*key, rank.clone()) {
@@ -516,7 +566,7 @@ impl Reconciler {
                 }
             }
         }
-        for addr in old_addrs.difference(new_addrs) {
+        for addr in old_addrs.iter().filter(|a| !holds(new_addrs, a)) {
             if let Some(count) = self.wanted_addrs.get_mut(addr) {
                 *count -= 1;
                 if *count == 0 {
@@ -525,7 +575,7 @@ impl Reconciler {
                 }
             }
         }
-        for addr in new_addrs.difference(old_addrs) {
+        for addr in new_addrs.iter().filter(|a| !holds(old_addrs, a)) {
             let count = self.wanted_addrs.entry(*addr).or_default();
             *count += 1;
             if *count == 1 {
@@ -564,7 +614,7 @@ impl Reconciler {
                 } else {
                     self.node_port_services.remove(&name);
                 }
-                self.services.insert(name.clone(), entry);
+                self.services.insert(name.clone(), Box::new(entry));
             }
             None => {
                 self.node_port_services.remove(&name);
@@ -858,8 +908,9 @@ impl Reconciler {
         work.addresses.extend(self.wanted_addrs.keys());
         work.addresses.extend(self.mirror.addresses());
         work.addresses.extend(self.failed_addrs.keys());
-        self.dirty.clear();
-        self.dirty_addrs.clear();
+        // Replaced, not cleared: a cold sync's sets would keep their capacity.
+        self.dirty = HashSet::new();
+        self.dirty_addrs = HashSet::new();
         self.run(work, ipvs, addrs, &mut report).await;
         report
     }
@@ -872,7 +923,7 @@ impl Reconciler {
         self.services
             .get(name)
             .into_iter()
-            .flat_map(|entry| entry.virtual_servers.keys())
+            .flat_map(|entry| entry.keys())
             .filter(move |key| self.claims.owner(key) == Some(name))
             .copied()
     }
@@ -1016,7 +1067,6 @@ impl Reconciler {
         for name in &work.services {
             if let Some(entry) = self.services.get(name) {
                 let owned = entry
-                    .virtual_servers
                     .keys()
                     .filter(|key| self.claims.owner(key) == Some(name));
                 for key in owned {
@@ -1048,11 +1098,11 @@ impl Reconciler {
         let mut keys: Vec<VirtualServerKey> = self.mirror.keys().copied().collect();
         keys.sort_unstable();
         let ops: Vec<Op> = keys.into_iter().map(Op::DeleteVirtualServer).collect();
-        if !ops.is_empty() {
+        for ops in ops.chunks(APPLY_CHUNK) {
             let services = vec![None; ops.len()];
             report.writes += ops.len();
-            let results = ipvs.apply(&ops).await;
-            self.record_all(&ops, results, &services, &mut report, &mut HashSet::new());
+            let results = ipvs.apply(ops).await;
+            self.record_all(ops, results, &services, &mut report, &mut HashSet::new());
         }
         let mut held: Vec<IpAddr> = self.mirror.addresses().copied().collect();
         held.sort_unstable();
@@ -1146,8 +1196,8 @@ impl Reconciler {
         self.services.get(owner)?.get(key)
     }
 
-    /// One sync over `work`: addresses in, IPVS ops in one batch, addresses
-    /// out, then retry bookkeeping.
+    /// One sync over `work`: addresses in, IPVS ops in chunked batches
+    /// (see [`Reconciler::apply_diff`]), addresses out, then retry bookkeeping.
     async fn run<K: IpvsKernel, A: AddressKernel>(
         &mut self,
         mut work: Work,
@@ -1186,39 +1236,17 @@ impl Reconciler {
             let _ = futures::poll!(additions.as_mut());
 
             keys.sort_unstable_by_key(|(key, _)| *key);
-            let mut ops = Vec::new();
-            let mut answerable = Vec::new();
-            for (key, service) in &keys {
-                let desired = self.desired_for(key);
-                let current = self.mirror.get(key);
-                if desired.is_some() && current.is_none() && !self.owns(key) {
-                    tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
-                        virtual_server = %key,
-                        "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
-                    continue;
-                }
-                diff::diff_virtual_server(*key, desired, current, &mut ops);
-                answerable.resize(ops.len(), service.clone());
-            }
-
-            report.writes += to_add.len() + ops.len();
+            report.writes += to_add.len();
             if tracing::enabled!(tracing::Level::DEBUG) {
                 for addr in &to_add {
                     tracing::debug!(%addr, "address write: add");
                 }
-                for op in &ops {
-                    tracing::debug!(?op, "IPVS write");
-                }
             }
             // The IPVS answers are recorded while the additions may still run.
-            let ((), failed_services) = futures::join!(additions.as_mut(), async {
-                let applied = if ops.is_empty() {
-                    Vec::new()
-                } else {
-                    ipvs.apply(&ops).await
-                };
-                self.record_all(&ops, applied, &answerable, report, &mut work.addresses)
-            });
+            let ((), failed_services) = futures::join!(
+                additions.as_mut(),
+                self.apply_diff(&keys, ipvs, report, &mut work.addresses)
+            );
             (additions.take_output().unwrap_or_default(), failed_services)
         };
         let mut added = added.into_iter();
@@ -1262,6 +1290,64 @@ impl Reconciler {
             if !self.mirror.contains(key) || self.claims.owner(key).is_some() {
                 self.orphans.remove(key);
             }
+        }
+    }
+
+    /// Diffs the virtual servers `keys` (sorted, each with the service
+    /// answerable for it) against the mirror and applies the difference, in
+    /// chunks of about [`APPLY_CHUNK`] operations: each chunk is applied and
+    /// recorded before the next is worked out, so that a cold sync never
+    /// holds all of its operations, their answers and the kernel layer's
+    /// messages at once. A virtual server's operations stay in order (its
+    /// add before its real servers), and the diff of one key reads only that
+    /// key's mirror entry, so chunks change nothing but the peak. Addresses
+    /// left unused are added to `freed`. Returns the services with a failed op.
+    async fn apply_diff<K: IpvsKernel>(
+        &mut self,
+        keys: &[(VirtualServerKey, Option<ServiceName>)],
+        ipvs: &mut K,
+        report: &mut SyncReport,
+        freed: &mut HashSet<IpAddr>,
+    ) -> HashSet<ServiceName> {
+        let mut failed_services = HashSet::new();
+        let mut ops = Vec::new();
+        let mut answerable = Vec::new();
+        let mut next = 0;
+        loop {
+            let chunk_start = next;
+            for (key, service) in &keys[chunk_start..] {
+                next += 1;
+                let desired = self.desired_for(key);
+                let current = self.mirror.get(key);
+                if desired.is_some() && current.is_none() && !self.owns(key) {
+                    tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
+                        virtual_server = %key,
+                        "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
+                    continue;
+                }
+                diff::diff_virtual_server(*key, desired, current, &mut ops);
+                answerable.resize(ops.len(), service.clone());
+                if ops.len() >= APPLY_CHUNK {
+                    break;
+                }
+            }
+            if ops.is_empty() {
+                return failed_services;
+            }
+            report.writes += ops.len();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for op in &ops {
+                    tracing::debug!(?op, "IPVS write");
+                }
+            }
+            let applied = ipvs.apply(&ops).await;
+            let failed = self.record_all(&ops, applied, &answerable, report, freed);
+            failed_services.extend(failed);
+            for (key, _) in &keys[chunk_start..next] {
+                self.mirror.shrink(key);
+            }
+            ops.clear();
+            answerable.clear();
         }
     }
 
@@ -1392,7 +1478,8 @@ impl Reconciler {
             Op::DeleteRealServer(_, rs) => self.stale_flows.push(flow(rs.addr)),
             Op::DeleteVirtualServer(_) => {
                 if let Some(vs) = self.mirror.get(&key) {
-                    let endpoints: Vec<IpAddr> = vs.real_servers.keys().map(|rs| rs.addr).collect();
+                    let endpoints: Vec<IpAddr> =
+                        vs.real_servers().iter().map(|rs| rs.key.addr).collect();
                     self.stale_flows.extend(endpoints.into_iter().map(flow));
                 }
             }

@@ -1871,3 +1871,66 @@ async fn real_server_drift_everywhere_is_repaired_a_window_at_a_time_within_the_
     let refs: Vec<&ServiceDesired> = services.iter().collect();
     node.assert_kernel_is(&refs, &[]);
 }
+
+#[tokio::test]
+async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported() {
+    let mut node = Node::new();
+    // 400 services of one virtual server and ten real servers: 4,400 ops,
+    // more than one chunk.
+    let real_servers: Vec<RealServer> =
+        (1..=10).map(|i| rs(&format!("10.244.0.{i}"), 80)).collect();
+    let vip = |i: u16| format!("10.96.{}.{}", i / 256, i % 256);
+    for i in 0..400 {
+        node.set(
+            &format!("s{i}"),
+            Some(cluster_ip(&vip(i), &[80], &real_servers)),
+        );
+    }
+    // One virtual server in the second chunk, by key order.
+    let failing = tcp(&vip(390), 80);
+    node.kernel().fail_always(
+        FailOn::VirtualServer(failing),
+        KernelError::Invalid("bad scheduler".into()),
+    );
+
+    let report = node.full_sync().await;
+
+    assert_eq!(
+        node.kernel().apply_calls(),
+        4_400usize.div_ceil(APPLY_CHUNK)
+    );
+    let ops = ipvs_ops(&node.take_writes());
+    assert_eq!(counts_of(&ops), [400, 0, 0, 4_000, 0, 0]);
+    assert_eq!(
+        report.writes,
+        4_400 + 400,
+        "every op and address counted once"
+    );
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::AddRealServer(key, _) = op {
+            let created = ops[..i]
+                .iter()
+                .any(|earlier| matches!(earlier, Op::AddVirtualServer(s) if s.key == *key));
+            assert!(created, "{op:?} comes after its virtual server");
+        }
+    }
+    assert_eq!(report.failed, 11, "the add and its ten real servers");
+    assert!(report.errors.iter().all(|error| matches!(
+        error,
+        SyncError::Operation { service: Some(name), op, .. }
+            if *name == svc("s390") && op.virtual_server() == failing
+    )));
+    assert_eq!(
+        node.kernel().virtual_servers().len(),
+        399,
+        "the rest applied in the same sync"
+    );
+
+    // Converged: the next full sync writes nothing.
+    node.kernel().clear_failures();
+    node.reconciler.set_service(svc("s390"), None);
+    node.full_sync().await;
+    node.take_writes();
+    let report = node.full_sync().await;
+    assert_eq!(report.writes, 0);
+}
