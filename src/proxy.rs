@@ -640,8 +640,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// service's masquerade and filters are in place before its virtual
     /// servers take traffic), then IPVS and kube-ipvs0, then the conntrack
     /// flows of the real servers that went. Only the writes wait for the
-    /// nftables transaction: the IPVS and kube-ipvs0 reads and the diff run
-    /// beside it (see [`AfterNft`]).
+    /// nftables transaction: the IPVS and kube-ipvs0 reads, and the diff of
+    /// the first chunk of IPVS operations, run beside it (see [`AfterNft`]).
     /// `full` re-reads every subsystem and repairs drift; otherwise only
     /// what changed is sent. `conntrack_cleanup` is `--conntrack-cleanup`.
     pub async fn sync(
@@ -702,9 +702,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
 
 /// An IPVS or kube-ipvs0 kernel whose writes wait until the sync's
 /// nftables transaction has been answered, and whose reads do not: a sync
-/// reads the kernel and works out its IPVS diff while the transaction
-/// runs on its blocking thread, and still writes nothing before the sets
-/// it depends on are in place.
+/// reads the kernel and works out its first chunk of IPVS operations while
+/// the transaction runs on its blocking thread, and still writes nothing
+/// before the sets it depends on are in place.
 struct AfterNft<'k, T> {
     kernel: &'k mut T,
     answered: tokio::sync::watch::Receiver<bool>,
