@@ -22,8 +22,10 @@
 //! `-M` appears only for a netmask other than /32 (/128 for IPv6 prints
 //! nothing either); the proxy always uses host netmasks, so never prints it.
 //! `#` lines carry what `ipvsadm` cannot show: a header, the service each
-//! block belongs to, conflicts, and one `# <interface> <address>` per
-//! address held on the dummy interface.
+//! block belongs to, conflicts, and one line per VIP as the kernel will hold
+//! it ([`Vips`]): `# <interface> <address>` for an address on the dummy
+//! interface, or `# local <address> dev lo table local proto 75` for a local
+//! route, which `ip route show table local proto 75` lists.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write};
@@ -32,6 +34,23 @@ use std::net::IpAddr;
 use crate::desired::{
     ClaimRank, NftElement, NftFamily, ServiceDesired, ServiceName, VirtualServerKey,
 };
+use crate::kernel::link::ROUTE_PROTOCOL;
+
+/// Where the VIPs go, as `--ipvs-vip-mode` binds them (see
+/// [`crate::kernel::link`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vips<'a> {
+    /// Addresses on the dummy interface of this name (`address`).
+    OnInterface(&'a str),
+    /// `local` routes in table local through `lo` (`route`).
+    LocalRoutes,
+}
+
+impl<'a> From<&'a str> for Vips<'a> {
+    fn from(interface: &'a str) -> Self {
+        Vips::OnInterface(interface)
+    }
+}
 
 /// Writes the plan for `desired` (in any order; the output is sorted by
 /// service rank (see [`ClaimRank`]), then by virtual server and real server).
@@ -41,16 +60,23 @@ use crate::desired::{
 /// the other: the kernel can hold it once.
 pub fn render_into<'a>(
     desired: impl IntoIterator<Item = (&'a ServiceName, &'a ServiceDesired)>,
-    interface: &str,
+    vips: Vips<'_>,
     out: &mut impl Write,
 ) -> fmt::Result {
     let mut services: Vec<(&ServiceName, &ServiceDesired)> = desired.into_iter().collect();
     services.sort_by_cached_key(|(name, svc)| ClaimRank::new(name, svc.created));
 
-    writeln!(
+    write!(
         out,
-        "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the addresses on {interface}"
+        "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then "
     )?;
+    match vips {
+        Vips::OnInterface(interface) => writeln!(out, "the addresses on {interface}")?,
+        Vips::LocalRoutes => writeln!(
+            out,
+            "the VIPs as local routes (`ip route show table local proto {ROUTE_PROTOCOL}`)"
+        )?,
+    }
     let mut owners: HashMap<VirtualServerKey, &ServiceName> = HashMap::new();
     let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
     for (name, svc) in services {
@@ -79,7 +105,13 @@ pub fn render_into<'a>(
         addresses.extend(&svc.bind_addrs);
     }
     for addr in addresses {
-        writeln!(out, "# {interface} {addr}")?;
+        match vips {
+            Vips::OnInterface(interface) => writeln!(out, "# {interface} {addr}")?,
+            Vips::LocalRoutes => writeln!(
+                out,
+                "# local {addr} dev lo table local proto {ROUTE_PROTOCOL}"
+            )?,
+        }
     }
     Ok(())
 }
@@ -116,13 +148,13 @@ pub fn render_packet_path<'a>(
 }
 
 /// [`render_into`] a new string.
-pub fn render<'a>(
+pub fn render<'a, 'v>(
     desired: impl IntoIterator<Item = (&'a ServiceName, &'a ServiceDesired)>,
-    interface: &str,
+    vips: impl Into<Vips<'v>>,
 ) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = render_into(desired, interface, &mut out);
+    let _ = render_into(desired, vips.into(), &mut out);
     out
 }
 
@@ -353,6 +385,27 @@ mod tests {
 # service default/a
 # conflict: UDP/203.0.113.7:53 is already default/b's
 # ipvs-test 203.0.113.7
+"
+        );
+    }
+
+    #[test]
+    fn route_mode_lists_each_vip_as_the_local_route_that_holds_it() {
+        let name = ServiceName::new("default", "a");
+        let svc = ServiceDesired {
+            virtual_servers: vec![vs(Protocol::Tcp, "10.0.0.1", 80, "rr", None, &[])],
+            bind_addrs: bind(&["10.0.0.1", "fd00::1"]),
+            ..Default::default()
+        };
+        let plan = render([(&name, &svc)], Vips::LocalRoutes);
+        assert_eq!(
+            plan,
+            "\
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the VIPs as local routes (`ip route show table local proto 75`)
+# service default/a
+-A -t 10.0.0.1:80 -s rr
+# local 10.0.0.1 dev lo table local proto 75
+# local fd00::1 dev lo table local proto 75
 "
         );
     }

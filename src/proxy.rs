@@ -21,7 +21,7 @@ use crate::desired::{NftRuleset, Op, Protocol, ServiceName, VirtualServerKey};
 use crate::events::{EventSink, Problem};
 use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
-use crate::kernel::link::{local_addresses, DummyLink};
+use crate::kernel::link::{local_addresses, DummyLink, VipMode};
 use crate::kernel::netlink::NetlinkIpvs;
 use crate::kernel::nftables::NetlinkNft;
 use crate::kernel::{
@@ -1049,7 +1049,11 @@ pub async fn plan(opts: &Options) -> Result<String> {
     for warning in &warnings {
         tracing::warn!(%warning, "translating service");
     }
-    let mut out = crate::plan::render(desired.iter(), &opts.ipvs_interface);
+    let vips = match opts.ipvs_vip_mode {
+        VipMode::Address => crate::plan::Vips::OnInterface(&opts.ipvs_interface),
+        VipMode::Route => crate::plan::Vips::LocalRoutes,
+    };
+    let mut out = crate::plan::render(desired.iter(), vips);
     let pod_cidrs = if opts.pod_cidrs_from_node() {
         model
             .node()

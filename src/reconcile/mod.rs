@@ -943,20 +943,24 @@ impl Reconciler {
         let held = match addrs.ensure_link().await {
             Ok(held) => held,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped, reading again with backoff");
-                self.read_failed();
-                let what = KernelRead::Link;
-                report.errors.push(SyncError::Read { what, error });
+                self.read_skipped(
+                    KernelRead::Link,
+                    "cannot read the addresses of kube-ipvs0",
+                    error,
+                    report,
+                );
                 return None;
             }
         };
         let listed = match ipvs.list_virtual_servers().await {
             Ok(listed) => listed,
             Err(error) => {
-                tracing::warn!(%error, "cannot list the IPVS virtual servers; sync skipped, reading again with backoff");
-                self.read_failed();
-                let what = KernelRead::IpvsDump;
-                report.errors.push(SyncError::Read { what, error });
+                self.read_skipped(
+                    KernelRead::IpvsDump,
+                    "cannot list the IPVS virtual servers",
+                    error,
+                    report,
+                );
                 return None;
             }
         };
@@ -1127,20 +1131,24 @@ impl Reconciler {
         let held = match addrs.ensure_link().await {
             Ok(held) => held,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the addresses of kube-ipvs0; sync skipped, reading again with backoff");
-                self.read_failed();
-                let what = KernelRead::Link;
-                report.errors.push(SyncError::Read { what, error });
+                self.read_skipped(
+                    KernelRead::Link,
+                    "cannot read the addresses of kube-ipvs0",
+                    error,
+                    report,
+                );
                 return false;
             }
         };
         let dumped = match ipvs.dump().await {
             Ok(dumped) => dumped,
             Err(error) => {
-                tracing::warn!(%error, "cannot dump the IPVS table; sync skipped, reading again with backoff");
-                self.read_failed();
-                let what = KernelRead::IpvsDump;
-                report.errors.push(SyncError::Read { what, error });
+                self.read_skipped(
+                    KernelRead::IpvsDump,
+                    "cannot dump the IPVS table",
+                    error,
+                    report,
+                );
                 return false;
             }
         };
@@ -1166,6 +1174,21 @@ impl Reconciler {
         self.adopted = true;
         self.read_failed = None;
         true
+    }
+
+    /// A read of the kernel failed, so this sync is skipped: says so in the
+    /// log (`failure` says what could not be read), reports it, and
+    /// schedules the next read after the backoff.
+    fn read_skipped(
+        &mut self,
+        what: KernelRead,
+        failure: &str,
+        error: KernelError,
+        report: &mut SyncReport,
+    ) {
+        tracing::warn!(%error, "{failure}; sync skipped, reading again with backoff");
+        self.read_failed();
+        report.errors.push(SyncError::Read { what, error });
     }
 
     /// Schedules the next read of the kernel after one more failed read.

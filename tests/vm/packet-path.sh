@@ -263,6 +263,32 @@ check_vip_binding() {
     fi
 }
 
+# `plan` names the VIPs as this mode binds them: its `#` lines for them
+# ("# kube-ipvs0 ADDR", or "# local ADDR dev lo table local proto 75")
+# list exactly the addresses vips_bound finds in the kernel, both families.
+# Runs before any check binds an address of the excluded 10.96.200.0/24.
+check_plan_vips() {
+    local name="plan-vips-$vip_mode" plan planned bound
+    ready "$name" || return
+    if ! plan=$("$proxy" plan "${common[@]}" 2>"$work/plan-vips.err"); then
+        fail "$name" "plan failed: $(tail -n 3 "$work/plan-vips.err" | paste -sd'|')"
+        return
+    fi
+    if [[ $vip_mode == address ]]; then
+        planned=$(awk '$1 == "#" && $2 == "kube-ipvs0" && NF == 3 {print $3}' <<<"$plan")
+    else
+        planned=$(awk '$1 == "#" && $2 == "local" && $4 == "dev" {print $3}' <<<"$plan")
+    fi
+    planned=$(sort -V <<<"$planned" | paste -sd' ')
+    bound=$(printf '%s %s' "$(vips_bound "$vip_mode" 4)" "$(vips_bound "$vip_mode" 6)" |
+        tr ' ' '\n' | sed 's|/[0-9]*$||' | grep -v '^$' | sort -V | paste -sd' ')
+    if [[ -n $planned && $planned == "$bound" ]]; then
+        pass "$name" "plan and kernel: $(wc -w <<<"$planned") VIPs ($vip_mode)"
+    else
+        fail "$name" "plan lists '$planned' but the kernel holds '$bound' ($vip_mode)"
+    fi
+}
+
 # ARP as upstream: without --ipvs-strict-arp node A answers who-has for a VIP
 # it holds (arp_ignore 0: any local address), and with strict ARP's sysctls
 # (arp_ignore 1, arp_announce 2) it does not, since a VIP is no address of
@@ -1023,6 +1049,7 @@ main() {
     check_capabilities
     check_ruleset_present
     check_vip_binding
+    check_plan_vips
     check_arp
     check_external_etp_cluster
     check_external_etp_local

@@ -20,10 +20,10 @@
 
 // The benchmark's state and the tests' API server, included as they are.
 #[allow(dead_code, clippy::all, reason = "only part of each is used here")]
-#[path = "../tests/support/apiserver.rs"]
+#[path = "../support/apiserver.rs"]
 mod apiserver;
 #[allow(dead_code, clippy::all, reason = "only part of each is used here")]
-#[path = "../tests/bench/synthetic.rs"]
+#[path = "../bench/synthetic.rs"]
 mod synthetic;
 
 use futures::StreamExt;
