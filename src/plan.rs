@@ -46,6 +46,32 @@ pub enum Vips<'a> {
     LocalRoutes,
 }
 
+impl Vips<'_> {
+    /// What the plan's VIP lines are, for its first line.
+    fn heading(self) -> String {
+        match self {
+            Vips::OnInterface(interface) => format!("the addresses on {interface}"),
+            Vips::LocalRoutes => format!(
+                "the VIPs as local routes (`ip route show table local proto {ROUTE_PROTOCOL}`)"
+            ),
+        }
+    }
+
+    /// One VIP's `#` line: the interface and the address, or the route as
+    /// `ip route` prints it.
+    fn write_line(self, addr: IpAddr, out: &mut impl Write) -> fmt::Result {
+        match self {
+            Vips::OnInterface(interface) => writeln!(out, "# {interface} {addr}"),
+            Vips::LocalRoutes => {
+                writeln!(
+                    out,
+                    "# local {addr} dev lo table local proto {ROUTE_PROTOCOL}"
+                )
+            }
+        }
+    }
+}
+
 impl<'a> From<&'a str> for Vips<'a> {
     fn from(interface: &'a str) -> Self {
         Vips::OnInterface(interface)
@@ -66,17 +92,11 @@ pub fn render_into<'a>(
     let mut services: Vec<(&ServiceName, &ServiceDesired)> = desired.into_iter().collect();
     services.sort_by_cached_key(|(name, svc)| ClaimRank::new(name, svc.created));
 
-    write!(
+    writeln!(
         out,
-        "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then "
+        "# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then {}",
+        vips.heading()
     )?;
-    match vips {
-        Vips::OnInterface(interface) => writeln!(out, "the addresses on {interface}")?,
-        Vips::LocalRoutes => writeln!(
-            out,
-            "the VIPs as local routes (`ip route show table local proto {ROUTE_PROTOCOL}`)"
-        )?,
-    }
     let mut owners: HashMap<VirtualServerKey, &ServiceName> = HashMap::new();
     let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
     for (name, svc) in services {
@@ -105,13 +125,7 @@ pub fn render_into<'a>(
         addresses.extend(&svc.bind_addrs);
     }
     for addr in addresses {
-        match vips {
-            Vips::OnInterface(interface) => writeln!(out, "# {interface} {addr}")?,
-            Vips::LocalRoutes => writeln!(
-                out,
-                "# local {addr} dev lo table local proto {ROUTE_PROTOCOL}"
-            )?,
-        }
+        vips.write_line(addr, out)?;
     }
     Ok(())
 }

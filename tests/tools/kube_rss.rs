@@ -36,14 +36,8 @@ use kube_ipvs_proxy::proxy::Kernel;
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler};
 use kube_ipvs_proxy::translate::{translate_each, NodeFacts, TranslateConfig};
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+mod proc_status;
+use proc_status::status_kib;
 
 fn usage() -> ! {
     eprintln!("usage: kube_rss serve SERVICES ENDPOINTS | kube_rss watch|sync URL");

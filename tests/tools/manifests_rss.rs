@@ -8,14 +8,8 @@
 use kube_ipvs_proxy::model::Model;
 use kube_ipvs_proxy::source::manifests::ManifestDir;
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+mod proc_status;
+use proc_status::status_kib;
 
 fn main() {
     let mut args = std::env::args().skip(1);
