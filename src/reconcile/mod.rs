@@ -127,7 +127,7 @@ impl ClaimNotice {
 pub enum KernelRead {
     /// The IPVS table dump.
     IpvsDump,
-    /// kube-ipvs0 and its addresses.
+    /// kube-ipvs0 and the VIPs bound, as addresses on it or as local routes.
     Link,
     /// The proxy's nftables table and its sets.
     Nftables,
@@ -190,7 +190,7 @@ impl fmt::Display for SyncError {
             SyncError::Read {
                 what: KernelRead::Link,
                 error,
-            } => write!(f, "reading the addresses of kube-ipvs0: {error}"),
+            } => write!(f, "reading kube-ipvs0 and the VIPs bound: {error}"),
             SyncError::Read {
                 what: KernelRead::Nftables,
                 error,
@@ -945,7 +945,7 @@ impl Reconciler {
             Err(error) => {
                 self.read_skipped(
                     KernelRead::Link,
-                    "cannot read the addresses of kube-ipvs0",
+                    "cannot read kube-ipvs0 and the VIPs bound (its addresses, or the local routes)",
                     error,
                     report,
                 );
@@ -1133,7 +1133,7 @@ impl Reconciler {
             Err(error) => {
                 self.read_skipped(
                     KernelRead::Link,
-                    "cannot read the addresses of kube-ipvs0",
+                    "cannot read kube-ipvs0 and the VIPs bound (its addresses, or the local routes)",
                     error,
                     report,
                 );
