@@ -25,7 +25,8 @@
 //! block belongs to, conflicts, and one line per VIP as the kernel will hold
 //! it ([`Vips`]): `# <interface> <address>` for an address on the dummy
 //! interface, or `# local <address> dev lo table local proto 75` for a local
-//! route, which `ip route show table local proto 75` lists.
+//! route, which `ip route show table local proto 75` lists (`ip -6 route`
+//! for IPv6).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write};
@@ -52,7 +53,7 @@ impl Vips<'_> {
         match self {
             Vips::OnInterface(interface) => format!("the addresses on {interface}"),
             Vips::LocalRoutes => format!(
-                "the VIPs as local routes (`ip route show table local proto {ROUTE_PROTOCOL}`)"
+                "the VIPs as local routes (`ip route show table local proto {ROUTE_PROTOCOL}`, `ip -6` for IPv6)"
             ),
         }
     }
@@ -415,7 +416,7 @@ mod tests {
         assert_eq!(
             plan,
             "\
-# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the VIPs as local routes (`ip route show table local proto 75`)
+# kube-ipvs-proxy plan: IPVS table as `ipvsadm -Sn` prints it, then the VIPs as local routes (`ip route show table local proto 75`, `ip -6` for IPv6)
 # service default/a
 -A -t 10.0.0.1:80 -s rr
 # local 10.0.0.1 dev lo table local proto 75
