@@ -8,8 +8,9 @@
 #    cargo test), 3. builds everything the VM runs (the guest sees the host
 #    filesystem read-only), 4. boots a VM with the stock Debian kernel once per
 #    group in VM_GROUPS and runs that group's tests inside, then prints a
-#    summary ending in "N passed, N failed". Exits non-zero if anything failed,
-#    including a VM that did not start or a group that ran zero tests.
+#    summary: every check, the failed ones again, and "N passed, N failed".
+#    Exits non-zero if anything failed, including a VM that did not start or
+#    a group that ran zero tests.
 #
 # Environment: KIP_VM_GROUPS overrides VM_GROUPS below; KIP_SKIP_HOST_CHECKS=1
 # skips step 2 (for iterating on VM tests); KIP_HOST_TEST_TIMEOUT (seconds,
@@ -202,10 +203,21 @@ for row in "${timings[@]}"; do
     printf '  %-32s %5s s\n' "$name" "$seconds"
 done
 printf '\n'
+failures=()
 for row in "${results[@]}"; do
     IFS=$'\t' read -r verdict name detail <<<"$row"
     printf '%s  %s%s\n' "$verdict" "$name" "${detail:+  ($detail)}"
-    if [[ $verdict == PASS ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+    if [[ $verdict == PASS ]]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name${detail:+  ($detail)}")
+    fi
 done
+# The failures again, last: a log cut to its head and tail still names them.
+if ((failed > 0)); then
+    printf '\nFailed:\n'
+    printf '  %s\n' "${failures[@]}"
+fi
 printf '\n%s passed, %s failed\n' "$passed" "$failed"
 ((failed == 0 && passed > 0))
