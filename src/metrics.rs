@@ -12,7 +12,7 @@
 //! so its dashboards keep working; what is ours carries the
 //! `kube_ipvs_proxy_` prefix.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
