@@ -8,7 +8,7 @@
 //! sync reads the kernel and repairs drift: every virtual server, and the
 //! real servers of each at least once per `--ipvs-verify-period`.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -308,7 +308,7 @@ impl State {
         let names: Vec<ServiceName> = if changes.all {
             // Every service the model holds, and every one the reconciler
             // still programs (it may be gone from the model), once each.
-            let names: foldhash::HashSet<ServiceName> = self
+            let names: HashSet<ServiceName> = self
                 .model
                 .services()
                 .map(|s| s.name.clone())

@@ -196,7 +196,6 @@ done
 
 # --- summary --------------------------------------------------------------
 passed=0
-failed=0
 printf '\n==================== summary ====================\n'
 for row in "${timings[@]}"; do
     IFS=$'\t' read -r name seconds <<<"$row"
@@ -206,14 +205,11 @@ printf '\n'
 failures=()
 for row in "${results[@]}"; do
     IFS=$'\t' read -r verdict name detail <<<"$row"
-    printf '%s  %s%s\n' "$verdict" "$name" "${detail:+  ($detail)}"
-    if [[ $verdict == PASS ]]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        failures+=("$name${detail:+  ($detail)}")
-    fi
+    line="$name${detail:+  ($detail)}"
+    printf '%s  %s\n' "$verdict" "$line"
+    if [[ $verdict == PASS ]]; then passed=$((passed + 1)); else failures+=("$line"); fi
 done
+failed=${#failures[@]}
 # The failures again, last: a log cut to its head and tail still names them.
 if ((failed > 0)); then
     printf '\nFailed:\n'
