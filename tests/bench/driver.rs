@@ -92,6 +92,11 @@ enum Phase {
         #[arg(long, default_value_t = 3)]
         idle_runs: usize,
     },
+    /// A cold sync alone, another sample for the start-up goal's median.
+    Cold {
+        #[arg(long)]
+        scale: Scale,
+    },
     /// The binary's memory after its first sync.
     Rss {
         #[arg(long)]
@@ -166,6 +171,7 @@ impl Phase {
             Phase::RawAddresses { scale } => (Some(*scale), "raw floor, VIPs".into()),
             Phase::RawState { scale } => (Some(*scale), "raw floor, whole state".into()),
             Phase::Proxy { scale, .. } => (Some(*scale), "proxy in-process".into()),
+            Phase::Cold { scale } => (Some(*scale), "cold sync, again".into()),
             Phase::Rss { scale, mode, .. } => (
                 Some(*scale),
                 format!("binary RSS, {}", SourceMode::from(*mode).label()),
@@ -206,6 +212,7 @@ async fn measure(phase: Phase, vip_mode: VipMode) -> Result<Record, String> {
         } => Record::Proxy(Box::new(
             phases::proxy(scale, trials, idle_runs, vip_mode).await?,
         )),
+        Phase::Cold { scale } => Record::Cold(phases::cold(scale, vip_mode).await?),
         Phase::Rss {
             scale,
             mode,

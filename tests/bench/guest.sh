@@ -21,6 +21,7 @@ cp "$KIP_PROXY_BIN" "$proxy_bin" || exit 1
 : >"$log"
 failures=0
 vip_mode=${KIP_BENCH_VIP_MODE:-address}
+starts=${KIP_BENCH_STARTS:-3}
 
 # The proxy learns which families the node runs from its addresses, and the
 # VM has no network: give it one address, as every node has.
@@ -88,9 +89,16 @@ for scale in $KIP_BENCH_SCALES; do
         rss --scale "$scale" --mode manifests --proxy-bin "$proxy_bin" --workdir "$work" \
         --log "$KIP_OUT/proxy-manifests-$scale.log"
     rm -rf "$work/manifests-$scale"
-    phase "$scale" "binary RSS, in-cluster" \
-        rss --scale "$scale" --mode cluster --proxy-bin "$proxy_bin" --workdir "$work" \
-        --log "$KIP_OUT/proxy-cluster-$scale.log"
+    # Under TCG one start, or one cold sync, varies by a quarter from one
+    # run to the next: the start-up goal compares the medians of several.
+    for ((run = 1; run <= starts; run++)); do
+        if ((run > 1)); then
+            phase "$scale" "cold sync, again" cold --scale "$scale"
+        fi
+        phase "$scale" "binary RSS, in-cluster" \
+            rss --scale "$scale" --mode cluster --proxy-bin "$proxy_bin" --workdir "$work" \
+            --log "$KIP_OUT/proxy-cluster-$scale-$run.log"
+    done
 done
 
 ((failures == 0))

@@ -20,8 +20,9 @@ use kube_ipvs_proxy::kernel::{
 use crate::kernel_state::{self, Ipvs, INTERFACE};
 use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
-    median, quantile, AddressFloor, ChangeLatency, ColdSync, CompleteRead, CpuSplit, IdleResync,
-    IdleStages, IpvsadmRestore, ProxyRun, RawFloor, ServiceChurn, StateFloor, Verification,
+    median, quantile, AddressFloor, ChangeLatency, ColdRepeat, ColdSync, CompleteRead, CpuSplit,
+    IdleResync, IdleStages, IpvsadmRestore, ProxyRun, RawFloor, ServiceChurn, StateFloor,
+    Verification,
 };
 use crate::synthetic::{self, Scale};
 
@@ -479,22 +480,30 @@ fn ipvs_stats(pipeline: &RealPipeline) -> netlink_ipvs::ConnectionStats {
     pipeline.ipvs.inner.handle().stats()
 }
 
-/// Cold sync, `trials` single changes, then `idle_runs` idle resyncs.
-pub async fn proxy(
-    scale: Scale,
-    trials: usize,
-    idle_runs: usize,
-    mode: VipMode,
-) -> Result<ProxyRun, String> {
+/// A cold sync alone, from a freshly loaded IPVS (see tests/bench/guest.sh):
+/// another sample for the start-up goal, which compares medians.
+pub async fn cold(scale: Scale, mode: VipMode) -> Result<ColdRepeat, String> {
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
     let mut pipeline = real_pipeline(mode).await?;
+    let cold = cold_sync(&ipvs, &mut pipeline, scale).await?;
+    drop(pipeline);
+    kernel_state::reset(&ipvs).await?;
+    Ok(ColdRepeat { scale, cold })
+}
 
+/// The scale's objects through `pipeline` into an empty kernel, checked
+/// against the kernel afterwards.
+async fn cold_sync(
+    ipvs: &Ipvs,
+    pipeline: &mut RealPipeline,
+    scale: Scale,
+) -> Result<ColdSync, String> {
     // The objects exist before the clock starts, as after a source's list.
     let events = RealPipeline::initial_list(scale);
-    let before = ipvs_stats(&pipeline);
+    let before = ipvs_stats(pipeline);
     let synced = pipeline.cold_sync(events).await?;
-    let after = ipvs_stats(&pipeline);
+    let after = ipvs_stats(pipeline);
     let cold = ColdSync {
         seconds: synced.elapsed.as_secs_f64(),
         absorb_seconds: synced.absorbing.as_secs_f64(),
@@ -511,12 +520,26 @@ pub async fn proxy(
         address_writes: pipeline.link.writes,
         writes: synced.report.writes,
     };
-    kernel_state::verify(&ipvs, scale, &[])
+    kernel_state::verify(ipvs, scale, &[])
         .await
         .map_err(|e| format!("after the cold sync: {e}"))?;
     nft_elements_held(&mut pipeline.nft.inner, &synthetic::nft_elements(scale))
         .await
         .map_err(|e| format!("after the cold sync: {e}"))?;
+    Ok(cold)
+}
+
+/// Cold sync, `trials` single changes, then `idle_runs` idle resyncs.
+pub async fn proxy(
+    scale: Scale,
+    trials: usize,
+    idle_runs: usize,
+    mode: VipMode,
+) -> Result<ProxyRun, String> {
+    let ipvs = Ipvs::connect().await?;
+    kernel_state::reset(&ipvs).await?;
+    let mut pipeline = real_pipeline(mode).await?;
+    let cold = cold_sync(&ipvs, &mut pipeline, scale).await?;
 
     let change = single_changes(&mut pipeline, &ipvs, scale, trials).await?;
     kernel_state::verify(&ipvs, scale, &[])

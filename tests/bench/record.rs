@@ -22,6 +22,8 @@ pub enum Record {
     StateFloor(StateFloor),
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy(Box<ProxyRun>),
+    /// A cold sync alone, again: the start-up goal compares medians.
+    Cold(ColdRepeat),
     /// The `kube-ipvs-proxy` binary's memory.
     Rss(RssRun),
     /// A phase that could not be measured, and why.
@@ -123,6 +125,15 @@ pub struct ServiceChurn {
     pub create_p50_seconds: f64,
     /// Writes of one delete (virtual server and address).
     pub delete_writes: usize,
+}
+
+/// One more cold sync of the pipeline in-process, from a freshly loaded
+/// IPVS: under TCG one sample of a cold sync varies by a quarter from one
+/// phase to the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColdRepeat {
+    pub scale: Scale,
+    pub cold: ColdSync,
 }
 
 /// From an empty kernel to converged.
