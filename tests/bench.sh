@@ -37,9 +37,9 @@
 # Environment: KIP_VM_KVM=1 uses KVM instead of TCG; KIP_VM_MEMORY (default
 # 4G, 8G for full), KIP_VM_CPUS (2), KIP_VM_TIMEOUT (seconds) as in
 # tests/vm/boot.sh; KIP_BENCH_TRIALS (100) single-change trials per scale;
-# KIP_BENCH_IDLE_RUNS (3) idle resyncs per scale; KIP_BENCH_STARTS (3)
-# in-cluster starts of the binary and in-process cold syncs per scale, whose
-# medians the start-up goal compares.
+# KIP_BENCH_IDLE_RUNS (3) idle resyncs per scale; KIP_BENCH_REPEATS (3)
+# runs per scale of the raw IPVS and whole-state floors, the in-process cold
+# sync and the binary's in-cluster start, whose medians the goals compare.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -119,9 +119,9 @@ export KIP_BENCH_SCALES=$scales
 export KIP_BENCH_VIP_MODE=$vip_mode
 export KIP_BENCH_TRIALS=${KIP_BENCH_TRIALS:-100}
 export KIP_BENCH_IDLE_RUNS=${KIP_BENCH_IDLE_RUNS:-3}
-export KIP_BENCH_STARTS=${KIP_BENCH_STARTS:-3}
-if [[ ! $KIP_BENCH_STARTS =~ ^[1-9][0-9]*$ ]]; then
-    printf 'ERROR: KIP_BENCH_STARTS must be a number of runs, 1 or more, not %q\n' "$KIP_BENCH_STARTS" >&2
+export KIP_BENCH_REPEATS=${KIP_BENCH_REPEATS:-3}
+if [[ ! $KIP_BENCH_REPEATS =~ ^[1-9][0-9]*$ ]]; then
+    printf 'ERROR: KIP_BENCH_REPEATS must be a number of runs, 1 or more, not %q\n' "$KIP_BENCH_REPEATS" >&2
     exit 2
 fi
 if [[ ${KIP_VM_KVM:-0} == 1 ]]; then

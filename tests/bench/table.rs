@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::record::{
-    median, AddressFloor, CpuSplit, Environment, Failure, IdleStages, ProxyRun, RawFloor, Record,
+    AddressFloor, ColdSync, CpuSplit, Environment, Failure, IdleStages, ProxyRun, RawFloor, Record,
     RssRun, SourceMode, StateFloor,
 };
 use crate::synthetic::{thousands, Scale};
@@ -37,12 +37,18 @@ struct Column {
     addresses: Option<AddressFloor>,
     state: Option<StateFloor>,
     proxy: Option<ProxyRun>,
-    /// The cold syncs run again after `proxy`'s, in seconds.
-    cold_repeats: Vec<f64>,
+    /// The cold syncs run again after `proxy`'s.
+    cold_repeats: Vec<ColdSync>,
+    raw_runs: Vec<RawFloor>,
+    state_runs: Vec<StateFloor>,
     /// Every run of the binary, by source mode.
     rss_runs: BTreeMap<&'static str, Vec<RssRun>>,
     /// One run per source mode for the table (see [`Column::summarize`]).
     rss: BTreeMap<&'static str, RssRun>,
+    /// The seconds of every cold sync, raw floor and whole-state floor.
+    cold_samples: Vec<f64>,
+    raw_samples: Vec<f64>,
+    state_samples: Vec<f64>,
     failures: Vec<Failure>,
 }
 
@@ -56,8 +62,13 @@ impl Column {
             state: None,
             proxy: None,
             cold_repeats: Vec::new(),
+            raw_runs: Vec::new(),
+            state_runs: Vec::new(),
             rss_runs: BTreeMap::new(),
             rss: BTreeMap::new(),
+            cold_samples: Vec::new(),
+            raw_samples: Vec::new(),
+            state_samples: Vec::new(),
             failures: Vec::new(),
         }
     }
@@ -70,42 +81,45 @@ impl Column {
         self.rss_runs.get(mode.label()).map_or(&[], Vec::as_slice)
     }
 
-    /// Every cold sync of the column, the full phase's first.
-    fn cold_syncs(&self) -> Vec<f64> {
-        let first = self.proxy.as_ref().map(|p| p.cold.seconds);
-        first
-            .into_iter()
-            .chain(self.cold_repeats.iter().copied())
-            .collect()
-    }
-
-    /// The median cold sync, which the start-up goal compares with.
-    fn cold_median(&self) -> Option<f64> {
-        let all = self.cold_syncs();
-        (!all.is_empty()).then(|| median(&all))
-    }
-
-    /// One run per source mode for the table: the median run by start to
-    /// synced (so that its parts add up), carrying the highest steady and
-    /// peak RSS of all the runs, so that memory is never read from the
-    /// luckiest one.
+    /// The phases a run repeats, each as its median run, so that a row's
+    /// parts add up and every goal compares medians: the cold sync (its
+    /// latency and idle parts stay the full phase's), the raw floors, and
+    /// the binary's start. Memory is the highest of the binary's runs, so
+    /// that it is never read from the luckiest one.
     fn summarize(&mut self) {
+        if let Some(proxy) = &mut self.proxy {
+            let colds: Vec<ColdSync> = std::iter::once(proxy.cold.clone())
+                .chain(self.cold_repeats.drain(..))
+                .collect();
+            self.cold_samples = colds.iter().map(|c| c.seconds).collect();
+            if let Some(cold) = median_by(&colds, |c| c.seconds) {
+                proxy.cold = cold.clone();
+            }
+        }
+        self.raw_samples = self.raw_runs.iter().map(|r| r.seconds).collect();
+        self.raw = median_by(&self.raw_runs, |r| r.seconds).cloned();
+        self.state_samples = self.state_runs.iter().map(|r| r.seconds).collect();
+        self.state = median_by(&self.state_runs, |r| r.seconds).cloned();
         for (mode, runs) in &self.rss_runs {
-            let mut by_start: Vec<&RssRun> = runs.iter().collect();
-            by_start.sort_by(|a, b| {
-                a.start_to_synced_seconds
-                    .total_cmp(&b.start_to_synced_seconds)
-            });
-            // The nearest-rank median, as `median` takes it.
-            let Some(middle) = by_start.get(by_start.len().div_ceil(2).saturating_sub(1)) else {
+            let Some(middle) = median_by(runs, |r| r.start_to_synced_seconds) else {
                 continue;
             };
-            let mut summary = (*middle).clone();
+            let mut summary = middle.clone();
             summary.steady_kib = runs.iter().map(|r| r.steady_kib).max().unwrap_or(0);
             summary.peak_kib = runs.iter().map(|r| r.peak_kib).max().unwrap_or(0);
             self.rss.insert(mode, summary);
         }
     }
+}
+
+/// The nearest-rank median of `items` by `key`, as [`crate::record::median`]
+/// takes it: the middle one of an odd number, the lower middle of an even.
+fn median_by<T>(items: &[T], key: impl Fn(&T) -> f64) -> Option<&T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted
+        .get(sorted.len().div_ceil(2).checked_sub(1)?)
+        .copied()
 }
 
 /// `N, FASTEST – SLOWEST` of some seconds, or `None` for a single run.
@@ -133,32 +147,26 @@ pub struct Results {
 }
 
 impl Results {
-    /// Files each record under its scale. Of the phases a run repeats
-    /// (cold syncs, the binary's runs) every record counts; of the others
-    /// the later record wins.
+    /// Files each record under its scale. Of the phases a run repeats (the
+    /// cold sync, the raw floors, the binary's runs) every record counts;
+    /// of the others the later record wins.
     pub fn new(records: impl IntoIterator<Item = Record>) -> Self {
         let mut results = Results::default();
         for record in records {
             match record {
                 Record::Environment(env) => results.environment = Some(env),
                 Record::Ipvsadm(r) => results.column(r.scale).ipvsadm = Some(r.seconds),
-                Record::RawFloor(r) => {
-                    let column = results.column(r.scale);
-                    column.raw = Some(r);
-                }
+                Record::RawFloor(r) => results.column(r.scale).raw_runs.push(r),
                 Record::AddressFloor(r) => {
                     let column = results.column(r.scale);
                     column.addresses = Some(r);
                 }
-                Record::StateFloor(r) => {
-                    let column = results.column(r.scale);
-                    column.state = Some(r);
-                }
+                Record::StateFloor(r) => results.column(r.scale).state_runs.push(r),
                 Record::Proxy(r) => {
                     let column = results.column(r.scale);
                     column.proxy = Some(*r);
                 }
-                Record::Cold(r) => results.column(r.scale).cold_repeats.push(r.cold.seconds),
+                Record::Cold(r) => results.column(r.scale).cold_repeats.push(r.cold),
                 Record::Rss(r) => {
                     let runs = results.column(r.scale).rss_runs.entry(r.mode.label());
                     runs.or_default().push(r);
@@ -239,9 +247,10 @@ impl Results {
         row("IPVS objects (virtual + real servers)", &|c| {
             Some(thousands(c.scale.ipvs_objects()))
         });
-        row("Cold sync, proxy (events to last ACK)", &|c| {
+        row("Cold sync, proxy (events to last ACK), median", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.seconds))
         });
+        row("  runs, fastest – slowest", &|c| spread(&c.cold_samples));
         row("  in model + translate", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.absorb_seconds))
         });
@@ -330,16 +339,11 @@ impl Results {
                     .first_sync_seconds,
             ))
         });
-        row("  cold sync in-process, median (start-up goal)", &|c| {
-            c.cold_median().map(seconds)
-        });
-        row("    runs, fastest – slowest", &|c| {
-            spread(&c.cold_syncs())
-        });
         row("ipvsadm -R, same state", &|c| c.ipvsadm.map(seconds));
-        row("Raw floor, netlink-ipvs batch", &|c| {
+        row("Raw floor, netlink-ipvs batch, median", &|c| {
             c.raw.as_ref().map(|r| seconds(r.seconds))
         });
+        row("  runs, fastest – slowest", &|c| spread(&c.raw_samples));
         row("  IPVS messages / sendmsg calls", &|c| {
             c.raw
                 .as_ref()
@@ -363,9 +367,11 @@ impl Results {
         row("  creating the empty table (not in the floor)", &|c| {
             c.state.as_ref().map(|r| seconds(r.table_seconds))
         });
-        row("Raw floor, whole state (nft, then IPVS + VIPs)", &|c| {
-            c.state.as_ref().map(|r| seconds(r.seconds))
-        });
+        row(
+            "Raw floor, whole state (nft, then IPVS + VIPs), median",
+            &|c| c.state.as_ref().map(|r| seconds(r.seconds)),
+        );
+        row("  runs, fastest – slowest", &|c| spread(&c.state_samples));
         row("  IPVS batch and VIPs at once, after nft", &|c| {
             c.state
                 .as_ref()
@@ -692,10 +698,10 @@ impl Results {
             "in-cluster start to synced within 1.5× of the in-process cold sync (medians)",
             (|| {
                 let run = column.rss(SourceMode::Cluster)?;
-                let cold = column.cold_median()?;
+                let cold = proxy?.cold.seconds;
                 let r = run.start_to_synced_seconds / cold;
                 let runs = column.runs(SourceMode::Cluster).len();
-                let colds = column.cold_syncs().len();
+                let colds = column.cold_samples.len();
                 let parts = run.startup.as_ref().map_or_else(String::new, |s| {
                     format!(
                         "; prepare {}, lists {}, model {}, first sync {}",
