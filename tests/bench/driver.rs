@@ -92,7 +92,7 @@ enum Phase {
         #[arg(long, default_value_t = 3)]
         idle_runs: usize,
     },
-    /// A cold sync alone, another sample for the start-up goal's median.
+    /// A cold sync alone: another sample for the medians the goals compare.
     Cold {
         #[arg(long)]
         scale: Scale,

@@ -22,7 +22,7 @@ pub enum Record {
     StateFloor(StateFloor),
     /// The proxy's pipeline in-process: cold sync, single changes, idle resync.
     Proxy(Box<ProxyRun>),
-    /// A cold sync alone, again: the start-up goal compares medians.
+    /// A cold sync alone, again: the goals compare medians.
     Cold(ColdRepeat),
     /// The `kube-ipvs-proxy` binary's memory.
     Rss(RssRun),
