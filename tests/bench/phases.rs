@@ -481,7 +481,7 @@ fn ipvs_stats(pipeline: &RealPipeline) -> netlink_ipvs::ConnectionStats {
 }
 
 /// A cold sync alone, from a freshly loaded IPVS (see tests/bench/guest.sh):
-/// another sample for the start-up goal, which compares medians.
+/// another sample for the medians every goal compares.
 pub async fn cold(scale: Scale, mode: VipMode) -> Result<ColdRepeat, String> {
     let ipvs = Ipvs::connect().await?;
     kernel_state::reset(&ipvs).await?;
