@@ -30,7 +30,7 @@ use crate::kernel::{
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
-use crate::reconcile::{Backoff, Ownership, Reconciler, SyncError, SyncReport};
+use crate::reconcile::{batches_before, Backoff, Ownership, Reconciler, SyncError, SyncReport};
 use crate::source::{self, SourceEvent, Update};
 use crate::translate::{
     translate_each, NoLocalEndpoints, NodeFacts, SctpSupport, TranslateConfig, Translation,
@@ -642,6 +642,10 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// flows of the real servers that went. Only the writes wait for the
     /// nftables transaction: the IPVS and kube-ipvs0 reads, and the diff of
     /// the first chunk of IPVS operations, run beside it (see [`AfterNft`]).
+    /// A large sync sends its set elements in a few transactions, and each
+    /// chunk of IPVS writes waits only for those that hold its services'
+    /// elements (see [`Reconciler::nft_batches`]), so that on a cold sync
+    /// the kernel takes the sets while it takes the IPVS writes.
     /// `full` re-reads every subsystem and repairs drift; otherwise only
     /// what changed is sent. `conntrack_cleanup` is `--conntrack-cleanup`.
     pub async fn sync(
@@ -655,20 +659,21 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         let changes = reconciler
             .nft_changes(self.nft, ruleset, full, &mut report)
             .await;
-        let (answered, nft_answered) = tokio::sync::watch::channel(false);
+        let batches = reconciler.nft_batches(changes);
+        let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
+        let (answered, nft_answered) = tokio::sync::watch::channel(0);
         let nft = &mut *self.nft;
-        let transaction = async {
-            let result = if changes.is_empty() {
-                None
-            } else {
-                Some(nft.apply(&changes).await)
-            };
-            // Nobody waiting is fine: the IPVS leg may be done already.
-            let _ = answered.send(true);
-            result
+        let transactions = async {
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                results.push(nft.apply(&batch.changes).await);
+                // Nobody waiting is fine: the IPVS leg may be done already.
+                let _ = answered.send(results.len());
+            }
+            results
         };
-        let mut ipvs = AfterNft::new(&mut *self.ipvs, nft_answered.clone());
-        let mut link = AfterNft::new(&mut *self.link, nft_answered);
+        let mut ipvs = AfterNft::new(&mut *self.ipvs, nft_answered.clone(), &starts);
+        let mut link = AfterNft::new(&mut *self.link, nft_answered, &starts);
         let ipvs_sync = async {
             if full {
                 reconciler.full_sync(&mut ipvs, &mut link).await
@@ -676,9 +681,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
                 reconciler.sync_dirty(&mut ipvs, &mut link).await
             }
         };
-        let (result, ipvs) = futures::join!(transaction, ipvs_sync);
-        if let Some(result) = result {
-            reconciler.nft_applied(&changes, result, &mut report);
+        let (results, ipvs) = futures::join!(transactions, ipvs_sync);
+        for (batch, result) in batches.iter().zip(results) {
+            reconciler.nft_applied(&batch.changes, result, &mut report);
         }
         if ipvs
             .errors
@@ -701,24 +706,43 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
 }
 
 /// An IPVS or kube-ipvs0 kernel whose writes wait until the sync's
-/// nftables transaction has been answered, and whose reads do not: a sync
-/// reads the kernel and works out its first chunk of IPVS operations while
-/// the transaction runs on its blocking thread, and still writes nothing
-/// before the sets it depends on are in place.
+/// nftables transactions they depend on have been answered, and whose reads
+/// do not: a sync reads the kernel and works out its first chunk of IPVS
+/// operations while a transaction runs on its blocking thread, and still
+/// writes nothing before the sets it depends on are in place. IPVS writes
+/// wait for the transactions that begin at or before the last virtual
+/// server they touch; kube-ipvs0 writes wait for every transaction.
 struct AfterNft<'k, T> {
     kernel: &'k mut T,
-    answered: tokio::sync::watch::Receiver<bool>,
+    /// How many of the sync's transactions have been answered.
+    answered: tokio::sync::watch::Receiver<usize>,
+    /// Where in key order each transaction's writes begin (see
+    /// [`crate::reconcile::NftBatch`]).
+    starts: &'k [Option<VirtualServerKey>],
 }
 
 impl<'k, T> AfterNft<'k, T> {
-    fn new(kernel: &'k mut T, answered: tokio::sync::watch::Receiver<bool>) -> Self {
-        AfterNft { kernel, answered }
+    fn new(
+        kernel: &'k mut T,
+        answered: tokio::sync::watch::Receiver<usize>,
+        starts: &'k [Option<VirtualServerKey>],
+    ) -> Self {
+        AfterNft {
+            kernel,
+            answered,
+            starts,
+        }
     }
 
-    /// Returns once the transaction has been answered (or was never sent).
-    async fn answered(&mut self) {
+    /// Returns once the first `count` transactions have been answered.
+    async fn answered(&mut self, count: usize) {
         // An error means the sender is gone: nothing is left to wait for.
-        let _ = self.answered.wait_for(|answered| *answered).await;
+        let _ = self.answered.wait_for(|answered| *answered >= count).await;
+    }
+
+    /// Returns once every transaction has been answered.
+    async fn all_answered(&mut self) {
+        self.answered(self.starts.len()).await;
     }
 }
 
@@ -739,7 +763,10 @@ impl<K: IpvsKernel> IpvsKernel for AfterNft<'_, K> {
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
-        self.answered().await;
+        match ops.iter().map(Op::virtual_server).max() {
+            Some(last) => self.answered(batches_before(self.starts, last)).await,
+            None => self.all_answered().await,
+        }
         self.kernel.apply(ops).await
     }
 }
@@ -750,17 +777,17 @@ impl<A: AddressKernel> AddressKernel for AfterNft<'_, A> {
     }
 
     async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
-        self.answered().await;
+        self.all_answered().await;
         self.kernel.add_address(addr).await
     }
 
     async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
-        self.answered().await;
+        self.all_answered().await;
         self.kernel.add_addresses(addrs).await
     }
 
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
-        self.answered().await;
+        self.all_answered().await;
         self.kernel.del_address(addr).await
     }
 }
@@ -1995,6 +2022,8 @@ mod after_nft_tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
+    use foldhash::HashSet;
+
     use super::*;
     use crate::desired::{
         DesiredVirtualServer, NftChange, NftElement, NftKey, NftSet, RealServer, RealServerKey,
@@ -2186,5 +2215,214 @@ mod after_nft_tests {
         let held: Vec<_> = kernel.ipvs.inner.virtual_servers();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].server.key.addr, IpAddr::from([10, 96, 0, 2]));
+    }
+
+    /// What the kernels of a large sync saw: the elements the sets took so
+    /// far, and at each write how many transactions had been answered.
+    #[derive(Default)]
+    struct Ledger {
+        elements: HashSet<NftElement>,
+        answered: usize,
+        /// Virtual servers added before their service's element was in.
+        early: Vec<VirtualServerKey>,
+        /// Transactions answered at each IPVS write, and at each VIP write.
+        ipvs_writes: Vec<usize>,
+        link_writes: Vec<usize>,
+    }
+
+    /// A kernel that checks each write against the ledger.
+    struct Checked<T> {
+        inner: T,
+        ledger: Rc<RefCell<Ledger>>,
+    }
+
+    impl IpvsKernel for Checked<FakeKernel> {
+        async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+            self.inner.list_virtual_servers().await
+        }
+
+        async fn list_real_servers(
+            &mut self,
+            keys: &[VirtualServerKey],
+        ) -> Result<Vec<ListedRealServers>, KernelError> {
+            self.inner.list_real_servers(keys).await
+        }
+
+        async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+            {
+                let mut ledger = self.ledger.borrow_mut();
+                let answered = ledger.answered;
+                ledger.ipvs_writes.push(answered);
+                for op in ops {
+                    let key = op.virtual_server();
+                    if !ledger.elements.contains(&cluster_ip_element(key)) {
+                        ledger.early.push(key);
+                    }
+                }
+            }
+            self.inner.apply(ops).await
+        }
+    }
+
+    impl AddressKernel for Checked<FakeKernel> {
+        async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+            self.inner.ensure_link().await
+        }
+
+        async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+            self.add_addresses(&[addr]).await.remove(0)
+        }
+
+        async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+            let answered = self.ledger.borrow().answered;
+            self.ledger.borrow_mut().link_writes.push(answered);
+            self.inner.add_addresses(addrs).await
+        }
+
+        async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+            self.inner.del_address(addr).await
+        }
+    }
+
+    /// Each transaction takes a few turns of the executor, as the real one
+    /// does on its blocking thread.
+    impl NftKernel for Checked<FakeNft> {
+        async fn ensure_ruleset(
+            &mut self,
+            ruleset: &NftRuleset,
+        ) -> Result<Vec<NftElement>, KernelError> {
+            self.inner.ensure_ruleset(ruleset).await
+        }
+
+        async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+            self.inner.dump_elements().await
+        }
+
+        async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            let result = self.inner.apply(changes).await;
+            let mut ledger = self.ledger.borrow_mut();
+            for change in changes {
+                if let NftChange::Add(element) = change {
+                    ledger.elements.insert(*element);
+                }
+            }
+            ledger.answered += 1;
+            result
+        }
+
+        async fn delete_table(&mut self) -> Result<bool, KernelError> {
+            self.inner.delete_table().await
+        }
+    }
+
+    fn cluster_ip_element(key: VirtualServerKey) -> NftElement {
+        NftElement {
+            set: NftSet::ClusterIps,
+            key: NftKey::AddrProtoPort(key.addr, key.protocol, key.port),
+        }
+    }
+
+    /// Service `i` of many, on 10.96.0.0 + i with two endpoints.
+    fn numbered(i: u32) -> ServiceDesired {
+        let key = VirtualServerKey {
+            addr: IpAddr::from(
+                (u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + i).to_be_bytes(),
+            ),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let real_servers = (0..2)
+            .map(|j| RealServer {
+                key: RealServerKey {
+                    addr: IpAddr::from(
+                        (u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + 2 * i + j)
+                            .to_be_bytes(),
+                    ),
+                    port: 8080,
+                },
+                weight: 1,
+            })
+            .collect();
+        ServiceDesired {
+            virtual_servers: vec![DesiredVirtualServer {
+                server: VirtualServer {
+                    key,
+                    scheduler: "rr".into(),
+                    persistence: None,
+                },
+                real_servers,
+            }],
+            bind_addrs: vec![key.addr],
+            nft_elements: vec![cluster_ip_element(key)],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_sync_writes_each_chunk_once_its_elements_are_in_and_not_after_all() {
+        let ledger = Rc::new(RefCell::new(Ledger::default()));
+        let checked = |inner| Checked {
+            inner,
+            ledger: ledger.clone(),
+        };
+        let (mut ipvs, mut link) = (checked(FakeKernel::new()), checked(FakeKernel::new()));
+        let mut nft = Checked {
+            inner: FakeNft::default(),
+            ledger: ledger.clone(),
+        };
+        let mut conntrack = FakeConntrack::default();
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let services = 3000;
+        for i in 1..=services {
+            let name = ServiceName::new("default", &format!("s{i}"));
+            reconciler.set_service(name, Some(numbered(i)));
+        }
+
+        let report = kernel
+            .sync(&mut reconciler, &NftRuleset::default(), true, true)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        let services = services as usize;
+        assert_eq!(report.nft_elements, services);
+        assert!(
+            report.nft_batches > 1,
+            "3,000 elements in {} transactions",
+            report.nft_batches
+        );
+        let ledger = ledger.borrow();
+        assert_eq!(ledger.answered, report.nft_batches);
+        assert!(
+            ledger.early.is_empty(),
+            "virtual servers written before their elements: {:?}",
+            &ledger.early[..ledger.early.len().min(5)]
+        );
+        assert!(
+            ledger.ipvs_writes.len() > 1,
+            "IPVS writes in chunks: {:?}",
+            ledger.ipvs_writes
+        );
+        assert!(
+            ledger.ipvs_writes[0] < report.nft_batches,
+            "the first IPVS write goes before the last transaction: {:?} of {}",
+            ledger.ipvs_writes,
+            report.nft_batches
+        );
+        assert!(
+            ledger.link_writes.iter().all(|n| *n == report.nft_batches),
+            "VIPs are bound after every transaction: {:?}",
+            ledger.link_writes
+        );
+        assert_eq!(kernel.nft.inner.elements().len(), services);
+        assert_eq!(kernel.ipvs.inner.virtual_servers().len(), services);
+        assert_eq!(kernel.link.inner.addresses().len(), services);
     }
 }

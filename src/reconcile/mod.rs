@@ -39,7 +39,7 @@ mod packet_tests;
 #[cfg(test)]
 mod tests;
 
-pub use nft::pod_cidr_elements;
+pub use nft::{batches_before, pod_cidr_elements, NftBatch, SPLIT_ABOVE as NFT_SPLIT_ABOVE};
 pub use ownership::Ownership;
 
 pub(crate) use backoff::Backoff;
@@ -65,7 +65,8 @@ pub struct SyncReport {
     pub writes: usize,
     /// nftables set elements added or deleted (counted in `writes` too).
     pub nft_elements: usize,
-    /// nftables transactions sent: at most one per sync.
+    /// nftables transactions sent: at most one per sync, unless it adds more
+    /// than [`NFT_SPLIT_ABOVE`] elements (see [`Reconciler::nft_batches`]).
     pub nft_batches: usize,
     /// Conntrack flows deleted (counted in `writes` too).
     pub conntrack_deleted: usize,
@@ -758,6 +759,46 @@ impl Reconciler {
             self.nft_failed = None;
         }
         changes
+    }
+
+    /// The transactions to send `changes` (from [`Reconciler::nft_changes`])
+    /// in, in order, each with the IPVS writes that wait for it: one
+    /// transaction, unless the changes add more than [`NFT_SPLIT_ABOVE`]
+    /// elements; then a few, split in the key order of the services this
+    /// sync diffs, that the IPVS writes can follow (see [`batches_before`]).
+    /// Each transaction's answer goes to [`Reconciler::nft_applied`].
+    /// O(services dirty) for a large sync, O(1) otherwise.
+    pub fn nft_batches(&self, changes: Vec<NftChange>) -> Vec<NftBatch> {
+        let adds = changes
+            .iter()
+            .filter(|change| matches!(change, NftChange::Add(_)))
+            .count();
+        if adds <= nft::SPLIT_ABOVE {
+            if changes.is_empty() {
+                return Vec::new();
+            }
+            return vec![NftBatch {
+                from: None,
+                changes,
+            }];
+        }
+        let mut owners: Vec<(VirtualServerKey, usize, &[crate::desired::NftElement])> = self
+            .dirty
+            .iter()
+            .filter_map(|name| {
+                let entry = self.services.get(name)?;
+                let first = *entry.keys().next()?;
+                let ops = entry
+                    .desired
+                    .virtual_servers
+                    .iter()
+                    .map(|dvs| 1 + dvs.real_servers.len())
+                    .sum();
+                Some((first, ops, &entry.desired.nft_elements[..]))
+            })
+            .collect();
+        owners.sort_unstable_by_key(|(first, ..)| *first);
+        nft::split(changes, owners)
     }
 
     /// The second half of [`Reconciler::sync_nft`]: records the kernel's

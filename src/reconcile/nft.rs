@@ -1,10 +1,113 @@
 //! The nftables half of reconciliation: the elements every service wants in
 //! the proxy's sets, counted across services, against a mirror of what the
-//! kernel's sets hold. A sync sends the difference as one transaction.
+//! kernel's sets hold. A sync sends the difference as one transaction,
+//! or, when it is large, as a few that the IPVS writes follow in key order
+//! (see [`split`]).
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use crate::desired::{NftChange, NftElement, NftKey, NftSet};
+use crate::desired::{NftChange, NftElement, NftKey, NftSet, VirtualServerKey};
+
+/// Above this many element additions, a sync's changes go in more than one
+/// transaction (see [`split`]); at or below it, in one.
+pub const SPLIT_ABOVE: usize = 1024;
+/// The IPVS operations the services of the first of several transactions
+/// are worth; each next transaction covers twice as many, up to
+/// [`MAX_BATCH_OPS`].
+const FIRST_BATCH_OPS: usize = 2048;
+const MAX_BATCH_OPS: usize = 32768;
+
+/// One nftables transaction of a sync, and which IPVS writes wait for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftBatch {
+    /// The smallest virtual server key whose writes wait for this
+    /// transaction; the writes of every key after it wait too. `None`: every
+    /// write waits for it.
+    pub from: Option<VirtualServerKey>,
+    pub changes: Vec<NftChange>,
+}
+
+/// How many of `batches`, in order, must be answered before IPVS writes to
+/// the virtual servers up to `last` (in key order) may go.
+pub fn batches_before(batches: &[Option<VirtualServerKey>], last: VirtualServerKey) -> usize {
+    batches
+        .iter()
+        .take_while(|from| from.is_none_or(|from| from <= last))
+        .count()
+}
+
+/// Splits one sync's `changes` into transactions that the sync's IPVS
+/// writes can follow one by one, so that the kernel takes the next
+/// transaction while it takes the writes of the services in the last: a
+/// cold sync at 10,000 services no longer waits for 20,000 elements before
+/// its first IPVS write.
+///
+/// `owners` are the services whose elements the additions may be, in the
+/// order of their smallest virtual server key, each with that key, the IPVS
+/// operations it is worth and its elements. An added element goes in the
+/// transaction of the first owner that wants it; the IPVS writes to a key
+/// wait for every transaction that begins at or before it (see
+/// [`batches_before`]). Every owner's keys are at or after its smallest
+/// key, so each write waits for its own service's elements, whichever
+/// service wants them first. Deletions, and additions no owner claims (the
+/// node's own elements, a service without virtual servers), go in the first
+/// transaction, which every write waits for. Transactions grow from
+/// [`FIRST_BATCH_OPS`] worth of operations by doubling, so that the first
+/// IPVS write comes early and a large sync sends a few transactions, not
+/// hundreds.
+pub(super) fn split<'a>(
+    changes: Vec<NftChange>,
+    owners: impl IntoIterator<Item = (VirtualServerKey, usize, &'a [NftElement])>,
+) -> Vec<NftBatch> {
+    let mut first = Vec::new();
+    let mut adds = HashSet::with_capacity(changes.len());
+    for change in changes {
+        match change {
+            NftChange::Add(element) => {
+                adds.insert(element);
+            }
+            NftChange::Delete(_) => first.push(change),
+        }
+    }
+    let mut batches = vec![NftBatch {
+        from: None,
+        changes: Vec::new(),
+    }];
+    let mut budget = FIRST_BATCH_OPS;
+    let mut worth = 0;
+    for (key, ops, elements) in owners {
+        if adds.is_empty() {
+            break;
+        }
+        if worth >= budget {
+            batches.push(NftBatch {
+                from: Some(key),
+                changes: Vec::new(),
+            });
+            worth = 0;
+            budget = (budget * 2).min(MAX_BATCH_OPS);
+        }
+        worth += ops.max(1);
+        let batch = batches.last_mut().expect("one batch at least");
+        for element in elements {
+            if adds.remove(element) {
+                batch.changes.push(NftChange::Add(*element));
+            }
+        }
+    }
+    let unclaimed = adds.into_iter().map(NftChange::Add);
+    first.extend(unclaimed.chain(std::mem::take(&mut batches[0].changes)));
+    batches[0].changes = first;
+    batches.retain(|batch| !batch.changes.is_empty());
+    for batch in &mut batches {
+        // Deletions first, then additions, each sorted: as one transaction.
+        batch.changes.sort_unstable_by_key(|change| match change {
+            NftChange::Delete(element) => (false, *element),
+            NftChange::Add(element) => (true, *element),
+        });
+    }
+    batches
+}
 
 /// What the proxy knows of one element: who wants it, and whether the
 /// kernel holds it. One map for both halves keeps a cold sync's 20,000
@@ -216,7 +319,101 @@ pub fn pod_cidr_elements(cidrs: &[ipnet::IpNet]) -> Vec<NftElement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::NftFamily;
+    use crate::desired::{NftFamily, Protocol};
+
+    fn key(i: u32) -> VirtualServerKey {
+        VirtualServerKey {
+            addr: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        }
+    }
+
+    fn element(i: u32) -> NftElement {
+        let key = key(i);
+        NftElement {
+            set: NftSet::ClusterIps,
+            key: NftKey::AddrProtoPort(key.addr, key.protocol, key.port),
+        }
+    }
+
+    #[test]
+    fn a_split_sends_each_element_before_the_first_write_that_needs_it() {
+        // 1,000 services worth 1,000 operations each, in key order; each
+        // wants its own element, and service 600 wants service 900's too.
+        let mut wants: Vec<Vec<NftElement>> = (0..1000).map(|i| vec![element(i)]).collect();
+        wants[600].push(element(900));
+        wants[600].sort_unstable();
+        let owners = (0..1000).map(|i| (key(i), 1000, &wants[i as usize][..]));
+        let node = NftElement {
+            set: NftSet::LocalPodCidrs,
+            key: NftKey::Cidr("10.244.0.0/16".parse().unwrap()),
+        };
+        let stale = element(5000);
+        let mut changes: Vec<NftChange> = (0..1000).map(|i| NftChange::Add(element(i))).collect();
+        changes.push(NftChange::Add(node));
+        changes.push(NftChange::Delete(stale));
+
+        let batches = split(changes, owners);
+        let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
+        // Worth 2,048, 4,096, ... operations: 3 services, then 5, 9, 17,
+        // 33, then 33 at most, up to the 1,000th.
+        assert_eq!(
+            &starts[..4],
+            [None, Some(key(3)), Some(key(8)), Some(key(17))]
+        );
+        assert!(starts.windows(2).all(|w| w[0] < w[1]), "in key order");
+        assert_eq!(batches.len(), 5 + (1000_usize - 67).div_ceil(33));
+        assert_eq!(
+            batches[0].changes,
+            [
+                NftChange::Delete(stale),
+                NftChange::Add(element(0)),
+                NftChange::Add(element(1)),
+                NftChange::Add(element(2)),
+                NftChange::Add(node),
+            ],
+            "deletions first, then additions, the unclaimed in the first"
+        );
+        let sent: usize = batches.iter().map(|b| b.changes.len()).sum();
+        assert_eq!(sent, 1002, "each change once");
+        for (i, wanted) in wants.iter().enumerate() {
+            let before = batches_before(&starts, key(i as u32));
+            for element in wanted {
+                let change = NftChange::Add(*element);
+                assert!(
+                    batches[..before]
+                        .iter()
+                        .any(|b| b.changes.contains(&change)),
+                    "service {i}'s {element:?} is sent before its writes"
+                );
+            }
+        }
+        // Service 900's element went with service 600, the first to want it.
+        let with_600 = batches_before(&starts, key(600)) - 1;
+        assert!(batches[with_600]
+            .changes
+            .contains(&NftChange::Add(element(900))));
+    }
+
+    #[test]
+    fn a_split_drops_empty_transactions() {
+        // Worth 2,048 then 4,096 then 8,192 operations: services 0 and 1,
+        // then 2 to 5, then 6 to 9. Nothing is added for the first two, so
+        // their writes wait for nothing.
+        let wants: Vec<Vec<NftElement>> = (0..10).map(|i| vec![element(i)]).collect();
+        let owners = (0..10).map(|i| (key(i), 1024, &wants[i as usize][..]));
+        let changes = (5..10).map(|i| NftChange::Add(element(i))).collect();
+        let batches = split(changes, owners);
+        let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
+        assert_eq!(starts, [Some(key(2)), Some(key(6))]);
+        assert_eq!(batches_before(&starts, key(1)), 0);
+        assert_eq!(batches_before(&starts, key(5)), 1);
+        assert_eq!(batches_before(&starts, key(9)), 2);
+        assert_eq!(batches[0].changes, [NftChange::Add(element(5))]);
+        let rest: Vec<NftChange> = (6..10).map(|i| NftChange::Add(element(i))).collect();
+        assert_eq!(batches[1].changes, rest);
+    }
 
     #[test]
     fn pod_cidrs_of_each_family_go_to_its_table_merged() {
