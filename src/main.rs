@@ -19,12 +19,7 @@ fn main() -> ExitCode {
     for warning in &applied.warnings {
         tracing::warn!("{warning}");
     }
-    // One task owns the proxy's state; a single-threaded runtime is all it
-    // needs and keeps the footprint small.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match proxy::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -132,10 +132,9 @@ fn main() -> ExitCode {
     if let Phase::Table { results } = &phase {
         return print_table(results);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The binary's runtime, so that the in-process cold sync runs its
+    // kernel connections on a worker thread as the binary does.
+    let runtime = match kube_ipvs_proxy::proxy::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("starting the tokio runtime: {e}");
