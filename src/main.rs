@@ -19,7 +19,12 @@ fn main() -> ExitCode {
     for warning in &applied.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match proxy::runtime() {
+    // One task owns the proxy's state; a single-threaded runtime is all it
+    // needs and keeps the footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -70,24 +70,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A source's events, boxed so that either source fits.
 pub type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
 
-/// The runtime the proxy runs on, with glibc's one arena (see
-/// [`crate::heap::use_one_arena`]); call it before any other thread starts.
-///
-/// One task owns the proxy's state: the run loop, on the thread that calls
-/// `block_on`. One worker thread runs the rest: the source's reading and
-/// decoding, the netlink connections and the HTTP servers. So the source
-/// decodes the initial lists while the loop folds what came before into
-/// the model, and the kernel takes a chunk of IPVS messages (in the
-/// worker's `sendmsg`) while the loop works out the next.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    crate::heap::use_one_arena();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("proxy-worker")
-        .enable_all()
-        .build()
-}
-
 /// Opens the source the flags name: a manifests directory, or the API server
 /// (whose client is returned too, for Events).
 async fn open_source(
@@ -109,8 +91,8 @@ async fn open_source(
 }
 
 /// Drives `events` on a task of its own and hands them on in order, so that
-/// the source reads and decodes while the run loop's task works (on the
-/// binary's worker thread) or waits, before the loop starts as after.
+/// the source reads and decodes whenever the run loop's task is waiting,
+/// before the loop starts as after.
 fn read_ahead(events: Events) -> Events {
     let (send, receive) = futures::channel::mpsc::unbounded();
     // Ends when the source does (the receiver then ends too, and the loop

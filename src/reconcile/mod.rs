@@ -392,16 +392,6 @@ struct Work {
     addresses: HashSet<IpAddr>,
 }
 
-/// One chunk of a sync's IPVS operations (see [`Reconciler::apply_diff`]).
-#[derive(Debug)]
-struct Chunk {
-    ops: Vec<Op>,
-    /// The service each operation is for.
-    answerable: Vec<Option<ServiceName>>,
-    /// Which of the sync's keys the chunk covers.
-    keys: std::ops::Range<usize>,
-}
-
 /// The desired state of every service, the mirror of what the proxy owns in
 /// the kernel, and the bookkeeping between them (see the module docs).
 pub struct Reconciler {
@@ -1369,16 +1359,13 @@ impl Reconciler {
 
     /// Diffs the virtual servers `keys` (sorted, each with the service
     /// answerable for it) against the mirror and applies the difference, in
-    /// chunks of about [`APPLY_CHUNK`] operations: while the kernel takes
-    /// one chunk, the next is worked out, and it is sent once the one
-    /// before is recorded. So a cold sync never holds more than two chunks
-    /// of operations, their answers and the kernel layer's messages, and
-    /// where the kernel layer runs on another thread, the diff runs beside
-    /// the kernel's work. A virtual server's operations stay in order (its
-    /// add before its real servers), and the diff of one key reads only
-    /// that key's mirror entry, which no other key's answer changes, so
-    /// chunks change nothing but the peak. Addresses left unused are added
-    /// to `freed`. Returns the services with a failed op.
+    /// chunks of about [`APPLY_CHUNK`] operations: each chunk is applied and
+    /// recorded before the next is worked out, so that a cold sync never
+    /// holds all of its operations, their answers and the kernel layer's
+    /// messages at once. A virtual server's operations stay in order (its
+    /// add before its real servers), and the diff of one key reads only that
+    /// key's mirror entry, so chunks change nothing but the peak. Addresses
+    /// left unused are added to `freed`. Returns the services with a failed op.
     async fn apply_diff<K: IpvsKernel>(
         &mut self,
         keys: &[(VirtualServerKey, Option<ServiceName>)],
@@ -1387,54 +1374,45 @@ impl Reconciler {
         freed: &mut HashSet<IpAddr>,
     ) -> HashSet<ServiceName> {
         let mut failed_services = HashSet::new();
-        let mut chunk = self.diff_chunk(keys, 0);
-        while !chunk.ops.is_empty() {
-            report.writes += chunk.ops.len();
+        let mut ops = Vec::new();
+        let mut answerable = Vec::new();
+        let mut next = 0;
+        loop {
+            let chunk_start = next;
+            for (key, service) in &keys[chunk_start..] {
+                next += 1;
+                let desired = self.desired_for(key);
+                let current = self.mirror.get(key);
+                if desired.is_some() && current.is_none() && !self.owns(key) {
+                    tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
+                        virtual_server = %key,
+                        "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
+                    continue;
+                }
+                diff::diff_virtual_server(*key, desired, current, &mut ops);
+                answerable.resize(ops.len(), service.clone());
+                if ops.len() >= APPLY_CHUNK {
+                    break;
+                }
+            }
+            if ops.is_empty() {
+                return failed_services;
+            }
+            report.writes += ops.len();
             if tracing::enabled!(tracing::Level::DEBUG) {
-                for op in &chunk.ops {
+                for op in &ops {
                     tracing::debug!(?op, "IPVS write");
                 }
             }
-            let this = &*self;
-            let (applied, next) = futures::join!(ipvs.apply(&chunk.ops), async {
-                this.diff_chunk(keys, chunk.keys.end)
-            });
-            let failed = self.record_all(&chunk.ops, applied, &chunk.answerable, report, freed);
+            let applied = ipvs.apply(&ops).await;
+            let failed = self.record_all(&ops, applied, &answerable, report, freed);
             failed_services.extend(failed);
-            for (key, _) in &keys[chunk.keys] {
+            for (key, _) in &keys[chunk_start..next] {
                 self.mirror.shrink(key);
             }
-            chunk = next;
+            ops.clear();
+            answerable.clear();
         }
-        failed_services
-    }
-
-    /// The operations that bring the virtual servers `keys[start..]` to
-    /// what is desired, up to the key that makes them [`APPLY_CHUNK`] or
-    /// more. No kernel call, and no change to the mirror.
-    fn diff_chunk(&self, keys: &[(VirtualServerKey, Option<ServiceName>)], start: usize) -> Chunk {
-        let mut chunk = Chunk {
-            ops: Vec::new(),
-            answerable: Vec::new(),
-            keys: start..start,
-        };
-        for (key, service) in &keys[start..] {
-            chunk.keys.end += 1;
-            let desired = self.desired_for(key);
-            let current = self.mirror.get(key);
-            if desired.is_some() && current.is_none() && !self.owns(key) {
-                tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
-                    virtual_server = %key,
-                    "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
-                continue;
-            }
-            diff::diff_virtual_server(*key, desired, current, &mut chunk.ops);
-            chunk.answerable.resize(chunk.ops.len(), service.clone());
-            if chunk.ops.len() >= APPLY_CHUNK {
-                break;
-            }
-        }
-        chunk
     }
 
     /// Records the kernel's answers to one batch of `ops` in the mirror.

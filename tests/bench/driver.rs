@@ -132,9 +132,10 @@ fn main() -> ExitCode {
     if let Phase::Table { results } = &phase {
         return print_table(results);
     }
-    // The binary's runtime, so that the in-process cold sync runs its
-    // kernel connections on a worker thread as the binary does.
-    let runtime = match kube_ipvs_proxy::proxy::runtime() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("starting the tokio runtime: {e}");
