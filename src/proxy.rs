@@ -2425,4 +2425,52 @@ mod after_nft_tests {
         assert_eq!(kernel.ipvs.inner.virtual_servers().len(), services);
         assert_eq!(kernel.link.inner.addresses().len(), services);
     }
+
+    #[tokio::test]
+    async fn a_failed_transaction_of_a_split_keeps_its_backoff() {
+        let ledger = Rc::new(RefCell::new(Ledger::default()));
+        let checked = |inner| Checked {
+            inner,
+            ledger: ledger.clone(),
+        };
+        let (mut ipvs, mut link) = (checked(FakeKernel::new()), checked(FakeKernel::new()));
+        let mut nft = Checked {
+            inner: FakeNft::default(),
+            ledger: ledger.clone(),
+        };
+        nft.inner
+            .fail_transactions(1, KernelError::Other("injected".into()));
+        let mut conntrack = FakeConntrack::default();
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        for i in 1..=3000 {
+            let name = ServiceName::new("default", &format!("s{i}"));
+            reconciler.set_service(name, Some(numbered(i)));
+        }
+
+        let report = kernel
+            .sync(&mut reconciler, &NftRuleset::default(), true, true)
+            .await;
+        assert!(report.nft_batches > 1, "a split sync");
+        let failed: Vec<_> = report
+            .errors
+            .iter()
+            .filter(|e| matches!(e, SyncError::Nftables { .. }))
+            .collect();
+        assert_eq!(
+            failed.len(),
+            1,
+            "the first transaction failed: {:?}",
+            report.errors
+        );
+        assert!(
+            reconciler.next_retry().is_some(),
+            "the later transactions' answers leave the failed one's backoff in place"
+        );
+    }
 }

@@ -724,9 +724,10 @@ impl Reconciler {
 
     /// The first half of [`Reconciler::sync_nft`]: makes sure of the table
     /// and reads it when the sync needs that, and returns the changes to
-    /// send in one transaction (none: nothing to send, or not due yet).
-    /// Their answer goes to [`Reconciler::nft_applied`]; nothing else may
-    /// touch the nftables state in between, apart from IPVS syncs.
+    /// send (none: nothing to send, or not due yet): in one transaction, or
+    /// in the few of [`Reconciler::nft_batches`]. Each transaction's answer
+    /// goes to [`Reconciler::nft_applied`]; nothing else may touch the
+    /// nftables state in between, apart from IPVS syncs.
     pub async fn nft_changes<N: NftKernel>(
         &mut self,
         nft: &mut N,
@@ -820,7 +821,11 @@ impl Reconciler {
         match result {
             Ok(()) => {
                 self.nft.applied(changes);
-                self.nft_failed = None;
+                // After a failed transaction of the same sync, the sets are
+                // read again, after its backoff.
+                if self.nft.adopted {
+                    self.nft_failed = None;
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, changes = changes.len(),
