@@ -2361,31 +2361,63 @@ mod after_nft_tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_large_sync_writes_each_chunk_once_its_elements_are_in_and_not_after_all() {
-        let ledger = Rc::new(RefCell::new(Ledger::default()));
-        let checked = |inner| Checked {
-            inner,
-            ledger: ledger.clone(),
-        };
-        let (mut ipvs, mut link) = (checked(FakeKernel::new()), checked(FakeKernel::new()));
-        let mut nft = Checked {
-            inner: FakeNft::default(),
-            ledger: ledger.clone(),
-        };
-        let mut conntrack = FakeConntrack::default();
-        let mut kernel = Kernel {
-            ipvs: &mut ipvs,
-            link: &mut link,
-            nft: &mut nft,
-            conntrack: &mut conntrack,
-        };
+    /// The kernels of a large sync, each checking its writes against `ledger`.
+    struct Kernels {
+        ipvs: Checked<FakeKernel>,
+        link: Checked<FakeKernel>,
+        nft: Checked<FakeNft>,
+        conntrack: FakeConntrack,
+    }
+
+    impl Kernels {
+        fn new(ledger: &Rc<RefCell<Ledger>>) -> Self {
+            Kernels {
+                ipvs: Checked {
+                    inner: FakeKernel::new(),
+                    ledger: ledger.clone(),
+                },
+                link: Checked {
+                    inner: FakeKernel::new(),
+                    ledger: ledger.clone(),
+                },
+                nft: Checked {
+                    inner: FakeNft::default(),
+                    ledger: ledger.clone(),
+                },
+                conntrack: FakeConntrack::default(),
+            }
+        }
+
+        fn kernel(
+            &mut self,
+        ) -> Kernel<'_, Checked<FakeKernel>, Checked<FakeKernel>, Checked<FakeNft>, FakeConntrack>
+        {
+            Kernel {
+                ipvs: &mut self.ipvs,
+                link: &mut self.link,
+                nft: &mut self.nft,
+                conntrack: &mut self.conntrack,
+            }
+        }
+    }
+
+    /// A reconciler that wants services 1 to `count` (see [`numbered`]).
+    fn numbered_services(count: u32) -> Reconciler {
         let mut reconciler = Reconciler::new(Ownership::default());
-        let services = 3000;
-        for i in 1..=services {
+        for i in 1..=count {
             let name = ServiceName::new("default", &format!("s{i}"));
             reconciler.set_service(name, Some(numbered(i)));
         }
+        reconciler
+    }
+
+    #[tokio::test]
+    async fn a_large_sync_writes_each_chunk_once_its_elements_are_in_and_not_after_all() {
+        let ledger = Rc::new(RefCell::new(Ledger::default()));
+        let mut kernels = Kernels::new(&ledger);
+        let mut kernel = kernels.kernel();
+        let services = 3000;
+        let mut reconciler = numbered_services(services);
 
         let report = kernel
             .sync(&mut reconciler, &NftRuleset::default(), true, true)
@@ -2429,29 +2461,13 @@ mod after_nft_tests {
     #[tokio::test]
     async fn a_failed_transaction_of_a_split_keeps_its_backoff() {
         let ledger = Rc::new(RefCell::new(Ledger::default()));
-        let checked = |inner| Checked {
-            inner,
-            ledger: ledger.clone(),
-        };
-        let (mut ipvs, mut link) = (checked(FakeKernel::new()), checked(FakeKernel::new()));
-        let mut nft = Checked {
-            inner: FakeNft::default(),
-            ledger: ledger.clone(),
-        };
-        nft.inner
+        let mut kernels = Kernels::new(&ledger);
+        kernels
+            .nft
+            .inner
             .fail_transactions(1, KernelError::Other("injected".into()));
-        let mut conntrack = FakeConntrack::default();
-        let mut kernel = Kernel {
-            ipvs: &mut ipvs,
-            link: &mut link,
-            nft: &mut nft,
-            conntrack: &mut conntrack,
-        };
-        let mut reconciler = Reconciler::new(Ownership::default());
-        for i in 1..=3000 {
-            let name = ServiceName::new("default", &format!("s{i}"));
-            reconciler.set_service(name, Some(numbered(i)));
-        }
+        let mut kernel = kernels.kernel();
+        let mut reconciler = numbered_services(3000);
 
         let report = kernel
             .sync(&mut reconciler, &NftRuleset::default(), true, true)
