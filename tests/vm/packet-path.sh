@@ -103,8 +103,6 @@ matches() {
 # each ("pro expire state source virtual destination").
 ipvs_connections() { ipvsadm -Lnc 2>/dev/null | awk -v vip="$1" '$5 == vip' | paste -sd'|'; }
 
-# table_handle: the kernel's handle of the proxy's table; a table deleted and
-# made again gets a new one. Empty when there is no table.
 # vips_bound MODE FAMILY: the VIPs bound the MODE way (address: on
 # kube-ipvs0; route: the proxy's local routes, protocol 75), as sorted
 # ADDR/PREFIX words.
@@ -120,6 +118,21 @@ vips_bound() {
 
 other_mode() { if [[ $1 == address ]]; then echo route; else echo address; fi; }
 
+# settled CHECK: polls CHECK (a function) until it holds, for at most 10 s of
+# 0.1 s polls. For after wait_syncs: the sync it counts may have begun
+# before the proxy saw a manifest's change. The bound only stops a hung
+# run; callers assert on the state themselves.
+settled() {
+    local _
+    for _ in $(seq 100); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# table_handle: the kernel's handle of the proxy's table; a table deleted and
+# made again gets a new one. Empty when there is no table.
 table_handle() {
     nft -j list tables 2>/dev/null | python3 -c '
 import json, sys
@@ -647,6 +660,22 @@ endpoints:
 YAML
 }
 
+# Whether the unsafe service is programmed: its ClusterIP bound, and node
+# A's own address serving its port.
+unsafe_served() {
+    local bound table_now
+    bound=$(vips_bound "$vip_mode" 4)
+    table_now=$(ipvsadm -Sn)
+    [[ " $bound " == *" 10.96.1.21/32 "* && $table_now == *"-A -t 192.0.2.1:8088 "* ]]
+}
+
+# Whether the unsafe service's virtual server on node A's address is gone.
+unsafe_gone() {
+    local table_now
+    table_now=$(ipvsadm -Sn)
+    [[ $table_now != *"-A -t 192.0.2.1:8088 "* ]]
+}
+
 # Feature: safe external addresses (translate's external_addresses). The
 # unusable ExternalIPs get no address and no virtual server, each is named
 # in a warning, and the service's ClusterIP still works; node A's own
@@ -658,6 +687,7 @@ check_external_ips_safe() {
     syncs_before=$(sync_count)
     unsafe_manifest >"$work/unsafe.tmp" && mv "$work/unsafe.tmp" "$manifests/unsafe.yaml"
     why=$(wait_syncs $((syncs_before + 1))) || { fail "$name" "no sync after adding unsafe.yaml: $why"; return; }
+    settled unsafe_served || true
     # Outputs are captured before they are searched: `cmd | grep -q` under
     # pipefail fails when grep stops reading before cmd has written all.
     local bound vs warned table_now
@@ -678,6 +708,7 @@ check_external_ips_safe() {
     syncs_before=$(sync_count)
     rm -f "$manifests/unsafe.yaml"
     why=$(wait_syncs $((syncs_before + 1))) || problems+=("no sync after removing unsafe.yaml: $why")
+    settled unsafe_gone || true
     local addrs routes
     addrs=$(ip -o -4 addr show)
     routes=$(ip route show table local)
