@@ -2087,8 +2087,17 @@ mod after_nft_tests {
         }
     }
 
-    /// Its transaction takes a few turns of the executor, as the real one
-    /// does on its blocking thread, and is noted when answered.
+    /// Applies `changes` after a few turns of the executor, as the real
+    /// kernel answers from its blocking thread.
+    async fn answer_later(nft: &mut FakeNft, changes: &[NftChange]) -> Result<(), KernelError> {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        nft.apply(changes).await
+    }
+
+    /// Its transaction is answered after a few turns of the executor (see
+    /// [`answer_later`]), and noted when answered.
     impl NftKernel for Noted<FakeNft> {
         async fn ensure_ruleset(
             &mut self,
@@ -2102,10 +2111,7 @@ mod after_nft_tests {
         }
 
         async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
-            for _ in 0..5 {
-                tokio::task::yield_now().await;
-            }
-            let result = self.inner.apply(changes).await;
+            let result = answer_later(&mut self.inner, changes).await;
             self.note("nft answered");
             result
         }
@@ -2284,8 +2290,8 @@ mod after_nft_tests {
         }
     }
 
-    /// Each transaction takes a few turns of the executor, as the real one
-    /// does on its blocking thread.
+    /// Each transaction is answered after a few turns of the executor (see
+    /// [`answer_later`]), and its additions go in the ledger.
     impl NftKernel for Checked<FakeNft> {
         async fn ensure_ruleset(
             &mut self,
@@ -2299,10 +2305,7 @@ mod after_nft_tests {
         }
 
         async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
-            for _ in 0..5 {
-                tokio::task::yield_now().await;
-            }
-            let result = self.inner.apply(changes).await;
+            let result = answer_later(&mut self.inner, changes).await;
             let mut ledger = self.ledger.borrow_mut();
             for change in changes {
                 if let NftChange::Add(element) = change {

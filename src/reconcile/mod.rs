@@ -20,7 +20,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::future;
 
 use crate::desired::{
-    ClaimRank, DesiredVirtualServer, FlowFilter, NftChange, NftRuleset, Op, Protocol,
+    ClaimRank, DesiredVirtualServer, FlowFilter, NftChange, NftElement, NftRuleset, Op, Protocol,
     ServiceDesired, ServiceName, VirtualServerKey,
 };
 use crate::kernel::{
@@ -783,7 +783,7 @@ impl Reconciler {
                 changes,
             }];
         }
-        let mut owners: Vec<(VirtualServerKey, usize, &[crate::desired::NftElement])> = self
+        let mut owners: Vec<(VirtualServerKey, usize, &[NftElement])> = self
             .dirty
             .iter()
             .filter_map(|name| {
