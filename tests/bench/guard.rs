@@ -478,6 +478,8 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             ipvs_sends: 10,
             address_writes: scale.services as u64,
             writes: scale.ipvs_objects() + scale.services,
+            first_write_seconds: Some(cold * 0.12),
+            after_last_answer_seconds: Some(cold * 0.01),
         },
         change: ChangeLatency {
             trials: 100,
@@ -708,6 +710,8 @@ fn repeated_phases_compare_medians_and_memory_takes_the_highest_run() {
     };
     assert!(row("Cold sync, proxy (events to last ACK), median").ends_with("6.00 s"));
     assert!(row("  in the IPVS batch").ends_with("4.80 s"));
+    assert!(row("  from the first event to the first IPVS write").ends_with("720 ms"));
+    assert!(row("  after the last IPVS answer").ends_with("60.0 ms"));
     assert!(row("  binary start to synced (in-cluster), median").ends_with("9.00 s"));
     assert!(row("Raw floor, netlink-ipvs batch, median").ends_with("1.33 s"));
     // The median floor's own counts, on the row after its spread.

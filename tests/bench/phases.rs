@@ -293,6 +293,9 @@ async fn addresses_succeeded(
 struct TimedIpvs {
     inner: NetlinkIpvs,
     apply: Duration,
+    /// When the first write was sent, and the last answered.
+    first_apply: Option<Instant>,
+    last_answer: Option<Instant>,
     dump: Duration,
     /// The process's CPU time in `list_virtual_servers`.
     list_cpu: CpuTime,
@@ -324,8 +327,11 @@ impl IpvsKernel for TimedIpvs {
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         let started = Instant::now();
+        self.first_apply.get_or_insert(started);
         let results = self.inner.apply(ops).await;
-        self.apply += started.elapsed();
+        let answered = Instant::now();
+        self.apply += answered - started;
+        self.last_answer = Some(answered);
         results
     }
 }
@@ -455,6 +461,8 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
         TimedIpvs {
             inner: ipvs,
             apply: Duration::ZERO,
+            first_apply: None,
+            last_answer: None,
             dump: Duration::ZERO,
             list_cpu: CpuTime::default(),
             real_servers_cpu: CpuTime::default(),
@@ -519,6 +527,14 @@ async fn cold_sync(
         ipvs_sends: after.sends - before.sends,
         address_writes: pipeline.link.writes,
         writes: synced.report.writes,
+        first_write_seconds: pipeline
+            .ipvs
+            .first_apply
+            .map(|at| (at - synced.started).as_secs_f64()),
+        after_last_answer_seconds: pipeline
+            .ipvs
+            .last_answer
+            .map(|at| (synced.started + synced.elapsed - at).as_secs_f64()),
     };
     kernel_state::verify(ipvs, scale, &[])
         .await

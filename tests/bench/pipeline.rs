@@ -161,6 +161,8 @@ pub fn service_change(i: usize, present: bool) -> SourceEvent {
 /// A sync's report and how long it took from the first event.
 #[derive(Debug)]
 pub struct Timed {
+    /// When the first event went into the model.
+    pub started: Instant,
     pub elapsed: Duration,
     /// Of which in the model, translate and `set_service`, before the sync.
     pub absorbing: Duration,
@@ -170,6 +172,7 @@ pub struct Timed {
 impl Timed {
     fn since(started: Instant, absorbing: Duration, report: SyncReport) -> Self {
         Timed {
+            started,
             elapsed: started.elapsed(),
             absorbing,
             report,

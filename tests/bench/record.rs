@@ -167,6 +167,14 @@ pub struct ColdSync {
     pub address_writes: u64,
     /// `SyncReport::writes`.
     pub writes: usize,
+    /// From the first source event to the first IPVS write: the model,
+    /// translation, the reads of the kernel and the diff of the first chunk.
+    /// Absent in results from before it was measured.
+    #[serde(default)]
+    pub first_write_seconds: Option<f64>,
+    /// From the last IPVS answer to the end of the sync.
+    #[serde(default)]
+    pub after_last_answer_seconds: Option<f64>,
 }
 
 /// One endpoint added, then removed, in one service, many times.

@@ -257,6 +257,16 @@ impl Results {
         row("  in the IPVS batch", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_apply_seconds))
         });
+        row("  from the first event to the first IPVS write", &|c| {
+            c.proxy
+                .as_ref()
+                .and_then(|p| p.cold.first_write_seconds.map(seconds))
+        });
+        row("  after the last IPVS answer", &|c| {
+            c.proxy
+                .as_ref()
+                .and_then(|p| p.cold.after_last_answer_seconds.map(seconds))
+        });
         row("  dumping the empty table", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.ipvs_dump_seconds))
         });
