@@ -659,7 +659,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         let changes = reconciler
             .nft_changes(self.nft, ruleset, full, &mut report)
             .await;
-        let batches = reconciler.nft_batches(changes);
+        let batches = reconciler.nft_batches(changes, full);
         let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
         let (answered, nft_answered) = tokio::sync::watch::channel(0);
         let nft = &mut *self.nft;

@@ -386,10 +386,34 @@ fn holds<T: Ord>(items: &[T], item: &T) -> bool {
 /// What one sync looks at.
 #[derive(Debug, Default)]
 struct Work {
-    /// Virtual server keys with the service answerable for them.
-    keys: HashMap<VirtualServerKey, Option<ServiceName>>,
+    /// Virtual server keys with the service answerable for them; a key may
+    /// come twice (see [`Reconciler::run`]). A list, not a map: a cold
+    /// sync's keys are sorted anyway, and hashing 50,000 of them in first
+    /// cost more than the sort.
+    keys: Vec<(VirtualServerKey, Option<ServiceName>)>,
+    /// Every service the reconciler holds is synced (a full sync), besides
+    /// those in `services`.
+    all_services: bool,
     services: HashSet<ServiceName>,
     addresses: HashSet<IpAddr>,
+}
+
+impl Work {
+    /// The services synced: `services`, and with `all_services` every one
+    /// `held` has.
+    fn services_synced(&self, held: &HashMap<ServiceName, Box<ServiceEntry>>) -> usize {
+        if self.all_services {
+            let others = self.services.iter().filter(|n| !held.contains_key(*n));
+            held.len() + others.count()
+        } else {
+            self.services.len()
+        }
+    }
+
+    /// Whether the sync covered `name`.
+    fn covers(&self, name: &ServiceName) -> bool {
+        self.all_services || self.services.contains(name)
+    }
 }
 
 /// The desired state of every service, the mirror of what the proxy owns in
@@ -766,10 +790,11 @@ impl Reconciler {
     /// in, in order, each with the IPVS writes that wait for it: one
     /// transaction, unless the changes add more than [`NFT_SPLIT_ABOVE`]
     /// elements; then a few, split in the key order of the services this
-    /// sync diffs, that the IPVS writes can follow (see [`batches_before`]).
+    /// sync diffs, that the IPVS writes can follow (see [`batches_before`]):
+    /// every service on a `full` sync, the dirty ones otherwise.
     /// Each transaction's answer goes to [`Reconciler::nft_applied`].
-    /// O(services dirty) for a large sync, O(1) otherwise.
-    pub fn nft_batches(&self, changes: Vec<NftChange>) -> Vec<NftBatch> {
+    /// O(services diffed) for a large sync, O(1) otherwise.
+    pub fn nft_batches(&self, changes: Vec<NftChange>, full: bool) -> Vec<NftBatch> {
         let adds = changes
             .iter()
             .filter(|change| matches!(change, NftChange::Add(_)))
@@ -783,21 +808,24 @@ impl Reconciler {
                 changes,
             }];
         }
-        let mut owners: Vec<(VirtualServerKey, usize, &[NftElement])> = self
-            .dirty
-            .iter()
-            .filter_map(|name| {
-                let entry = self.services.get(name)?;
-                let first = *entry.keys().next()?;
-                let ops = entry
-                    .desired
-                    .virtual_servers
-                    .iter()
-                    .map(|dvs| 1 + dvs.real_servers.len())
-                    .sum();
-                Some((first, ops, &entry.desired.nft_elements[..]))
-            })
-            .collect();
+        fn owner(entry: &ServiceEntry) -> Option<(VirtualServerKey, usize, &[NftElement])> {
+            let first = *entry.keys().next()?;
+            let ops = entry
+                .desired
+                .virtual_servers
+                .iter()
+                .map(|dvs| 1 + dvs.real_servers.len())
+                .sum();
+            Some((first, ops, &entry.desired.nft_elements[..]))
+        }
+        // A full sync diffs every service: walked in place rather than
+        // looked up by name.
+        let mut owners: Vec<(VirtualServerKey, usize, &[NftElement])> = if full {
+            self.services.values().filter_map(|e| owner(e)).collect()
+        } else {
+            let dirty = self.dirty.iter().filter_map(|name| self.services.get(name));
+            dirty.filter_map(|e| owner(e)).collect()
+        };
         owners.sort_unstable_by_key(|(first, ..)| *first);
         nft::split(changes, owners)
     }
@@ -937,18 +965,18 @@ impl Reconciler {
             for name in self.orphans.services() {
                 keys.extend(self.orphans.of(name));
             }
-            for key in keys {
-                work.keys.insert(key, self.answerable_for(&key));
-            }
+            work.keys = keys
+                .into_iter()
+                .map(|key| (key, self.answerable_for(&key)))
+                .collect();
         } else {
             if !self.adopt(ipvs, addrs, &mut report).await {
                 return report;
             }
-            for key in self.mirror.keys().chain(self.claims.keys()) {
-                work.keys.insert(*key, self.answerable_for(key));
-            }
+            let keys = self.mirror.keys().chain(self.claims.keys());
+            work.keys = keys.map(|key| (*key, self.answerable_for(key))).collect();
         }
-        work.services.extend(self.services.keys().cloned());
+        work.all_services = true;
         work.services.extend(self.failed.keys().cloned());
         work.services.extend(self.orphans.services().cloned());
         work.addresses.extend(self.wanted_addrs.keys());
@@ -1119,13 +1147,12 @@ impl Reconciler {
                 let owned = entry
                     .keys()
                     .filter(|key| self.claims.owner(key) == Some(name));
-                for key in owned {
-                    work.keys.insert(*key, Some(name.clone()));
-                }
+                work.keys
+                    .extend(owned.map(|key| (*key, Some(name.clone()))));
             }
-            for key in self.orphans.of(name) {
-                work.keys.insert(*key, Some(name.clone()));
-            }
+            let orphans = self.orphans.of(name);
+            work.keys
+                .extend(orphans.map(|key| (*key, Some(name.clone()))));
         }
         let mut report = SyncReport::default();
         self.run(work, ipvs, addrs, &mut report).await;
@@ -1275,7 +1302,7 @@ impl Reconciler {
         report: &mut SyncReport,
     ) {
         let now = (self.clock)();
-        report.services_synced = work.services.len();
+        report.services_synced = work.services_synced(&self.services);
 
         // New addresses and the IPVS batch go to the kernel together: they
         // travel on different sockets (kube-ipvs0's from a blocking thread),
@@ -1292,7 +1319,7 @@ impl Reconciler {
                 self.wanted_addrs.contains_key(addr) && !self.mirror.holds_address(*addr)
             })
             .collect();
-        let mut keys: Vec<(VirtualServerKey, Option<ServiceName>)> = work.keys.drain().collect();
+        let mut keys = std::mem::take(&mut work.keys);
         let (added, failed_services) = {
             let mut additions = pin!(future::maybe_done(async {
                 if to_add.is_empty() {
@@ -1305,6 +1332,8 @@ impl Reconciler {
             let _ = futures::poll!(additions.as_mut());
 
             keys.sort_unstable_by_key(|(key, _)| *key);
+            // A key that came twice is diffed once, for either service.
+            keys.dedup_by_key(|(key, _)| *key);
             report.writes += to_add.len();
             if tracing::enabled!(tracing::Level::DEBUG) {
                 for addr in &to_add {
@@ -1345,11 +1374,8 @@ impl Reconciler {
             // Unwanted but still used: requeued when its last virtual server goes.
         }
 
-        for name in &work.services {
-            if !failed_services.contains(name) {
-                self.failed.remove(name);
-            }
-        }
+        self.failed
+            .retain(|name, _| !work.covers(name) || failed_services.contains(name));
         for name in failed_services {
             let previous = self.failed.get(&name).copied();
             self.failed
