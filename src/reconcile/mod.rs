@@ -387,9 +387,9 @@ fn holds<T: Ord>(items: &[T], item: &T) -> bool {
 #[derive(Debug, Default)]
 struct Work {
     /// Virtual server keys with the service answerable for them; a key may
-    /// come twice (see [`Reconciler::run`]). A list, not a map: a cold
-    /// sync's keys are sorted anyway, and hashing 50,000 of them in first
-    /// cost more than the sort.
+    /// come twice (see [`Reconciler::run`]). A list, not a map: the keys
+    /// are sorted before the diff anyway, and a map only added a hash of
+    /// every key of a cold sync before its first write.
     keys: Vec<(VirtualServerKey, Option<ServiceName>)>,
     /// Every service the reconciler holds is synced (a full sync), besides
     /// those in `services`.
