@@ -394,6 +394,9 @@ struct Work {
     /// Every service the reconciler holds is synced (a full sync), besides
     /// those in `services`.
     all_services: bool,
+    /// The services synced by name: the dirty and due ones of an
+    /// incremental sync; on a full sync, only the failed and orphaned ones,
+    /// which the reconciler may no longer hold.
     services: HashSet<ServiceName>,
     addresses: HashSet<IpAddr>,
 }
