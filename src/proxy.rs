@@ -1253,9 +1253,9 @@ mod tests {
     #[tokio::test]
     async fn the_loop_opens_updates_and_closes_health_check_ports() {
         use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+        use crate::source::EndpointSlice;
         use crate::source::Update;
         use k8s_openapi::api::core::v1::Service;
-        use k8s_openapi::api::discovery::v1::EndpointSlice;
         use serde_json::json;
 
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1935,7 +1935,7 @@ mod initial_list_tests {
         .unwrap()
     }
 
-    fn slice(i: usize) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    fn slice(i: usize) -> crate::source::EndpointSlice {
         serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "default", "name": format!("s{i}-x"),
                 "labels": {"kubernetes.io/service-name": format!("s{i}")}},

@@ -6,11 +6,11 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::error::{ModelError, ObjectKind, ObjectRef, Problem};
 use super::field;
 use crate::desired::{Protocol, ServiceName};
+use crate::source::slice::{Address, EndpointSlice};
 
 /// Label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -180,17 +180,22 @@ impl EndpointSliceInfo {
         }
 
         info.endpoints.reserve_exact(slice.endpoints.len());
-        // Endpoints of a slice share few node names and few hint sets: one
-        // allocation per distinct value.
-        let mut node_names: Vec<Arc<str>> = Vec::new();
+        // Endpoints of a slice share few hint sets and few names in them:
+        // one allocation per distinct value.
+        let mut names: Vec<Arc<str>> = Vec::new();
         let mut hint_sets: Vec<EndpointHints> = Vec::new();
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let mut address = None;
             for (j, value) in ep.addresses.iter().enumerate() {
                 let field = || format!("endpoints[{i}].addresses[{j}]");
-                let ip = field::ip(&obj, field, value)?;
+                let ip = match value {
+                    Address::Ip(ip) => *ip,
+                    Address::Other(text) => {
+                        return Err(obj.error(field(), Problem::InvalidIp(text.to_string())));
+                    }
+                };
                 if !address_type.matches(ip) {
-                    return Err(obj.error(field(), Problem::WrongFamily(value.clone())));
+                    return Err(obj.error(field(), Problem::WrongFamily(value.to_string())));
                 }
                 address.get_or_insert(ip);
             }
@@ -204,19 +209,15 @@ impl EndpointSliceInfo {
                 ready,
                 serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-                node_name: ep
-                    .node_name
-                    .as_deref()
-                    .map(|n| shared_name(&mut node_names, n)),
+                // Already shared by the decoder, and by the model after.
+                node_name: ep.node_name.clone(),
                 hints: match ep.hints.as_ref() {
-                    Some(h) => {
-                        shared_hints(&mut hint_sets, &mut node_names, h).ok_or_else(|| {
-                            obj.error(
-                                format!("endpoints[{i}].hints"),
-                                Problem::OutOfRange(i64::from(u16::MAX)),
-                            )
-                        })?
-                    }
+                    Some(h) => shared_hints(&mut hint_sets, &mut names, h).ok_or_else(|| {
+                        obj.error(
+                            format!("endpoints[{i}].hints"),
+                            Problem::OutOfRange(i64::from(u16::MAX)),
+                        )
+                    })?,
                     None => None,
                 },
             });

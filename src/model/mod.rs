@@ -11,12 +11,11 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::desired::ServiceName;
 use crate::parallel;
-use crate::source::{SourceEvent, Update};
+use crate::source::{EndpointSlice, SourceEvent, Update};
 
 mod endpoints;
 mod error;

@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
+use crate::source::EndpointSlice;
 use foldhash::HashSet;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 
 use super::*;
@@ -993,7 +993,9 @@ fn endpoints_on_one_node_share_its_name() {
                       {"addresses": ["10.244.0.6"], "nodeName": "n1"},
                       {"addresses": ["10.244.0.7"], "nodeName": "n2"}],
     }));
-    let info = EndpointSliceInfo::from_slice(&s).unwrap().unwrap();
+    let mut model = Model::new("n1");
+    model.apply(SourceEvent::EndpointSlice(Update::Apply(s)));
+    let info = model.endpoint_slices(&name("default/web")).next().unwrap();
     let names: Vec<&Arc<str>> = info
         .endpoints
         .iter()

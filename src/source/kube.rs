@@ -17,11 +17,10 @@ use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client, Resource};
 use futures::{future, stream, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
-use super::{SourceEvent, Update};
+use super::{EndpointSlice, SourceEvent, Update};
 
 /// The label selector upstream kube-proxy lists Services and EndpointSlices
 /// with (`cmd/kube-proxy/app/server.go`, one informer factory for both):
@@ -222,11 +221,9 @@ impl Trim for Service {
 }
 
 impl Trim for EndpointSlice {
-    fn trim(&mut self) {
-        trim_metadata(&mut self.metadata);
-        // The owning Service is found by the kubernetes.io/service-name label.
-        self.metadata.owner_references = None;
-    }
+    /// Nothing to drop: the slim type never decodes what the proxy does
+    /// not read (see `source::slice`).
+    fn trim(&mut self) {}
 }
 
 impl Trim for Node {

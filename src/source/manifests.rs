@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 use tokio::sync::mpsc;
@@ -38,7 +37,7 @@ use tokio::sync::mpsc;
 #[cfg(test)]
 use self::decode::yaml_documents;
 use self::decode::{parse_document, split_file};
-use super::{SourceEvent, Update};
+use super::{EndpointSlice, SourceEvent, Update};
 
 /// How long the directory must be quiet before a burst of file events is
 /// read: one editor save is several events.

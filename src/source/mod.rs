@@ -4,9 +4,10 @@
 
 pub mod kube;
 pub mod manifests;
+pub mod slice;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use slice::EndpointSlice;
 
 /// A change to one kind of object.
 #[derive(Debug, Clone)]

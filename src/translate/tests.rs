@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::source::EndpointSlice;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 
 use super::*;

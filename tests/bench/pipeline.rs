@@ -72,7 +72,12 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         vec![
             SourceEvent::Node(Update::Replace(vec![synthetic::node()])),
             SourceEvent::Service(Update::Replace(synthetic::services(scale))),
-            SourceEvent::EndpointSlice(Update::Replace(synthetic::endpoint_slices(scale))),
+            SourceEvent::EndpointSlice(Update::Replace(
+                synthetic::endpoint_slices(scale)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            )),
             SourceEvent::Synced,
         ]
     }
@@ -143,9 +148,9 @@ pub fn verify_rounds() -> u64 {
 
 /// The event that gives service `i` its extra endpoint (or takes it away).
 pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent {
-    SourceEvent::EndpointSlice(Update::Apply(synthetic::endpoint_slice(
-        scale, i, with_extra,
-    )))
+    SourceEvent::EndpointSlice(Update::Apply(
+        synthetic::endpoint_slice(scale, i, with_extra).into(),
+    ))
 }
 
 /// The event that deletes service `i`, or creates it again.

@@ -1,0 +1,391 @@
+//! discovery/v1 EndpointSlices as the proxy decodes them: only the fields a
+//! service proxy reads.
+//!
+//! k8s-openapi's `EndpointSlice` decodes every field of every endpoint
+//! (`targetRef` alone is seven strings) and allocates a string for each
+//! address and node name. At 10,000 slices of ten endpoints that decoding
+//! was most of the in-cluster start-up's wait for the lists. This type
+//! keeps the wire format, so both sources decode into it directly:
+//! - `metadata` keeps the name, namespace, uid, labels and resourceVersion,
+//!   and skips the rest (`managedFields` is often the largest part of a
+//!   slice);
+//! - an endpoint keeps `addresses`, `conditions`, `nodeName` and `hints`;
+//! - an address is parsed as it is read, and one that is not an IP address
+//!   is kept as text, so that the model can reject it by name;
+//! - a node name is one `Arc<str>`, which the model shares between slices.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1 as api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use smallvec::SmallVec;
+
+/// An EndpointSlice, with the fields of the API's that a proxy reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// Name, namespace, uid, labels and resourceVersion; nothing else.
+    #[serde(deserialize_with = "slim_metadata")]
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN`; required, as by the API.
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<api::EndpointPort>>,
+}
+
+/// One endpoint of a slice.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Almost always exactly one: it is kept inline.
+    #[serde(default)]
+    pub addresses: SmallVec<[Address; 1]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<api::EndpointConditions>,
+    #[serde(
+        default,
+        deserialize_with = "node_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_name: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<api::EndpointHints>,
+}
+
+/// One of an endpoint's `addresses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Ip(IpAddr),
+    /// Not an IP address (a hostname of an FQDN slice, or a mistake), as
+    /// written.
+    Other(Box<str>),
+}
+
+impl Address {
+    /// The address as an IP address, if it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ip(ip) => Some(*ip),
+            Address::Other(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => ip.fmt(f),
+            Address::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<&str> for Address {
+    fn from(text: &str) -> Address {
+        match text.parse() {
+            Ok(ip) => Address::Ip(ip),
+            Err(_) => Address::Other(text.into()),
+        }
+    }
+}
+
+impl From<IpAddr> for Address {
+    fn from(ip: IpAddr) -> Address {
+        Address::Ip(ip)
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AddressVisitor;
+        impl Visitor<'_> for AddressVisitor {
+            type Value = Address;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address string")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Address, E> {
+                Ok(Address::from(text))
+            }
+        }
+        deserializer.deserialize_str(AddressVisitor)
+    }
+}
+
+/// The metadata fields the proxy reads, decoded without the others.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMetadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    let slim = SlimMetadata::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: slim.name,
+        namespace: slim.namespace,
+        uid: slim.uid,
+        resource_version: slim.resource_version,
+        labels: slim.labels,
+        ..ObjectMeta::default()
+    })
+}
+
+/// One allocation, where serde's `Arc<str>` makes a `Box<str>` first.
+fn node_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<str>>, D::Error> {
+    struct NameVisitor;
+    impl<'de> Visitor<'de> for NameVisitor {
+        type Value = Option<Arc<str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a node name or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+            Ok(Some(name.into()))
+        }
+    }
+    deserializer.deserialize_option(NameVisitor)
+}
+
+impl k8s_openapi::Resource for EndpointSlice {
+    const API_VERSION: &'static str = <api::EndpointSlice as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <api::EndpointSlice as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <api::EndpointSlice as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <api::EndpointSlice as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <api::EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for EndpointSlice {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The fields a proxy reads of k8s-openapi's slice; for callers that build
+/// slices with k8s-openapi's types (tests, the benchmark).
+impl From<api::EndpointSlice> for EndpointSlice {
+    fn from(slice: api::EndpointSlice) -> EndpointSlice {
+        let ObjectMeta {
+            name,
+            namespace,
+            uid,
+            resource_version,
+            labels,
+            ..
+        } = slice.metadata;
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name,
+                namespace,
+                uid,
+                resource_version,
+                labels,
+                ..ObjectMeta::default()
+            },
+            address_type: slice.address_type,
+            endpoints: slice.endpoints.into_iter().map(Endpoint::from).collect(),
+            ports: slice.ports,
+        }
+    }
+}
+
+impl From<api::Endpoint> for Endpoint {
+    fn from(endpoint: api::Endpoint) -> Endpoint {
+        Endpoint {
+            addresses: endpoint
+                .addresses
+                .iter()
+                .map(|a| Address::from(a.as_str()))
+                .collect(),
+            conditions: endpoint.conditions,
+            node_name: endpoint.node_name.as_deref().map(Arc::from),
+            hints: endpoint.hints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(value: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(value).expect("decodes")
+    }
+
+    #[test]
+    fn decodes_what_the_proxy_reads_and_skips_the_rest() {
+        let slice = decode(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-abc",
+                "namespace": "prod",
+                "uid": "0b5c5e9e-3b9a-4f7c-9d0e-6c1f2a3b4c5d",
+                "resourceVersion": "42",
+                "labels": {"kubernetes.io/service-name": "web"},
+                "annotations": {"a": "b"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}],
+                "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:x": {}}}]
+            },
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["10.0.0.1", "10.0.0.2"],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": "node-a",
+                "zone": "z1",
+                "hostname": "h",
+                "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "prod"},
+                "hints": {"forZones": [{"name": "z1"}]}
+            }, {
+                "addresses": ["not-an-ip"],
+                "nodeName": "node-a"
+            }],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }));
+        let meta = &slice.metadata;
+        assert_eq!(meta.name.as_deref(), Some("web-abc"));
+        assert_eq!(meta.namespace.as_deref(), Some("prod"));
+        assert_eq!(
+            meta.uid.as_deref(),
+            Some("0b5c5e9e-3b9a-4f7c-9d0e-6c1f2a3b4c5d")
+        );
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name")),
+            Some(&"web".to_owned())
+        );
+        assert_eq!(meta.annotations, None);
+        assert_eq!(meta.owner_references, None);
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(slice.address_type, "IPv4");
+        let [first, second] = &slice.endpoints[..] else {
+            panic!("two endpoints: {:?}", slice.endpoints);
+        };
+        assert_eq!(
+            first.addresses.as_slice(),
+            [
+                Address::Ip("10.0.0.1".parse().unwrap()),
+                Address::Ip("10.0.0.2".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            first.conditions.as_ref().and_then(|c| c.terminating),
+            Some(false)
+        );
+        assert_eq!(first.node_name.as_deref(), Some("node-a"));
+        let zones = first.hints.as_ref().and_then(|h| h.for_zones.as_ref());
+        assert_eq!(zones.map(|z| z[0].name.as_str()), Some("z1"));
+        assert_eq!(
+            second.addresses.as_slice(),
+            [Address::Other("not-an-ip".into())]
+        );
+        assert_eq!(second.conditions, None);
+        assert_eq!(slice.ports.as_ref().map(|p| p[0].port), Some(Some(8080)));
+    }
+
+    #[test]
+    fn absent_and_null_fields_decode_as_absent() {
+        let slice = decode(json!({
+            "metadata": {"name": "s"},
+            "addressType": "FQDN",
+            "endpoints": [{"addresses": ["db.example"], "nodeName": null}]
+        }));
+        assert_eq!(slice.ports, None);
+        assert_eq!(slice.endpoints[0].node_name, None);
+        assert_eq!(
+            slice.endpoints[0].addresses.as_slice(),
+            [Address::Other("db.example".into())]
+        );
+        let empty = decode(json!({"metadata": {"name": "s"}, "addressType": "IPv4"}));
+        assert!(empty.endpoints.is_empty());
+    }
+
+    #[test]
+    fn address_type_is_required_and_addresses_are_strings() {
+        let missing = serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": "s"}}));
+        assert!(
+            missing.unwrap_err().to_string().contains("addressType"),
+            "missing addressType is named"
+        );
+        let number = serde_json::from_value::<EndpointSlice>(json!({
+            "metadata": {"name": "s"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [10]}]
+        }));
+        assert!(number.is_err(), "an address must be a string");
+    }
+
+    #[test]
+    fn serializes_back_to_the_same_fields() {
+        let value = json!({
+            "metadata": {"name": "s", "namespace": "ns", "labels": {"k": "v"}},
+            "addressType": "IPv6",
+            "endpoints": [{
+                "addresses": ["fd00::1", "odd"],
+                "conditions": {"ready": false},
+                "nodeName": "n"
+            }],
+            "ports": [{"port": 53, "protocol": "UDP"}]
+        });
+        let slice = decode(value.clone());
+        assert_eq!(serde_json::to_value(&slice).unwrap(), value);
+    }
+
+    #[test]
+    fn converts_from_k8s_openapi() {
+        let k8s = api::EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                annotations: Some([("a".to_owned(), "b".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![api::Endpoint {
+                addresses: vec!["10.0.0.1".into()],
+                node_name: Some("n".into()),
+                zone: Some("z".into()),
+                ..api::Endpoint::default()
+            }],
+            ports: None,
+        };
+        let expected = decode(json!({
+            "metadata": {"name": "s"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "n"}]
+        }));
+        assert_eq!(EndpointSlice::from(k8s), expected);
+    }
+}
