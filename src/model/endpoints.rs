@@ -209,7 +209,8 @@ impl EndpointSliceInfo {
                 ready,
                 serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-                // Already shared by the decoder, and by the model after.
+                // One allocation per endpoint from the decoder; the model
+                // then shares one per node across all slices.
                 node_name: ep.node_name.clone(),
                 hints: match ep.hints.as_ref() {
                     Some(h) => shared_hints(&mut hint_sets, &mut names, h).ok_or_else(|| {

@@ -3,13 +3,13 @@
 
 use std::net::IpAddr;
 
-use crate::source::EndpointSlice;
 use foldhash::HashSet;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use serde_json::{json, Value};
 
 use super::*;
 use crate::desired::Protocol;
+use crate::source::EndpointSlice;
 
 fn service(v: Value) -> Service {
     serde_json::from_value(v).expect("test Service JSON")

@@ -3,13 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::source::EndpointSlice;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::desired::Protocol;
-use crate::source::{SourceEvent, Update};
+use crate::source::{EndpointSlice, SourceEvent, Update};
 
 /// `"TCP 10.96.0.10:80"` with scheduler, persistence and `"ip:port"` real servers.
 fn vs(
