@@ -34,7 +34,8 @@ pub struct EndpointSlice {
     pub metadata: ObjectMeta,
     /// `IPv4`, `IPv6` or `FQDN`; required, as by the API.
     pub address_type: String,
-    #[serde(default)]
+    /// The API server writes a slice without endpoints as `null`.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub endpoints: Vec<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<api::EndpointPort>>,
@@ -45,7 +46,7 @@ pub struct EndpointSlice {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// Almost always exactly one: it is kept inline.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub addresses: SmallVec<[Address; 1]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<api::EndpointConditions>,
@@ -122,6 +123,15 @@ impl<'de> Deserialize<'de> for Address {
         }
         deserializer.deserialize_str(AddressVisitor)
     }
+}
+
+/// A list that may be `null`, as Go writes an empty one, as empty.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The metadata fields the proxy reads, decoded without the others.
@@ -331,6 +341,22 @@ mod tests {
         );
         let empty = decode(json!({"metadata": {"name": "s"}, "addressType": "IPv4"}));
         assert!(empty.endpoints.is_empty());
+        // What the API server sends for a slice of a Service with no pods,
+        // and for an endpoint without addresses.
+        let nulls = decode(json!({
+            "metadata": {"name": "s", "labels": null},
+            "addressType": "IPv4",
+            "endpoints": null,
+            "ports": null
+        }));
+        assert!(nulls.endpoints.is_empty());
+        assert_eq!((nulls.ports, nulls.metadata.labels), (None, None));
+        let no_addresses = decode(json!({
+            "metadata": {"name": "s"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": null, "conditions": null, "hints": null}]
+        }));
+        assert!(no_addresses.endpoints[0].addresses.is_empty());
     }
 
     #[test]
