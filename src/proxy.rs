@@ -1607,6 +1607,32 @@ mod tests {
 }
 
 #[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    /// The network programming latency metric starts from the annotation
+    /// the EndpointSlice controller writes: the slim slice must keep it.
+    #[test]
+    fn a_decoded_slice_carries_its_last_change_trigger_time() {
+        let slice: crate::source::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-abc",
+                "annotations": {
+                    "endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T10:00:00Z",
+                    "other": "x"
+                }
+            },
+            "addressType": "IPv4",
+            "endpoints": []
+        }))
+        .expect("a slice");
+        let expected = humantime::parse_rfc3339("2026-12-05T10:00:00Z").unwrap();
+        let applied = SourceEvent::EndpointSlice(Update::Apply(slice));
+        assert_eq!(last_change_trigger(&applied), Some(expected));
+    }
+}
+
+#[cfg(test)]
 mod verify_tests {
     use super::*;
     use crate::desired::{DesiredVirtualServer, ServiceDesired, VirtualServer, VirtualServerKey};

@@ -6,9 +6,10 @@
 //! address and node name. At 10,000 slices of ten endpoints that decoding
 //! was most of the in-cluster start-up's wait for the lists. This type
 //! keeps the wire format, so both sources decode into it directly:
-//! - `metadata` keeps the name, namespace, uid, labels and resourceVersion,
-//!   and skips the rest (`managedFields` is often the largest part of a
-//!   slice);
+//! - `metadata` keeps the name, namespace, uid, labels, resourceVersion and
+//!   the last-change-trigger-time annotation (for the network programming
+//!   latency metric), and skips the rest (`managedFields` is often the
+//!   largest part of a slice);
 //! - an endpoint keeps `addresses`, `conditions`, `nodeName` and `hints`;
 //! - an address is parsed as it is read, and one that is not an IP address
 //!   is kept as text, so that the model can reject it by name;
@@ -25,11 +26,14 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use smallvec::SmallVec;
 
+use crate::metrics::LAST_CHANGE_TRIGGER_TIME_ANNOTATION;
+
 /// An EndpointSlice, with the fields of the API's that a proxy reads.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
-    /// Name, namespace, uid, labels and resourceVersion; nothing else.
+    /// Name, namespace, uid, labels, resourceVersion and the
+    /// last-change-trigger-time annotation; nothing else.
     #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// `IPv4`, `IPv6` or `FQDN`; required, as by the API.
@@ -143,18 +147,29 @@ struct SlimMetadata {
     uid: Option<String>,
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
-    let slim = SlimMetadata::deserialize(deserializer)?;
-    Ok(ObjectMeta {
-        name: slim.name,
-        namespace: slim.namespace,
-        uid: slim.uid,
-        resource_version: slim.resource_version,
-        labels: slim.labels,
-        ..ObjectMeta::default()
-    })
+    SlimMetadata::deserialize(deserializer).map(SlimMetadata::into_object_meta)
+}
+
+impl SlimMetadata {
+    fn into_object_meta(self) -> ObjectMeta {
+        let annotations = self.annotations.map(|mut annotations| {
+            annotations.retain(|key, _| key == LAST_CHANGE_TRIGGER_TIME_ANNOTATION);
+            annotations
+        });
+        ObjectMeta {
+            name: self.name,
+            namespace: self.namespace,
+            uid: self.uid,
+            resource_version: self.resource_version,
+            labels: self.labels,
+            annotations: annotations.filter(|a| !a.is_empty()),
+            ..ObjectMeta::default()
+        }
+    }
 }
 
 /// One allocation, where serde's `Arc<str>` makes a `Box<str>` first.
@@ -205,23 +220,17 @@ impl k8s_openapi::Metadata for EndpointSlice {
 /// slices with k8s-openapi's types (tests, the benchmark).
 impl From<api::EndpointSlice> for EndpointSlice {
     fn from(slice: api::EndpointSlice) -> EndpointSlice {
-        let ObjectMeta {
-            name,
-            namespace,
-            uid,
-            resource_version,
-            labels,
-            ..
-        } = slice.metadata;
+        let meta = slice.metadata;
+        let metadata = SlimMetadata {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            labels: meta.labels,
+            annotations: meta.annotations,
+        };
         EndpointSlice {
-            metadata: ObjectMeta {
-                name,
-                namespace,
-                uid,
-                resource_version,
-                labels,
-                ..ObjectMeta::default()
-            },
+            metadata: metadata.into_object_meta(),
             address_type: slice.address_type,
             endpoints: slice.endpoints.into_iter().map(Endpoint::from).collect(),
             ports: slice.ports,
@@ -264,7 +273,10 @@ mod tests {
                 "uid": "0b5c5e9e-3b9a-4f7c-9d0e-6c1f2a3b4c5d",
                 "resourceVersion": "42",
                 "labels": {"kubernetes.io/service-name": "web"},
-                "annotations": {"a": "b"},
+                "annotations": {
+                    "a": "b",
+                    "endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T10:00:00Z"
+                },
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}],
                 "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:x": {}}}]
             },
@@ -297,7 +309,17 @@ mod tests {
                 .and_then(|l| l.get("kubernetes.io/service-name")),
             Some(&"web".to_owned())
         );
-        assert_eq!(meta.annotations, None);
+        // Only the annotation the proxy reads (the latency metric's).
+        assert_eq!(
+            meta.annotations,
+            Some(
+                [(
+                    LAST_CHANGE_TRIGGER_TIME_ANNOTATION.to_owned(),
+                    "2026-12-05T10:00:00Z".to_owned()
+                )]
+                .into()
+            )
+        );
         assert_eq!(meta.owner_references, None);
         assert_eq!(meta.managed_fields, None);
         assert_eq!(slice.address_type, "IPv4");
