@@ -190,9 +190,8 @@ impl EndpointSliceInfo {
                 let field = || format!("endpoints[{i}].addresses[{j}]");
                 let ip = match value {
                     Address::Ip(ip) => *ip,
-                    Address::Other(text) => {
-                        return Err(obj.error(field(), Problem::InvalidIp(text.to_string())));
-                    }
+                    // Not an IP, so this fails, with the error every field gets.
+                    Address::Other(text) => field::ip(&obj, field, text)?,
                 };
                 if !address_type.matches(ip) {
                     return Err(obj.error(field(), Problem::WrongFamily(value.to_string())));

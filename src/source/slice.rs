@@ -73,16 +73,6 @@ pub enum Address {
     Other(Box<str>),
 }
 
-impl Address {
-    /// The address as an IP address, if it is one.
-    pub fn ip(&self) -> Option<IpAddr> {
-        match self {
-            Address::Ip(ip) => Some(*ip),
-            Address::Other(_) => None,
-        }
-    }
-}
-
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -98,12 +88,6 @@ impl From<&str> for Address {
             Ok(ip) => Address::Ip(ip),
             Err(_) => Address::Other(text.into()),
         }
-    }
-}
-
-impl From<IpAddr> for Address {
-    fn from(ip: IpAddr) -> Address {
-        Address::Ip(ip)
     }
 }
 
