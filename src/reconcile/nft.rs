@@ -95,17 +95,17 @@ pub(super) fn split<'a>(
             }
         }
     }
-    let unclaimed = adds.into_iter().map(NftChange::Add);
-    first.extend(unclaimed.chain(std::mem::take(&mut batches[0].changes)));
+    // The kernel layer groups a transaction's changes by set itself, so
+    // they are left in an order that costs no sort of the whole sync's
+    // elements and still comes out the same every time: deletions (as
+    // given), then the owners' additions in key order, then the additions
+    // no owner claimed, sorted.
+    let mut unclaimed: Vec<NftElement> = adds.into_iter().collect();
+    unclaimed.sort_unstable();
+    first.append(&mut batches[0].changes);
+    first.extend(unclaimed.into_iter().map(NftChange::Add));
     batches[0].changes = first;
     batches.retain(|batch| !batch.changes.is_empty());
-    for batch in &mut batches {
-        // Deletions first, then additions, each sorted: as one transaction.
-        batch.changes.sort_unstable_by_key(|change| match change {
-            NftChange::Delete(element) => (false, *element),
-            NftChange::Add(element) => (true, *element),
-        });
-    }
     batches
 }
 
