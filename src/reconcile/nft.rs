@@ -97,9 +97,8 @@ pub(super) fn split<'a>(
     }
     // The kernel layer groups a transaction's changes by set itself, so
     // they are left in an order that costs no sort of the whole sync's
-    // elements and still comes out the same every time: deletions (as
-    // given), then the owners' additions in key order, then the additions
-    // no owner claimed, sorted.
+    // elements: deletions (as given), then the owners' additions in the
+    // owners' order, then the additions no owner claimed, sorted.
     let mut unclaimed: Vec<NftElement> = adds.into_iter().collect();
     unclaimed.sort_unstable();
     first.append(&mut batches[0].changes);
