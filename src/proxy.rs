@@ -1295,7 +1295,7 @@ mod tests {
         };
         let (send, events) = futures::channel::mpsc::unbounded();
         let send = |event| send.unbounded_send(event).unwrap();
-        send(SourceEvent::Service(Update::Apply(service.clone())));
+        send(SourceEvent::service(Update::Apply(service.clone())));
         send(SourceEvent::EndpointSlice(Update::Apply(slice("n1"))));
         send(SourceEvent::Synced);
 
@@ -1338,7 +1338,7 @@ mod tests {
             assert!(body.contains("\"localEndpoints\": 0"), "{body}");
 
             // The service goes, and its port with it.
-            send(SourceEvent::Service(Update::Delete(service)));
+            send(SourceEvent::service(Update::Delete(service)));
             // (A connection accepted just before the close is reset instead.)
             let mut refused = false;
             for _ in 0..1000 {
@@ -1509,7 +1509,7 @@ mod tests {
         });
         let (events, source) = futures::channel::mpsc::unbounded();
         for event in [
-            SourceEvent::Service(Update::Replace(vec![
+            SourceEvent::service(Update::Replace(vec![
                 serde_json::from_value(service).unwrap()
             ])),
             SourceEvent::Synced,
@@ -1592,7 +1592,7 @@ mod tests {
                 ("deleted", Update::Delete(node("node-1", None)), false),
             ];
             for (name, update, eligible) in cases {
-                events.unbounded_send(SourceEvent::Node(update)).unwrap();
+                events.unbounded_send(SourceEvent::node(update)).unwrap();
                 // A Node event changes no service, so nothing else marks it
                 // taken in: wait for the answer it must give.
                 wait_for_healthz(&run.metrics, period, eligible).await;
@@ -1717,7 +1717,7 @@ mod verify_tests {
             }))
             .unwrap()
         });
-        send.unbounded_send(SourceEvent::Service(Update::Replace(services.collect())))
+        send.unbounded_send(SourceEvent::service(Update::Replace(services.collect())))
             .unwrap();
         send.unbounded_send(SourceEvent::Synced).unwrap();
         let node = NodeFacts {
@@ -1868,7 +1868,7 @@ mod fault_tests {
         }))
         .unwrap();
         let (send, events) = futures::channel::mpsc::unbounded();
-        send.unbounded_send(SourceEvent::Service(Update::Apply(service)))
+        send.unbounded_send(SourceEvent::service(Update::Apply(service)))
             .unwrap();
         send.unbounded_send(SourceEvent::Synced).unwrap();
 
@@ -1977,15 +1977,15 @@ mod initial_list_tests {
         let mut state = state();
         let node: k8s_openapi::api::core::v1::Node =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap();
-        let mut events = vec![SourceEvent::Service(Update::ListStart)];
-        events.extend((1..=5).map(|i| SourceEvent::Service(Update::Listed(service(i)))));
-        events.push(SourceEvent::Service(Update::ListDone));
+        let mut events = vec![SourceEvent::service(Update::ListStart)];
+        events.extend((1..=5).map(|i| SourceEvent::service(Update::Listed(service(i)))));
+        events.push(SourceEvent::service(Update::ListDone));
         events.push(SourceEvent::EndpointSlice(Update::ListStart));
         events.extend((1..=5).map(|i| SourceEvent::EndpointSlice(Update::Listed(slice(i)))));
         events.push(SourceEvent::EndpointSlice(Update::ListDone));
-        events.push(SourceEvent::Node(Update::ListStart));
-        events.push(SourceEvent::Node(Update::Listed(node)));
-        events.push(SourceEvent::Node(Update::ListDone));
+        events.push(SourceEvent::node(Update::ListStart));
+        events.push(SourceEvent::node(Update::Listed(node)));
+        events.push(SourceEvent::node(Update::ListDone));
         for event in events {
             assert!(!state.apply(event), "not synced before the lists are in");
         }
@@ -2016,7 +2016,7 @@ mod initial_list_tests {
         let read = Arc::new(AtomicUsize::new(0));
         let counted = read.clone();
         let source = futures::stream::iter(
-            (1..=5).map(|i| SourceEvent::Service(Update::Delete(service(i)))),
+            (1..=5).map(|i| SourceEvent::service(Update::Delete(service(i)))),
         )
         .chain(futures::stream::iter([SourceEvent::Synced]))
         .inspect(move |_| {

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_ipvs_proxy::source::manifests::{
     read_dir, watch_dir, Kinds, ManifestDir, Manifests, Rescan,
 };
-use kube_ipvs_proxy::source::{SourceEvent, Update};
+use kube_ipvs_proxy::source::{EndpointSlice, SourceEvent, Update};
 
 fn service(name: &str, port: u16) -> String {
     format!(
@@ -83,9 +84,14 @@ fn name(meta: &ObjectMeta) -> &str {
 /// a list replaces a kind, `Apply` replaces an object in place or adds it,
 /// `Delete` removes it.
 fn fold(state: &mut Manifests, event: SourceEvent) {
-    fn put<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(list: &mut Vec<K>, update: Update<K>) {
+    /// `K` is the object or its box, as the event carries it.
+    fn put<T, K>(list: &mut Vec<K>, update: Update<K>)
+    where
+        T: k8s_openapi::Metadata<Ty = ObjectMeta>,
+        K: std::borrow::Borrow<T>,
+    {
         let same = |a: &K, b: &K| {
-            let (a, b) = (a.metadata(), b.metadata());
+            let (a, b) = (a.borrow().metadata(), b.borrow().metadata());
             (&a.namespace, &a.name) == (&b.namespace, &b.name)
         };
         match update {
@@ -102,10 +108,10 @@ fn fold(state: &mut Manifests, event: SourceEvent) {
         }
     }
     match event {
-        SourceEvent::Service(u) => put(&mut state.services, u),
-        SourceEvent::EndpointSlice(u) => put(&mut state.endpoint_slices, u),
-        SourceEvent::Endpoints(u) => put(&mut state.endpoints, u),
-        SourceEvent::Node(u) => put(&mut state.nodes, u),
+        SourceEvent::Service(u) => put::<Service, _>(&mut state.services, u),
+        SourceEvent::EndpointSlice(u) => put::<EndpointSlice, _>(&mut state.endpoint_slices, u),
+        SourceEvent::Endpoints(u) => put::<Endpoints, _>(&mut state.endpoints, u),
+        SourceEvent::Node(u) => put::<Node, _>(&mut state.nodes, u),
         SourceEvent::Synced => {}
     }
 }
@@ -593,21 +599,23 @@ async fn watch_dir_waits_for_a_missing_directory_before_syncing() {
 /// An object event as the rescan tests compare it: `Apply Service web/a
 /// [80]`, `Delete Service web/a`. List markers are left out.
 fn describe(event: &SourceEvent) -> Option<String> {
-    fn object<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(
-        kind: &str,
-        update: &Update<K>,
-        detail: impl Fn(&K) -> String,
-    ) -> Option<String> {
+    /// `K` is the object or its box, as the event carries it.
+    fn object<T, K>(kind: &str, update: &Update<K>, detail: impl Fn(&T) -> String) -> Option<String>
+    where
+        T: k8s_openapi::Metadata<Ty = ObjectMeta>,
+        K: std::borrow::Borrow<T>,
+    {
         let (verb, object) = match update {
             Update::Listed(o) => ("Listed", o),
             Update::Apply(o) => ("Apply", o),
             Update::Delete(o) => {
-                let meta = o.metadata();
+                let meta = o.borrow().metadata();
                 return Some(format!("Delete {kind} {}/{}", ns(meta), name(meta)));
             }
             Update::Replace(_) => return Some(format!("Replace {kind}")),
             Update::ListStart | Update::ListDone => return None,
         };
+        let object = object.borrow();
         let meta = object.metadata();
         Some(format!(
             "{verb} {kind} {}/{}{}",
@@ -617,16 +625,18 @@ fn describe(event: &SourceEvent) -> Option<String> {
         ))
     }
     match event {
-        SourceEvent::Service(u) => object("Service", u, |s| {
+        SourceEvent::Service(u) => object("Service", u, |s: &Service| {
             let ports: Vec<i32> = (s.spec.iter())
                 .flat_map(|spec| spec.ports.iter().flatten())
                 .map(|p| p.port)
                 .collect();
             format!(" {ports:?}")
         }),
-        SourceEvent::EndpointSlice(u) => object("EndpointSlice", u, |_| String::new()),
-        SourceEvent::Endpoints(u) => object("Endpoints", u, |_| String::new()),
-        SourceEvent::Node(u) => object("Node", u, |_| String::new()),
+        SourceEvent::EndpointSlice(u) => {
+            object::<EndpointSlice, _>("EndpointSlice", u, |_| String::new())
+        }
+        SourceEvent::Endpoints(u) => object::<Endpoints, _>("Endpoints", u, |_| String::new()),
+        SourceEvent::Node(u) => object::<Node, _>("Node", u, |_| String::new()),
         SourceEvent::Synced => Some("Synced".to_owned()),
     }
 }

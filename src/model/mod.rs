@@ -221,7 +221,11 @@ struct Listing {
     services: Option<Services>,
     slices: Option<ListedSlices>,
     endpoints: Option<Vec<Endpoints>>,
-    nodes: Option<Vec<Node>>,
+    #[expect(
+        clippy::vec_box,
+        reason = "the list ends as the `Update::Replace` of boxed Nodes that a source sends"
+    )]
+    nodes: Option<Vec<Box<Node>>>,
 }
 
 /// The slices of a list, filed as the model files its own.
@@ -304,7 +308,7 @@ impl Model {
         changes
     }
 
-    fn apply_services(&mut self, update: Update<Service>, changes: &mut Changes) {
+    fn apply_services(&mut self, update: Update<Box<Service>>, changes: &mut Changes) {
         match update {
             Update::Apply(svc) => match ServiceInfo::from_service(&svc) {
                 Ok(mut info) => {
@@ -326,7 +330,9 @@ impl Model {
             },
             Update::Replace(list) => {
                 let mut next = HashMap::with_capacity(list.len());
-                for listed in parallel::map_in_order(list.iter().collect(), convert_service) {
+                for listed in
+                    parallel::map_in_order(list.iter().collect(), |svc| convert_service(svc))
+                {
                     self.list_service(&mut next, listed, changes);
                 }
                 self.commit_services(next, changes);
@@ -549,7 +555,7 @@ impl Model {
         }
     }
 
-    fn apply_node(&mut self, update: Update<Node>, changes: &mut Changes) {
+    fn apply_node(&mut self, update: Update<Box<Node>>, changes: &mut Changes) {
         let next = match update {
             Update::Apply(node) => {
                 if node.metadata.name.as_deref() != Some(&*self.node_name) {

@@ -589,7 +589,7 @@ fn mirrored_endpoints_feed_only_services_without_selector() {
     );
 
     let selectorless = web("ext", "10.96.0.9");
-    let changes = model.apply(SourceEvent::Service(Update::Apply(selectorless)));
+    let changes = model.apply(SourceEvent::service(Update::Apply(selectorless)));
     assert_eq!(changes.services, names(&["default/ext"]));
     let slices: Vec<_> = model.endpoint_slices(&name("default/ext")).collect();
     assert_eq!(slices.len(), 1);
@@ -597,7 +597,7 @@ fn mirrored_endpoints_feed_only_services_without_selector() {
 
     let mut with_selector = web("ext", "10.96.0.9");
     with_selector.spec.as_mut().unwrap().selector = Some([("app".into(), "ext".into())].into());
-    let changes = model.apply(SourceEvent::Service(Update::Apply(with_selector)));
+    let changes = model.apply(SourceEvent::service(Update::Apply(with_selector)));
     assert_eq!(changes.services, names(&["default/ext"]));
     assert_eq!(model.endpoint_slices(&name("default/ext")).count(), 0);
 }
@@ -608,7 +608,7 @@ fn mirrored_endpoints_feed_only_services_without_selector() {
 fn noop_updates_report_no_change() {
     let mut model = Model::new("n1");
     let first = [
-        SourceEvent::Service(Update::Apply(web("a", "10.96.0.1"))),
+        SourceEvent::service(Update::Apply(web("a", "10.96.0.1"))),
         SourceEvent::EndpointSlice(Update::Apply(web_slice(
             "a-1",
             "a",
@@ -617,7 +617,7 @@ fn noop_updates_report_no_change() {
         SourceEvent::Endpoints(Update::Apply(endpoints(json!({
             "metadata": {"namespace": "default", "name": "b"},
             "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"port": 80}]}]})))),
-        SourceEvent::Node(Update::Apply(node(json!({"metadata": {"name": "n1"}})))),
+        SourceEvent::node(Update::Apply(node(json!({"metadata": {"name": "n1"}})))),
     ];
     for event in first.clone() {
         assert!(!model.apply(event).is_empty());
@@ -630,7 +630,7 @@ fn noop_updates_report_no_change() {
     let again = [
         (
             "same Service again",
-            SourceEvent::Service(Update::Apply(annotated)),
+            SourceEvent::service(Update::Apply(annotated)),
         ),
         (
             "same slice, endpoints reordered",
@@ -640,11 +640,11 @@ fn noop_updates_report_no_change() {
         ("same Node again", first[3].clone()),
         (
             "another node's Node",
-            SourceEvent::Node(Update::Apply(node(json!({"metadata": {"name": "n2"}})))),
+            SourceEvent::node(Update::Apply(node(json!({"metadata": {"name": "n2"}})))),
         ),
         (
             "deleting an unknown Service",
-            SourceEvent::Service(Update::Delete(web("zzz", "10.96.0.99"))),
+            SourceEvent::service(Update::Delete(web("zzz", "10.96.0.99"))),
         ),
     ];
     for (case, event) in again {
@@ -657,7 +657,7 @@ fn noop_updates_report_no_change() {
 #[test]
 fn replace_reports_only_services_that_differ() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::Service(Update::Replace(vec![
+    model.apply(SourceEvent::service(Update::Replace(vec![
         web("same", "10.96.0.1"),
         web("changed", "10.96.0.2"),
         web("gone", "10.96.0.3"),
@@ -668,7 +668,7 @@ fn replace_reports_only_services_that_differ() {
         web_slice("gone-1", "gone", &["10.244.0.3"]),
     ])));
 
-    let changes = model.apply(SourceEvent::Service(Update::Replace(vec![
+    let changes = model.apply(SourceEvent::service(Update::Replace(vec![
         web("same", "10.96.0.1"),
         web("changed", "10.96.0.22"),
         web("new", "10.96.0.4"),
@@ -702,7 +702,7 @@ fn streamed<K>(wrap: fn(Update<K>) -> SourceEvent, list: Vec<K>) -> Vec<SourceEv
 #[test]
 fn a_streamed_list_takes_effect_at_once_on_list_done() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::Service(Update::Replace(vec![
+    model.apply(SourceEvent::service(Update::Replace(vec![
         web("kept", "10.96.0.1"),
         web("gone", "10.96.0.2"),
     ])));
@@ -711,7 +711,7 @@ fn a_streamed_list_takes_effect_at_once_on_list_done() {
     ])));
 
     let mut events = streamed(
-        SourceEvent::Service,
+        SourceEvent::service,
         vec![web("kept", "10.96.0.1"), web("new", "10.96.0.3")],
     );
     let done = events.pop().unwrap();
@@ -744,10 +744,10 @@ fn a_streamed_list_takes_effect_at_once_on_list_done() {
 #[test]
 fn a_list_started_again_forgets_its_unfinished_part() {
     let mut model = Model::new("n1");
-    let mut events = streamed(SourceEvent::Service, vec![web("stale", "10.96.0.9")]);
+    let mut events = streamed(SourceEvent::service, vec![web("stale", "10.96.0.9")]);
     events.pop(); // the watch broke before ListDone
     events.extend(streamed(
-        SourceEvent::Service,
+        SourceEvent::service,
         vec![web("web", "10.96.0.1")],
     ));
     let mut changes = Changes::default();
@@ -773,14 +773,14 @@ fn a_streamed_list_equals_the_same_replace() {
     };
     let n2 = || node(json!({"metadata": {"name": "n2"}}));
     let mut replaced = Model::new("n1");
-    replaced.apply(SourceEvent::Service(Update::Replace(services())));
+    replaced.apply(SourceEvent::service(Update::Replace(services())));
     replaced.apply(SourceEvent::EndpointSlice(Update::Replace(slices())));
-    replaced.apply(SourceEvent::Node(Update::Replace(vec![n2(), n1()])));
+    replaced.apply(SourceEvent::node(Update::Replace(vec![n2(), n1()])));
     let mut streamed_model = Model::new("n1");
-    for event in streamed(SourceEvent::Service, services())
+    for event in streamed(SourceEvent::service, services())
         .into_iter()
         .chain(streamed(SourceEvent::EndpointSlice, slices()))
-        .chain(streamed(SourceEvent::Node, vec![n2(), n1()]))
+        .chain(streamed(SourceEvent::node, vec![n2(), n1()]))
     {
         streamed_model.apply(event);
     }
@@ -804,12 +804,12 @@ fn a_streamed_list_equals_the_same_replace() {
 #[test]
 fn a_bad_object_in_a_streamed_list_keeps_its_last_good_version() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::Service(Update::Apply(web("web", "10.96.0.1"))));
+    model.apply(SourceEvent::service(Update::Apply(web("web", "10.96.0.1"))));
     let good = model.service(&name("default/web")).unwrap().clone();
     let mut bad = web("web", "10.96.0.1");
     bad.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.x".into());
     let mut changes = Changes::default();
-    for event in streamed(SourceEvent::Service, vec![bad, web("other", "10.96.0.2")]) {
+    for event in streamed(SourceEvent::service, vec![bad, web("other", "10.96.0.2")]) {
         changes.merge(model.apply(event));
     }
     assert_eq!(changes.errors.len(), 1, "{:?}", changes.errors);
@@ -820,12 +820,12 @@ fn a_bad_object_in_a_streamed_list_keeps_its_last_good_version() {
 #[test]
 fn bad_object_keeps_last_good_version_and_applies_the_rest() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::Service(Update::Apply(web("web", "10.96.0.1"))));
+    model.apply(SourceEvent::service(Update::Apply(web("web", "10.96.0.1"))));
     let good = model.service(&name("default/web")).unwrap().clone();
 
     let mut bad = web("web", "10.96.0.1");
     bad.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("HTTP".into());
-    let changes = model.apply(SourceEvent::Service(Update::Apply(bad.clone())));
+    let changes = model.apply(SourceEvent::service(Update::Apply(bad.clone())));
     assert!(changes.is_empty());
     assert_eq!(
         changes
@@ -838,7 +838,7 @@ fn bad_object_keeps_last_good_version_and_applies_the_rest() {
     assert_eq!(model.service(&name("default/web")), Some(&good));
 
     // On a relist the bad one keeps its last good version; the others apply.
-    let changes = model.apply(SourceEvent::Service(Update::Replace(vec![
+    let changes = model.apply(SourceEvent::service(Update::Replace(vec![
         bad,
         web("other", "10.96.0.2"),
     ])));
@@ -849,7 +849,7 @@ fn bad_object_keeps_last_good_version_and_applies_the_rest() {
     // A bad object never seen before is simply absent.
     let mut fresh_bad = web("fresh", "10.96.0.3");
     fresh_bad.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.x".into());
-    let changes = model.apply(SourceEvent::Service(Update::Apply(fresh_bad)));
+    let changes = model.apply(SourceEvent::service(Update::Apply(fresh_bad)));
     assert!(changes.is_empty());
     assert_eq!(changes.errors.len(), 1);
     assert!(model.service(&name("default/fresh")).is_none());
@@ -916,14 +916,14 @@ fn node_changes_affect_all_services() {
                     "status": {"addresses": [{"type": "InternalIP", "address": ip},
                                              {"type": "Hostname", "address": "n1"}]}}))
     };
-    let changes = model.apply(SourceEvent::Node(Update::Apply(n1("192.168.1.10"))));
+    let changes = model.apply(SourceEvent::node(Update::Apply(n1("192.168.1.10"))));
     assert!(changes.all);
     assert_eq!(model.node().unwrap().internal_ips, vec![ip("192.168.1.10")]);
 
-    let changes = model.apply(SourceEvent::Node(Update::Replace(vec![n1("192.168.1.11")])));
+    let changes = model.apply(SourceEvent::node(Update::Replace(vec![n1("192.168.1.11")])));
     assert!(changes.all);
 
-    let changes = model.apply(SourceEvent::Node(Update::Apply(n1("192.168.1.x"))));
+    let changes = model.apply(SourceEvent::node(Update::Apply(n1("192.168.1.x"))));
     assert!(!changes.all);
     assert_eq!(
         changes.errors[0].to_string(),
@@ -931,7 +931,7 @@ fn node_changes_affect_all_services() {
     );
     assert_eq!(model.node().unwrap().internal_ips, vec![ip("192.168.1.11")]);
 
-    let changes = model.apply(SourceEvent::Node(Update::Delete(n1("192.168.1.11"))));
+    let changes = model.apply(SourceEvent::node(Update::Delete(n1("192.168.1.11"))));
     assert!(changes.all);
     assert!(model.node().is_none());
 }
@@ -1042,7 +1042,7 @@ fn names_are_shared_across_objects_and_forgotten_once_unused() {
         Arc::ptr_eq(&shared, &node_name_of(&model, "default/a")),
         "applied after a list, still one allocation"
     );
-    model.apply(SourceEvent::Service(Update::Apply(web("a", "10.96.0.1"))));
+    model.apply(SourceEvent::service(Update::Apply(web("a", "10.96.0.1"))));
     let service = &model.service(&name("default/a")).expect("filed").name;
     let slice = model.endpoint_slices(&name("default/a")).next().unwrap();
     assert!(
@@ -1287,14 +1287,14 @@ fn node_zone_change_translates_every_service_again() {
     let labelled =
         |zone: &str| node(json!({"metadata": {"name": "n1", "labels": {ZONE_LABEL: zone}}}));
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::Node(Update::Apply(labelled("zone-a"))));
+    model.apply(SourceEvent::node(Update::Apply(labelled("zone-a"))));
     assert!(
         model
-            .apply(SourceEvent::Node(Update::Apply(labelled("zone-b"))))
+            .apply(SourceEvent::node(Update::Apply(labelled("zone-b"))))
             .all
     );
     assert!(model
-        .apply(SourceEvent::Node(Update::Apply(labelled("zone-b"))))
+        .apply(SourceEvent::node(Update::Apply(labelled("zone-b"))))
         .is_empty());
 }
 

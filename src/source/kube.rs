@@ -115,11 +115,9 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
     let selected = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let watchers = [
-        resource_events(
-            Api::<Service>::all(client.clone()),
-            selected(),
-            SourceEvent::Service,
-        )
+        resource_events(Api::<Service>::all(client.clone()), selected(), |update| {
+            SourceEvent::Service(update.map(Box::new))
+        })
         .boxed(),
         resource_events(
             Api::<EndpointSlice>::all(client.clone()),
@@ -127,7 +125,10 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
             SourceEvent::EndpointSlice,
         )
         .boxed(),
-        resource_events(Api::<Node>::all(client), this_node, SourceEvent::Node).boxed(),
+        resource_events(Api::<Node>::all(client), this_node, |update| {
+            SourceEvent::Node(update.map(Box::new))
+        })
+        .boxed(),
     ];
     stream::select_all(watchers)
         .scan(InitialLists::default(), |lists, event| {
@@ -304,7 +305,7 @@ mod tests {
         let replace_services = || SourceEvent::Service(Update::Replace(vec![]));
         let steps = [
             (replace_services(), false),
-            (SourceEvent::Service(Update::Apply(service("a"))), false),
+            (SourceEvent::service(Update::Apply(service("a"))), false),
             (SourceEvent::Node(Update::ListDone), false),
             (replace_services(), false),
             // A list that has only started is not a list yet.

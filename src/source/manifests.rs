@@ -81,13 +81,13 @@ impl std::error::Error for ManifestError {}
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Manifests {
     /// v1 Services.
-    pub services: Vec<Service>,
+    pub services: Vec<Box<Service>>,
     /// discovery.k8s.io/v1 EndpointSlices.
     pub endpoint_slices: Vec<EndpointSlice>,
     /// v1 Endpoints (the model mirrors them into slices).
     pub endpoints: Vec<Endpoints>,
     /// v1 Nodes.
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<Box<Node>>,
 }
 
 impl Manifests {
@@ -122,7 +122,7 @@ impl Manifests {
             SourceEvent::Service(Update::Listed(o)) => Object::Service(o),
             SourceEvent::EndpointSlice(Update::Listed(o)) => Object::EndpointSlice(o),
             SourceEvent::Endpoints(Update::Listed(o)) => Object::Endpoints(o),
-            SourceEvent::Node(Update::Listed(o)) => Object::Node(Box::new(o)),
+            SourceEvent::Node(Update::Listed(o)) => Object::Node(o),
             _ => return,
         };
         let key = object.key();
@@ -131,7 +131,7 @@ impl Manifests {
             Object::Service(o) => put(&mut self.services, at, o),
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, at, o),
             Object::Endpoints(o) => put(&mut self.endpoints, at, o),
-            Object::Node(o) => put(&mut self.nodes, at, *o),
+            Object::Node(o) => put(&mut self.nodes, at, o),
         };
         index.insert(key, at);
     }
@@ -654,10 +654,10 @@ impl ObjectKey {
             ..ObjectMeta::default()
         };
         match self.kind {
-            Kind::Service => SourceEvent::Service(Update::Delete(Service {
+            Kind::Service => SourceEvent::Service(Update::Delete(Box::new(Service {
                 metadata,
                 ..Service::default()
-            })),
+            }))),
             Kind::EndpointSlice => SourceEvent::EndpointSlice(Update::Delete(EndpointSlice {
                 metadata,
                 ..EndpointSlice::default()
@@ -666,25 +666,22 @@ impl ObjectKey {
                 metadata,
                 ..Endpoints::default()
             })),
-            Kind::Node => SourceEvent::Node(Update::Delete(Node {
+            Kind::Node => SourceEvent::Node(Update::Delete(Box::new(Node {
                 metadata,
                 ..Node::default()
-            })),
+            }))),
         }
     }
 }
 
 /// One object read from a manifest.
+/// Services and Nodes are boxed, as in [`SourceEvent`], which carries them
+/// on without moving them again.
 #[derive(Debug, Clone, PartialEq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "Services dominate a manifests directory; boxing them saves nothing"
-)]
 enum Object {
-    Service(Service),
+    Service(Box<Service>),
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
-    /// Boxed: a Node is twice the size of the others and rare.
     Node(Box<Node>),
 }
 
@@ -742,7 +739,7 @@ impl Object {
             Object::Service(o) => SourceEvent::Service(update(o, listing)),
             Object::EndpointSlice(o) => SourceEvent::EndpointSlice(update(o, listing)),
             Object::Endpoints(o) => SourceEvent::Endpoints(update(o, listing)),
-            Object::Node(o) => SourceEvent::Node(update(*o, listing)),
+            Object::Node(o) => SourceEvent::Node(update(o, listing)),
         }
     }
 }

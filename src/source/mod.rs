@@ -31,18 +31,46 @@ pub enum Update<K> {
     ListDone,
 }
 
+impl<K> Update<K> {
+    /// The same update of `f(object)` for each object it carries.
+    pub fn map<T>(self, mut f: impl FnMut(K) -> T) -> Update<T> {
+        match self {
+            Update::Apply(object) => Update::Apply(f(object)),
+            Update::Delete(object) => Update::Delete(f(object)),
+            Update::Replace(objects) => Update::Replace(objects.into_iter().map(f).collect()),
+            Update::ListStart => Update::ListStart,
+            Update::Listed(object) => Update::Listed(f(object)),
+            Update::ListDone => Update::ListDone,
+        }
+    }
+}
+
 /// One event from a source.
+///
+/// An event is moved by value through every stream adapter between the
+/// decoder and the model, so its size is paid on each move of every
+/// object: Services and Nodes, whose API types are two and three times
+/// the size of a slim EndpointSlice, are boxed, and slices, the most
+/// numerous objects, are not.
 #[derive(Debug, Clone)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "events pass one at a time through a channel; boxing would add an allocation per object"
-)]
 pub enum SourceEvent {
-    Service(Update<Service>),
+    Service(Update<Box<Service>>),
     EndpointSlice(Update<EndpointSlice>),
     /// core/v1 Endpoints, mirrored into slices (standalone mode only).
     Endpoints(Update<Endpoints>),
-    Node(Update<Node>),
+    Node(Update<Box<Node>>),
     /// Every kind has delivered its initial list: the first sync may run.
     Synced,
+}
+
+impl SourceEvent {
+    /// A Service update, boxing each Service it carries.
+    pub fn service(update: Update<Service>) -> Self {
+        SourceEvent::Service(update.map(Box::new))
+    }
+
+    /// A Node update, boxing each Node it carries.
+    pub fn node(update: Update<Node>) -> Self {
+        SourceEvent::Node(update.map(Box::new))
+    }
 }

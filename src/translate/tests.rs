@@ -589,7 +589,7 @@ fn check_scheduler_accepts_offered_names_only() {
 fn translate_model_covers_every_programmable_service() {
     let mut model = Model::new("n1");
     let svc = |v: Value| -> Service { serde_json::from_value(v).unwrap() };
-    model.apply(SourceEvent::Service(Update::Replace(vec![
+    model.apply(SourceEvent::service(Update::Replace(vec![
         svc(web(json!({}))),
         svc(
             json!({"metadata": {"namespace": "default", "name": "headless"},
@@ -650,7 +650,7 @@ fn translate_each_keeps_the_order_of_a_batch_split_over_threads() {
             .unwrap()
         })
         .collect();
-    model.apply(SourceEvent::Service(Update::Replace(services)));
+    model.apply(SourceEvent::service(Update::Replace(services)));
     model.apply(SourceEvent::EndpointSlice(Update::Replace(slices)));
 
     let mut names: Vec<ServiceName> = (0..count)
@@ -1400,7 +1400,7 @@ fn zone_of_the_model_node_reaches_translation() {
     // Node object in the model; a Node without the label uses every endpoint.
     let mut model = Model::new("n1");
     let svc: Service = serde_json::from_value(web(json!({}))).unwrap();
-    model.apply(SourceEvent::Service(Update::Apply(svc)));
+    model.apply(SourceEvent::service(Update::Apply(svc)));
     let s1: EndpointSlice = serde_json::from_value(four_zoned().remove(0)).unwrap();
     model.apply(SourceEvent::EndpointSlice(Update::Apply(s1)));
     let name = ServiceName::new("default", "web");
@@ -1414,17 +1414,17 @@ fn zone_of_the_model_node_reaches_translation() {
     let node = |labels: Value| -> k8s_openapi::api::core::v1::Node {
         serde_json::from_value(json!({"metadata": {"name": "n1", "labels": labels}})).unwrap()
     };
-    let changes = model.apply(SourceEvent::Node(Update::Apply(node(
+    let changes = model.apply(SourceEvent::node(Update::Apply(node(
         json!({"topology.kubernetes.io/zone": "zone-a"}),
     ))));
     assert!(changes.all, "a new zone translates every service again");
     assert_eq!(reals(&model), 2, "zone-a");
-    let changes = model.apply(SourceEvent::Node(Update::Apply(node(
+    let changes = model.apply(SourceEvent::node(Update::Apply(node(
         json!({"topology.kubernetes.io/zone": "zone-b"}),
     ))));
     assert!(changes.all);
     assert_eq!(reals(&model), 1, "zone-b");
-    model.apply(SourceEvent::Node(Update::Apply(node(
+    model.apply(SourceEvent::node(Update::Apply(node(
         json!({"topology.kubernetes.io/zone": ""}),
     ))));
     assert_eq!(reals(&model), 4, "an empty label is no zone");

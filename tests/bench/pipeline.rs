@@ -70,8 +70,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     /// The events of a source's first list of the whole scale.
     pub fn initial_list(scale: Scale) -> Vec<SourceEvent> {
         vec![
-            SourceEvent::Node(Update::Replace(vec![synthetic::node()])),
-            SourceEvent::Service(Update::Replace(synthetic::services(scale))),
+            SourceEvent::node(Update::Replace(vec![synthetic::node()])),
+            SourceEvent::service(Update::Replace(synthetic::services(scale))),
             SourceEvent::EndpointSlice(Update::Replace(
                 synthetic::endpoint_slices(scale)
                     .into_iter()
@@ -156,7 +156,7 @@ pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent 
 /// The event that deletes service `i`, or creates it again.
 pub fn service_change(i: usize, present: bool) -> SourceEvent {
     let service = synthetic::service(i);
-    SourceEvent::Service(if present {
+    SourceEvent::service(if present {
         Update::Apply(service)
     } else {
         Update::Delete(service)

@@ -565,7 +565,7 @@ fn decode_object(
     value: serde_json::Value,
 ) -> Result<Option<Object>, DecodeError> {
     let object = match (api_version, kind) {
-        ("v1", "Service") => Object::Service(decode_namespaced(value)?),
+        ("v1", "Service") => Object::Service(Box::new(decode_namespaced(value)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(decode_namespaced(value)?)
         }
