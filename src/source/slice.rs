@@ -156,7 +156,8 @@ impl SlimMetadata {
     }
 }
 
-/// One allocation, where serde's `Arc<str>` makes a `Box<str>` first.
+/// At most one allocation, where serde's `Arc<str>` makes a `Box<str>`
+/// first, and none for a name [`recent_node_name`] holds.
 fn node_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<str>>, D::Error> {
     struct NameVisitor;
     impl<'de> Visitor<'de> for NameVisitor {
@@ -174,10 +175,49 @@ fn node_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<st
             d.deserialize_str(self)
         }
         fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-            Ok(Some(name.into()))
+            Ok(Some(recent_node_name(name)))
         }
     }
     deserializer.deserialize_option(NameVisitor)
+}
+
+/// Slots of [`RecentNames`]: a cluster's node names, as far as they fit.
+const RECENT_NAME_SLOTS: usize = 512;
+
+/// The node names this thread decoded last, one per slot of a small
+/// direct-mapped table.
+///
+/// A list of 10,000 slices of ten endpoints names the same few hundred
+/// nodes 100,000 times; each name read was an allocation, freed again
+/// when the model shared it (see `model::SharedNames`). A name found here
+/// is one more reference to the allocation before it instead. A slot
+/// holds its name until another name takes it, so the table never grows,
+/// and a cluster with more nodes than slots only finds fewer names here.
+struct RecentNames {
+    hasher: foldhash::fast::FixedState,
+    slots: Box<[Option<Arc<str>>]>,
+}
+
+thread_local! {
+    static RECENT_NODE_NAMES: std::cell::RefCell<RecentNames> =
+        std::cell::RefCell::new(RecentNames {
+            hasher: foldhash::fast::FixedState::default(),
+            slots: vec![None; RECENT_NAME_SLOTS].into_boxed_slice(),
+        });
+}
+
+/// `name` as an `Arc<str>`: the one this thread decoded last if its slot
+/// still holds it, else a new one, which takes the slot.
+fn recent_node_name(name: &str) -> Arc<str> {
+    use std::hash::BuildHasher;
+    RECENT_NODE_NAMES.with_borrow_mut(|recent| {
+        // The remainder is below the slot count, so it fits a usize.
+        let slot = (recent.hasher.hash_one(name) % RECENT_NAME_SLOTS as u64) as usize;
+        match &mut recent.slots[slot] {
+            Some(held) if **held == *name => held.clone(),
+            other => other.insert(Arc::from(name)).clone(),
+        }
+    })
 }
 
 impl k8s_openapi::Resource for EndpointSlice {
@@ -419,5 +459,31 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "n"}]
         }));
         assert_eq!(EndpointSlice::from(k8s), expected);
+    }
+
+    #[test]
+    fn node_names_decoded_again_share_one_allocation() {
+        let names = |count: usize| -> Vec<Arc<str>> {
+            let slice = decode(json!({
+                "metadata": {"name": "s"},
+                "addressType": "IPv4",
+                "endpoints": (0..count)
+                    .map(|i| json!({"addresses": ["10.0.0.1"], "nodeName": format!("node-{i}")}))
+                    .collect::<Vec<_>>(),
+            }));
+            let names = slice.endpoints.into_iter().map(|ep| ep.node_name.unwrap());
+            names.collect()
+        };
+        let first = names(3);
+        let again = names(3);
+        for (a, b) in first.iter().zip(&again) {
+            assert!(Arc::ptr_eq(a, b), "{a} decoded twice is two allocations");
+        }
+        // More names than slots: some evict others, and each decoded name
+        // is still exactly its own.
+        let many = names(4 * RECENT_NAME_SLOTS);
+        for (i, name) in many.iter().enumerate() {
+            assert_eq!(**name, *format!("node-{i}"));
+        }
     }
 }
