@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use k8s_openapi::api::discovery::v1 as api;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -189,13 +189,18 @@ const RECENT_NAME_SLOTS: usize = 512;
 ///
 /// A list of 10,000 slices of ten endpoints names the same few hundred
 /// nodes 100,000 times; each name read was an allocation, freed again
-/// when the model shared it (see `model::SharedNames`). A name found here
-/// is one more reference to the allocation before it instead. A slot
-/// holds its name until another name takes it, so the table never grows,
-/// and a cluster with more nodes than slots only finds fewer names here.
+/// when the model shared it. A name found here is one more reference to
+/// the allocation before it instead, which the model then finds in its own
+/// table (`model::SharedNames`) as the very same.
+///
+/// A slot holds a weak reference: the table keeps no name alive, so the
+/// model still forgets a name once nothing it holds uses it, and a name
+/// that nothing holds any more is allocated again. A slot holds its name
+/// until another name takes it, so the table never grows, and a cluster
+/// with more nodes than slots only finds fewer names here.
 struct RecentNames {
     hasher: foldhash::fast::FixedState,
-    slots: Box<[Option<Arc<str>>]>,
+    slots: Box<[Option<Weak<str>>]>,
 }
 
 thread_local! {
@@ -207,16 +212,22 @@ thread_local! {
 }
 
 /// `name` as an `Arc<str>`: the one this thread decoded last if its slot
-/// still holds it, else a new one, which takes the slot.
+/// still names it and something still holds it, else a new one, which
+/// takes the slot.
 fn recent_node_name(name: &str) -> Arc<str> {
     use std::hash::BuildHasher;
     RECENT_NODE_NAMES.with_borrow_mut(|recent| {
         // The remainder is below the slot count, so it fits a usize.
-        let slot = (recent.hasher.hash_one(name) % RECENT_NAME_SLOTS as u64) as usize;
-        match &mut recent.slots[slot] {
-            Some(held) if **held == *name => held.clone(),
-            other => other.insert(Arc::from(name)).clone(),
+        let at = (recent.hasher.hash_one(name) % RECENT_NAME_SLOTS as u64) as usize;
+        let slot = &mut recent.slots[at];
+        if let Some(held) = slot.as_ref().and_then(Weak::upgrade) {
+            if *held == *name {
+                return held;
+            }
         }
+        let fresh: Arc<str> = Arc::from(name);
+        *slot = Some(Arc::downgrade(&fresh));
+        fresh
     })
 }
 
@@ -475,10 +486,19 @@ mod tests {
             names.collect()
         };
         let first = names(3);
+        for name in &first {
+            // The model forgets a name that only its own table holds.
+            assert_eq!(Arc::strong_count(name), 1, "{name} is held elsewhere");
+        }
         let again = names(3);
         for (a, b) in first.iter().zip(&again) {
             assert!(Arc::ptr_eq(a, b), "{a} decoded twice is two allocations");
         }
+        // Once nothing holds a name, decoding it again allocates it anew.
+        drop((first, again));
+        let fresh = names(1);
+        assert_eq!(*fresh[0], *"node-0");
+        assert_eq!(Arc::strong_count(&fresh[0]), 1);
         // More names than slots: some evict others, and each decoded name
         // is still exactly its own.
         let many = names(4 * RECENT_NAME_SLOTS);
