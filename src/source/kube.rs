@@ -115,9 +115,11 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
     let selected = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let watchers = [
-        resource_events(Api::<Service>::all(client.clone()), selected(), |update| {
-            SourceEvent::Service(update.map(Box::new))
-        })
+        resource_events(
+            Api::<Service>::all(client.clone()),
+            selected(),
+            SourceEvent::service,
+        )
         .boxed(),
         resource_events(
             Api::<EndpointSlice>::all(client.clone()),
@@ -125,10 +127,7 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
             SourceEvent::EndpointSlice,
         )
         .boxed(),
-        resource_events(Api::<Node>::all(client), this_node, |update| {
-            SourceEvent::Node(update.map(Box::new))
-        })
-        .boxed(),
+        resource_events(Api::<Node>::all(client), this_node, SourceEvent::node).boxed(),
     ];
     stream::select_all(watchers)
         .scan(InitialLists::default(), |lists, event| {

@@ -675,6 +675,7 @@ impl ObjectKey {
 }
 
 /// One object read from a manifest.
+///
 /// Services and Nodes are boxed, as in [`SourceEvent`], which carries them
 /// on without moving them again.
 #[derive(Debug, Clone, PartialEq)]
