@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
+use smallvec::SmallVec;
 
 use super::error::{ModelError, ObjectKind, ObjectRef, Problem};
 use super::field;
@@ -204,12 +205,14 @@ impl ServiceInfo {
             .labels
             .as_ref()
             .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
-        let cluster_ip_strings: Vec<&str> = match spec {
+        // One or two (dual-stack): kept inline, as this runs for every
+        // Service of every list.
+        let cluster_ip_strings: SmallVec<[&str; 2]> = match spec {
             Some(s) => match s.cluster_ips.as_deref() {
                 Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
                 _ => s.cluster_ip.as_deref().into_iter().collect(),
             },
-            None => Vec::new(),
+            None => SmallVec::new(),
         };
         info.skip = if type_ == ServiceType::ExternalName {
             Some(SkipReason::ExternalName)
@@ -231,10 +234,14 @@ impl ServiceInfo {
         } else {
             "spec.clusterIP"
         };
+        // Sized up front: a vector that grows by pushes allocates room for
+        // four, and the shrink below would allocate again.
+        info.cluster_ips = Vec::with_capacity(cluster_ip_strings.len());
         for (i, value) in cluster_ip_strings.iter().enumerate() {
             let ip = field::ip(&obj, || format!("{ips_field}[{i}]"), value)?;
             push_unique(&mut info.cluster_ips, ip);
         }
+        info.external_ips = Vec::with_capacity(spec.external_ips.as_ref().map_or(0, Vec::len));
         for (i, value) in spec.external_ips.iter().flatten().enumerate() {
             let ip = field::ip(&obj, || format!("spec.externalIPs[{i}]"), value)?;
             push_unique(&mut info.external_ips, ip);
@@ -266,6 +273,7 @@ impl ServiceInfo {
             info.load_balancer_source_ranges = source_ranges(&obj, svc)?;
         }
 
+        info.ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             let protocol = field::protocol(
                 &obj,

@@ -223,6 +223,41 @@ fn service_conversion() {
 }
 
 #[test]
+fn a_converted_service_holds_no_spare_capacity() {
+    // The model keeps every Service for as long as it lives: its vectors
+    // hold what they carry and no room to grow, duplicates dropped.
+    let svc = service(json!({
+        "metadata": {"namespace": "default", "name": "a"},
+        "spec": {"type": "LoadBalancer",
+                 "clusterIPs": ["10.96.0.1", "fd00::1"],
+                 "externalIPs": ["192.0.2.1", "192.0.2.1", "192.0.2.2"],
+                 "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                 "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443},
+                           {"name": "dns", "port": 53, "protocol": "UDP"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}},
+    }));
+    let info = ServiceInfo::from_service(&svc).unwrap();
+    let lengths = |info: &ServiceInfo| {
+        [
+            info.cluster_ips.len(),
+            info.external_ips.len(),
+            info.load_balancer_ips.len(),
+            info.ports.len(),
+            info.load_balancer_source_ranges.len(),
+        ]
+    };
+    let capacities = [
+        info.cluster_ips.capacity(),
+        info.external_ips.capacity(),
+        info.load_balancer_ips.capacity(),
+        info.ports.capacity(),
+        info.load_balancer_source_ranges.capacity(),
+    ];
+    assert_eq!(lengths(&info), [2, 2, 1, 3, 1]);
+    assert_eq!(capacities, lengths(&info));
+}
+
+#[test]
 fn service_errors_name_object_field_and_value() {
     let cases = [
         (
