@@ -237,15 +237,13 @@ fn a_converted_service_holds_no_spare_capacity() {
         "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}},
     }));
     let info = ServiceInfo::from_service(&svc).unwrap();
-    let lengths = |info: &ServiceInfo| {
-        [
-            info.cluster_ips.len(),
-            info.external_ips.len(),
-            info.load_balancer_ips.len(),
-            info.ports.len(),
-            info.load_balancer_source_ranges.len(),
-        ]
-    };
+    let lengths = [
+        info.cluster_ips.len(),
+        info.external_ips.len(),
+        info.load_balancer_ips.len(),
+        info.ports.len(),
+        info.load_balancer_source_ranges.len(),
+    ];
     let capacities = [
         info.cluster_ips.capacity(),
         info.external_ips.capacity(),
@@ -253,8 +251,8 @@ fn a_converted_service_holds_no_spare_capacity() {
         info.ports.capacity(),
         info.load_balancer_source_ranges.capacity(),
     ];
-    assert_eq!(lengths(&info), [2, 2, 1, 3, 1]);
-    assert_eq!(capacities, lengths(&info));
+    assert_eq!(lengths, [2, 2, 1, 3, 1]);
+    assert_eq!(capacities, lengths);
 }
 
 #[test]
