@@ -539,6 +539,9 @@ pub async fn run(opts: &Options) -> Result<()> {
     .await?;
     let mut link = DummyLink::new(&opts.ipvs_interface)?
         .with_mode(opts.ipvs_vip_mode, &opts.ipvs_exclude_cidrs);
+    // Made now, as the nftables table is below, while the lists come in:
+    // the first sync then only reads it.
+    link.create().await?;
     // The node's families decide the nftables tables: `ip6` only with IPv6.
     let node = node_facts(opts, &node_name).await?;
     if node.ipv6 {

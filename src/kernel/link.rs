@@ -160,6 +160,45 @@ impl DummyLink {
         }
     }
 
+    /// Makes sure the interface exists, creating it if it does not, and
+    /// returns its index. Reads nothing else: `run` calls it at start, while
+    /// the source's first lists come in, so that the first sync only reads
+    /// the interface (as it only reads the nftables table, made at start
+    /// too); every full sync makes sure of it again through
+    /// [`AddressKernel::ensure_link`].
+    #[tracing::instrument(skip(self), fields(link = %self.name))]
+    pub async fn create(&mut self) -> Result<u32, KernelError> {
+        let index = match self.find(&self.name).await? {
+            Some(index) => index,
+            None => {
+                match self
+                    .handle
+                    .link()
+                    .add(LinkDummy::new(&self.name).build())
+                    .execute()
+                    .await
+                {
+                    Ok(()) => tracing::info!("created dummy interface"),
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(rtnl_error(
+                            &format!(
+                                "creating dummy link {} (is the dummy module available?)",
+                                self.name
+                            ),
+                            &e,
+                        ))
+                    }
+                }
+                self.find(&self.name).await?.ok_or_else(|| {
+                    KernelError::Other(format!("link {} vanished right after creation", self.name))
+                })?
+            }
+        };
+        self.index = Some(index);
+        Ok(index)
+    }
+
     /// Addresses currently held by interface `index`.
     async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, KernelError> {
         let messages: Vec<AddressMessage> = self
@@ -330,34 +369,7 @@ impl AddressKernel for DummyLink {
     /// still bound, and moving it is tried again at the next call.
     #[tracing::instrument(skip(self), fields(link = %self.name, mode = %self.mode))]
     async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
-        let index = match self.find(&self.name).await? {
-            Some(index) => index,
-            None => {
-                match self
-                    .handle
-                    .link()
-                    .add(LinkDummy::new(&self.name).build())
-                    .execute()
-                    .await
-                {
-                    Ok(()) => tracing::info!("created dummy interface"),
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(rtnl_error(
-                            &format!(
-                                "creating dummy link {} (is the dummy module available?)",
-                                self.name
-                            ),
-                            &e,
-                        ))
-                    }
-                }
-                self.find(&self.name).await?.ok_or_else(|| {
-                    KernelError::Other(format!("link {} vanished right after creation", self.name))
-                })?
-            }
-        };
-        self.index = Some(index);
+        let index = self.create().await?;
         let addresses = self.addresses(index).await?;
         let routes = self.local_routes().await?;
         let (mut held, stray) = match self.mode {

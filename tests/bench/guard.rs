@@ -31,8 +31,8 @@ use observe::{status_kib, SyncDone};
 use pipeline::{endpoint_change, service_change, Pipeline};
 use record::{
     quantile, AddressFloor, ChangeLatency, ColdRepeat, ColdSync, CompleteRead, Environment,
-    Failure, IdleResync, IpvsadmRestore, ProxyRun, RawFloor, Record, RssRun, ServiceChurn,
-    SourceMode, Startup, StateFloor, Verification,
+    Failure, IdleResync, IpvsadmRestore, PrepareSeconds, ProxyRun, RawFloor, Record, RssRun,
+    ServiceChurn, SourceMode, Startup, StateFloor, Verification,
 };
 use synthetic::Scale;
 
@@ -472,6 +472,10 @@ fn proxy_run(scale: Scale, cold: f64, p99: f64, writes: usize, idle_writes: usiz
             link_seconds: cold * 0.01,
             nft_seconds: cold * 0.04,
             nft_table_seconds: cold * 0.01,
+            prepare_seconds: Some(PrepareSeconds {
+                link: cold * 0.02,
+                nft_table: cold * 0.02,
+            }),
             nft_elements: 2 * scale.services,
             nft_batches: 1,
             ipvs_messages: scale.ipvs_objects() as u64 + 1,

@@ -21,8 +21,8 @@ use crate::kernel_state::{self, Ipvs, INTERFACE};
 use crate::pipeline::{endpoint_change, service_change, Pipeline};
 use crate::record::{
     median, quantile, AddressFloor, ChangeLatency, ColdRepeat, ColdSync, CompleteRead, CpuSplit,
-    IdleResync, IdleStages, IpvsadmRestore, ProxyRun, RawFloor, ServiceChurn, StateFloor,
-    Verification,
+    IdleResync, IdleStages, IpvsadmRestore, PrepareSeconds, ProxyRun, RawFloor, ServiceChurn,
+    StateFloor, Verification,
 };
 use crate::synthetic::{self, Scale};
 
@@ -346,6 +346,8 @@ struct TimedLink {
     /// The process's CPU time in `ensure_link`.
     link_cpu: CpuTime,
     writes: u64,
+    /// Creating kube-ipvs0, before any clock (see [`real_pipeline`]).
+    created: Duration,
 }
 
 impl AddressKernel for TimedLink {
@@ -396,6 +398,8 @@ struct TimedNft {
     table_time: Duration,
     /// The process's CPU time in `ensure_ruleset`.
     table_cpu: CpuTime,
+    /// Creating the table, before any clock (see [`real_pipeline`]).
+    created: Duration,
 }
 
 impl NftKernel for TimedNft {
@@ -452,10 +456,22 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
     let ipvs = NetlinkIpvs::connect()
         .await
         .map_err(|e| format!("connecting NetlinkIpvs: {e}"))?;
-    let link = DummyLink::new(INTERFACE)
+    let mut link = DummyLink::new(INTERFACE)
         .map_err(|e| format!("opening rtnetlink: {e}"))?
         .with_mode(mode, &[]);
-    let nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
+    let mut nft = NetlinkNft::new().map_err(|e| format!("opening nftables: {e}"))?;
+    // Made before any clock starts, as `run` makes both at start while its
+    // lists come in (and as the whole-state floor makes them).
+    let started = Instant::now();
+    link.create()
+        .await
+        .map_err(|e| format!("creating {INTERFACE}: {e}"))?;
+    let link_created = started.elapsed();
+    let started = Instant::now();
+    nft.ensure_ruleset(&NftRuleset::default())
+        .await
+        .map_err(|e| format!("creating the nftables table: {e}"))?;
+    let nft_created = started.elapsed();
     let conntrack = NetlinkConntrack::new().map_err(|e| format!("opening ctnetlink: {e}"))?;
     Ok(Pipeline::new(
         TimedIpvs {
@@ -473,12 +489,14 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
             link_time: Duration::ZERO,
             link_cpu: CpuTime::default(),
             writes: 0,
+            created: link_created,
         },
         TimedNft {
             inner: nft,
             time: Duration::ZERO,
             table_time: Duration::ZERO,
             table_cpu: CpuTime::default(),
+            created: nft_created,
         },
         conntrack,
     ))
@@ -521,6 +539,10 @@ async fn cold_sync(
         link_seconds: pipeline.link.link_time.as_secs_f64(),
         nft_seconds: pipeline.nft.time.as_secs_f64(),
         nft_table_seconds: pipeline.nft.table_time.as_secs_f64(),
+        prepare_seconds: Some(PrepareSeconds {
+            link: pipeline.link.created.as_secs_f64(),
+            nft_table: pipeline.nft.created.as_secs_f64(),
+        }),
         nft_elements: synced.report.nft_elements,
         nft_batches: synced.report.nft_batches,
         ipvs_messages: after.messages_sent - before.messages_sent,

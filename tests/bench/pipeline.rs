@@ -107,7 +107,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         Ok(())
     }
 
-    /// The source's first list through a full sync into an empty kernel.
+    /// The source's first list through a full sync into an empty kernel:
+    /// empty IPVS, kube-ipvs0 with no VIP, and the nftables table with no
+    /// element, as `run` leaves the kernel before its first sync.
     pub async fn cold_sync(&mut self, events: Vec<SourceEvent>) -> Result<Timed, String> {
         let started = Instant::now();
         self.absorb(events)?;

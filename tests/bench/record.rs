@@ -147,14 +147,20 @@ pub struct ColdSync {
     pub ipvs_apply_seconds: f64,
     /// Of which in `IpvsKernel::dump` (reading the empty table).
     pub ipvs_dump_seconds: f64,
-    /// Of which on kube-ipvs0 (creating it and adding every address).
+    /// Of which on kube-ipvs0 (reading it and binding every VIP).
     pub address_seconds: f64,
-    /// Of that, creating kube-ipvs0 and reading its addresses (`ensure_link`).
+    /// Of that, reading kube-ipvs0 and the VIPs bound (`ensure_link`).
     pub link_seconds: f64,
-    /// Of which in nftables (creating the table and the element transaction).
+    /// Of which in nftables (reading the table and the element transactions).
     pub nft_seconds: f64,
-    /// Of that, creating the table and reading its sets (`ensure_ruleset`).
+    /// Of that, reading the table's sets (`ensure_ruleset`).
     pub nft_table_seconds: f64,
+    /// Before the clock, as `run` does at start while its lists come in:
+    /// creating kube-ipvs0 (`DummyLink::create`) and the nftables table
+    /// (`ensure_ruleset`). Absent in results from before the cold sync
+    /// started from a prepared kernel (they paid both inside the clock).
+    #[serde(default)]
+    pub prepare_seconds: Option<PrepareSeconds>,
     /// nftables set elements added.
     pub nft_elements: usize,
     /// nftables transactions of set elements.
@@ -175,6 +181,16 @@ pub struct ColdSync {
     /// From the last IPVS answer to the end of the sync.
     #[serde(default)]
     pub after_last_answer_seconds: Option<f64>,
+}
+
+/// What a cold sync finds made before its clock starts, as the binary makes
+/// it at start.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepareSeconds {
+    /// Creating kube-ipvs0.
+    pub link: f64,
+    /// Creating the nftables table, its sets and its chains.
+    pub nft_table: f64,
 }
 
 /// One endpoint added, then removed, in one service, many times.
