@@ -651,6 +651,11 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// the kernel takes the sets while it takes the IPVS writes.
     /// `full` re-reads every subsystem and repairs drift; otherwise only
     /// what changed is sent. `conntrack_cleanup` is `--conntrack-cleanup`.
+    ///
+    /// A full sync of IPVS begins with reads of kube-ipvs0 and of the
+    /// virtual servers that depend on nothing the reconciler holds: they are
+    /// made while the nftables table is read and its changes worked out,
+    /// rather than after (see [`ReadAhead`]).
     pub async fn sync(
         &mut self,
         reconciler: &mut Reconciler,
@@ -659,13 +664,37 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         full: bool,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        let changes = reconciler
-            .nft_changes(self.nft, ruleset, full, &mut report)
-            .await;
-        let batches = reconciler.nft_batches(changes, full);
+        let reads_ahead = reconciler.syncs_in_full(full);
+        let Kernel {
+            ipvs,
+            link,
+            nft,
+            conntrack,
+        } = self;
+        let nft_changes = async {
+            let changes = reconciler
+                .nft_changes(*nft, ruleset, full, &mut report)
+                .await;
+            reconciler.nft_batches(changes, full)
+        };
+        let reads = async {
+            if !reads_ahead {
+                return (None, None);
+            }
+            let held = link.ensure_link().await;
+            // The reconciler stops at a failed link read and lists nothing.
+            let listed = match held {
+                Ok(_) => Some(ipvs.list_virtual_servers().await),
+                Err(_) => None,
+            };
+            (Some(held), listed)
+        };
+        let (batches, (held, listed)) = futures::join!(nft_changes, reads);
+        let mut link = ReadAhead::new(&mut **link, held);
+        let mut ipvs = ReadAhead::new(&mut **ipvs, listed);
         let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
         let (answered, nft_answered) = tokio::sync::watch::channel(0);
-        let nft = &mut *self.nft;
+        let nft = &mut **nft;
         let transactions = async {
             let mut results = Vec::with_capacity(batches.len());
             for batch in &batches {
@@ -675,8 +704,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             }
             results
         };
-        let mut ipvs = AfterNft::new(&mut *self.ipvs, nft_answered.clone(), &starts);
-        let mut link = AfterNft::new(&mut *self.link, nft_answered, &starts);
+        let mut ipvs = AfterNft::new(&mut ipvs, nft_answered.clone(), &starts);
+        let mut link = AfterNft::new(&mut link, nft_answered, &starts);
         let ipvs_sync = async {
             if full {
                 reconciler.full_sync(&mut ipvs, &mut link).await
@@ -698,13 +727,69 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         }
         report.absorb(ipvs);
         if conntrack_cleanup {
-            reconciler
-                .clear_stale_flows(self.conntrack, &mut report)
-                .await;
+            reconciler.clear_stale_flows(*conntrack, &mut report).await;
         } else {
             reconciler.forget_stale_flows();
         }
         report
+    }
+}
+
+/// An IPVS or kube-ipvs0 kernel whose first read of a full sync was made
+/// ahead (see [`Kernel::sync`]): the first call of that read gets its
+/// answer, however it came out; every other call, and that read's next
+/// ones, go to the kernel. The read is [`AddressKernel::ensure_link`] for
+/// kube-ipvs0 and [`IpvsKernel::list_virtual_servers`] for IPVS (which
+/// [`IpvsKernel::dump`] calls first).
+struct ReadAhead<'k, T, R> {
+    kernel: &'k mut T,
+    answer: Option<Result<R, KernelError>>,
+}
+
+impl<'k, T, R> ReadAhead<'k, T, R> {
+    fn new(kernel: &'k mut T, answer: Option<Result<R, KernelError>>) -> Self {
+        ReadAhead { kernel, answer }
+    }
+}
+
+impl<K: IpvsKernel> IpvsKernel for ReadAhead<'_, K, Vec<ListedVirtualServer>> {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        match self.answer.take() {
+            Some(answer) => answer,
+            None => self.kernel.list_virtual_servers().await,
+        }
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.kernel.list_real_servers(keys).await
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.kernel.apply(ops).await
+    }
+}
+
+impl<A: AddressKernel> AddressKernel for ReadAhead<'_, A, Vec<IpAddr>> {
+    async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
+        match self.answer.take() {
+            Some(answer) => answer,
+            None => self.kernel.ensure_link().await,
+        }
+    }
+
+    async fn add_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.kernel.add_address(addr).await
+    }
+
+    async fn add_addresses(&mut self, addrs: &[IpAddr]) -> Vec<Result<(), KernelError>> {
+        self.kernel.add_addresses(addrs).await
+    }
+
+    async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
+        self.kernel.del_address(addr).await
     }
 }
 
@@ -2058,7 +2143,8 @@ mod after_nft_tests {
         DesiredVirtualServer, NftChange, NftElement, NftKey, NftSet, RealServer, RealServerKey,
         ServiceDesired, VirtualServer,
     };
-    use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+    use crate::kernel::fake::{FailOn, FakeConntrack, FakeKernel, FakeNft};
+    use crate::reconcile::{KernelRead, SyncError};
 
     type Journal = Rc<RefCell<Vec<&'static str>>>;
 
@@ -2125,14 +2211,20 @@ mod after_nft_tests {
         nft.apply(changes).await
     }
 
-    /// Its transaction is answered after a few turns of the executor (see
-    /// [`answer_later`]), and noted when answered.
+    /// Its reads of the table and its transactions are answered after a
+    /// few turns of the executor (see [`answer_later`]), as the real kernel
+    /// answers from its blocking thread, and noted when answered.
     impl NftKernel for Noted<FakeNft> {
         async fn ensure_ruleset(
             &mut self,
             ruleset: &NftRuleset,
         ) -> Result<Vec<NftElement>, KernelError> {
-            self.inner.ensure_ruleset(ruleset).await
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            let result = self.inner.ensure_ruleset(ruleset).await;
+            self.note("nft read");
+            result
         }
 
         async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
@@ -2250,6 +2342,111 @@ mod after_nft_tests {
         let held: Vec<_> = kernel.ipvs.inner.virtual_servers();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].server.key.addr, IpAddr::from([10, 96, 0, 2]));
+    }
+
+    #[tokio::test]
+    async fn a_full_sync_reads_ipvs_and_the_link_while_the_table_is_read() {
+        let journal = Journal::default();
+        let noted = |inner| Noted {
+            inner,
+            journal: journal.clone(),
+        };
+        let (mut ipvs, mut link) = (noted(FakeKernel::new()), noted(FakeKernel::new()));
+        let mut nft = Noted {
+            inner: FakeNft::default(),
+            journal: journal.clone(),
+        };
+        let mut conntrack = FakeConntrack::default();
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let ruleset = NftRuleset::default();
+        reconciler.set_service(ServiceName::new("default", "a"), Some(web(1)));
+
+        // The first sync after start (not adopted yet) and a periodic one.
+        for full in [false, true] {
+            let report = kernel.sync(&mut reconciler, &ruleset, true, full).await;
+            assert!(report.is_clean(), "{:?}", report.errors);
+            let notes = journal.borrow_mut().split_off(0);
+            let table_read = notes.iter().position(|n| *n == "nft read");
+            let table_read = table_read.expect("a full sync reads the table");
+            assert_eq!(
+                notes[..table_read],
+                ["link read", "IPVS read"],
+                "kube-ipvs0 and the virtual servers are read while the table is"
+            );
+            let reads = |what| notes.iter().filter(|n| **n == what).count();
+            // The listing read ahead is the dump's first half; the real
+            // servers of what it listed are its second.
+            assert_eq!(
+                (reads("link read"), reads("IPVS read")),
+                (1, 2),
+                "each read is made once, ahead or not: {notes:?}"
+            );
+        }
+        assert_eq!(kernel.ipvs.inner.virtual_servers().len(), 1);
+        assert_eq!(kernel.link.inner.addresses(), web(1).bind_addrs);
+
+        // An incremental sync reads nothing ahead.
+        reconciler.set_service(ServiceName::new("default", "b"), Some(web(2)));
+        let report = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        let notes = journal.borrow_mut().split_off(0);
+        assert!(
+            !notes.iter().any(|n| n.ends_with("read")),
+            "an incremental sync reads nothing: {notes:?}"
+        );
+        assert_eq!(kernel.ipvs.inner.virtual_servers().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_link_read_made_ahead_is_reported_and_nothing_is_written() {
+        let mut ipvs = FakeKernel::new();
+        let mut link = FakeKernel::new();
+        link.fail_next(FailOn::Link, KernelError::Other("no link".into()));
+        let mut nft = FakeNft::default();
+        let mut conntrack = FakeConntrack::default();
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let ruleset = NftRuleset::default();
+        reconciler.set_service(ServiceName::new("default", "a"), Some(web(1)));
+
+        let report = kernel.sync(&mut reconciler, &ruleset, true, true).await;
+        assert!(
+            report.errors.iter().any(|e| matches!(
+                e,
+                SyncError::Read {
+                    what: KernelRead::Link,
+                    ..
+                }
+            )),
+            "the failed read is reported: {:?}",
+            report.errors
+        );
+        assert_eq!(
+            (
+                kernel.ipvs.dumps(),
+                kernel.ipvs.writes(),
+                kernel.link.writes()
+            ),
+            (0, 0, 0),
+            "after a failed link read nothing is listed or written"
+        );
+
+        // The next sync reads again, and converges.
+        let report = kernel.sync(&mut reconciler, &ruleset, true, false).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(kernel.ipvs.virtual_servers().len(), 1);
+        assert_eq!(kernel.link.addresses(), web(1).bind_addrs);
     }
 
     /// What the kernels of a large sync saw: the elements the sets took so

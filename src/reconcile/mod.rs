@@ -992,6 +992,18 @@ impl Reconciler {
         report
     }
 
+    /// Whether a sync of IPVS and kube-ipvs0 (`full`, or not) is a
+    /// [`Reconciler::full_sync`]: not yet adopted, or a failed read due
+    /// again, makes any sync full. A full sync begins with two reads that
+    /// depend on nothing the reconciler holds, [`AddressKernel::ensure_link`]
+    /// and then [`IpvsKernel::list_virtual_servers`] (on its own, or as the
+    /// start of [`IpvsKernel::dump`]): a caller may make them ahead, beside
+    /// other work, and hand their answers over.
+    pub fn syncs_in_full(&self, full: bool) -> bool {
+        let now = (self.clock)();
+        full || !self.adopted || self.read_failed.is_some_and(|b| b.is_due(now))
+    }
+
     /// The keys `name` wants and holds the claim to.
     fn owned_keys<'a>(
         &'a self,
@@ -1134,10 +1146,10 @@ impl Reconciler {
         ipvs: &mut K,
         addrs: &mut A,
     ) -> SyncReport {
-        let now = (self.clock)();
-        if !self.adopted || self.read_failed.is_some_and(|b| b.is_due(now)) {
+        if self.syncs_in_full(false) {
             return self.full_sync(ipvs, addrs).await;
         }
+        let now = (self.clock)();
         let mut work = Work::default();
         work.services.extend(self.dirty.drain());
         let due = self.failed.iter().filter(|(_, b)| b.is_due(now));
