@@ -2283,25 +2283,52 @@ mod after_nft_tests {
         (before.to_vec(), after[1..].to_vec())
     }
 
+    /// Noted IPVS, kube-ipvs0 and nftables kernels, with one journal.
+    struct NotedKernels {
+        journal: Journal,
+        ipvs: Noted<FakeKernel>,
+        link: Noted<FakeKernel>,
+        nft: Noted<FakeNft>,
+        conntrack: FakeConntrack,
+    }
+
+    impl NotedKernels {
+        fn new() -> Self {
+            let journal = Journal::default();
+            let noted = |inner| Noted {
+                inner,
+                journal: journal.clone(),
+            };
+            NotedKernels {
+                ipvs: noted(FakeKernel::new()),
+                link: noted(FakeKernel::new()),
+                nft: Noted {
+                    inner: FakeNft::default(),
+                    journal: journal.clone(),
+                },
+                conntrack: FakeConntrack::default(),
+                journal,
+            }
+        }
+
+        fn kernel(
+            &mut self,
+        ) -> Kernel<'_, Noted<FakeKernel>, Noted<FakeKernel>, Noted<FakeNft>, FakeConntrack>
+        {
+            Kernel {
+                ipvs: &mut self.ipvs,
+                link: &mut self.link,
+                nft: &mut self.nft,
+                conntrack: &mut self.conntrack,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn writes_wait_for_the_nft_transaction_and_reads_do_not() {
-        let journal = Journal::default();
-        let noted = |inner| Noted {
-            inner,
-            journal: journal.clone(),
-        };
-        let (mut ipvs, mut link) = (noted(FakeKernel::new()), noted(FakeKernel::new()));
-        let mut nft = Noted {
-            inner: FakeNft::default(),
-            journal: journal.clone(),
-        };
-        let mut conntrack = FakeConntrack::default();
-        let mut kernel = Kernel {
-            ipvs: &mut ipvs,
-            link: &mut link,
-            nft: &mut nft,
-            conntrack: &mut conntrack,
-        };
+        let mut kernels = NotedKernels::new();
+        let journal = kernels.journal.clone();
+        let mut kernel = kernels.kernel();
         let mut reconciler = Reconciler::new(Ownership::default());
         let ruleset = NftRuleset::default();
         reconciler.set_service(ServiceName::new("default", "a"), Some(web(1)));
@@ -2346,23 +2373,9 @@ mod after_nft_tests {
 
     #[tokio::test]
     async fn a_full_sync_reads_ipvs_and_the_link_while_the_table_is_read() {
-        let journal = Journal::default();
-        let noted = |inner| Noted {
-            inner,
-            journal: journal.clone(),
-        };
-        let (mut ipvs, mut link) = (noted(FakeKernel::new()), noted(FakeKernel::new()));
-        let mut nft = Noted {
-            inner: FakeNft::default(),
-            journal: journal.clone(),
-        };
-        let mut conntrack = FakeConntrack::default();
-        let mut kernel = Kernel {
-            ipvs: &mut ipvs,
-            link: &mut link,
-            nft: &mut nft,
-            conntrack: &mut conntrack,
-        };
+        let mut kernels = NotedKernels::new();
+        let journal = kernels.journal.clone();
+        let mut kernel = kernels.kernel();
         let mut reconciler = Reconciler::new(Ownership::default());
         let ruleset = NftRuleset::default();
         reconciler.set_service(ServiceName::new("default", "a"), Some(web(1)));
