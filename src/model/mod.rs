@@ -168,6 +168,8 @@ impl SharedNames {
     /// Points `name` at the shared allocation of its value.
     fn share(&mut self, name: &mut Arc<str>) {
         match self.names.get(&**name) {
+            // Most names come shared already (see `source::slice`).
+            Some(shared) if Arc::ptr_eq(shared, name) => {}
             Some(shared) => *name = shared.clone(),
             None => {
                 self.names.insert(name.clone());

@@ -282,7 +282,9 @@ impl From<api::Endpoint> for Endpoint {
                 .map(|a| Address::from(a.as_str()))
                 .collect(),
             conditions: endpoint.conditions,
-            node_name: endpoint.node_name.as_deref().map(Arc::from),
+            // Shared as the decoder shares them, so that a converted slice
+            // is the same as a decoded one down to its allocations.
+            node_name: endpoint.node_name.as_deref().map(recent_node_name),
             hints: endpoint.hints,
         }
     }
@@ -505,5 +507,41 @@ mod tests {
         for (i, name) in many.iter().enumerate() {
             assert_eq!(**name, *format!("node-{i}"));
         }
+    }
+
+    #[test]
+    fn converted_slices_share_node_names_as_decoded_ones_do() {
+        let k8s = |name: &str| api::EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: ["node-a", "node-b", "node-a"]
+                .into_iter()
+                .map(|node| api::Endpoint {
+                    addresses: vec!["10.0.0.1".into()],
+                    node_name: Some(node.into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: None,
+        };
+        let nodes = |slice: &EndpointSlice| -> Vec<Arc<str>> {
+            let names = slice.endpoints.iter().map(|ep| ep.node_name.clone());
+            names
+                .map(|name| name.expect("every endpoint names its node"))
+                .collect()
+        };
+        let (one, two) = (
+            EndpointSlice::from(k8s("one")),
+            EndpointSlice::from(k8s("two")),
+        );
+        let (one, two) = (nodes(&one), nodes(&two));
+        assert!(Arc::ptr_eq(&one[0], &one[2]), "node-a twice in one slice");
+        for (a, b) in one.iter().zip(&two) {
+            assert!(Arc::ptr_eq(a, b), "{a} in two slices is two allocations");
+        }
+        assert!(!Arc::ptr_eq(&one[0], &one[1]));
     }
 }
