@@ -297,18 +297,19 @@ struct TimedIpvs {
     first_apply: Option<Instant>,
     last_answer: Option<Instant>,
     dump: Duration,
-    /// The process's CPU time in `list_virtual_servers`.
+    /// The calling thread's CPU time in `list_virtual_servers`: the
+    /// runtime's, which also runs the netlink connection (see [`CpuTime`]).
     list_cpu: CpuTime,
-    /// The process's CPU time in `list_real_servers`.
+    /// The calling thread's CPU time in `list_real_servers`.
     real_servers_cpu: CpuTime,
 }
 
 impl IpvsKernel for TimedIpvs {
     async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
         let started = Instant::now();
-        let cpu = CpuTime::now();
+        let cpu = CpuTime::thread_now();
         let result = self.inner.list_virtual_servers().await;
-        self.list_cpu += CpuTime::now() - cpu;
+        self.list_cpu += CpuTime::thread_now() - cpu;
         self.dump += started.elapsed();
         result
     }
@@ -318,9 +319,9 @@ impl IpvsKernel for TimedIpvs {
         keys: &[VirtualServerKey],
     ) -> Result<Vec<ListedRealServers>, KernelError> {
         let started = Instant::now();
-        let cpu = CpuTime::now();
+        let cpu = CpuTime::thread_now();
         let result = self.inner.list_real_servers(keys).await;
-        self.real_servers_cpu += CpuTime::now() - cpu;
+        self.real_servers_cpu += CpuTime::thread_now() - cpu;
         self.dump += started.elapsed();
         result
     }
@@ -343,7 +344,7 @@ struct TimedLink {
     time: Duration,
     /// Of `time`, in `ensure_link`.
     link_time: Duration,
-    /// The process's CPU time in `ensure_link`.
+    /// The calling thread's CPU time in `ensure_link`.
     link_cpu: CpuTime,
     writes: u64,
     /// Creating kube-ipvs0, before any clock (see [`real_pipeline`]).
@@ -353,9 +354,9 @@ struct TimedLink {
 impl AddressKernel for TimedLink {
     async fn ensure_link(&mut self) -> Result<Vec<IpAddr>, KernelError> {
         let started = Instant::now();
-        let cpu = CpuTime::now();
+        let cpu = CpuTime::thread_now();
         let result = self.inner.ensure_link().await;
-        self.link_cpu += CpuTime::now() - cpu;
+        self.link_cpu += CpuTime::thread_now() - cpu;
         let spent = started.elapsed();
         self.time += spent;
         self.link_time += spent;
@@ -396,7 +397,9 @@ struct TimedNft {
     time: Duration,
     /// Of `time`, in `ensure_ruleset`.
     table_time: Duration,
-    /// The process's CPU time in `ensure_ruleset`.
+    /// The CPU time of the process's other threads during `ensure_ruleset`:
+    /// the blocking thread that reads the table, while the calling thread
+    /// reads kube-ipvs0 and lists the virtual servers (see [`CpuTime`]).
     table_cpu: CpuTime,
     /// Creating the table, before any clock (see [`real_pipeline`]).
     created: Duration,
@@ -408,9 +411,9 @@ impl NftKernel for TimedNft {
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
         let started = Instant::now();
-        let cpu = CpuTime::now();
+        let (cpu, own) = (CpuTime::now(), CpuTime::thread_now());
         let result = self.inner.ensure_ruleset(ruleset).await;
-        self.table_cpu += CpuTime::now() - cpu;
+        self.table_cpu += (CpuTime::now() - cpu) - (CpuTime::thread_now() - own);
         let spent = started.elapsed();
         self.time += spent;
         self.table_time += spent;
@@ -742,6 +745,10 @@ async fn idle_resyncs(pipeline: &mut RealPipeline, runs: usize) -> Result<IdleRe
 /// CPU time of this process, user and system apart, threads that have
 /// exited included (`/proc/self/stat` utime and stime, in USER_HZ = 100
 /// ticks): the runtime's blocking threads come and go during a long sync.
+/// Or of the calling thread alone (`/proc/thread-self/stat`): a full sync
+/// reads the nftables table on a blocking thread while the runtime's
+/// thread reads kube-ipvs0 and the virtual servers, so the idle resync's
+/// stages are told apart by thread, not by the windows of the calls.
 /// System time is the kernel's work on the proxy's behalf (netlink dumps
 /// and transactions); user time is parsing, diffing and bookkeeping. Both
 /// are sampled at the tick, so short steps and the split between the two
@@ -753,9 +760,13 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
+    /// The whole process's.
     pub fn read() -> Result<CpuTime, String> {
-        let text = std::fs::read_to_string("/proc/self/stat")
-            .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+        CpuTime::read_stat("/proc/self/stat")
+    }
+
+    fn read_stat(path: &str) -> Result<CpuTime, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
         // Fields after the command name, which may hold spaces: state is
         // the first, utime the 12th and stime the 13th.
         let fields: Vec<&str> = text
@@ -767,7 +778,7 @@ impl CpuTime {
                 .get(i)
                 .and_then(|f| f.parse::<u64>().ok())
                 .map(|t| Duration::from_millis(t * 10))
-                .ok_or_else(|| format!("/proc/self/stat: unexpected content {text:?}"))
+                .ok_or_else(|| format!("{path}: unexpected content {text:?}"))
         };
         Ok(CpuTime {
             user: ticks(11)?,
@@ -779,6 +790,11 @@ impl CpuTime {
     /// once first, so a failure here means /proc went away mid-run.
     fn now() -> CpuTime {
         CpuTime::read().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The calling thread's, as [`CpuTime::now`] reads the process's.
+    fn thread_now() -> CpuTime {
+        CpuTime::read_stat("/proc/thread-self/stat").unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn total(self) -> Duration {
@@ -810,8 +826,9 @@ impl std::ops::AddAssign for CpuTime {
     }
 }
 
-/// CPU time of the process in each kernel read of a sync, and the rest
-/// (the reconciler's diff and bookkeeping, and the nftables diff).
+/// CPU time of each kernel read of a sync, and the rest (the reconciler's
+/// diff and bookkeeping, and the nftables diff): the nftables read on its
+/// blocking thread, the others on the runtime's thread (see [`CpuTime`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct StageCpu {
     nft_read: CpuTime,
