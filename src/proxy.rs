@@ -2283,38 +2283,17 @@ mod after_nft_tests {
         (before.to_vec(), after[1..].to_vec())
     }
 
-    /// Noted IPVS, kube-ipvs0 and nftables kernels, with one journal.
-    struct NotedKernels {
-        journal: Journal,
-        ipvs: Noted<FakeKernel>,
-        link: Noted<FakeKernel>,
-        nft: Noted<FakeNft>,
+    /// IPVS, kube-ipvs0 and nftables kernels wrapped alike (I for the first
+    /// two, N for nftables), and conntrack.
+    struct Kernels<I, N> {
+        ipvs: I,
+        link: I,
+        nft: N,
         conntrack: FakeConntrack,
     }
 
-    impl NotedKernels {
-        fn new() -> Self {
-            let journal = Journal::default();
-            let noted = |inner| Noted {
-                inner,
-                journal: journal.clone(),
-            };
-            NotedKernels {
-                ipvs: noted(FakeKernel::new()),
-                link: noted(FakeKernel::new()),
-                nft: Noted {
-                    inner: FakeNft::default(),
-                    journal: journal.clone(),
-                },
-                conntrack: FakeConntrack::default(),
-                journal,
-            }
-        }
-
-        fn kernel(
-            &mut self,
-        ) -> Kernel<'_, Noted<FakeKernel>, Noted<FakeKernel>, Noted<FakeNft>, FakeConntrack>
-        {
+    impl<I, N> Kernels<I, N> {
+        fn kernel(&mut self) -> Kernel<'_, I, I, N, FakeConntrack> {
             Kernel {
                 ipvs: &mut self.ipvs,
                 link: &mut self.link,
@@ -2324,10 +2303,29 @@ mod after_nft_tests {
         }
     }
 
+    impl Kernels<Noted<FakeKernel>, Noted<FakeNft>> {
+        /// Kernels that note every call in `journal`.
+        fn noted(journal: &Journal) -> Self {
+            let noted = |inner| Noted {
+                inner,
+                journal: journal.clone(),
+            };
+            Kernels {
+                ipvs: noted(FakeKernel::new()),
+                link: noted(FakeKernel::new()),
+                nft: Noted {
+                    inner: FakeNft::default(),
+                    journal: journal.clone(),
+                },
+                conntrack: FakeConntrack::default(),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn writes_wait_for_the_nft_transaction_and_reads_do_not() {
-        let mut kernels = NotedKernels::new();
-        let journal = kernels.journal.clone();
+        let journal = Journal::default();
+        let mut kernels = Kernels::noted(&journal);
         let mut kernel = kernels.kernel();
         let mut reconciler = Reconciler::new(Ownership::default());
         let ruleset = NftRuleset::default();
@@ -2373,8 +2371,8 @@ mod after_nft_tests {
 
     #[tokio::test]
     async fn a_full_sync_reads_ipvs_and_the_link_while_the_table_is_read() {
-        let mut kernels = NotedKernels::new();
-        let journal = kernels.journal.clone();
+        let journal = Journal::default();
+        let mut kernels = Kernels::noted(&journal);
         let mut kernel = kernels.kernel();
         let mut reconciler = Reconciler::new(Ownership::default());
         let ruleset = NftRuleset::default();
@@ -2603,16 +2601,10 @@ mod after_nft_tests {
         }
     }
 
-    /// The kernels of a large sync, each checking its writes against `ledger`.
-    struct Kernels {
-        ipvs: Checked<FakeKernel>,
-        link: Checked<FakeKernel>,
-        nft: Checked<FakeNft>,
-        conntrack: FakeConntrack,
-    }
-
-    impl Kernels {
-        fn new(ledger: &Rc<RefCell<Ledger>>) -> Self {
+    impl Kernels<Checked<FakeKernel>, Checked<FakeNft>> {
+        /// The kernels of a large sync, each checking its writes against
+        /// `ledger`.
+        fn checked(ledger: &Rc<RefCell<Ledger>>) -> Self {
             Kernels {
                 ipvs: Checked {
                     inner: FakeKernel::new(),
@@ -2627,18 +2619,6 @@ mod after_nft_tests {
                     ledger: ledger.clone(),
                 },
                 conntrack: FakeConntrack::default(),
-            }
-        }
-
-        fn kernel(
-            &mut self,
-        ) -> Kernel<'_, Checked<FakeKernel>, Checked<FakeKernel>, Checked<FakeNft>, FakeConntrack>
-        {
-            Kernel {
-                ipvs: &mut self.ipvs,
-                link: &mut self.link,
-                nft: &mut self.nft,
-                conntrack: &mut self.conntrack,
             }
         }
     }
@@ -2656,7 +2636,7 @@ mod after_nft_tests {
     #[tokio::test]
     async fn a_large_sync_writes_each_chunk_once_its_elements_are_in_and_not_after_all() {
         let ledger = Rc::new(RefCell::new(Ledger::default()));
-        let mut kernels = Kernels::new(&ledger);
+        let mut kernels = Kernels::checked(&ledger);
         let mut kernel = kernels.kernel();
         let services = 3000;
         let mut reconciler = numbered_services(services);
@@ -2703,7 +2683,7 @@ mod after_nft_tests {
     #[tokio::test]
     async fn a_failed_transaction_of_a_split_keeps_its_backoff() {
         let ledger = Rc::new(RefCell::new(Ledger::default()));
-        let mut kernels = Kernels::new(&ledger);
+        let mut kernels = Kernels::checked(&ledger);
         kernels
             .nft
             .inner
