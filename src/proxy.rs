@@ -61,8 +61,6 @@ pub enum Error {
     Http(String),
     #[error("listening for signals: {0}")]
     Signal(std::io::Error),
-    #[error("starting the source's thread: {0}")]
-    SourceThread(std::io::Error),
     #[error("kube-proxy's leftovers: {0}")]
     Upstream(#[from] crate::kernel::upstream::UpstreamError),
 }
@@ -73,68 +71,34 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
 
 /// Opens the source the flags name: a manifests directory, or the API server
-/// (whose client is returned too, for Events). Its events are read on a
-/// thread of its own (see [`SourceReader`]).
+/// (whose client is returned too, for Events).
 async fn open_source(
     opts: &Options,
     node_name: &str,
 ) -> Result<(Events, &'static str, Option<kube::Client>)> {
-    let reader = SourceReader::new()?;
     if let Some(dir) = &opts.manifests {
-        let events = reader.enter(|| Box::pin(source::manifests::watch_dir(dir.clone())));
-        return Ok((reader.read_ahead(events)?, "manifests", None));
+        return Ok((
+            Box::pin(source::manifests::watch_dir(dir.clone())),
+            "manifests",
+            None,
+        ));
     }
-    let kube_error = |e: source::kube::ClientError| Error::Kube(e.to_string());
-    let config = source::kube::config(opts.kubeconfig.as_deref(), opts.master.as_deref())
+    let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref())
         .await
-        .map_err(kube_error)?;
-    // Events are sent from this thread; the watchers' client lives on the
-    // reader's.
-    let client = source::kube::new_client(config.clone()).map_err(kube_error)?;
-    let watching = reader
-        .enter(|| source::kube::new_client(config))
-        .map_err(kube_error)?;
-    let events = Box::pin(source::kube::watch(watching, node_name));
-    Ok((reader.read_ahead(events)?, "kube", Some(client)))
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    let events = Box::pin(source::kube::watch(client.clone(), node_name));
+    Ok((events, "kube", Some(client)))
 }
 
-/// A source's own thread and runtime. At start, the API's answers are
-/// received, decrypted and decoded there while the run loop's thread folds
-/// the objects already read into the model (on one thread, the two took
-/// turns); later, while the loop syncs.
-struct SourceReader {
-    runtime: tokio::runtime::Runtime,
-}
-
-impl SourceReader {
-    fn new() -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::SourceThread)?;
-        Ok(SourceReader { runtime })
-    }
-
-    /// Runs `make` in the reader's runtime, so that the tasks it spawns (a
-    /// client's request queue and connections) run on the reader's thread.
-    fn enter<T>(&self, make: impl FnOnce() -> T) -> T {
-        let _entered = self.runtime.enter();
-        make()
-    }
-
-    /// Drives `events` on the reader's thread and hands them on in order.
-    fn read_ahead(self, events: Events) -> Result<Events> {
-        let (send, receive) = futures::channel::mpsc::unbounded();
-        std::thread::Builder::new()
-            .name("source".into())
-            .spawn(move || {
-                // Ends when the source does (the receiver then ends too, and
-                // the loop says so) or when the receiver is gone.
-                let _ = self.runtime.block_on(events.map(Ok).forward(send));
-            })
-            .map_err(Error::SourceThread)?;
-        Ok(Box::pin(receive))
-    }
+/// Drives `events` on a task of its own and hands them on in order, so that
+/// the source reads and decodes whenever the run loop's task is waiting,
+/// before the loop starts as after.
+fn read_ahead(events: Events) -> Events {
+    let (send, receive) = futures::channel::mpsc::unbounded();
+    // Ends when the source does (the receiver then ends too, and the loop
+    // says so) or when the receiver is gone.
+    tokio::spawn(events.map(Ok).forward(send));
+    Box::pin(receive)
 }
 
 /// The translate settings: the default scheduler, checked against what the
@@ -552,6 +516,7 @@ pub async fn run(opts: &Options) -> Result<()> {
     // answers, or the manifests, and their decoding) are the longest wait
     // at start, and they come in while the kernel is prepared.
     let (events, source_name, client) = open_source(opts, &node_name).await?;
+    let events = read_ahead(events);
     let prepared = {
         let opts = opts.clone();
         tokio::task::spawn_blocking(move || prepare_kernel(&opts))
@@ -2045,6 +2010,7 @@ mod fault_tests {
 
 #[cfg(test)]
 mod initial_list_tests {
+    use std::sync::Arc;
 
     use super::*;
     use crate::source::Update;
@@ -2133,26 +2099,23 @@ mod initial_list_tests {
     }
 
     #[tokio::test]
-    async fn the_source_is_read_on_its_own_thread_while_the_loop_is_busy_and_keeps_its_order() {
-        let (read, was_read) = std::sync::mpsc::channel();
+    async fn the_source_reads_ahead_while_the_loop_is_busy_and_keeps_its_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
         let source = futures::stream::iter(
             (1..=5).map(|i| SourceEvent::service(Update::Delete(service(i)))),
         )
         .chain(futures::stream::iter([SourceEvent::Synced]))
         .inspect(move |_| {
-            // The receiver outlives the source.
-            let _ = read.send(std::thread::current().id());
+            counted.fetch_add(1, Ordering::SeqCst);
         });
-        let reader = SourceReader::new().unwrap();
-        let mut events = reader.read_ahead(Box::pin(source)).unwrap();
-        // The loop's thread is blocked here: the source is read meanwhile,
-        // before anyone asked, on a thread that is not the loop's.
-        for _ in 0..6 {
-            let thread = was_read
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("the source is read while the loop's thread is blocked");
-            assert_ne!(thread, std::thread::current().id());
+        let mut events = read_ahead(Box::pin(source));
+        // The loop's task is busy elsewhere: the source is read meanwhile.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
         }
+        assert_eq!(read.load(Ordering::SeqCst), 6, "read before anyone asked");
 
         let mut names = Vec::new();
         while let Some(event) = events.next().await {

@@ -41,20 +41,6 @@ pub async fn client(
     kubeconfig: Option<&Path>,
     master: Option<&str>,
 ) -> Result<Client, ClientError> {
-    new_client(config(kubeconfig, master).await?)
-}
-
-/// A client for `config`. Its tasks (the request queue, the connections)
-/// run on the runtime this is called in.
-pub fn new_client(config: Config) -> Result<Client, ClientError> {
-    Client::try_from(config).map_err(ClientError::Client)
-}
-
-/// The client's configuration, by the rules of [`client`].
-pub async fn config(
-    kubeconfig: Option<&Path>,
-    master: Option<&str>,
-) -> Result<Config, ClientError> {
     let master = master.map(parse_master).transpose()?;
     let config = match (kubeconfig, master) {
         (Some(path), master) => {
@@ -74,7 +60,7 @@ pub async fn config(
         (None, Some(master)) => Config::new(master),
         (None, None) => Config::incluster().map_err(ClientError::InCluster)?,
     };
-    Ok(config)
+    Client::try_from(config).map_err(ClientError::Client)
 }
 
 /// Generic so that the URL type (`http::Uri`) is inferred from `Config`
