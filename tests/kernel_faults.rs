@@ -899,6 +899,129 @@ fn a_broken_netlink_socket_is_rebuilt_and_the_next_sync_is_full() {
     });
 }
 
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| {
+            let comm = task.ok()?.path().join("comm");
+            Some(std::fs::read_to_string(comm).ok()?.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `count` virtual servers 10.96.2.1:80, 10.96.2.2:80, ... (round robin).
+fn virtual_servers(count: u16) -> Vec<Op> {
+    (1..=count)
+        .map(|i| {
+            Op::AddVirtualServer(VirtualServer {
+                key: key(&format!("10.96.{}.{}", 2 + i / 256, i % 256)),
+                scheduler: "rr".into(),
+                persistence: None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and a kernel with IPVS: run by tests/run.sh in the VM"]
+fn a_large_batch_goes_out_on_a_socket_with_a_thread_of_its_own_rebuilt_when_it_breaks() {
+    in_own_netns(Duration::from_secs(300), async {
+        use kube_ipvs_proxy::kernel::netlink::BULK_OPS;
+        let before = genetlink_sockets();
+        let mut ipvs = NetlinkIpvs::connect().await.expect("IPVS netlink socket");
+        let local: Vec<u64> = genetlink_sockets()
+            .into_keys()
+            .filter(|inode| !before.contains_key(inode))
+            .collect();
+        assert_eq!(local.len(), 1, "connect opens one socket: {local:?}");
+        assert!(!thread_names().iter().any(|n| n == "ipvs-netlink"));
+
+        // A small batch stays on the caller's socket.
+        let small = virtual_servers(3);
+        let results = ipvs.apply(&small[..1]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(ipvs.handle().stats().messages_sent, 1, "the add");
+        assert_eq!(
+            genetlink_sockets().len(),
+            before.len() + 1,
+            "no second socket yet"
+        );
+
+        // A large one opens the second socket, on a thread of its own.
+        let count = u16::try_from(BULK_OPS).unwrap() + 44;
+        let large = virtual_servers(count);
+        let local_sent = ipvs.handle().stats().messages_sent;
+        let results = ipvs.apply(&large[1..]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            ipvs.handle().stats().messages_sent,
+            local_sent,
+            "nothing of the large batch on the caller's socket"
+        );
+        assert_eq!(
+            ipvs.stats().messages_sent,
+            local_sent + u64::from(count) - 1,
+            "the large batch on the second socket"
+        );
+        let bulk: Vec<u64> = genetlink_sockets()
+            .into_keys()
+            .filter(|inode| !before.contains_key(inode) && !local.contains(inode))
+            .collect();
+        assert_eq!(bulk.len(), 1, "one socket for large batches: {bulk:?}");
+        assert!(
+            thread_names().iter().any(|n| n == "ipvs-netlink"),
+            "{:?}",
+            thread_names()
+        );
+        let listed = ipvs.list_virtual_servers().await.expect("listing");
+        assert_eq!(
+            listed.len(),
+            usize::from(count),
+            "every virtual server is in the kernel"
+        );
+
+        // The second socket breaks: the large batch in flight fails as a
+        // lost connection (what the reconciler answers with a full sync),
+        // and the next large batch opens another socket and goes through.
+        break_socket(genetlink_sockets()[&bulk[0]]);
+        let deletes: Vec<Op> = large
+            .iter()
+            .map(|op| Op::DeleteVirtualServer(op.virtual_server()))
+            .collect();
+        let results = ipvs.apply(&deletes).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(KernelError::ConnectionLost(_)))),
+            "{results:?}"
+        );
+        let results = ipvs.apply(&deletes).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let rebuilt: Vec<u64> = genetlink_sockets()
+            .into_keys()
+            .filter(|inode| !before.contains_key(inode) && !local.contains(inode))
+            .collect();
+        assert_eq!(
+            rebuilt.len(),
+            1,
+            "the broken socket went with its thread: {rebuilt:?}"
+        );
+        assert_ne!(rebuilt, bulk, "a new socket");
+        let listed = ipvs.list_virtual_servers().await.expect("listing");
+        assert_eq!(listed.len(), 0, "every virtual server deleted");
+
+        // Dropped, its thread ends with it.
+        drop(ipvs);
+        let mut waited = 0;
+        while thread_names().iter().any(|n| n == "ipvs-netlink") {
+            assert!(waited < 100, "the thread outlives its connection");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+    });
+}
+
 /// VmRSS of this process, in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");

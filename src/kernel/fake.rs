@@ -76,6 +76,7 @@ pub struct FakeKernel {
     dump_requests: usize,
     real_server_reads: BTreeMap<VirtualServerKey, usize>,
     apply_calls: usize,
+    apply_sizes: Vec<usize>,
 }
 
 impl FakeKernel {
@@ -113,6 +114,11 @@ impl FakeKernel {
     /// into one call).
     pub fn apply_calls(&self) -> usize {
         self.apply_calls
+    }
+
+    /// How many ops each call of `apply` carried, in order.
+    pub fn apply_sizes(&self) -> &[usize] {
+        &self.apply_sizes
     }
 
     /// The writes received since the last call, in order.
@@ -405,6 +411,7 @@ impl IpvsKernel for FakeKernel {
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         self.apply_calls += 1;
+        self.apply_sizes.push(ops.len());
         self.writes += ops.len();
         self.journal.extend(ops.iter().cloned().map(Write::Ipvs));
         ops.iter().map(|op| self.apply_one(op)).collect()

@@ -3,25 +3,46 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use netlink_ipvs::ConnectionStats;
 use netlink_ipvs::{
     Destination, ForwardingMethod, Handle, Operation, Protocol as NlProtocol, Scheduler, Service,
     ServiceAddress, ServiceFlags, Timeouts,
 };
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, TrafficCounters};
 use crate::desired::{Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 
-/// The IPVS table over one generic-netlink socket.
+/// The IPVS table over generic netlink: reads and small batches on a
+/// connection that runs on the caller's runtime, large batches on one with
+/// a thread of its own.
+///
+/// The kernel does the work of an IPVS request inside the `sendmsg` that
+/// carries it, on the sending thread. A large sync's chunks go to the
+/// second connection, so that the kernel's work on one chunk runs on a
+/// second core while the reconciler records the answers to the chunk
+/// before and works out the next (see `Reconciler::apply_diff`). A small
+/// batch, a single change, stays on the first: the hop to another thread
+/// and back would only add to its latency. The reconciler has one batch in
+/// the kernel at a time, so the two sockets never race each other.
 #[derive(Debug)]
 pub struct NetlinkIpvs {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// Made for the first large batch, and again after it failed.
+    bulk: Option<Handle>,
 }
+
+/// A batch of this many operations or more goes to the connection with a
+/// thread of its own: the first chunk of a large sync has at least this
+/// many.
+pub const BULK_OPS: usize = crate::reconcile::FIRST_CHUNK;
 
 impl Drop for NetlinkIpvs {
     fn drop(&mut self) {
         self.connection.abort();
+        // Dropping `bulk` ends its thread once nothing is pending.
     }
 }
 
@@ -32,7 +53,38 @@ impl NetlinkIpvs {
         Ok(NetlinkIpvs {
             handle,
             connection: tokio::spawn(connection),
+            bulk: None,
         })
+    }
+
+    /// Both connections' socket traffic, added up.
+    pub fn stats(&self) -> ConnectionStats {
+        let local = self.handle.stats();
+        let Some(bulk) = self.bulk.as_ref().map(Handle::stats) else {
+            return local;
+        };
+        ConnectionStats {
+            sends: local.sends + bulk.sends,
+            messages_sent: local.messages_sent + bulk.messages_sent,
+            receives: local.receives + bulk.receives,
+            messages_received: local.messages_received + bulk.messages_received,
+        }
+    }
+
+    /// The connection for large batches, opened on its thread if it is not
+    /// yet; `None`, and the batch goes on the first connection, if it cannot
+    /// be opened.
+    async fn bulk(&mut self) -> Option<Handle> {
+        if self.bulk.is_none() {
+            match connect_on_own_thread().await {
+                Ok(handle) => self.bulk = Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open the IPVS netlink connection for large batches; sending them on the run loop's");
+                    return None;
+                }
+            }
+        }
+        self.bulk.clone()
     }
 
     /// Rebuilds the connection after a socket failure, so that the next
@@ -56,7 +108,9 @@ impl NetlinkIpvs {
         }
     }
 
-    /// The handle, for counters and for what the trait does not cover.
+    /// The first connection's handle (reads and small batches), for its
+    /// counters and for what the trait does not cover. [`NetlinkIpvs::stats`]
+    /// counts both connections.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
@@ -146,17 +200,76 @@ impl IpvsKernel for NetlinkIpvs {
             return Vec::new();
         }
         let operations: Vec<Operation> = ops.iter().map(operation).collect();
-        let results: Vec<Result<(), KernelError>> = self
-            .handle
+        let bulk = if ops.len() >= BULK_OPS {
+            self.bulk().await
+        } else {
+            None
+        };
+        let on_bulk = bulk.is_some();
+        let handle = bulk.as_ref().unwrap_or(&self.handle);
+        let results: Vec<Result<(), KernelError>> = handle
             .batch(operations)
             .execute()
             .await
             .into_iter()
             .map(|r| r.map_err(kernel_error))
             .collect();
-        self.reconnect_if_lost(&results).await;
+        if on_bulk {
+            let lost = results
+                .iter()
+                .any(|r| matches!(r, Err(KernelError::ConnectionLost(_))));
+            if lost {
+                tracing::warn!("the IPVS netlink connection for large batches failed; the next large batch opens another");
+                self.bulk = None;
+            }
+        } else {
+            self.reconnect_if_lost(&results).await;
+        }
         results
     }
+}
+
+/// A connection on a thread of its own, with a runtime of its own on which
+/// the socket is opened (so that it registers with that runtime's reactor).
+/// The thread ends once every handle is gone and nothing is pending.
+async fn connect_on_own_thread() -> Result<Handle, KernelError> {
+    let (opened, handle) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("ipvs-netlink".into())
+        .spawn(move || serve_connection(opened))
+        .map_err(|e| KernelError::Other(format!("cannot start the IPVS netlink thread: {e}")))?;
+    handle.await.map_err(|_| {
+        KernelError::Other("the IPVS netlink thread ended before it opened its socket".into())
+    })?
+}
+
+/// The body of [`connect_on_own_thread`]'s thread.
+fn serve_connection(opened: oneshot::Sender<Result<Handle, KernelError>>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let error = format!("cannot start the IPVS netlink thread's runtime: {e}");
+            let _ = opened.send(Err(KernelError::Other(error)));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match netlink_ipvs::new_connection().await {
+            Ok((connection, handle)) => {
+                // Nobody waiting: the caller is gone, and the handle with
+                // the answer, so the connection would end at once.
+                if opened.send(Ok(handle)).is_ok() {
+                    connection.await;
+                }
+            }
+            Err(error) => {
+                let _ = opened.send(Err(kernel_error(error)));
+            }
+        }
+    });
 }
 
 fn service_address(key: &VirtualServerKey) -> ServiceAddress {

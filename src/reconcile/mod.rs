@@ -7,8 +7,9 @@
 //! to adopt what the proxy owns and repair drift: every virtual server, and
 //! real servers in a rolling window (see [`Reconciler::set_verify_rounds`]).
 //! Every sync sends its IPVS operations in [`IpvsKernel::apply`] batches of
-//! at most about [`APPLY_CHUNK`] (one batch unless it is a large one), with
-//! kube-ipvs0 addresses added alongside them and removed after them.
+//! at most about [`APPLY_CHUNK`] (one batch unless it has more than
+//! [`FIRST_CHUNK`]), with kube-ipvs0 addresses added alongside them and
+//! removed after them.
 
 use std::collections::hash_map::Entry;
 use std::fmt;
@@ -53,6 +54,20 @@ use nft::NftState;
 /// has over 100,000 operations; in chunks, its operations, their answers
 /// and their serialized messages stay a few hundred KiB.
 pub const APPLY_CHUNK: usize = 4096;
+
+/// The operations of a sync's first chunk: the chunks after it double up
+/// to [`APPLY_CHUNK`] (see `Reconciler::apply_diff`).
+pub const FIRST_CHUNK: usize = 256;
+
+/// One chunk of a sync's IPVS operations: those of `keys[start..end]`.
+#[derive(Debug)]
+struct Chunk {
+    start: usize,
+    end: usize,
+    ops: Vec<Op>,
+    /// The service answerable for each op.
+    answerable: Vec<Option<ServiceName>>,
+}
 
 /// Where the reconciler reads the time, for retry backoff.
 pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
@@ -1405,13 +1420,19 @@ impl Reconciler {
 
     /// Diffs the virtual servers `keys` (sorted, each with the service
     /// answerable for it) against the mirror and applies the difference, in
-    /// chunks of about [`APPLY_CHUNK`] operations: each chunk is applied and
-    /// recorded before the next is worked out, so that a cold sync never
-    /// holds all of its operations, their answers and the kernel layer's
-    /// messages at once. A virtual server's operations stay in order (its
-    /// add before its real servers), and the diff of one key reads only that
-    /// key's mirror entry, so chunks change nothing but the peak. Addresses
-    /// left unused are added to `freed`. Returns the services with a failed op.
+    /// chunks of at most about [`APPLY_CHUNK`] operations, so that a cold
+    /// sync never holds all of its operations, their answers and the kernel
+    /// layer's messages at once. The chunks overlap the kernel's work: while
+    /// one chunk is in the kernel, the answers to the one before are
+    /// recorded and the next is worked out. The first chunk is
+    /// [`FIRST_CHUNK`] operations and each is twice the one before, so that
+    /// the first write goes out early and each chunk's diff fits in the
+    /// kernel's time for the one before. A virtual server's operations stay
+    /// in one chunk and in order (its add before its real servers), and the
+    /// diff of a key reads only that key's mirror entry, which only that
+    /// key's answers change: the overlap changes nothing but the time.
+    /// Addresses left unused are added to `freed`. Returns the services with
+    /// a failed op.
     async fn apply_diff<K: IpvsKernel>(
         &mut self,
         keys: &[(VirtualServerKey, Option<ServiceName>)],
@@ -1420,45 +1441,89 @@ impl Reconciler {
         freed: &mut HashSet<IpAddr>,
     ) -> HashSet<ServiceName> {
         let mut failed_services = HashSet::new();
-        let mut ops = Vec::new();
-        let mut answerable = Vec::new();
-        let mut next = 0;
-        loop {
-            let chunk_start = next;
-            for (key, service) in &keys[chunk_start..] {
-                next += 1;
-                let desired = self.desired_for(key);
-                let current = self.mirror.get(key);
-                if desired.is_some() && current.is_none() && !self.owns(key) {
-                    tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
-                        virtual_server = %key,
-                        "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
-                    continue;
-                }
-                diff::diff_virtual_server(*key, desired, current, &mut ops);
-                answerable.resize(ops.len(), service.clone());
-                if ops.len() >= APPLY_CHUNK {
-                    break;
-                }
-            }
-            if ops.is_empty() {
-                return failed_services;
-            }
-            report.writes += ops.len();
+        let mut limit = FIRST_CHUNK;
+        let mut current = self.diff_chunk(keys, 0, limit);
+        // The chunk whose answers are in but not yet recorded.
+        let mut answered: Option<(Chunk, Vec<Result<(), KernelError>>)> = None;
+        while !current.ops.is_empty() {
+            report.writes += current.ops.len();
             if tracing::enabled!(tracing::Level::DEBUG) {
-                for op in &ops {
+                for op in &current.ops {
                     tracing::debug!(?op, "IPVS write");
                 }
             }
-            let applied = ipvs.apply(&ops).await;
-            let failed = self.record_all(&ops, applied, &answerable, report, freed);
-            failed_services.extend(failed);
-            for (key, _) in &keys[chunk_start..next] {
-                self.mirror.shrink(key);
-            }
-            ops.clear();
-            answerable.clear();
+            limit = (limit * 2).min(APPLY_CHUNK);
+            let (results, next) = {
+                let mut applying = pin!(future::maybe_done(ipvs.apply(&current.ops)));
+                // Polled once, so that the chunk is on its way to the kernel
+                // (the netlink layer sends a large batch from a thread of
+                // its own) while the answers before it are recorded and the
+                // next chunk is worked out.
+                let _ = futures::poll!(applying.as_mut());
+                if let Some((chunk, results)) = answered.take() {
+                    let failed = self.record_chunk(keys, &chunk, results, report, freed);
+                    failed_services.extend(failed);
+                }
+                let next = self.diff_chunk(keys, current.end, limit);
+                applying.as_mut().await;
+                (applying.take_output().unwrap_or_default(), next)
+            };
+            answered = Some((std::mem::replace(&mut current, next), results));
         }
+        if let Some((chunk, results)) = answered {
+            failed_services.extend(self.record_chunk(keys, &chunk, results, report, freed));
+        }
+        failed_services
+    }
+
+    /// The operations of `keys[start..]` up to the first key that brings
+    /// them to `limit` or more.
+    fn diff_chunk(
+        &self,
+        keys: &[(VirtualServerKey, Option<ServiceName>)],
+        start: usize,
+        limit: usize,
+    ) -> Chunk {
+        let mut chunk = Chunk {
+            start,
+            end: start,
+            ops: Vec::new(),
+            answerable: Vec::new(),
+        };
+        for (key, service) in &keys[start..] {
+            chunk.end += 1;
+            let desired = self.desired_for(key);
+            let current = self.mirror.get(key);
+            if desired.is_some() && current.is_none() && !self.owns(key) {
+                tracing::warn!(service = ?service.as_ref().map(ToString::to_string),
+                    virtual_server = %key,
+                    "not the proxy's to program (its address is neither wanted on kube-ipvs0 nor a node address with a NodePort); leaving it alone");
+                continue;
+            }
+            diff::diff_virtual_server(*key, desired, current, &mut chunk.ops);
+            chunk.answerable.resize(chunk.ops.len(), service.clone());
+            if chunk.ops.len() >= limit {
+                break;
+            }
+        }
+        chunk
+    }
+
+    /// Records the answers to `chunk` and gives back the room its keys'
+    /// mirror entries kept for them.
+    fn record_chunk(
+        &mut self,
+        keys: &[(VirtualServerKey, Option<ServiceName>)],
+        chunk: &Chunk,
+        results: Vec<Result<(), KernelError>>,
+        report: &mut SyncReport,
+        freed: &mut HashSet<IpAddr>,
+    ) -> HashSet<ServiceName> {
+        let failed = self.record_all(&chunk.ops, results, &chunk.answerable, report, freed);
+        for (key, _) in &keys[chunk.start..chunk.end] {
+            self.mirror.shrink(key);
+        }
+        failed
     }
 
     /// Records the kernel's answers to one batch of `ops` in the mirror.

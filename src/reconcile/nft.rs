@@ -13,8 +13,9 @@ use crate::desired::{NftChange, NftElement, NftKey, NftSet, VirtualServerKey};
 pub const SPLIT_ABOVE: usize = 1024;
 /// The IPVS operations the services of the first of several transactions
 /// are worth; each next transaction covers twice as many, up to
-/// [`MAX_BATCH_OPS`].
-const FIRST_BATCH_OPS: usize = 2048;
+/// [`MAX_BATCH_OPS`]. The size of the first chunk of IPVS writes, which
+/// waits for this transaction alone.
+const FIRST_BATCH_OPS: usize = super::FIRST_CHUNK;
 const MAX_BATCH_OPS: usize = 32768;
 
 /// One nftables transaction of a sync, and which IPVS writes wait for it.
@@ -338,12 +339,12 @@ mod tests {
 
     #[test]
     fn a_split_sends_each_element_before_the_first_write_that_needs_it() {
-        // 1,000 services worth 1,000 operations each, in key order; each
+        // 1,000 services worth 125 operations each, in key order; each
         // wants its own element, and service 600 wants service 900's too.
         let mut wants: Vec<Vec<NftElement>> = (0..1000).map(|i| vec![element(i)]).collect();
         wants[600].push(element(900));
         wants[600].sort_unstable();
-        let owners = (0..1000).map(|i| (key(i), 1000, &wants[i as usize][..]));
+        let owners = (0..1000).map(|i| (key(i), 125, &wants[i as usize][..]));
         let node = NftElement {
             set: NftSet::LocalPodCidrs,
             key: NftKey::Cidr("10.244.0.0/16".parse().unwrap()),
@@ -355,14 +356,13 @@ mod tests {
 
         let batches = split(changes, owners);
         let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();
-        // Worth 2,048, 4,096, ... operations: 3 services, then 5, 9, 17,
-        // 33, then 33 at most, up to the 1,000th.
-        assert_eq!(
-            &starts[..4],
-            [None, Some(key(3)), Some(key(8)), Some(key(17))]
-        );
-        assert!(starts.windows(2).all(|w| w[0] < w[1]), "in key order");
-        assert_eq!(batches.len(), 5 + (1000_usize - 67).div_ceil(33));
+        // Worth 256, 512, ... operations up to 32,768: 3 services, then 5,
+        // 9, 17, 33, 66, 132, then 263 at most, up to the 1,000th.
+        assert_eq!(FIRST_BATCH_OPS, 256);
+        assert_eq!(MAX_BATCH_OPS, 32_768);
+        let expected = [0, 3, 8, 17, 34, 67, 133, 265, 528, 791];
+        let expected: Vec<_> = expected.iter().map(|&i| (i > 0).then(|| key(i))).collect();
+        assert_eq!(starts, expected);
         assert_eq!(
             batches[0].changes,
             [
@@ -397,11 +397,11 @@ mod tests {
 
     #[test]
     fn a_split_drops_empty_transactions() {
-        // Worth 2,048 then 4,096 then 8,192 operations: services 0 and 1,
-        // then 2 to 5, then 6 to 9. Nothing is added for the first two, so
-        // their writes wait for nothing.
+        // Worth 256 then 512 then 1,024 operations: services 0 and 1, then
+        // 2 to 5, then 6 to 9. Nothing is added for the first two, so their
+        // writes wait for nothing.
         let wants: Vec<Vec<NftElement>> = (0..10).map(|i| vec![element(i)]).collect();
-        let owners = (0..10).map(|i| (key(i), 1024, &wants[i as usize][..]));
+        let owners = (0..10).map(|i| (key(i), 128, &wants[i as usize][..]));
         let changes = (5..10).map(|i| NftChange::Add(element(i))).collect();
         let batches = split(changes, owners);
         let starts: Vec<Option<VirtualServerKey>> = batches.iter().map(|b| b.from).collect();

@@ -1886,8 +1886,8 @@ async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported()
             Some(cluster_ip(&vip(i), &[80], &real_servers)),
         );
     }
-    // One virtual server in the second chunk, by key order.
-    let failing = tcp(&vip(390), 80);
+    // One virtual server in the third chunk, by key order, with two after it.
+    let failing = tcp(&vip(100), 80);
     node.kernel().fail_always(
         FailOn::VirtualServer(failing),
         KernelError::Invalid("bad scheduler".into()),
@@ -1895,10 +1895,11 @@ async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported()
 
     let report = node.full_sync().await;
 
-    assert_eq!(
-        node.kernel().apply_calls(),
-        4_400usize.div_ceil(APPLY_CHUNK)
-    );
+    // 256 ops, then twice as many each time up to APPLY_CHUNK, each chunk
+    // ending with the virtual server that reaches its size: 24, 47, 94 and
+    // 187 virtual servers of 11 ops, then the 48 left.
+    const { assert!(FIRST_CHUNK == 256 && APPLY_CHUNK >= 2048) };
+    assert_eq!(node.kernel().apply_sizes(), [264, 517, 1_034, 2_057, 528]);
     let ops = ipvs_ops(&node.take_writes());
     assert_eq!(counts_of(&ops), [400, 0, 0, 4_000, 0, 0]);
     assert_eq!(
@@ -1918,7 +1919,7 @@ async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported()
     assert!(report.errors.iter().all(|error| matches!(
         error,
         SyncError::Operation { service: Some(name), op, .. }
-            if *name == svc("s390") && op.virtual_server() == failing
+            if *name == svc("s100") && op.virtual_server() == failing
     )));
     assert_eq!(
         node.kernel().virtual_servers().len(),
@@ -1928,7 +1929,7 @@ async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported()
 
     // Converged: the next full sync writes nothing.
     node.kernel().clear_failures();
-    node.reconciler.set_service(svc("s390"), None);
+    node.reconciler.set_service(svc("s100"), None);
     node.full_sync().await;
     node.take_writes();
     let report = node.full_sync().await;

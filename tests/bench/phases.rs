@@ -506,7 +506,7 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
 }
 
 fn ipvs_stats(pipeline: &RealPipeline) -> netlink_ipvs::ConnectionStats {
-    pipeline.ipvs.inner.handle().stats()
+    pipeline.ipvs.inner.stats()
 }
 
 /// A cold sync alone, from a freshly loaded IPVS (see tests/bench/guest.sh):
