@@ -938,8 +938,9 @@ fn a_large_batch_goes_out_on_a_socket_with_a_thread_of_its_own_rebuilt_when_it_b
         assert!(!thread_names().iter().any(|n| n == "ipvs-netlink"));
 
         // A small batch stays on the caller's socket.
-        let small = virtual_servers(3);
-        let results = ipvs.apply(&small[..1]).await;
+        let count = u16::try_from(BULK_OPS).unwrap() + 44;
+        let all = virtual_servers(count);
+        let results = ipvs.apply(&all[..1]).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(ipvs.handle().stats().messages_sent, 1, "the add");
         assert_eq!(
@@ -949,10 +950,8 @@ fn a_large_batch_goes_out_on_a_socket_with_a_thread_of_its_own_rebuilt_when_it_b
         );
 
         // A large one opens the second socket, on a thread of its own.
-        let count = u16::try_from(BULK_OPS).unwrap() + 44;
-        let large = virtual_servers(count);
         let local_sent = ipvs.handle().stats().messages_sent;
-        let results = ipvs.apply(&large[1..]).await;
+        let results = ipvs.apply(&all[1..]).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(
             ipvs.handle().stats().messages_sent,
@@ -985,7 +984,7 @@ fn a_large_batch_goes_out_on_a_socket_with_a_thread_of_its_own_rebuilt_when_it_b
         // lost connection (what the reconciler answers with a full sync),
         // and the next large batch opens another socket and goes through.
         break_socket(genetlink_sockets()[&bulk[0]]);
-        let deletes: Vec<Op> = large
+        let deletes: Vec<Op> = all
             .iter()
             .map(|op| Op::DeleteVirtualServer(op.virtual_server()))
             .collect();

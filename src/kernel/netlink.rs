@@ -91,10 +91,7 @@ impl NetlinkIpvs {
     /// request goes out on a working socket. A failure to reconnect is
     /// logged; the next failed request tries again.
     async fn reconnect_if_lost<T>(&mut self, results: &[Result<T, KernelError>]) {
-        if !results
-            .iter()
-            .any(|r| matches!(r, Err(KernelError::ConnectionLost(_))))
-        {
+        if !connection_lost(results) {
             return;
         }
         match Self::connect().await {
@@ -215,10 +212,7 @@ impl IpvsKernel for NetlinkIpvs {
             .map(|r| r.map_err(kernel_error))
             .collect();
         if on_bulk {
-            let lost = results
-                .iter()
-                .any(|r| matches!(r, Err(KernelError::ConnectionLost(_))));
-            if lost {
+            if connection_lost(&results) {
                 tracing::warn!("the IPVS netlink connection for large batches failed; the next large batch opens another");
                 self.bulk = None;
             }
@@ -227,6 +221,13 @@ impl IpvsKernel for NetlinkIpvs {
         }
         results
     }
+}
+
+/// Whether any of `results` says the socket failed under them.
+fn connection_lost<T>(results: &[Result<T, KernelError>]) -> bool {
+    results
+        .iter()
+        .any(|r| matches!(r, Err(KernelError::ConnectionLost(_))))
 }
 
 /// A connection on a thread of its own, with a runtime of its own on which
