@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
-use crate::desired::{NftRuleset, Op, Protocol, ServiceName, VirtualServerKey};
+use crate::desired::{NftElement, NftRuleset, Op, Protocol, ServiceName, VirtualServerKey};
 use crate::events::{EventSink, Problem};
 use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
@@ -30,7 +30,10 @@ use crate::kernel::{
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
-use crate::reconcile::{batches_before, Backoff, Ownership, Reconciler, SyncError, SyncReport};
+use crate::reconcile::{
+    batches_before, operations_worth, Backoff, Feed, NoFeed, Ownership, Reconciler, SyncError,
+    SyncReport, FIRST_CHUNK,
+};
 use crate::source::{self, SourceEvent, Update};
 use crate::translate::{
     translate_each, NoLocalEndpoints, NodeFacts, SctpSupport, TranslateConfig, Translation,
@@ -226,6 +229,24 @@ struct State {
     /// `--nodeport-addresses primary`: NodePorts only on the Node's primary
     /// addresses, narrowed at each refresh of the node's facts.
     node_port_primary: bool,
+    /// What handing a translation to the reconciler keeps track of.
+    handover: Handover,
+    /// Where problems with a Service go to become Events on it.
+    events: EventSink,
+    /// The services the initial lists brought, translated and handed over
+    /// by the first full sync while the kernel takes its first writes (see
+    /// [`Kernel::sync_feeding`]); empty after it.
+    pending: Vec<ServiceName>,
+    /// Whether the first full sync has begun: from then on, every change
+    /// is translated as it comes.
+    first_sync_begun: bool,
+}
+
+/// What handing one service's translation to the reconciler updates besides
+/// it: the Events of its warnings, its health check server and the gauges.
+struct Handover {
+    metrics: Metrics,
+    events: EventSink,
     /// Desired virtual servers per service, so the gauge stays O(changes).
     virtual_servers: HashMap<ServiceName, usize>,
     virtual_servers_total: usize,
@@ -235,11 +256,169 @@ struct State {
     no_local_endpoints_total: NoLocalEndpoints,
     /// The `healthCheckNodePort` servers of the services that ask for one.
     health: ServiceHealthServers,
-    /// Where problems with a Service go to become Events on it.
-    events: EventSink,
     /// Translations handed over since start, counted for tests.
     #[cfg(test)]
     translated: usize,
+}
+
+impl Handover {
+    fn new(metrics: Metrics, events: EventSink, health: ServiceHealthServers) -> Self {
+        Handover {
+            metrics,
+            events,
+            virtual_servers: HashMap::new(),
+            virtual_servers_total: 0,
+            no_local_endpoints: HashMap::new(),
+            no_local_endpoints_total: NoLocalEndpoints::default(),
+            health,
+            #[cfg(test)]
+            translated: 0,
+        }
+    }
+
+    /// Passes one service's fresh translation to `reconciler`. Returns the
+    /// IPVS operations its desired state is worth.
+    fn hand_over(
+        &mut self,
+        reconciler: &mut Reconciler,
+        model: &Model,
+        name: ServiceName,
+        translation: Translation,
+    ) -> usize {
+        #[cfg(test)]
+        {
+            self.translated += 1;
+        }
+        for warning in &translation.warnings {
+            tracing::warn!(service = %name, %warning, "translating service");
+            let uid = uid_of(model, &name);
+            self.events.report(Problem::from_translate(warning, uid));
+        }
+        if let Err(error) = self.health.set(&name, translation.health_check.as_ref()) {
+            tracing::error!(%error, "opening a health check port");
+        }
+        let desired = translation.desired;
+        let count = desired.virtual_servers.len();
+        let previous = if count == 0 {
+            self.virtual_servers.remove(&name)
+        } else {
+            self.virtual_servers.insert(name.clone(), count)
+        };
+        self.virtual_servers_total = self.virtual_servers_total + count - previous.unwrap_or(0);
+        self.metrics.set_virtual_servers(self.virtual_servers_total);
+        self.set_no_local_endpoints(&name, translation.no_local_endpoints);
+        let worth = operations_worth(&desired);
+        let wanted = count > 0 || !desired.bind_addrs.is_empty();
+        for notice in reconciler.set_service(name, wanted.then_some(desired)) {
+            let uid = uid_of(model, notice.service());
+            self.events.report(Problem::from_claim(&notice, uid));
+        }
+        worth
+    }
+
+    /// Records one service's ports without a local endpoint and updates the
+    /// gauge with the new sum: O(1).
+    fn set_no_local_endpoints(&mut self, name: &ServiceName, counts: NoLocalEndpoints) {
+        let previous = if counts == NoLocalEndpoints::default() {
+            self.no_local_endpoints.remove(name)
+        } else {
+            self.no_local_endpoints.insert(name.clone(), counts)
+        }
+        .unwrap_or_default();
+        if previous == counts {
+            return;
+        }
+        let total = &mut self.no_local_endpoints_total;
+        total.internal = total.internal + counts.internal - previous.internal;
+        total.external = total.external + counts.external - previous.external;
+        self.metrics
+            .set_no_local_endpoints(total.internal, total.external);
+    }
+}
+
+/// The `metadata.uid` of a Service the model holds, for its Events.
+fn uid_of(model: &Model, name: &ServiceName) -> Option<Uid> {
+    model.service(name).and_then(|s| s.uid)
+}
+
+/// Services translated and handed to the reconciler a few at a time, as a
+/// sync asks for them (see [`Feed`]): the first full sync's feed of the
+/// services the initial lists brought. `hand_over` passes each translation
+/// on and returns the IPVS operations it is worth.
+pub struct TranslationFeed<'a, H> {
+    model: &'a Model,
+    node: &'a NodeFacts,
+    translate: &'a TranslateConfig,
+    names: std::vec::IntoIter<ServiceName>,
+    hand_over: H,
+}
+
+/// Hands a service's desired state to `reconciler` and nothing else, for
+/// a [`TranslationFeed`] outside the run loop (the benchmark's, the
+/// tools'): returns the IPVS operations it is worth.
+pub fn set_desired(
+    reconciler: &mut Reconciler,
+    name: ServiceName,
+    translation: Translation,
+) -> usize {
+    let desired = translation.desired;
+    let worth = operations_worth(&desired);
+    let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
+    reconciler.set_service(name, wanted.then_some(desired));
+    worth
+}
+
+impl<H> std::fmt::Debug for TranslationFeed<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranslationFeed")
+            .field("remaining", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many services a feed translates at a time: small enough that it
+/// stops close to the operations it was asked for.
+const FEED_BATCH: usize = 16;
+
+impl<'a, H> TranslationFeed<'a, H>
+where
+    H: FnMut(&mut Reconciler, ServiceName, Translation) -> usize,
+{
+    pub fn new(
+        model: &'a Model,
+        node: &'a NodeFacts,
+        translate: &'a TranslateConfig,
+        names: Vec<ServiceName>,
+        hand_over: H,
+    ) -> Self {
+        TranslationFeed {
+            model,
+            node,
+            translate,
+            names: names.into_iter(),
+            hand_over,
+        }
+    }
+}
+
+impl<H> Feed for TranslationFeed<'_, H>
+where
+    H: FnMut(&mut Reconciler, ServiceName, Translation) -> usize,
+{
+    fn feed(&mut self, reconciler: &mut Reconciler, ops: usize) {
+        let mut worth = 0;
+        while worth < ops && self.names.len() > 0 {
+            let names: Vec<ServiceName> = self.names.by_ref().take(FEED_BATCH).collect();
+            let translations = translate_each(self.model, &names, self.node, self.translate);
+            for (name, translation) in names.into_iter().zip(translations) {
+                worth += (self.hand_over)(reconciler, name, translation);
+            }
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.names.len()
+    }
 }
 
 impl State {
@@ -319,10 +498,51 @@ impl State {
             changes.services.into_iter().collect()
         };
         self.ensure_sctp(&names);
+        if changes.all && !self.first_sync_begun {
+            // Translated by the first full sync, as it asks for them.
+            self.pending = names;
+            return;
+        }
         let translations = translate_each(&self.model, &names, &self.node, &self.translate);
         for (name, translation) in names.into_iter().zip(translations) {
             self.hand_over(name, translation);
         }
+    }
+
+    /// The first full sync. The services the initial lists brought are
+    /// translated and handed over as it asks for them, so that their
+    /// translation overlaps the kernel's first writes where that is safe
+    /// (see [`Kernel::sync_feeding`]).
+    async fn first_full_sync<K, A, N, C>(
+        &mut self,
+        kernel: &mut Kernel<'_, K, A, N, C>,
+        ruleset: &NftRuleset,
+        conntrack_cleanup: bool,
+    ) -> SyncReport
+    where
+        K: IpvsKernel,
+        A: AddressKernel,
+        N: NftKernel,
+        C: ConntrackKernel,
+    {
+        self.first_sync_begun = true;
+        let State {
+            model,
+            node,
+            translate,
+            reconciler,
+            handover,
+            pending,
+            ..
+        } = self;
+        let hand_over = |reconciler: &mut Reconciler, name, translation| {
+            handover.hand_over(reconciler, model, name, translation)
+        };
+        let names = std::mem::take(pending);
+        let mut feed = TranslationFeed::new(model, node, translate, names, hand_over);
+        kernel
+            .sync_feeding(reconciler, ruleset, conntrack_cleanup, &mut feed)
+            .await
     }
 
     /// Loads the kernel's `sctp` module the first time one of `names` has an
@@ -356,38 +576,18 @@ impl State {
 
     /// Passes one service's fresh translation to the reconciler.
     fn hand_over(&mut self, name: ServiceName, translation: Translation) {
-        #[cfg(test)]
-        {
-            self.translated += 1;
-        }
-        for warning in &translation.warnings {
-            tracing::warn!(service = %name, %warning, "translating service");
-            let uid = self.uid_of(&name);
-            self.events.report(Problem::from_translate(warning, uid));
-        }
-        if let Err(error) = self.health.set(&name, translation.health_check.as_ref()) {
-            tracing::error!(%error, "opening a health check port");
-        }
-        let desired = translation.desired;
-        let count = desired.virtual_servers.len();
-        let previous = if count == 0 {
-            self.virtual_servers.remove(&name)
-        } else {
-            self.virtual_servers.insert(name.clone(), count)
-        };
-        self.virtual_servers_total = self.virtual_servers_total + count - previous.unwrap_or(0);
-        self.metrics.set_virtual_servers(self.virtual_servers_total);
-        self.set_no_local_endpoints(&name, translation.no_local_endpoints);
-        let wanted = count > 0 || !desired.bind_addrs.is_empty();
-        for notice in self.reconciler.set_service(name, wanted.then_some(desired)) {
-            let uid = self.uid_of(notice.service());
-            self.events.report(Problem::from_claim(&notice, uid));
-        }
+        let State {
+            model,
+            reconciler,
+            handover,
+            ..
+        } = self;
+        handover.hand_over(reconciler, model, name, translation);
     }
 
     /// The `metadata.uid` of a Service the model holds, for its Events.
     fn uid_of(&self, name: &ServiceName) -> Option<Uid> {
-        self.model.service(name).and_then(|s| s.uid)
+        uid_of(&self.model, name)
     }
 
     /// Reports the kernel's refusals of a Service's virtual servers.
@@ -406,28 +606,9 @@ impl State {
         }
     }
 
-    /// Records one service's ports without a local endpoint and updates the
-    /// gauge with the new sum: O(1).
-    fn set_no_local_endpoints(&mut self, name: &ServiceName, counts: NoLocalEndpoints) {
-        let previous = if counts == NoLocalEndpoints::default() {
-            self.no_local_endpoints.remove(name)
-        } else {
-            self.no_local_endpoints.insert(name.clone(), counts)
-        }
-        .unwrap_or_default();
-        if previous == counts {
-            return;
-        }
-        let total = &mut self.no_local_endpoints_total;
-        total.internal = total.internal + counts.internal - previous.internal;
-        total.external = total.external + counts.external - previous.external;
-        self.metrics
-            .set_no_local_endpoints(total.internal, total.external);
-    }
-
     /// Tries again the health-check ports that could not be bound.
     fn retry_health_checks(&mut self) {
-        for error in self.health.retry_failed() {
+        for error in self.handover.health.retry_failed() {
             tracing::error!(%error, "opening a health check port");
         }
     }
@@ -663,6 +844,107 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         conntrack_cleanup: bool,
         full: bool,
     ) -> SyncReport {
+        self.sync_with(reconciler, ruleset, conntrack_cleanup, full, &mut NoFeed)
+            .await
+    }
+
+    /// A full sync of every subsystem while `feed` still has services to
+    /// hand over: the first full sync after start, when the initial lists
+    /// are in the model but not yet translated.
+    ///
+    /// If the kernel holds nothing the proxy could own (no VIP, no virtual
+    /// server outside `--ipvs-exclude-cidrs`, no set element: a node just
+    /// booted), no sync can delete anything, so the writes need not wait
+    /// for every service. The first full sync then starts with the services
+    /// worth its first chunk of IPVS writes; while the kernel takes each
+    /// chunk, the feed translates and hands over services worth
+    /// [`crate::reconcile::FEED_PER_OP`] times as many operations; each
+    /// incremental sync after it syncs those handed over during the one
+    /// before, until none are left. Translation, which came before the
+    /// first write, now runs beside the kernel's work. Otherwise (a
+    /// restart, a node whose state another tool holds, a failed read) every
+    /// service is handed over first and the sync is the one [`Kernel::sync`]
+    /// makes. A failed read or a lost connection on the way hands over the
+    /// rest at once and ends the streaming: the run loop's next syncs, as
+    /// after any failure, take it from there. The report sums every sync's.
+    pub async fn sync_feeding(
+        &mut self,
+        reconciler: &mut Reconciler,
+        ruleset: &NftRuleset,
+        conntrack_cleanup: bool,
+        feed: &mut (dyn Feed + Send),
+    ) -> SyncReport {
+        let Kernel {
+            ipvs,
+            link,
+            nft,
+            conntrack,
+        } = self;
+        let reads = async {
+            let held = link.ensure_link().await;
+            let listed = match held {
+                Ok(_) => Some(ipvs.list_virtual_servers().await),
+                Err(_) => None,
+            };
+            (held, listed)
+        };
+        let ((held, listed), elements) = futures::join!(reads, nft.ensure_ruleset(ruleset));
+        let streaming = match (&held, &listed, &elements) {
+            (Ok(held), Some(Ok(listed)), Ok(elements)) => {
+                reconciler.holds_nothing_ownable(held, listed, elements)
+            }
+            _ => false,
+        };
+        tracing::debug!(streaming, services = feed.remaining(), "first full sync");
+        feed.feed(reconciler, if streaming { FIRST_CHUNK } else { usize::MAX });
+        let mut remaining = feed.remaining();
+        let mut report = Kernel {
+            ipvs: &mut ReadAhead::new(&mut **ipvs, listed),
+            link: &mut ReadAhead::new(&mut **link, Some(held)),
+            nft: &mut ReadAhead::new(&mut **nft, Some(elements)),
+            conntrack: &mut **conntrack,
+        }
+        .sync_with(reconciler, ruleset, conntrack_cleanup, true, feed)
+        .await;
+        let mut services_synced = report.services_synced;
+        let mut broken = stops_streaming(&report);
+        while feed.remaining() > 0 && !broken {
+            if feed.remaining() == remaining {
+                // The last sync wrote nothing to hand over more beside.
+                feed.feed(reconciler, FIRST_CHUNK);
+            }
+            remaining = feed.remaining();
+            let next = self
+                .sync_with(reconciler, ruleset, conntrack_cleanup, false, feed)
+                .await;
+            services_synced += next.services_synced;
+            broken = stops_streaming(&next);
+            report.absorb(next);
+        }
+        if broken {
+            feed.feed(reconciler, usize::MAX);
+        } else if reconciler.has_dirty() {
+            // The services handed over during the last sync.
+            let last = self
+                .sync(reconciler, ruleset, conntrack_cleanup, false)
+                .await;
+            services_synced += last.services_synced;
+            report.absorb(last);
+        }
+        report.services_synced = services_synced;
+        report
+    }
+
+    /// [`Kernel::sync`], with `feed` handing over services while the
+    /// kernel takes the IPVS writes.
+    async fn sync_with(
+        &mut self,
+        reconciler: &mut Reconciler,
+        ruleset: &NftRuleset,
+        conntrack_cleanup: bool,
+        full: bool,
+        feed: &mut (dyn Feed + Send),
+    ) -> SyncReport {
         let mut report = SyncReport::default();
         let reads_ahead = reconciler.syncs_in_full(full);
         let Kernel {
@@ -708,9 +990,13 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         let mut link = AfterNft::new(&mut link, nft_answered, &starts);
         let ipvs_sync = async {
             if full {
-                reconciler.full_sync(&mut ipvs, &mut link).await
+                reconciler
+                    .full_sync_feeding(&mut ipvs, &mut link, feed)
+                    .await
             } else {
-                reconciler.sync_dirty(&mut ipvs, &mut link).await
+                reconciler
+                    .sync_dirty_feeding(&mut ipvs, &mut link, feed)
+                    .await
             }
         };
         let (results, ipvs) = futures::join!(transactions, ipvs_sync);
@@ -790,6 +1076,39 @@ impl<A: AddressKernel> AddressKernel for ReadAhead<'_, A, Vec<IpAddr>> {
 
     async fn del_address(&mut self, addr: IpAddr) -> Result<(), KernelError> {
         self.kernel.del_address(addr).await
+    }
+}
+
+/// Whether a sync of a streamed cold sync failed in a way that ends the
+/// streaming: a read of the kernel, or a connection lost with its answers.
+fn stops_streaming(report: &SyncReport) -> bool {
+    report.errors.iter().any(|error| {
+        matches!(error, SyncError::Read { .. })
+            || matches!(error.kernel_error(), KernelError::ConnectionLost(_))
+    })
+}
+
+impl<N: NftKernel> NftKernel for ReadAhead<'_, N, Vec<NftElement>> {
+    async fn ensure_ruleset(
+        &mut self,
+        ruleset: &NftRuleset,
+    ) -> Result<Vec<NftElement>, KernelError> {
+        match self.answer.take() {
+            Some(answer) => answer,
+            None => self.kernel.ensure_ruleset(ruleset).await,
+        }
+    }
+
+    async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+        self.kernel.dump_elements().await
+    }
+
+    async fn apply(&mut self, changes: &[crate::desired::NftChange]) -> Result<(), KernelError> {
+        self.kernel.apply(changes).await
+    }
+
+    async fn delete_table(&mut self) -> Result<bool, KernelError> {
+        self.kernel.delete_table().await
     }
 }
 
@@ -918,15 +1237,11 @@ impl Loop<'_> {
             reconciler,
             pod_cidrs_from_node: opts.pod_cidrs_from_node(),
             node_port_primary: opts.node_port_primary(),
+            handover: Handover::new(self.metrics.clone(), self.events.clone(), health),
             metrics: self.metrics,
-            virtual_servers: HashMap::new(),
-            virtual_servers_total: 0,
-            no_local_endpoints: HashMap::new(),
-            no_local_endpoints_total: NoLocalEndpoints::default(),
-            health,
             events: self.events,
-            #[cfg(test)]
-            translated: 0,
+            pending: Vec::new(),
+            first_sync_begun: false,
         };
         let mut synced = false;
         let mut startup = Startup::new();
@@ -974,7 +1289,11 @@ impl Loop<'_> {
                             ruleset.ipv6 = true;
                         }
                         state.retry_health_checks();
-                        let report = kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await;
+                        let report = if state.first_sync_begun {
+                            kernel.sync(&mut state.reconciler, &ruleset, opts.conntrack_cleanup, true).await
+                        } else {
+                            state.first_full_sync(&mut kernel, &ruleset, opts.conntrack_cleanup).await
+                        };
                         startup.first_sync_done(started);
                         log_sync("full", &report, started, &state.metrics);
                         state.report_sync_errors(&report);
@@ -2011,8 +2330,10 @@ mod fault_tests {
 #[cfg(test)]
 mod initial_list_tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
+    use crate::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
     use crate::source::Update;
 
     fn state() -> State {
@@ -2028,16 +2349,17 @@ mod initial_list_tests {
             },
             translate: TranslateConfig::default(),
             reconciler: Reconciler::new(Ownership::default()),
-            metrics: metrics.clone(),
             pod_cidrs_from_node: false,
             node_port_primary: false,
-            virtual_servers: HashMap::new(),
-            virtual_servers_total: 0,
-            no_local_endpoints: HashMap::new(),
-            no_local_endpoints_total: NoLocalEndpoints::default(),
-            health: ServiceHealthServers::new(vec![], metrics, std::time::Duration::from_secs(30)),
+            handover: Handover::new(
+                metrics.clone(),
+                EventSink::disabled(),
+                ServiceHealthServers::new(vec![], metrics.clone(), Duration::from_secs(30)),
+            ),
+            metrics,
             events: EventSink::disabled(),
-            translated: 0,
+            pending: Vec::new(),
+            first_sync_begun: false,
         }
     }
 
@@ -2060,8 +2382,8 @@ mod initial_list_tests {
         .unwrap()
     }
 
-    #[test]
-    fn the_initial_lists_translate_each_service_once() {
+    #[tokio::test]
+    async fn the_first_full_sync_translates_each_listed_service_once() {
         let mut state = state();
         let node: k8s_openapi::api::core::v1::Node =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap();
@@ -2078,12 +2400,32 @@ mod initial_list_tests {
             assert!(!state.apply(event), "not synced before the lists are in");
         }
         assert_eq!(
-            state.translated, 0,
+            state.handover.translated, 0,
             "nothing translated before the lists are in"
         );
 
         assert!(state.apply(SourceEvent::Synced));
-        assert_eq!(state.translated, 5, "each service once");
+        assert_eq!(
+            (state.handover.translated, state.pending.len()),
+            (0, 5),
+            "left for the first full sync"
+        );
+        let (mut ipvs, mut link) = (FakeKernel::new(), FakeKernel::new());
+        let (mut nft, mut conntrack) = (FakeNft::new(), FakeConntrack::default());
+        let mut kernel = Kernel {
+            ipvs: &mut ipvs,
+            link: &mut link,
+            nft: &mut nft,
+            conntrack: &mut conntrack,
+        };
+        let report = state
+            .first_full_sync(&mut kernel, &NftRuleset::default(), true)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(report.services_synced, 5);
+        assert_eq!(state.handover.translated, 5, "each service once");
+        assert!(state.pending.is_empty());
+        assert_eq!(ipvs.virtual_servers().len(), 5, "each service synced");
         let desired: Vec<_> = state.reconciler.desired().collect();
         assert_eq!(desired.len(), 5);
         assert!(
@@ -2095,7 +2437,7 @@ mod initial_list_tests {
 
         // After the lists, a change translates what it touched.
         state.apply(SourceEvent::EndpointSlice(Update::Delete(slice(3))));
-        assert_eq!(state.translated, 6);
+        assert_eq!(state.handover.translated, 6);
     }
 
     #[tokio::test]
@@ -2135,6 +2477,7 @@ mod initial_list_tests {
 mod after_nft_tests {
     use std::cell::RefCell;
     use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     use foldhash::HashSet;
 
@@ -2146,7 +2489,7 @@ mod after_nft_tests {
     use crate::kernel::fake::{FailOn, FakeConntrack, FakeKernel, FakeNft};
     use crate::reconcile::{KernelRead, SyncError};
 
-    type Journal = Rc<RefCell<Vec<&'static str>>>;
+    type Journal = Arc<Mutex<Vec<&'static str>>>;
 
     /// A kernel that notes every call in a journal shared by all three.
     struct Noted<T> {
@@ -2156,7 +2499,7 @@ mod after_nft_tests {
 
     impl<T> Noted<T> {
         fn note(&self, what: &'static str) {
-            self.journal.borrow_mut().push(what);
+            self.journal.lock().unwrap().push(what);
         }
     }
 
@@ -2274,7 +2617,7 @@ mod after_nft_tests {
 
     /// The journal from the first note of the transaction's answer on.
     fn split(journal: &Journal) -> (Vec<&'static str>, Vec<&'static str>) {
-        let notes = journal.borrow_mut().split_off(0);
+        let notes = journal.lock().unwrap().split_off(0);
         let answered = notes
             .iter()
             .position(|n| *n == "nft answered")
@@ -2382,7 +2725,7 @@ mod after_nft_tests {
         for full in [false, true] {
             let report = kernel.sync(&mut reconciler, &ruleset, true, full).await;
             assert!(report.is_clean(), "{:?}", report.errors);
-            let notes = journal.borrow_mut().split_off(0);
+            let notes = journal.lock().unwrap().split_off(0);
             let table_read = notes.iter().position(|n| *n == "nft read");
             let table_read = table_read.expect("a full sync reads the table");
             assert_eq!(
@@ -2406,7 +2749,7 @@ mod after_nft_tests {
         reconciler.set_service(ServiceName::new("default", "b"), Some(web(2)));
         let report = kernel.sync(&mut reconciler, &ruleset, true, false).await;
         assert!(report.is_clean(), "{:?}", report.errors);
-        let notes = journal.borrow_mut().split_off(0);
+        let notes = journal.lock().unwrap().split_off(0);
         assert!(
             !notes.iter().any(|n| n.ends_with("read")),
             "an incremental sync reads nothing: {notes:?}"
@@ -2710,5 +3053,184 @@ mod after_nft_tests {
             reconciler.next_retry().is_some(),
             "the later transactions' answers leave the failed one's backoff in place"
         );
+    }
+
+    /// Service `i`'s desired state: `web`'s, on 10.96.x.y.
+    fn many(i: u16) -> ServiceDesired {
+        let [high, low] = i.to_be_bytes();
+        let mut desired = web(low);
+        let addr = IpAddr::from([10, 96, high, low]);
+        let vs = &mut desired.virtual_servers[0];
+        vs.server.key.addr = addr;
+        desired.bind_addrs = vec![addr];
+        desired.nft_elements = vec![NftElement {
+            set: NftSet::ClusterIps,
+            key: NftKey::AddrProtoPort(addr, Protocol::Tcp, 80),
+        }];
+        desired
+    }
+
+    /// Hands over services `many(0..count)` in order, noting each call.
+    struct Services {
+        next: u16,
+        count: u16,
+        journal: Journal,
+    }
+
+    impl Feed for Services {
+        fn feed(&mut self, reconciler: &mut Reconciler, ops: usize) {
+            self.journal.lock().unwrap().push("handed over");
+            let mut worth = 0;
+            while worth < ops && self.next < self.count {
+                let desired = many(self.next);
+                worth += operations_worth(&desired);
+                let name = ServiceName::new("default", &format!("s{}", self.next));
+                reconciler.set_service(name, Some(desired));
+                self.next += 1;
+            }
+        }
+
+        fn remaining(&self) -> usize {
+            usize::from(self.count - self.next)
+        }
+    }
+
+    impl Services {
+        /// Services 0..`count`, noting each hand-over in `journal`.
+        fn new(count: u16, journal: &Journal) -> Self {
+            Services {
+                next: 0,
+                count,
+                journal: journal.clone(),
+            }
+        }
+
+        /// A first full sync of `kernels` from an empty `reconciler` that
+        /// hands these services over as it asks for them.
+        async fn sync(
+            &mut self,
+            kernels: &mut Kernels<Noted<FakeKernel>, Noted<FakeNft>>,
+            reconciler: &mut Reconciler,
+        ) -> SyncReport {
+            let ruleset = NftRuleset::default();
+            let mut kernel = kernels.kernel();
+            kernel.sync_feeding(reconciler, &ruleset, true, self).await
+        }
+    }
+
+    /// Each of `count` services is in the kernels: its virtual server, VIP
+    /// and set element.
+    fn every_service_in(kernels: &Kernels<Noted<FakeKernel>, Noted<FakeNft>>, count: u16) {
+        let held = kernels.ipvs.inner.virtual_servers();
+        assert_eq!(held.len(), usize::from(count));
+        for i in 0..count {
+            let want = &many(i).virtual_servers[0];
+            let vs = kernels.ipvs.inner.virtual_server(&want.server.key);
+            assert_eq!(vs.map(|vs| vs.real_servers.len()), Some(1), "service {i}");
+        }
+        let addresses = kernels.link.inner.addresses();
+        assert_eq!(addresses.len(), usize::from(count));
+        assert_eq!(kernels.nft.inner.elements().len(), usize::from(count));
+    }
+
+    #[tokio::test]
+    async fn a_cold_sync_into_an_empty_kernel_hands_services_over_while_the_kernel_writes() {
+        let journal = Journal::default();
+        let mut kernels = Kernels::noted(&journal);
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let count = 400;
+        let mut feed = Services::new(count, &journal);
+        let report = feed.sync(&mut kernels, &mut reconciler).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(feed.remaining(), 0);
+        assert_eq!(report.services_synced, usize::from(count));
+        every_service_in(&kernels, count);
+
+        // The first sync starts with services worth its first chunk (256
+        // operations: 128 services of two), and the rest are handed over
+        // while that chunk is on its way (here, waiting for its transaction),
+        // for the next sync: each sync sends a transaction of its own.
+        let notes = journal.lock().unwrap();
+        let at = |what: &str, nth: usize| {
+            let mut found = notes.iter().enumerate().filter(|(_, n)| **n == what);
+            found.nth(nth).map(|(i, _)| i)
+        };
+        assert!(
+            at("handed over", 0) < at("IPVS write", 0),
+            "services handed over before the first write: {notes:?}"
+        );
+        assert_eq!(kernels.ipvs.inner.apply_sizes()[0], 256);
+        assert!(
+            at("handed over", 1) < at("nft answered", 1),
+            "more handed over during the first sync: {notes:?}"
+        );
+        assert_eq!(report.nft_batches, 2, "two syncs: {notes:?}");
+        assert_eq!(report.writes, 400 * 2 + 400 + 400, "IPVS, VIPs, elements");
+    }
+
+    #[tokio::test]
+    async fn a_kernel_holding_a_vip_gets_every_service_before_the_first_write() {
+        let journal = Journal::default();
+        let mut kernels = Kernels::noted(&journal);
+        // A VIP of an earlier run, no longer wanted: the sync deletes it, so
+        // every service must be in before it.
+        let stale = IpAddr::from([10, 97, 0, 1]);
+        kernels.link.inner.insert_address(stale);
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let count = 400;
+        let mut feed = Services::new(count, &journal);
+        let report = feed.sync(&mut kernels, &mut reconciler).await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        every_service_in(&kernels, count);
+        assert!(!kernels.link.inner.addresses().contains(&stale));
+        let notes = journal.lock().unwrap();
+        let first_write = notes.iter().position(|n| *n == "IPVS write").unwrap();
+        assert_eq!(
+            notes.iter().filter(|n| **n == "handed over").count(),
+            1,
+            "one hand-over of everything: {notes:?}"
+        );
+        assert!(notes[..first_write].contains(&"handed over"));
+        assert_eq!(report.services_synced, usize::from(count));
+        assert_eq!(report.nft_batches, 1, "one sync");
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_while_streaming_hands_the_rest_over_for_a_full_sync() {
+        let journal = Journal::default();
+        let mut kernels = Kernels::noted(&journal);
+        let mut reconciler = Reconciler::new(Ownership::default());
+        let ruleset = NftRuleset::default();
+        let count = 2000;
+        // In the first sync's 128 services, while most are still to come.
+        let broken = many(100).virtual_servers[0].server.key;
+        let lost = KernelError::ConnectionLost("socket closed".into());
+        kernels
+            .ipvs
+            .inner
+            .fail_next(FailOn::VirtualServer(broken), lost);
+        let mut feed = Services::new(count, &journal);
+        let report = feed.sync(&mut kernels, &mut reconciler).await;
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| matches!(e.kernel_error(), KernelError::ConnectionLost(_))),
+            "{:?}",
+            report.errors
+        );
+        assert_eq!(feed.remaining(), 0, "the rest handed over at once");
+        assert_eq!(reconciler.desired().count(), usize::from(count));
+        assert!(
+            reconciler.syncs_in_full(false),
+            "what the kernel did is unknown: the next sync reads it"
+        );
+
+        let report = kernels
+            .kernel()
+            .sync(&mut reconciler, &ruleset, true, true)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        every_service_in(&kernels, count);
     }
 }

@@ -59,6 +59,49 @@ pub const APPLY_CHUNK: usize = 4096;
 /// to [`APPLY_CHUNK`] (see `Reconciler::apply_diff`).
 pub const FIRST_CHUNK: usize = 256;
 
+/// For every chunk of IPVS operations a sync sends while a [`Feed`] has
+/// services left, the feed hands over services worth this many times its
+/// operations: so that each sync of a streamed cold sync is a few times
+/// the one before, while the handing over stays well inside the kernel's
+/// time for the chunk.
+pub const FEED_PER_OP: usize = 4;
+
+/// Services whose desired state is still to be handed to the reconciler,
+/// handed over by a sync while the kernel takes its writes: a cold sync
+/// translates the services after its first few while the kernel creates
+/// the virtual servers of those before them (see
+/// `proxy::Kernel::sync_feeding`). Only safe while the kernel holds
+/// nothing the services not yet handed over could want: otherwise the
+/// sync would delete it.
+pub trait Feed {
+    /// Hands services over to `reconciler` ([`Reconciler::set_service`]),
+    /// in order, until they are worth `ops` IPVS operations (a virtual
+    /// server and each of its real servers one each) or none are left.
+    fn feed(&mut self, reconciler: &mut Reconciler, ops: usize);
+
+    /// How many services are left to hand over.
+    fn remaining(&self) -> usize;
+}
+
+/// The feed of a sync with nothing more to hand over.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFeed;
+
+impl Feed for NoFeed {
+    fn feed(&mut self, _: &mut Reconciler, _: usize) {}
+
+    fn remaining(&self) -> usize {
+        0
+    }
+}
+
+/// The IPVS operations one service's desired state is worth: one per
+/// virtual server and one per real server, as a cold sync creates them.
+pub fn operations_worth(desired: &ServiceDesired) -> usize {
+    let servers = desired.virtual_servers.iter();
+    servers.map(|dvs| 1 + dvs.real_servers.len()).sum()
+}
+
 /// One chunk of a sync's IPVS operations: those of `keys[start..end]`.
 #[derive(Debug)]
 struct Chunk {
@@ -828,12 +871,7 @@ impl Reconciler {
         }
         fn owner(entry: &ServiceEntry) -> Option<(VirtualServerKey, usize, &[NftElement])> {
             let first = *entry.keys().next()?;
-            let ops = entry
-                .desired
-                .virtual_servers
-                .iter()
-                .map(|dvs| 1 + dvs.real_servers.len())
-                .sum();
+            let ops = operations_worth(&entry.desired);
             Some((first, ops, &entry.desired.nft_elements[..]))
         }
         // A full sync diffs every service: walked in place rather than
@@ -960,6 +998,17 @@ impl Reconciler {
         ipvs: &mut K,
         addrs: &mut A,
     ) -> SyncReport {
+        self.full_sync_feeding(ipvs, addrs, &mut NoFeed).await
+    }
+
+    /// [`Reconciler::full_sync`], with `feed` handing over more services
+    /// while the kernel takes the writes; they are synced by the next sync.
+    pub async fn full_sync_feeding<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+        feed: &mut (dyn Feed + Send),
+    ) -> SyncReport {
         let mut report = SyncReport::default();
         let mut work = Work::default();
         if self.adopted && self.verify_rounds > 1 {
@@ -1003,7 +1052,7 @@ impl Reconciler {
         // Replaced, not cleared: a cold sync's sets would keep their capacity.
         self.dirty = HashSet::new();
         self.dirty_addrs = HashSet::new();
-        self.run(work, ipvs, addrs, &mut report).await;
+        self.run(work, ipvs, addrs, &mut report, feed).await;
         report
     }
 
@@ -1017,6 +1066,26 @@ impl Reconciler {
     pub fn syncs_in_full(&self, full: bool) -> bool {
         let now = (self.clock)();
         full || !self.adopted || self.read_failed.is_some_and(|b| b.is_due(now))
+    }
+
+    /// Whether these reads of the kernel (kube-ipvs0's VIPs, the IPVS
+    /// virtual servers and the nftables set elements) show nothing the
+    /// proxy could own, whatever services it is handed later: no VIP and
+    /// no virtual server outside `--ipvs-exclude-cidrs`, and no element.
+    /// Then no sync can delete anything, and one may start before every
+    /// service is handed over (see [`Feed`]).
+    pub fn holds_nothing_ownable(
+        &self,
+        vips: &[IpAddr],
+        virtual_servers: &[ListedVirtualServer],
+        elements: &[NftElement],
+    ) -> bool {
+        let ownership = &self.ownership;
+        vips.iter().all(|addr| ownership.is_excluded(*addr))
+            && virtual_servers
+                .iter()
+                .all(|vs| ownership.is_excluded(vs.server.key.addr))
+            && elements.is_empty()
     }
 
     /// The keys `name` wants and holds the claim to.
@@ -1161,8 +1230,19 @@ impl Reconciler {
         ipvs: &mut K,
         addrs: &mut A,
     ) -> SyncReport {
+        self.sync_dirty_feeding(ipvs, addrs, &mut NoFeed).await
+    }
+
+    /// [`Reconciler::sync_dirty`], with `feed` handing over more services
+    /// while the kernel takes the writes; they are synced by the next sync.
+    pub async fn sync_dirty_feeding<K: IpvsKernel, A: AddressKernel>(
+        &mut self,
+        ipvs: &mut K,
+        addrs: &mut A,
+        feed: &mut (dyn Feed + Send),
+    ) -> SyncReport {
         if self.syncs_in_full(false) {
-            return self.full_sync(ipvs, addrs).await;
+            return self.full_sync_feeding(ipvs, addrs, feed).await;
         }
         let now = (self.clock)();
         let mut work = Work::default();
@@ -1185,7 +1265,7 @@ impl Reconciler {
                 .extend(orphans.map(|key| (*key, Some(name.clone()))));
         }
         let mut report = SyncReport::default();
-        self.run(work, ipvs, addrs, &mut report).await;
+        self.run(work, ipvs, addrs, &mut report, feed).await;
         report
     }
 
@@ -1330,6 +1410,7 @@ impl Reconciler {
         ipvs: &mut K,
         addrs: &mut A,
         report: &mut SyncReport,
+        feed: &mut (dyn Feed + Send),
     ) {
         let now = (self.clock)();
         report.services_synced = work.services_synced(&self.services);
@@ -1373,7 +1454,7 @@ impl Reconciler {
             // The IPVS answers are recorded while the additions may still run.
             let ((), failed_services) = futures::join!(
                 additions.as_mut(),
-                self.apply_diff(&keys, ipvs, report, &mut work.addresses)
+                self.apply_diff(&keys, ipvs, report, &mut work.addresses, feed)
             );
             (additions.take_output().unwrap_or_default(), failed_services)
         };
@@ -1431,6 +1512,8 @@ impl Reconciler {
     /// in one chunk and in order (its add before its real servers), and the
     /// diff of a key reads only that key's mirror entry, which only that
     /// key's answers change: the overlap changes nothing but the time.
+    /// While a chunk is in the kernel, `feed` also hands over services worth
+    /// [`FEED_PER_OP`] times its operations, for the next sync.
     /// Addresses left unused are added to `freed`. Returns the services with
     /// a failed op.
     async fn apply_diff<K: IpvsKernel>(
@@ -1439,6 +1522,7 @@ impl Reconciler {
         ipvs: &mut K,
         report: &mut SyncReport,
         freed: &mut HashSet<IpAddr>,
+        feed: &mut (dyn Feed + Send),
     ) -> HashSet<ServiceName> {
         let mut failed_services = HashSet::new();
         let mut limit = FIRST_CHUNK;
@@ -1465,6 +1549,9 @@ impl Reconciler {
                     failed_services.extend(failed);
                 }
                 let next = self.diff_chunk(keys, current.end, limit);
+                if feed.remaining() > 0 {
+                    feed.feed(self, FEED_PER_OP * current.ops.len());
+                }
                 applying.as_mut().await;
                 (applying.take_output().unwrap_or_default(), next)
             };

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
-use kube_ipvs_proxy::reconcile::NFT_SPLIT_ABOVE;
+use kube_ipvs_proxy::reconcile::{FIRST_CHUNK, NFT_SPLIT_ABOVE};
 use netlink_ipvs::{Operation, ServiceAddress};
 
 use observe::{status_kib, SyncDone};
@@ -196,9 +196,12 @@ fn synced_pipeline(scale: Scale) -> FakePipeline {
         "{scale}: set elements"
     );
     // Past NFT_SPLIT_ABOVE, the elements go in a few transactions that the
-    // IPVS writes follow (`proxy::Kernel::sync`).
+    // IPVS writes follow (`proxy::Kernel::sync`). Past the services worth
+    // the first chunk of IPVS writes, the cold sync is several syncs, each
+    // with its transaction (`proxy::Kernel::sync_feeding`).
     let transactions = synced.report.nft_batches;
-    if elements > NFT_SPLIT_ABOVE {
+    let streamed = scale.ipvs_objects() > FIRST_CHUNK + 1 + scale.endpoints;
+    if elements > NFT_SPLIT_ABOVE || streamed {
         assert!(
             transactions > 1,
             "{scale}: {elements} elements in {transactions} nftables transaction"

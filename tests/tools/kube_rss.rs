@@ -14,8 +14,8 @@
 //! the proxy does, folds the events into a [`Model`], and once synced prints
 //! VmHWM (peak) and VmRSS (steady, after the heap's free pages are released)
 //! from /proc/self/status. `sync` goes on as the run loop's first sync does:
-//! every service translated and handed to the reconciler, then a full sync
-//! into kernels that accept every write and keep nothing, printing the peak
+//! a full sync into kernels that accept every write and keep nothing, which
+//! translates and hands over the services as it goes, printing the peak
 //! after each step.
 
 // The benchmark's state and the tests' API server, included as they are.
@@ -32,9 +32,9 @@ use kube_ipvs_proxy::kernel::{
     AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
 };
 use kube_ipvs_proxy::model::Model;
-use kube_ipvs_proxy::proxy::Kernel;
+use kube_ipvs_proxy::proxy::{set_desired, Kernel, TranslationFeed};
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler};
-use kube_ipvs_proxy::translate::{translate_each, NodeFacts, TranslateConfig};
+use kube_ipvs_proxy::translate::{NodeFacts, TranslateConfig};
 
 mod proc_status;
 use proc_status::status_kib;
@@ -175,14 +175,9 @@ async fn sync(url: &str) {
         ipv6: false,
     };
     let names: Vec<_> = model.services().map(|s| s.name.clone()).collect();
-    let translations = translate_each(&model, &names, &node, &TranslateConfig::default());
+    let translate = TranslateConfig::default();
+    let mut feed = TranslationFeed::new(&model, &node, &translate, names, set_desired);
     let mut reconciler = Reconciler::new(Ownership::default());
-    for (name, translation) in names.into_iter().zip(translations) {
-        let desired = translation.desired;
-        let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
-        reconciler.set_service(name, wanted.then_some(desired));
-    }
-    println!("translated: VmHWM {} kB", status_kib("VmHWM:"));
     let mut kernel = Kernel {
         ipvs: &mut NullKernel,
         link: &mut NullKernel,
@@ -190,7 +185,7 @@ async fn sync(url: &str) {
         conntrack: &mut NullKernel,
     };
     let report = kernel
-        .sync(&mut reconciler, &NftRuleset::default(), true, true)
+        .sync_feeding(&mut reconciler, &NftRuleset::default(), true, &mut feed)
         .await;
     let peak = status_kib("VmHWM:");
     kube_ipvs_proxy::heap::release_free_memory();
