@@ -141,7 +141,10 @@ pub struct ColdRepeat {
 pub struct ColdSync {
     /// From the first source event to the last ACK.
     pub seconds: f64,
-    /// Of which in the model, translate and the reconciler's `set_service`.
+    /// Of which before the sync: in the model (the sync translates the
+    /// services and hands them to the reconciler as it goes, as the run
+    /// loop's first full sync does; before 3b9239b, this also held
+    /// translate and `set_service`).
     pub absorb_seconds: f64,
     /// Of which in `IpvsKernel::apply` (the IPVS batch).
     pub ipvs_apply_seconds: f64,
@@ -173,8 +176,9 @@ pub struct ColdSync {
     pub address_writes: u64,
     /// `SyncReport::writes`.
     pub writes: usize,
-    /// From the first source event to the first IPVS write: the model,
-    /// translation, the reads of the kernel and the diff of the first chunk.
+    /// From the first source event to the first IPVS write: the model, the
+    /// reads of the kernel, the translation of the first services and the
+    /// diff of the first chunk.
     /// Absent in results from before it was measured.
     #[serde(default)]
     pub first_write_seconds: Option<f64>,

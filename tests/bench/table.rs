@@ -251,7 +251,7 @@ impl Results {
             c.proxy.as_ref().map(|p| seconds(p.cold.seconds))
         });
         row("  runs, fastest – slowest", &|c| spread(&c.cold_samples));
-        row("  in model + translate", &|c| {
+        row("  in the model (translation: during the sync)", &|c| {
             c.proxy.as_ref().map(|p| seconds(p.cold.absorb_seconds))
         });
         row("  in the IPVS batch", &|c| {
