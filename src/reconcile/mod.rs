@@ -76,7 +76,8 @@ pub const FEED_PER_OP: usize = 4;
 pub trait Feed {
     /// Hands services over to `reconciler` ([`Reconciler::set_service`]),
     /// in order, until they are worth `ops` IPVS operations (a virtual
-    /// server and each of its real servers one each) or none are left.
+    /// server and each of its real servers one each) or none are left;
+    /// `usize::MAX` hands over every one left.
     fn feed(&mut self, reconciler: &mut Reconciler, ops: usize);
 
     /// How many services are left to hand over.

@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kube_ipvs_proxy::kernel::fake::{FakeConntrack, FakeKernel, FakeNft};
+use kube_ipvs_proxy::kernel::link::VipMode;
 use kube_ipvs_proxy::reconcile::{FIRST_CHUNK, NFT_SPLIT_ABOVE};
 use netlink_ipvs::{Operation, ServiceAddress};
 
@@ -174,11 +175,14 @@ fn draining_in(kernel: &FakeKernel) -> usize {
 type FakePipeline = Pipeline<FakeKernel, FakeKernel, FakeNft, FakeConntrack>;
 
 fn synced_pipeline(scale: Scale) -> FakePipeline {
+    // With routes, as the huge scales run: the cold sync translates as it
+    // goes (`proxy::Kernel::sync_feeding`).
     let mut pipeline = Pipeline::new(
         FakeKernel::new(),
         FakeKernel::new(),
         FakeNft::new(),
         FakeConntrack::default(),
+        VipMode::Route,
     );
     let events = FakePipeline::initial_list(scale);
     let synced = block_on(pipeline.cold_sync(events)).expect("cold sync");

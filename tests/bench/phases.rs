@@ -502,6 +502,7 @@ async fn real_pipeline(mode: VipMode) -> Result<RealPipeline, String> {
             created: nft_created,
         },
         conntrack,
+        mode,
     ))
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::{NftRuleset, ServiceName};
+use kube_ipvs_proxy::kernel::link::VipMode;
 use kube_ipvs_proxy::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, NftKernel};
 use kube_ipvs_proxy::model::{Changes, Model};
 use kube_ipvs_proxy::proxy::{set_desired, Kernel, TranslationFeed};
@@ -26,6 +27,9 @@ pub struct Pipeline<K, A, N, C> {
     translate: TranslateConfig,
     ruleset: NftRuleset,
     pub reconciler: Reconciler,
+    /// How the link binds VIPs (`--ipvs-vip-mode`): it decides whether the
+    /// cold sync translates as it goes (see `Kernel::sync_feeding`).
+    vip_mode: VipMode,
     pub ipvs: K,
     pub link: A,
     pub nft: N,
@@ -33,8 +37,9 @@ pub struct Pipeline<K, A, N, C> {
 }
 
 impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline<K, A, N, C> {
-    /// An empty pipeline for the synthetic node (IPv4, no NodePort addresses).
-    pub fn new(ipvs: K, link: A, nft: N, conntrack: C) -> Self {
+    /// An empty pipeline for the synthetic node (IPv4, no NodePort
+    /// addresses), whose link binds VIPs as `vip_mode`.
+    pub fn new(ipvs: K, link: A, nft: N, conntrack: C, vip_mode: VipMode) -> Self {
         Pipeline {
             model: Model::new(synthetic::NODE_NAME),
             node: NodeFacts {
@@ -47,6 +52,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
             translate: TranslateConfig::default(),
             ruleset: NftRuleset::default(),
             reconciler: default_reconciler(),
+            vip_mode,
             ipvs,
             link,
             nft,
@@ -67,7 +73,13 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         let (model, node, translate) = (&self.model, &self.node, &self.translate);
         let mut feed = TranslationFeed::new(model, node, translate, names, set_desired);
         kernel
-            .sync_feeding(&mut self.reconciler, &self.ruleset, true, &mut feed)
+            .sync_feeding(
+                &mut self.reconciler,
+                &self.ruleset,
+                true,
+                self.vip_mode,
+                &mut feed,
+            )
             .await
     }
 

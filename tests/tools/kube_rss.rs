@@ -28,6 +28,7 @@ mod synthetic;
 
 use futures::StreamExt;
 use kube_ipvs_proxy::desired::{FlowFilter, NftChange, NftElement, NftRuleset, Op};
+use kube_ipvs_proxy::kernel::link::VipMode;
 use kube_ipvs_proxy::kernel::{
     AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer, NftKernel,
 };
@@ -185,7 +186,13 @@ async fn sync(url: &str) {
         conntrack: &mut NullKernel,
     };
     let report = kernel
-        .sync_feeding(&mut reconciler, &NftRuleset::default(), true, &mut feed)
+        .sync_feeding(
+            &mut reconciler,
+            &NftRuleset::default(),
+            true,
+            VipMode::default(),
+            &mut feed,
+        )
         .await;
     let peak = status_kib("VmHWM:");
     kube_ipvs_proxy::heap::release_free_memory();
