@@ -3184,26 +3184,51 @@ mod after_nft_tests {
         assert_eq!(kernels.nft.inner.elements().len(), usize::from(count));
     }
 
-    #[tokio::test]
-    async fn a_cold_sync_into_an_empty_kernel_hands_services_over_while_the_kernel_writes() {
+    /// A first full sync of services 0..`count`, with VIPs bound as
+    /// `vips`, from an empty reconciler into kernels that note every call
+    /// in one journal, as `prepare` leaves them.
+    async fn first_sync(
+        count: u16,
+        vips: VipMode,
+        prepare: impl FnOnce(&mut Kernels<Noted<FakeKernel>, Noted<FakeNft>>),
+    ) -> FirstSync {
         let journal = Journal::default();
         let mut kernels = Kernels::noted(&journal);
+        prepare(&mut kernels);
         let mut reconciler = Reconciler::new(Ownership::default());
-        let count = 400;
         let mut feed = Services::new(count, &journal);
-        let report = feed
-            .sync(&mut kernels, &mut reconciler, VipMode::Route)
-            .await;
-        assert!(report.is_clean(), "{:?}", report.errors);
-        assert_eq!(feed.remaining(), 0);
-        assert_eq!(report.services_synced, usize::from(count));
-        every_service_in(&kernels, count);
+        let report = feed.sync(&mut kernels, &mut reconciler, vips).await;
+        FirstSync {
+            journal,
+            kernels,
+            reconciler,
+            feed,
+            report,
+        }
+    }
+
+    struct FirstSync {
+        journal: Journal,
+        kernels: Kernels<Noted<FakeKernel>, Noted<FakeNft>>,
+        reconciler: Reconciler,
+        feed: Services,
+        report: SyncReport,
+    }
+
+    #[tokio::test]
+    async fn a_cold_sync_into_an_empty_kernel_hands_services_over_while_the_kernel_writes() {
+        let count = 400;
+        let run = first_sync(count, VipMode::Route, |_| {}).await;
+        assert!(run.report.is_clean(), "{:?}", run.report.errors);
+        assert_eq!(run.feed.remaining(), 0);
+        assert_eq!(run.report.services_synced, usize::from(count));
+        every_service_in(&run.kernels, count);
 
         // The first sync starts with services worth its first chunk (256
         // operations: 128 services of two), and the rest are handed over
         // while that chunk is on its way (here, waiting for its transaction),
         // for the next sync: each sync sends a transaction of its own.
-        let notes = journal.lock().unwrap();
+        let notes = run.journal.lock().unwrap();
         let at = |what: &str, nth: usize| {
             let mut found = notes.iter().enumerate().filter(|(_, n)| **n == what);
             found.nth(nth).map(|(i, _)| i)
@@ -3212,105 +3237,78 @@ mod after_nft_tests {
             at("handed over", 0) < at("IPVS write", 0),
             "services handed over before the first write: {notes:?}"
         );
-        assert_eq!(kernels.ipvs.inner.apply_sizes()[0], 256);
+        assert_eq!(run.kernels.ipvs.inner.apply_sizes()[0], 256);
         assert!(
             at("handed over", 1) < at("nft answered", 1),
             "more handed over during the first sync: {notes:?}"
         );
-        assert_eq!(report.nft_batches, 2, "two syncs: {notes:?}");
-        assert_eq!(report.writes, 400 * 2 + 400 + 400, "IPVS, VIPs, elements");
-    }
-
-    #[tokio::test]
-    async fn a_kernel_holding_a_vip_gets_every_service_before_the_first_write() {
-        let journal = Journal::default();
-        let mut kernels = Kernels::noted(&journal);
-        // A VIP of an earlier run, no longer wanted: the sync deletes it, so
-        // every service must be in before it.
-        let stale = IpAddr::from([10, 97, 0, 1]);
-        kernels.link.inner.insert_address(stale);
-        let mut reconciler = Reconciler::new(Ownership::default());
-        let count = 400;
-        let mut feed = Services::new(count, &journal);
-        let report = feed
-            .sync(&mut kernels, &mut reconciler, VipMode::Route)
-            .await;
-        assert!(report.is_clean(), "{:?}", report.errors);
-        every_service_in(&kernels, count);
-        assert!(!kernels.link.inner.addresses().contains(&stale));
-        let notes = journal.lock().unwrap();
-        let first_write = notes.iter().position(|n| *n == "IPVS write").unwrap();
+        assert_eq!(run.report.nft_batches, 2, "two syncs: {notes:?}");
         assert_eq!(
-            notes.iter().filter(|n| **n == "handed over").count(),
-            1,
-            "one hand-over of everything: {notes:?}"
+            run.report.writes,
+            400 * 2 + 400 + 400,
+            "IPVS, VIPs, elements"
         );
-        assert!(notes[..first_write].contains(&"handed over"));
-        assert_eq!(report.services_synced, usize::from(count));
-        assert_eq!(report.nft_batches, 1, "one sync");
     }
 
     #[tokio::test]
-    async fn with_vips_as_addresses_every_service_is_handed_over_before_the_first_write() {
-        let journal = Journal::default();
-        let mut kernels = Kernels::noted(&journal);
-        let mut reconciler = Reconciler::new(Ownership::default());
-        let count = 400;
-        let mut feed = Services::new(count, &journal);
-        let report = feed
-            .sync(&mut kernels, &mut reconciler, VipMode::Address)
+    async fn with_a_stale_vip_or_vips_as_addresses_every_service_is_handed_over_first() {
+        // A VIP of an earlier run, no longer wanted, which the sync deletes;
+        // with addresses, binding the VIPs must start at once with all.
+        let stale = IpAddr::from([10, 97, 0, 1]);
+        for (vips, stale) in [(VipMode::Route, Some(stale)), (VipMode::Address, None)] {
+            let count = 400;
+            let run = first_sync(count, vips, |kernels| {
+                if let Some(vip) = stale {
+                    kernels.link.inner.insert_address(vip);
+                }
+            })
             .await;
-        assert!(report.is_clean(), "{:?}", report.errors);
-        every_service_in(&kernels, count);
-        let notes = journal.lock().unwrap();
-        let handed: Vec<usize> = (notes.iter().enumerate())
-            .filter(|(_, n)| **n == "handed over")
-            .map(|(i, _)| i)
-            .collect();
-        let first_write = notes.iter().position(|n| *n == "IPVS write").unwrap();
-        assert_eq!(handed.len(), 1, "one hand-over of everything: {notes:?}");
-        assert!(handed[0] < first_write);
-        assert_eq!(report.nft_batches, 1, "one sync");
+            assert!(run.report.is_clean(), "{:?}", run.report.errors);
+            every_service_in(&run.kernels, count);
+            assert!(stale.is_none_or(|vip| !run.kernels.link.inner.addresses().contains(&vip)));
+            let notes = run.journal.lock().unwrap();
+            let handed: Vec<usize> = (notes.iter().enumerate())
+                .filter(|(_, n)| **n == "handed over")
+                .map(|(i, _)| i)
+                .collect();
+            let first_write = notes.iter().position(|n| *n == "IPVS write").unwrap();
+            assert_eq!(handed.len(), 1, "{vips:?}: one hand-over: {notes:?}");
+            assert!(handed[0] < first_write, "{vips:?}: before the first write");
+            assert_eq!(run.report.services_synced, usize::from(count));
+            assert_eq!(run.report.nft_batches, 1, "{vips:?}: one sync");
+        }
     }
 
     #[tokio::test]
     async fn a_lost_connection_while_streaming_hands_the_rest_over_for_a_full_sync() {
-        let journal = Journal::default();
-        let mut kernels = Kernels::noted(&journal);
-        let mut reconciler = Reconciler::new(Ownership::default());
-        let ruleset = NftRuleset::default();
         let count = 2000;
         // In the first sync's 128 services, while most are still to come.
         let broken = many(100).virtual_servers[0].server.key;
-        let lost = KernelError::ConnectionLost("socket closed".into());
-        kernels
-            .ipvs
-            .inner
-            .fail_next(FailOn::VirtualServer(broken), lost);
-        let mut feed = Services::new(count, &journal);
-        let report = feed
-            .sync(&mut kernels, &mut reconciler, VipMode::Route)
-            .await;
+        let mut run = first_sync(count, VipMode::Route, |kernels| {
+            let lost = KernelError::ConnectionLost("socket closed".into());
+            let broken = FailOn::VirtualServer(broken);
+            kernels.ipvs.inner.fail_next(broken, lost);
+        })
+        .await;
         assert!(
-            report
+            run.report
                 .errors
                 .iter()
                 .any(|e| matches!(e.kernel_error(), KernelError::ConnectionLost(_))),
             "{:?}",
-            report.errors
+            run.report.errors
         );
-        assert_eq!(feed.remaining(), 0, "the rest handed over at once");
-        assert_eq!(reconciler.desired().count(), usize::from(count));
+        assert_eq!(run.feed.remaining(), 0, "the rest handed over at once");
+        assert_eq!(run.reconciler.desired().count(), usize::from(count));
         assert!(
-            reconciler.syncs_in_full(false),
+            run.reconciler.syncs_in_full(false),
             "what the kernel did is unknown: the next sync reads it"
         );
 
-        let report = kernels
-            .kernel()
-            .sync(&mut reconciler, &ruleset, true, true)
-            .await;
+        let ruleset = NftRuleset::default();
+        let mut kernel = run.kernels.kernel();
+        let report = kernel.sync(&mut run.reconciler, &ruleset, true, true).await;
         assert!(report.is_clean(), "{:?}", report.errors);
-        every_service_in(&kernels, count);
+        every_service_in(&run.kernels, count);
     }
 }
