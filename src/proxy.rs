@@ -939,7 +939,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
         }
         if broken {
             feed.feed(reconciler, usize::MAX);
-        } else if reconciler.has_dirty() {
+        } else if streaming && reconciler.has_dirty() {
             // The services handed over during the last sync.
             let last = self
                 .sync(reconciler, ruleset, conntrack_cleanup, false)
