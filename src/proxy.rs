@@ -4,7 +4,9 @@
 //! folded into the model as they arrive; the services they touched are
 //! translated again at once (pure and per service) and handed to the
 //! reconciler, which syncs them no sooner than `--ipvs-min-sync-period` after
-//! the previous sync, so bursts coalesce. Every `--ipvs-sync-period` a full
+//! the previous sync, so bursts coalesce. The services of the initial lists
+//! are translated by the first full sync instead, as it asks for them (see
+//! [`Kernel::sync_feeding`]). Every `--ipvs-sync-period` a full
 //! sync reads the kernel and repairs drift: every virtual server, and the
 //! real servers of each at least once per `--ipvs-verify-period`.
 
