@@ -117,9 +117,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         let names = self.model_names(events)?;
         let translations = translate_each(&self.model, &names, &self.node, &self.translate);
         for (name, translation) in names.into_iter().zip(translations) {
-            let desired = translation.desired;
-            let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
-            self.reconciler.set_service(name, wanted.then_some(desired));
+            set_desired(&mut self.reconciler, name, translation);
         }
         Ok(())
     }
@@ -145,7 +143,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     /// The source's first list through the first full sync into an empty
     /// kernel (empty IPVS, kube-ipvs0 with no VIP, and the nftables table
     /// with no element, as `run` leaves the kernel before its first sync),
-    /// which translates the services as it goes, as the run loop's does.
+    /// which translates the services inside the sync, as the run loop's
+    /// does: as it goes with VIPs as local routes, first with addresses.
     pub async fn cold_sync(&mut self, events: Vec<SourceEvent>) -> Result<Timed, String> {
         let started = Instant::now();
         let names = self.model_names(events)?;
