@@ -236,8 +236,9 @@ struct State {
     /// Where problems with a Service go to become Events on it.
     events: EventSink,
     /// The services the initial lists brought, translated and handed over
-    /// by the first full sync while the kernel takes its first writes (see
-    /// [`Kernel::sync_feeding`]); empty after it.
+    /// by the first full sync (with VIPs as local routes, while the kernel
+    /// takes its first writes: see [`Kernel::sync_feeding`]); empty after
+    /// it.
     pending: Vec<ServiceName>,
     /// Whether the first full sync has begun: from then on, every change
     /// is translated as it comes.
@@ -860,30 +861,32 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
 
     /// A full sync of every subsystem while `feed` still has services to
     /// hand over: the first full sync after start, when the initial lists
-    /// are in the model but not yet translated. `vips` is how kube-ipvs0's
-    /// side binds VIPs (`--ipvs-vip-mode`).
+    /// are in the model but not yet translated. `vips` is how VIPs are
+    /// bound (`--ipvs-vip-mode`). The report sums every sync's.
     ///
     /// If the VIPs are local routes and the kernel holds nothing the proxy
     /// could own (no VIP, no virtual server outside `--ipvs-exclude-cidrs`,
     /// no set element: a node just booted), no sync can delete anything,
     /// so the writes need not wait for every service. The first full sync
-    /// then starts with the services
-    /// worth its first chunk of IPVS writes; while the kernel takes each
-    /// chunk, the feed translates and hands over services worth
-    /// [`crate::reconcile::FEED_PER_OP`] times as many operations; each
-    /// incremental sync after it syncs those handed over during the one
-    /// before, until none are left. Translation, which came before the
-    /// first write, now runs beside the kernel's work. Otherwise (a
-    /// restart, a node whose state another tool holds, a failed read) every
-    /// service is handed over first and the sync is the one [`Kernel::sync`]
-    /// makes. So it is with VIPs as addresses too: there, binding the VIPs
-    /// is a cold sync's longest leg (the kernel walks the interface's whole
-    /// address list on every insert), and it must start at once with every
-    /// VIP. Spread over the streamed syncs, each sync's VIPs started with
-    /// it and the last ones outlasted its IPVS writes: at 10,000 × 10 the
-    /// cold sync took 4.06 s instead of 3.81 s. A failed read or a lost connection on the way hands over the
-    /// rest at once and ends the streaming: the run loop's next syncs, as
-    /// after any failure, take it from there. The report sums every sync's.
+    /// then starts with the services worth its first chunk of IPVS writes;
+    /// while the kernel takes each chunk, the feed translates and hands
+    /// over services worth [`crate::reconcile::FEED_PER_OP`] times as many
+    /// operations; each incremental sync after it syncs those handed over
+    /// during the one before, until none are left. Translation, which came
+    /// before the first write, runs beside the kernel's work. A failed read
+    /// or a lost connection on the way hands over the rest at once and ends
+    /// the streaming: the run loop's next syncs, as after any failure, take
+    /// it from there.
+    ///
+    /// Otherwise (a restart, a node whose state another tool holds, a
+    /// failed read) every service is handed over first, and the sync is
+    /// the one [`Kernel::sync`] makes. So it is with VIPs as addresses too:
+    /// there, binding the VIPs is a cold sync's longest leg (the kernel
+    /// walks the interface's whole address list on every insert), and it
+    /// must start at once with every VIP. Spread over the streamed syncs,
+    /// each sync's VIPs started with it and the last ones outlasted its
+    /// IPVS writes: at 10,000 × 10 the cold sync took 4.06 s instead of
+    /// 3.81 s.
     pub async fn sync_feeding(
         &mut self,
         reconciler: &mut Reconciler,
