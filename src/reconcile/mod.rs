@@ -1147,7 +1147,7 @@ impl Reconciler {
         let mut listed_keys = HashSet::with_capacity(listed.len());
         for ListedVirtualServer { server, counters } in listed {
             let key = server.key;
-            if !self.owns(&key) {
+            if !self.owns_or_released(&key) {
                 continue;
             }
             listed_keys.insert(key);
@@ -1344,7 +1344,7 @@ impl Reconciler {
         }
         let mut foreign = 0;
         for vs in dumped {
-            if self.owns(&vs.server.key) {
+            if self.owns_or_released(&vs.server.key) {
                 self.mirror.adopt(vs);
             } else {
                 foreign += 1;
@@ -1388,6 +1388,15 @@ impl Reconciler {
                 || self.wanted_addrs.contains_key(&key.addr)
                 || self.served_node_addrs.contains_key(&key.addr)
                 || (self.node_addrs.contains(&key.addr) && self.ownership.is_node_port(key.port)))
+    }
+
+    /// Whether `key` is the proxy's to keep in the mirror: owned, or released
+    /// by a service and not yet deleted. A virtual server on a node address
+    /// that an ExternalIP served stops being owned with the service that
+    /// released it; read as foreign, it was dropped from the mirror before
+    /// the sync could delete it, and stayed in the kernel.
+    fn owns_or_released(&self, key: &VirtualServerKey) -> bool {
+        self.owns(key) || self.orphans.released_by(key).is_some()
     }
 
     /// The service answerable for `key`: its owner, else whoever released it.

@@ -703,6 +703,31 @@ async fn a_desired_key_held_by_someone_else_is_left_alone() {
 }
 
 #[tokio::test]
+async fn a_node_address_served_as_an_external_ip_is_cleared_by_a_full_sync_too() {
+    // An ExternalIP that is the node's own address: served, not bound. The
+    // service goes, and the next sync is a full one (of either kind).
+    for rounds in [1, 20] {
+        let mut node = Node::new();
+        node.reconciler.set_verify_rounds(rounds);
+        let key = tcp("192.0.2.1", 8088);
+        let external = ServiceDesired {
+            virtual_servers: vec![vs(key, &[rs("10.244.2.11", 8080)])],
+            served_node_addrs: vec![ip("192.0.2.1")],
+            ..Default::default()
+        };
+        node.set("unsafe", Some(external.clone()));
+        assert!(node.full_sync().await.is_clean());
+        node.assert_kernel_is(&[&external], &[]);
+
+        node.set("unsafe", None);
+        let report = node.full_sync().await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        node.assert_kernel_is(&[], &[]);
+        assert_eq!(node.full_sync().await.writes, 0, "rounds {rounds}: settled");
+    }
+}
+
+#[tokio::test]
 async fn node_ports_become_ours_when_the_node_address_is_known() {
     let mut node = Node::new();
     let key = tcp("192.168.1.10", 30080);
