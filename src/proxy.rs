@@ -19,7 +19,9 @@ use std::time::{Instant, SystemTime};
 use futures::{Stream, StreamExt};
 
 use crate::cli::Options;
-use crate::desired::{NftElement, NftRuleset, Op, Protocol, ServiceName, VirtualServerKey};
+use crate::desired::{
+    NftElement, NftRuleset, Op, Protocol, ServiceDesired, ServiceName, VirtualServerKey,
+};
 use crate::events::{EventSink, Problem};
 use crate::healthcheck::{self, ServiceHealthServers};
 use crate::kernel::conntrack::NetlinkConntrack;
@@ -33,8 +35,8 @@ use crate::kernel::{
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
 use crate::reconcile::{
-    batches_before, operations_worth, Backoff, Feed, NoFeed, Ownership, Reconciler, SyncError,
-    SyncReport, FIRST_CHUNK,
+    batches_before, operations_worth, Backoff, ClaimNotice, Feed, NoFeed, Ownership, Reconciler,
+    SyncError, SyncReport, FIRST_CHUNK,
 };
 use crate::source::{self, SourceEvent, Update};
 use crate::translate::{
@@ -310,9 +312,8 @@ impl Handover {
         self.virtual_servers_total = self.virtual_servers_total + count - previous.unwrap_or(0);
         self.metrics.set_virtual_servers(self.virtual_servers_total);
         self.set_no_local_endpoints(&name, translation.no_local_endpoints);
-        let worth = operations_worth(&desired);
-        let wanted = count > 0 || !desired.bind_addrs.is_empty();
-        for notice in reconciler.set_service(name, wanted.then_some(desired)) {
+        let (worth, notices) = set_service(reconciler, name, desired);
+        for notice in notices {
             let uid = uid_of(model, notice.service());
             self.events.report(Problem::from_claim(&notice, uid));
         }
@@ -364,11 +365,23 @@ pub fn set_desired(
     name: ServiceName,
     translation: Translation,
 ) -> usize {
-    let desired = translation.desired;
+    set_service(reconciler, name, translation.desired).0
+}
+
+/// Gives `reconciler` what the service `name` wants (nothing, if it wants
+/// neither a virtual server nor an address). Returns the IPVS operations
+/// that is worth and the reconciler's notices of claims changing hands.
+fn set_service(
+    reconciler: &mut Reconciler,
+    name: ServiceName,
+    desired: ServiceDesired,
+) -> (usize, Vec<ClaimNotice>) {
     let worth = operations_worth(&desired);
     let wanted = !desired.virtual_servers.is_empty() || !desired.bind_addrs.is_empty();
-    reconciler.set_service(name, wanted.then_some(desired));
-    worth
+    (
+        worth,
+        reconciler.set_service(name, wanted.then_some(desired)),
+    )
 }
 
 impl<H> std::fmt::Debug for TranslationFeed<'_, H> {
