@@ -509,10 +509,54 @@ async fn a_list_served_in_pages_arrives_whole() {
     assert_eq!(line, format!("Service Replace [{}]", expected.join(", ")));
     let requests = source.server.requests::<Service>();
     assert_eq!(requests.lists, 1);
-    assert!(
-        requests.continued >= 1,
-        "the list came in pages: {requests:?}"
+    assert_eq!(
+        requests.continued, 2,
+        "three pages, each asked for once: {requests:?}"
     );
+}
+
+#[tokio::test]
+async fn the_next_page_is_asked_for_while_the_last_is_handed_on() {
+    let names: Vec<String> = (0..1200).map(|i| format!("s{i:04}")).collect();
+    let mut source = Harness::start_with(|server| {
+        for name in &names {
+            server.apply(&service(name, 80));
+        }
+    })
+    .await;
+    // The first Service of the first page; the other 499 wait in the
+    // watcher, which asks for the next page only once it has handed them
+    // on, and it is not polled from here on.
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), source.events.next())
+            .await
+            .expect("the first page within 10 s")
+            .expect("the source never ends");
+        let first = matches!(event, SourceEvent::Service(Update::Listed(_)));
+        if let Some(line) = describe(&event, &mut source.listing) {
+            source.unread.push_back(line);
+        }
+        if first {
+            break;
+        }
+    }
+    let mut waited = Duration::ZERO;
+    while source.server.requests::<Service>().continued == 0 {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the second page was not asked for ahead: {:?}",
+            source.server.requests::<Service>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+    // Only the next page: the one after waits for the watcher's request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(source.server.requests::<Service>().continued, 1);
+    let line = source.next_of("Service").await;
+    assert_eq!(line.matches(":80").count(), 1200 + 1, "{line}");
+    let requests = source.server.requests::<Service>();
+    assert_eq!((requests.lists, requests.continued), (1, 2), "{requests:?}");
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Builds the API client: from `kubeconfig` when given (its server replaced
 /// by `master` when that is given too), from `master` alone (no
 /// credentials), or else from the in-cluster service account — the same
-/// rules as upstream kube-proxy's `--kubeconfig` and `--master`.
+/// rules as upstream kube-proxy's `--kubeconfig` and `--master`. Its paged
+/// LISTs ask for each next page ahead (see [`super::prefetch`]).
 pub async fn client(
     kubeconfig: Option<&Path>,
     master: Option<&str>,
@@ -60,7 +61,8 @@ pub async fn client(
         (None, Some(master)) => Config::new(master),
         (None, None) => Config::incluster().map_err(ClientError::InCluster)?,
     };
-    Client::try_from(config).map_err(ClientError::Client)
+    let client = Client::try_from(config).map_err(ClientError::Client)?;
+    Ok(super::prefetch::prefetching(client))
 }
 
 /// Generic so that the URL type (`http::Uri`) is inferred from `Config`

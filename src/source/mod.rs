@@ -4,6 +4,7 @@
 
 pub mod kube;
 pub mod manifests;
+pub mod prefetch;
 pub mod slice;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
