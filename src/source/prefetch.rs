@@ -12,11 +12,12 @@
 //! decodes the one before.
 //!
 //! Nothing else changes: the same requests go to the server, each answer
-//! (an error, or a 410 Gone for an expired token, included) reaches the
-//! watcher as the server gave it, and a request that is not the next page
-//! of a list goes straight through. At most one page per collection and
-//! selector is held ahead; a list that is abandoned (a relist, an error)
-//! drops it.
+//! (an error status, or a 410 Gone for an expired token, included) reaches
+//! the watcher as the server gave it, and a request that is not the next
+//! page of a list goes straight through. A page asked ahead that got no
+//! answer (a connection lost) is asked again when the watcher asks for it.
+//! At most one page per collection and selector is held ahead; a list that
+//! is abandoned (a relist, an error) drops it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,9 +70,12 @@ impl Pages {
         let ahead = self.take(&list);
         let page = match ahead {
             Some(mut ahead) => match (&mut ahead.page).await {
-                Ok(page) => page?,
-                // Aborted (not by us: we hold it) or panicked: ask again.
-                Err(_) => read_page(client, request).await?,
+                Ok(Ok(page)) => page,
+                // The request asked ahead was not answered (a connection
+                // lost, say): it is asked again, now, as it would have
+                // been without it. An answer, an error status included,
+                // is the server's and is passed on.
+                Ok(Err(_)) | Err(_) => read_page(client, request).await?,
             },
             None => read_page(client, request).await?,
         };
@@ -273,6 +277,77 @@ mod tests {
         let mut post = get("/api/v1/services?limit=500");
         *post.method_mut() = Method::POST;
         assert_eq!(ListRequest::of(&post), None);
+    }
+
+    /// A client whose server answers a list of two pages (`t1` continues
+    /// it), logging each request's query; the first request for the
+    /// second page fails without an answer when `drop_first` is set.
+    fn two_pages(drop_first: bool) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&log);
+        let server = tower::service_fn(move |request: Request<Body>| {
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let mut seen = seen.lock().unwrap();
+            seen.push(query.clone());
+            let dropped = drop_first && seen.iter().filter(|q| q.contains("continue")).count() == 1;
+            async move {
+                if dropped {
+                    return Err(std::io::Error::other("connection lost"));
+                }
+                let token = if query.contains("continue=t1") {
+                    ""
+                } else {
+                    "t1"
+                };
+                let body = format!(r#"{{"metadata":{{"continue":"{token}"}},"items":[]}}"#);
+                Ok(Response::new(Body::from(body.into_bytes())))
+            }
+        });
+        let client = prefetching(Client::new(server, "default"));
+        (client, log)
+    }
+
+    async fn body(client: &Client, uri: &str) -> String {
+        let response = client.send(get(uri)).await.unwrap();
+        let bytes = response.into_body().collect_bytes().await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_next_page_is_asked_for_before_the_caller_asks_and_once() {
+        let (client, log) = two_pages(false);
+        let first = body(&client, "/api/v1/services?limit=2").await;
+        assert!(first.contains(r#""continue":"t1""#), "{first}");
+        // The request asked ahead goes out through kube's buffer task.
+        for _ in 0..100 {
+            if log.lock().unwrap().len() > 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*log.lock().unwrap(), ["limit=2", "limit=2&continue=t1"]);
+        let second = body(&client, "/api/v1/services?limit=2&continue=t1").await;
+        assert!(second.contains(r#""continue":"""#), "{second}");
+        assert_eq!(
+            log.lock().unwrap().len(),
+            2,
+            "answered by the page asked ahead"
+        );
+        // The last page asks for nothing more; other requests go through.
+        body(&client, "/api/v1/services/web").await;
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_page_asked_ahead_without_an_answer_is_asked_again() {
+        let (client, log) = two_pages(true);
+        body(&client, "/api/v1/services?limit=2").await;
+        let second = body(&client, "/api/v1/services?limit=2&continue=t1").await;
+        assert!(second.contains(r#""continue":"""#), "{second}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["limit=2", "limit=2&continue=t1", "limit=2&continue=t1"]
+        );
     }
 
     #[tokio::test]
