@@ -104,7 +104,9 @@ impl Pages {
 
     /// Asks for the page of `list` after `token`.
     fn ask_ahead(&self, client: &Client, list: &ListRequest, token: String) {
-        let request = list.next(&token);
+        let Some(request) = list.next(&token) else {
+            return;
+        };
         let client = client.clone();
         let page = tokio::spawn(async move { read_page(&client, request).await });
         self.lock().insert(list.list.clone(), Ahead { token, page });
@@ -166,23 +168,20 @@ impl ListRequest {
         })
     }
 
-    /// The request for the page after `token`.
-    fn next(&self, token: &str) -> Request<Body> {
+    /// The request for the page after `token`. The path and query came
+    /// from a valid URI and the token is form-encoded, so the URI parses;
+    /// should it not, `None`: the page is not asked for ahead, and the
+    /// watcher asks for it as it would have.
+    fn next(&self, token: &str) -> Option<Request<Body>> {
         let continued: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("continue", token)
             .finish();
         let separator = if self.list.contains('?') { '&' } else { '?' };
         let uri = format!("{}{separator}{continued}", self.list);
         let mut request = Request::new(Body::empty());
-        *request.method_mut() = Method::GET;
-        // The path and query came from a valid URI, and the token is
-        // form-encoded: this parses. Should it not, the page is not asked
-        // for ahead, and the watcher asks for it as before.
-        if let Ok(uri) = uri.parse() {
-            *request.uri_mut() = uri;
-        }
+        *request.uri_mut() = uri.parse().ok()?;
         *request.headers_mut() = self.headers.clone();
-        request
+        Some(request)
     }
 }
 
@@ -252,7 +251,7 @@ mod tests {
             "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=%21a&limit=500"
         );
         assert_eq!(first.token, None);
-        let next = first.next("7/ns/a b+c=");
+        let next = first.next("7/ns/a b+c=").unwrap();
         assert_eq!(
             next.uri().to_string(),
             "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=%21a&limit=500&continue=7%2Fns%2Fa+b%2Bc%3D"
