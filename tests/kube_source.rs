@@ -187,6 +187,20 @@ impl Harness {
         }
     }
 
+    /// As `start`, with 1,200 more Services (`web/s0000` to `web/s1199`,
+    /// port 80): three pages of the watcher's LIST, as kube asks for 500
+    /// objects a page. Returns their names too.
+    async fn with_three_pages_of_services() -> (Harness, Vec<String>) {
+        let names: Vec<String> = (0..1200).map(|i| format!("s{i:04}")).collect();
+        let source = Harness::start_with(|server| {
+            for name in &names {
+                server.apply(&service(name, 80));
+            }
+        })
+        .await;
+        (source, names)
+    }
+
     /// The next event (a streamed list counts as one); the timeout only
     /// guards against a hang.
     async fn next(&mut self) -> String {
@@ -494,14 +508,7 @@ async fn a_cut_watch_resumes_without_losing_an_event() {
 
 #[tokio::test]
 async fn a_list_served_in_pages_arrives_whole() {
-    // More services than one page of the watcher's LIST (kube asks for 500).
-    let names: Vec<String> = (0..1200).map(|i| format!("s{i:04}")).collect();
-    let mut source = Harness::start_with(|server| {
-        for name in &names {
-            server.apply(&service(name, 80));
-        }
-    })
-    .await;
+    let (mut source, names) = Harness::with_three_pages_of_services().await;
     let line = source.next_of("Service").await;
     let mut expected: Vec<String> = names.iter().map(|n| format!("web/{n}:80")).collect();
     expected.extend(["web/a:80".to_owned(), "web/b:81".to_owned()]);
@@ -517,13 +524,7 @@ async fn a_list_served_in_pages_arrives_whole() {
 
 #[tokio::test]
 async fn the_next_page_is_asked_for_while_the_last_is_handed_on() {
-    let names: Vec<String> = (0..1200).map(|i| format!("s{i:04}")).collect();
-    let mut source = Harness::start_with(|server| {
-        for name in &names {
-            server.apply(&service(name, 80));
-        }
-    })
-    .await;
+    let (mut source, _) = Harness::with_three_pages_of_services().await;
     // The first Service of the first page; the other 499 wait in the
     // watcher, which asks for the next page only once it has handed them
     // on, and it is not polled from here on.
