@@ -65,17 +65,13 @@ pub async fn client(
     Ok(super::prefetch::prefetching(client))
 }
 
-/// Generic so that the URL type (`http::Uri`) is inferred from `Config`
-/// rather than named, which would need the `http` crate as a dependency.
-fn parse_master<U>(url: &str) -> Result<U, ClientError>
-where
-    U: std::str::FromStr,
-    U::Err: std::fmt::Display,
-{
-    url.parse().map_err(|error: U::Err| ClientError::MasterUrl {
-        url: url.to_owned(),
-        reason: error.to_string(),
-    })
+/// `--master` as the URL kube's `Config` takes.
+fn parse_master(url: &str) -> Result<http::Uri, ClientError> {
+    url.parse()
+        .map_err(|error: http::uri::InvalidUri| ClientError::MasterUrl {
+            url: url.to_owned(),
+            reason: error.to_string(),
+        })
 }
 
 /// Why the API client could not be built.
