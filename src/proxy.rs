@@ -30,7 +30,7 @@ use crate::kernel::netlink::NetlinkIpvs;
 use crate::kernel::nftables::NetlinkNft;
 use crate::kernel::{
     modules, sysctl, AddressKernel, ConntrackKernel, IpvsKernel, KernelError, KernelVirtualServer,
-    ListedRealServers, ListedVirtualServer, NftKernel,
+    ListedRealServers, ListedVirtualServer, NftKernel, Prepared,
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
 use crate::model::{Changes, Model, NodeInfo, Uid};
@@ -884,7 +884,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// then starts with the services worth its first chunk of IPVS writes;
     /// while the kernel takes each chunk, the feed translates and hands
     /// over services worth [`crate::reconcile::FEED_PER_OP`] times as many
-    /// operations; each incremental sync after it syncs those handed over
+    /// operations, and more until the kernel answers the chunk; each
+    /// incremental sync after it syncs those handed over
     /// during the one before, until none are left. Translation, which came
     /// before the first write, runs beside the kernel's work. A failed read
     /// or a lost connection on the way hands over the rest at once and ends
@@ -1090,6 +1091,18 @@ impl<K: IpvsKernel> IpvsKernel for ReadAhead<'_, K, Vec<ListedVirtualServer>> {
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         self.kernel.apply(ops).await
     }
+
+    fn prepare(ops: &[Op]) -> Prepared {
+        K::prepare(ops)
+    }
+
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
+        self.kernel.apply_prepared(ops, prepared).await
+    }
 }
 
 impl<A: AddressKernel> AddressKernel for ReadAhead<'_, A, Vec<IpAddr>> {
@@ -1204,11 +1217,23 @@ impl<K: IpvsKernel> IpvsKernel for AfterNft<'_, K> {
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.apply_prepared(ops, Self::prepare(ops)).await
+    }
+
+    fn prepare(ops: &[Op]) -> Prepared {
+        K::prepare(ops)
+    }
+
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
         match ops.iter().map(Op::virtual_server).max() {
             Some(last) => self.answered(batches_before(self.starts, last)).await,
             None => self.all_answered().await,
         }
-        self.kernel.apply(ops).await
+        self.kernel.apply_prepared(ops, prepared).await
     }
 }
 
@@ -3243,9 +3268,12 @@ mod after_nft_tests {
         every_service_in(&run.kernels, count);
 
         // The first sync starts with services worth its first chunk (256
-        // operations: 128 services of two), and the rest are handed over
-        // while that chunk is on its way (here, waiting for its transaction),
-        // for the next sync: each sync sends a transaction of its own.
+        // operations: 128 services of two), and more are handed over while
+        // that chunk is on its way (here, waiting for its transaction), for
+        // the next sync: services worth twice the chunk, and none after
+        // them, since the fake kernel answers as soon as the transaction is
+        // in. The next sync hands over the 16 left. Each sync sends a
+        // transaction of its own.
         let notes = run.journal.lock().unwrap();
         let at = |what: &str, nth: usize| {
             let mut found = notes.iter().enumerate().filter(|(_, n)| **n == what);
@@ -3260,7 +3288,7 @@ mod after_nft_tests {
             at("handed over", 1) < at("nft answered", 1),
             "more handed over during the first sync: {notes:?}"
         );
-        assert_eq!(run.report.nft_batches, 2, "two syncs: {notes:?}");
+        assert_eq!(run.report.nft_batches, 3, "three syncs: {notes:?}");
         assert_eq!(
             run.report.writes,
             400 * 2 + 400 + 400,

@@ -40,7 +40,7 @@ use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
     modules, AddressKernel, IpvsKernel, KernelError, KernelVirtualServer, ListedRealServers,
-    ListedVirtualServer, NftKernel,
+    ListedVirtualServer, NftKernel, Prepared,
 };
 use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::proxy::{Kernel, Loop, Result as ProxyResult};
@@ -228,6 +228,18 @@ impl IpvsKernel for CountedIpvs {
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
         self.inner.apply(ops).await
+    }
+
+    fn prepare(ops: &[Op]) -> Prepared {
+        NetlinkIpvs::prepare(ops)
+    }
+
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
+        self.inner.apply_prepared(ops, prepared).await
     }
 }
 

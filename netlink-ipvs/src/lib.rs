@@ -214,6 +214,6 @@ pub use self::connection::{Connection, ConnectionStats};
 pub use self::handle::{
     new_connection, BatchRequest, ConfigGetRequest, ConfigHandle, DaemonGetRequest, DaemonHandle,
     DestinationGetRequest, DestinationHandle, DestinationUpdateRequest, DumpRequest, Handle,
-    InfoRequest, Operation, OperationRequest, ServiceGetRequest, ServiceHandle,
+    InfoRequest, Operation, OperationRequest, PreparedBatch, ServiceGetRequest, ServiceHandle,
     ServiceUpdateRequest,
 };

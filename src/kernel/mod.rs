@@ -139,7 +139,32 @@ pub trait IpvsKernel {
 
     /// Applies `ops` in order, pipelined, and returns one result per op.
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>>;
+
+    /// The work on `ops` that needs no kernel, done ahead of
+    /// [`IpvsKernel::apply_prepared`]: a sync prepares its next chunk while
+    /// the kernel takes the one before (the netlink layer builds the
+    /// requests here). Nothing by default.
+    fn prepare(ops: &[Op]) -> Prepared {
+        let _ = ops;
+        Prepared::default()
+    }
+
+    /// [`IpvsKernel::apply`] of `ops`, with what [`IpvsKernel::prepare`]
+    /// made of the same `ops`.
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
+        let _ = prepared;
+        self.apply(ops).await
+    }
 }
+
+/// What [`IpvsKernel::prepare`] made of a batch of operations: for the real
+/// kernel, their netlink requests.
+#[derive(Debug, Default)]
+pub struct Prepared(pub(crate) Option<netlink_ipvs::PreparedBatch>);
 
 /// The addresses held on the dummy interface (kube-ipvs0).
 #[allow(async_fn_in_trait)]

@@ -5,13 +5,15 @@ use std::time::Duration;
 use futures::future::join_all;
 use netlink_ipvs::ConnectionStats;
 use netlink_ipvs::{
-    Destination, ForwardingMethod, Handle, Operation, Protocol as NlProtocol, Scheduler, Service,
-    ServiceAddress, ServiceFlags, Timeouts,
+    Destination, ForwardingMethod, Handle, Operation, PreparedBatch, Protocol as NlProtocol,
+    Scheduler, Service, ServiceAddress, ServiceFlags, Timeouts,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, TrafficCounters};
+use super::{
+    IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, Prepared, TrafficCounters,
+};
 use crate::desired::{Op, Protocol, RealServer, RealServerKey, VirtualServer, VirtualServerKey};
 
 /// The IPVS table over generic netlink: reads and small batches on a
@@ -191,12 +193,30 @@ impl IpvsKernel for NetlinkIpvs {
         Ok(out)
     }
 
-    #[tracing::instrument(skip_all, fields(ops = ops.len()))]
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.apply_prepared(ops, Self::prepare(ops)).await
+    }
+
+    fn prepare(ops: &[Op]) -> Prepared {
+        Prepared(Some(PreparedBatch::new(
+            ops.iter().map(operation).collect(),
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(ops = ops.len()))]
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
         if ops.is_empty() {
             return Vec::new();
         }
-        let operations: Vec<Operation> = ops.iter().map(operation).collect();
+        let batch = match prepared.0 {
+            Some(batch) if batch.operations().len() == ops.len() => batch,
+            // Prepared by a layer that does not know netlink, or for other ops.
+            _ => PreparedBatch::new(ops.iter().map(operation).collect()),
+        };
         let bulk = if ops.len() >= BULK_OPS {
             self.bulk().await
         } else {
@@ -205,7 +225,7 @@ impl IpvsKernel for NetlinkIpvs {
         let on_bulk = bulk.is_some();
         let handle = bulk.as_ref().unwrap_or(&self.handle);
         let results: Vec<Result<(), KernelError>> = handle
-            .batch(operations)
+            .prepared(batch)
             .execute()
             .await
             .into_iter()

@@ -60,11 +60,11 @@ pub const APPLY_CHUNK: usize = 4096;
 pub const FIRST_CHUNK: usize = 256;
 
 /// For every chunk of IPVS operations a sync sends while a [`Feed`] has
-/// services left, the feed hands over services worth this many times its
-/// operations: so that each sync of a streamed cold sync is a few times
-/// the one before, while the handing over stays well inside the kernel's
-/// time for the chunk.
-pub const FEED_PER_OP: usize = 4;
+/// services left, the feed hands over services worth at least this many
+/// times its operations, so that each sync of a streamed cold sync is at
+/// least twice the one before; then more, for as long as the kernel is
+/// still taking the chunk.
+pub const FEED_PER_OP: usize = 2;
 
 /// Services whose desired state is still to be handed to the reconciler,
 /// handed over by a sync while the kernel takes its writes: a cold sync
@@ -1523,7 +1523,10 @@ impl Reconciler {
     /// diff of a key reads only that key's mirror entry, which only that
     /// key's answers change: the overlap changes nothing but the time.
     /// While a chunk is in the kernel, `feed` also hands over services worth
-    /// [`FEED_PER_OP`] times its operations, for the next sync.
+    /// [`FEED_PER_OP`] times its operations, and more until the kernel has
+    /// answered, for the next sync: translation fills the time the run loop
+    /// would otherwise wait, and the kernel waits for it only as long as the
+    /// minimum takes.
     /// Addresses left unused are added to `freed`. Returns the services with
     /// a failed op.
     async fn apply_diff<K: IpvsKernel>(
@@ -1537,6 +1540,7 @@ impl Reconciler {
         let mut failed_services = HashSet::new();
         let mut limit = FIRST_CHUNK;
         let mut current = self.diff_chunk(keys, 0, limit);
+        let mut prepared = K::prepare(&current.ops);
         // The chunk whose answers are in but not yet recorded.
         let mut answered: Option<(Chunk, Vec<Result<(), KernelError>>)> = None;
         while !current.ops.is_empty() {
@@ -1547,25 +1551,44 @@ impl Reconciler {
                 }
             }
             limit = (limit * 2).min(APPLY_CHUNK);
-            let (results, next) = {
-                let mut applying = pin!(future::maybe_done(ipvs.apply(&current.ops)));
+            let (results, next, next_prepared) = {
+                let mut applying = pin!(future::maybe_done(
+                    ipvs.apply_prepared(&current.ops, prepared)
+                ));
                 // Polled once, so that the chunk is on its way to the kernel
                 // (the netlink layer sends a large batch from a thread of
                 // its own) while the answers before it are recorded and the
-                // next chunk is worked out.
+                // next chunk is worked out and prepared: the kernel does not
+                // wait for the next chunk's requests to be built.
                 let _ = futures::poll!(applying.as_mut());
                 if let Some((chunk, results)) = answered.take() {
                     let failed = self.record_chunk(keys, &chunk, results, report, freed);
                     failed_services.extend(failed);
                 }
                 let next = self.diff_chunk(keys, current.end, limit);
+                let next_prepared = K::prepare(&next.ops);
                 if feed.remaining() > 0 {
                     feed.feed(self, FEED_PER_OP * current.ops.len());
+                    // Yielding between batches lets the sync's other legs
+                    // (nftables transactions the chunk may wait for, VIP
+                    // writes) run and see their answers.
+                    while feed.remaining() > 0 {
+                        tokio::task::yield_now().await;
+                        if futures::poll!(applying.as_mut()).is_ready() {
+                            break;
+                        }
+                        feed.feed(self, 1);
+                    }
                 }
                 applying.as_mut().await;
-                (applying.take_output().unwrap_or_default(), next)
+                (
+                    applying.take_output().unwrap_or_default(),
+                    next,
+                    next_prepared,
+                )
             };
             answered = Some((std::mem::replace(&mut current, next), results));
+            prepared = next_prepared;
         }
         if let Some((chunk, results)) = answered {
             failed_services.extend(self.record_chunk(keys, &chunk, results, report, freed));

@@ -12,7 +12,7 @@ use futures::executor::block_on;
 use super::*;
 use crate::desired::{Protocol, RealServer, RealServerKey, VirtualServer};
 use crate::kernel::fake::{FailOn, FakeKernel, Write};
-use crate::kernel::{KernelVirtualServer, ListedRealServers};
+use crate::kernel::{KernelVirtualServer, ListedRealServers, Prepared};
 
 /// A clock the test moves by hand.
 #[derive(Clone)]
@@ -1959,4 +1959,167 @@ async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported()
     node.take_writes();
     let report = node.full_sync().await;
     assert_eq!(report.writes, 0);
+}
+
+thread_local! {
+    /// What [`PreparingIpvs`] saw, in order: its `prepare` has no `self`.
+    static PREPARING: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// IPVS whose batches take several polls, as the real one's do (the
+/// netlink layer sends them from a thread of its own), logging when each
+/// chunk is prepared and when it goes out and comes back.
+struct PreparingIpvs(SharedKernel);
+
+impl PreparingIpvs {
+    fn log(event: String) {
+        PREPARING.with(|log| log.borrow_mut().push(event));
+    }
+}
+
+impl IpvsKernel for PreparingIpvs {
+    async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
+        self.0.list_virtual_servers().await
+    }
+
+    async fn list_real_servers(
+        &mut self,
+        keys: &[VirtualServerKey],
+    ) -> Result<Vec<ListedRealServers>, KernelError> {
+        self.0.list_real_servers(keys).await
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.apply_prepared(ops, Self::prepare(ops)).await
+    }
+
+    /// Stands for the requests with as many no-op operations as `ops`.
+    fn prepare(ops: &[Op]) -> Prepared {
+        Self::log(format!("prepare {}", ops.len()));
+        let stand_ins = vec![netlink_ipvs::Operation::Flush; ops.len()];
+        Prepared(Some(netlink_ipvs::PreparedBatch::new(stand_ins)))
+    }
+
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
+        let prepared_for = prepared.0.map(|batch| batch.operations().len());
+        assert_eq!(prepared_for, Some(ops.len()), "prepared for these ops");
+        Self::log(format!("send {}", ops.len()));
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let results = self.0.apply(ops).await;
+        Self::log(format!("answered {}", ops.len()));
+        results
+    }
+}
+
+#[tokio::test]
+async fn each_chunk_is_prepared_while_the_kernel_takes_the_one_before() {
+    let mut node = Node::new();
+    let real_servers: Vec<RealServer> =
+        (1..=10).map(|i| rs(&format!("10.244.0.{i}"), 80)).collect();
+    let vip = |i: u16| format!("10.96.{}.{}", i / 256, i % 256);
+    for i in 0..400 {
+        node.set(
+            &format!("s{i}"),
+            Some(cluster_ip(&vip(i), &[80], &real_servers)),
+        );
+    }
+    PREPARING.with(|log| log.borrow_mut().clear());
+
+    let mut ipvs = PreparingIpvs(node.kernel.clone());
+    let mut addrs = node.kernel.clone();
+    let report = node.reconciler.full_sync(&mut ipvs, &mut addrs).await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+
+    // The chunks of the test above, each prepared before the kernel has
+    // answered the one before it, and sent with what was prepared for it.
+    let expected: Vec<String> = [
+        "prepare 264",
+        "send 264",
+        "prepare 517",
+        "answered 264",
+        "send 517",
+        "prepare 1034",
+        "answered 517",
+        "send 1034",
+        "prepare 2057",
+        "answered 1034",
+        "send 2057",
+        "prepare 528",
+        "answered 2057",
+        "send 528",
+        "prepare 0",
+        "answered 528",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(PREPARING.with(|log| log.take()), expected);
+    assert_eq!(node.kernel().virtual_servers().len(), 400);
+}
+
+/// Hands over services f0, f1, … of one virtual server with one real
+/// server (two IPVS operations each), one service per call asked for one
+/// operation, counting them.
+struct CountingFeed {
+    handed_over: usize,
+    count: usize,
+}
+
+impl Feed for CountingFeed {
+    fn feed(&mut self, reconciler: &mut Reconciler, ops: usize) {
+        let mut worth = 0;
+        while worth < ops && self.handed_over < self.count {
+            let i = self.handed_over;
+            let vip = format!("10.97.{}.{}", i / 256, i % 256);
+            let desired = cluster_ip(&vip, &[80], &[rs("10.244.1.1", 8080)]);
+            worth += operations_worth(&desired);
+            reconciler.set_service(svc(&format!("f{i}")), Some(desired));
+            self.handed_over += 1;
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.count - self.handed_over
+    }
+}
+
+#[tokio::test]
+async fn the_feed_goes_on_until_the_kernel_has_answered_the_chunk() {
+    let mut node = Node::new();
+    // 200 services of two operations: chunks of 256 and 144.
+    for i in 0..200u16 {
+        let vip = format!("10.96.{}.{}", i / 256, i % 256);
+        let desired = cluster_ip(&vip, &[80], &[rs("10.244.0.1", 8080)]);
+        node.set(&format!("s{i}"), Some(desired));
+    }
+    let mut feed = CountingFeed {
+        handed_over: 0,
+        count: 10_000,
+    };
+    let mut ipvs = PreparingIpvs(node.kernel.clone());
+    let mut addrs = node.kernel.clone();
+    let report = node
+        .reconciler
+        .full_sync_feeding(&mut ipvs, &mut addrs, &mut feed)
+        .await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(node.kernel().virtual_servers().len(), 200);
+
+    // At least FEED_PER_OP times each chunk's 256 and 144 operations, and
+    // more while this kernel takes several polls to answer each.
+    let minimum = FEED_PER_OP * (256 + 144) / 2;
+    assert!(
+        feed.handed_over > minimum,
+        "{} services handed over, {minimum} at the least",
+        feed.handed_over
+    );
+    assert!(
+        feed.remaining() > 0,
+        "not everything: the feed stops at the answer"
+    );
 }

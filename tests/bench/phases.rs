@@ -15,6 +15,7 @@ use kube_ipvs_proxy::kernel::netlink::NetlinkIpvs;
 use kube_ipvs_proxy::kernel::nftables::NetlinkNft;
 use kube_ipvs_proxy::kernel::{
     AddressKernel, IpvsKernel, KernelError, ListedRealServers, ListedVirtualServer, NftKernel,
+    Prepared,
 };
 
 use crate::kernel_state::{self, Ipvs, INTERFACE};
@@ -327,9 +328,21 @@ impl IpvsKernel for TimedIpvs {
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        self.apply_prepared(ops, Self::prepare(ops)).await
+    }
+
+    fn prepare(ops: &[Op]) -> Prepared {
+        NetlinkIpvs::prepare(ops)
+    }
+
+    async fn apply_prepared(
+        &mut self,
+        ops: &[Op],
+        prepared: Prepared,
+    ) -> Vec<Result<(), KernelError>> {
         let started = Instant::now();
         self.first_apply.get_or_insert(started);
-        let results = self.inner.apply(ops).await;
+        let results = self.inner.apply_prepared(ops, prepared).await;
         let answered = Instant::now();
         self.apply += answered - started;
         self.last_answer = Some(answered);

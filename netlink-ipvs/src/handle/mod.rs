@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::config::{ConfigGetRequest, ConfigHandle};
 pub use self::daemon::{DaemonGetRequest, DaemonHandle};
 pub use self::destination::{DestinationGetRequest, DestinationHandle, DestinationUpdateRequest};
-pub use self::operation::{BatchRequest, Operation, OperationRequest};
+pub use self::operation::{BatchRequest, Operation, OperationRequest, PreparedBatch};
 pub use self::service::{ServiceGetRequest, ServiceHandle, ServiceUpdateRequest};
 
 use crate::connection::{self, serialize, ConnectionStats, Counters, Job, QueryReply};
@@ -94,7 +94,13 @@ impl Handle {
 
     /// Applies many operations pipelined, one result per operation in order.
     pub fn batch(&self, operations: Vec<Operation>) -> BatchRequest {
-        BatchRequest::new(self.clone(), operations)
+        self.prepared(PreparedBatch::new(operations))
+    }
+
+    /// Applies a batch serialized beforehand ([`PreparedBatch::new`]), as
+    /// [`Handle::batch`] would its operations.
+    pub fn prepared(&self, batch: PreparedBatch) -> BatchRequest {
+        BatchRequest::new(self.clone(), batch)
     }
 
     /// Every service with its real servers (`ipvsadm -Ln`).

@@ -122,10 +122,38 @@ impl OperationRequest {
 
     /// Sends the request and waits for the kernel's verdict.
     pub async fn execute(self) -> Result<()> {
-        let mut results = BatchRequest::new(self.handle, vec![self.operation])
-            .execute()
-            .await;
+        let mut results = self.handle.batch(vec![self.operation]).execute().await;
         results.pop().unwrap_or(Err(Error::ConnectionClosed))
+    }
+}
+
+/// Operations already serialized, to be sent later by any [`Handle`]:
+/// the work of building their requests can run while the kernel takes the
+/// batch before them (see [`Handle::prepared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedBatch {
+    operations: Vec<Operation>,
+    /// One request per operation; the generic netlink family id is written
+    /// in when the batch is sent, by the handle that sends it.
+    messages: Vec<Vec<u8>>,
+}
+
+impl PreparedBatch {
+    /// Serializes `operations`. Needs no connection.
+    pub fn new(operations: Vec<Operation>) -> Self {
+        let messages = operations
+            .iter()
+            .map(|op| serialize(0, &op.to_message()))
+            .collect();
+        Self {
+            operations,
+            messages,
+        }
+    }
+
+    /// The operations, in order.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
     }
 }
 
@@ -135,24 +163,25 @@ impl OperationRequest {
 #[must_use = "a request does nothing until executed"]
 pub struct BatchRequest {
     handle: Handle,
-    operations: Vec<Operation>,
+    batch: PreparedBatch,
 }
 
 impl BatchRequest {
-    pub(crate) fn new(handle: Handle, operations: Vec<Operation>) -> Self {
-        Self { handle, operations }
+    pub(crate) fn new(handle: Handle, batch: PreparedBatch) -> Self {
+        Self { handle, batch }
     }
 
     /// Applies the operations in order and returns one result per
     /// operation, in the same order. A failed operation does not stop the
     /// ones after it.
     pub async fn execute(self) -> Vec<Result<()>> {
-        let family_id = self.handle.family_id;
-        let messages = self
-            .operations
-            .iter()
-            .map(|op| serialize(family_id, &op.to_message()))
-            .collect();
+        let PreparedBatch {
+            operations,
+            mut messages,
+        } = self.batch;
+        for message in &mut messages {
+            set_family(message, self.handle.family_id);
+        }
         let (reply, receive) = oneshot::channel();
         if self
             .handle
@@ -160,25 +189,67 @@ impl BatchRequest {
             .send(Job::Batch { messages, reply })
             .is_err()
         {
-            return self
-                .operations
+            return operations
                 .iter()
                 .map(|_| Err(Error::ConnectionClosed))
                 .collect();
         }
         let Ok(outcomes) = receive.await else {
-            return self
-                .operations
+            return operations
                 .iter()
                 .map(|_| Err(Error::ConnectionClosed))
                 .collect();
         };
         outcomes
             .into_iter()
-            .zip(&self.operations)
+            .zip(&operations)
             .map(|(outcome, op)| {
                 outcome.map_err(|failure| failure.into_error(op.cmd(), || op.object()))
             })
             .collect()
+    }
+}
+
+/// Writes `family_id` as the netlink message type of a serialized request.
+fn set_family(message: &mut [u8], family_id: u16) {
+    if let Some(kind) = message.get_mut(4..6) {
+        kind.copy_from_slice(&family_id.to_ne_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Protocol, Scheduler};
+
+    #[test]
+    fn a_prepared_request_is_the_request_once_its_family_is_written_in() {
+        let address = ServiceAddress::Inet {
+            addr: "10.96.0.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let operations = vec![
+            Operation::AddService(Service::new(
+                "10.96.0.1".parse().unwrap(),
+                Protocol::Tcp,
+                80,
+                Scheduler::RoundRobin,
+            )),
+            Operation::AddDestination(
+                address.clone(),
+                Destination::new("10.128.0.1".parse().unwrap(), 8080),
+            ),
+            Operation::DelDestination(address.clone(), "fd00::1".parse().unwrap(), 8080),
+            Operation::DelService(address),
+            Operation::Flush,
+        ];
+        let family_id = 0x1f2e;
+        let batch = PreparedBatch::new(operations.clone());
+        assert_eq!(batch.operations(), &operations[..]);
+        for (op, mut message) in operations.iter().zip(batch.messages) {
+            set_family(&mut message, family_id);
+            assert_eq!(message, serialize(family_id, &op.to_message()), "{op:?}");
+        }
     }
 }
