@@ -1897,22 +1897,31 @@ async fn real_server_drift_everywhere_is_repaired_a_window_at_a_time_within_the_
     node.assert_kernel_is(&refs, &[]);
 }
 
-#[tokio::test]
-async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported() {
+/// VIP of service `s{i}` of [`four_hundred_services`].
+fn vip_of(i: u16) -> String {
+    format!("10.96.{}.{}", i / 256, i % 256)
+}
+
+/// 400 services of one virtual server and ten real servers: 4,400 ops,
+/// more than one chunk.
+fn four_hundred_services() -> Node {
     let mut node = Node::new();
-    // 400 services of one virtual server and ten real servers: 4,400 ops,
-    // more than one chunk.
     let real_servers: Vec<RealServer> =
         (1..=10).map(|i| rs(&format!("10.244.0.{i}"), 80)).collect();
-    let vip = |i: u16| format!("10.96.{}.{}", i / 256, i % 256);
     for i in 0..400 {
         node.set(
             &format!("s{i}"),
-            Some(cluster_ip(&vip(i), &[80], &real_servers)),
+            Some(cluster_ip(&vip_of(i), &[80], &real_servers)),
         );
     }
+    node
+}
+
+#[tokio::test]
+async fn a_large_sync_is_applied_in_chunks_in_order_with_each_failure_reported() {
+    let mut node = four_hundred_services();
     // One virtual server in the third chunk, by key order, with two after it.
-    let failing = tcp(&vip(100), 80);
+    let failing = tcp(&vip_of(100), 80);
     node.kernel().fail_always(
         FailOn::VirtualServer(failing),
         KernelError::Invalid("bad scheduler".into()),
@@ -2019,16 +2028,7 @@ impl IpvsKernel for PreparingIpvs {
 
 #[tokio::test]
 async fn each_chunk_is_prepared_while_the_kernel_takes_the_one_before() {
-    let mut node = Node::new();
-    let real_servers: Vec<RealServer> =
-        (1..=10).map(|i| rs(&format!("10.244.0.{i}"), 80)).collect();
-    let vip = |i: u16| format!("10.96.{}.{}", i / 256, i % 256);
-    for i in 0..400 {
-        node.set(
-            &format!("s{i}"),
-            Some(cluster_ip(&vip(i), &[80], &real_servers)),
-        );
-    }
+    let mut node = four_hundred_services();
     PREPARING.with(|log| log.borrow_mut().clear());
 
     let mut ipvs = PreparingIpvs(node.kernel.clone());
