@@ -198,9 +198,7 @@ impl IpvsKernel for NetlinkIpvs {
     }
 
     fn prepare(ops: &[Op]) -> Prepared {
-        Prepared(Some(PreparedBatch::new(
-            ops.iter().map(operation).collect(),
-        )))
+        Prepared(Some(requests(ops)))
     }
 
     #[tracing::instrument(skip_all, fields(ops = ops.len()))]
@@ -215,7 +213,7 @@ impl IpvsKernel for NetlinkIpvs {
         let batch = match prepared.0 {
             Some(batch) if batch.operations().len() == ops.len() => batch,
             // Prepared by a layer that does not know netlink, or for other ops.
-            _ => PreparedBatch::new(ops.iter().map(operation).collect()),
+            _ => requests(ops),
         };
         let bulk = if ops.len() >= BULK_OPS {
             self.bulk().await
@@ -241,6 +239,11 @@ impl IpvsKernel for NetlinkIpvs {
         }
         results
     }
+}
+
+/// The netlink requests of `ops`, built without a connection.
+fn requests(ops: &[Op]) -> PreparedBatch {
+    PreparedBatch::new(ops.iter().map(operation).collect())
 }
 
 /// Whether any of `results` says the socket failed under them.
