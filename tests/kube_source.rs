@@ -130,8 +130,8 @@ fn describe(event: &SourceEvent, listing: &mut Listing) -> Option<String> {
     }
     match event {
         SourceEvent::Service(u) => update("Service", u, |s| service_key(s), listing),
-        SourceEvent::EndpointSlice(u) => update("EndpointSlice", u, key, listing),
-        SourceEvent::Endpoints(u) => update("Endpoints", u, key, listing),
+        SourceEvent::EndpointSlice(u) => update("EndpointSlice", u, |s| key(&**s), listing),
+        SourceEvent::Endpoints(u) => update("Endpoints", u, |e| key(&**e), listing),
         SourceEvent::Node(u) => update("Node", u, |n| node_key(n), listing),
         SourceEvent::Synced => Some("Synced".to_owned()),
     }

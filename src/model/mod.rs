@@ -222,7 +222,11 @@ pub struct Model {
 struct Listing {
     services: Option<Services>,
     slices: Option<ListedSlices>,
-    endpoints: Option<Vec<Endpoints>>,
+    #[expect(
+        clippy::vec_box,
+        reason = "the list ends as the `Update::Replace` of boxed Endpoints that a source sends"
+    )]
+    endpoints: Option<Vec<Box<Endpoints>>>,
     #[expect(
         clippy::vec_box,
         reason = "the list ends as the `Update::Replace` of boxed Nodes that a source sends"
@@ -375,7 +379,7 @@ impl Model {
         self.services = next;
     }
 
-    fn apply_slices(&mut self, update: Update<EndpointSlice>, changes: &mut Changes) {
+    fn apply_slices(&mut self, update: Update<Box<EndpointSlice>>, changes: &mut Changes) {
         match update {
             Update::Apply(slice) => match slice_key(&slice.metadata) {
                 Err(e) => changes.errors.push(e),
@@ -391,7 +395,9 @@ impl Model {
             Update::Replace(list) => {
                 let mut next = ListedSlices::default();
                 next.owners.reserve(list.len());
-                for listed in parallel::map_in_order(list.iter().collect(), convert_slice) {
+                for listed in
+                    parallel::map_in_order(list.iter().map(Box::as_ref).collect(), convert_slice)
+                {
                     self.list_slice(&mut next, listed, changes);
                 }
                 self.commit_slices(next, changes);
@@ -485,7 +491,7 @@ impl Model {
         }
     }
 
-    fn apply_endpoints(&mut self, update: Update<Endpoints>, changes: &mut Changes) {
+    fn apply_endpoints(&mut self, update: Update<Box<Endpoints>>, changes: &mut Changes) {
         match update {
             Update::Apply(ep) => {
                 match (

@@ -614,7 +614,7 @@ fn mirrored_endpoints_feed_only_services_without_selector() {
         "metadata": {"namespace": "default", "name": "ext"},
         "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"name": "http", "port": 80}]}],
     }));
-    model.apply(SourceEvent::Endpoints(Update::Apply(ep)));
+    model.apply(SourceEvent::endpoints(Update::Apply(ep)));
     assert_eq!(
         model.endpoint_slices(&name("default/ext")).count(),
         0,
@@ -642,12 +642,12 @@ fn noop_updates_report_no_change() {
     let mut model = Model::new("n1");
     let first = [
         SourceEvent::service(Update::Apply(web("a", "10.96.0.1"))),
-        SourceEvent::EndpointSlice(Update::Apply(web_slice(
+        SourceEvent::slice(Update::Apply(web_slice(
             "a-1",
             "a",
             &["10.244.0.1", "10.244.0.2"],
         ))),
-        SourceEvent::Endpoints(Update::Apply(endpoints(json!({
+        SourceEvent::endpoints(Update::Apply(endpoints(json!({
             "metadata": {"namespace": "default", "name": "b"},
             "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"port": 80}]}]})))),
         SourceEvent::node(Update::Apply(node(json!({"metadata": {"name": "n1"}})))),
@@ -667,7 +667,7 @@ fn noop_updates_report_no_change() {
         ),
         (
             "same slice, endpoints reordered",
-            SourceEvent::EndpointSlice(Update::Apply(reordered)),
+            SourceEvent::slice(Update::Apply(reordered)),
         ),
         ("same Endpoints again", first[2].clone()),
         ("same Node again", first[3].clone()),
@@ -695,7 +695,7 @@ fn replace_reports_only_services_that_differ() {
         web("changed", "10.96.0.2"),
         web("gone", "10.96.0.3"),
     ])));
-    model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
+    model.apply(SourceEvent::slice(Update::Replace(vec![
         web_slice("same-1", "same", &["10.244.0.1"]),
         web_slice("changed-1", "changed", &["10.244.0.2"]),
         web_slice("gone-1", "gone", &["10.244.0.3"]),
@@ -712,7 +712,7 @@ fn replace_reports_only_services_that_differ() {
     );
     assert!(model.service(&name("default/gone")).is_none());
 
-    let changes = model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
+    let changes = model.apply(SourceEvent::slice(Update::Replace(vec![
         web_slice("same-1", "same", &["10.244.0.1"]),
         web_slice("changed-1", "changed", &["10.244.0.2", "10.244.0.9"]),
         web_slice("new-1", "new", &["10.244.0.4"]),
@@ -739,9 +739,11 @@ fn a_streamed_list_takes_effect_at_once_on_list_done() {
         web("kept", "10.96.0.1"),
         web("gone", "10.96.0.2"),
     ])));
-    model.apply(SourceEvent::EndpointSlice(Update::Replace(vec![
-        web_slice("gone-1", "gone", &["10.244.0.2"]),
-    ])));
+    model.apply(SourceEvent::slice(Update::Replace(vec![web_slice(
+        "gone-1",
+        "gone",
+        &["10.244.0.2"],
+    )])));
 
     let mut events = streamed(
         SourceEvent::service,
@@ -760,7 +762,7 @@ fn a_streamed_list_takes_effect_at_once_on_list_done() {
     assert!(model.service(&name("default/new")).is_some());
 
     let mut events = streamed(
-        SourceEvent::EndpointSlice,
+        SourceEvent::slice,
         vec![web_slice("new-1", "new", &["10.244.0.3"])],
     );
     let done = events.pop().unwrap();
@@ -807,12 +809,12 @@ fn a_streamed_list_equals_the_same_replace() {
     let n2 = || node(json!({"metadata": {"name": "n2"}}));
     let mut replaced = Model::new("n1");
     replaced.apply(SourceEvent::service(Update::Replace(services())));
-    replaced.apply(SourceEvent::EndpointSlice(Update::Replace(slices())));
+    replaced.apply(SourceEvent::slice(Update::Replace(slices())));
     replaced.apply(SourceEvent::node(Update::Replace(vec![n2(), n1()])));
     let mut streamed_model = Model::new("n1");
     for event in streamed(SourceEvent::service, services())
         .into_iter()
-        .chain(streamed(SourceEvent::EndpointSlice, slices()))
+        .chain(streamed(SourceEvent::slice, slices()))
         .chain(streamed(SourceEvent::node, vec![n2(), n1()]))
     {
         streamed_model.apply(event);
@@ -891,15 +893,15 @@ fn bad_object_keeps_last_good_version_and_applies_the_rest() {
 #[test]
 fn bad_slice_keeps_last_good_version_on_apply_and_relist() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+    model.apply(SourceEvent::slice(Update::Apply(web_slice(
         "web-abc",
         "web",
         &["10.244.0.1"],
     ))));
     let bad = web_slice("web-abc", "web", &["10.0.0.x"]);
     for event in [
-        SourceEvent::EndpointSlice(Update::Apply(bad.clone())),
-        SourceEvent::EndpointSlice(Update::Replace(vec![bad])),
+        SourceEvent::slice(Update::Apply(bad.clone())),
+        SourceEvent::slice(Update::Replace(vec![bad])),
     ] {
         let changes = model.apply(event);
         assert!(changes.is_empty());
@@ -918,12 +920,12 @@ fn bad_slice_keeps_last_good_version_on_apply_and_relist() {
 #[test]
 fn relabelled_slice_moves_between_services_and_delete_removes_it() {
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+    model.apply(SourceEvent::slice(Update::Apply(web_slice(
         "s",
         "a",
         &["10.244.0.1"],
     ))));
-    let changes = model.apply(SourceEvent::EndpointSlice(Update::Apply(web_slice(
+    let changes = model.apply(SourceEvent::slice(Update::Apply(web_slice(
         "s",
         "b",
         &["10.244.0.1"],
@@ -932,11 +934,7 @@ fn relabelled_slice_moves_between_services_and_delete_removes_it() {
     assert_eq!(model.endpoint_slices(&name("default/a")).count(), 0);
     assert_eq!(model.endpoint_slices(&name("default/b")).count(), 1);
 
-    let changes = model.apply(SourceEvent::EndpointSlice(Update::Delete(web_slice(
-        "s",
-        "b",
-        &[],
-    ))));
+    let changes = model.apply(SourceEvent::slice(Update::Delete(web_slice("s", "b", &[]))));
     assert_eq!(changes.services, names(&["default/b"]));
     assert_eq!(model.endpoint_slices(&name("default/b")).count(), 0);
 }
@@ -1027,7 +1025,7 @@ fn endpoints_on_one_node_share_its_name() {
                       {"addresses": ["10.244.0.7"], "nodeName": "n2"}],
     }));
     let mut model = Model::new("n1");
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(s)));
+    model.apply(SourceEvent::slice(Update::Apply(s)));
     let info = model.endpoint_slices(&name("default/web")).next().unwrap();
     let names: Vec<&Arc<str>> = info
         .endpoints
@@ -1063,11 +1061,11 @@ fn names_are_shared_across_objects_and_forgotten_once_unused() {
     let n1 = ["n1".to_owned()];
     for svc in ["a", "b"] {
         let s = slice_on_nodes(&format!("{svc}-1"), svc, &n1);
-        model.apply(SourceEvent::EndpointSlice(Update::Apply(s)));
+        model.apply(SourceEvent::slice(Update::Apply(s)));
     }
     let listed = vec![slice_on_nodes("c-1", "c", &n1)];
-    model.apply(SourceEvent::EndpointSlice(Update::Replace(listed)));
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(slice_on_nodes(
+    model.apply(SourceEvent::slice(Update::Replace(listed)));
+    model.apply(SourceEvent::slice(Update::Apply(slice_on_nodes(
         "a-1", "a", &n1,
     ))));
     let shared = node_name_of(&model, "default/c");
@@ -1086,7 +1084,7 @@ fn names_are_shared_across_objects_and_forgotten_once_unused() {
     // Nodes come and go: the names of the gone ones do not pile up.
     for round in 0..20 {
         let nodes: Vec<String> = (0..50).map(|i| format!("node-{round}-{i}")).collect();
-        model.apply(SourceEvent::EndpointSlice(Update::Apply(slice_on_nodes(
+        model.apply(SourceEvent::slice(Update::Apply(slice_on_nodes(
             "b-1", "b", &nodes,
         ))));
     }
@@ -1277,15 +1275,15 @@ fn reordered_hints_are_no_change() {
         }))
     };
     let mut model = Model::new("n1");
-    let first = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+    let first = model.apply(SourceEvent::slice(Update::Apply(hinted(
         json!([{"name": "zone-a"}, {"name": "zone-b"}]),
     ))));
     assert_eq!(first.services, names(&["default/web"]));
-    let reordered = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+    let reordered = model.apply(SourceEvent::slice(Update::Apply(hinted(
         json!([{"name": "zone-b"}, {"name": "zone-a"}]),
     ))));
     assert!(reordered.is_empty(), "{reordered:?}");
-    let changed = model.apply(SourceEvent::EndpointSlice(Update::Apply(hinted(
+    let changed = model.apply(SourceEvent::slice(Update::Apply(hinted(
         json!([{"name": "zone-b"}]),
     ))));
     assert_eq!(

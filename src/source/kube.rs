@@ -114,18 +114,21 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let watchers = [
         resource_events(
-            Api::<Service>::all(client.clone()),
+            Api::<Boxed<Service>>::all(client.clone()),
             selected(),
-            SourceEvent::service,
+            |update| SourceEvent::Service(update.map(Boxed::into_box)),
         )
         .boxed(),
         resource_events(
-            Api::<EndpointSlice>::all(client.clone()),
+            Api::<Boxed<EndpointSlice>>::all(client.clone()),
             selected(),
-            SourceEvent::EndpointSlice,
+            |update| SourceEvent::EndpointSlice(update.map(Boxed::into_box)),
         )
         .boxed(),
-        resource_events(Api::<Node>::all(client), this_node, SourceEvent::node).boxed(),
+        resource_events(Api::<Boxed<Node>>::all(client), this_node, |update| {
+            SourceEvent::Node(update.map(Boxed::into_box))
+        })
+        .boxed(),
     ];
     stream::select_all(watchers)
         .scan(InitialLists::default(), |lists, event| {
@@ -199,6 +202,53 @@ fn update_of<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// An API object on the heap from the moment it is decoded.
+///
+/// kube-runtime's watcher decodes a page of a list into a `Vec` of objects
+/// and moves each one, by value, through its state machine and through
+/// every stream adapter up to the run loop. A k8s-openapi Service is over
+/// a kilobyte and a slim EndpointSlice 440 bytes (mostly its metadata);
+/// boxed, each of those moves is a pointer's.
+#[derive(Clone, Debug)]
+struct Boxed<K>(Box<K>);
+
+impl<K> Boxed<K> {
+    fn into_box(self) -> Box<K> {
+        self.0
+    }
+}
+
+impl<'de, K: serde::Deserialize<'de>> serde::Deserialize<'de> for Boxed<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(deserializer).map(|object| Boxed(Box::new(object)))
+    }
+}
+
+impl<K: k8s_openapi::Resource> k8s_openapi::Resource for Boxed<K> {
+    const API_VERSION: &'static str = K::API_VERSION;
+    const GROUP: &'static str = K::GROUP;
+    const KIND: &'static str = K::KIND;
+    const VERSION: &'static str = K::VERSION;
+    const URL_PATH_SEGMENT: &'static str = K::URL_PATH_SEGMENT;
+    type Scope = K::Scope;
+}
+
+impl<K: k8s_openapi::Metadata> k8s_openapi::Metadata for Boxed<K> {
+    type Ty = K::Ty;
+    fn metadata(&self) -> &K::Ty {
+        self.0.metadata()
+    }
+    fn metadata_mut(&mut self) -> &mut K::Ty {
+        self.0.metadata_mut()
+    }
+}
+
+impl<K: Trim> Trim for Boxed<K> {
+    fn trim(&mut self) {
+        self.0.trim();
+    }
+}
+
 /// Drops what the proxy never reads before an object is kept anywhere:
 /// 10,000 services must fit in a few tens of MiB.
 trait Trim {
@@ -260,6 +310,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn objects_are_boxed_from_the_decoder_to_the_model() {
+        use std::mem::size_of;
+        // Each stream adapter between the two moves each event by value:
+        // a move must be a pointer's, not a Service's (over a kilobyte) or
+        // a slim EndpointSlice's (440 bytes).
+        assert_eq!(size_of::<Boxed<Service>>(), size_of::<usize>());
+        assert_eq!(size_of::<Boxed<EndpointSlice>>(), size_of::<usize>());
+        let event = size_of::<SourceEvent>();
+        assert!(
+            event <= 4 * size_of::<usize>(),
+            "a source event is {event} bytes"
+        );
+    }
+
+    #[test]
+    fn a_boxed_object_decodes_and_trims_as_the_object() {
+        let json = serde_json::json!({
+            "metadata": {
+                "name": "web",
+                "namespace": "default",
+                "managedFields": [{"manager": "kubectl"}],
+                "annotations": {LAST_APPLIED: "{}", "kept": "yes"},
+            },
+            "spec": {"clusterIP": "10.96.0.10"},
+        });
+        let mut boxed: Boxed<Service> = serde_json::from_value(json).unwrap();
+        Trim::trim(&mut boxed);
+        let service = boxed.into_box();
+        assert_eq!(service.metadata.name.as_deref(), Some("web"));
+        assert_eq!(service.metadata.managed_fields, None);
+        let annotations = service.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["kept"]);
+        assert_eq!(
+            service.spec.and_then(|s| s.cluster_ip).as_deref(),
+            Some("10.96.0.10")
+        );
+        assert_eq!(<Boxed<Service> as Resource>::kind(&()), "Service");
+        assert_eq!(
+            <Boxed<EndpointSlice> as Resource>::plural(&()),
+            "endpointslices"
+        );
+    }
+
     fn names(update: &Option<Update<Service>>) -> String {
         let names = |objects: &[Service]| {
             objects
@@ -307,9 +401,9 @@ mod tests {
             (replace_services(), false),
             // A list that has only started is not a list yet.
             (SourceEvent::EndpointSlice(Update::ListStart), false),
-            (SourceEvent::EndpointSlice(Update::Listed(slice())), false),
+            (SourceEvent::slice(Update::Listed(slice())), false),
             (SourceEvent::EndpointSlice(Update::ListDone), true),
-            (SourceEvent::EndpointSlice(Update::Replace(vec![])), false),
+            (SourceEvent::slice(Update::Replace(vec![])), false),
             (SourceEvent::Service(Update::ListDone), false),
         ];
         let mut lists = InitialLists::default();

@@ -83,9 +83,9 @@ pub struct Manifests {
     /// v1 Services.
     pub services: Vec<Box<Service>>,
     /// discovery.k8s.io/v1 EndpointSlices.
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub endpoint_slices: Vec<Box<EndpointSlice>>,
     /// v1 Endpoints (the model mirrors them into slices).
-    pub endpoints: Vec<Endpoints>,
+    pub endpoints: Vec<Box<Endpoints>>,
     /// v1 Nodes.
     pub nodes: Vec<Box<Node>>,
 }
@@ -658,11 +658,11 @@ impl ObjectKey {
                 metadata,
                 ..Service::default()
             }))),
-            Kind::EndpointSlice => SourceEvent::EndpointSlice(Update::Delete(EndpointSlice {
+            Kind::EndpointSlice => SourceEvent::slice(Update::Delete(EndpointSlice {
                 metadata,
                 ..EndpointSlice::default()
             })),
-            Kind::Endpoints => SourceEvent::Endpoints(Update::Delete(Endpoints {
+            Kind::Endpoints => SourceEvent::endpoints(Update::Delete(Endpoints {
                 metadata,
                 ..Endpoints::default()
             })),
@@ -681,8 +681,8 @@ impl ObjectKey {
 #[derive(Debug, Clone, PartialEq)]
 enum Object {
     Service(Box<Service>),
-    EndpointSlice(EndpointSlice),
-    Endpoints(Endpoints),
+    EndpointSlice(Box<EndpointSlice>),
+    Endpoints(Box<Endpoints>),
     Node(Box<Node>),
 }
 

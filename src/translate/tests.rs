@@ -598,7 +598,7 @@ fn translate_model_covers_every_programmable_service() {
     ])));
     let s1: EndpointSlice =
         serde_json::from_value(http_slice("s1", json!([ep("10.244.1.5", "n1")]))).unwrap();
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(s1)));
+    model.apply(SourceEvent::slice(Update::Apply(s1)));
 
     let (all, warnings) = translate_model(&model, &node_v4(), &TranslateConfig::default());
     assert!(warnings.is_empty());
@@ -651,7 +651,7 @@ fn translate_each_keeps_the_order_of_a_batch_split_over_threads() {
         })
         .collect();
     model.apply(SourceEvent::service(Update::Replace(services)));
-    model.apply(SourceEvent::EndpointSlice(Update::Replace(slices)));
+    model.apply(SourceEvent::slice(Update::Replace(slices)));
 
     let mut names: Vec<ServiceName> = (0..count)
         .rev()
@@ -1402,7 +1402,7 @@ fn zone_of_the_model_node_reaches_translation() {
     let svc: Service = serde_json::from_value(web(json!({}))).unwrap();
     model.apply(SourceEvent::service(Update::Apply(svc)));
     let s1: EndpointSlice = serde_json::from_value(four_zoned().remove(0)).unwrap();
-    model.apply(SourceEvent::EndpointSlice(Update::Apply(s1)));
+    model.apply(SourceEvent::slice(Update::Apply(s1)));
     let name = ServiceName::new("default", "web");
     let reals = |model: &Model| {
         let named = translate_named(model, &name, &node_v4(), &TranslateConfig::default());

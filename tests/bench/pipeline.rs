@@ -101,7 +101,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
         vec![
             SourceEvent::node(Update::Replace(vec![synthetic::node()])),
             SourceEvent::service(Update::Replace(synthetic::services(scale))),
-            SourceEvent::EndpointSlice(Update::Replace(
+            SourceEvent::slice(Update::Replace(
                 synthetic::endpoint_slices(scale)
                     .into_iter()
                     .map(Into::into)
@@ -185,7 +185,7 @@ pub fn verify_rounds() -> u64 {
 
 /// The event that gives service `i` its extra endpoint (or takes it away).
 pub fn endpoint_change(scale: Scale, i: usize, with_extra: bool) -> SourceEvent {
-    SourceEvent::EndpointSlice(Update::Apply(
+    SourceEvent::slice(Update::Apply(
         synthetic::endpoint_slice(scale, i, with_extra).into(),
     ))
 }

@@ -567,9 +567,9 @@ fn decode_object(
     let object = match (api_version, kind) {
         ("v1", "Service") => Object::Service(Box::new(decode_namespaced(value)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(decode_namespaced(value)?)
+            Object::EndpointSlice(Box::new(decode_namespaced(value)?))
         }
-        ("v1", "Endpoints") => Object::Endpoints(decode_namespaced(value)?),
+        ("v1", "Endpoints") => Object::Endpoints(Box::new(decode_namespaced(value)?)),
         ("v1", "Node") => Object::Node(Box::new(decode(value)?)),
         _ => return Ok(None),
     };
