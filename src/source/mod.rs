@@ -50,9 +50,10 @@ impl<K> Update<K> {
 ///
 /// An event is moved by value through every stream adapter between the
 /// decoder and the model, so its size is paid on each move of every
-/// object: every object is boxed, so that an event is the size of a
-/// pointer and a tag (a slim EndpointSlice, the most numerous object, is
-/// 440 bytes, mostly its metadata; a Service over a kilobyte).
+/// object: every object is boxed, so that an event is four words at most
+/// (a `Replace` list's `Vec` and a tag), where a slim EndpointSlice, the
+/// most numerous object, is 440 bytes, mostly its metadata, and a Service
+/// over a kilobyte.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
     Service(Update<Box<Service>>),
