@@ -113,22 +113,10 @@ pub fn watch(client: Client, node_name: &str) -> impl Stream<Item = SourceEvent>
     let selected = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let watchers = [
-        resource_events(
-            Api::<Boxed<Service>>::all(client.clone()),
-            selected(),
-            |update| SourceEvent::Service(update.map(Boxed::into_box)),
-        )
-        .boxed(),
-        resource_events(
-            Api::<Boxed<EndpointSlice>>::all(client.clone()),
-            selected(),
-            |update| SourceEvent::EndpointSlice(update.map(Boxed::into_box)),
-        )
-        .boxed(),
-        resource_events(Api::<Boxed<Node>>::all(client), this_node, |update| {
-            SourceEvent::Node(update.map(Boxed::into_box))
-        })
-        .boxed(),
+        resource_events::<Service>(client.clone(), selected(), SourceEvent::Service).boxed(),
+        resource_events::<EndpointSlice>(client.clone(), selected(), SourceEvent::EndpointSlice)
+            .boxed(),
+        resource_events::<Node>(client, this_node, SourceEvent::Node).boxed(),
     ];
     stream::select_all(watchers)
         .scan(InitialLists::default(), |lists, event| {
@@ -166,20 +154,23 @@ impl InitialLists {
     }
 }
 
-/// A watcher as source events: lists streamed, errors logged (the backoff
-/// retries them), unused fields dropped.
+/// A watcher of every `K` as source events: objects decoded into boxes
+/// (see [`Boxed`]), lists streamed, errors logged (the backoff retries
+/// them), unused fields dropped.
 fn resource_events<K>(
-    api: Api<K>,
+    client: Client,
     config: watcher::Config,
-    wrap: fn(Update<K>) -> SourceEvent,
+    wrap: fn(Update<Box<K>>) -> SourceEvent,
 ) -> impl Stream<Item = SourceEvent> + Send
 where
-    K: Resource<DynamicType = ()> + Trim + Clone + DeserializeOwned + Debug + Send + 'static,
+    Boxed<K>: Resource<DynamicType = ()> + Trim + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    watcher(api, config)
+    watcher(Api::<Boxed<K>>::all(client), config)
         .default_backoff()
         .modify(Trim::trim)
-        .filter_map(move |event| future::ready(update_of(event).map(wrap)))
+        .filter_map(move |event| {
+            future::ready(update_of(event).map(|update| wrap(update.map(Boxed::into_box))))
+        })
 }
 
 /// One watcher event as the update to emit, if any.
