@@ -81,14 +81,16 @@ fn convert_service(svc: &Service) -> ListedService {
     ServiceInfo::from_service(svc)
 }
 
-/// A listed EndpointSlice: its key and compact form (`None` for a slice of
-/// no Service), or why it has no usable key.
-type ListedSlice = Result<(SliceKey, Result<Option<EndpointSliceInfo>, ModelError>), ModelError>;
+/// A listed EndpointSlice in compact form (`None` for a slice of no
+/// Service), or why it was rejected, with its key if it has one (the version
+/// filed under it then stays), boxed as rejections are rare.
+type ListedSlice = Result<Option<EndpointSliceInfo>, Box<(Option<SliceKey>, ModelError)>>;
 
 /// Converts one listed EndpointSlice, as [`convert_service`] does a Service.
+/// The key is built for a rejected slice only: an accepted one is filed
+/// under its compact form's own strings ([`SliceKey::sharing`]).
 fn convert_slice(slice: &EndpointSlice) -> ListedSlice {
-    let key = slice_key(&slice.metadata)?;
-    Ok((key, EndpointSliceInfo::from_slice(slice)))
+    EndpointSliceInfo::from_slice(slice).map_err(|e| Box::new((slice_key(&slice.metadata).ok(), e)))
 }
 
 /// Where a slice lives: its namespace and its own name.
@@ -419,15 +421,12 @@ impl Model {
     /// the version in force.
     fn list_slice(&mut self, next: &mut ListedSlices, listed: ListedSlice, changes: &mut Changes) {
         let mut info = match listed {
-            Err(e) => {
+            Ok(Some(info)) => info,
+            Ok(None) => return,
+            Err(rejected) => {
+                let (key, e) = *rejected;
                 changes.errors.push(e);
-                return;
-            }
-            Ok((_, Ok(Some(info)))) => info,
-            Ok((_, Ok(None))) => return,
-            Ok((key, Err(e))) => {
-                changes.errors.push(e);
-                match self.slice(&key) {
+                match key.and_then(|key| self.slice(&key)) {
                     Some(last_good) => last_good.clone(),
                     None => return,
                 }
