@@ -835,16 +835,16 @@ impl Results {
                     // asks the cold sync, which also binds the VIPs and
                     // fills the sets, to beat that floor; the line says so.
                     if let Some(raw) = &column.raw {
-                        let ceiling = restore / raw.seconds;
-                        let reach = if ceiling < 10.0 {
+                        let raw_ratio = restore / raw.seconds;
+                        let needs = if raw_ratio < 10.0 {
                             ", so the goal needs a cold sync faster than it"
                         } else {
                             ""
                         };
                         detail += &format!(
-                            "; the raw IPVS batch {}, {:.2}× faster than ipvsadm -R{reach}",
+                            "; the raw IPVS batch {}, {:.2}× faster than ipvsadm -R{needs}",
                             seconds(raw.seconds),
-                            ceiling
+                            raw_ratio
                         );
                     }
                     detail.push(')');
