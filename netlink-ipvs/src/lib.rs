@@ -192,6 +192,7 @@ mod destination;
 mod error;
 mod info;
 mod message;
+mod request;
 mod service;
 mod stats;
 

@@ -14,7 +14,7 @@ use crate::info::InfoAttr;
 use crate::service::ServiceAttr;
 
 const IPVS_GENL_NAME: &str = "IPVS";
-const IPVS_GENL_VERSION: u8 = 0x1;
+pub(crate) const IPVS_GENL_VERSION: u8 = 0x1;
 
 const IPVS_CMD_NEW_SERVICE: u8 = 1;
 const IPVS_CMD_SET_SERVICE: u8 = 2;
@@ -34,8 +34,8 @@ const IPVS_CMD_GET_INFO: u8 = 15;
 const IPVS_CMD_ZERO: u8 = 16;
 const IPVS_CMD_FLUSH: u8 = 17;
 
-const IPVS_CMD_ATTR_SERVICE: u16 = 1;
-const IPVS_CMD_ATTR_DEST: u16 = 2;
+pub(crate) const IPVS_CMD_ATTR_SERVICE: u16 = 1;
+pub(crate) const IPVS_CMD_ATTR_DEST: u16 = 2;
 const IPVS_CMD_ATTR_DAEMON: u16 = 3;
 const IPVS_CMD_ATTR_TIMEOUT_TCP: u16 = 4;
 const IPVS_CMD_ATTR_TIMEOUT_TCP_FIN: u16 = 5;

@@ -9,6 +9,7 @@ pub use self::attr::DestinationAttr;
 
 use crate::address::{AddressFamily, InetAddr};
 use crate::error::{Error, Result};
+use crate::request::AttrSink;
 use crate::stats::{Stats, Stats64};
 
 const OBJECT: &str = "destination";
@@ -219,19 +220,23 @@ impl Destination {
     /// The attributes of an add or edit request, in ipvsadm's order.
     /// Counters and stats are not sent: the kernel ignores them.
     pub fn to_request_attrs(&self) -> Vec<DestinationAttr> {
+        let mut attrs = Vec::with_capacity(10);
+        self.push_request_attrs(&mut attrs);
+        attrs
+    }
+
+    /// [`Destination::to_request_attrs`], into a vector or straight into a
+    /// request.
+    pub(crate) fn push_request_attrs(&self, attrs: &mut impl AttrSink<DestinationAttr>) {
         let tunnel = self.tunnel_or_default();
-        vec![
-            DestinationAttr::AddressFamily(AddressFamily::of(&self.addr)),
-            DestinationAttr::Address(InetAddr::from(self.addr)),
-            DestinationAttr::Port(self.port),
-            DestinationAttr::ForwardingMethod(self.forwarding),
-            DestinationAttr::Weight(self.weight),
-            DestinationAttr::TunnelType(tunnel.tunnel_type),
-            DestinationAttr::TunnelPort(tunnel.port),
-            DestinationAttr::TunnelFlags(tunnel.flags),
-            DestinationAttr::UpperThreshold(self.upper_threshold),
-            DestinationAttr::LowerThreshold(self.lower_threshold),
-        ]
+        Self::push_key_attrs(self.addr, self.port, attrs);
+        attrs.put(DestinationAttr::ForwardingMethod(self.forwarding));
+        attrs.put(DestinationAttr::Weight(self.weight));
+        attrs.put(DestinationAttr::TunnelType(tunnel.tunnel_type));
+        attrs.put(DestinationAttr::TunnelPort(tunnel.port));
+        attrs.put(DestinationAttr::TunnelFlags(tunnel.flags));
+        attrs.put(DestinationAttr::UpperThreshold(self.upper_threshold));
+        attrs.put(DestinationAttr::LowerThreshold(self.lower_threshold));
     }
 
     /// Every attribute, in the order the kernel's dump writes them.
@@ -264,11 +269,20 @@ impl Destination {
     /// The attributes that identify a destination within its service, as a
     /// delete sends them.
     pub fn key_attrs(addr: IpAddr, port: u16) -> Vec<DestinationAttr> {
-        vec![
-            DestinationAttr::AddressFamily(AddressFamily::of(&addr)),
-            DestinationAttr::Address(InetAddr::from(addr)),
-            DestinationAttr::Port(port),
-        ]
+        let mut attrs = Vec::with_capacity(3);
+        Self::push_key_attrs(addr, port, &mut attrs);
+        attrs
+    }
+
+    /// [`Destination::key_attrs`], into a vector or straight into a request.
+    pub(crate) fn push_key_attrs(
+        addr: IpAddr,
+        port: u16,
+        attrs: &mut impl AttrSink<DestinationAttr>,
+    ) {
+        attrs.put(DestinationAttr::AddressFamily(AddressFamily::of(&addr)));
+        attrs.put(DestinationAttr::Address(InetAddr::from(addr)));
+        attrs.put(DestinationAttr::Port(port));
     }
 
     /// Builds a destination from a dump entry or an add request; a missing

@@ -4,12 +4,13 @@ use std::net::IpAddr;
 
 use tokio::sync::oneshot;
 
-use crate::connection::{serialize, Job};
+use crate::connection::Job;
 use crate::daemon::{Daemon, DaemonAttr, DaemonState};
 use crate::destination::{display_endpoint, Destination};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use crate::message::{IpvsAttr, IpvsCmd, IpvsMessage};
+use crate::message::{IpvsAttr, IpvsCmd, IpvsMessage, IPVS_CMD_ATTR_DEST, IPVS_CMD_ATTR_SERVICE};
+use crate::request::RequestWriter;
 use crate::service::{Service, ServiceAddress};
 use crate::Timeouts;
 
@@ -85,6 +86,41 @@ impl Operation {
         IpvsMessage::new(self.cmd(), attrs)
     }
 
+    /// The request as the connection sends it, with the netlink header's
+    /// family id, flags, sequence number and port left zero: the bytes of
+    /// [`Operation::to_message`] emitted, written in one pass (see
+    /// `request.rs`).
+    pub(crate) fn to_request(&self) -> Vec<u8> {
+        // The largest is an IPv6 destination request: 20 bytes of headers,
+        // a service nest of 52 and a destination nest of 104.
+        let mut request = RequestWriter::new(self.cmd(), 176);
+        match self {
+            Self::AddService(service) | Self::SetService(service) => {
+                request.nest(IPVS_CMD_ATTR_SERVICE, |r| service.push_attrs(r));
+            }
+            Self::DelService(address) | Self::Zero(Some(address)) => {
+                request.nest(IPVS_CMD_ATTR_SERVICE, |r| address.push_attrs(r));
+            }
+            Self::AddDestination(address, dest) | Self::SetDestination(address, dest) => {
+                request.nest(IPVS_CMD_ATTR_SERVICE, |r| address.push_attrs(r));
+                request.nest(IPVS_CMD_ATTR_DEST, |r| dest.push_request_attrs(r));
+            }
+            Self::DelDestination(address, addr, port) => {
+                request.nest(IPVS_CMD_ATTR_SERVICE, |r| address.push_attrs(r));
+                request.nest(IPVS_CMD_ATTR_DEST, |r| {
+                    Destination::push_key_attrs(*addr, *port, r)
+                });
+            }
+            // Sent once in a while: the typed message's attributes.
+            _ => {
+                for attr in &self.to_message().attrs {
+                    request.attr(attr);
+                }
+            }
+        }
+        request.finish()
+    }
+
     /// What the operation is about, for error messages: "TCP 10.0.0.1:80",
     /// "TCP 10.0.0.1:80 -> 192.168.1.10:8080".
     pub fn object(&self) -> String {
@@ -141,10 +177,7 @@ pub struct PreparedBatch {
 impl PreparedBatch {
     /// Serializes `operations`. Needs no connection.
     pub fn new(operations: Vec<Operation>) -> Self {
-        let messages = operations
-            .iter()
-            .map(|op| serialize(0, &op.to_message()))
-            .collect();
+        let messages = operations.iter().map(Operation::to_request).collect();
         Self {
             operations,
             messages,
@@ -220,30 +253,96 @@ fn set_family(message: &mut [u8], family_id: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Protocol, Scheduler};
+    use crate::connection::serialize;
+    use crate::destination::{ForwardingMethod, Tunnel, TunnelFlags, TunnelType};
+    use crate::{AddressFamily, Protocol, Scheduler, ServiceFlags, Stats, Stats64};
 
-    #[test]
-    fn a_prepared_request_is_the_request_once_its_family_is_written_in() {
-        let address = ServiceAddress::Inet {
+    /// Every operation, with the fields that change a request's bytes set
+    /// both ways: families, firewall marks, persistence engines, counters
+    /// (as a dump would fill them), tunnels, thresholds, a scheduler of
+    /// another name.
+    fn every_operation() -> Vec<Operation> {
+        let v4 = ServiceAddress::Inet {
             addr: "10.96.0.1".parse().unwrap(),
             protocol: Protocol::Tcp,
             port: 80,
         };
-        let operations = vec![
-            Operation::AddService(Service::new(
-                "10.96.0.1".parse().unwrap(),
-                Protocol::Tcp,
-                80,
-                Scheduler::RoundRobin,
-            )),
-            Operation::AddDestination(
-                address.clone(),
-                Destination::new("10.128.0.1".parse().unwrap(), 8080),
-            ),
-            Operation::DelDestination(address.clone(), "fd00::1".parse().unwrap(), 8080),
-            Operation::DelService(address),
+        let v6 = ServiceAddress::Inet {
+            addr: "fd00:96::1".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        let fwmark = ServiceAddress::Fwmark {
+            family: AddressFamily::Inet6,
+            mark: 0x4000,
+        };
+        let plain = Service::new(
+            "10.96.0.1".parse().unwrap(),
+            Protocol::Tcp,
+            80,
+            Scheduler::RoundRobin,
+        );
+        let mut persistent = Service::with_address(v6.clone(), Scheduler::from("mh"));
+        persistent = persistent.persistent(10_800);
+        persistent.flags |= ServiceFlags::SH_PORT;
+        persistent.netmask = 64;
+        persistent.pe_name = Some("sip".to_owned());
+        let mut counted = Service::with_address(fwmark.clone(), Scheduler::SourceHashing);
+        counted.stats = Some(Stats {
+            conns: 7,
+            ..Stats::default()
+        });
+        counted.stats64 = Some(Stats64 {
+            in_bytes: 1 << 40,
+            ..Stats64::default()
+        });
+        let masq = Destination::new("10.128.0.1".parse().unwrap(), 8080);
+        let mut tunnelled = Destination::new("fd00:128::9".parse().unwrap(), 0)
+            .forwarding(ForwardingMethod::Tunnel)
+            .weight(0);
+        tunnelled.upper_threshold = 100;
+        tunnelled.lower_threshold = 10;
+        tunnelled.tunnel = Some(Tunnel {
+            tunnel_type: TunnelType::Gue,
+            port: 6080,
+            flags: TunnelFlags::CSUM | TunnelFlags::REMCSUM,
+        });
+        vec![
+            Operation::AddService(plain.clone()),
+            Operation::AddService(persistent.clone()),
+            Operation::SetService(counted),
+            Operation::SetService(persistent),
+            Operation::DelService(v4.clone()),
+            Operation::DelService(fwmark.clone()),
+            Operation::AddDestination(v4.clone(), masq.clone()),
+            Operation::AddDestination(v6.clone(), tunnelled.clone()),
+            Operation::SetDestination(fwmark.clone(), tunnelled),
+            Operation::SetDestination(v4.clone(), masq),
+            Operation::DelDestination(v4.clone(), "10.128.0.1".parse().unwrap(), 8080),
+            Operation::DelDestination(v6, "fd00::1".parse().unwrap(), 8080),
+            Operation::Zero(Some(fwmark)),
+            Operation::Zero(None),
             Operation::Flush,
-        ];
+            Operation::SetConfig(Timeouts {
+                tcp: 900,
+                tcp_fin: 120,
+                udp: 300,
+            }),
+            Operation::AddDaemon(Daemon::new(DaemonState::Master, "eth0", 9)),
+            Operation::DelDaemon(DaemonState::Backup),
+        ]
+    }
+
+    #[test]
+    fn a_request_written_in_one_pass_is_the_typed_message_emitted() {
+        for op in every_operation() {
+            assert_eq!(op.to_request(), serialize(0, &op.to_message()), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn a_prepared_request_is_the_request_once_its_family_is_written_in() {
+        let operations = every_operation();
         let family_id = 0x1f2e;
         let batch = PreparedBatch::new(operations.clone());
         assert_eq!(batch.operations(), &operations[..]);

@@ -13,6 +13,7 @@ pub use self::scheduler::Scheduler;
 
 use crate::address::{AddressFamily, InetAddr, Protocol};
 use crate::error::{Error, Result};
+use crate::request::AttrSink;
 use crate::stats::{Stats, Stats64};
 
 const OBJECT: &str = "service";
@@ -56,19 +57,19 @@ impl ServiceAddress {
         attrs
     }
 
-    fn push_attrs(&self, attrs: &mut Vec<ServiceAttr>) {
-        attrs.push(ServiceAttr::AddressFamily(self.family()));
+    pub(crate) fn push_attrs(&self, attrs: &mut impl AttrSink<ServiceAttr>) {
+        attrs.put(ServiceAttr::AddressFamily(self.family()));
         match self {
             Self::Inet {
                 addr,
                 protocol,
                 port,
             } => {
-                attrs.push(ServiceAttr::Protocol(*protocol));
-                attrs.push(ServiceAttr::Address(InetAddr::from(*addr)));
-                attrs.push(ServiceAttr::Port(*port));
+                attrs.put(ServiceAttr::Protocol(*protocol));
+                attrs.put(ServiceAttr::Address(InetAddr::from(*addr)));
+                attrs.put(ServiceAttr::Port(*port));
             }
-            Self::Fwmark { mark, .. } => attrs.push(ServiceAttr::Fwmark(*mark)),
+            Self::Fwmark { mark, .. } => attrs.put(ServiceAttr::Fwmark(*mark)),
         }
     }
 
@@ -237,25 +238,30 @@ impl Service {
     /// The attributes in the order the kernel and ipvsadm write them.
     pub fn to_attrs(&self) -> Vec<ServiceAttr> {
         let mut attrs = Vec::with_capacity(12);
-        self.address.push_attrs(&mut attrs);
-        attrs.push(ServiceAttr::SchedulerName(
+        self.push_attrs(&mut attrs);
+        attrs
+    }
+
+    /// [`Service::to_attrs`], into a vector or straight into a request.
+    pub(crate) fn push_attrs(&self, attrs: &mut impl AttrSink<ServiceAttr>) {
+        self.address.push_attrs(attrs);
+        attrs.put(ServiceAttr::SchedulerName(
             self.scheduler.as_str().to_owned(),
         ));
         if let Some(pe_name) = &self.pe_name {
-            attrs.push(ServiceAttr::PersistenceEngine(pe_name.clone()));
+            attrs.put(ServiceAttr::PersistenceEngine(pe_name.clone()));
         }
-        attrs.push(ServiceAttr::Flags(IpvsFlags::all(self.flags)));
-        attrs.push(ServiceAttr::Timeout(self.timeout));
-        attrs.push(ServiceAttr::Netmask(
+        attrs.put(ServiceAttr::Flags(IpvsFlags::all(self.flags)));
+        attrs.put(ServiceAttr::Timeout(self.timeout));
+        attrs.put(ServiceAttr::Netmask(
             self.address.netmask_to_wire(self.netmask),
         ));
         if let Some(stats) = &self.stats {
-            attrs.push(ServiceAttr::Stats(stats.to_attrs()));
+            attrs.put(ServiceAttr::Stats(stats.to_attrs()));
         }
         if let Some(stats64) = &self.stats64 {
-            attrs.push(ServiceAttr::Stats64(stats64.to_attrs()));
+            attrs.put(ServiceAttr::Stats64(stats64.to_attrs()));
         }
-        attrs
     }
 
     /// Builds a service from a full set of attributes (a dump entry or an
