@@ -2,6 +2,7 @@
 # The benchmark command (issues 4 and 10):
 #
 #   tests/bench.sh [--scale default|full|huge|NxE[,NxE...]] [--vip-mode address|route]
+#                  [--profile raw|raw-state|cold]
 #
 # Builds the proxy and the benchmark driver (release), boots the stock Debian
 # kernel once in a VM (tests/vm/boot.sh) and measures, per scale of N
@@ -31,6 +32,13 @@
 # --vip-mode is the proxy's --ipvs-vip-mode in every phase that binds VIPs
 # (default address); the table says which mode a run used.
 #
+# --profile PHASE runs only that phase at each scale, under `perf record`
+# of both guest CPUs (Debian's linux-perf, installed on demand), and prints
+# where its time went: CPU by thread and by kind of work (the kernel's IPVS
+# handling, its service lookups, nftables, routes, serializing, ...), and a
+# timeline, from the samples inside the phase's own clock
+# (tests/bench/profile.py). Under perf a phase runs about a fifth slower.
+#
 # Exits 0 when every phase ran (goals missed are reported, not failed),
 # 1 when a phase failed, 125 when the VM did not start.
 #
@@ -54,6 +62,7 @@ usage() {
 
 scale=default
 vip_mode=address
+profile=
 while (($# > 0)); do
     case $1 in
     --scale)
@@ -72,6 +81,15 @@ while (($# > 0)); do
         ;;
     --vip-mode=*)
         vip_mode=${1#--vip-mode=}
+        shift
+        ;;
+    --profile)
+        (($# >= 2)) || usage
+        profile=$2
+        shift 2
+        ;;
+    --profile=*)
+        profile=${1#--profile=}
         shift
         ;;
     -h | --help) usage ;;
@@ -115,7 +133,15 @@ address | route) ;;
     usage
     ;;
 esac
+case $profile in
+'' | raw | raw-state | cold) ;;
+*)
+    printf 'ERROR: --profile must be raw, raw-state or cold, not %q\n' "$profile" >&2
+    usage
+    ;;
+esac
 export KIP_BENCH_SCALES=$scales
+export KIP_BENCH_PROFILE=$profile
 export KIP_BENCH_VIP_MODE=$vip_mode
 export KIP_BENCH_TRIALS=${KIP_BENCH_TRIALS:-100}
 export KIP_BENCH_IDLE_RUNS=${KIP_BENCH_IDLE_RUNS:-3}
@@ -132,6 +158,10 @@ fi
 KIP_BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M')
 export KIP_BENCH_DATE
 
+if [[ -n $profile ]]; then
+    # perf for the guest's kernel: the guest runs the host's root filesystem.
+    KIP_APT_PACKAGES+=(linux-perf)
+fi
 kip_ensure_vm_deps
 
 # The executable of one target, from cargo's JSON messages rather than a
@@ -152,10 +182,18 @@ for line in sys.stdin:
 ' "$1" "$2"
 }
 
+build_env=()
+if [[ -n $profile ]]; then
+    # Frame pointers, so that perf can walk the proxy's own call chains;
+    # in a target directory of their own, so that the benchmark's build
+    # stays as it is.
+    build_env=(RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes"
+        CARGO_TARGET_DIR="$repo/target/profiling")
+fi
 kip_log "building kube-ipvs-proxy and the benchmark driver (release)"
-proxy_json=$(cargo build --release --bin kube-ipvs-proxy --message-format=json-render-diagnostics) ||
+proxy_json=$(env "${build_env[@]}" cargo build --release --bin kube-ipvs-proxy --message-format=json-render-diagnostics) ||
     kip_die "cargo build --release --bin kube-ipvs-proxy failed"
-bench_json=$(cargo bench --bench ipvs --no-run --message-format=json-render-diagnostics) ||
+bench_json=$(env "${build_env[@]}" cargo bench --bench ipvs --no-run --message-format=json-render-diagnostics) ||
     kip_die "cargo bench --bench ipvs --no-run failed"
 KIP_PROXY_BIN=$(pick_executable bin kube-ipvs-proxy <<<"$proxy_json")
 KIP_BENCH_BIN=$(pick_executable bench ipvs <<<"$bench_json")
@@ -186,6 +224,17 @@ if ((vm_rc == 125)); then
     exit 125
 fi
 [[ -s $out/bench.jsonl ]] || kip_die "the VM wrote no results (guest exit $vm_rc); see $out/console.log"
+
+if [[ -n $profile ]]; then
+    ((vm_rc == 0)) || kip_die "the profile of $profile failed (guest exit $vm_rc); see $out/bench.log"
+    for s in $scales; do
+        printf '\n'
+        python3 "$repo/tests/bench/profile.py" "$out/bench.jsonl" "$s" "$out/perf-script-$s.txt.gz" |
+            tee "$out/profile-$s.txt"
+    done
+    printf '\n(results: %s)\n' "$out"
+    exit 0
+fi
 
 printf '\n'
 set +e

@@ -74,6 +74,28 @@ phase() {
     printf '    %s s\n' "$((SECONDS - start))"
 }
 
+# tests/bench.sh --profile PHASE: that one phase at each scale under
+# `perf record` of every CPU (the kernel's work happens in the proxy's
+# sendmsg calls and in softirqs), its samples written out as text for
+# tests/bench/profile.py on the host. Nothing else runs.
+if [[ -n ${KIP_BENCH_PROFILE:-} ]]; then
+    for scale in $KIP_BENCH_SCALES; do
+        printf '==> %s %s under perf\n' "$KIP_BENCH_PROFILE" "$scale"
+        if ! fresh_ipvs >>"$log" 2>&1; then
+            printf 'reloading ip_vs failed before the profile of %s\n' "$scale" >&2
+            exit 1
+        fi
+        data=$work/perf-$scale.data
+        perf record -a -g -F 999 -o "$data" -- \
+            "$KIP_BENCH_BIN" --vip-mode "$vip_mode" "$KIP_BENCH_PROFILE" --scale "$scale" \
+            >>"$results" 2>>"$log" || exit 1
+        perf script -i "$data" -F time,comm,tid,ip,sym 2>>"$log" |
+            gzip >"$KIP_OUT/perf-script-$scale.txt.gz" || exit 1
+        rm -f "$data"
+    done
+    exit 0
+fi
+
 "$KIP_BENCH_BIN" --vip-mode "$vip_mode" env --cpu-mode "${KIP_BENCH_CPU_MODE:-TCG}" --date "${KIP_BENCH_DATE:-unknown}" \
     >>"$results" 2>>"$log" || failures=$((failures + 1))
 
