@@ -47,7 +47,7 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// The receive-buffer bytes one queued error reply may occupy (skb truesize).
 const BYTES_PER_REPLY: usize = 2048;
 
-const NETLINK_HEADER_LEN: usize = 16;
+pub(crate) const NETLINK_HEADER_LEN: usize = 16;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
 /// Why one request failed, before the handle names the object.

@@ -15,10 +15,11 @@
 
 use netlink_packet_core::{Nla, NLA_F_NESTED, NLA_HEADER_SIZE};
 
+use crate::connection::NETLINK_HEADER_LEN;
 use crate::message::{IpvsCmd, IPVS_GENL_VERSION};
 
-/// The netlink header (16 bytes) and the generic netlink header (4).
-const HEADERS_LEN: usize = 20;
+/// The netlink header and the generic netlink header (4 bytes).
+const HEADERS_LEN: usize = NETLINK_HEADER_LEN + 4;
 
 /// Where attributes of type `A` go: a vector, for the typed message, or a
 /// request being written.
@@ -43,7 +44,7 @@ impl RequestWriter {
     /// A request of `cmd` with room for `capacity` bytes in all.
     pub(crate) fn new(cmd: IpvsCmd, capacity: usize) -> Self {
         let mut bytes = Vec::with_capacity(capacity.max(HEADERS_LEN));
-        bytes.resize(16, 0);
+        bytes.resize(NETLINK_HEADER_LEN, 0);
         bytes.extend_from_slice(&[cmd.into(), IPVS_GENL_VERSION, 0, 0]);
         Self { bytes }
     }
@@ -65,8 +66,7 @@ impl RequestWriter {
         self.header(kind | NLA_F_NESTED, 0);
         fill(self);
         let len = self.bytes.len() - start;
-        // A nest longer than an attribute can say is cut short, as
-        // netlink-packet-core's emit cuts it: no request of this crate
+        // An attribute's length is 16 bits: no request of this crate
         // comes near 64 KiB.
         let len = u16::try_from(len).unwrap_or(u16::MAX);
         self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
