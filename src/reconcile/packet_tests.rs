@@ -359,3 +359,114 @@ fn with_cleanup_off_stale_flows_do_not_pile_up() {
     reconciler.forget_stale_flows();
     assert!(reconciler.stale_flows().is_empty());
 }
+
+/// Services `web-0..count`, each wanting its ClusterIP element and its VIP.
+fn web_services(reconciler: &mut Reconciler, from: u8, count: u8) {
+    for i in from..from + count {
+        let vip = format!("10.96.1.{i}");
+        let desired = wanting(&[cluster_ip_element(&vip, 80), service_ip(&vip)]);
+        reconciler.set_service(
+            ServiceName::new("default", &format!("web-{i}")),
+            Some(desired),
+        );
+    }
+}
+
+/// A reconciler whose sets hold services `web-0..10`, with `web-10..20`
+/// handed over since.
+fn ten_held_ten_new() -> (Reconciler, FakeNft) {
+    let mut reconciler = Reconciler::new(Ownership::default());
+    let mut nft = FakeNft::new();
+    web_services(&mut reconciler, 0, 10);
+    assert!(sync(&mut reconciler, &mut nft, true).is_clean());
+    web_services(&mut reconciler, 10, 10);
+    (reconciler, nft)
+}
+
+/// What an incremental sync works out for itself, on a reconciler built as
+/// `build` builds it.
+fn worked_out_in_the_sync(build: impl Fn() -> (Reconciler, FakeNft)) -> Vec<NftBatch> {
+    let (mut reconciler, mut nft) = build();
+    let mut report = SyncReport::default();
+    let changes =
+        block_on(reconciler.nft_changes(&mut nft, &NftRuleset::default(), false, &mut report));
+    reconciler.nft_batches(changes, false)
+}
+
+#[test]
+fn transactions_worked_out_ahead_are_the_ones_the_sync_would_work_out() {
+    let (mut reconciler, mut nft) = ten_held_ten_new();
+    reconciler.prepare_next_nft();
+    assert!(
+        reconciler.nft.has_dirty(),
+        "nothing is taken until it is used"
+    );
+    let prepared = reconciler.take_prepared_nft(false).expect("prepared ahead");
+    assert_eq!(prepared, worked_out_in_the_sync(ten_held_ten_new));
+    assert_eq!(prepared.iter().map(|b| b.changes.len()).sum::<usize>(), 20);
+    assert!(!reconciler.nft.has_dirty());
+    assert_eq!(reconciler.take_prepared_nft(false), None, "used once");
+
+    for batch in &prepared {
+        let result = block_on(nft.apply(&batch.changes));
+        reconciler.nft_applied(&batch.changes, result, &mut SyncReport::default());
+    }
+    assert_eq!(nft.elements().len(), 40);
+    let again = sync(&mut reconciler, &mut nft, true);
+    assert_eq!(again.writes, 0, "a full sync finds nothing to send");
+}
+
+#[test]
+fn transactions_worked_out_ahead_are_dropped_once_anything_they_follow_from_changes() {
+    type Change = fn(&mut Reconciler, &mut FakeNft);
+    let changes: [(&str, Change); 4] = [
+        ("another service handed over", |r, _| web_services(r, 20, 1)),
+        ("a service gone", |r, _| {
+            r.set_service(ServiceName::new("default", "web-3"), None);
+        }),
+        ("the sets read again", |r, nft| {
+            let mut report = SyncReport::default();
+            block_on(r.nft_changes(nft, &NftRuleset::default(), true, &mut report));
+        }),
+        ("a failed transaction", |r, _| {
+            let change = [NftChange::Add(service_ip("10.96.9.9"))];
+            let failed = Err(KernelError::Other("injected".into()));
+            r.nft_applied(&change, failed, &mut SyncReport::default());
+        }),
+    ];
+    for (what, change) in changes {
+        let (mut reconciler, mut nft) = ten_held_ten_new();
+        reconciler.prepare_next_nft();
+        change(&mut reconciler, &mut nft);
+        assert_eq!(reconciler.take_prepared_nft(false), None, "after {what}");
+    }
+    // A full sync reads the sets: it works its changes out itself.
+    let (mut reconciler, _) = ten_held_ten_new();
+    reconciler.prepare_next_nft();
+    assert_eq!(reconciler.take_prepared_nft(true), None, "for a full sync");
+
+    // Dropped, the elements stay dirty: the sync sends them all.
+    let (mut reconciler, mut nft) = ten_held_ten_new();
+    reconciler.prepare_next_nft();
+    web_services(&mut reconciler, 20, 1);
+    assert_eq!(reconciler.take_prepared_nft(false), None);
+    let report = sync(&mut reconciler, &mut nft, false);
+    assert_eq!(report.nft_elements, 22, "services 10 to 20, two each");
+}
+
+#[test]
+fn deletions_are_never_worked_out_ahead_and_a_deletion_answered_drops_them() {
+    // A deletion sent twice would fail its whole transaction.
+    let (mut reconciler, _) = ten_held_ten_new();
+    reconciler.set_service(ServiceName::new("default", "web-3"), None);
+    reconciler.prepare_next_nft();
+    assert_eq!(reconciler.take_prepared_nft(false), None);
+
+    // An element the last sync deletes, wanted again before its answer: it
+    // must be added after the deletion, which the answer shows.
+    let (mut reconciler, _) = ten_held_ten_new();
+    let gone = [NftChange::Delete(service_ip("10.96.1.3"))];
+    reconciler.prepare_next_nft();
+    reconciler.nft_applied(&gone, Ok(()), &mut SyncReport::default());
+    assert_eq!(reconciler.take_prepared_nft(false), None);
+}
