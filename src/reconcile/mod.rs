@@ -1574,12 +1574,11 @@ impl Reconciler {
     /// [`FEED_PER_OP`] times its operations, and more until the kernel has
     /// answered, for the next sync: translation fills the time the run loop
     /// would otherwise wait, and the kernel waits for it only as long as the
-    /// minimum takes. In a streamed sync, once the next chunk is the last,
-    /// the feed hands over that minimum only, and the next sync's nftables
-    /// transactions are worked out instead, with nothing handed over after
-    /// them (see [`Reconciler::take_prepared_nft`]): worked out at the next
-    /// sync's start, they kept the kernel waiting between the two (at
-    /// 50,000 × 2 under TCG, 0.13 s at each of the two largest).
+    /// minimum takes. During a streamed sync's last chunk the feed hands over
+    /// that minimum only, and the next sync's nftables transactions are
+    /// worked out instead (see [`Reconciler::take_prepared_nft`]): worked
+    /// out at its start, they kept the kernel waiting between the two syncs
+    /// (at 50,000 × 2 under TCG, 0.13 s at each of the two largest).
     /// Addresses left unused are added to `freed`. Returns the services with
     /// a failed op.
     async fn apply_diff<K: IpvsKernel>(
@@ -1593,7 +1592,6 @@ impl Reconciler {
         let mut failed_services = HashSet::new();
         // A sync of a streamed cold sync: another follows it.
         let streaming = feed.remaining() > 0;
-        let mut prepared_ahead = false;
         let mut limit = FIRST_CHUNK;
         let mut current = self.diff_chunk(keys, 0, limit);
         let mut prepared = K::prepare(&current.ops);
@@ -1623,14 +1621,13 @@ impl Reconciler {
                 }
                 let next = self.diff_chunk(keys, current.end, limit);
                 let next_prepared = K::prepare(&next.ops);
-                // Whether the chunk after this one, if any, is the last.
-                let ending = next.ops.is_empty() || next.end == keys.len();
-                if feed.remaining() > 0 && !prepared_ahead {
+                let last = next.ops.is_empty();
+                if feed.remaining() > 0 {
                     feed.feed(self, FEED_PER_OP * current.ops.len());
                     // Yielding between batches lets the sync's other legs
                     // (nftables transactions the chunk may wait for, VIP
                     // writes) run and see their answers.
-                    while feed.remaining() > 0 && !ending {
+                    while feed.remaining() > 0 && !last {
                         tokio::task::yield_now().await;
                         if futures::poll!(applying.as_mut()).is_ready() {
                             break;
@@ -1638,17 +1635,14 @@ impl Reconciler {
                         feed.feed(self, 1);
                     }
                 }
-                if streaming && ending && !prepared_ahead {
-                    // Rather than more services, the next sync's nftables
-                    // transactions, while this chunk and the last are in
-                    // the kernel, so that it does not wait for them between
-                    // the two syncs; nothing is handed over after them. A
-                    // transaction this chunk waits for sees its answer
-                    // first.
+                if last && streaming {
+                    // The sync's last chunk: rather than more services, the
+                    // next sync's nftables transactions, so that the kernel
+                    // does not wait for them between the two. A transaction
+                    // this chunk waits for sees its answer first.
                     tokio::task::yield_now().await;
                     let _ = futures::poll!(applying.as_mut());
                     self.prepare_next_nft();
-                    prepared_ahead = true;
                 }
                 applying.as_mut().await;
                 (
