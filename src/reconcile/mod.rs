@@ -1661,7 +1661,8 @@ impl Reconciler {
     }
 
     /// The operations of `keys[start..]` up to the first key that brings
-    /// them to `limit` or more.
+    /// them to `limit` or more, and the keys after it too if they are fewer
+    /// than half as many as before it.
     fn diff_chunk(
         &self,
         keys: &[(VirtualServerKey, Option<ServiceName>)],
@@ -1686,7 +1687,11 @@ impl Reconciler {
             }
             diff::diff_virtual_server(*key, desired, current, &mut chunk.ops);
             chunk.answerable.resize(chunk.ops.len(), service.clone());
-            if chunk.ops.len() >= limit {
+            // A short tail joins the chunk: a sync's last chunk is the time
+            // in which a streamed cold sync works out the next sync's
+            // transactions (see `Reconciler::apply_diff`).
+            let tail = keys.len() - chunk.end;
+            if chunk.ops.len() >= limit && tail > (chunk.end - start) / 2 {
                 break;
             }
         }
