@@ -1021,9 +1021,6 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             conntrack,
         } = self;
         let nft_changes = async {
-            if let Some(batches) = reconciler.take_prepared_nft(full) {
-                return batches;
-            }
             let changes = reconciler
                 .nft_changes(*nft, ruleset, full, &mut report)
                 .await;

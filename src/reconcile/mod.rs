@@ -498,11 +498,6 @@ pub struct Reconciler {
     /// The packet path's set elements.
     nft: NftState,
     nft_failed: Option<Backoff>,
-    /// The next sync's nftables transactions, worked out while the kernel
-    /// took the last chunk of a sync of a streamed cold sync, with the
-    /// [`NftState`] generation they were worked out at (see
-    /// [`Reconciler::take_prepared_nft`]).
-    prepared_nft: Option<(u64, Vec<NftBatch>)>,
     /// Flows of UDP and SCTP real servers deleted since the last cleanup.
     stale_flows: Vec<FlowFilter>,
     node_addrs: HashSet<IpAddr>,
@@ -555,7 +550,6 @@ impl Reconciler {
             served_node_addrs: HashMap::new(),
             nft: NftState::default(),
             nft_failed: None,
-            prepared_nft: None,
             stale_flows: Vec::new(),
             node_addrs: HashSet::new(),
             node_port_services: HashSet::new(),
@@ -828,8 +822,6 @@ impl Reconciler {
         report: &mut SyncReport,
     ) -> Vec<NftChange> {
         let now = (self.clock)();
-        // What is worked out here supersedes anything worked out ahead.
-        self.prepared_nft = None;
         if !full && self.nft.adopted && !self.nft.has_dirty() {
             return Vec::new();
         }
@@ -893,46 +885,6 @@ impl Reconciler {
         };
         owners.sort_unstable_by_key(|(first, ..)| *first);
         nft::split(changes, owners)
-    }
-
-    /// The transactions that [`Reconciler::nft_changes`] and
-    /// [`Reconciler::nft_batches`] would give this sync, if the sync is
-    /// incremental and they were worked out ahead, while the kernel took
-    /// the sync before's last chunk (see [`Reconciler::apply_diff`]), and
-    /// nothing they follow from has changed since: no element wanted or
-    /// unwanted, no read of the sets, no failed transaction. Otherwise
-    /// `None`, and the sync works them out itself; either way the ones
-    /// worked out ahead are dropped.
-    ///
-    /// The sync before's own transactions may have been answered since,
-    /// and an element they added that this sync's services want too is then
-    /// added again: the kernel takes an element its set holds as a no-op
-    /// (`NLM_F_CREATE` without `NLM_F_EXCL`), and the answer records it
-    /// held, as it is.
-    pub fn take_prepared_nft(&mut self, full: bool) -> Option<Vec<NftBatch>> {
-        let (generation, batches) = self.prepared_nft.take()?;
-        let unchanged = generation == self.nft.generation();
-        if full || !unchanged || !self.nft.adopted || self.nft_failed.is_some() {
-            return None;
-        }
-        self.nft.clear_dirty();
-        Some(batches)
-    }
-
-    /// Works out the next incremental sync's transactions ahead (see
-    /// [`Reconciler::take_prepared_nft`]), if they only add elements: a
-    /// deletion sent twice would fail its transaction.
-    fn prepare_next_nft(&mut self) {
-        self.prepared_nft = None;
-        if !self.nft.adopted || self.nft_failed.is_some() {
-            return;
-        }
-        let changes = self.nft.diff(false);
-        if changes.iter().any(|c| matches!(c, NftChange::Delete(_))) {
-            return;
-        }
-        let batches = self.nft_batches(changes, false);
-        self.prepared_nft = Some((self.nft.generation(), batches));
     }
 
     /// The second half of [`Reconciler::sync_nft`]: records the kernel's
@@ -1574,11 +1526,7 @@ impl Reconciler {
     /// [`FEED_PER_OP`] times its operations, and more until the kernel has
     /// answered, for the next sync: translation fills the time the run loop
     /// would otherwise wait, and the kernel waits for it only as long as the
-    /// minimum takes. During a streamed sync's last chunk the feed hands over
-    /// that minimum only, and the next sync's nftables transactions are
-    /// worked out instead (see [`Reconciler::take_prepared_nft`]): worked
-    /// out at its start, they kept the kernel waiting between the two syncs
-    /// (at 50,000 × 2 under TCG, 0.13 s at each of the two largest).
+    /// minimum takes.
     /// Addresses left unused are added to `freed`. Returns the services with
     /// a failed op.
     async fn apply_diff<K: IpvsKernel>(
@@ -1590,8 +1538,6 @@ impl Reconciler {
         feed: &mut (dyn Feed + Send),
     ) -> HashSet<ServiceName> {
         let mut failed_services = HashSet::new();
-        // A sync of a streamed cold sync: another follows it.
-        let streaming = feed.remaining() > 0;
         let mut limit = FIRST_CHUNK;
         let mut current = self.diff_chunk(keys, 0, limit);
         let mut prepared = K::prepare(&current.ops);
@@ -1621,28 +1567,18 @@ impl Reconciler {
                 }
                 let next = self.diff_chunk(keys, current.end, limit);
                 let next_prepared = K::prepare(&next.ops);
-                let last = next.ops.is_empty();
                 if feed.remaining() > 0 {
                     feed.feed(self, FEED_PER_OP * current.ops.len());
                     // Yielding between batches lets the sync's other legs
                     // (nftables transactions the chunk may wait for, VIP
                     // writes) run and see their answers.
-                    while feed.remaining() > 0 && !last {
+                    while feed.remaining() > 0 {
                         tokio::task::yield_now().await;
                         if futures::poll!(applying.as_mut()).is_ready() {
                             break;
                         }
                         feed.feed(self, 1);
                     }
-                }
-                if last && streaming {
-                    // The sync's last chunk: rather than more services, the
-                    // next sync's nftables transactions, so that the kernel
-                    // does not wait for them between the two. A transaction
-                    // this chunk waits for sees its answer first.
-                    tokio::task::yield_now().await;
-                    let _ = futures::poll!(applying.as_mut());
-                    self.prepare_next_nft();
                 }
                 applying.as_mut().await;
                 (
@@ -1661,8 +1597,7 @@ impl Reconciler {
     }
 
     /// The operations of `keys[start..]` up to the first key that brings
-    /// them to `limit` or more, and the keys after it too if they are fewer
-    /// than half as many as before it.
+    /// them to `limit` or more.
     fn diff_chunk(
         &self,
         keys: &[(VirtualServerKey, Option<ServiceName>)],
@@ -1687,11 +1622,7 @@ impl Reconciler {
             }
             diff::diff_virtual_server(*key, desired, current, &mut chunk.ops);
             chunk.answerable.resize(chunk.ops.len(), service.clone());
-            // A short tail joins the chunk: a sync's last chunk is the time
-            // in which a streamed cold sync works out the next sync's
-            // transactions (see `Reconciler::apply_diff`).
-            let tail = keys.len() - chunk.end;
-            if chunk.ops.len() >= limit && tail > (chunk.end - start) / 2 {
+            if chunk.ops.len() >= limit {
                 break;
             }
         }
