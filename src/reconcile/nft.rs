@@ -221,7 +221,7 @@ impl NftState {
     /// [`split`], which puts them in the order of their services and sorts
     /// only the ones no service claims. This runs between two syncs of a
     /// streamed cold sync, while the kernel waits; on the host, 100,000
-    /// additions took about 15 ms here unsorted and 23 ms sorted.
+    /// additions took about 15 ms unsorted and 23 ms sorted.
     pub(super) fn changes(&mut self, all: bool) -> Vec<NftChange> {
         let mut deletes = Vec::new();
         let mut adds = Vec::new();
