@@ -1370,7 +1370,10 @@ impl Loop<'_> {
                             Err(error) => {
                                 tracing::warn!(%error, "cannot read this node's addresses; keeping the last known ones and reading again with backoff");
                                 state.metrics.record_node_address_read_failure();
-                                node_read = Some(Backoff::after_failure(node_read, started));
+                                // Counted from the failure, not from the
+                                // sync's start: a slow failed read must not
+                                // eat into the wait before the next one.
+                                node_read = Some(Backoff::after_failure(node_read, Instant::now()));
                             }
                         }
                         if state.node.ipv6 && !ruleset.ipv6 {
