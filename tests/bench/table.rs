@@ -847,6 +847,16 @@ impl Results {
                             raw_ratio
                         );
                     }
+                    // How close to the whole kernel state written with no
+                    // model at all 10× asks the cold sync to come: the
+                    // cold sync builds the model before its first write.
+                    if let Some(state) = &column.state {
+                        detail += &format!(
+                            "; 10× asks for {:.2}× the whole-state floor ({})",
+                            restore / 10.0 / state.seconds,
+                            seconds(state.seconds)
+                        );
+                    }
                     detail.push(')');
                     Some((r >= 10.0, detail))
                 })(),
