@@ -33,7 +33,7 @@ use crate::kernel::{
     ListedRealServers, ListedVirtualServer, NftKernel, Prepared,
 };
 use crate::metrics::{last_change_trigger_time, Metrics, SyncOutcome, VirtualServerSample};
-use crate::model::{Changes, Model, NodeInfo, Uid};
+use crate::model::{Changes, Model, NodeInfo, Spent, Uid};
 use crate::reconcile::{
     batches_before, operations_worth, Backoff, ClaimNotice, Feed, NoFeed, Ownership, Reconciler,
     SyncError, SyncReport, FIRST_CHUNK,
@@ -277,6 +277,9 @@ struct State {
     /// Whether the first full sync has begun: from then on, every change
     /// is translated as it comes.
     first_sync_begun: bool,
+    /// The API objects of the lists before the first full sync, which
+    /// frees them while it waits for the kernel.
+    spent: Spent,
 }
 
 /// What handing one service's translation to the reconciler updates besides
@@ -387,6 +390,8 @@ pub struct TranslationFeed<'a, H> {
     translate: &'a TranslateConfig,
     names: std::vec::IntoIter<ServiceName>,
     hand_over: H,
+    /// The lists' API objects, freed while the kernel takes the writes.
+    spent: Spent,
 }
 
 /// Hands a service's desired state to `reconciler` and nothing else, for
@@ -447,7 +452,16 @@ where
             translate,
             names: names.into_iter(),
             hand_over,
+            spent: Spent::default(),
         }
+    }
+
+    /// The feed frees `spent` while the kernel takes its sync's writes and
+    /// no service is left to hand over; whatever is left when it is dropped.
+    #[must_use]
+    pub fn with_spent(mut self, spent: Spent) -> Self {
+        self.spent = spent;
+        self
     }
 }
 
@@ -474,7 +488,16 @@ where
     fn remaining(&self) -> usize {
         self.names.len()
     }
+
+    fn spare(&mut self) -> bool {
+        self.spent.free_some(SPARE_BATCH)
+    }
 }
+
+/// How many API objects a feed frees at a time while the kernel takes a
+/// chunk: a few milliseconds of work under TCG, so that the answer is
+/// seen soon after it comes.
+const SPARE_BATCH: usize = 256;
 
 impl State {
     /// Folds one event into the model and passes on what it changed.
@@ -494,7 +517,12 @@ impl State {
             SourceEvent::Node(_) => Some(true),
             _ => None,
         };
-        let changes = self.model.apply(event);
+        // Before the first sync, whole lists are freed during it (see Spent).
+        let changes = if self.first_sync_begun {
+            self.model.apply(event)
+        } else {
+            self.model.apply_keeping(event, &mut self.spent)
+        };
         let synced = changes.synced;
         if !changes.is_empty() {
             if endpoints {
@@ -589,13 +617,15 @@ impl State {
             reconciler,
             handover,
             pending,
+            spent,
             ..
         } = self;
         let hand_over = |reconciler: &mut Reconciler, name, translation| {
             handover.hand_over(reconciler, model, name, translation)
         };
         let names = std::mem::take(pending);
-        let mut feed = TranslationFeed::new(model, node, translate, names, hand_over);
+        let mut feed = TranslationFeed::new(model, node, translate, names, hand_over)
+            .with_spent(std::mem::take(spent));
         kernel
             .sync_feeding(reconciler, ruleset, conntrack_cleanup, vips, &mut feed)
             .await
@@ -1333,6 +1363,7 @@ impl Loop<'_> {
             events: self.events,
             pending: Vec::new(),
             first_sync_begun: false,
+            spent: Spent::default(),
         };
         let mut synced = false;
         let mut startup = Startup::new();
@@ -2507,6 +2538,7 @@ mod initial_list_tests {
             events: EventSink::disabled(),
             pending: Vec::new(),
             first_sync_begun: false,
+            spent: Spent::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! an object that cannot be converted is reported and its last good version
 //! kept. Work per event is proportional to the objects it carries.
 
+use std::fmt;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
@@ -67,6 +68,77 @@ impl Changes {
         }
         self.services.extend(services);
         self.errors.extend(later.errors);
+    }
+}
+
+/// The API objects of whole lists the model has filed, not yet freed.
+///
+/// Freeing a list of API objects takes about as long as filing it. Before
+/// the first sync, the lists are freed while the sync waits for the
+/// kernel's answers, a few objects at a time on the run loop's thread (which
+/// allocated them: freed on another thread, glibc's arenas made the frees
+/// contend with its allocations), rather than before the first write.
+/// Whatever is left is freed when this is dropped.
+#[derive(Default)]
+#[expect(
+    clippy::vec_box,
+    reason = "the lists as the sources deliver them, kept without moving an object"
+)]
+pub struct Spent {
+    services: Vec<Vec<Box<Service>>>,
+    slices: Vec<Vec<Box<EndpointSlice>>>,
+}
+
+impl Spent {
+    /// Frees up to `count` objects. Returns whether any are left.
+    pub fn free_some(&mut self, count: usize) -> bool {
+        let mut left = count;
+        while left > 0 {
+            let freed = if !self.slices.is_empty() {
+                free_tail(&mut self.slices, left)
+            } else if !self.services.is_empty() {
+                free_tail(&mut self.services, left)
+            } else {
+                break;
+            };
+            left = left.saturating_sub(freed);
+        }
+        !self.is_empty()
+    }
+
+    /// Whether every object has been freed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// How many objects are left to free.
+    pub fn len(&self) -> usize {
+        let services: usize = self.services.iter().map(Vec::len).sum();
+        let slices: usize = self.slices.iter().map(Vec::len).sum();
+        services + slices
+    }
+}
+
+/// Frees up to `count` objects from the end of the last of `lists`, and
+/// drops that list once it is empty. Returns how many objects went, or 1
+/// for an empty list dropped, so that a caller's loop always moves on.
+fn free_tail<T>(lists: &mut Vec<Vec<T>>, count: usize) -> usize {
+    let Some(list) = lists.last_mut() else {
+        return 0;
+    };
+    let freed = count.min(list.len());
+    list.truncate(list.len() - freed);
+    if list.is_empty() {
+        lists.pop();
+    }
+    freed.max(1)
+}
+
+impl fmt::Debug for Spent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spent")
+            .field("objects", &self.len())
+            .finish()
     }
 }
 
@@ -302,10 +374,17 @@ impl Model {
 
     /// Folds one event in.
     pub fn apply(&mut self, event: SourceEvent) -> Changes {
+        self.apply_keeping(event, &mut Spent::default())
+    }
+
+    /// [`Model::apply`], keeping the API objects of a whole list (a
+    /// `Replace`) in `spent` rather than freeing them: the run loop's first
+    /// sync frees them while it waits for the kernel (see [`Spent`]).
+    pub fn apply_keeping(&mut self, event: SourceEvent, spent: &mut Spent) -> Changes {
         let mut changes = Changes::default();
         match event {
-            SourceEvent::Service(update) => self.apply_services(update, &mut changes),
-            SourceEvent::EndpointSlice(update) => self.apply_slices(update, &mut changes),
+            SourceEvent::Service(update) => self.apply_services(update, &mut changes, spent),
+            SourceEvent::EndpointSlice(update) => self.apply_slices(update, &mut changes, spent),
             SourceEvent::Endpoints(update) => self.apply_endpoints(update, &mut changes),
             SourceEvent::Node(update) => self.apply_node(update, &mut changes),
             SourceEvent::Synced => {
@@ -316,7 +395,12 @@ impl Model {
         changes
     }
 
-    fn apply_services(&mut self, update: Update<Box<Service>>, changes: &mut Changes) {
+    fn apply_services(
+        &mut self,
+        update: Update<Box<Service>>,
+        changes: &mut Changes,
+        spent: &mut Spent,
+    ) {
         match update {
             Update::Apply(svc) => match ServiceInfo::from_service(&svc) {
                 Ok(mut info) => {
@@ -344,6 +428,7 @@ impl Model {
                     self.list_service(&mut next, listed, changes);
                 }
                 self.commit_services(next, changes);
+                spent.services.push(list);
             }
             Update::ListStart => self.listing.services = Some(HashMap::new()),
             Update::Listed(svc) => {
@@ -381,7 +466,12 @@ impl Model {
         self.services = next;
     }
 
-    fn apply_slices(&mut self, update: Update<Box<EndpointSlice>>, changes: &mut Changes) {
+    fn apply_slices(
+        &mut self,
+        update: Update<Box<EndpointSlice>>,
+        changes: &mut Changes,
+        spent: &mut Spent,
+    ) {
         match update {
             Update::Apply(slice) => match slice_key(&slice.metadata) {
                 Err(e) => changes.errors.push(e),
@@ -403,6 +493,7 @@ impl Model {
                     self.list_slice(&mut next, listed, changes);
                 }
                 self.commit_slices(next, changes);
+                spent.slices.push(list);
             }
             Update::ListStart => self.listing.slices = Some(ListedSlices::default()),
             Update::Listed(slice) => {

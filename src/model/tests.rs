@@ -724,6 +724,51 @@ fn replace_reports_only_services_that_differ() {
     assert_eq!(model.endpoint_slices(&name("default/gone")).count(), 0);
 }
 
+#[test]
+fn whole_lists_are_kept_for_the_caller_to_free_a_few_at_a_time() {
+    let mut model = Model::new("n1");
+    let mut spent = Spent::default();
+    model.apply_keeping(
+        SourceEvent::service(Update::Replace(vec![
+            web("a", "10.96.0.1"),
+            web("b", "10.96.0.2"),
+            web("c", "10.96.0.3"),
+        ])),
+        &mut spent,
+    );
+    model.apply_keeping(
+        SourceEvent::slice(Update::Replace(vec![
+            web_slice("a-1", "a", &["10.244.0.1"]),
+            web_slice("b-1", "b", &["10.244.0.2"]),
+        ])),
+        &mut spent,
+    );
+    // An empty list is kept too, and freeing it counts as a step.
+    model.apply_keeping(SourceEvent::service(Update::Replace(vec![])), &mut spent);
+    // A streamed list frees each object as it files it.
+    for event in streamed(
+        SourceEvent::slice,
+        vec![web_slice("c-1", "c", &["10.244.0.3"])],
+    ) {
+        model.apply_keeping(event, &mut spent);
+    }
+    assert_eq!(spent.len(), 5);
+    // Kept, the objects were still filed (the last Replace emptied the
+    // services, the streamed list replaced the slices).
+    assert_eq!(model.services().count(), 0);
+    assert_eq!(model.endpoint_slices(&name("default/c")).count(), 1);
+
+    assert!(spent.free_some(1));
+    assert_eq!(spent.len(), 4);
+    // The last slice, the empty list (one step) and one service.
+    assert!(spent.free_some(3));
+    assert_eq!(spent.len(), 2);
+    assert!(!spent.free_some(10), "nothing left");
+    assert!(spent.is_empty());
+    assert_eq!(spent.len(), 0);
+    assert!(!spent.free_some(1));
+}
+
 /// The events of `list` streamed as the kube source sends a (re)list.
 fn streamed<K>(wrap: fn(Update<K>) -> SourceEvent, list: Vec<K>) -> Vec<SourceEvent> {
     std::iter::once(wrap(Update::ListStart))

@@ -82,6 +82,14 @@ pub trait Feed {
 
     /// How many services are left to hand over.
     fn remaining(&self) -> usize;
+
+    /// A little of the work that may wait until the kernel is busy (freeing
+    /// the lists' API objects: see [`crate::model::Spent`]), done while a
+    /// chunk of IPVS writes is in the kernel and no service is left to hand
+    /// over. Returns whether any is left.
+    fn spare(&mut self) -> bool {
+        false
+    }
 }
 
 /// The feed of a sync with nothing more to hand over.
@@ -1579,6 +1587,12 @@ impl Reconciler {
                         }
                         feed.feed(self, 1);
                     }
+                }
+                while feed.remaining() == 0
+                    && futures::poll!(applying.as_mut()).is_pending()
+                    && feed.spare()
+                {
+                    tokio::task::yield_now().await;
                 }
                 applying.as_mut().await;
                 (

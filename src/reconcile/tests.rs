@@ -2123,3 +2123,61 @@ async fn the_feed_goes_on_until_the_kernel_has_answered_the_chunk() {
         "not everything: the feed stops at the answer"
     );
 }
+
+/// A feed with no service to hand over and `left` units of spare work,
+/// counting the calls for it.
+struct SparingFeed {
+    left: usize,
+    calls: usize,
+}
+
+impl Feed for SparingFeed {
+    fn feed(&mut self, _: &mut Reconciler, _: usize) {}
+
+    fn remaining(&self) -> usize {
+        0
+    }
+
+    fn spare(&mut self) -> bool {
+        self.calls += 1;
+        self.left = self.left.saturating_sub(1);
+        self.left > 0
+    }
+}
+
+#[tokio::test]
+async fn spare_work_fills_the_kernels_time_and_stops_at_its_answer_or_when_done() {
+    for (left, expected_calls) in [(10_000, None), (1, Some(2))] {
+        let mut node = Node::new();
+        // 200 services of two operations: chunks of 256 and 144, each
+        // answered after this kernel's three polls.
+        for i in 0..200u16 {
+            let vip = format!("10.96.{}.{}", i / 256, i % 256);
+            let desired = cluster_ip(&vip, &[80], &[rs("10.244.0.1", 8080)]);
+            node.set(&format!("s{i}"), Some(desired));
+        }
+        let mut feed = SparingFeed { left, calls: 0 };
+        let mut ipvs = PreparingIpvs(node.kernel.clone());
+        let mut addrs = node.kernel.clone();
+        let report = node
+            .reconciler
+            .full_sync_feeding(&mut ipvs, &mut addrs, &mut feed)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(node.kernel().virtual_servers().len(), 200);
+        match expected_calls {
+            // More than one call while each of the two chunks was in the
+            // kernel (it answers at the fourth poll), none after its
+            // answer: most of the work is left.
+            None => assert!(
+                (3..=10).contains(&feed.calls) && feed.left > 9_000,
+                "{} calls, {} left",
+                feed.calls,
+                feed.left
+            ),
+            // Once it says nothing is left, a chunk's wait asks no more:
+            // one call for each of the two chunks.
+            Some(calls) => assert_eq!(feed.calls, calls),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use kube_ipvs_proxy::cli::Cli;
 use kube_ipvs_proxy::desired::{NftRuleset, ServiceName};
 use kube_ipvs_proxy::kernel::link::VipMode;
 use kube_ipvs_proxy::kernel::{AddressKernel, ConntrackKernel, IpvsKernel, NftKernel};
-use kube_ipvs_proxy::model::{Changes, Model};
+use kube_ipvs_proxy::model::{Changes, Model, Spent};
 use kube_ipvs_proxy::proxy::{set_desired, Kernel, TranslationFeed};
 use kube_ipvs_proxy::reconcile::{Ownership, Reconciler, SyncReport};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
@@ -63,7 +63,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     /// The run loop's first full sync: the services the initial lists
     /// brought are translated and handed over as the sync asks for them
     /// (`proxy::Kernel::sync_feeding`).
-    async fn first_sync(&mut self, names: Vec<ServiceName>) -> SyncReport {
+    async fn first_sync(&mut self, names: Vec<ServiceName>, spent: Spent) -> SyncReport {
         let mut kernel = Kernel {
             ipvs: &mut self.ipvs,
             link: &mut self.link,
@@ -71,7 +71,8 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
             conntrack: &mut self.conntrack,
         };
         let (model, node, translate) = (&self.model, &self.node, &self.translate);
-        let mut feed = TranslationFeed::new(model, node, translate, names, set_desired);
+        let mut feed =
+            TranslationFeed::new(model, node, translate, names, set_desired).with_spent(spent);
         kernel
             .sync_feeding(
                 &mut self.reconciler,
@@ -114,7 +115,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     /// Folds events into the model and hands what they touched to the
     /// reconciler.
     pub fn absorb(&mut self, events: Vec<SourceEvent>) -> Result<(), String> {
-        let names = self.model_names(events)?;
+        let (names, _) = self.model_names(events)?;
         let translations = translate_each(&self.model, &names, &self.node, &self.translate);
         for (name, translation) in names.into_iter().zip(translations) {
             set_desired(&mut self.reconciler, name, translation);
@@ -123,21 +124,27 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     }
 
     /// Folds events into the model and returns the services they touched
-    /// (every one, for a list). Synthetic objects are never rejected; if one
-    /// is, the benchmark is wrong and says so.
-    fn model_names(&mut self, events: Vec<SourceEvent>) -> Result<Vec<ServiceName>, String> {
+    /// (every one, for a list), and the lists' API objects, which the run
+    /// loop's first sync frees as it goes. Synthetic objects are never
+    /// rejected; if one is, the benchmark is wrong and says so.
+    fn model_names(
+        &mut self,
+        events: Vec<SourceEvent>,
+    ) -> Result<(Vec<ServiceName>, Spent), String> {
         let mut changes = Changes::default();
+        let mut spent = Spent::default();
         for event in events {
-            changes.merge(self.model.apply(event));
+            changes.merge(self.model.apply_keeping(event, &mut spent));
         }
         if let Some(error) = changes.errors.first() {
             return Err(format!("the model rejected a synthetic object: {error}"));
         }
-        Ok(if changes.all {
+        let names = if changes.all {
             self.model.services().map(|s| s.name.clone()).collect()
         } else {
             changes.services.into_iter().collect()
-        })
+        };
+        Ok((names, spent))
     }
 
     /// The source's first list through the first full sync into an empty
@@ -147,9 +154,9 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Pipeline
     /// does: as it goes with VIPs as local routes, first with addresses.
     pub async fn cold_sync(&mut self, events: Vec<SourceEvent>) -> Result<Timed, String> {
         let started = Instant::now();
-        let names = self.model_names(events)?;
+        let (names, spent) = self.model_names(events)?;
         let absorbed = started.elapsed();
-        let report = self.first_sync(names).await;
+        let report = self.first_sync(names, spent).await;
         clean(Timed::since(started, absorbed, report), "cold sync")
     }
 
