@@ -147,8 +147,10 @@ impl fmt::Debug for Spent {
 type ListedService = Result<ServiceInfo, ModelError>;
 
 /// Converts one listed Service. A relist converts on every core and files
-/// the results in order on the caller's thread, which also frees the API
-/// objects: freed on the workers instead, glibc's arenas made it slower.
+/// the results in order on the caller's thread, each chunk as soon as it
+/// is converted (see [`parallel::map_consume_in_order`]); the caller's
+/// thread also frees the API objects: freed on the workers instead,
+/// glibc's arenas made it slower.
 fn convert_service(svc: &Service) -> ListedService {
     ServiceInfo::from_service(svc)
 }
@@ -422,11 +424,11 @@ impl Model {
             },
             Update::Replace(list) => {
                 let mut next = HashMap::with_capacity(list.len());
-                for listed in
-                    parallel::map_in_order(list.iter().collect(), |svc| convert_service(svc))
-                {
-                    self.list_service(&mut next, listed, changes);
-                }
+                parallel::map_consume_in_order(
+                    &list,
+                    |svc| convert_service(svc),
+                    |listed| self.list_service(&mut next, listed, changes),
+                );
                 self.commit_services(next, changes);
                 spent.services.push(list);
             }
@@ -487,11 +489,11 @@ impl Model {
             Update::Replace(list) => {
                 let mut next = ListedSlices::default();
                 next.owners.reserve(list.len());
-                for listed in
-                    parallel::map_in_order(list.iter().map(Box::as_ref).collect(), convert_slice)
-                {
-                    self.list_slice(&mut next, listed, changes);
-                }
+                parallel::map_consume_in_order(
+                    &list,
+                    |slice| convert_slice(slice),
+                    |listed| self.list_slice(&mut next, listed, changes),
+                );
                 self.commit_slices(next, changes);
                 spent.slices.push(list);
             }
