@@ -2088,27 +2088,33 @@ impl Feed for CountingFeed {
     }
 }
 
-#[tokio::test]
-async fn the_feed_goes_on_until_the_kernel_has_answered_the_chunk() {
+/// A full sync of 200 services of two operations each (chunks of 256 and
+/// 144 operations, each answered at the kernel's fourth poll) with `feed`,
+/// which must end with the 200 virtual servers in the kernel.
+async fn sync_two_hundred_services_feeding(feed: &mut (dyn Feed + Send)) {
     let mut node = Node::new();
-    // 200 services of two operations: chunks of 256 and 144.
     for i in 0..200u16 {
         let vip = format!("10.96.{}.{}", i / 256, i % 256);
         let desired = cluster_ip(&vip, &[80], &[rs("10.244.0.1", 8080)]);
         node.set(&format!("s{i}"), Some(desired));
     }
-    let mut feed = CountingFeed {
-        handed_over: 0,
-        count: 10_000,
-    };
     let mut ipvs = PreparingIpvs(node.kernel.clone());
     let mut addrs = node.kernel.clone();
     let report = node
         .reconciler
-        .full_sync_feeding(&mut ipvs, &mut addrs, &mut feed)
+        .full_sync_feeding(&mut ipvs, &mut addrs, feed)
         .await;
     assert!(report.is_clean(), "{:?}", report.errors);
     assert_eq!(node.kernel().virtual_servers().len(), 200);
+}
+
+#[tokio::test]
+async fn the_feed_goes_on_until_the_kernel_has_answered_the_chunk() {
+    let mut feed = CountingFeed {
+        handed_over: 0,
+        count: 10_000,
+    };
+    sync_two_hundred_services_feeding(&mut feed).await;
 
     // At least FEED_PER_OP times each chunk's 256 and 144 operations, and
     // more while this kernel takes several polls to answer each.
@@ -2148,23 +2154,8 @@ impl Feed for SparingFeed {
 #[tokio::test]
 async fn spare_work_fills_the_kernels_time_and_stops_at_its_answer_or_when_done() {
     for (left, expected_calls) in [(10_000, None), (1, Some(2))] {
-        let mut node = Node::new();
-        // 200 services of two operations: chunks of 256 and 144, each
-        // answered after this kernel's three polls.
-        for i in 0..200u16 {
-            let vip = format!("10.96.{}.{}", i / 256, i % 256);
-            let desired = cluster_ip(&vip, &[80], &[rs("10.244.0.1", 8080)]);
-            node.set(&format!("s{i}"), Some(desired));
-        }
         let mut feed = SparingFeed { left, calls: 0 };
-        let mut ipvs = PreparingIpvs(node.kernel.clone());
-        let mut addrs = node.kernel.clone();
-        let report = node
-            .reconciler
-            .full_sync_feeding(&mut ipvs, &mut addrs, &mut feed)
-            .await;
-        assert!(report.is_clean(), "{:?}", report.errors);
-        assert_eq!(node.kernel().virtual_servers().len(), 200);
+        sync_two_hundred_services_feeding(&mut feed).await;
         match expected_calls {
             // More than one call while each of the two chunks was in the
             // kernel (it answers at the fourth poll), none after its
