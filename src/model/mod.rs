@@ -73,8 +73,9 @@ impl Changes {
 
 /// The API objects of whole lists the model has filed, not yet freed.
 ///
-/// Freeing a list of API objects takes about as long as filing it. Before
-/// the first sync, the lists are freed while the sync waits for the
+/// Freeing a list of API objects costs about as much as converting and
+/// filing it (counted on the host: 276 against 360 million instructions at
+/// 50,000 × 2). Before the first sync, the lists are freed while the sync waits for the
 /// kernel's answers, a few objects at a time on the run loop's thread (which
 /// allocated them: freed on another thread, glibc's arenas made the frees
 /// contend with its allocations), rather than before the first write.
