@@ -634,9 +634,7 @@ fn goals_say_met_or_missed_with_their_numbers() {
         "[MISSED] in-cluster start to synced within 1.5× of the in-process cold sync (medians): 4.50× (9.00 s vs 2.00 s, medians of 1 and 1 runs; prepare 500 ms, lists 4.00 s, model 2.50 s, first sync 2.00 s)",
         "binary RSS, standalone (manifests) at 10,000 × 10: the proxy exited (exit status: 1)",
     ];
-    for line in expected {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
+    assert_has_lines(&text, &expected);
     assert!(
         !text.contains("evaluated at"),
         "the goal scale was measured:\n{text}"
@@ -778,9 +776,7 @@ fn whole_state_goal_says_met_or_missed_with_the_set_elements() {
         "[met   ] cold sync within 1.3× of the raw floor of the whole kernel state (IPVS, addresses and set elements together): 1.25× (2.00 s vs 1.60 s; the set elements 100 ms, the proxy's nftables 80.0 ms)",
         "[MISSED] cold sync within 1.3× of the raw floor: 1.50×",
     ];
-    for line in expected {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
+    assert_has_lines(&text, &expected);
     let row = |label: &str| {
         text.lines()
             .find(|l| l.starts_with(label))
@@ -892,9 +888,7 @@ fn the_large_scale_ipvsadm_goal_shows_the_raw_batchs_own_ratio() {
         "[met   ] 50,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 11.25× (8.00 s vs 90.0 s; the raw IPVS batch 6.00 s, 15.00× faster than ipvsadm -R; 10× asks for 1.29× the whole-state floor (7.00 s))",
         "[MISSED] 100,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 6.67× (30.0 s vs 200.0 s; the raw IPVS batch 25.0 s, 8.00× faster than ipvsadm -R, so the goal needs a cold sync faster than it; 10× asks for 1.00× the whole-state floor (20.0 s))",
     ];
-    for line in expected {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
+    assert_has_lines(&text, &expected);
 }
 
 #[test]
@@ -917,9 +911,7 @@ fn the_large_scale_ipvsadm_goal_says_how_close_to_the_whole_state_floor_it_asks_
         "[met   ] 50,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 11.25× (8.00 s vs 90.0 s; 10× asks for 1.29× the whole-state floor (7.00 s))",
         "[MISSED] 100,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 5.00× (30.0 s vs 150.0 s; 10× asks for 0.75× the whole-state floor (20.0 s))",
     ];
-    for line in expected {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
+    assert_has_lines(&text, &expected);
 }
 
 #[test]
@@ -933,9 +925,7 @@ fn large_scale_goals_say_met_or_missed_per_scale() {
         "[MISSED] 100,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 6.67× (30.0 s vs 200.0 s; 10× asks for 1.00× the whole-state floor (20.0 s))",
         "[MISSED] 100,000 × 2: cold sync within 1.3× of the raw floor of the whole kernel state: 1.50× (30.0 s vs 20.0 s)",
     ];
-    for line in expected {
-        assert!(text.contains(line), "missing {line:?} in\n{text}");
-    }
+    assert_has_lines(&text, &expected);
     assert!(
         !text.contains("the goals are set for local routes"),
         "{text}"
@@ -984,4 +974,11 @@ fn the_startup_breakdown_is_read_from_the_binarys_log() {
             first_sync_ms: Some(2500.0),
         }
     );
+}
+
+/// Asserts that the rendered table `text` holds every one of `lines`.
+fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }
