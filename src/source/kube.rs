@@ -8,7 +8,8 @@
 //! state, and no list of whole API objects is ever held. No reflector store
 //! is kept either: the model holds the compact state.
 
-use std::fmt::Debug;
+use std::collections::BTreeMap;
+use std::fmt::{self, Debug};
 use std::path::{Path, PathBuf};
 
 use ::kube::config::{Config, InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
@@ -16,9 +17,10 @@ use ::kube::runtime::watcher::{self, watcher};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client, Resource};
 use futures::{future, stream, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::de::DeserializeOwned;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service, ServiceSpec, ServiceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 
 use super::{EndpointSlice, SourceEvent, Update};
 
@@ -155,19 +157,18 @@ impl InitialLists {
 }
 
 /// A watcher of every `K` as source events: objects decoded into boxes
-/// (see [`Boxed`]), lists streamed, errors logged (the backoff retries
-/// them), unused fields dropped.
+/// without the fields the proxy never reads (see [`Boxed`] and [`Decode`]),
+/// lists streamed, errors logged (the backoff retries them).
 fn resource_events<K>(
     client: Client,
     config: watcher::Config,
     wrap: fn(Update<Box<K>>) -> SourceEvent,
 ) -> impl Stream<Item = SourceEvent> + Send
 where
-    Boxed<K>: Resource<DynamicType = ()> + Trim + Clone + DeserializeOwned + Debug + Send + 'static,
+    Boxed<K>: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     watcher(Api::<Boxed<K>>::all(client), config)
         .default_backoff()
-        .modify(Trim::trim)
         .filter_map(move |event| {
             future::ready(update_of(event).map(|update| wrap(update.map(Boxed::into_box))))
         })
@@ -209,9 +210,9 @@ impl<K> Boxed<K> {
     }
 }
 
-impl<'de, K: serde::Deserialize<'de>> serde::Deserialize<'de> for Boxed<K> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        K::deserialize(deserializer).map(|object| Boxed(Box::new(object)))
+impl<'de, K: Decode> Deserialize<'de> for Boxed<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::decode(deserializer).map(|object| Boxed(Box::new(object)))
     }
 }
 
@@ -234,47 +235,149 @@ impl<K: k8s_openapi::Metadata> k8s_openapi::Metadata for Boxed<K> {
     }
 }
 
-impl<K: Trim> Trim for Boxed<K> {
-    fn trim(&mut self) {
-        self.0.trim();
+/// How a watched kind is decoded: without what the proxy never reads, so
+/// that it is neither built nor freed. 10,000 services must fit in a few
+/// tens of MiB, and on a real cluster most of a Service's JSON is its
+/// `managedFields` and, for one made by `kubectl apply`, its last-applied
+/// annotation, a second copy of the whole object.
+trait Decode: Sized {
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+impl Decode for Service {
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Lean {
+            #[serde(default)]
+            metadata: LeanMetadata,
+            spec: Option<ServiceSpec>,
+            status: Option<ServiceStatus>,
+        }
+        let Lean {
+            metadata,
+            spec,
+            status,
+        } = Lean::deserialize(deserializer)?;
+        Ok(Service {
+            metadata: metadata.into(),
+            spec,
+            status,
+        })
     }
 }
 
-/// Drops what the proxy never reads before an object is kept anywhere:
-/// 10,000 services must fit in a few tens of MiB.
-trait Trim {
-    fn trim(&mut self);
-}
-
-fn trim_metadata(metadata: &mut ObjectMeta) {
-    metadata.managed_fields = None;
-    if let Some(annotations) = &mut metadata.annotations {
-        annotations.remove(LAST_APPLIED);
+impl Decode for EndpointSlice {
+    /// The slim type decodes only what the proxy reads (see `source::slice`).
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        EndpointSlice::deserialize(deserializer)
     }
 }
 
-impl Trim for Service {
-    fn trim(&mut self) {
-        trim_metadata(&mut self.metadata);
-    }
-}
-
-impl Trim for EndpointSlice {
-    /// Nothing to drop: the slim type never decodes what the proxy does
-    /// not read (see `source::slice`).
-    fn trim(&mut self) {}
-}
-
-impl Trim for Node {
-    fn trim(&mut self) {
-        trim_metadata(&mut self.metadata);
-        if let Some(status) = &mut self.status {
+impl Decode for Node {
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Lean {
+            #[serde(default)]
+            metadata: LeanMetadata,
+            spec: Option<NodeSpec>,
+            status: Option<NodeStatus>,
+        }
+        let Lean {
+            metadata,
+            spec,
+            mut status,
+        } = Lean::deserialize(deserializer)?;
+        if let Some(status) = &mut status {
             // The image list alone is often larger than everything else.
             status.images = None;
             status.volumes_attached = None;
             status.volumes_in_use = None;
         }
+        Ok(Node {
+            metadata: metadata.into(),
+            spec,
+            status,
+        })
     }
+}
+
+/// An object's metadata but its `managedFields` and the last-applied
+/// annotation, which are skipped as they are read, never decoded.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMetadata {
+    #[serde(default, deserialize_with = "annotations_but_last_applied")]
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    finalizers: Option<Vec<String>>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    name: Option<String>,
+    namespace: Option<String>,
+    owner_references: Option<Vec<OwnerReference>>,
+    resource_version: Option<String>,
+    self_link: Option<String>,
+    uid: Option<String>,
+}
+
+impl From<LeanMetadata> for ObjectMeta {
+    fn from(lean: LeanMetadata) -> ObjectMeta {
+        ObjectMeta {
+            annotations: lean.annotations,
+            creation_timestamp: lean.creation_timestamp,
+            deletion_grace_period_seconds: lean.deletion_grace_period_seconds,
+            deletion_timestamp: lean.deletion_timestamp,
+            finalizers: lean.finalizers,
+            generate_name: lean.generate_name,
+            generation: lean.generation,
+            labels: lean.labels,
+            managed_fields: None,
+            name: lean.name,
+            namespace: lean.namespace,
+            owner_references: lean.owner_references,
+            resource_version: lean.resource_version,
+            self_link: lean.self_link,
+            uid: lean.uid,
+        }
+    }
+}
+
+/// `metadata.annotations` without [`LAST_APPLIED`], whose value is skipped.
+fn annotations_but_last_applied<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Annotations;
+    impl<'de> Visitor<'de> for Annotations {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of annotations or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut annotations = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if key == LAST_APPLIED {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    let value = map.next_value::<String>()?;
+                    annotations.insert(key, value);
+                }
+            }
+            Ok(Some(annotations))
+        }
+    }
+    deserializer.deserialize_option(Annotations)
 }
 
 #[cfg(test)]
@@ -317,32 +420,76 @@ mod tests {
     }
 
     #[test]
-    fn a_boxed_object_decodes_and_trims_as_the_object() {
+    fn a_boxed_service_decodes_all_but_what_the_proxy_never_reads() {
         let json = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {
                 "name": "web",
                 "namespace": "default",
-                "managedFields": [{"manager": "kubectl"}],
-                "annotations": {LAST_APPLIED: "{}", "kept": "yes"},
+                "uid": "0b5c3f1e-2a4d-4b8e-9f6a-1c2d3e4f5a6b",
+                "resourceVersion": "42",
+                "creationTimestamp": "2026-12-07T00:00:00Z",
+                "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}],
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                "annotations": {LAST_APPLIED: "{\"kind\":\"Service\"}", "kept": "yes"},
             },
-            "spec": {"clusterIP": "10.96.0.10"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}},
         });
-        let mut boxed: Boxed<Service> = serde_json::from_value(json).unwrap();
-        Trim::trim(&mut boxed);
-        let service = boxed.into_box();
-        assert_eq!(service.metadata.name.as_deref(), Some("web"));
-        assert_eq!(service.metadata.managed_fields, None);
-        let annotations = service.metadata.annotations.unwrap();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["kept"]);
+        let service = serde_json::from_value::<Boxed<Service>>(json.clone())
+            .unwrap()
+            .into_box();
+        // Everything a full decode has, but the two skipped fields.
+        let mut full: Service = serde_json::from_value(json).unwrap();
+        full.metadata.managed_fields = None;
+        full.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(LAST_APPLIED);
+        assert_eq!(*service, full);
         assert_eq!(
-            service.spec.and_then(|s| s.cluster_ip).as_deref(),
-            Some("10.96.0.10")
+            service.metadata.uid.as_deref(),
+            Some("0b5c3f1e-2a4d-4b8e-9f6a-1c2d3e4f5a6b")
         );
+        assert!(service.metadata.creation_timestamp.is_some());
         assert_eq!(<Boxed<Service> as Resource>::kind(&()), "Service");
         assert_eq!(
             <Boxed<EndpointSlice> as Resource>::plural(&()),
             "endpointslices"
         );
+    }
+
+    #[test]
+    fn skipped_fields_are_never_decoded() {
+        // Values no full decode accepts: skipped, they cannot fail.
+        let json = serde_json::json!({
+            "metadata": {
+                "name": "web",
+                "managedFields": 7,
+                "annotations": {LAST_APPLIED: {"not": "a string"}, "kept": "yes"},
+            },
+        });
+        assert!(serde_json::from_value::<Service>(json.clone()).is_err());
+        let service = serde_json::from_value::<Boxed<Service>>(json)
+            .unwrap()
+            .into_box();
+        assert_eq!(service.metadata.name.as_deref(), Some("web"));
+        assert_eq!(
+            service.metadata.annotations,
+            Some([("kept".to_owned(), "yes".to_owned())].into())
+        );
+        // No annotations, or null ones, are none.
+        for metadata in [
+            serde_json::json!({}),
+            serde_json::json!({"annotations": null}),
+        ] {
+            let service: Boxed<Service> =
+                serde_json::from_value(serde_json::json!({"metadata": metadata})).unwrap();
+            assert_eq!(service.into_box().metadata.annotations, None);
+        }
     }
 
     fn names(update: &Option<Update<Service>>) -> String {
@@ -408,31 +555,24 @@ mod tests {
     }
 
     #[test]
-    fn trimming_drops_what_the_proxy_never_reads() {
-        use k8s_openapi::api::core::v1::{ContainerImage, NodeStatus};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-        let metadata = ObjectMeta {
-            name: Some("n".to_owned()),
-            labels: Some([("topology.kubernetes.io/zone".to_owned(), "a".to_owned())].into()),
-            annotations: Some(
-                [
-                    (LAST_APPLIED.to_owned(), "{}".to_owned()),
-                    ("keep".to_owned(), "me".to_owned()),
-                ]
-                .into(),
-            ),
-            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
-            ..ObjectMeta::default()
-        };
-        let mut node = Node {
-            metadata,
-            status: Some(NodeStatus {
-                images: Some(vec![ContainerImage::default()]),
-                ..NodeStatus::default()
-            }),
-            ..Node::default()
-        };
-        node.trim();
+    fn a_boxed_node_decodes_without_what_the_proxy_never_reads() {
+        let json = serde_json::json!({
+            "metadata": {
+                "name": "n",
+                "labels": {"topology.kubernetes.io/zone": "a"},
+                "annotations": {LAST_APPLIED: "{}", "keep": "me"},
+                "managedFields": [{"manager": "kubelet"}],
+            },
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
+                "images": [{"names": ["registry/app:1"], "sizeBytes": 1}],
+                "volumesInUse": ["v"],
+            },
+        });
+        let node = serde_json::from_value::<Boxed<Node>>(json)
+            .unwrap()
+            .into_box();
         assert_eq!(node.metadata.managed_fields, None);
         assert_eq!(
             node.metadata.annotations,
@@ -442,6 +582,10 @@ mod tests {
             node.metadata.labels.is_some(),
             "labels carry the topology zone"
         );
-        assert_eq!(node.status.and_then(|s| s.images), None);
+        let spec = node.spec.unwrap();
+        assert_eq!(spec.pod_cidrs.unwrap(), ["10.244.1.0/24"]);
+        let status = node.status.unwrap();
+        assert_eq!(status.addresses.unwrap().len(), 1);
+        assert_eq!((status.images, status.volumes_in_use), (None, None));
     }
 }
