@@ -75,10 +75,11 @@ impl Changes {
 ///
 /// Freeing a list of API objects costs about as much as converting and
 /// filing it (counted on the host: 276 against 360 million instructions at
-/// 50,000 × 2). Before the first sync, the lists are freed while the sync waits for the
-/// kernel's answers, a few objects at a time on the run loop's thread (which
-/// allocated them: freed on another thread, glibc's arenas made the frees
-/// contend with its allocations), rather than before the first write.
+/// 50,000 × 2). Before the first sync, the lists are freed while the sync
+/// waits for the kernel's answers, a few objects at a time on the run
+/// loop's thread (which allocated them: freed on another thread, glibc's
+/// arenas made the frees contend with its allocations), rather than before
+/// the first write.
 /// Whatever is left is freed when this is dropped.
 #[derive(Default)]
 #[expect(

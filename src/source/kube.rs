@@ -244,20 +244,22 @@ trait Decode: Sized {
     fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
 }
 
+/// A top-level object (a Service, a Node) with [`LeanMetadata`].
+#[derive(Deserialize)]
+struct Lean<Spec, Status> {
+    #[serde(default)]
+    metadata: LeanMetadata,
+    spec: Option<Spec>,
+    status: Option<Status>,
+}
+
 impl Decode for Service {
     fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Lean {
-            #[serde(default)]
-            metadata: LeanMetadata,
-            spec: Option<ServiceSpec>,
-            status: Option<ServiceStatus>,
-        }
         let Lean {
             metadata,
             spec,
             status,
-        } = Lean::deserialize(deserializer)?;
+        } = Lean::<ServiceSpec, ServiceStatus>::deserialize(deserializer)?;
         Ok(Service {
             metadata: metadata.into(),
             spec,
@@ -275,18 +277,11 @@ impl Decode for EndpointSlice {
 
 impl Decode for Node {
     fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Lean {
-            #[serde(default)]
-            metadata: LeanMetadata,
-            spec: Option<NodeSpec>,
-            status: Option<NodeStatus>,
-        }
         let Lean {
             metadata,
             spec,
             mut status,
-        } = Lean::deserialize(deserializer)?;
+        } = Lean::<NodeSpec, NodeStatus>::deserialize(deserializer)?;
         if let Some(status) = &mut status {
             // The image list alone is often larger than everything else.
             status.images = None;
