@@ -23,6 +23,43 @@ pub struct Cli {
     pub options: Options,
 }
 
+impl Cli {
+    /// The command to run: the one named, by a subcommand or by kube-proxy's
+    /// `--cleanup` or `--init-only`; `run` when none is. Naming two
+    /// different ones is an error that names both.
+    pub fn to_run(&self) -> Result<Command, String> {
+        let named = [
+            self.command.map(|c| (c, command_name(c))),
+            self.options
+                .cleanup
+                .then_some((Command::Cleanup, "--cleanup")),
+            self.options
+                .init_only
+                .then_some((Command::Prepare, "--init-only")),
+        ];
+        let mut chosen: Option<(Command, &str)> = None;
+        for (command, name) in named.into_iter().flatten() {
+            match chosen {
+                Some((first, first_name)) if first != command => {
+                    return Err(format!("{first_name} and {name} cannot be combined"));
+                }
+                _ => chosen = Some((command, name)),
+            }
+        }
+        Ok(chosen.map_or(Command::Run, |(command, _)| command))
+    }
+}
+
+fn command_name(command: Command) -> &'static str {
+    match command {
+        Command::Run => "run",
+        Command::Plan => "plan",
+        Command::Cleanup => "cleanup",
+        Command::Prepare => "prepare",
+        Command::CleanupUpstream { .. } => "cleanup-upstream",
+    }
+}
+
 /// What to do; `run` when none is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum Command {
@@ -259,6 +296,33 @@ pub struct Options {
     #[arg(long, global = true)]
     pub once: bool,
 
+    /// kube-proxy's --proxy-mode: only ipvs (or empty) is accepted, so that
+    /// kube-proxy's own flags work unchanged.
+    #[arg(long, value_name = "MODE", value_parser = parse_proxy_mode, global = true)]
+    pub proxy_mode: Option<String>,
+
+    /// As kube-proxy's --cleanup: remove what the proxy owns and exit (the
+    /// `cleanup` command).
+    #[arg(long, global = true)]
+    pub cleanup: bool,
+
+    /// As kube-proxy's --init-only: load the kernel modules and set the
+    /// sysctls, then exit (the `prepare` command).
+    #[arg(long, global = true)]
+    pub init_only: bool,
+
+    /// The proxy's oom_score_adj, from -1000 to 1000, as kube-proxy's.
+    /// Lowering it needs CAP_SYS_RESOURCE; without it the value is left as
+    /// the container runtime set it, and the log says so.
+    #[arg(long, value_name = "N", default_value_t = -999,
+        value_parser = clap::value_parser!(i32).range(-1000..=1000), allow_hyphen_values = true, global = true)]
+    pub oom_score_adj: i32,
+
+    /// Log verbosity, as kube-proxy's -v: 0 to 2 log at info, 3 and 4 at
+    /// debug (every kernel write), 5 and up at trace. RUST_LOG overrides it.
+    #[arg(short = 'v', long = "v", value_name = "N", global = true)]
+    pub verbosity: Option<u32>,
+
     /// Log format.
     #[arg(
         long,
@@ -426,6 +490,28 @@ fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. '30s', '1m', '250ms')"))
+}
+
+/// `--proxy-mode`: `ipvs`, or empty (kube-proxy's "the default").
+fn parse_proxy_mode(s: &str) -> Result<String, String> {
+    match s {
+        "" | "ipvs" => Ok(s.to_owned()),
+        other => Err(format!(
+            "kube-ipvs-proxy implements only mode ipvs, not {other:?}; run upstream kube-proxy for other modes"
+        )),
+    }
+}
+
+/// The log level a kube-proxy verbosity (`-v`, `logging.verbosity`) means
+/// here, by the Kubernetes logging conventions: 2 is the recommended
+/// production level (steady-state information), 3 adds detail about
+/// changes and 4 is debug, 5 and up trace.
+pub fn log_level(verbosity: u32) -> &'static str {
+    match verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    }
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {

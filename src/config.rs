@@ -49,38 +49,111 @@ pub enum ConfigError {
     },
 }
 
-/// What reading the file did to the options, apart from setting them.
+/// What reading the command line and the file did, apart from setting the
+/// options.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// One line per field that is set but not supported, naming it.
     pub warnings: Vec<String>,
-    /// `logging.verbosity`, when set and no log filter came from the
-    /// environment: the level filter to log at.
+    /// `-v`, else the file's `logging.verbosity`, as the level filter to
+    /// log at when `RUST_LOG` gives none.
     pub log_level: Option<&'static str>,
 }
 
 /// Parses the command line `args` (program name first) and, with
-/// `--config`, applies the file to the options it gives. `None` without a
-/// file.
-pub fn parse_args<I, T>(args: I) -> Result<(Cli, Option<Applied>), ArgsError>
+/// `--config`, applies the file to the options it gives. kube-proxy's
+/// flags that mean nothing here are accepted and each named in one
+/// warning (see [`IGNORED_FLAGS`]), so that kube-proxy's own command line
+/// starts this proxy.
+pub fn parse_args<I, T>(args: I) -> Result<(Cli, Applied), ArgsError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let matches = with_ignored_flags(Cli::command()).try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
-    let Some(path) = cli.options.config.clone() else {
-        return Ok((cli, None));
-    };
     // Flags after the subcommand are recorded in its matches.
     let sub = matches.subcommand().map(|(_, m)| m);
-    let explicit = |id: &str| explicit(&matches, id) || sub.is_some_and(|m| explicit(m, id));
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let applied = apply_text(&path, &text, &mut cli.options, &explicit)?;
-    Ok((cli, Some(applied)))
+    let mut applied = match cli.options.config.clone() {
+        None => Applied::default(),
+        Some(path) => {
+            let explicit =
+                |id: &str| explicit(&matches, id) || sub.is_some_and(|m| explicit(m, id));
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            apply_text(&path, &text, &mut cli.options, &explicit)?
+        }
+    };
+    for (flag, _) in IGNORED_FLAGS {
+        let value = sub
+            .and_then(|m| m.get_one::<String>(flag))
+            .or_else(|| matches.get_one::<String>(flag));
+        if let Some(value) = value.filter(|v| !flag_value_is_default(flag, v)) {
+            applied.warnings.push(format!(
+                "--{flag}={value}: a kube-proxy flag that kube-ipvs-proxy does not use; ignored"
+            ));
+        }
+    }
+    if let Some(verbosity) = cli.options.verbosity {
+        applied.log_level = Some(crate::cli::log_level(verbosity));
+    }
+    Ok((cli, applied))
+}
+
+/// kube-proxy's flags that have no meaning for this proxy, and whether
+/// each takes a value (`true`) or is a switch (`false`, which may be given
+/// as `--flag` or `--flag=BOOL`): flags of other modes, of the API client's
+/// rate limits and encoding (this proxy's few requests are lists, watches
+/// and rate-limited Events), and of Go's runtime and logging.
+pub const IGNORED_FLAGS: &[(&str, bool)] = &[
+    ("bind-address", true),
+    ("bind-address-hard-fail", false),
+    ("config-sync-period", true),
+    ("feature-gates", true),
+    ("iptables-localhost-nodeports", false),
+    ("iptables-masquerade-bit", true),
+    ("iptables-min-sync-period", true),
+    ("iptables-sync-period", true),
+    ("kube-api-burst", true),
+    ("kube-api-content-type", true),
+    ("kube-api-qps", true),
+    ("log-flush-frequency", true),
+    ("profiling", false),
+    ("proxy-port-range", true),
+    ("show-hidden-metrics-for-version", true),
+    ("vmodule", true),
+];
+
+/// `command` with [`IGNORED_FLAGS`] as hidden, global arguments.
+fn with_ignored_flags(command: clap::Command) -> clap::Command {
+    IGNORED_FLAGS
+        .iter()
+        .fold(command, |command, &(flag, takes_value)| {
+            let arg = clap::Arg::new(flag)
+                .long(flag)
+                .hide(true)
+                .global(true)
+                .action(clap::ArgAction::Set)
+                .value_name("VALUE");
+            let arg = if takes_value {
+                arg.allow_hyphen_values(true)
+            } else {
+                arg.num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true")
+            };
+            command.arg(arg)
+        })
+}
+
+/// Whether an ignored flag's value is the one that changes nothing: a
+/// switch that is off, a zero, or the bind address of every interface.
+fn flag_value_is_default(flag: &str, value: &str) -> bool {
+    is_zero(&Value::String(value.to_owned()))
+        || value == "false"
+        || (flag == "bind-address" && (value == "0.0.0.0" || value == "::"))
 }
 
 /// Why the command line could not be read.
@@ -149,6 +222,7 @@ const SUPPORTED: &[&str] = &[
     "detectLocal.interfaceNamePrefix",
     "logging.format",
     "logging.verbosity",
+    "oomScoreAdj",
 ];
 
 /// Unsupported fields whose value here is upstream's default: as good as
@@ -229,12 +303,9 @@ fn apply(
     set!("pod_bridge_interface", file.string("detectLocal.bridgeInterface")?.map(Some) => opts.pod_bridge_interface);
     set!("pod_interface_name_prefix", file.string("detectLocal.interfaceNamePrefix")?.map(Some) => opts.pod_interface_name_prefix);
     set!("logging_format", file.log_format()? => opts.logging_format);
+    set!("oom_score_adj", file.oom_score_adj()? => opts.oom_score_adj);
 
-    let log_level = file.count("logging.verbosity")?.map(|v| match v {
-        0..=1 => "info",
-        2..=4 => "debug",
-        _ => "trace",
-    });
+    let log_level = file.count("logging.verbosity")?.map(crate::cli::log_level);
 
     let supported: BTreeSet<&str> = SUPPORTED.iter().copied().collect();
     let mut warnings = Vec::new();
@@ -397,6 +468,27 @@ impl File<'_> {
                         field,
                         value,
                         "expected a whole number from 0 to 4294967295".into(),
+                    )
+                }),
+        }
+    }
+
+    /// `oomScoreAdj`, from -1000 to 1000. Upstream's field is a pointer:
+    /// only `null` (or no field) means its default, and 0 is 0.
+    fn oom_score_adj(&self) -> Result<Option<i32>, ConfigError> {
+        let field = "oomScoreAdj";
+        match self.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_i64()
+                .filter(|n| (-1000..=1000).contains(n))
+                .and_then(|n| i32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    self.invalid(
+                        field,
+                        value,
+                        "expected a whole number from -1000 to 1000".into(),
                     )
                 }),
         }

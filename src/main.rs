@@ -14,7 +14,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let applied = applied.unwrap_or_default();
+    let command = match cli.to_run() {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.options.logging_format, applied.log_level);
     for warning in &applied.warnings {
         tracing::warn!("{warning}");
@@ -33,7 +39,7 @@ fn main() -> ExitCode {
     };
     let opts = &cli.options;
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Run) {
+        match command {
             Command::Run => proxy::run(opts).await,
             Command::Plan => proxy::plan(opts).await.map(|text| print!("{text}")),
             Command::Cleanup => proxy::cleanup(opts).await,
@@ -54,7 +60,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs at `RUST_LOG`'s filter, else at the configuration file's
+/// Logs at `RUST_LOG`'s filter, else at `-v` or the configuration file's
 /// `logging.verbosity`, else at info.
 fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()

@@ -778,6 +778,7 @@ fn log_sync(kind: &'static str, report: &SyncReport, started: Instant, metrics: 
 /// `kube-ipvs-proxy run`.
 pub async fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
+    adjust_oom_score(opts.oom_score_adj);
     let node_name = opts.node_name();
     // The source opens first and reads ahead: its initial lists (the API's
     // answers, or the manifests, and their decoding) are the longest wait
@@ -875,6 +876,24 @@ pub async fn run(opts: &Options) -> Result<()> {
     }
     tracing::info!("stopping; IPVS state is left in place for the next start to adopt");
     Ok(())
+}
+
+/// `--oom-score-adj`, as kube-proxy applies it: a failure is reported and
+/// the proxy runs on with the value it has (in a pod, the one kubelet
+/// chose: -997 for a system-node-critical pod).
+fn adjust_oom_score(value: i32) {
+    use crate::kernel::oom;
+    match oom::set(std::path::Path::new(oom::SELF), value) {
+        Ok(oom::Adjusted::Unchanged) => {}
+        Ok(oom::Adjusted::Set { from }) => {
+            tracing::info!(oom_score_adj = value, from, "oom_score_adj set");
+        }
+        Err(error) => tracing::info!(
+            oom_score_adj = value,
+            %error,
+            "oom_score_adj not set (lowering it needs CAP_SYS_RESOURCE); running with the value the process has"
+        ),
+    }
 }
 
 /// The run loop's inputs, apart from the kernel: what `run` prepares and a

@@ -97,7 +97,7 @@ fn run(text: &str, args: &[&str]) -> Result<(Cli, Applied), ArgsError> {
         .into_iter()
         .chain(args.iter().copied())
         .chain(["--config", &path]);
-    parse_args(argv).map(|(cli, applied)| (cli, applied.expect("a file was given")))
+    parse_args(argv)
 }
 
 /// The defaults: what `kube-ipvs-proxy` alone parses to.
@@ -298,16 +298,15 @@ fn a_set_field_that_is_not_supported_gets_one_warning_naming_it() {
             "enableProfiling",
             "featureGates.SomeGate",
             "iptables.masqueradeBit",
-            "iptables.syncPeriod",
-            "oomScoreAdj"
+            "iptables.syncPeriod"
         ],
         "{:?}",
         applied.warnings
     );
     assert!(
-        applied.warnings[4].contains("(-999)") && applied.warnings[4].contains("ignored"),
+        applied.warnings[3].contains("(\"30s\")") && applied.warnings[3].contains("ignored"),
         "{}",
-        applied.warnings[4]
+        applied.warnings[3]
     );
 }
 
@@ -425,4 +424,200 @@ fn a_file_without_a_cluster_cidr_keeps_the_flags_rules() {
     let (cli, _) = run(&text, &["--masquerade-all"]).unwrap();
     let ruleset = cli.options.nft_ruleset().unwrap();
     assert!(ruleset.masquerade_all);
+}
+
+#[test]
+fn oom_score_adj_is_read_from_the_file_with_zero_as_a_value() {
+    assert_eq!(defaults().oom_score_adj, -999, "upstream's default");
+    let text = kubeadm_with(&[("oomScoreAdj: null", "oomScoreAdj: -998")]);
+    let (cli, applied) = run(&text, &[]).unwrap();
+    assert_eq!(applied.warnings, Vec::<String>::new());
+    assert_eq!(cli.options.oom_score_adj, -998);
+    // The flag wins over the file.
+    let (cli, _) = run(&text, &["--oom-score-adj", "-500"]).unwrap();
+    assert_eq!(cli.options.oom_score_adj, -500);
+    // Upstream's field is a pointer: 0 is a value, not "unset".
+    let (cli, _) = run(
+        &kubeadm_with(&[("oomScoreAdj: null", "oomScoreAdj: 0")]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cli.options.oom_score_adj, 0);
+    for bad in ["5000", "\"low\"", "-1001"] {
+        let text = kubeadm_with(&[("oomScoreAdj: null", &format!("oomScoreAdj: {bad}"))]);
+        let err = run(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("oomScoreAdj: ")
+                && err.contains("expected a whole number from -1000 to 1000"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+/// kube-proxy's command line as kOps writes it for IPVS mode (its static
+/// pod): flags this proxy reads, flags it accepts and ignores, and -v.
+const KOPS_ARGS: &[&str] = &[
+    "kube-ipvs-proxy",
+    "--cluster-cidr=100.96.0.0/11",
+    "--conntrack-max-per-core=131072",
+    "--hostname-override=i-0123456789abcdef0",
+    "--kubeconfig=/var/lib/kube-proxy/kubeconfig",
+    "--master=https://api.internal.example.com",
+    "--oom-score-adj=-998",
+    "--v=2",
+    "--proxy-mode=ipvs",
+    "--ipvs-scheduler=lc",
+    "--iptables-sync-period=30s",
+    "--profiling=false",
+    "--feature-gates=SomeGate=true",
+];
+
+#[test]
+fn kube_proxys_own_command_line_starts_the_proxy() {
+    let (cli, applied) = parse_args(KOPS_ARGS).unwrap();
+    let o = &cli.options;
+    assert_eq!(o.cluster_cidr, vec![cidr("100.96.0.0/11")]);
+    assert_eq!(o.conntrack_max_per_core, 131_072);
+    assert_eq!(o.hostname_override.as_deref(), Some("i-0123456789abcdef0"));
+    assert_eq!(
+        o.master.as_deref(),
+        Some("https://api.internal.example.com")
+    );
+    assert_eq!(o.oom_score_adj, -998);
+    assert_eq!(o.ipvs_scheduler, "lc");
+    assert_eq!(o.proxy_mode.as_deref(), Some("ipvs"));
+    assert_eq!(cli.to_run(), Ok(Command::Run));
+    // -v 2 is the recommended production level: info, not debug.
+    assert_eq!(applied.log_level, Some("info"));
+    // One warning per ignored flag whose value changes something:
+    // --profiling=false changes nothing.
+    assert_eq!(
+        applied.warnings,
+        [
+            "--feature-gates=SomeGate=true: a kube-proxy flag that kube-ipvs-proxy does not use; ignored",
+            "--iptables-sync-period=30s: a kube-proxy flag that kube-ipvs-proxy does not use; ignored",
+        ]
+    );
+}
+
+#[test]
+fn every_ignored_flag_is_accepted_where_kube_proxy_takes_it() {
+    for &(flag, takes_value) in IGNORED_FLAGS {
+        let forms: Vec<Vec<String>> = if takes_value {
+            vec![
+                vec![format!("--{flag}=7")],
+                vec![format!("--{flag}"), "7".to_owned()],
+                vec!["plan".to_owned(), format!("--{flag}=7")],
+            ]
+        } else {
+            vec![
+                vec![format!("--{flag}")],
+                vec![format!("--{flag}=true")],
+                vec!["plan".to_owned(), format!("--{flag}")],
+            ]
+        };
+        for form in forms {
+            let argv = std::iter::once("kube-ipvs-proxy".to_owned()).chain(form.iter().cloned());
+            let (_, applied) =
+                parse_args(argv).unwrap_or_else(|e| panic!("{form:?} is refused: {e}"));
+            assert_eq!(
+                applied.warnings.len(),
+                1,
+                "{form:?}: {:?}",
+                applied.warnings
+            );
+            assert!(
+                applied.warnings[0].starts_with(&format!("--{flag}=")),
+                "{form:?}: {:?}",
+                applied.warnings
+            );
+        }
+        // A switch does not take the next argument as its value.
+        if !takes_value {
+            let switch = format!("--{flag}");
+            let (cli, _) = parse_args(["kube-ipvs-proxy", switch.as_str(), "plan"])
+                .unwrap_or_else(|e| panic!("{switch} plan: {e}"));
+            assert_eq!(cli.to_run(), Ok(Command::Plan), "{switch} plan");
+        }
+    }
+    // Values that change nothing draw no warning.
+    for quiet in [
+        "--bind-address=0.0.0.0",
+        "--bind-address=::",
+        "--profiling=false",
+        "--iptables-min-sync-period=0s",
+    ] {
+        let (_, applied) = parse_args(["kube-ipvs-proxy", quiet]).unwrap();
+        assert_eq!(applied.warnings, Vec::<String>::new(), "{quiet}");
+    }
+    // A flag kube-proxy does not have is still an error.
+    assert!(parse_args(["kube-ipvs-proxy", "--no-such-flag=1"]).is_err());
+}
+
+#[test]
+fn verbosity_maps_to_a_level_and_the_flag_beats_the_file() {
+    for (v, level) in [
+        (0, "info"),
+        (2, "info"),
+        (3, "debug"),
+        (4, "debug"),
+        (5, "trace"),
+        (9, "trace"),
+    ] {
+        let flag = format!("--v={v}");
+        let (_, applied) = parse_args(["kube-ipvs-proxy", flag.as_str()]).unwrap();
+        assert_eq!(applied.log_level, Some(level), "{flag}");
+    }
+    for form in [&["-v", "4"][..], &["-v=4"], &["-v4"], &["--v", "4"]] {
+        let argv = std::iter::once("kube-ipvs-proxy").chain(form.iter().copied());
+        let (cli, _) = parse_args(argv).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+        assert_eq!(cli.options.verbosity, Some(4), "{form:?}");
+    }
+    let text = kubeadm_with(&[("  verbosity: 0", "  verbosity: 5")]);
+    assert_eq!(run(&text, &[]).unwrap().1.log_level, Some("trace"));
+    assert_eq!(run(&text, &["--v=1"]).unwrap().1.log_level, Some("info"));
+    assert_eq!(parse_args(["kube-ipvs-proxy"]).unwrap().1.log_level, None);
+}
+
+#[test]
+fn proxy_mode_cleanup_and_init_only_as_kube_proxy_takes_them() {
+    let to_run = |args: &[&str]| {
+        let argv = std::iter::once("kube-ipvs-proxy").chain(args.iter().copied());
+        parse_args(argv)
+            .map_err(|e| e.to_string())
+            .and_then(|(cli, _)| cli.to_run())
+    };
+    assert_eq!(to_run(&["--proxy-mode=ipvs"]), Ok(Command::Run));
+    assert_eq!(to_run(&["--proxy-mode="]), Ok(Command::Run));
+    let err = to_run(&["--proxy-mode=iptables"]).unwrap_err();
+    assert!(
+        err.contains("--proxy-mode")
+            && err.contains("\"iptables\"")
+            && err.contains("only mode ipvs"),
+        "{err}"
+    );
+    assert_eq!(to_run(&["--cleanup"]), Ok(Command::Cleanup));
+    assert_eq!(to_run(&["cleanup", "--cleanup"]), Ok(Command::Cleanup));
+    assert_eq!(to_run(&["--init-only"]), Ok(Command::Prepare));
+    assert_eq!(to_run(&["run"]), Ok(Command::Run));
+    assert_eq!(
+        to_run(&["plan", "--cleanup"]),
+        Err("plan and --cleanup cannot be combined".to_owned())
+    );
+    assert_eq!(
+        to_run(&["--cleanup", "--init-only"]),
+        Err("--cleanup and --init-only cannot be combined".to_owned())
+    );
+    assert_eq!(
+        to_run(&["run", "--init-only"]),
+        Err("run and --init-only cannot be combined".to_owned())
+    );
+    for bad in [
+        "--oom-score-adj=1001",
+        "--oom-score-adj=-1001",
+        "--oom-score-adj=low",
+    ] {
+        assert!(to_run(&[bad]).is_err(), "{bad}");
+    }
+    assert!(to_run(&["--oom-score-adj", "-1000"]).is_ok());
 }

@@ -18,6 +18,7 @@ pub mod link;
 pub mod modules;
 pub mod netlink;
 pub mod nftables;
+pub mod oom;
 pub mod sysctl;
 pub mod upstream;
 

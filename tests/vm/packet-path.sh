@@ -919,6 +919,19 @@ check_capabilities() {
     else
         pass "$name" "CapEff $effective; /proc/sys $sysmount"
     fi
+    # Without CAP_SYS_RESOURCE the default --oom-score-adj (-999) cannot be
+    # set: the proxy keeps the value it was started with and says so.
+    name=oom-score-adj-without-sys-resource
+    local want got
+    want=$(cat /proc/self/oom_score_adj)
+    got=$(cat "/proc/$proxy_pid/oom_score_adj")
+    if [[ $got != "$want" ]]; then
+        fail "$name" "oom_score_adj is $got, expected the inherited $want"
+    elif ! grep -q '"oom_score_adj not set' "$proxy_log"; then
+        fail "$name" "no 'oom_score_adj not set' log line"
+    else
+        pass "$name" "kept $got; $(grep -o '"error":"[^"]*"' "$proxy_log" | grep -m1 oom_score_adj)"
+    fi
 }
 
 # --- dual stack (dual.yaml) ----------------------------------------------------

@@ -160,6 +160,8 @@ scenario_a() {
     else
         fail "a-modules-loaded-by-proxy" "ip_vs or ip_vs_rr missing, or no 'loaded kernel module' log line"
     fi
+    # kube-proxy's default, set by the proxy itself (root here).
+    expect "a-oom-score-adj" "-999" "$(cat "/proc/$proxy_pid/oom_score_adj")"
     expect_lines "a-ipvs-state" "$(sort <<<"$initial_state")" "$(ipvs_state)"
     expect "a-kube-ipvs0" "10.96.0.10/32 10.96.0.11/32 10.96.0.20/32 10.96.0.30/32 10.96.0.53/32" \
         "$(kube_ipvs0_addresses)"
