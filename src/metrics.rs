@@ -44,6 +44,9 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 pub const LIVEZ_PATH: &str = "/livez";
 /// The path of the Prometheus exposition.
 pub const METRICS_PATH: &str = "/metrics";
+/// kube-proxy's `/proxyMode` on the metrics address, which answers the
+/// mode as plain text: `curl 127.0.0.1:10249/proxyMode` says `ipvs`.
+pub const PROXY_MODE_PATH: &str = "/proxyMode";
 
 /// The content type `encode` produces (prometheus-client writes OpenMetrics
 /// text, which Prometheus negotiates and parses).
@@ -1054,7 +1057,7 @@ fn respond(
     path: &str,
 ) -> Response<Full<Bytes>> {
     let known = (routes.health && (path == HEALTHZ_PATH || path == LIVEZ_PATH))
-        || (routes.metrics && path == METRICS_PATH);
+        || (routes.metrics && (path == METRICS_PATH || path == PROXY_MODE_PATH));
     if !known {
         return plain(StatusCode::NOT_FOUND, "404 page not found\n");
     }
@@ -1063,6 +1066,14 @@ fn respond(
     }
     if path == METRICS_PATH {
         return with_content_type(StatusCode::OK, metrics.encode(), METRICS_CONTENT_TYPE);
+    }
+    if path == PROXY_MODE_PATH {
+        let mut response = plain(StatusCode::OK, "ipvs");
+        response.headers_mut().insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        return response;
     }
     let health = if path == HEALTHZ_PATH {
         metrics.health(sync_period)
@@ -1821,6 +1832,17 @@ mod tests {
             let (status, head, body) = get(addr, method, path).await;
             assert_eq!(status, expected, "{name}: {head}{body}");
         }
+
+        // As upstream: the mode, as plain text, on the metrics address only.
+        let (status, head, body) = get(metrics_addr, "GET", PROXY_MODE_PATH).await;
+        assert_eq!((status, body.as_str()), (200, "ipvs"), "{head}");
+        assert!(
+            head.contains("content-type: text/plain; charset=utf-8"),
+            "{head}"
+        );
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        let (status, _, _) = get(healthz_addr, "GET", PROXY_MODE_PATH).await;
+        assert_eq!(status, 404, "/proxyMode is not on the healthz address");
 
         let (status, head, body) = get(metrics_addr, "GET", METRICS_PATH).await;
         assert_eq!(status, 200, "{head}{body}");

@@ -219,6 +219,8 @@ scenario_a_traffic_metrics() {
     else
         fail "a-healthz-livez" "healthz '$healthz', livez '$livez'"
     fi
+    # What operators ask kube-proxy for its mode.
+    expect "a-proxy-mode" "ipvs" "$(curl -s http://127.0.0.1:10249/proxyMode)"
 }
 
 append_web_d() {
