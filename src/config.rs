@@ -149,11 +149,13 @@ fn with_ignored_flags(command: clap::Command) -> clap::Command {
 }
 
 /// Whether an ignored flag's value is the one that changes nothing: a
-/// switch that is off, a zero, or the bind address of every interface.
+/// switch that is off, a zero, the bind address of every interface, or
+/// JSON, which is what the proxy reads anyway.
 fn flag_value_is_default(flag: &str, value: &str) -> bool {
     is_zero(&Value::String(value.to_owned()))
         || value == "false"
         || (flag == "bind-address" && (value == "0.0.0.0" || value == "::"))
+        || (flag == "kube-api-content-type" && value == "application/json")
 }
 
 /// Why the command line could not be read.

@@ -546,6 +546,7 @@ fn every_ignored_flag_is_accepted_where_kube_proxy_takes_it() {
         "--bind-address=::",
         "--profiling=false",
         "--iptables-min-sync-period=0s",
+        "--kube-api-content-type=application/json",
     ] {
         let (_, applied) = parse_args(["kube-ipvs-proxy", quiet]).unwrap();
         assert_eq!(applied.warnings, Vec::<String>::new(), "{quiet}");
