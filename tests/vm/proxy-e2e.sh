@@ -389,8 +389,18 @@ scenario_c() {
     fi
     expect_lines "c-stop-keeps-state" "$state_before" "$(ipvs_state)"
 
-    proxy_start c
+    # Restarted with kube-proxy's own flags, as a kOps static pod passes
+    # them: the mode, -v, an oom_score_adj, and a flag of iptables mode that
+    # is accepted with a warning.
+    proxy_start c --proxy-mode=ipvs --v=2 --oom-score-adj=-998 --iptables-sync-period=30s
     if why=$(wait_syncs 1); then
+        local oom
+        oom=$(cat "/proc/$proxy_pid/oom_score_adj")
+        if [[ $oom == -998 ]] && grep -q '"--iptables-sync-period=30s: a kube-proxy flag' "$proxy_log"; then
+            pass "c-kube-proxy-flags" "oom_score_adj $oom; $(grep -o '"message":"--iptables-sync-period[^"]*"' "$proxy_log")"
+        else
+            fail "c-kube-proxy-flags" "oom_score_adj $oom (expected -998); warnings: $(grep -o '"level":"WARN"[^}]*' "$proxy_log" | paste -sd'|')"
+        fi
         # Scenario b left a real server draining at weight 0. Its TIME_WAIT
         # connections (2 min) may expire while the proxy is down, and then
         # the first full sync deletes it: that is the drain finishing, not

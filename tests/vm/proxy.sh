@@ -16,11 +16,11 @@ proxy_pid=
 proxy_log=
 proxy_wrap=()
 
-proxy_start() { # NAME: starts `run` in the background, logging to $work/NAME.log
+proxy_start() { # NAME [FLAGS...]: starts `run` in the background, logging to $work/NAME.log
     proxy_log=$work/$1.log
     # shellcheck disable=SC2086 # KIP_PROXY_EXTRA_ARGS is split on purpose
     "${proxy_wrap[@]}" "$proxy" run "${common[@]}" --ipvs-min-sync-period "${min_sync}s" \
-        --ipvs-sync-period "${sync_period}s" --log-format json ${KIP_PROXY_EXTRA_ARGS:-} \
+        --ipvs-sync-period "${sync_period}s" --log-format json ${KIP_PROXY_EXTRA_ARGS:-} "${@:2}" \
         >"$proxy_log" 2>&1 &
     proxy_pid=$!
 }
