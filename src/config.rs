@@ -110,6 +110,7 @@ where
 pub const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("bind-address", true),
     ("bind-address-hard-fail", false),
+    ("boot-id-file", true),
     ("config-sync-period", true),
     ("feature-gates", true),
     ("iptables-localhost-nodeports", false),
