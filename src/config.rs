@@ -53,7 +53,8 @@ pub enum ConfigError {
 /// options.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// One line per field that is set but not supported, naming it.
+    /// One line per field of the file, and per kube-proxy flag, that is
+    /// set but not supported, naming it.
     pub warnings: Vec<String>,
     /// `-v`, else the file's `logging.verbosity`, as the level filter to
     /// log at when `RUST_LOG` gives none.
