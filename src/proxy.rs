@@ -930,7 +930,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// servers take traffic), then IPVS and kube-ipvs0, then the conntrack
     /// flows of the real servers that went. Only the writes wait for the
     /// nftables transaction: the IPVS and kube-ipvs0 reads, and the diff of
-    /// the first chunk of IPVS operations, run beside it (see [`AfterNft`]).
+    /// the first chunk of IPVS operations, run beside it (see `AfterNft`).
     /// A large sync sends its set elements in a few transactions, and each
     /// chunk of IPVS writes waits only for those that hold its services'
     /// elements (see [`Reconciler::nft_batches`]), so that on a cold sync
@@ -941,7 +941,7 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
     /// A full sync of IPVS begins with reads of kube-ipvs0 and of the
     /// virtual servers that depend on nothing the reconciler holds: they are
     /// made while the nftables table is read and its changes worked out,
-    /// rather than after (see [`ReadAhead`]).
+    /// rather than after (see `ReadAhead`).
     pub async fn sync(
         &mut self,
         reconciler: &mut Reconciler,

@@ -134,7 +134,8 @@ pub struct ServiceInfo {
     pub load_balancer_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
     /// `spec.loadBalancerSourceRanges` of LoadBalancer services (or, when
-    /// empty, upstream's annotation [`SOURCE_RANGES_ANNOTATION`]): who may
+    /// empty, upstream's annotation
+    /// `service.beta.kubernetes.io/load-balancer-source-ranges`): who may
     /// reach the LoadBalancer IPs. Empty: everyone.
     pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
     /// `Some(timeout seconds)` for sessionAffinity ClientIP.

@@ -9,7 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use crate::desired::{NftChange, NftElement, NftKey, NftSet, VirtualServerKey};
 
 /// Above this many element additions, a sync's changes go in more than one
-/// transaction (see [`split`]); at or below it, in one.
+/// transaction (see `split`); at or below it, in one.
 pub const SPLIT_ABOVE: usize = 1024;
 /// The IPVS operations the services of the first of several transactions
 /// are worth; each next transaction covers twice as many, up to
