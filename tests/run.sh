@@ -60,6 +60,7 @@ timings+=("install VM dependencies"$'\t'"$((SECONDS - phase_start))")
 if [[ ${KIP_SKIP_HOST_CHECKS:-0} != 1 ]]; then
     check "host: cargo fmt" cargo fmt --all -- --check
     check "host: cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+    check "host: cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
     # A hung test must fail the run, not eat CI's 90 minutes.
     check "host: cargo test" timeout --kill-after=30 "${KIP_HOST_TEST_TIMEOUT:-1200}" cargo test --workspace --quiet
 fi
