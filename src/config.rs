@@ -373,6 +373,118 @@ fn spell(value: &Value) -> String {
     }
 }
 
+/// The options as kube-proxy's `/configz` shows its configuration: the
+/// fields of a `KubeProxyConfiguration` that this proxy reads, with the
+/// values in force (the defaults, the file and the flags together), under
+/// the key `kubeproxy.config.k8s.io`. The document inside is itself a
+/// configuration file that `--config` reads back to the same options, but
+/// for an endpoint turned off with an empty address, which the file spells
+/// as the default.
+pub fn configz(opts: &Options) -> Value {
+    use serde_json::json;
+    let durations = |d: Duration| Value::String(go_duration_string(d));
+    let cidrs = |list: &[IpNet]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let address = |a: &BindAddress| a.0.map(|a| a.to_string()).unwrap_or_default();
+    let node_port_addresses: Vec<String> = opts
+        .nodeport_addresses
+        .iter()
+        .map(|a| match a {
+            NodePortAddress::Cidr(cidr) => cidr.to_string(),
+            NodePortAddress::Primary => "primary".to_owned(),
+        })
+        .collect();
+    let detect_local_mode = match opts.detect_local_mode {
+        None => "",
+        Some(DetectLocalMode::ClusterCidr) => "ClusterCIDR",
+        Some(DetectLocalMode::NodeCidr) => "NodeCIDR",
+        Some(DetectLocalMode::BridgeInterface) => "BridgeInterface",
+        Some(DetectLocalMode::InterfaceNamePrefix) => "InterfaceNamePrefix",
+    };
+    let config = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "mode": "ipvs",
+        "clientConnection": {
+            "kubeconfig": opts.kubeconfig.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        },
+        "hostnameOverride": opts.hostname_override.clone().unwrap_or_default(),
+        "clusterCIDR": cidrs(&opts.cluster_cidr).join(","),
+        "healthzBindAddress": address(&opts.healthz_bind_address),
+        "metricsBindAddress": address(&opts.metrics_bind_address),
+        "nodePortAddresses": node_port_addresses,
+        "oomScoreAdj": opts.oom_score_adj,
+        "detectLocalMode": detect_local_mode,
+        "detectLocal": {
+            "bridgeInterface": opts.pod_bridge_interface.clone().unwrap_or_default(),
+            "interfaceNamePrefix": opts.pod_interface_name_prefix.clone().unwrap_or_default(),
+        },
+        "iptables": { "masqueradeAll": opts.masquerade_all },
+        "ipvs": {
+            "scheduler": opts.ipvs_scheduler,
+            "syncPeriod": durations(opts.ipvs_sync_period),
+            "minSyncPeriod": durations(opts.ipvs_min_sync_period),
+            "excludeCIDRs": cidrs(&opts.ipvs_exclude_cidrs),
+            "strictARP": opts.ipvs_strict_arp,
+            "tcpTimeout": durations(opts.ipvs_tcp_timeout),
+            "tcpFinTimeout": durations(opts.ipvs_tcpfin_timeout),
+            "udpTimeout": durations(opts.ipvs_udp_timeout),
+        },
+        "conntrack": {
+            "maxPerCore": opts.conntrack_max_per_core,
+            "min": opts.conntrack_min,
+            "tcpEstablishedTimeout": durations(opts.conntrack_tcp_timeout_established),
+            "tcpCloseWaitTimeout": durations(opts.conntrack_tcp_timeout_close_wait),
+            "tcpBeLiberal": opts.conntrack_tcp_be_liberal,
+            "udpTimeout": durations(opts.conntrack_udp_timeout),
+            "udpStreamTimeout": durations(opts.conntrack_udp_timeout_stream),
+        },
+        "logging": {
+            "format": match opts.logging_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        },
+    });
+    json!({ "kubeproxy.config.k8s.io": config })
+}
+
+/// `d` as Go's `time.Duration.String` writes it, which is how
+/// `metav1.Duration` appears in a configuration: `"0s"`, `"250ms"`,
+/// `"1.5s"`, `"1m0s"`, `"24h0m0s"`.
+fn go_duration_string(d: Duration) -> String {
+    /// `whole` and `nanos` (below `unit`, in nanoseconds) as a decimal
+    /// without trailing zeros.
+    fn decimal(whole: u128, nanos: u128, unit: u128) -> String {
+        if nanos == 0 {
+            return whole.to_string();
+        }
+        let digits = unit.ilog10() as usize;
+        let fraction = format!("{nanos:0digits$}");
+        format!("{whole}.{}", fraction.trim_end_matches('0'))
+    }
+    let ns = d.as_nanos();
+    match ns {
+        0 => "0s".to_owned(),
+        1..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{}µs", decimal(ns / 1_000, ns % 1_000, 1_000)),
+        1_000_000..=999_999_999 => {
+            format!("{}ms", decimal(ns / 1_000_000, ns % 1_000_000, 1_000_000))
+        }
+        _ => {
+            let secs = ns / 1_000_000_000;
+            let seconds = decimal(secs % 60, ns % 1_000_000_000, 1_000_000_000);
+            let (hours, minutes) = (secs / 3600, secs % 3600 / 60);
+            if hours > 0 {
+                format!("{hours}h{minutes}m{seconds}s")
+            } else if minutes > 0 {
+                format!("{minutes}m{seconds}s")
+            } else {
+                format!("{seconds}s")
+            }
+        }
+    }
+}
+
 /// A Go `time.Duration` string, as `metav1.Duration` writes it: `"30s"`,
 /// `"1m0s"`, `"24h0m0s"`, `"1.5h"`, `"250ms"`, or `"0"`.
 fn go_duration(s: &str) -> Result<Duration, String> {

@@ -47,6 +47,9 @@ pub const METRICS_PATH: &str = "/metrics";
 /// kube-proxy's `/proxyMode` on the metrics address, which answers the
 /// mode as plain text: `curl 127.0.0.1:10249/proxyMode` says `ipvs`.
 pub const PROXY_MODE_PATH: &str = "/proxyMode";
+/// kube-proxy's `/configz` on the metrics address: the configuration in
+/// force, as JSON (see `config::configz`).
+pub const CONFIGZ_PATH: &str = "/configz";
 
 /// The content type `encode` produces (prometheus-client writes OpenMetrics
 /// text, which Prometheus negotiates and parses).
@@ -73,6 +76,8 @@ struct Inner {
     families: Families,
     /// The per-virtual-server counters of the last full sync.
     traffic: Arc<VirtualServerTraffic>,
+    /// The body of `/configz`, set once at start.
+    configz: std::sync::OnceLock<String>,
 }
 
 /// Upstream's `proxierHealthServer` fields.
@@ -565,8 +570,14 @@ impl Metrics {
                 }),
                 families,
                 traffic,
+                configz: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The configuration `/configz` shows; the first one set stays.
+    pub fn set_configz(&self, configuration: String) {
+        let _ = self.inner.configz.set(configuration);
     }
 
     fn now(&self) -> SystemTime {
@@ -1057,7 +1068,8 @@ fn respond(
     path: &str,
 ) -> Response<Full<Bytes>> {
     let known = (routes.health && (path == HEALTHZ_PATH || path == LIVEZ_PATH))
-        || (routes.metrics && (path == METRICS_PATH || path == PROXY_MODE_PATH));
+        || (routes.metrics
+            && (path == METRICS_PATH || path == PROXY_MODE_PATH || path == CONFIGZ_PATH));
     if !known {
         return plain(StatusCode::NOT_FOUND, "404 page not found\n");
     }
@@ -1066,6 +1078,20 @@ fn respond(
     }
     if path == METRICS_PATH {
         return with_content_type(StatusCode::OK, metrics.encode(), METRICS_CONTENT_TYPE);
+    }
+    if path == CONFIGZ_PATH {
+        return match metrics.inner.configz.get() {
+            Some(body) => {
+                let mut response =
+                    with_content_type(StatusCode::OK, body.clone(), "application/json");
+                response.headers_mut().insert(
+                    "x-content-type-options",
+                    HeaderValue::from_static("nosniff"),
+                );
+                response
+            }
+            None => plain(StatusCode::NOT_FOUND, "404 page not found\n"),
+        };
     }
     if path == PROXY_MODE_PATH {
         let mut response = plain(StatusCode::OK, "ipvs");
@@ -1826,7 +1852,14 @@ mod tests {
                 HEALTHZ_PATH,
                 404,
             ),
-            ("unknown path", metrics_addr, "GET", "/configz", 404),
+            ("unknown path", metrics_addr, "GET", "/flagz", 404),
+            (
+                "no configuration set yet",
+                metrics_addr,
+                "GET",
+                CONFIGZ_PATH,
+                404,
+            ),
         ];
         for (name, addr, method, path, expected) in cases {
             let (status, head, body) = get(addr, method, path).await;
@@ -1843,6 +1876,18 @@ mod tests {
         assert!(head.contains("x-content-type-options: nosniff"), "{head}");
         let (status, _, _) = get(healthz_addr, "GET", PROXY_MODE_PATH).await;
         assert_eq!(status, 404, "/proxyMode is not on the healthz address");
+
+        // The configuration, once `run` has set it.
+        metrics.set_configz(r#"{"kubeproxy.config.k8s.io":{"mode":"ipvs"}}"#.to_owned());
+        let (status, head, body) = get(metrics_addr, "GET", CONFIGZ_PATH).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"kubeproxy.config.k8s.io":{"mode":"ipvs"}}"#),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let (status, _, _) = get(healthz_addr, "GET", CONFIGZ_PATH).await;
+        assert_eq!(status, 404, "/configz is not on the healthz address");
 
         let (status, head, body) = get(metrics_addr, "GET", METRICS_PATH).await;
         assert_eq!(status, 200, "{head}{body}");

@@ -838,6 +838,7 @@ pub async fn run(opts: &Options) -> Result<()> {
         }
     };
     let metrics = Metrics::new();
+    metrics.set_configz(crate::config::configz(opts).to_string());
     // Only in-cluster: standalone, the log is the only report.
     let event_sink = match client {
         Some(client) => crate::events::spawn(client, &node_name, metrics.clone()),

@@ -622,3 +622,93 @@ fn proxy_mode_cleanup_and_init_only_as_kube_proxy_takes_them() {
     }
     assert!(to_run(&["--oom-score-adj", "-1000"]).is_ok());
 }
+
+#[test]
+fn go_duration_strings_are_what_go_writes_and_read_back() {
+    let cases = [
+        (Duration::ZERO, "0s"),
+        (Duration::from_nanos(500), "500ns"),
+        (Duration::from_micros(1500), "1.5ms"),
+        (Duration::from_millis(250), "250ms"),
+        (Duration::from_secs(1), "1s"),
+        (Duration::from_millis(1500), "1.5s"),
+        (Duration::from_secs(30), "30s"),
+        (Duration::from_secs(60), "1m0s"),
+        (Duration::from_secs(90), "1m30s"),
+        (Duration::from_secs(2 * 3600 + 22 * 60), "2h22m0s"),
+        (Duration::from_secs(24 * 3600), "24h0m0s"),
+        (Duration::from_nanos(3_600_000_000_001), "1h0m0.000000001s"),
+    ];
+    for (d, want) in cases {
+        assert_eq!(go_duration_string(d), want, "{d:?}");
+        assert_eq!(go_duration(want), Ok(d), "{want} reads back");
+    }
+}
+
+/// `configz(opts)`'s document written as a file and read with `--config`.
+fn configz_read_back(opts: &Options) -> Options {
+    let doc = configz(opts)["kubeproxy.config.k8s.io"].clone();
+    let (cli, applied) = run(&doc.to_string(), &[]).unwrap();
+    assert_eq!(
+        applied.warnings,
+        Vec::<String>::new(),
+        "every field is read"
+    );
+    cli.options
+}
+
+#[test]
+fn configz_shows_the_options_in_force_and_reads_back_to_them() {
+    // Defaults, and a file that sets nearly every field, with a flag over it.
+    let text = kubeadm_with(&[
+        ("  scheduler: \"\"", "  scheduler: lc"),
+        (
+            "  syncPeriod: 0s\n  tcpFinTimeout",
+            "  syncPeriod: 1m0s\n  tcpFinTimeout",
+        ),
+        ("  excludeCIDRs: null", "  excludeCIDRs: [10.100.0.0/16]"),
+        ("  strictARP: false", "  strictARP: true"),
+        ("  udpTimeout: 0s\nkind", "  udpTimeout: 45s\nkind"),
+        (
+            "clusterCIDR: 10.244.0.0/16",
+            "clusterCIDR: 10.244.0.0/16,fd00:10:244::/56",
+        ),
+        (
+            "nodePortAddresses: null",
+            "nodePortAddresses: [192.0.2.0/24, 2001:db8::/64]",
+        ),
+        ("hostnameOverride: \"\"", "hostnameOverride: node-7"),
+        ("  tcpBeLiberal: false", "  tcpBeLiberal: true"),
+        ("detectLocalMode: \"\"", "detectLocalMode: BridgeInterface"),
+        ("  bridgeInterface: \"\"", "  bridgeInterface: cni0"),
+        ("oomScoreAdj: null", "oomScoreAdj: -998"),
+    ]);
+    let (cli, _) = run(&text, &["--ipvs-min-sync-period", "250ms"]).unwrap();
+    let (primary, _) = parse_args(["kube-ipvs-proxy", "--nodeport-addresses", "primary"]).unwrap();
+    for opts in [defaults(), cli.options, primary.options] {
+        let shown = configz(&opts);
+        assert_eq!(configz(&configz_read_back(&opts)), shown);
+    }
+    let shown = configz(&run(&text, &[]).unwrap().0.options);
+    let doc = &shown["kubeproxy.config.k8s.io"];
+    assert_eq!(doc["mode"], "ipvs");
+    assert_eq!(doc["ipvs"]["scheduler"], "lc");
+    assert_eq!(doc["ipvs"]["syncPeriod"], "1m0s");
+    assert_eq!(doc["ipvs"]["udpTimeout"], "45s");
+    assert_eq!(doc["clusterCIDR"], "10.244.0.0/16,fd00:10:244::/56");
+    assert_eq!(
+        doc["nodePortAddresses"],
+        serde_json::json!(["192.0.2.0/24", "2001:db8::/64"])
+    );
+    assert_eq!(doc["oomScoreAdj"], -998);
+    assert_eq!(doc["conntrack"]["tcpEstablishedTimeout"], "24h0m0s");
+    assert_eq!(doc["healthzBindAddress"], "0.0.0.0:10256");
+    // Every field the file is read for is shown (`-v` is not an option of
+    // the file's kind: it is not kept once the log is set up).
+    for field in SUPPORTED.iter().filter(|f| **f != "logging.verbosity") {
+        let shown = field
+            .split('.')
+            .try_fold(doc, |value, key| value.as_object()?.get(key));
+        assert!(shown.is_some(), "{field} is not in /configz");
+    }
+}

@@ -219,8 +219,14 @@ scenario_a_traffic_metrics() {
     else
         fail "a-healthz-livez" "healthz '$healthz', livez '$livez'"
     fi
-    # What operators ask kube-proxy for its mode.
+    # What operators ask kube-proxy for its mode and its configuration.
     expect "a-proxy-mode" "ipvs" "$(curl -s http://127.0.0.1:10249/proxyMode)"
+    local configz
+    configz=$(curl -s http://127.0.0.1:10249/configz)
+    expect "a-configz" "ipvs ${sync_period}s -999" "$(python3 -c '
+import json, sys
+c = json.load(sys.stdin)["kubeproxy.config.k8s.io"]
+print(c["mode"], c["ipvs"]["syncPeriod"], c["oomScoreAdj"])' <<<"$configz" 2>&1)"
 }
 
 append_web_d() {
