@@ -20,7 +20,7 @@ use clap::ArgMatches;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
 use crate::cli::{BindAddress, Cli, DetectLocalMode, LogFormat, NodePortAddress, Options};
 
@@ -393,13 +393,11 @@ pub fn configz(opts: &Options) -> Value {
             NodePortAddress::Primary => "primary".to_owned(),
         })
         .collect();
-    let detect_local_mode = match opts.detect_local_mode {
-        None => "",
-        Some(DetectLocalMode::ClusterCidr) => "ClusterCIDR",
-        Some(DetectLocalMode::NodeCidr) => "NodeCIDR",
-        Some(DetectLocalMode::BridgeInterface) => "BridgeInterface",
-        Some(DetectLocalMode::InterfaceNamePrefix) => "InterfaceNamePrefix",
+    // The flags' spellings of the two enums, which are the file's too.
+    let name = |value: Option<clap::builder::PossibleValue>| {
+        value.map(|v| v.get_name().to_owned()).unwrap_or_default()
     };
+    let detect_local_mode = name(opts.detect_local_mode.and_then(|m| m.to_possible_value()));
     let config = json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -438,12 +436,7 @@ pub fn configz(opts: &Options) -> Value {
             "udpTimeout": durations(opts.conntrack_udp_timeout),
             "udpStreamTimeout": durations(opts.conntrack_udp_timeout_stream),
         },
-        "logging": {
-            "format": match opts.logging_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            },
-        },
+        "logging": { "format": name(opts.logging_format.to_possible_value()) },
     });
     json!({ "kubeproxy.config.k8s.io": config })
 }

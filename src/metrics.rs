@@ -1081,25 +1081,16 @@ fn respond(
     }
     if path == CONFIGZ_PATH {
         return match metrics.inner.configz.get() {
-            Some(body) => {
-                let mut response =
-                    with_content_type(StatusCode::OK, body.clone(), "application/json");
-                response.headers_mut().insert(
-                    "x-content-type-options",
-                    HeaderValue::from_static("nosniff"),
-                );
-                response
-            }
+            Some(body) => nosniff(with_content_type(
+                StatusCode::OK,
+                body.clone(),
+                "application/json",
+            )),
             None => plain(StatusCode::NOT_FOUND, "404 page not found\n"),
         };
     }
     if path == PROXY_MODE_PATH {
-        let mut response = plain(StatusCode::OK, "ipvs");
-        response.headers_mut().insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
-        return response;
+        return nosniff(plain(StatusCode::OK, "ipvs"));
     }
     let health = if path == HEALTHZ_PATH {
         metrics.health(sync_period)
@@ -1112,7 +1103,12 @@ fn respond(
         StatusCode::SERVICE_UNAVAILABLE
     };
     metrics.count_response(path, status);
-    let mut response = with_content_type(status, health.body, "application/json");
+    nosniff(with_content_type(status, health.body, "application/json"))
+}
+
+/// `response` with `X-Content-Type-Options: nosniff`, as kube-proxy sends
+/// it on `/healthz`, `/livez` and `/proxyMode`.
+fn nosniff(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
