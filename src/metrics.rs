@@ -38,6 +38,8 @@ use tokio::task::JoinSet;
 use crate::desired::{Protocol, ServiceName, VirtualServerKey};
 use crate::kernel::TrafficCounters;
 
+pub mod process;
+
 /// The path of the proxier health endpoint (upstream's).
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// The path of the liveness endpoint: `/healthz` without the node's eligibility.
@@ -135,6 +137,25 @@ struct Families {
     conntrack_deleted: Counter,
     events_posted: Counter,
     events_dropped: Family<DropLabels, Counter>,
+    api_requests: Family<ApiRequestLabels, Counter>,
+    api_request_duration: Family<ApiVerbLabels, Histogram>,
+}
+
+/// client-go's labels of `rest_client_requests_total`: the status code (or
+/// `<error>` when no answer came), the API server's host and port, and the
+/// HTTP method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    code: String,
+    host: Arc<str>,
+    method: String,
+}
+
+/// client-go's labels of `rest_client_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiVerbLabels {
+    verb: String,
+    host: Arc<str>,
 }
 
 /// Why an Event was not posted: `queue_full`, `rate_limited` or `api_error`.
@@ -333,6 +354,14 @@ fn sync_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// client-go's buckets for API request latency (component-base's
+/// `rest_client_request_duration_seconds`): 5 ms to a minute.
+fn api_request_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0,
+    ])
+}
+
 /// kube-proxy's buckets for network programming latency: 0 (upstream's
 /// bucket merge starts with one), 0.25 s and 0.5 s, every second to 59 s,
 /// every 5 s to 115 s, every 30 s to 5 min.
@@ -380,7 +409,29 @@ impl Families {
                 }
                 family
             },
+            api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(api_request_histogram),
         }
+    }
+
+    /// Registers what every Kubernetes component exports under the same
+    /// names, with no prefix: client-go's API request families and the
+    /// process collector's.
+    fn register_component(&self, root: &mut Registry) {
+        root.register(
+            "rest_client_requests",
+            "Number of HTTP requests, partitioned by status code, method, and host",
+            self.api_requests.clone(),
+        );
+        root.register_with_unit(
+            "rest_client_request_duration",
+            "Request latency in seconds, to the response's headers. Broken down by verb, and host",
+            Unit::Seconds,
+            self.api_request_duration.clone(),
+        );
+        root.register_collector(Box::new(process::ProcessCollector(
+            process::Process::current(),
+        )));
     }
 
     /// Registers upstream's families, under their upstream names.
@@ -549,6 +600,7 @@ impl Metrics {
     pub fn with_clock(clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Metrics {
         let mut registry = Registry::default();
         let families = Families::new();
+        families.register_component(&mut registry);
         families.register_kube_proxy(registry.sub_registry_with_prefix("kubeproxy"));
         let traffic = Arc::new(VirtualServerTraffic::default());
         let ours = registry.sub_registry_with_prefix("kube_ipvs_proxy");
@@ -604,6 +656,35 @@ impl Metrics {
             .events_dropped
             .get_or_create(&DropLabels { reason })
             .inc();
+    }
+
+    /// Records one request to the API server at `host` (its host and port,
+    /// as the client's URL names them): its method, its status code or
+    /// `None` when no answer came, and the time to the answer's headers.
+    pub fn record_api_request(
+        &self,
+        host: &Arc<str>,
+        method: &http::Method,
+        status: Option<http::StatusCode>,
+        duration: Duration,
+    ) {
+        let families = &self.inner.families;
+        let code = status.map_or_else(|| "<error>".to_owned(), |s| s.as_u16().to_string());
+        families
+            .api_requests
+            .get_or_create(&ApiRequestLabels {
+                code,
+                host: host.clone(),
+                method: method.as_str().to_owned(),
+            })
+            .inc();
+        families
+            .api_request_duration
+            .get_or_create(&ApiVerbLabels {
+                verb: method.as_str().to_owned(),
+                host: host.clone(),
+            })
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts one sync's nftables element changes and transactions and its

@@ -82,6 +82,7 @@ pub type Events = Pin<Box<dyn Stream<Item = SourceEvent> + Send>>;
 async fn open_source(
     opts: &Options,
     node_name: &str,
+    metrics: &Metrics,
 ) -> Result<(Events, &'static str, Option<kube::Client>)> {
     if let Some(dir) = &opts.manifests {
         return Ok((
@@ -90,7 +91,7 @@ async fn open_source(
             None,
         ));
     }
-    let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref())
+    let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref(), metrics)
         .await
         .map_err(|e| Error::Kube(e.to_string()))?;
     let events = Box::pin(source::kube::watch(client.clone(), node_name));
@@ -783,7 +784,8 @@ pub async fn run(opts: &Options) -> Result<()> {
     // The source opens first and reads ahead: its initial lists (the API's
     // answers, or the manifests, and their decoding) are the longest wait
     // at start, and they come in while the kernel is prepared.
-    let (events, source_name, client) = open_source(opts, &node_name).await?;
+    let metrics = Metrics::new();
+    let (events, source_name, client) = open_source(opts, &node_name, &metrics).await?;
     let events = read_ahead(events);
     let prepared = {
         let opts = opts.clone();
@@ -837,7 +839,6 @@ pub async fn run(opts: &Options) -> Result<()> {
             _ = interrupt.recv() => {}
         }
     };
-    let metrics = Metrics::new();
     metrics.set_configz(crate::config::configz(opts).to_string());
     // Only in-cluster: standalone, the log is the only report.
     let event_sink = match client {
@@ -1603,7 +1604,8 @@ async fn load_model(opts: &Options, node_name: &str) -> Result<Model> {
         }
         return Ok(model);
     }
-    let (mut events, name, _) = open_source(opts, node_name).await?;
+    // `plan` serves no metrics: its requests are counted unseen.
+    let (mut events, name, _) = open_source(opts, node_name, &Metrics::new()).await?;
     while let Some(event) = events.next().await {
         let changes = model.apply(event);
         log_rejected(&changes);

@@ -20,6 +20,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube_ipvs_proxy::config::parse_args;
+use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::source::kube::{client, watch};
 use kube_ipvs_proxy::source::SourceEvent;
 use serde_json::Value;
@@ -277,7 +278,9 @@ async fn post_and_update_an_event(server: &TestApiServer) {
         Box::new(move || *now.lock().unwrap())
     };
     let limits = Limits::default();
-    let kube = client(None, Some(&server.url())).await.unwrap();
+    let kube = client(None, Some(&server.url()), &Metrics::new())
+        .await
+        .unwrap();
     let sink = events::spawn_with(kube, "node-1", Default::default(), limits, clock);
     let problem = Problem {
         service: ServiceName::new("default", "web"),
@@ -322,7 +325,9 @@ async fn the_cluster_role_grants_exactly_what_the_source_calls() {
         },
         ..Node::default()
     });
-    let client = client(None, Some(&server.url())).await.unwrap();
+    let client = client(None, Some(&server.url()), &Metrics::new())
+        .await
+        .unwrap();
     let mut events = Box::pin(watch(client, "node-1"));
     // The source runs only while polled: drive it until it has listed
     // everything and opened its three watches (the timeout guards a hang).

@@ -68,7 +68,9 @@ async fn start(server: TestApiServer) -> Running {
         },
         ..Node::default()
     });
-    let kube = client(None, Some(&server.url())).await.expect("client");
+    let kube = client(None, Some(&server.url()), &Metrics::new())
+        .await
+        .expect("client");
     let source = Box::pin(watch(kube.clone(), "node-1"));
     let metrics = Metrics::new();
     let sink = events::spawn(kube, "node-1", metrics.clone());

@@ -122,11 +122,14 @@ async fn start() -> Running {
         ..Node::default()
     });
 
-    let kube = client(None, Some(&server.url())).await.expect("client");
+    // The loop's metrics count the client's requests, as in `run`.
+    let metrics = Metrics::new();
+    let kube = client(None, Some(&server.url()), &metrics)
+        .await
+        .expect("client");
     let events = Box::pin(watch(kube, "node-1"));
     let kernel = SharedKernel::default();
     let (stop, stopped) = oneshot::channel::<()>();
-    let metrics = Metrics::new();
     let loop_metrics = metrics.clone();
     let (mut ipvs, mut link) = (kernel.clone(), kernel.clone());
     let task = tokio::spawn(async move {
@@ -189,6 +192,23 @@ fn ready(node: NodeFacts) -> impl Future<Output = ProxyResult<NodeFacts>> {
 impl Running {
     async fn writes(&self) -> Vec<Write> {
         self.kernel.0.lock().await.take_writes()
+    }
+
+    /// Cuts the watches and compacts the history around a change to `api`,
+    /// which gains 10.244.1.15, so that the client must relist (410 Gone);
+    /// returns once the kernel has the new endpoint.
+    async fn add_endpoint_behind_a_cut_watch(&self) {
+        self.server.compact_history();
+        self.server.cut_watches();
+        self.server
+            .apply(&slice("api", &["10.244.1.13", "10.244.1.15"]));
+        self.server.compact_history();
+        converge(
+            &self.kernel,
+            "10.96.0.20",
+            "10.244.1.13:8080,10.244.1.15:8080",
+        )
+        .await;
     }
 
     async fn stop(mut self) {
@@ -264,19 +284,7 @@ async fn a_410_relist_applies_only_what_changed_and_withdraws_nothing_that_exist
 
     // While the watch is broken and history compacted, `api` gains an
     // endpoint; `web` stays as it was. The client must relist (410 Gone).
-    proxy.server.compact_history();
-    proxy.server.cut_watches();
-    proxy
-        .server
-        .apply(&slice("api", &["10.244.1.13", "10.244.1.15"]));
-    proxy.server.compact_history();
-
-    converge(
-        &proxy.kernel,
-        "10.96.0.20",
-        "10.244.1.13:8080,10.244.1.15:8080",
-    )
-    .await;
+    proxy.add_endpoint_behind_a_cut_watch().await;
     assert!(
         proxy.server.requests::<EndpointSlice>().lists > lists_before,
         "the 410 Gone must have led to a relist"
@@ -300,6 +308,51 @@ async fn a_410_relist_applies_only_what_changed_and_withdraws_nothing_that_exist
         real_servers(&proxy.kernel, "10.96.0.10").await,
         "10.244.1.11:8080,10.244.1.12:8080"
     );
+    proxy.stop().await;
+}
+
+/// The value of the sample `name{labels}` in an exposition, if present.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn api_requests_are_counted_as_client_go_counts_them() {
+    let proxy = start().await;
+    converge(&proxy.kernel, "10.96.0.20", "10.244.1.13:8080").await;
+    let host = proxy.server.url().trim_start_matches("http://").to_owned();
+    let ok = format!("rest_client_requests_total{{code=\"200\",host=\"{host}\",method=\"GET\"}}");
+    let exposition = proxy.metrics.encode();
+    // Three lists and three watches at least, each answered 200.
+    let before = sample(&exposition, &ok).unwrap_or_else(|| panic!("no {ok} in {exposition}"));
+    assert!(before >= 6.0, "{ok} is {before}");
+    let latency =
+        format!("rest_client_request_duration_seconds_count{{verb=\"GET\",host=\"{host}\"}}");
+    assert_eq!(sample(&exposition, &latency), Some(before), "{exposition}");
+
+    // A relist the server refuses once: counted under its code, then the
+    // retry under 200.
+    let lists_before = proxy.server.requests::<EndpointSlice>().lists;
+    proxy.server.fail_next_lists(1);
+    proxy.add_endpoint_behind_a_cut_watch().await;
+    assert!(proxy.server.requests::<EndpointSlice>().lists > lists_before);
+    let exposition = proxy.metrics.encode();
+    let failed =
+        format!("rest_client_requests_total{{code=\"500\",host=\"{host}\",method=\"GET\"}}");
+    assert_eq!(sample(&exposition, &failed), Some(1.0), "{exposition}");
+    let after = sample(&exposition, &ok).unwrap();
+    assert!(after > before, "{ok}: {before} then {after}");
+    // Every request is timed, whatever its answer (the watch that found
+    // its history compacted may have had one of its own).
+    let gets: f64 = exposition
+        .lines()
+        .filter(|l| l.starts_with("rest_client_requests_total{") && l.contains("method=\"GET\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sample(&exposition, &latency), Some(gets), "{exposition}");
     proxy.stop().await;
 }
 

@@ -350,7 +350,9 @@ where
         .await
         .expect("the proxy's nftables table");
     let conntrack = NetlinkConntrack::new().expect("conntrack socket");
-    let kube = client(None, Some(api)).await.expect("API client");
+    let kube = client(None, Some(api), &Metrics::new())
+        .await
+        .expect("API client");
     let events = Box::pin(watch(kube, "node-1"));
     let metrics = Metrics::new();
     let (stop, stopped) = oneshot::channel::<()>();

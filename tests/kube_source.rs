@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
+use kube_ipvs_proxy::metrics::Metrics;
 use kube_ipvs_proxy::source::kube::{client, watch, ClientError};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
 use support::apiserver::TestApiServer;
@@ -175,7 +176,7 @@ impl Harness {
         server.apply(&slice("headless-1", &[HEADLESS]));
         server.apply(&node("node-1", "zone-a"));
         server.apply(&node("node-2", "zone-b"));
-        let client = client(None, Some(&server.url()))
+        let client = client(None, Some(&server.url()), &Metrics::new())
             .await
             .expect("client for the test server");
         Harness {
@@ -603,7 +604,7 @@ async fn client_from_a_kubeconfig_with_the_server_overridden_by_master() {
     )
     .unwrap();
 
-    let client = client(Some(&kubeconfig), Some(&server.url()))
+    let client = client(Some(&kubeconfig), Some(&server.url()), &Metrics::new())
         .await
         .expect("client");
     let nodes: kube::Api<Node> = kube::Api::all(client);
@@ -618,7 +619,7 @@ async fn client_from_a_kubeconfig_with_the_server_overridden_by_master() {
 async fn client_errors_name_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-kubeconfig");
-    match client(Some(&missing), None).await {
+    match client(Some(&missing), None, &Metrics::new()).await {
         Err(error @ ClientError::Kubeconfig { .. }) => {
             assert!(
                 error.to_string().contains(&missing.display().to_string()),
@@ -628,7 +629,7 @@ async fn client_errors_name_what_is_wrong() {
         Err(other) => panic!("expected a kubeconfig error, got {other}"),
         Ok(_) => panic!("a missing kubeconfig gave a client"),
     }
-    match client(None, Some("http://[::1")).await {
+    match client(None, Some("http://[::1"), &Metrics::new()).await {
         Err(error @ ClientError::MasterUrl { .. }) => {
             assert!(error.to_string().contains("http://[::1"), "{error}");
         }

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Debug};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use ::kube::config::{Config, InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use ::kube::runtime::watcher::{self, watcher};
@@ -23,6 +25,7 @@ use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::{EndpointSlice, SourceEvent, Update};
+use crate::metrics::Metrics;
 
 /// The label selector upstream kube-proxy lists Services and EndpointSlices
 /// with (`cmd/kube-proxy/app/server.go`, one informer factory for both):
@@ -39,10 +42,13 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// by `master` when that is given too), from `master` alone (no
 /// credentials), or else from the in-cluster service account — the same
 /// rules as upstream kube-proxy's `--kubeconfig` and `--master`. Its paged
-/// LISTs ask for each next page ahead (see [`super::prefetch`]).
+/// LISTs ask for each next page ahead (see [`super::prefetch`]), and every
+/// request it sends is counted in `metrics` as client-go counts kube-proxy's
+/// (`rest_client_requests_total`, `rest_client_request_duration_seconds`).
 pub async fn client(
     kubeconfig: Option<&Path>,
     master: Option<&str>,
+    metrics: &Metrics,
 ) -> Result<Client, ClientError> {
     let master = master.map(parse_master).transpose()?;
     let config = match (kubeconfig, master) {
@@ -63,8 +69,36 @@ pub async fn client(
         (None, Some(master)) => Config::new(master),
         (None, None) => Config::incluster().map_err(ClientError::InCluster)?,
     };
+    // client-go labels its request metrics with the URL's host and port.
+    let host: Arc<str> = config
+        .cluster_url
+        .authority()
+        .map_or_else(|| config.cluster_url.to_string(), ToString::to_string)
+        .into();
     let client = Client::try_from(config).map_err(ClientError::Client)?;
-    Ok(super::prefetch::prefetching(client))
+    // Counted below the read-ahead: a page asked for ahead is one request
+    // when it is sent, and the watcher's request that takes it is none.
+    let counted = counted(client, host, metrics.clone());
+    Ok(super::prefetch::prefetching(counted))
+}
+
+/// `client`, recording each request it sends to `host` in `metrics`: its
+/// method, its status code (or that no answer came) and the time to the
+/// answer's headers.
+fn counted(client: Client, host: Arc<str>, metrics: Metrics) -> Client {
+    let namespace = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |request: http::Request<::kube::client::Body>| {
+        let (client, host, metrics) = (client.clone(), host.clone(), metrics.clone());
+        async move {
+            let method = request.method().clone();
+            let started = Instant::now();
+            let response = client.send(request).await;
+            let status = response.as_ref().ok().map(http::Response::status);
+            metrics.record_api_request(&host, &method, status, started.elapsed());
+            response
+        }
+    });
+    Client::new(service, namespace)
 }
 
 /// `--master` as the URL kube's `Config` takes.

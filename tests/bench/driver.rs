@@ -233,6 +233,9 @@ fn environment(cpu_mode: String, date: String, vip_mode: VipMode) -> Result<Envi
     let meminfo = read("/proc/meminfo")?;
     let memory_mib = observe::status_kib(&meminfo, "MemTotal")? / 1024;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let clocksource = read("/sys/devices/system/clocksource/clocksource0/current_clocksource")?
+        .trim()
+        .to_owned();
     Ok(Environment {
         kernel,
         cpu_mode,
@@ -240,6 +243,7 @@ fn environment(cpu_mode: String, date: String, vip_mode: VipMode) -> Result<Envi
         memory_mib,
         date,
         vip_mode: vip_mode.to_string(),
+        clocksource: Some(clocksource),
     })
 }
 

@@ -541,6 +541,7 @@ fn run_records(goal_scale: Scale, steady_mib: u64) -> Vec<Record> {
             memory_mib: 7936,
             date: "2025-01-01 00:00".into(),
             vip_mode: "address".into(),
+            clocksource: Some("tsc".into()),
         }),
         Record::Proxy(Box::new(proxy_run(base, 0.1, 0.002, 1, 0))),
         // The goal scale: 6× faster than ipvsadm, 1.5× the raw floor (missed),
@@ -621,7 +622,7 @@ fn goals_say_met_or_missed_with_their_numbers() {
     let results = table::Results::new(run_records(table::GOAL_SCALE, 40));
     let text = results.render();
     let expected = [
-        "kernel 6.1.0-56-amd64, CPU mode TCG (2 vCPUs, 7936 MiB), 2025-01-01 00:00 UTC",
+        "kernel 6.1.0-56-amd64, CPU mode TCG (2 vCPUs, 7936 MiB, clock tsc), 2025-01-01 00:00 UTC",
         "[met   ] cold sync ≥ 5× faster than ipvsadm -R: 6.00× (2.00 s vs 12.0 s)",
         "[MISSED] cold sync within 1.3× of the raw floor: 1.50× (2.00 s vs 1.33 s;",
         "[MISSED] a single change is 1 write: 1..2 writes over 200 changes",
@@ -847,6 +848,8 @@ fn large_records(vip_mode: &str) -> Vec<Record> {
         memory_mib: 12000,
         date: "2026-12-03 18:00".into(),
         vip_mode: vip_mode.into(),
+        // As a record from before the clock source was recorded.
+        clocksource: None,
     })];
     for (services, cold, restore, state) in [(50_000, 8.0, 90.0, 7.0), (100_000, 30.0, 200.0, 20.0)]
     {
@@ -918,6 +921,8 @@ fn the_large_scale_ipvsadm_goal_says_how_close_to_the_whole_state_floor_it_asks_
 fn large_scale_goals_say_met_or_missed_per_scale() {
     let text = table::Results::new(large_records("route")).render();
     let expected = [
+        // A record from before the clock source was recorded names none.
+        "kernel 6.1.0-57-amd64, CPU mode TCG (2 vCPUs, 12000 MiB), 2026-12-03 18:00 UTC",
         "VIPs bound as local routes in table local (--ipvs-vip-mode route)",
         "Goals (issue 12), at 50,000 × 2 and 100,000 × 2 with --ipvs-vip-mode route:",
         "[met   ] 50,000 × 2: cold sync ≥ 10× faster than ipvsadm -R: 11.25× (8.00 s vs 90.0 s; 10× asks for 1.29× the whole-state floor (7.00 s))",

@@ -47,6 +47,10 @@ pub struct Environment {
     /// Runs from before the flag bound VIPs as addresses.
     #[serde(default = "address_mode")]
     pub vip_mode: String,
+    /// The guest kernel's clock source (`tsc`, or `hpet` under TCG without
+    /// `tsc=reliable`). Runs from before it was recorded read the HPET.
+    #[serde(default)]
+    pub clocksource: Option<String>,
 }
 
 fn address_mode() -> String {

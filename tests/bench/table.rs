@@ -201,8 +201,16 @@ impl Results {
             Some(env) => {
                 let _ = writeln!(
                     out,
-                    "kube-ipvs-proxy benchmark: kernel {}, CPU mode {} ({} vCPUs, {} MiB), {} UTC",
-                    env.kernel, env.cpu_mode, env.cpus, env.memory_mib, env.date
+                    "kube-ipvs-proxy benchmark: kernel {}, CPU mode {} ({} vCPUs, {} MiB{}), {} UTC",
+                    env.kernel,
+                    env.cpu_mode,
+                    env.cpus,
+                    env.memory_mib,
+                    env.clocksource
+                        .as_deref()
+                        .map(|c| format!(", clock {c}"))
+                        .unwrap_or_default(),
+                    env.date
                 );
                 let _ = writeln!(
                     out,

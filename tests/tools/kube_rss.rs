@@ -64,7 +64,13 @@ async fn serve(services: usize, endpoints: usize) {
 
 /// The model of the API server at `url` once every kind has listed.
 async fn listed_model(url: &str) -> Model {
-    let client = match kube_ipvs_proxy::source::kube::client(None, Some(url)).await {
+    let client = match kube_ipvs_proxy::source::kube::client(
+        None,
+        Some(url),
+        &kube_ipvs_proxy::metrics::Metrics::new(),
+    )
+    .await
+    {
         Ok(client) => client,
         Err(error) => {
             eprintln!("{error}");

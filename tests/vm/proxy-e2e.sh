@@ -227,6 +227,42 @@ scenario_a_traffic_metrics() {
 import json, sys
 c = json.load(sys.stdin)["kubeproxy.config.k8s.io"]
 print(c["mode"], c["ipvs"]["syncPeriod"], c["oomScoreAdj"])' <<<"$configz" 2>&1)"
+    # The process_* families every Kubernetes component exports (the
+    # "Kubernetes / Proxy" dashboard plots memory and CPU from them),
+    # against what the kernel says of the process.
+    curl -s http://127.0.0.1:10249/metrics >"$work/metrics-a.txt"
+    expect "a-process-metrics" "ok" "$(python3 - "$work/metrics-a.txt" "$proxy_pid" "$proxy_started_at" 2>&1 <<'PY'
+import os, sys, time
+path, pid, launched = sys.argv[1], sys.argv[2], float(sys.argv[3])
+m = {}
+for line in open(path):
+    if line.startswith("process_"):
+        name, value = line.split()[:2]
+        m[name] = float(value)
+names = ["process_cpu_seconds_total", "process_resident_memory_bytes",
+         "process_virtual_memory_bytes", "process_start_time_seconds",
+         "process_open_fds", "process_max_fds", "process_virtual_memory_max_bytes"]
+missing = [n for n in names if n not in m]
+if missing:
+    sys.exit(f"missing {missing}; have {sorted(m)}")
+problems = []
+status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status"))
+rss = int(status["VmRSS"].split()[0]) * 1024
+if abs(m["process_resident_memory_bytes"] - rss) > 4 << 20:
+    problems.append(f"resident {m['process_resident_memory_bytes']:.0f} against VmRSS {rss}")
+if not launched - 2 <= m["process_start_time_seconds"] <= time.time():
+    problems.append(f"start time {m['process_start_time_seconds']} against launch at {launched}")
+fds = len(os.listdir(f"/proc/{pid}/fd"))
+if abs(m["process_open_fds"] - fds) > 3:
+    problems.append(f"open fds {m['process_open_fds']:.0f} against {fds} in /proc")
+soft = next(l for l in open(f"/proc/{pid}/limits") if l.startswith("Max open files")).split()[3]
+if m["process_max_fds"] != float(soft):
+    problems.append(f"max fds {m['process_max_fds']:.0f} against the soft limit {soft}")
+if not 0 < m["process_cpu_seconds_total"] < time.time() - launched + 60:
+    problems.append(f"cpu seconds {m['process_cpu_seconds_total']}")
+print("; ".join(problems) or "ok")
+PY
+)"
 }
 
 append_web_d() {

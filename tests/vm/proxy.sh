@@ -15,9 +15,12 @@
 proxy_pid=
 proxy_log=
 proxy_wrap=()
+# When the last proxy_start launched the proxy, in seconds since the epoch.
+proxy_started_at=
 
 proxy_start() { # NAME [FLAGS...]: starts `run` in the background, logging to $work/NAME.log
     proxy_log=$work/$1.log
+    proxy_started_at=$(date +%s)
     # shellcheck disable=SC2086 # KIP_PROXY_EXTRA_ARGS is split on purpose
     "${proxy_wrap[@]}" "$proxy" run "${common[@]}" --ipvs-min-sync-period "${min_sync}s" \
         --ipvs-sync-period "${sync_period}s" --log-format json ${KIP_PROXY_EXTRA_ARGS:-} "${@:2}" \
