@@ -57,21 +57,29 @@ pub fn available_schedulers() -> Option<Vec<&'static str>> {
     let dir = modules_dir();
     let dep = std::fs::read_to_string(dir.join("modules.dep")).ok()?;
     let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    Some(schedulers_in(&dep, &builtin, is_present))
+}
+
+/// The schedulers among modules.dep's and modules.builtin's entries, or
+/// `present` (loaded).
+fn schedulers_in(dep: &str, builtin: &str, present: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    // Only IPVS's modules are looked up: the rest of a distribution's
+    // thousands are skipped before anything is allocated for them.
     let names: std::collections::HashSet<String> = dep
         .lines()
-        .filter_map(|line| line.split_once(':').map(|(file, _)| module_name(file)))
-        .chain(builtin.lines().map(module_name))
+        .filter_map(|line| line.split_once(':').map(|(file, _)| file))
+        .chain(builtin.lines())
+        .filter(|file| file.contains("ip_vs_") || file.contains("ip-vs-"))
+        .map(module_name)
         .collect();
-    Some(
-        SCHEDULERS
-            .iter()
-            .copied()
-            .filter(|s| {
-                let module = format!("ip_vs_{s}");
-                names.contains(&module) || is_present(&module)
-            })
-            .collect(),
-    )
+    SCHEDULERS
+        .iter()
+        .copied()
+        .filter(|s| {
+            let module = format!("ip_vs_{s}");
+            names.contains(&module) || present(&module)
+        })
+        .collect()
 }
 
 fn modules_dir() -> PathBuf {
@@ -198,6 +206,22 @@ mod tests {
             deps["dummy"],
             ("kernel/drivers/net/dummy.ko".to_owned(), vec![])
         );
+    }
+
+    #[test]
+    fn schedulers_are_found_installed_built_in_or_loaded() {
+        let dep = "kernel/net/netfilter/ipvs/ip_vs_rr.ko.xz: kernel/net/netfilter/ipvs/ip_vs.ko.xz\n\
+                   kernel/net/netfilter/ipvs/ip_vs_wlc.ko.xz: kernel/net/netfilter/ipvs/ip_vs.ko.xz\n\
+                   kernel/net/netfilter/ipvs/ip_vs.ko.xz: kernel/net/netfilter/nf_conntrack.ko.xz\n\
+                   kernel/drivers/net/dummy.ko.xz:\n\
+                   kernel/net/sched/sch_sfq.ko.xz:\n";
+        let builtin = "kernel/net/netfilter/ipvs/ip-vs-sh.ko\nkernel/fs/ext4/ext4.ko\n";
+        let loaded = |module: &str| module == "ip_vs_mh";
+        assert_eq!(
+            schedulers_in(dep, builtin, loaded),
+            ["rr", "wlc", "sh", "mh"]
+        );
+        assert_eq!(schedulers_in("", "", |_| false), Vec::<&str>::new());
     }
 
     #[test]
