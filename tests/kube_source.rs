@@ -637,3 +637,30 @@ async fn client_errors_name_what_is_wrong() {
         Ok(_) => panic!("an invalid --master gave a client"),
     }
 }
+
+#[tokio::test]
+async fn a_request_that_gets_no_answer_is_counted_as_an_error() {
+    // Nothing listens on port 1: the connection is refused.
+    let metrics = Metrics::new();
+    let client = client(None, Some("http://127.0.0.1:1"), &metrics)
+        .await
+        .expect("client");
+    let nodes: kube::Api<Node> = kube::Api::all(client);
+    nodes
+        .list(&Default::default())
+        .await
+        .expect_err("nothing answers on port 1");
+    let exposition = metrics.encode();
+    assert!(
+        exposition.contains(
+            "rest_client_requests_total{code=\"<error>\",host=\"127.0.0.1:1\",method=\"GET\"} 1\n"
+        ),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains(
+            "rest_client_request_duration_seconds_count{verb=\"GET\",host=\"127.0.0.1:1\"} 1\n"
+        ),
+        "{exposition}"
+    );
+}
