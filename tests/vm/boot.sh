@@ -49,9 +49,11 @@ vng_args=(--run "$kernel" --memory "${KIP_VM_MEMORY:-2G}" --cpus "${KIP_VM_CPUS:
 # "unsynchronized" at boot and falls back to the HPET, which has no vDSO,
 # so every clock read (the runtime's timers, TCP's timestamps, a log line)
 # is a system call and an emulated device access, about 1.6 us against
-# 0.14 us with the TSC. tsc=reliable skips that check, as on the hardware
-# every node runs on. KIP_VM_APPEND adds to the kernel's command line
-# (KIP_VM_APPEND=clocksource=hpet boots the clock of runs before 2026-12-07).
+# 0.14 us with the TSC. tsc=reliable skips that check (and the clocksource
+# watchdog), so the guest reads its TSC through the vDSO as a node's kernel
+# does on its hardware. KIP_VM_APPEND adds to the kernel's command line
+# (KIP_VM_APPEND=clocksource=hpet boots the clock of the runs before
+# 2026-12-07 18:00 UTC).
 vng_args+=(--append "tsc=reliable${KIP_VM_APPEND:+ $KIP_VM_APPEND}")
 
 # The guest does not inherit our environment: forward KIP_* explicitly.
