@@ -124,8 +124,8 @@ pub struct Process {
     /// Clock ticks per second and the page size, from `sysconf`.
     ticks_per_second: u64,
     page_size: u64,
-    /// Whether each kind of failure was logged already.
-    logged: [AtomicBool; 4],
+    /// Whether each kind of [`Failure`] was logged already.
+    logged: [AtomicBool; Failure::KINDS],
 }
 
 impl Process {
@@ -189,11 +189,28 @@ impl Process {
     }
 
     /// Logs `error` at warn the first time a failure of this `kind` happens.
-    fn report(&self, kind: usize, error: &dyn fmt::Display) {
-        if !self.logged[kind].swap(true, Ordering::Relaxed) {
+    fn report(&self, kind: Failure, error: &dyn fmt::Display) {
+        if !self.logged[kind as usize].swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "process metrics left out of /metrics (logged once)");
         }
     }
+}
+
+/// What a scrape could not read, each logged once.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// `stat`: CPU, memory and the start time.
+    Stat,
+    /// The `fd` directory.
+    Fds,
+    /// A resource limit.
+    Limit,
+    /// `/proc/stat`'s boot time: the start time alone.
+    BootTime,
+}
+
+impl Failure {
+    const KINDS: usize = 4;
 }
 
 fn sysconf(name: nix::unistd::SysconfVar) -> Option<u64> {
@@ -260,11 +277,11 @@ impl Collector for ProcessCollector {
                         "Start time of the process since unix epoch in seconds",
                         start,
                     )?,
-                    (None, Err(what)) => process.report(3, what),
+                    (None, Err(what)) => process.report(Failure::BootTime, what),
                     (None, Ok(_)) => {}
                 }
             }
-            Err(error) => process.report(0, &error),
+            Err(error) => process.report(Failure::Stat, &error),
         }
         match process.open_fds() {
             Ok(fds) => gauge(
@@ -273,7 +290,7 @@ impl Collector for ProcessCollector {
                 "Number of open file descriptors",
                 integer(fds),
             )?,
-            Err(error) => process.report(1, &error),
+            Err(error) => process.report(Failure::Fds, &error),
         }
         use nix::sys::resource::Resource;
         let limits = [
@@ -291,7 +308,7 @@ impl Collector for ProcessCollector {
         for (resource, name, help) in limits {
             match soft_limit(resource) {
                 Some(limit) => gauge(&mut encoder, name, help, limit as f64)?,
-                None => process.report(2, &format!("getrlimit({resource:?}) failed")),
+                None => process.report(Failure::Limit, &format!("getrlimit({resource:?}) failed")),
             }
         }
         Ok(())
