@@ -35,6 +35,7 @@ use crate::kernel::KernelError;
 use crate::metrics::Metrics;
 use crate::model::{ModelError, Uid};
 use crate::reconcile::{ClaimNotice, OpDescription, SyncError};
+use crate::source::kube::error_chain;
 use crate::translate::TranslateError;
 
 /// `reportingController` of every Event the proxy posts.
@@ -512,11 +513,11 @@ impl Poster {
                     // The first failure is worth a warning (RBAC, say); a
                     // run of them is not worth one each.
                     if backoff.is_none() {
-                        tracing::warn!(service = %problem.service, reason = problem.reason.as_str(), %error,
-                            "cannot post an Event; pausing Events for {pause:?}");
+                        tracing::warn!(service = %problem.service, reason = problem.reason.as_str(),
+                            error = %error_chain(&error), "cannot post an Event; pausing Events for {pause:?}");
                     } else {
-                        tracing::debug!(service = %problem.service, reason = problem.reason.as_str(), %error,
-                            "cannot post an Event; pausing Events for {pause:?}");
+                        tracing::debug!(service = %problem.service, reason = problem.reason.as_str(),
+                            error = %error_chain(&error), "cannot post an Event; pausing Events for {pause:?}");
                     }
                     backoff = Some(pause);
                     // Problems reported meanwhile wait in the queue, or

@@ -7,6 +7,7 @@
 )]
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -16,9 +17,10 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 use kube_ipvs_proxy::metrics::Metrics;
-use kube_ipvs_proxy::source::kube::{client, watch, ClientError};
+use kube_ipvs_proxy::source::kube::{client, error_chain, watch, ClientError};
 use kube_ipvs_proxy::source::{SourceEvent, Update};
 use support::apiserver::TestApiServer;
+use support::tls::{TestCa, TlsFront};
 
 fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     ObjectMeta {
@@ -138,6 +140,30 @@ fn describe(event: &SourceEvent, listing: &mut Listing) -> Option<String> {
     }
 }
 
+/// A server holding the usual objects, with `prepare` run on it first.
+async fn usual_server(prepare: impl FnOnce(&TestApiServer)) -> TestApiServer {
+    let server = TestApiServer::start().await;
+    prepare(&server);
+    server.apply(&service("a", 80));
+    server.apply(&service("b", 81));
+    server.apply(&service_labelled("other", 82, &[OTHER_PROXY]));
+    server.apply(&slice("a-1", &[]));
+    server.apply(&slice("headless-1", &[HEADLESS]));
+    server.apply(&node("node-1", "zone-a"));
+    server.apply(&node("node-2", "zone-b"));
+    server
+}
+
+/// The initial lists of the usual objects as node-1 sees them, and Synced.
+const USUAL_INITIAL: [&str; 4] = [
+    // Not the slice of a headless service, not another proxy's service,
+    // not another node.
+    "EndpointSlice Replace [web/a-1]",
+    "Node Replace [node-1@zone-a]",
+    "Service Replace [web/a:80, web/b:81]",
+    "Synced",
+];
+
 /// How `Harness::suspend` breaks the open watches.
 enum Break {
     /// The connection fails mid-stream.
@@ -167,18 +193,15 @@ impl Harness {
 
     /// As `start`, with `prepare` run on the server before the source starts.
     async fn start_with(prepare: impl FnOnce(&TestApiServer)) -> Harness {
-        let server = TestApiServer::start().await;
-        prepare(&server);
-        server.apply(&service("a", 80));
-        server.apply(&service("b", 81));
-        server.apply(&service_labelled("other", 82, &[OTHER_PROXY]));
-        server.apply(&slice("a-1", &[]));
-        server.apply(&slice("headless-1", &[HEADLESS]));
-        server.apply(&node("node-1", "zone-a"));
-        server.apply(&node("node-2", "zone-b"));
+        let server = usual_server(prepare).await;
         let client = client(None, Some(&server.url()), &Metrics::new())
             .await
             .expect("client for the test server");
+        Harness::watching(server, client)
+    }
+
+    /// The source watching `server` as node-1 through `client`.
+    fn watching(server: TestApiServer, client: kube::Client) -> Harness {
         Harness {
             server,
             events: Box::pin(watch(client, "node-1")),
@@ -313,17 +336,7 @@ async fn initial_lists_arrive_as_one_replace_per_kind_then_synced() {
         "Synced comes after every list"
     );
     initial.sort();
-    assert_eq!(
-        initial,
-        [
-            // Not the slice of a headless service, not another proxy's service,
-            // not another node.
-            "EndpointSlice Replace [web/a-1]",
-            "Node Replace [node-1@zone-a]",
-            "Service Replace [web/a:80, web/b:81]",
-            "Synced",
-        ]
-    );
+    assert_eq!(initial, USUAL_INITIAL);
     for requests in [
         source.server.requests::<Service>(),
         source.server.requests::<EndpointSlice>(),
@@ -663,4 +676,155 @@ async fn a_request_that_gets_no_answer_is_counted_as_an_error() {
         ),
         "{exposition}"
     );
+}
+
+/// A kubeconfig as kubeadm writes kube-proxy's: the API server over HTTPS,
+/// the cluster's CA and the service account's token as files (in a pod,
+/// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt and token).
+fn service_account_kubeconfig(dir: &Path, server: &str, ca_pem: &str, token: &str) -> PathBuf {
+    let ca = dir.join("ca.crt");
+    let token_file = dir.join("token");
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&token_file, token).unwrap();
+    let kubeconfig = dir.join("kubeconfig.conf");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: default\n\
+             clusters:\n- name: default\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
+             contexts:\n- name: default\n  context:\n    cluster: default\n    namespace: default\n    user: default\n\
+             users:\n- name: default\n  user:\n    tokenFile: {}\n",
+            ca.display(),
+            token_file.display(),
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
+/// The count of `rest_client_requests_total` for `code` and `host`, GETs.
+fn requests_counted(metrics: &Metrics, code: &str, host: &str) -> Option<u64> {
+    let series =
+        format!("rest_client_requests_total{{code=\"{code}\",host=\"{host}\",method=\"GET\"}} ");
+    let exposition = metrics.encode();
+    let line = exposition.lines().find(|line| line.starts_with(&series))?;
+    Some(line[series.len()..].parse().expect("a count"))
+}
+
+/// The usual objects behind HTTPS, and a client that reaches them as a pod
+/// does, through [`service_account_kubeconfig`].
+struct OverTls {
+    server: TestApiServer,
+    /// Holds the port; dropped, it stops accepting.
+    front: TlsFront,
+    /// Holds the kubeconfig and the files it names.
+    _dir: tempfile::TempDir,
+    client: kube::Client,
+    metrics: Metrics,
+    /// The front's host and port, as the request metrics label them.
+    host: String,
+}
+
+impl OverTls {
+    /// The server's certificate comes from `server_ca` and it requires the
+    /// token `required`; the kubeconfig trusts `trusted` and sends `token`.
+    async fn start(server_ca: &TestCa, trusted: &TestCa, required: &str, token: &str) -> OverTls {
+        let server = usual_server(|server| server.require_token(required)).await;
+        let front = TlsFront::start(server_ca, server.address()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig =
+            service_account_kubeconfig(dir.path(), &front.url(), &trusted.pem(), token);
+        let metrics = Metrics::new();
+        let client = client(Some(&kubeconfig), None, &metrics)
+            .await
+            .expect("client from the kubeconfig (connecting comes later)");
+        let host = front.url().trim_start_matches("https://").to_owned();
+        OverTls {
+            server,
+            front,
+            _dir: dir,
+            client,
+            metrics,
+            host,
+        }
+    }
+
+    /// A LIST of Nodes through the client.
+    async fn list_nodes(&self) -> Result<kube::core::ObjectList<Node>, kube::Error> {
+        let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
+        nodes.list(&Default::default()).await
+    }
+}
+
+const TOKEN: &str = "service-account-token";
+
+#[tokio::test]
+async fn https_with_the_clusters_ca_and_a_service_account_token() {
+    let ca = TestCa::new("cluster CA");
+    let OverTls {
+        server,
+        front: _front,
+        _dir,
+        client,
+        metrics,
+        host,
+    } = OverTls::start(&ca, &ca, TOKEN, TOKEN).await;
+
+    let mut source = Harness::watching(server, client);
+    let mut initial = Vec::new();
+    for _ in 0..4 {
+        initial.push(source.next().await);
+    }
+    initial.sort();
+    assert_eq!(initial, USUAL_INITIAL, "the same lists as over plain HTTP");
+    assert_eq!(
+        source.server.unauthorized(),
+        0,
+        "every request had the token"
+    );
+    let lists = requests_counted(&metrics, "200", &host);
+    assert!(
+        lists.is_some_and(|n| n >= 3),
+        "the three lists are counted under the HTTPS host: {lists:?}\n{}",
+        metrics.encode()
+    );
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_and_the_log_says_why() {
+    let ca = TestCa::new("cluster CA");
+    let other = TestCa::new("another cluster's CA");
+    let tls = OverTls::start(&ca, &other, TOKEN, TOKEN).await;
+
+    let error = tls
+        .list_nodes()
+        .await
+        .expect_err("the server's certificate is not from the kubeconfig's CA");
+    let said = error_chain(&error);
+    assert!(
+        said.contains("UnknownIssuer"),
+        "the error names the certificate problem: {said}"
+    );
+    assert_eq!(
+        tls.server.requests::<Node>().lists,
+        0,
+        "nothing reached the server"
+    );
+    assert_eq!(
+        requests_counted(&tls.metrics, "<error>", &tls.host),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn a_token_the_server_does_not_accept_is_refused_with_401() {
+    let ca = TestCa::new("cluster CA");
+    let tls = OverTls::start(&ca, &ca, TOKEN, "revoked").await;
+
+    match tls.list_nodes().await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
+        other => panic!("expected 401 Unauthorized, got {other:?}"),
+    }
+    assert_eq!(tls.server.unauthorized(), 1);
+    assert_eq!(requests_counted(&tls.metrics, "401", &tls.host), Some(1));
 }

@@ -110,6 +110,27 @@ fn parse_master(url: &str) -> Result<http::Uri, ClientError> {
         })
 }
 
+/// `error` and every error below it, outermost first, joined with ": ".
+///
+/// kube's errors name only their own layer: a TLS handshake that failed on
+/// the API server's certificate is "ServiceError: client error (Connect)",
+/// and that the certificate was not issued by the kubeconfig's CA is three
+/// sources down. A source whose text the layer above already quotes is
+/// not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Why the API client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -222,7 +243,8 @@ fn update_of<K: Resource<DynamicType = ()>>(
         Ok(watcher::Event::Apply(object)) => Some(Update::Apply(object)),
         Ok(watcher::Event::Delete(object)) => Some(Update::Delete(object)),
         Err(error) => {
-            tracing::warn!(kind = %K::kind(&()), %error, "watch failed; retrying with backoff");
+            tracing::warn!(kind = %K::kind(&()), error = %error_chain(&error),
+                "watch failed; retrying with backoff");
             None
         }
     }
@@ -412,6 +434,40 @@ fn annotations_but_last_applied<'de, D: Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with an optional source, for `error_chain`.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_names_every_layer_once() {
+        let tls = Layer(
+            "invalid peer certificate: UnknownIssuer",
+            Some(Box::new(Layer("UnknownIssuer", None))),
+        );
+        let connect = Layer("client error (Connect)", Some(Box::new(tls)));
+        let outer = Layer(
+            "ServiceError: client error (Connect)",
+            Some(Box::new(connect)),
+        );
+        assert_eq!(
+            error_chain(&outer),
+            "ServiceError: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+    }
 
     fn service(name: &str) -> Service {
         Service {

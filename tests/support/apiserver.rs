@@ -27,9 +27,10 @@
 //!
 //! The test drives it through [`TestApiServer`]: create, update and delete
 //! objects, send bookmarks, compact the history, cut, end or hold watches,
-//! and count requests. It
-//! depends only on axum, tokio, serde_json and k8s-openapi, so a benchmark
-//! binary can include it as it is.
+//! count requests, and require a bearer token (others get 401, as from the
+//! real server). It serves plain HTTP; `tls::TlsFront` puts HTTPS in front.
+//! It depends only on axum, tokio, serde_json and k8s-openapi, so a
+//! benchmark binary can include it as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State as AxumState};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::StreamExt;
@@ -132,6 +133,10 @@ struct State {
     failing_lists: usize,
     /// Every request that named a resource, served or not, in order.
     calls: Vec<ApiCall>,
+    /// The bearer token every request must carry, once one is required.
+    token: Option<String>,
+    /// Requests refused with 401 for want of that token.
+    unauthorized: usize,
 }
 
 /// apiVersion and plural, e.g. ("discovery.k8s.io/v1", "endpointslices").
@@ -210,6 +215,23 @@ impl TestApiServer {
     /// The server's URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Where the server listens (for a front such as TLS).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// From now on, every request without `Authorization: Bearer TOKEN` is
+    /// refused with 401 Unauthorized, as the real server refuses a request
+    /// it cannot authenticate.
+    pub fn require_token(&self, token: &str) {
+        self.state().token = Some(token.to_owned());
+    }
+
+    /// How many requests were refused for want of the token.
+    pub fn unauthorized(&self) -> usize {
+        self.state().unauthorized
     }
 
     /// Serves the collection of `K` (empty until objects are applied).
@@ -576,6 +598,23 @@ fn parse_path(path: &str) -> Option<(CollectionKey, Option<String>)> {
     }
 }
 
+/// Whether the request carries the token the server requires (always, when
+/// it requires none); a refusal is counted.
+fn authorized(state: &mut State, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if sent == Some(token.as_str()) {
+        return true;
+    }
+    state.unauthorized += 1;
+    false
+}
+
 fn status(code: StatusCode, reason: &str, message: String) -> Response {
     let body = status_object(code.as_u16(), reason, message);
     (
@@ -603,8 +642,16 @@ async fn serve(
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !authorized(&mut shared.lock(), &headers) {
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".to_owned(),
+        );
+    }
     if let Some(call) = ApiCall::of(&method, uri.path(), &query) {
         shared.lock().calls.push(call);
     }
