@@ -150,7 +150,9 @@ pub struct Options {
     /// lists all virtual servers, but reads the real servers of only a share
     /// of them, so that each is read at least once per this period (e.g.
     /// '10m'). Virtual servers with draining real servers, or a failed
-    /// write, are read at every full sync. Defaults to 20 ×
+    /// write, are read at every full sync. The nftables sets are read when
+    /// the kernel's nf_tables generation moved, and at least once per this
+    /// period. Defaults to 20 ×
     /// --ipvs-sync-period; a value no longer than --ipvs-sync-period reads
     /// every real server at every full sync.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]

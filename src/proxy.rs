@@ -93,7 +93,7 @@ async fn open_source(
     }
     let client = source::kube::client(opts.kubeconfig.as_deref(), opts.master.as_deref(), metrics)
         .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
+        .map_err(|e| Error::Kube(source::kube::error_chain(&e)))?;
     let events = Box::pin(source::kube::watch(client.clone(), node_name));
     Ok((events, "kube", Some(client)))
 }
@@ -1006,9 +1006,15 @@ impl<K: IpvsKernel, A: AddressKernel, N: NftKernel, C: ConntrackKernel> Kernel<'
             };
             (held, listed)
         };
-        let ((held, listed), elements) = futures::join!(reads, nft.ensure_ruleset(ruleset));
+        // The generation first, so that the sets read are tied to it.
+        let sets = async {
+            let generation = nft.generation().await;
+            let held = nft.ensure_ruleset(ruleset).await;
+            held.map(|held| (generation, held))
+        };
+        let ((held, listed), elements) = futures::join!(reads, sets);
         let streaming = match (vips, &held, &listed, &elements) {
-            (VipMode::Route, Ok(held), Some(Ok(listed)), Ok(elements)) => {
+            (VipMode::Route, Ok(held), Some(Ok(listed)), Ok((_, elements))) => {
                 reconciler.holds_nothing_ownable(held, listed, elements)
             }
             _ => false,
@@ -1218,19 +1224,30 @@ fn stops_streaming(report: &SyncReport) -> bool {
     })
 }
 
-impl<N: NftKernel> NftKernel for ReadAhead<'_, N, Vec<NftElement>> {
+/// The nftables sets read ahead, with the generation read just before them.
+impl<N: NftKernel> NftKernel for ReadAhead<'_, N, (Option<u32>, Vec<NftElement>)> {
     async fn ensure_ruleset(
         &mut self,
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
         match self.answer.take() {
-            Some(answer) => answer,
+            Some(answer) => answer.map(|(_, held)| held),
             None => self.kernel.ensure_ruleset(ruleset).await,
         }
     }
 
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
         self.kernel.dump_elements().await
+    }
+
+    /// While the read made ahead is held, the generation read before it,
+    /// which is the one that read is tied to.
+    async fn generation(&mut self) -> Option<u32> {
+        match &self.answer {
+            Some(Ok((generation, _))) => *generation,
+            Some(Err(_)) => None,
+            None => self.kernel.generation().await,
+        }
     }
 
     async fn apply(&mut self, changes: &[crate::desired::NftChange]) -> Result<(), KernelError> {
@@ -2806,6 +2823,10 @@ mod after_nft_tests {
             self.inner.dump_elements().await
         }
 
+        async fn generation(&mut self) -> Option<u32> {
+            self.inner.generation().await
+        }
+
         async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
             let result = answer_later(&mut self.inner, changes).await;
             self.note("nft answered");
@@ -3114,6 +3135,10 @@ mod after_nft_tests {
 
         async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
             self.inner.dump_elements().await
+        }
+
+        async fn generation(&mut self) -> Option<u32> {
+            self.inner.generation().await
         }
 
         async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {
@@ -3436,6 +3461,41 @@ mod after_nft_tests {
             400 * 2 + 400 + 400,
             "IPVS, VIPs, elements"
         );
+    }
+
+    #[tokio::test]
+    async fn the_sets_read_ahead_of_a_streamed_first_sync_spare_the_next_full_sync_a_read() {
+        let count = 400;
+        // As at start, the table is made before the first sync.
+        let mut run = first_sync(count, VipMode::Route, |kernels| {
+            let made = futures::executor::block_on(
+                kernels.nft.inner.ensure_ruleset(&NftRuleset::default()),
+            );
+            assert_eq!(made, Ok(Vec::new()));
+        })
+        .await;
+        assert!(run.report.is_clean(), "{:?}", run.report.errors);
+        assert_eq!(run.report.nft_batches, 3, "three transactions");
+        let reads = run.kernels.nft.inner.set_reads;
+
+        run.reconciler.set_verify_rounds(20);
+        let ruleset = NftRuleset::default();
+        let report = (run.kernels.kernel())
+            .sync(&mut run.reconciler, &ruleset, true, true)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(report.writes, 0);
+        assert_eq!(
+            run.kernels.nft.inner.set_reads, reads,
+            "the generation is where the first sync's three transactions left it"
+        );
+
+        run.kernels.nft.inner.foreign_commit();
+        let report = (run.kernels.kernel())
+            .sync(&mut run.reconciler, &ruleset, true, true)
+            .await;
+        assert!(report.is_clean(), "{:?}", report.errors);
+        assert_eq!(run.kernels.nft.inner.set_reads, reads + 1);
     }
 
     #[tokio::test]

@@ -1046,3 +1046,61 @@ async fn delete_table_deletes_both_tables_and_nothing_else() {
     assert_eq!(kernel.delete_table().await, Ok(true));
     assert_eq!(table_handle("ip6", NFT_TABLE), None);
 }
+
+#[tokio::test]
+#[ignore = "needs root and nf_tables: run by tests/run.sh in the VM"]
+async fn the_generation_moves_on_by_one_per_committed_transaction_whoever_commits_it() {
+    use NftKey::*;
+    use Protocol::*;
+    let (_clean, mut kernel) = fresh_table().await;
+    let first = kernel.generation().await.expect("GETGEN is answered");
+    dumped(&mut kernel).await;
+    assert_eq!(
+        kernel.generation().await,
+        Some(first),
+        "reads commit nothing"
+    );
+
+    let held = elem(NftSet::ServiceIps, Addr(ip("10.96.0.10")));
+    kernel.apply(&[NftChange::Add(held)]).await.expect("added");
+    let after_add = first.wrapping_add(1);
+    assert_eq!(
+        kernel.generation().await,
+        Some(after_add),
+        "one transaction, one step"
+    );
+
+    let missing = elem(NftSet::ClusterIps, AddrProtoPort(ip("10.1.2.3"), Tcp, 1));
+    kernel
+        .apply(&[NftChange::Delete(missing)])
+        .await
+        .expect_err("a delete of a missing element fails");
+    assert_eq!(
+        kernel.generation().await,
+        Some(after_add),
+        "an aborted transaction commits nothing"
+    );
+
+    // Another program's transaction, in a table of its own.
+    nft(&["add", "table", "inet", FOREIGN]);
+    assert_eq!(kernel.generation().await, Some(after_add.wrapping_add(1)));
+    // And one that deletes an element of the proxy's behind its back.
+    let delete_by_hand = format!("delete element ip {NFT_TABLE} service-ips {{ 10.96.0.10 }}");
+    nft_script(&[], &delete_by_hand);
+    assert_eq!(kernel.generation().await, Some(after_add.wrapping_add(2)));
+
+    kernel
+        .apply(&[NftChange::Add(held)])
+        .await
+        .expect("added again");
+    let repaired = after_add.wrapping_add(3);
+    assert_eq!(kernel.generation().await, Some(repaired));
+    // A transaction that changes nothing (the element is there) commits
+    // nothing: the reconciler, which counts on a step per transaction, then
+    // finds the generation short of its count and reads the sets.
+    kernel
+        .apply(&[NftChange::Add(held)])
+        .await
+        .expect("an add of a held element succeeds");
+    assert_eq!(kernel.generation().await, Some(repaired));
+}

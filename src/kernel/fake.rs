@@ -484,6 +484,13 @@ pub struct FakeNft {
     pub element_writes: usize,
     /// The next `n` transactions fail with this error.
     fail_next: Option<(usize, KernelError)>,
+    /// The ruleset's generation: moved on by every commit, as the kernel's.
+    generation: u32,
+    /// Whether [`NftKernel::generation`] fails to answer.
+    generation_unreadable: bool,
+    /// Reads of the sets ([`NftKernel::ensure_ruleset`] and
+    /// [`NftKernel::dump_elements`]).
+    pub set_reads: usize,
 }
 
 impl FakeNft {
@@ -506,9 +513,34 @@ impl FakeNft {
         self.tables.keys().copied().collect()
     }
 
-    /// Drift: removes an element behind the proxy's back.
+    /// Drift: removes an element behind the proxy's back, in a
+    /// transaction of its own.
     pub fn remove_element(&mut self, element: &NftElement) -> bool {
-        self.elements.remove(element)
+        let removed = self.elements.remove(element);
+        if removed {
+            self.commit();
+        }
+        removed
+    }
+
+    /// Another program's transaction, in a table of its own: the
+    /// generation moves on, nothing of the proxy's changes.
+    pub fn foreign_commit(&mut self) {
+        self.commit();
+    }
+
+    /// Whether the generation can be read.
+    pub fn set_generation_readable(&mut self, readable: bool) {
+        self.generation_unreadable = !readable;
+    }
+
+    /// A committed transaction: the generation moves on by one, and never
+    /// to zero, as the kernel's.
+    fn commit(&mut self) {
+        self.generation = match self.generation.wrapping_add(1) {
+            0 => 1,
+            next => next,
+        };
     }
 
     /// Makes the next `count` transactions fail with `error`.
@@ -532,6 +564,7 @@ impl NftKernel for FakeNft {
                 self.tables.insert(family, ruleset.clone());
                 self.elements.retain(|e| e.family() != family);
                 self.tables_created += 1;
+                self.commit();
             }
         }
         self.ruleset = Some(ruleset.clone());
@@ -539,6 +572,7 @@ impl NftKernel for FakeNft {
     }
 
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError> {
+        self.set_reads += 1;
         let Some(ruleset) = &self.ruleset else {
             return Err(KernelError::NotFound);
         };
@@ -580,14 +614,26 @@ impl NftKernel for FakeNft {
                 }
             }
         }
-        self.elements = next;
+        // As the kernel, which commits nothing for a transaction that
+        // changes nothing (adds of held elements only).
+        if next != self.elements {
+            self.elements = next;
+            self.commit();
+        }
         Ok(())
+    }
+
+    async fn generation(&mut self) -> Option<u32> {
+        (!self.generation_unreadable).then_some(self.generation)
     }
 
     async fn delete_table(&mut self) -> Result<bool, KernelError> {
         self.elements.clear();
         self.ruleset = None;
         let had = !self.tables.is_empty();
+        if had {
+            self.commit();
+        }
         self.tables.clear();
         Ok(had)
     }

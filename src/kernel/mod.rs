@@ -198,6 +198,13 @@ pub trait NftKernel {
     /// Every element of the table's sets.
     async fn dump_elements(&mut self) -> Result<Vec<NftElement>, KernelError>;
 
+    /// The generation of the network namespace's nf_tables ruleset
+    /// (`NFT_MSG_GETGEN`), which the kernel moves on by one at every
+    /// transaction it commits, whoever sends it: while it stays put, no
+    /// table, chain, rule or set element has changed. `None` when it
+    /// cannot be read; the caller then reads the sets.
+    async fn generation(&mut self) -> Option<u32>;
+
     /// Adds and deletes elements in one transaction: all or nothing.
     async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError>;
 

@@ -744,7 +744,9 @@ impl Reconciler {
     /// all was nearly the whole cost of an idle full sync. With `rounds`
     /// above 1, a full sync after the first still lists every virtual
     /// server (repairing deleted or changed ones and refreshing the traffic
-    /// counters), kube-ipvs0's addresses and the nftables sets, but reads
+    /// counters) and kube-ipvs0's addresses, and reads the nftables sets
+    /// unless nothing was committed since it last read them fewer than
+    /// `rounds` full syncs ago (see [`Reconciler::sync_nft`]), but reads
     /// real servers only for:
     /// - a rolling window of about 1/`rounds` of the owned virtual servers,
     ///   the longest unread first, so that each is read at least once every
@@ -802,6 +804,10 @@ impl Reconciler {
     /// transaction) first makes sure the table's rules are `ruleset`'s and
     /// reads the sets, repairing drift; otherwise only the elements that
     /// changed since the last sync are sent, without reading the kernel.
+    /// A full sync reads the kernel's nf_tables generation first, and takes
+    /// the mirror as it is when nothing but the proxy's own transactions
+    /// was committed since the sets were last read, unless that read is
+    /// [`Reconciler::set_verify_rounds`] full syncs old.
     pub async fn sync_nft<N: NftKernel>(
         &mut self,
         nft: &mut N,
@@ -836,16 +842,30 @@ impl Reconciler {
         if !full && self.nft_failed.is_some_and(|b| !b.is_due(now)) {
             return Vec::new();
         }
-        let all = full || !self.nft.adopted;
+        let mut all = full || !self.nft.adopted;
         if all {
-            match nft.ensure_ruleset(ruleset).await {
-                Ok(held) => self.nft.adopt(held),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read or create the proxy's nftables table");
-                    let what = KernelRead::Nftables;
-                    report.errors.push(SyncError::Read { what, error });
-                    self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
-                    return Vec::new();
+            let generation = nft.generation().await;
+            if full
+                && self
+                    .nft
+                    .unchanged_since_read(generation, ruleset, self.verify_rounds)
+            {
+                // Nothing was committed in this namespace but the proxy's
+                // own transactions: the mirror is exact, and the sets (a
+                // dump the kernel walks from the start of the set again for
+                // every reply, quadratic in the elements) are not read.
+                tracing::debug!(generation, "nftables unchanged since the sets were read");
+                all = false;
+            } else {
+                match nft.ensure_ruleset(ruleset).await {
+                    Ok(held) => self.nft.adopt(held, ruleset, generation),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read or create the proxy's nftables table");
+                        let what = KernelRead::Nftables;
+                        report.errors.push(SyncError::Read { what, error });
+                        self.nft_failed = Some(Backoff::after_failure(self.nft_failed, now));
+                        return Vec::new();
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use crate::desired::{NftChange, NftElement, NftKey, NftSet, VirtualServerKey};
+use crate::desired::{NftChange, NftElement, NftKey, NftRuleset, NftSet, VirtualServerKey};
 
 /// Above this many element additions, a sync's changes go in more than one
 /// transaction (see `split`); at or below it, in one.
@@ -132,6 +132,23 @@ pub(super) struct NftState {
     pub(super) adopted: bool,
     /// The elements that belong to no service (the local pod CIDRs).
     node_elements: Vec<NftElement>,
+    /// When `held` was read from the kernel, and what has happened since
+    /// (see [`NftState::unchanged_since_read`]); `None` until a read, and
+    /// after a failed transaction.
+    read: Option<SetsRead>,
+}
+
+/// The last read of the sets.
+#[derive(Debug)]
+struct SetsRead {
+    /// The ruleset the table was made or adopted for.
+    ruleset: NftRuleset,
+    /// The kernel's generation the proxy's own transactions have brought
+    /// it to since the read: the generation read just before it, moved on
+    /// by one for each transaction the proxy committed.
+    generation: u32,
+    /// Full syncs that took the mirror as it was since the read.
+    full_syncs_since: u64,
 }
 
 impl Default for NftState {
@@ -141,7 +158,16 @@ impl Default for NftState {
             dirty: HashSet::default(),
             adopted: false,
             node_elements: Vec::new(),
+            read: None,
         }
+    }
+}
+
+/// The generation after one more commit: the kernel skips zero.
+fn after_commit(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        next => next,
     }
 }
 
@@ -203,8 +229,15 @@ impl NftState {
         !self.dirty.is_empty()
     }
 
-    /// Takes in a dump of the kernel's sets as what it holds.
-    pub(super) fn adopt(&mut self, held: Vec<NftElement>) {
+    /// Takes in a dump of the kernel's sets as what it holds, for the table
+    /// of `ruleset`; `generation` is the kernel's, read just before the dump
+    /// (`None`: unknown).
+    pub(super) fn adopt(
+        &mut self,
+        held: Vec<NftElement>,
+        ruleset: &NftRuleset,
+        generation: Option<u32>,
+    ) {
         self.elements.retain(|_, entry| {
             entry.held = false;
             entry.wanted > 0
@@ -213,6 +246,38 @@ impl NftState {
             self.elements.entry(element).or_default().held = true;
         }
         self.adopted = true;
+        self.read = generation.map(|generation| SetsRead {
+            ruleset: ruleset.clone(),
+            generation,
+            full_syncs_since: 0,
+        });
+    }
+
+    /// Whether a full sync may take the mirror as it is, without reading
+    /// the sets: the kernel's `generation` is where the proxy's own
+    /// transactions left it since the last read (nobody else committed
+    /// anything, so no table of this namespace changed), the table is for
+    /// `ruleset`, and fewer than `rounds` - 1 full syncs took the mirror so
+    /// since that read. So the sets are read at least every `rounds` full
+    /// syncs whatever the generation says, as the real servers are (see
+    /// `Reconciler::set_verify_rounds`). Counts the full sync when it
+    /// answers `true`.
+    pub(super) fn unchanged_since_read(
+        &mut self,
+        generation: Option<u32>,
+        ruleset: &NftRuleset,
+        rounds: u64,
+    ) -> bool {
+        let Some(read) = self.read.as_mut().filter(|_| self.adopted) else {
+            return false;
+        };
+        let unchanged = generation == Some(read.generation)
+            && read.ruleset == *ruleset
+            && read.full_syncs_since + 1 < rounds;
+        if unchanged {
+            read.full_syncs_since += 1;
+        }
+        unchanged
     }
 
     /// What to send: every difference after a dump (`all`), else the dirty
@@ -260,8 +325,16 @@ impl NftState {
             .collect()
     }
 
-    /// Records a transaction the kernel accepted.
+    /// Records a transaction the kernel accepted. It counts as one commit;
+    /// if it changed nothing (every add already held), the kernel committed
+    /// nothing, the generation falls short of the count, and the next full
+    /// sync reads the sets.
     pub(super) fn applied(&mut self, changes: &[NftChange]) {
+        if let Some(read) = &mut self.read {
+            if !changes.is_empty() {
+                read.generation = after_commit(read.generation);
+            }
+        }
         for change in changes {
             match change {
                 NftChange::Add(e) => self.elements.entry(*e).or_default().held = true,
@@ -282,6 +355,7 @@ impl NftState {
     /// the sets again and sends every difference.
     pub(super) fn failed(&mut self, changes: &[NftChange]) {
         self.adopted = false;
+        self.read = None;
         for change in changes {
             let (NftChange::Add(e) | NftChange::Delete(e)) = change;
             self.dirty.insert(*e);

@@ -359,3 +359,99 @@ fn with_cleanup_off_stale_flows_do_not_pile_up() {
     reconciler.forget_stale_flows();
     assert!(reconciler.stale_flows().is_empty());
 }
+
+/// A reconciler that reads the sets at least every `rounds` full syncs,
+/// with service `web` wanting `web`, after three full syncs: the mirror is
+/// tied to the generation. Also the sets' reads until then.
+fn settled(rounds: u64, web: &[NftElement]) -> (Reconciler, FakeNft, usize) {
+    let mut reconciler = Reconciler::new(Ownership::default());
+    reconciler.set_verify_rounds(rounds);
+    let mut nft = FakeNft::new();
+    reconciler.set_service(ServiceName::new("default", "web"), Some(wanting(web)));
+    for _ in 0..3 {
+        sync(&mut reconciler, &mut nft, true);
+    }
+    let reads = nft.set_reads;
+    (reconciler, nft, reads)
+}
+
+#[test]
+fn an_idle_full_sync_reads_the_sets_only_when_the_generation_moved_or_the_rounds_are_up() {
+    let mut reconciler = Reconciler::new(Ownership::default());
+    reconciler.set_verify_rounds(4);
+    let mut nft = FakeNft::new();
+    let web = [cluster_ip_element("10.96.0.10", 80)];
+    reconciler.set_service(ServiceName::new("default", "web"), Some(wanting(&web)));
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, 1);
+    // Creating the table moved the generation past the one read before
+    // it: this full sync reads again, and ties the read to a generation.
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, 2);
+
+    for round in 1..4 {
+        let report = sync(&mut reconciler, &mut nft, true);
+        assert_eq!(report.writes, 0);
+        assert_eq!(nft.set_reads, 2, "round {round} took the mirror as it was");
+    }
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(
+        nft.set_reads, 3,
+        "the fourth full sync since the read reads"
+    );
+
+    // The proxy's own transactions move the generation as it expects.
+    let dns = [cluster_ip_element("10.96.0.53", 53)];
+    reconciler.set_service(ServiceName::new("kube-system", "dns"), Some(wanting(&dns)));
+    let report = sync(&mut reconciler, &mut nft, false);
+    assert_eq!(report.nft_batches, 1);
+    let report = sync(&mut reconciler, &mut nft, true);
+    assert_eq!((report.writes, nft.set_reads), (0, 3));
+
+    // Another program's transaction, in a table of its own: read again.
+    nft.foreign_commit();
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, 4);
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, 4);
+}
+
+#[test]
+fn drift_moves_the_generation_and_the_next_full_sync_repairs_it() {
+    let web = [
+        cluster_ip_element("10.96.0.10", 80),
+        service_ip("10.96.0.10"),
+    ];
+    let (mut reconciler, mut nft, reads) = settled(20, &web);
+
+    assert!(nft.remove_element(&web[0]), "deleted by hand");
+    let report = sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, reads + 1);
+    assert_eq!((report.nft_batches, report.nft_elements), (1, 1));
+    assert!(nft.elements().contains(&web[0]), "repaired");
+}
+
+#[test]
+fn without_a_generation_or_after_a_new_ruleset_every_full_sync_reads() {
+    let web = [cluster_ip_element("10.96.0.10", 80)];
+    let (mut reconciler, mut nft, reads) = settled(20, &web);
+
+    nft.set_generation_readable(false);
+    sync(&mut reconciler, &mut nft, true);
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, reads + 2);
+
+    nft.set_generation_readable(true);
+    sync(&mut reconciler, &mut nft, true);
+    sync(&mut reconciler, &mut nft, true);
+    assert_eq!(nft.set_reads, reads + 3, "tied to a generation again");
+
+    let masquerade_all = NftRuleset {
+        masquerade_all: true,
+        ..NftRuleset::default()
+    };
+    let mut report = SyncReport::default();
+    block_on(reconciler.sync_nft(&mut nft, &masquerade_all, true, &mut report));
+    assert_eq!(nft.set_reads, reads + 4, "a new ruleset is made sure of");
+    assert_eq!(nft.ruleset(), Some(&masquerade_all));
+}

@@ -418,18 +418,41 @@ struct TimedNft {
     created: Duration,
 }
 
+/// When a read of the table began, by the wall clock and the CPU clocks.
+struct TableRead {
+    started: Instant,
+    cpu: CpuTime,
+    own: CpuTime,
+}
+
+impl TableRead {
+    fn begin() -> Self {
+        TableRead {
+            started: Instant::now(),
+            cpu: CpuTime::now(),
+            own: CpuTime::thread_now(),
+        }
+    }
+}
+
+impl TimedNft {
+    /// Adds a read of the table that began at `read` and ends now.
+    fn table_read(&mut self, read: TableRead) {
+        self.table_cpu += (CpuTime::now() - read.cpu) - (CpuTime::thread_now() - read.own);
+        let spent = read.started.elapsed();
+        self.time += spent;
+        self.table_time += spent;
+    }
+}
+
 impl NftKernel for TimedNft {
     async fn ensure_ruleset(
         &mut self,
         ruleset: &NftRuleset,
     ) -> Result<Vec<NftElement>, KernelError> {
-        let started = Instant::now();
-        let (cpu, own) = (CpuTime::now(), CpuTime::thread_now());
+        let read = TableRead::begin();
         let result = self.inner.ensure_ruleset(ruleset).await;
-        self.table_cpu += (CpuTime::now() - cpu) - (CpuTime::thread_now() - own);
-        let spent = started.elapsed();
-        self.time += spent;
-        self.table_time += spent;
+        self.table_read(read);
         result
     }
 
@@ -438,6 +461,15 @@ impl NftKernel for TimedNft {
         let result = self.inner.dump_elements().await;
         self.time += started.elapsed();
         result
+    }
+
+    /// Counted as a read of the table: a full sync reads the generation
+    /// first, and the sets only when it moved.
+    async fn generation(&mut self) -> Option<u32> {
+        let read = TableRead::begin();
+        let generation = self.inner.generation().await;
+        self.table_read(read);
+        generation
     }
 
     async fn apply(&mut self, changes: &[NftChange]) -> Result<(), KernelError> {

@@ -156,6 +156,10 @@ impl NftKernel for NullKernel {
         Ok(Vec::new())
     }
 
+    async fn generation(&mut self) -> Option<u32> {
+        None
+    }
+
     async fn apply(&mut self, _: &[NftChange]) -> Result<(), KernelError> {
         Ok(())
     }

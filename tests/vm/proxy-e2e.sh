@@ -10,7 +10,8 @@
 #      and the port closes when the service goes (leaves no state behind)
 #   c  a restart makes zero writes (but for a drain that finished meanwhile)
 #      and a long-lived connection survives it
-#   d  a virtual server deleted behind the proxy's back returns within --ipvs-sync-period
+#   d  a virtual server, and then a set element, deleted behind the proxy's
+#      back return within --ipvs-sync-period
 #   g  graceful termination: a removed TCP endpoint drains at weight 0, keeps
 #      its open connection, takes no new ones, and goes once idle (runs
 #      before e, so that e compares a table that has drained)
@@ -485,6 +486,29 @@ scenario_d() {
         pass "d-repair" "$vip and its real servers are back"
     else
         fail "d-repair" "not restored within --ipvs-sync-period ${sync_period}s + 1 s ($converge_note): $(ipvsadm -Sn | grep 10.96.0.10 | paste -sd'|')"
+    fi
+
+    # The same for a set element. Full syncs read the sets only when the
+    # nf_tables generation moved past the proxy's own transactions (or
+    # every --ipvs-verify-period): deleting the element moves it.
+    local element="10.96.0.10 . tcp . ${vip##*:}"
+    # Read whole, then matched: `grep -q` would close the pipe early, and
+    # pipefail would count nft's SIGPIPE as a miss.
+    nft_holds_element() {
+        local set
+        set=$(nft list set ip kube-ipvs-proxy cluster-ips) && [[ $set == *"$element"* ]]
+    }
+    if ! nft_holds_element; then
+        fail "d-nft-repair" "cluster-ips does not hold $element to begin with: $(nft list set ip kube-ipvs-proxy cluster-ips | paste -sd' ')"
+        return 1
+    fi
+    nft delete element ip kube-ipvs-proxy cluster-ips "{ $element }"
+    if nft_holds_element; then
+        fail "d-nft-repair" "$element was not deleted by hand"
+    elif converge_within $((sync_period + 1)) nft_holds_element; then
+        pass "d-nft-repair" "cluster-ips holds $element again"
+    else
+        fail "d-nft-repair" "$element not restored within --ipvs-sync-period ${sync_period}s + 1 s ($converge_note)"
     fi
 }
 

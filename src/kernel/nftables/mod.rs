@@ -26,9 +26,11 @@ mod tests;
 
 pub use self::render::{render_element, render_ruleset};
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute,
-    SetElementList, SetElementMessage, SetMessage, TableAttribute, TableMessage,
+    ChainAttribute, ChainMessage, GenAttribute, GenMessage, NfTablesMessage, RuleAttribute,
+    RuleMessage, SetAttribute, SetElementList, SetElementMessage, SetMessage, TableAttribute,
+    TableMessage,
 };
+use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use self::element::Op;
 use self::ruleset::{Request, Skeleton, Subject};
@@ -123,6 +125,34 @@ impl NftKernel for NetlinkNft {
             Ok(held)
         })
         .await
+    }
+
+    /// One GETGEN; a failure is logged at debug level and read as unknown.
+    async fn generation(&mut self) -> Option<u32> {
+        let answer = self
+            .with_socket(|socket| {
+                let request = NfTablesMessage::GetGen(GenMessage { attributes: vec![] });
+                socket
+                    .get(request, NetfilterProtoFamily::Unspec)
+                    .map_err(|r| KernelError::Other(format!("GETGEN: {}", r.text())))
+            })
+            .await;
+        match answer {
+            Ok(NfTablesMessage::NewGen(message)) => {
+                message.attributes.iter().find_map(|a| match a {
+                    GenAttribute::Id(id) => Some(*id),
+                    _ => None,
+                })
+            }
+            Ok(other) => {
+                tracing::debug!(?other, "GETGEN answered with another message");
+                None
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the nf_tables generation");
+                None
+            }
+        }
     }
 
     /// All or nothing. An add of an element that exists succeeds; a delete
