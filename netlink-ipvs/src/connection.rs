@@ -56,7 +56,6 @@ pub(crate) enum Failure {
     Kernel { errno: i32, extack: Option<String> },
     Overrun,
     Closed,
-    Decode(DecodeError),
     Io(io::ErrorKind, String),
 }
 
@@ -75,22 +74,43 @@ impl Failure {
                 object: object(),
             },
             Self::Closed => Error::ConnectionClosed,
-            Self::Decode(source) => Error::Decode {
-                what: format!("{cmd} reply for {}", object()),
-                source,
-            },
             Self::Io(kind, message) => Error::Io(io::Error::new(kind, message)),
         }
     }
 }
 
-/// The messages a GET or dump returned.
+/// The messages a GET or dump returned, as the kernel sent them: each one's
+/// generic netlink payload, back to back, parsed only as it is read
+/// ([`QueryReply::messages`]). A dump of 10,000 services is about 4 MB of
+/// payloads; parsed all at once, it took 15 MB, held until the last was
+/// converted.
 #[derive(Debug, Default)]
 pub(crate) struct QueryReply {
-    pub messages: Vec<IpvsMessage>,
+    payloads: Vec<u8>,
+    /// Where each payload ends in `payloads`.
+    ends: Vec<usize>,
     /// The kernel flagged the dump `NLM_F_DUMP_INTR`: the table changed
     /// while it was dumped, so the result may be inconsistent.
     pub interrupted: bool,
+}
+
+impl QueryReply {
+    fn push(&mut self, payload: &[u8]) {
+        self.payloads.extend_from_slice(payload);
+        self.ends.push(self.payloads.len());
+    }
+
+    /// Each message, parsed as the iterator reaches it.
+    pub fn messages(
+        &self,
+        family_id: u16,
+    ) -> impl Iterator<Item = std::result::Result<IpvsMessage, DecodeError>> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(move |(start, &end)| {
+            GenlMessage::<IpvsMessage>::parse_with_param(&self.payloads[start..end], family_id)
+                .map(|message| message.payload)
+        })
+    }
 }
 
 /// What a handle asks the connection task to do.
@@ -329,7 +349,6 @@ struct BatchState {
 
 struct QueryState {
     reply: QueryReply,
-    decode_error: Option<DecodeError>,
     sender: oneshot::Sender<Result<QueryReply, Failure>>,
 }
 
@@ -486,7 +505,6 @@ impl State {
                     id,
                     QueryState {
                         reply: QueryReply::default(),
-                        decode_error: None,
                         sender: reply,
                     },
                 );
@@ -656,14 +674,7 @@ impl State {
         if flags & NLM_F_DUMP_INTR != 0 {
             query.reply.interrupted = true;
         }
-        match GenlMessage::<IpvsMessage>::parse_with_param(payload, self.family_id) {
-            Ok(message) => query.reply.messages.push(message.payload),
-            Err(err) => {
-                if query.decode_error.is_none() {
-                    query.decode_error = Some(err);
-                }
-            }
-        }
+        query.reply.push(payload);
     }
 
     /// Every silent request before `key` was processed without error.
@@ -692,12 +703,7 @@ impl State {
                     self.dump = None;
                 }
                 if let Some(query) = self.queries.remove(&id) {
-                    let result = match (outcome, query.decode_error) {
-                        (Err(failure), _) => Err(failure),
-                        (Ok(()), Some(err)) => Err(Failure::Decode(err)),
-                        (Ok(()), None) => Ok(query.reply),
-                    };
-                    let _ = query.sender.send(result);
+                    let _ = query.sender.send(outcome.map(|()| query.reply));
                 }
             }
         }
@@ -804,6 +810,8 @@ mod tests {
     use crate::message::IpvsAttr;
 
     const FAMILY: u16 = 0x20;
+    /// A part of a multipart reply (`linux/netlink.h`).
+    const NLM_F_MULTI: u16 = 2;
 
     fn request(cmd: IpvsCmd) -> Vec<u8> {
         serialize(
@@ -938,6 +946,53 @@ mod tests {
         done.extend_from_slice(&0i32.to_ne_bytes());
         state.on_datagram(&done);
         assert!(state.can_send());
+    }
+
+    #[test]
+    fn a_dump_is_kept_as_sent_and_each_message_parsed_as_it_is_read() {
+        let mut state = state(4096);
+        let (reply, mut result) = oneshot::channel();
+        state.enqueue(Job::Query {
+            message: request(IpvsCmd::GetService),
+            dump: true,
+            reply,
+        });
+        state.fill_send_buffer();
+        let message = |timeout: u32| {
+            let mut bytes = serialize(
+                FAMILY,
+                &IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::TimeoutTcp(timeout)]),
+            );
+            bytes[6..8].copy_from_slice(&NLM_F_MULTI.to_ne_bytes());
+            bytes[8..12].copy_from_slice(&1u32.to_ne_bytes());
+            bytes
+        };
+        let mut datagram = message(7);
+        // The second message's only attribute claims more bytes than it has.
+        let mut broken = message(8);
+        let attribute = NETLINK_HEADER_LEN + 4;
+        broken[attribute..attribute + 2].copy_from_slice(&64u16.to_ne_bytes());
+        datagram.extend_from_slice(&broken);
+        datagram.extend_from_slice(&message(9));
+        let mut done = Vec::new();
+        done.extend_from_slice(&20u32.to_ne_bytes());
+        done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done.extend_from_slice(&NLM_F_MULTI.to_ne_bytes());
+        done.extend_from_slice(&1u32.to_ne_bytes());
+        done.extend_from_slice(&0u32.to_ne_bytes());
+        done.extend_from_slice(&0i32.to_ne_bytes());
+        datagram.extend_from_slice(&done);
+        state.on_datagram(&datagram);
+
+        let reply = result.try_recv().expect("answered").expect("a dump");
+        let read: Vec<_> = reply
+            .messages(FAMILY)
+            .map(|parsed| parsed.map(|message| message.attrs))
+            .collect();
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!(read[0].as_ref().ok(), Some(&vec![IpvsAttr::TimeoutTcp(7)]));
+        assert!(read[1].is_err(), "{:?}", read[1]);
+        assert_eq!(read[2].as_ref().ok(), Some(&vec![IpvsAttr::TimeoutTcp(9)]));
     }
 
     #[test]

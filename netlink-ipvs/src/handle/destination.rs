@@ -165,12 +165,13 @@ impl DestinationGetRequest {
             .dump_messages(request, || service.to_string())
             .await?;
         reply
-            .iter()
-            .flat_map(|message| &message.attrs)
-            .filter_map(|attr| match attr {
-                IpvsAttr::Destination(attrs) => Some(Destination::from_attrs(attrs)),
-                _ => None,
-            })
+            .objects(
+                || service.to_string(),
+                |attr| match attr {
+                    IpvsAttr::Destination(attrs) => Some(Destination::from_attrs(attrs)),
+                    _ => None,
+                },
+            )
             .collect()
     }
 }

@@ -135,11 +135,12 @@ impl Handle {
     }
 
     /// Dumps `request`, retrying when the kernel reports the dump interrupted.
+    /// The messages are parsed as [`Replies::messages`] reads them.
     pub(crate) async fn dump_messages(
         &self,
         request: IpvsMessage,
         object: impl Fn() -> String,
-    ) -> Result<Vec<IpvsMessage>> {
+    ) -> Result<Replies> {
         for _ in 0..DUMP_ATTEMPTS {
             let reply = self
                 .query(&request, true)
@@ -147,7 +148,11 @@ impl Handle {
                 .ok_or(Error::ConnectionClosed)?
                 .map_err(|failure| failure.into_error(request.cmd, &object))?;
             if !reply.interrupted {
-                return Ok(reply.messages);
+                return Ok(Replies {
+                    reply,
+                    family_id: self.family_id,
+                    cmd: request.cmd,
+                });
             }
             tracing::debug!(cmd = %request.cmd, "dump interrupted by a concurrent change, retrying");
         }
@@ -161,14 +166,63 @@ impl Handle {
     pub(crate) async fn get(
         &self,
         request: IpvsMessage,
-        object: impl FnOnce() -> String,
+        object: impl Fn() -> String,
     ) -> Result<Vec<IpvsMessage>> {
         let reply = self
             .query(&request, false)
             .await
             .ok_or(Error::ConnectionClosed)?
-            .map_err(|failure| failure.into_error(request.cmd, object))?;
-        Ok(reply.messages)
+            .map_err(|failure| failure.into_error(request.cmd, &object))?;
+        Replies {
+            reply,
+            family_id: self.family_id,
+            cmd: request.cmd,
+        }
+        .messages(object)
+        .collect()
+    }
+}
+
+/// The reply messages of one request, kept as the kernel sent them and
+/// parsed one at a time as they are read, so that a large dump is never
+/// held parsed all at once.
+#[derive(Debug)]
+pub(crate) struct Replies {
+    reply: QueryReply,
+    family_id: u16,
+    cmd: IpvsCmd,
+}
+
+impl Replies {
+    /// Each message, parsed as the iterator reaches it; a message that does
+    /// not parse is an [`Error::Decode`] that names the command and
+    /// `object`.
+    pub(crate) fn messages<'a>(
+        &'a self,
+        object: impl Fn() -> String + 'a,
+    ) -> impl Iterator<Item = Result<IpvsMessage>> + 'a {
+        self.reply.messages(self.family_id).map(move |parsed| {
+            parsed.map_err(|source| Error::Decode {
+                what: format!("{} reply for {}", self.cmd, object()),
+                source,
+            })
+        })
+    }
+
+    /// The objects `from` finds in the messages' attributes, each message
+    /// parsed as the iterator reaches it.
+    pub(crate) fn objects<'a, T: 'a>(
+        &'a self,
+        object: impl Fn() -> String + 'a,
+        from: impl Fn(&IpvsAttr) -> Option<Result<T>> + 'a,
+    ) -> impl Iterator<Item = Result<T>> + 'a {
+        self.messages(object)
+            .flat_map(move |message| -> Vec<Result<T>> {
+                match message {
+                    Ok(message) => message.attrs.iter().filter_map(&from).collect(),
+                    Err(error) => vec![Err(error)],
+                }
+            })
     }
 }
 
