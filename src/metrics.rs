@@ -14,8 +14,9 @@
 
 use foldhash::{HashSet, HashSetExt};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,9 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -216,12 +219,13 @@ pub struct VirtualServerSample {
 /// virtual server's key. The key is what makes a series unique: one service
 /// port has a virtual server per cluster IP, ExternalIP, LoadBalancer IP and
 /// node address (NodePort), and one address may serve two ports of a service.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Made at each scrape from a [`VirtualServerSample`], without allocating.
+#[derive(Clone, Debug, EncodeLabelSet)]
 struct VirtualServerLabels {
     namespace: Arc<str>,
     service: Arc<str>,
     protocol: &'static str,
-    address: String,
+    address: LabelAddress,
     port: u16,
 }
 
@@ -235,9 +239,20 @@ impl VirtualServerLabels {
                 Protocol::Udp => "UDP",
                 Protocol::Sctp => "SCTP",
             },
-            address: key.addr.to_string(),
+            address: LabelAddress(key.addr),
             port: key.port,
         }
+    }
+}
+
+/// An address as a label value, written as it is encoded rather than held
+/// as a string.
+#[derive(Clone, Copy, Debug)]
+struct LabelAddress(IpAddr);
+
+impl EncodeLabelValue for LabelAddress {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
     }
 }
 
@@ -246,9 +261,15 @@ impl VirtualServerLabels {
 /// the series of a virtual server that went disappear with it. The kernel's
 /// counters only grow (a recreated virtual server starts again from zero,
 /// which Prometheus reads as a counter reset), so they are counters.
+///
+/// The samples are kept as the reconciler hands them over (two reference
+/// counts and two copies each) and in one buffer that each full sync
+/// refills: a full sync allocates nothing here that outlives it, where a
+/// string per address, made among the sync's freed temporaries, kept the
+/// heap's pages from being released.
 #[derive(Debug, Default)]
 struct VirtualServerTraffic {
-    samples: Mutex<Vec<(VirtualServerLabels, TrafficCounters)>>,
+    samples: Mutex<Vec<VirtualServerSample>>,
 }
 
 /// A per-virtual-server family with a `direction` label: its name, help,
@@ -285,14 +306,17 @@ impl Collector for VirtualServerTraffic {
             None,
             connections,
         )?;
-        for (labels, counters) in samples.iter() {
-            ConstCounter::new(counters.connections).encode(family.encode_family(labels)?)?;
+        for sample in samples.iter() {
+            let labels = VirtualServerLabels::new(&sample.service, &sample.key);
+            ConstCounter::new(sample.counters.connections)
+                .encode(family.encode_family(&labels)?)?;
         }
         for directed in DIRECTED_FAMILIES {
             let mut family =
                 encoder.encode_descriptor(directed.name, directed.help, None, connections)?;
-            for (labels, counters) in samples.iter() {
-                let (inbound, outbound) = (directed.read)(counters);
+            for sample in samples.iter() {
+                let labels = VirtualServerLabels::new(&sample.service, &sample.key);
+                let (inbound, outbound) = (directed.read)(&sample.counters);
                 for (direction, value) in [("in", inbound), ("out", outbound)] {
                     let labels = (labels.clone(), [("direction", direction)]);
                     ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
@@ -834,16 +858,18 @@ impl Metrics {
         &self,
         samples: impl IntoIterator<Item = VirtualServerSample>,
     ) {
-        let fresh: Vec<(VirtualServerLabels, TrafficCounters)> = samples
-            .into_iter()
-            .map(|s| (VirtualServerLabels::new(&s.service, &s.key), s.counters))
-            .collect();
-        *self
+        let mut held = self
             .inner
             .traffic
             .samples
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
+            .unwrap_or_else(PoisonError::into_inner);
+        held.clear();
+        held.extend(samples);
+        // A node that lost most of its services gives the buffer back.
+        if held.len() < held.capacity() / 4 {
+            held.shrink_to_fit();
+        }
     }
 
     /// The number of virtual servers in the desired state.
@@ -1805,6 +1831,32 @@ mod tests {
         assert!(!text.contains("service=\"db\""), "{text}");
         metrics.set_virtual_server_traffic([]);
         assert!(!metrics.encode().contains("virtual_server_"));
+    }
+
+    #[test]
+    fn a_full_sync_refills_the_samples_in_place() {
+        let metrics = Metrics::new();
+        let samples = |n: u16| {
+            (0..n).map(|port| sample("web", "10.96.0.10", port, TrafficCounters::default()))
+        };
+        let buffer = || {
+            let held = metrics.inner.traffic.samples.lock().unwrap();
+            (held.as_ptr(), held.len(), held.capacity())
+        };
+        metrics.set_virtual_server_traffic(samples(1000));
+        let (first, len, capacity) = buffer();
+        assert_eq!(len, 1000);
+        // The same number of virtual servers again: the same buffer.
+        metrics.set_virtual_server_traffic(samples(1000));
+        assert_eq!(buffer(), (first, 1000, capacity));
+        // A few less: still the same buffer.
+        metrics.set_virtual_server_traffic(samples(900));
+        assert_eq!(buffer(), (first, 900, capacity));
+        // Most of them gone: the spare room is given back.
+        metrics.set_virtual_server_traffic(samples(10));
+        let (_, len, shrunk) = buffer();
+        assert_eq!(len, 10);
+        assert!(shrunk < capacity / 4, "{shrunk} of {capacity}");
     }
 
     #[test]
