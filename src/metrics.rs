@@ -865,6 +865,11 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         held.clear();
+        let samples = samples.into_iter();
+        // Room for as many as may come (the full sync's reading of them),
+        // not twice as many as came, as growing one at a time would leave.
+        let (_, most) = samples.size_hint();
+        held.reserve_exact(most.unwrap_or(0));
         held.extend(samples);
         // A node that lost most of its services gives the buffer back.
         if held.len() < held.capacity() / 4 {

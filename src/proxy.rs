@@ -1462,7 +1462,7 @@ impl Loop<'_> {
                         startup.first_sync_done(started);
                         log_sync("full", &report, started, &state.metrics);
                         state.report_sync_errors(&report);
-                        state.metrics.set_virtual_server_traffic(state.reconciler.traffic().map(
+                        state.metrics.set_virtual_server_traffic(state.reconciler.traffic(&report.traffic).map(
                             |(service, key, counters)| VirtualServerSample {
                                 service: service.clone(),
                                 key: *key,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use foldhash::{HashMap, HashSet};
 
 use crate::desired::{RealServer, RealServerKey, VirtualServer, VirtualServerKey};
-use crate::kernel::{KernelVirtualServer, ListedRealServers, TrafficCounters};
+use crate::kernel::{KernelVirtualServer, ListedRealServers};
 
 /// One owned virtual server as the kernel holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,10 +98,6 @@ pub(crate) struct Mirror {
     /// removed once nothing uses it, or a failed delete would leave a virtual
     /// server the proxy no longer owns after a restart.
     users: HashMap<IpAddr, usize>,
-    /// The traffic counters of each mirrored virtual server the last dump
-    /// found (one added since has none yet). Apart from
-    /// [`MirroredVirtualServer`], which diffing compares.
-    counters: HashMap<VirtualServerKey, TrafficCounters>,
     /// When each mirrored virtual server's real servers were last read.
     freshness: Freshness,
     /// Virtual servers whose real servers the mirror may have wrong: a
@@ -200,16 +196,10 @@ impl Mirror {
         self.addresses.remove(&addr);
     }
 
-    /// The traffic counters of every mirrored virtual server as the last
-    /// dump found them.
-    pub fn counters(&self) -> impl Iterator<Item = (&VirtualServerKey, &TrafficCounters)> {
-        self.counters.iter()
-    }
-
-    /// Records a dumped virtual server with its real servers and counters.
+    /// Records a dumped virtual server with its real servers (its counters
+    /// go in the sync's report, not here).
     pub fn adopt(&mut self, dumped: KernelVirtualServer) {
         let key = dumped.server.key;
-        self.counters.insert(key, dumped.counters);
         let real_servers = mirrored_real_servers(ListedRealServers {
             real_servers: dumped.real_servers,
             connections: dumped.connections,
@@ -224,13 +214,6 @@ impl Mirror {
             *vs = MirroredVirtualServer::new(vs.server.clone(), mirrored_real_servers(listed));
             self.freshness.read(*key);
             self.suspect.remove(key);
-        }
-    }
-
-    /// Records the counters the services dump listed for a mirrored virtual server.
-    pub fn set_counters(&mut self, key: VirtualServerKey, counters: TrafficCounters) {
-        if self.virtual_servers.contains_key(&key) {
-            self.counters.insert(key, counters);
         }
     }
 
@@ -286,7 +269,6 @@ impl Mirror {
     /// if this left the address unused.
     pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> Option<IpAddr> {
         self.virtual_servers.remove(key)?;
-        self.counters.remove(key);
         self.freshness.forget(key);
         self.suspect.remove(key);
         let users = self.users.get_mut(&key.addr)?;
@@ -412,29 +394,6 @@ mod tests {
         assert!(!seen.contains(&server(3).key));
     }
 
-    #[test]
-    fn counters_follow_the_dumps_and_go_with_their_virtual_server() {
-        let mut mirror = Mirror::default();
-        let counters = TrafficCounters {
-            connections: 3,
-            packets_in: 9,
-            packets_out: 6,
-            bytes_in: 900,
-            bytes_out: 600,
-        };
-        mirror.adopt(KernelVirtualServer {
-            server: server(80),
-            real_servers: vec![],
-            connections: HashMap::default(),
-            counters,
-        });
-        mirror.add_virtual_server(server(443));
-        let got: Vec<_> = mirror.counters().map(|(k, c)| (k.port, *c)).collect();
-        assert_eq!(got, [(80, counters)], "dumped ones only");
-        mirror.remove_virtual_server(&server(80).key);
-        assert_eq!(mirror.counters().count(), 0, "gone with its virtual server");
-    }
-
     fn real_server(last_octet: u8, weight: u32) -> RealServer {
         RealServer {
             key: RealServerKey {
@@ -504,7 +463,7 @@ mod tests {
             server: server(80),
             real_servers: vec![real_server(1, 1), real_server(2, 1), real_server(1, 7)],
             connections: HashMap::default(),
-            counters: TrafficCounters::default(),
+            counters: crate::kernel::TrafficCounters::default(),
         });
         assert_eq!(held(&mirror, 80), [(1, 7, Some(0)), (2, 1, Some(0))]);
     }

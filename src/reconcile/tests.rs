@@ -384,6 +384,41 @@ async fn a_restarted_proxy_adopts_a_matching_kernel_without_writing() {
 }
 
 #[tokio::test]
+async fn a_full_sync_reports_the_counters_it_listed_of_owned_virtual_servers_and_keeps_none() {
+    let mut node = Node::new();
+    let key = tcp("10.96.0.10", 80);
+    node.set(
+        "web",
+        Some(cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)])),
+    );
+    let cold = node.full_sync().await;
+    assert_eq!(cold.traffic, [], "an empty kernel listed nothing");
+    let counters = TrafficCounters {
+        connections: 4,
+        packets_in: 40,
+        packets_out: 30,
+        bytes_in: 4000,
+        bytes_out: 3000,
+    };
+    assert!(node.kernel().set_counters(&key, counters));
+    // Another program's virtual server, busy too: not the proxy's to report.
+    let mut other = foreign(tcp("192.168.50.1", 80));
+    other.counters = counters;
+    node.kernel().insert_virtual_server(other);
+
+    let report = node.full_sync().await;
+    assert_eq!(report.traffic, [(key, counters)]);
+    let claimed: Vec<_> = node.reconciler.traffic(&report.traffic).collect();
+    assert_eq!(claimed, [(&svc("web"), &key, &counters)]);
+
+    // Once the virtual server is gone, what was read of it is not reported.
+    node.set("web", None);
+    node.sync_dirty().await;
+    assert_eq!(node.reconciler.traffic(&report.traffic).count(), 0);
+    assert_eq!(node.full_sync().await.traffic, []);
+}
+
+#[tokio::test]
 async fn with_nothing_changed_a_resync_writes_nothing() {
     let mut node = Node::new();
     let web = cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)]);
