@@ -82,10 +82,6 @@ const TABLE_LOCAL: u8 = 255;
 pub struct DummyLink {
     handle: Handle,
     connection: JoinHandle<()>,
-    /// A second connection, with strict dump checking, so that the kernel
-    /// itself filters route dumps down to the proxy's routes.
-    routes: Handle,
-    routes_connection: JoinHandle<()>,
     name: String,
     index: Option<u32>,
     mode: VipMode,
@@ -97,7 +93,43 @@ pub struct DummyLink {
 impl Drop for DummyLink {
     fn drop(&mut self) {
         self.connection.abort();
-        self.routes_connection.abort();
+    }
+}
+
+/// An rtnetlink connection for one dump, closed when dropped. netlink-proto
+/// queues a dump's replies as they arrive and its queue keeps its room once
+/// drained (1.4 MB after 10,000 routes), so a dump on the long-lived
+/// connection would hold the room of the largest dump for good.
+struct DumpConnection {
+    handle: Handle,
+    task: JoinHandle<()>,
+}
+
+impl DumpConnection {
+    /// With `strict`, the kernel itself filters a route dump down to the
+    /// request's table, type and protocol (strict dump checking).
+    fn open(strict: bool) -> Result<Self, KernelError> {
+        let open = |e: std::io::Error| {
+            KernelError::Other(format!("opening an rtnetlink socket for a dump: {e}"))
+        };
+        let (mut connection, handle, _) = rtnetlink::new_connection().map_err(open)?;
+        if strict {
+            connection
+                .socket_mut()
+                .socket_ref()
+                .set_netlink_get_strict_chk(true)
+                .map_err(open)?;
+        }
+        Ok(DumpConnection {
+            handle,
+            task: tokio::spawn(connection),
+        })
+    }
+}
+
+impl Drop for DumpConnection {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -105,24 +137,11 @@ impl DummyLink {
     /// Opens rtnetlink connections for the interface `name` (kube-ipvs0),
     /// binding VIPs as addresses on it.
     pub fn new(name: &str) -> Result<Self, KernelError> {
-        let open = |what| {
-            move |e: std::io::Error| {
-                KernelError::Other(format!("opening an rtnetlink socket{what}: {e}"))
-            }
-        };
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(open(""))?;
-        let (mut routes_connection, routes, _) =
-            rtnetlink::new_connection().map_err(open(" for routes"))?;
-        routes_connection
-            .socket_mut()
-            .socket_ref()
-            .set_netlink_get_strict_chk(true)
-            .map_err(open(" for routes (strict dump checking)"))?;
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| KernelError::Other(format!("opening an rtnetlink socket: {e}")))?;
         Ok(DummyLink {
             handle,
             connection: tokio::spawn(connection),
-            routes,
-            routes_connection: tokio::spawn(routes_connection),
             name: name.to_owned(),
             index: None,
             mode: VipMode::Address,
@@ -201,20 +220,28 @@ impl DummyLink {
 
     /// Addresses currently held by interface `index`.
     async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, KernelError> {
-        let messages: Vec<AddressMessage> = self
+        let connection = DumpConnection::open(false)?;
+        let mut dump = connection
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
-            .execute()
-            .try_collect()
+            .execute();
+        // Each message is read as it comes, not all collected first.
+        let mut addrs = Vec::new();
+        while let Some(message) = dump
+            .try_next()
             .await
-            .map_err(|e| rtnl_error(&format!("listing addresses of {}", self.name), &e))?;
-        Ok(messages.iter().filter_map(address_of).collect())
+            .map_err(|e| rtnl_error(&format!("listing addresses of {}", self.name), &e))?
+        {
+            addrs.extend(address_of(&message));
+        }
+        Ok(addrs)
     }
 
     /// The VIPs bound as the proxy's local routes, of both families.
     pub async fn local_routes(&self) -> Result<Vec<IpAddr>, KernelError> {
+        let connection = DumpConnection::open(true)?;
         let mut vips = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut request = RouteMessage::default();
@@ -222,7 +249,7 @@ impl DummyLink {
             request.header.table = TABLE_LOCAL;
             request.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
             request.header.kind = RouteType::Local;
-            let mut dump = self.routes.route().get(request).execute();
+            let mut dump = connection.handle.route().get(request).execute();
             loop {
                 match dump.try_next().await {
                     Ok(Some(route)) => vips.extend(vip_of_route(&route)),
