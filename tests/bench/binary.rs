@@ -20,8 +20,13 @@ use crate::synthetic::{self, Scale};
 
 /// How long the binary may take to converge before the run is a failure.
 const SYNC_DEADLINE: Duration = Duration::from_secs(900);
-/// How long the binary idles after its first sync before RSS is read.
-const SETTLE: Duration = Duration::from_secs(5);
+/// The binary's `--ipvs-sync-period` here: short, so that its steady RSS
+/// is read after an idle full sync, as a node's is for most of its life
+/// (the default period is 30 s).
+const SYNC_PERIOD: &str = "5s";
+/// How long the binary idles after its first idle full sync before RSS is
+/// read: well inside [`SYNC_PERIOD`], so that no sync runs meanwhile.
+const SETTLE: Duration = Duration::from_secs(2);
 /// Log lines kept to explain a failure.
 const TAIL: usize = 20;
 
@@ -95,6 +100,8 @@ pub async fn rss(
         "json".into(),
         "--ipvs-vip-mode".into(),
         vip_mode.to_string(),
+        "--ipvs-sync-period".into(),
+        SYNC_PERIOD.into(),
     ];
     // Kept alive until the run ends: the binary watches it.
     let mut apiserver = None;
@@ -193,6 +200,34 @@ pub async fn rss(
             synced.writes,
             synced.failed,
             scale.ipvs_objects()
+        ));
+    }
+    // Steady state is after the next full sync, which finds nothing to do:
+    // what it reads (the virtual servers' counters among it) and keeps is
+    // a node's memory from then on.
+    let idle = loop {
+        let remaining = SYNC_DEADLINE.saturating_sub(started.elapsed());
+        let line = match tokio::time::timeout(remaining, lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Err("the proxy exited after its first full sync".to_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "no second full sync within {} s of the start",
+                    SYNC_DEADLINE.as_secs()
+                ))
+            }
+        };
+        let _ = writeln!(log, "{line}");
+        if let Some(sync) = SyncDone::parse(&line) {
+            if sync.kind == "full" {
+                break sync;
+            }
+        }
+    };
+    if idle.writes > 0 || idle.failed > 0 {
+        return Err(format!(
+            "the full sync after the first made {} writes with {} failures; an idle one makes none",
+            idle.writes, idle.failed
         ));
     }
     // Keep draining the log so the child never blocks on a full pipe.
