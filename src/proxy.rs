@@ -1462,13 +1462,16 @@ impl Loop<'_> {
                         startup.first_sync_done(started);
                         log_sync("full", &report, started, &state.metrics);
                         state.report_sync_errors(&report);
-                        state.metrics.set_virtual_server_traffic(state.reconciler.traffic(&report.traffic).map(
-                            |(service, key, counters)| VirtualServerSample {
-                                service: service.clone(),
-                                key: *key,
-                                counters: *counters,
-                            },
-                        ));
+                        // A sync that could not list keeps the last counters.
+                        if let Some(read) = &report.traffic {
+                            state.metrics.set_virtual_server_traffic(state.reconciler.traffic(read).map(
+                                |(service, key, counters)| VirtualServerSample {
+                                    service: service.clone(),
+                                    key: *key,
+                                    counters: *counters,
+                                },
+                            ));
+                        }
                         // The first sync and relists free far more than they keep.
                         crate::heap::release_free_memory();
                         next_full = Some(next_full_sync(Instant::now(), opts.ipvs_sync_period, node_read));

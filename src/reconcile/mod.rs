@@ -146,8 +146,10 @@ pub struct SyncReport {
     pub errors: Vec<SyncError>,
     /// A full sync's reading of the kernel's traffic counters: each owned
     /// virtual server's, as the services listing (or the dump at start)
-    /// found them. Handed on, not kept: see [`Reconciler::traffic`].
-    pub traffic: Vec<(VirtualServerKey, TrafficCounters)>,
+    /// found them; `None` when this sync listed nothing (an incremental
+    /// one, or a full one whose read failed). Handed on, not kept: see
+    /// [`Reconciler::traffic`].
+    pub traffic: Option<Vec<(VirtualServerKey, TrafficCounters)>>,
 }
 
 impl SyncReport {
@@ -165,10 +167,10 @@ impl SyncReport {
         self.conntrack_deleted += other.conntrack_deleted;
         self.services_synced = self.services_synced.max(other.services_synced);
         self.errors.extend(other.errors);
-        if self.traffic.is_empty() {
-            self.traffic = other.traffic;
-        } else {
-            self.traffic.extend(other.traffic);
+        match (&mut self.traffic, other.traffic) {
+            (Some(read), Some(more)) => read.extend(more),
+            (traffic @ None, more) => *traffic = more,
+            (Some(_), None) => {}
         }
     }
 }
@@ -1187,8 +1189,7 @@ impl Reconciler {
         // New or changed virtual servers have their real servers read.
         let mut to_read: HashSet<VirtualServerKey> = HashSet::new();
         let mut listed_keys = HashSet::with_capacity(listed.len());
-        report.traffic.clear();
-        report.traffic.reserve_exact(listed.len());
+        let mut traffic = Vec::with_capacity(listed.len());
         for ListedVirtualServer { server, counters } in listed {
             let key = server.key;
             if !self.owns_or_released(&key) {
@@ -1206,8 +1207,9 @@ impl Reconciler {
                     to_read.insert(key);
                 }
             }
-            report.traffic.push((key, counters));
+            traffic.push((key, counters));
         }
+        report.traffic = Some(traffic);
         // Deleted behind the proxy's back, or no longer the proxy's.
         let gone: Vec<VirtualServerKey> = self
             .mirror
@@ -1387,15 +1389,16 @@ impl Reconciler {
             }
         }
         let mut foreign = 0;
-        report.traffic.clear();
+        let mut traffic = Vec::with_capacity(dumped.len());
         for vs in dumped {
             if self.owns_or_released(&vs.server.key) {
-                report.traffic.push((vs.server.key, vs.counters));
+                traffic.push((vs.server.key, vs.counters));
                 self.mirror.adopt(vs);
             } else {
                 foreign += 1;
             }
         }
+        report.traffic = Some(traffic);
         tracing::debug!(
             foreign,
             owned = self.mirror.keys().count(),

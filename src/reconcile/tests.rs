@@ -392,7 +392,7 @@ async fn a_full_sync_reports_the_counters_it_listed_of_owned_virtual_servers_and
         Some(cluster_ip("10.96.0.10", &[80], &[rs("10.244.0.1", 80)])),
     );
     let cold = node.full_sync().await;
-    assert_eq!(cold.traffic, [], "an empty kernel listed nothing");
+    assert_eq!(cold.traffic, Some(vec![]), "an empty kernel listed nothing");
     let counters = TrafficCounters {
         connections: 4,
         packets_in: 40,
@@ -407,15 +407,28 @@ async fn a_full_sync_reports_the_counters_it_listed_of_owned_virtual_servers_and
     node.kernel().insert_virtual_server(other);
 
     let report = node.full_sync().await;
-    assert_eq!(report.traffic, [(key, counters)]);
-    let claimed: Vec<_> = node.reconciler.traffic(&report.traffic).collect();
+    let read = report
+        .traffic
+        .expect("a full sync lists the virtual servers");
+    assert_eq!(read, [(key, counters)]);
+    let claimed: Vec<_> = node.reconciler.traffic(&read).collect();
     assert_eq!(claimed, [(&svc("web"), &key, &counters)]);
 
     // Once the virtual server is gone, what was read of it is not reported.
     node.set("web", None);
-    node.sync_dirty().await;
-    assert_eq!(node.reconciler.traffic(&report.traffic).count(), 0);
-    assert_eq!(node.full_sync().await.traffic, []);
+    assert_eq!(
+        node.sync_dirty().await.traffic,
+        None,
+        "an incremental sync lists nothing"
+    );
+    assert_eq!(node.reconciler.traffic(&read).count(), 0);
+    assert_eq!(node.full_sync().await.traffic, Some(vec![]));
+
+    // A full sync whose listing fails reads nothing, which the run loop
+    // takes as "keep the last counters", not as "none".
+    node.kernel()
+        .fail_next(FailOn::IpvsDump, KernelError::Other("listing".into()));
+    assert_eq!(node.full_sync().await.traffic, None);
 }
 
 #[tokio::test]
