@@ -264,9 +264,8 @@ impl EncodeLabelValue for LabelAddress {
 ///
 /// The samples are kept as the reconciler hands them over (two reference
 /// counts and two copies each) and in one buffer that each full sync
-/// refills: a full sync allocates nothing here that outlives it, where a
-/// string per address, made among the sync's freed temporaries, kept the
-/// heap's pages from being released.
+/// refills, so a full sync allocates nothing here that outlives it (it
+/// used to make a string per address).
 #[derive(Debug, Default)]
 struct VirtualServerTraffic {
     samples: Mutex<Vec<VirtualServerSample>>,

@@ -210,19 +210,21 @@ impl Replies {
     }
 
     /// The objects `from` finds in the messages' attributes, each message
-    /// parsed as the iterator reaches it.
+    /// parsed as the iterator reaches it; no collection per message.
     pub(crate) fn objects<'a, T: 'a>(
         &'a self,
         object: impl Fn() -> String + 'a,
-        from: impl Fn(&IpvsAttr) -> Option<Result<T>> + 'a,
+        from: impl Fn(&IpvsAttr) -> Option<Result<T>> + Copy + 'a,
     ) -> impl Iterator<Item = Result<T>> + 'a {
-        self.messages(object)
-            .flat_map(move |message| -> Vec<Result<T>> {
-                match message {
-                    Ok(message) => message.attrs.iter().filter_map(&from).collect(),
-                    Err(error) => vec![Err(error)],
-                }
-            })
+        self.messages(object).flat_map(move |message| {
+            let (attrs, error) = match message {
+                Ok(message) => (message.attrs, None),
+                Err(error) => (Vec::new(), Some(Err(error))),
+            };
+            error
+                .into_iter()
+                .chain(attrs.into_iter().filter_map(move |attr| from(&attr)))
+        })
     }
 }
 
